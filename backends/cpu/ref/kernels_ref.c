@@ -1,0 +1,70 @@
+/* backends/cpu/ref/kernels_ref.c - portable C kernels. They fill every slot of
+ * every table, and every faster kernel is tested against the fp64 oracle the
+ * same way they are. */
+#include <string.h>
+
+#include "backends/cpu/cpu_isa.h"
+#include "heed/dtype.h"
+
+/* Eight partial sums, as the SIMD kernels keep, so the error grows alike. */
+#define REF_DOT(NAME, T, LOAD)                                      \
+  static float NAME(const void *xv, const float *y, size_t n) {     \
+    const T *x = (const T *)xv;                                     \
+    float acc[8] = {0};                                             \
+    size_t i = 0;                                                   \
+    for (; i + 8 <= n; i += 8)                                      \
+      for (int k = 0; k < 8; k++) acc[k] += LOAD(x[i + k]) * y[i + k]; \
+    for (; i < n; i++) acc[i & 7] += LOAD(x[i]) * y[i];             \
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])); \
+  }
+
+#define LOAD_F32(v) (v)
+REF_DOT(dot_f32_ref, float, LOAD_F32)
+REF_DOT(dot_f16_ref, heed_f16, heed_f16_to_f32)
+REF_DOT(dot_bf16_ref, heed_bf16, heed_bf16_to_f32)
+
+static void to_f32_f32_ref(const void *x, float *y, size_t n) { memmove(y, x, n * sizeof(float)); }
+
+static void to_f32_f16_ref(const void *xv, float *y, size_t n) {
+  const heed_f16 *x = (const heed_f16 *)xv;
+  for (size_t i = 0; i < n; i++) y[i] = heed_f16_to_f32(x[i]);
+}
+
+static void to_f32_bf16_ref(const void *xv, float *y, size_t n) {
+  const heed_bf16 *x = (const heed_bf16 *)xv;
+  for (size_t i = 0; i < n; i++) y[i] = heed_bf16_to_f32(x[i]);
+}
+
+static float probe_read_ref(const float *x, size_t n) {
+  float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    a0 += x[i];
+    a1 += x[i + 1];
+    a2 += x[i + 2];
+    a3 += x[i + 3];
+  }
+  for (; i < n; i++) a0 += x[i];
+  return (a0 + a1) + (a2 + a3);
+}
+
+/* Eight independent chains hide the add latency of a scalar pipeline. */
+static double probe_fma_ref(uint64_t iters, float *sink) {
+  float a[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  const float m = 0.999999f, c = 1e-6f;
+  for (uint64_t it = 0; it < iters; it++)
+    for (int k = 0; k < 8; k++) a[k] = a[k] * m + c;
+  *sink = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  return (double)iters * 8 * 2;
+}
+
+void heed_cpu_register_ref(heed_kernel_table *t) {
+  HEED_SLOT_SET(t, DOT, F32, dot_f32_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, DOT, F16, dot_f16_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, DOT, BF16, dot_bf16_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, TO_F32, F32, to_f32_f32_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, TO_F32, F16, to_f32_f16_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, TO_F32, BF16, to_f32_bf16_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, PROBE_READ, F32, probe_read_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, PROBE_FMA, F32, probe_fma_ref, HEED_ISA_SCALAR);
+}

@@ -1,0 +1,106 @@
+/* heed/bench.h - benchmark harness: every figure beside a limit measured in
+ * the same process seconds earlier.
+ *
+ * A run of a case interleaves probe and case: probe, case, probe, case, ...
+ * `repeats` times. The case's time is the median over its repeats (with min
+ * and max); its limit is the median of the probes taken between them; its
+ * fraction is achieved / limit. Probes:
+ *   read_bandwidth  all workers stream a buffer far larger than the last-level
+ *                   cache with the chosen ISA's read kernel   (GB/s, 1e9 B/s)
+ *   fma_peak        all workers run independent multiply-add chains on
+ *                   registers with the chosen ISA's kernel    (GFLOP/s)
+ * Later issues add their cases (attention, kvquant, spec) through
+ * heed_bench_run_case.
+ */
+#ifndef HEED_BENCH_H
+#define HEED_BENCH_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "heed/runtime.h"
+#include "heed/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* X(NAME, "json name", "unit") */
+#define HEED_LIMIT_LIST(X)                   \
+  X(READ_BANDWIDTH, "read_bandwidth", "GB/s") \
+  X(FMA_PEAK, "fma_peak", "GFLOP/s")
+
+typedef enum heed_limit_kind {
+#define HEED_X_(N, s, u) HEED_LIMIT_##N,
+  HEED_LIMIT_LIST(HEED_X_)
+#undef HEED_X_
+  HEED_LIMIT_COUNT
+} heed_limit_kind;
+
+const char *heed_limit_name(heed_limit_kind k); /* "read_bandwidth"; NULL if unknown */
+const char *heed_limit_unit(heed_limit_kind k); /* "GB/s"; NULL if unknown */
+
+typedef struct heed_bench heed_bench;
+
+typedef struct heed_bench_options {
+  int repeats;           /* probe/case pairs per case; 0: 7 */
+  size_t probe_bytes;    /* read-probe buffer; 0: 16x the L3, within [256 MiB, 1 GiB] and mem/8 */
+  double min_run_ms;     /* a case shorter than this is looped to reach it; 0: 20 */
+  /* Called before each case with its name and position; NULL: quiet. */
+  void (*progress)(void *user, const char *case_name, int index, int count);
+  void *progress_user;
+} heed_bench_options;
+
+/* One case: `run(ctx)` does `work` units of the limit's kind (bytes read for
+ * read_bandwidth, flops for fma_peak) and must not allocate or print. */
+typedef struct heed_bench_case {
+  const char *name;       /* "read.one_worker" */
+  const char *backend;    /* NULL: the runtime's */
+  const char *isa;        /* NULL: the runtime's */
+  const char *dtype;      /* "f32" */
+  const char *shape_json; /* a JSON object: "{\"bytes\":268435456}" */
+  heed_limit_kind limit;
+  double work;
+  void (*run)(void *ctx);
+  void *ctx;
+} heed_bench_case;
+
+typedef struct heed_bench_result {
+  char name[64];
+  char backend[16];
+  char isa[16];
+  char dtype[16];
+  char shape_json[256];
+  int repeats;
+  double ms_median, ms_min, ms_max;  /* one run of the case */
+  heed_limit_kind limit_kind;
+  double limit_value;                /* median of the probes interleaved with the case */
+  double limit_min, limit_max;
+  double achieved_value;             /* work / ms_median, in the limit's unit */
+  double fraction;                   /* achieved_value / limit_value */
+} heed_bench_result;
+
+/* rt is borrowed and must outlive the bench. Allocates the probe buffer once. */
+heed_status heed_bench_create(heed_runtime *rt, const heed_bench_options *opt, heed_bench **out,
+                              heed_error *err);
+void heed_bench_destroy(heed_bench *b); /* NULL is fine */
+
+/* One probe measurement, in the limit's unit. */
+heed_status heed_bench_probe(heed_bench *b, heed_limit_kind k, double *value);
+/* Runs c interleaved with probes of its limit and fills *out. */
+heed_status heed_bench_run_case(heed_bench *b, const heed_bench_case *c, heed_bench_result *out);
+/* The `heed bench probes` suite: the two limits themselves, then one worker's
+ * share of each and the scalar reference read kernel, each as a fraction of
+ * its limit. Fills up to cap results; *n_out gets how many. */
+heed_status heed_bench_suite_probes(heed_bench *b, heed_bench_result *out, int cap, int *n_out);
+const char *heed_bench_last_error(const heed_bench *b);
+
+/* {"heed_info": <runtime JSON>, "results": [ ... ]} */
+heed_status heed_bench_write_json(heed_runtime *rt, const heed_bench_result *r, int n, FILE *f);
+/* A table for people. */
+void heed_bench_write_table(const heed_bench_result *r, int n, FILE *f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,84 @@
+/* heed/kernels.h - the CPU kernel table: one slot per (operation, dtype).
+ *
+ * A table is built for one ISA level. The portable reference kernels fill
+ * every slot first; each ISA configuration then overrides the slots it has a
+ * faster kernel for (avx512 starts from avx2's table). Kernels are pure
+ * functions of sizes and pointers: no allocation, no I/O, no global state.
+ */
+#ifndef HEED_KERNELS_H
+#define HEED_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "heed/cpu.h"
+#include "heed/dtype.h"
+#include "heed/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* X(NAME, "name"). */
+#define HEED_OP_LIST(X)          \
+  X(DOT, "dot")                  \
+  X(TO_F32, "to_f32")            \
+  X(PROBE_READ, "probe_read")    \
+  X(PROBE_FMA, "probe_fma")
+
+typedef enum heed_op {
+#define HEED_X_(N, s) HEED_OP_##N,
+  HEED_OP_LIST(HEED_X_)
+#undef HEED_X_
+  HEED_OP_COUNT
+} heed_op;
+
+/* sum_i x[i] * y[i].  x: [n] of the slot's dtype; y: [n] f32. */
+typedef float (*heed_dot_fn)(const void *x, const float *y, size_t n);
+/* y[i] = (float)x[i].  x: [n] of the slot's dtype; y: [n] f32. Exact. */
+typedef void (*heed_to_f32_fn)(const void *x, float *y, size_t n);
+/* Streams x once and returns its sum: the read-bandwidth probe. x: [n] f32. */
+typedef float (*heed_probe_read_fn)(const float *x, size_t n);
+/* Runs `iters` rounds of independent multiply-adds on registers, writes a
+ * value derived from them to *sink (so they cannot be dropped) and returns the
+ * number of floating-point operations done (a multiply-add counts as 2). */
+typedef double (*heed_probe_fma_fn)(uint64_t iters, float *sink);
+
+typedef void (*heed_kernel_fn)(void);
+
+typedef struct heed_kernel_slot {
+  heed_kernel_fn fn; /* NULL: no kernel for this (op, dtype) */
+  heed_isa isa;      /* the ISA level of the kernel that fills the slot */
+  const char *name;  /* "dot_f16_avx2" */
+} heed_kernel_slot;
+
+typedef struct heed_kernel_table {
+  heed_isa isa;                                          /* the level built */
+  heed_kernel_slot slot[HEED_OP_COUNT][HEED_DTYPE_COUNT]; /* [op][dtype] */
+} heed_kernel_table;
+
+const char *heed_op_name(heed_op op); /* "dot"; NULL for an unknown value */
+
+/* 1 when this build of libheed has kernels for the ISA level. */
+int heed_kernels_compiled(heed_isa isa);
+/* Fills *t for the ISA level. HEED_E_UNSUPPORTED when the level is not in
+ * this build. Does not check that this CPU can run it: heed_isa_runs_on does. */
+heed_status heed_kernels_build(heed_isa isa, heed_kernel_table *t, heed_error *err);
+
+static inline heed_dot_fn heed_kernel_dot(const heed_kernel_table *t, heed_dtype dt) {
+  return (heed_dot_fn)t->slot[HEED_OP_DOT][dt].fn;
+}
+static inline heed_to_f32_fn heed_kernel_to_f32(const heed_kernel_table *t, heed_dtype dt) {
+  return (heed_to_f32_fn)t->slot[HEED_OP_TO_F32][dt].fn;
+}
+static inline heed_probe_read_fn heed_kernel_probe_read(const heed_kernel_table *t) {
+  return (heed_probe_read_fn)t->slot[HEED_OP_PROBE_READ][HEED_DTYPE_F32].fn;
+}
+static inline heed_probe_fma_fn heed_kernel_probe_fma(const heed_kernel_table *t) {
+  return (heed_probe_fma_fn)t->slot[HEED_OP_PROBE_FMA][HEED_DTYPE_F32].fn;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif

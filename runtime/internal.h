@@ -1,0 +1,32 @@
+/* runtime/internal.h - helpers shared inside libheed; not installed. */
+#ifndef HEED_RUNTIME_INTERNAL_H
+#define HEED_RUNTIME_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+#include "heed/status.h"
+
+#if defined(__GNUC__)
+#define HEED_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define HEED_PRINTF(a, b)
+#endif
+
+/* Records status and message in e (when e is not NULL) and returns status. */
+heed_status heed_err_set(heed_error *e, heed_status status, const char *fmt, ...) HEED_PRINTF(3, 4);
+heed_status heed_err_vset(heed_error *e, heed_status status, const char *fmt, va_list ap);
+/* Copies one error into another (dst may be NULL) and returns its status. */
+heed_status heed_err_copy(heed_error *dst, const heed_error *src);
+void heed_err_clear(heed_error *e);
+
+/* snprintf that always terminates and never warns about truncation. */
+void heed_strlcpy(char *dst, const char *src, size_t cap);
+
+#define HEED_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif
+
+#include <stdio.h>
+/* Writes s as a JSON string literal, escaped. NULL writes null. */
+void heed_json_str(FILE *f, const char *s);

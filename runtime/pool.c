@@ -1,0 +1,233 @@
+/* runtime/pool.c - pinned worker threads and a parallel-for.
+ *
+ * Workers wait for a new generation number: a short spin (a decode step is
+ * tens of microseconds, a futex wake is several), then a condition variable.
+ * The caller runs worker 0's share itself. */
+#include <errno.h>
+#include <hwloc.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "heed/pool.h"
+#include "runtime/internal.h"
+
+#define SPIN_ITERS 20000
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define CPU_RELAX() __asm__ volatile("yield")
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+struct heed_pool {
+  int n;
+  const heed_topology *topo;
+  pthread_t *threads;   /* [n-1]: workers 1..n-1 */
+  pthread_mutex_t mu;
+  pthread_cond_t cv_work, cv_done;
+  atomic_ulong gen;     /* bumped for each job and for shutdown */
+  atomic_int remaining; /* workers 1..n-1 still on the current job */
+  atomic_int busy;      /* a parallel_for is running */
+  atomic_int started;   /* workers past their pinning */
+  atomic_int n_pinned;
+  atomic_int stop;
+  /* the current job */
+  heed_pool_task task;
+  void *ctx;
+  size_t n_items, chunk;
+  heed_schedule sched;
+  atomic_size_t next;
+  char pin_note[160];
+  heed_error err;
+};
+
+typedef struct worker_arg {
+  heed_pool *pool;
+  int id;
+} worker_arg;
+
+static _Thread_local const heed_pool *tls_running; /* the pool whose task this thread runs */
+
+static void run_share(heed_pool *p, int w) {
+  const heed_pool *outer = tls_running;
+  tls_running = p;
+  if (p->sched == HEED_SCHEDULE_STATIC) {
+    size_t b = p->n_items * (size_t)w / (size_t)p->n, e = p->n_items * (size_t)(w + 1) / (size_t)p->n;
+    if (b < e) p->task(p->ctx, b, e, w);
+  } else {
+    for (;;) {
+      size_t b = atomic_fetch_add_explicit(&p->next, p->chunk, memory_order_relaxed);
+      if (b >= p->n_items) break;
+      size_t e = b + p->chunk < p->n_items ? b + p->chunk : p->n_items;
+      p->task(p->ctx, b, e, w);
+    }
+  }
+  tls_running = outer;
+}
+
+static void pin_self(heed_pool *p, int id) {
+  hwloc_topology_t hw = (hwloc_topology_t)heed_topology_hwloc(p->topo);
+  const heed_topology_summary *s = heed_topology_get_summary(p->topo);
+  /* One worker per core while there are cores; beyond that, one per PU. */
+  hwloc_obj_t o = (unsigned)p->n <= s->n_cores
+                      ? hwloc_get_obj_by_type(hw, HWLOC_OBJ_CORE, (unsigned)id)
+                      : hwloc_get_obj_by_type(hw, HWLOC_OBJ_PU, (unsigned)id % s->n_pus);
+  if (!o) o = hwloc_get_obj_by_type(hw, HWLOC_OBJ_PU, (unsigned)id % s->n_pus);
+  if (o && hwloc_set_cpubind(hw, o->cpuset, HWLOC_CPUBIND_THREAD) == 0) {
+    atomic_fetch_add(&p->n_pinned, 1);
+    return;
+  }
+  int e = errno;
+  pthread_mutex_lock(&p->mu);
+  if (!p->pin_note[0])
+    snprintf(p->pin_note, sizeof p->pin_note, "hwloc_set_cpubind failed for worker %d: %s%s", id,
+             strerror(e), (e == ENOSYS || e == EXDEV) ? " (binding not possible here; running unpinned)" : "");
+  pthread_mutex_unlock(&p->mu);
+}
+
+static void *worker_main(void *argv) {
+  worker_arg a = *(worker_arg *)argv;
+  free(argv);
+  heed_pool *p = a.pool;
+  if (p->topo) pin_self(p, a.id);
+  unsigned long seen = atomic_load(&p->gen);
+  atomic_fetch_add(&p->started, 1);
+  for (;;) {
+    int spins = 0;
+    while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen && spins++ < SPIN_ITERS) CPU_RELAX();
+    if (atomic_load_explicit(&p->gen, memory_order_acquire) == seen) {
+      pthread_mutex_lock(&p->mu);
+      while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv_work, &p->mu);
+      pthread_mutex_unlock(&p->mu);
+    }
+    seen = atomic_load_explicit(&p->gen, memory_order_acquire);
+    if (atomic_load(&p->stop)) break;
+    run_share(p, a.id);
+    if (atomic_fetch_sub_explicit(&p->remaining, 1, memory_order_acq_rel) == 1) {
+      pthread_mutex_lock(&p->mu);
+      pthread_cond_signal(&p->cv_done);
+      pthread_mutex_unlock(&p->mu);
+    }
+  }
+  return NULL;
+}
+
+heed_status heed_pool_create(const heed_topology *topo, int n, int pin, heed_pool **out, heed_error *err) {
+  if (!out) return heed_err_set(err, HEED_E_INVALID, "heed_pool_create: out is NULL");
+  *out = NULL;
+  if (n < 1 || n > 4096)
+    return heed_err_set(err, HEED_E_INVALID, "heed_pool_create: n_workers=%d; accepted: 1..4096", n);
+  heed_pool *p = calloc(1, sizeof *p);
+  if (!p) return heed_err_set(err, HEED_E_NOMEM, "no memory for a pool of %d workers", n);
+  p->n = n;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cv_work, NULL);
+  pthread_cond_init(&p->cv_done, NULL);
+  if (pin && topo) {
+    if (!heed_topology_get_summary(topo)->is_this_system)
+      snprintf(p->pin_note, sizeof p->pin_note, "the topology is a recording, not this machine; running unpinned");
+    else
+      p->topo = topo;
+  } else {
+    snprintf(p->pin_note, sizeof p->pin_note, "%s", topo ? "pinning turned off" : "no topology given");
+  }
+  if (n > 1) {
+    p->threads = calloc((size_t)n - 1, sizeof *p->threads);
+    if (!p->threads) {
+      free(p);
+      return heed_err_set(err, HEED_E_NOMEM, "no memory for %d worker threads", n - 1);
+    }
+  }
+  for (int i = 1; i < n; i++) {
+    worker_arg *a = malloc(sizeof *a);
+    int rc = a ? 0 : ENOMEM;
+    if (a) {
+      a->pool = p;
+      a->id = i;
+      rc = pthread_create(&p->threads[i - 1], NULL, worker_main, a);
+      if (rc) free(a);
+    }
+    if (rc) {
+      p->n = i; /* join the ones that started */
+      heed_pool_destroy(p);
+      return heed_err_set(err, HEED_E_NOMEM, "cannot start worker %d of %d: %s", i, n, strerror(rc));
+    }
+  }
+  while (atomic_load(&p->started) < n - 1) CPU_RELAX();
+  *out = p;
+  return HEED_OK;
+}
+
+void heed_pool_destroy(heed_pool *p) {
+  if (!p) return;
+  pthread_mutex_lock(&p->mu);
+  atomic_store(&p->stop, 1);
+  atomic_fetch_add(&p->gen, 1);
+  pthread_cond_broadcast(&p->cv_work);
+  pthread_mutex_unlock(&p->mu);
+  for (int i = 1; i < p->n; i++) pthread_join(p->threads[i - 1], NULL);
+  pthread_cond_destroy(&p->cv_work);
+  pthread_cond_destroy(&p->cv_done);
+  pthread_mutex_destroy(&p->mu);
+  free(p->threads);
+  free(p);
+}
+
+int heed_pool_n_workers(const heed_pool *p) { return p ? p->n : 0; }
+int heed_pool_n_pinned(const heed_pool *p) { return p ? atomic_load(&((heed_pool *)p)->n_pinned) : 0; }
+const char *heed_pool_pin_note(const heed_pool *p) { return p ? p->pin_note : ""; }
+const char *heed_pool_last_error(const heed_pool *p) { return p ? p->err.msg : ""; }
+
+static heed_status pool_fail(heed_pool *p, heed_status st, const char *fmt, const char *a) {
+  pthread_mutex_lock(&p->mu);
+  heed_err_set(&p->err, st, fmt, a);
+  pthread_mutex_unlock(&p->mu);
+  return st;
+}
+
+heed_status heed_pool_parallel_for(heed_pool *p, size_t n, heed_schedule sched, size_t chunk,
+                                   heed_pool_task task, void *ctx) {
+  if (!p) return HEED_E_INVALID;
+  if (!task) return pool_fail(p, HEED_E_INVALID, "heed_pool_parallel_for: task is %s", "NULL");
+  if (sched != HEED_SCHEDULE_STATIC && sched != HEED_SCHEDULE_DYNAMIC)
+    return pool_fail(p, HEED_E_INVALID, "heed_pool_parallel_for: schedule %s; accepted: STATIC, DYNAMIC",
+                     "is not a heed_schedule");
+  int expect = 0;
+  if (!atomic_compare_exchange_strong(&p->busy, &expect, 1))
+    return pool_fail(p, HEED_E_BUSY,
+                     "heed_pool_parallel_for: called %s while this pool runs another parallel_for",
+                     tls_running == p ? "from inside one of its own tasks" : "from a second thread");
+  if (n == 0) {
+    atomic_store(&p->busy, 0);
+    return HEED_OK;
+  }
+  p->task = task;
+  p->ctx = ctx;
+  p->n_items = n;
+  p->sched = sched;
+  p->chunk = chunk ? chunk : 1;
+  atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+  if (p->n > 1) {
+    atomic_store_explicit(&p->remaining, p->n - 1, memory_order_relaxed);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+  }
+  run_share(p, 0);
+  if (p->n > 1) {
+    int spins = 0;
+    while (atomic_load_explicit(&p->remaining, memory_order_acquire) > 0 && spins++ < SPIN_ITERS) CPU_RELAX();
+    if (atomic_load_explicit(&p->remaining, memory_order_acquire) > 0) {
+      pthread_mutex_lock(&p->mu);
+      while (atomic_load(&p->remaining) > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+      pthread_mutex_unlock(&p->mu);
+    }
+  }
+  atomic_store_explicit(&p->busy, 0, memory_order_release);
+  return HEED_OK;
+}

@@ -1,0 +1,64 @@
+/* runtime/status.c - status names and messages, generated from HEED_STATUS_LIST. */
+#include <stdio.h>
+#include <string.h>
+
+#include "heed/status.h"
+#include "runtime/internal.h"
+
+const char *heed_status_name(int status) {
+  switch (status) {
+#define HEED_X_(name, value, msg) \
+  case value:                     \
+    return "HEED_" #name;
+    HEED_STATUS_LIST(HEED_X_)
+#undef HEED_X_
+  }
+  return "HEED_E_UNKNOWN";
+}
+
+const char *heed_status_str(int status) {
+  switch (status) {
+#define HEED_X_(name, value, msg) \
+  case value:                     \
+    return msg;
+    HEED_STATUS_LIST(HEED_X_)
+#undef HEED_X_
+  }
+  return "unknown status";
+}
+
+heed_status heed_err_vset(heed_error *e, heed_status status, const char *fmt, va_list ap) {
+  if (e) {
+    e->status = status;
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+  }
+  return status;
+}
+
+heed_status heed_err_set(heed_error *e, heed_status status, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  heed_err_vset(e, status, fmt, ap);
+  va_end(ap);
+  return status;
+}
+
+heed_status heed_err_copy(heed_error *dst, const heed_error *src) {
+  if (dst && dst != src) *dst = *src;
+  return src->status;
+}
+
+void heed_err_clear(heed_error *e) {
+  if (e) {
+    e->status = HEED_OK;
+    e->msg[0] = '\0';
+  }
+}
+
+void heed_strlcpy(char *dst, const char *src, size_t cap) {
+  if (!cap) return;
+  size_t n = src ? strlen(src) : 0;
+  if (n >= cap) n = cap - 1;
+  if (n) memcpy(dst, src, n);
+  dst[n] = '\0';
+}

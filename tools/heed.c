@@ -1,0 +1,137 @@
+/* tools/heed.c - the `heed` command line: info, bench. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "heed/heed.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: heed info [--json]\n"
+          "       heed bench probes [--repeats N] [--json FILE]\n"
+          "       heed version\n"
+          "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
+}
+
+static int fail(const char *what, const heed_error *e) {
+  fprintf(stderr, "heed: %s: %s (%s)\n", what, e->msg[0] ? e->msg : heed_status_str(e->status),
+          heed_status_name(e->status));
+  return 1;
+}
+
+static int cmd_info(int argc, char **argv) {
+  int json = 0;
+  for (int i = 0; i < argc; i++) {
+    if (strcmp(argv[i], "--json") == 0)
+      json = 1;
+    else {
+      fprintf(stderr, "heed info: unknown argument '%s'\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  heed_runtime *rt;
+  heed_error e = {0};
+  if (heed_runtime_open(NULL, &rt, &e) != HEED_OK) return fail("cannot open the runtime", &e);
+  if (json) {
+    heed_runtime_write_json(rt, stdout);
+    fputc('\n', stdout);
+  } else {
+    heed_runtime_write_text(rt, stdout);
+  }
+  heed_runtime_close(rt);
+  return 0;
+}
+
+/* A line per case; on a terminal the same line is rewritten, then cleared. */
+static void progress(void *user, const char *name, int i, int n) {
+  (void)user;
+  if (isatty(2))
+    fprintf(stderr, "\r\033[K[%d/%d] %s", i + 1, n, name);
+  else
+    fprintf(stderr, "[%d/%d] %s\n", i + 1, n, name);
+  fflush(stderr);
+}
+
+static int cmd_bench(int argc, char **argv) {
+  if (argc < 1) {
+    usage(stderr);
+    return 2;
+  }
+  const char *suite = argv[0], *json_path = NULL;
+  heed_bench_options bo = {0};
+  bo.progress = progress;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
+      json_path = argv[++i];
+    else if (strcmp(argv[i], "--repeats") == 0 && i + 1 < argc) {
+      char *end;
+      long v = strtol(argv[++i], &end, 10);
+      if (*end || v < 1 || v > 101) {
+        fprintf(stderr, "heed bench: --repeats %s: accepted: 1..101\n", argv[i]);
+        return 2;
+      }
+      bo.repeats = (int)v;
+    } else {
+      fprintf(stderr, "heed bench: unknown argument '%s'\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (strcmp(suite, "probes") != 0) {
+    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes\n", suite);
+    return 2;
+  }
+  heed_runtime *rt;
+  heed_bench *b;
+  heed_error e = {0};
+  if (heed_runtime_open(NULL, &rt, &e) != HEED_OK) return fail("cannot open the runtime", &e);
+  if (heed_bench_create(rt, &bo, &b, &e) != HEED_OK) {
+    heed_runtime_close(rt);
+    return fail("cannot set up the bench", &e);
+  }
+  heed_bench_result res[8];
+  int n = 0;
+  heed_status st = heed_bench_suite_probes(b, res, 8, &n);
+  if (isatty(2)) fprintf(stderr, "\r\033[K");
+  int rc = 0;
+  if (st != HEED_OK) {
+    fprintf(stderr, "heed bench: %s (%s)\n", heed_bench_last_error(b), heed_status_name(st));
+    rc = 1;
+  } else {
+    printf("backend %s, isa %s, %d threads; each figure beside its limit probed in the same run\n",
+           heed_backend_name(heed_runtime_backend(rt)), heed_isa_name(heed_runtime_isa(rt)), heed_runtime_n_threads(rt));
+    heed_bench_write_table(res, n, stdout);
+    if (json_path) {
+      FILE *f = fopen(json_path, "w");
+      if (!f) {
+        fprintf(stderr, "heed bench: cannot write %s\n", json_path);
+        rc = 1;
+      } else {
+        heed_bench_write_json(rt, res, n, f);
+        fclose(f);
+        printf("wrote %s\n", json_path);
+      }
+    }
+  }
+  heed_bench_destroy(b);
+  heed_runtime_close(rt);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (strcmp(argv[1], "info") == 0) return cmd_info(argc - 2, argv + 2);
+  if (strcmp(argv[1], "bench") == 0) return cmd_bench(argc - 2, argv + 2);
+  if (strcmp(argv[1], "version") == 0) {
+    printf("heed %s\n", HEED_VERSION_STRING);
+    return 0;
+  }
+  fprintf(stderr, "heed: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
