@@ -9,4 +9,7 @@ set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)
 set(CMAKE_LIBRARY_ARCHITECTURE aarch64-linux-gnu)
 set(ENV{PKG_CONFIG_LIBDIR} "/usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig")
-set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64;-L;/usr/aarch64-linux-gnu)
+# The arm64 loader and multi-arch libraries are installed (libc6:arm64); the
+# Criterion runtime comes from HEED_ARM64_DEPS (see scripts/setup.sh).
+set(HEED_ARM64_DEPS "" CACHE PATH "where setup unpacked the arm64 Criterion runtime")
+set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64;-E;LD_LIBRARY_PATH=${HEED_ARM64_DEPS}/usr/lib/aarch64-linux-gnu:/usr/lib/aarch64-linux-gnu)

@@ -156,6 +156,7 @@ heed_cpu_features heed_isa_requires(heed_isa isa) {
 }
 
 int heed_isa_runs_on(heed_isa isa, heed_cpu_features f) {
+  if ((unsigned)isa >= HEED_ISA_COUNT) return 0;
   heed_cpu_features need = heed_isa_requires(isa);
   return (f & need) == need;
 }

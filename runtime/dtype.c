@@ -71,7 +71,8 @@ float heed_f16_to_f32(heed_f16 hv) {
     float v = (float)mant * 0x1p-24f; /* exact: mant < 2^10 */
     return float_of(bits_of(v) | sign);
   }
-  if (exp == 31) return float_of(sign | 0x7f800000u | (mant << 13));
+  if (exp == 31) /* infinity; a NaN comes back quiet, as F16C and NEON convert it */
+    return float_of(sign | 0x7f800000u | (mant ? 0x400000u : 0u) | (mant << 13));
   return float_of(sign | ((exp + 112u) << 23) | (mant << 13));
 }
 

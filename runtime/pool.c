@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <hwloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,11 @@
 #include "heed/pool.h"
 #include "runtime/internal.h"
 
-#define SPIN_ITERS 20000
+/* Waiting: SPIN_ITERS pauses (a few microseconds), then YIELD_ITERS
+ * sched_yield calls, which hand the core to a thread we may be waiting for
+ * when the machine is oversubscribed, then a condition variable. */
+#define SPIN_ITERS 2000
+#define YIELD_ITERS 64
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CPU_RELAX() __builtin_ia32_pause()
@@ -98,7 +103,12 @@ static void *worker_main(void *argv) {
   atomic_fetch_add(&p->started, 1);
   for (;;) {
     int spins = 0;
-    while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen && spins++ < SPIN_ITERS) CPU_RELAX();
+    while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen && spins < SPIN_ITERS + YIELD_ITERS) {
+      if (spins++ < SPIN_ITERS)
+        CPU_RELAX();
+      else
+        sched_yield();
+    }
     if (atomic_load_explicit(&p->gen, memory_order_acquire) == seen) {
       pthread_mutex_lock(&p->mu);
       while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv_work, &p->mu);
@@ -221,7 +231,12 @@ heed_status heed_pool_parallel_for(heed_pool *p, size_t n, heed_schedule sched, 
   run_share(p, 0);
   if (p->n > 1) {
     int spins = 0;
-    while (atomic_load_explicit(&p->remaining, memory_order_acquire) > 0 && spins++ < SPIN_ITERS) CPU_RELAX();
+    while (atomic_load_explicit(&p->remaining, memory_order_acquire) > 0 && spins < SPIN_ITERS + YIELD_ITERS) {
+      if (spins++ < SPIN_ITERS)
+        CPU_RELAX();
+      else
+        sched_yield();
+    }
     if (atomic_load_explicit(&p->remaining, memory_order_acquire) > 0) {
       pthread_mutex_lock(&p->mu);
       while (atomic_load(&p->remaining) > 0) pthread_cond_wait(&p->cv_done, &p->mu);

@@ -1,0 +1,48 @@
+# The two commands: `make run` and `make test`. Both install what is missing
+# (scripts/setup.sh, apt-get as root), configure, build, then run.
+BUILD ?= build
+BUILD_ARM64 ?= build-aarch64
+JOBS ?= 2
+CMAKE_FLAGS ?=
+# CI=true turns warnings into errors.
+WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
+HOST_ARCH := $(shell uname -m)
+
+.PHONY: all setup configure build run test test-native test-arm64 bench install clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+configure: setup
+	@cmake -S . -B $(BUILD) -DHEED_WERROR=$(WERROR) $(CMAKE_FLAGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD) -j $(JOBS)
+
+# The main job: what heed sees on this machine, then its limits probed.
+run: build
+	$(BUILD)/heed info
+	$(BUILD)/heed bench probes --json $(BUILD)/bench-probes.json
+
+test: test-native $(if $(filter x86_64,$(HOST_ARCH)),test-arm64)
+
+test-native: build
+	cd $(BUILD) && ctest --output-on-failure
+
+# NEON kernels and the whole suite for arm64, cross-built and run under qemu-aarch64.
+test-arm64: setup
+	@cmake -S . -B $(BUILD_ARM64) -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
+	  -DHEED_ARM64_DEPS=$(CURDIR)/.deps/arm64 -DHEED_BUILD_TOOLS=OFF -DHEED_WERROR=$(WERROR) >/dev/null
+	@cmake --build $(BUILD_ARM64) -j $(JOBS)
+	cd $(BUILD_ARM64) && ctest --output-on-failure
+
+bench: build
+	$(BUILD)/heed bench probes --json $(BUILD)/bench-probes.json
+
+install: build
+	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ARM64)

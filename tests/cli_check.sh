@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The `heed` command line as a user runs it: output, JSON validity, exit codes.
+set -u
+heed=$1
+fails=0 passes=0
+ok() { passes=$((passes + 1)); }
+bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+"$heed" info >"$tmp/info.txt" 2>&1 && grep -q '^choice' "$tmp/info.txt" && grep -q '^tile plan' "$tmp/info.txt" && ok || bad "heed info"
+"$heed" info --json >"$tmp/info.json" && python3 -c '
+import json,sys; d=json.load(open(sys.argv[1]))
+for k in ("machine","caches","numa","cpu_features","opencl_devices","candidates","choice","tile_plans","corrections"): assert k in d, k
+assert d["choice"]["backend"]=="cpu"' "$tmp/info.json" && ok || bad "heed info --json is not the documented JSON"
+
+HEED_DEBUG=1 "$heed" info 2>"$tmp/dbg" >/dev/null && grep -q '^heed: backend cpu' "$tmp/dbg" && ok || bad "HEED_DEBUG=1 logs the choice"
+
+"$heed" bench probes --repeats 3 --json "$tmp/p.json" >"$tmp/p.txt" 2>&1 && python3 -c '
+import json,sys; d=json.load(open(sys.argv[1])); r=d["results"]; assert "heed_info" in d and len(r)==6
+need={"name","backend","isa","dtype","shape","ms_median","ms_min","ms_max","limit_kind","limit_value","achieved_value","unit","fraction"}
+for x in r:
+  assert need<=set(x), need-set(x)
+  assert x["limit_kind"] in ("read_bandwidth","fma_peak") and x["fraction"]>0 and x["ms_min"]<=x["ms_median"]<=x["ms_max"]
+  assert isinstance(x["shape"],dict)' "$tmp/p.json" && ok || { bad "heed bench probes --json"; cat "$tmp/p.txt"; }
+
+expect_fail() { # expect_fail "needle" env... -- args...
+  local needle=$1; shift
+  local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
+  if env "${envs[@]}" "$heed" "$@" >"$tmp/o" 2>&1; then bad "'${envs[*]} heed $*' should fail"; return; fi
+  grep -qF -- "$needle" "$tmp/o" && ok || { bad "'${envs[*]} heed $*' should say '$needle'"; cat "$tmp/o"; }
+}
+expect_fail "HEED_BACKEND=gpu: unknown backend" HEED_BACKEND=gpu -- info
+expect_fail "HEED_ISA=sse9" HEED_ISA=sse9 -- info
+expect_fail "HEED_THREADS=0" HEED_THREADS=0 -- info
+expect_fail "HEED_THREADS=99999" HEED_THREADS=99999 -- info
+expect_fail "unknown suite 'nope'" X=1 -- bench nope
+expect_fail "--repeats 0" X=1 -- bench probes --repeats 0
+expect_fail "unknown command 'frobnicate'" X=1 -- frobnicate
+expect_fail "unknown argument '--yaml'" X=1 -- info --yaml
+
+echo "cli: $passes passed, $fails failed"
+[ $fails -eq 0 ]

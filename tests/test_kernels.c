@@ -1,0 +1,206 @@
+/* Every ISA's kernels against the fp64 oracle: random and adversarial inputs,
+ * every tail length. ISAs this build lacks or this CPU cannot run are skipped
+ * and say so. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "heed/cpu.h"
+#include "heed/kernels.h"
+#include "test_util.h"
+
+static const size_t lengths[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 127, 128, 129, 1000, 4099};
+
+/* Skips (and says so in Criterion's synthesis) an ISA this build lacks or
+ * this CPU cannot run: it is tested where it can run. */
+static int get_table(heed_isa isa, heed_kernel_table *t) {
+  if (!heed_kernels_compiled(isa)) cr_skip_test("%s: not compiled into this build", heed_isa_name(isa));
+  if (!heed_isa_runs_on(isa, heed_cpu_features_detect()))
+    cr_skip_test("%s: this CPU cannot run it", heed_isa_name(isa));
+  heed_error e = {0};
+  cr_assert_eq(heed_kernels_build(isa, t, &e), HEED_OK, "%s", e.msg);
+  cr_assert_eq(t->isa, isa);
+  return 1;
+}
+
+/* x as the dtype's storage; xf gets the exact values it holds. */
+static void fill(heed_dtype dt, void *x, float *xf, size_t n, uint64_t *s, float scale) {
+  for (size_t i = 0; i < n; i++) {
+    float v = tu_uniform(s) * scale;
+    if (dt == HEED_DTYPE_F32) {
+      ((float *)x)[i] = v;
+      xf[i] = v;
+    } else if (dt == HEED_DTYPE_F16) {
+      ((heed_f16 *)x)[i] = heed_f32_to_f16(v);
+      xf[i] = heed_f16_to_f32(((heed_f16 *)x)[i]);
+    } else {
+      ((heed_bf16 *)x)[i] = heed_f32_to_bf16(v);
+      xf[i] = heed_bf16_to_f32(((heed_bf16 *)x)[i]);
+    }
+  }
+}
+
+static void check_dot(heed_isa isa) {
+  heed_kernel_table t;
+  if (!get_table(isa, &t)) return;
+  const size_t nmax = 4099;
+  void *x = malloc(nmax * 4);
+  float *xf = malloc(nmax * 4), *y = malloc(nmax * 4);
+  uint64_t s = 1234 + (uint64_t)isa;
+  for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++) {
+    heed_dot_fn dot = heed_kernel_dot(&t, (heed_dtype)dt);
+    cr_assert_not_null(dot);
+    for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
+      size_t n = lengths[li];
+      for (int trial = 0; trial < 3; trial++) {
+        fill((heed_dtype)dt, x, xf, n, &s, 4.0f);
+        for (size_t i = 0; i < n; i++) y[i] = tu_uniform(&s);
+        if (trial == 2 && n) xf[n - 1] *= 1.0f, y[n - 1] = 3000.0f; /* the tail dominates */
+        double ref = 0, mag = 0;
+        for (size_t i = 0; i < n; i++) {
+          ref += (double)xf[i] * y[i];
+          mag += fabs((double)xf[i] * y[i]);
+        }
+        double got = dot(x, y, n);
+        /* float accumulation in at most 8-way partial sums: (n/8 + 8) roundings */
+        double bound = ((double)n / 8 + 8) * 0x1p-24 * mag + 1e-30;
+        cr_assert_leq(fabs(got - ref), bound, "%s %s n=%zu trial %d: got %.9g want %.9g (bound %.3g)",
+                      heed_isa_name(isa), heed_dtype_name((heed_dtype)dt), n, trial, got, ref, bound);
+      }
+      /* One nonzero product at each position: exact, so a lost or doubled lane shows. */
+      for (size_t pos = 0; pos < n && n <= 129; pos++) {
+        fill((heed_dtype)dt, x, xf, n, &s, 0.0f);
+        for (size_t i = 0; i < n; i++) y[i] = 1.0f;
+        float one_x[1];
+        uint8_t store[4];
+        fill((heed_dtype)dt, store, one_x, 1, &s, 2.0f);
+        memcpy((char *)x + pos * (heed_dtype_bits((heed_dtype)dt) / 8), store, heed_dtype_bits((heed_dtype)dt) / 8);
+        y[pos] = 1.5f;
+        double want = (double)one_x[0] * 1.5;
+        cr_assert_eq(dot(x, y, n), (float)want, "%s %s n=%zu impulse at %zu", heed_isa_name(isa),
+                     heed_dtype_name((heed_dtype)dt), n, pos);
+      }
+    }
+  }
+  free(x);
+  free(xf);
+  free(y);
+}
+
+static void check_to_f32(heed_isa isa) {
+  heed_kernel_table t;
+  if (!get_table(isa, &t)) return;
+  /* Every 16-bit pattern, for f16 and bf16, against the portable converter. */
+  uint16_t *h = malloc(65536 * 2 + 64);
+  float *out = malloc((65536 + 16) * 4);
+  for (uint32_t i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+  for (int dt = HEED_DTYPE_F16; dt <= HEED_DTYPE_BF16; dt++) {
+    heed_to_f32_fn cvt = heed_kernel_to_f32(&t, (heed_dtype)dt);
+    for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
+      size_t n = lengths[li];
+      out[n] = -7.0f; /* the kernel must not write past n */
+      cvt(h + 1000, out, n);
+      cr_assert_eq(out[n], -7.0f, "%s wrote past n=%zu", heed_isa_name(isa), n);
+    }
+    cvt(h, out, 65536);
+    for (uint32_t i = 0; i < 65536; i++) {
+      float want = dt == HEED_DTYPE_F16 ? heed_f16_to_f32((heed_f16)i) : heed_bf16_to_f32((heed_bf16)i);
+      if (isnan(want))
+        cr_assert(isnan(out[i]), "%s %s 0x%04x", heed_isa_name(isa), heed_dtype_name((heed_dtype)dt), i);
+      else
+        cr_assert_eq(tu_f32_bits(out[i]), tu_f32_bits(want), "%s %s 0x%04x: %a vs %a", heed_isa_name(isa),
+                     heed_dtype_name((heed_dtype)dt), i, out[i], want);
+    }
+  }
+  float src[37], dst[37];
+  for (int i = 0; i < 37; i++) src[i] = (float)i - 18.5f;
+  heed_kernel_to_f32(&t, HEED_DTYPE_F32)(src, dst, 37);
+  cr_assert_arr_eq(src, dst, sizeof src);
+  free(h);
+  free(out);
+}
+
+static void check_probes(heed_isa isa) {
+  heed_kernel_table t;
+  if (!get_table(isa, &t)) return;
+  heed_probe_read_fn rd = heed_kernel_probe_read(&t);
+  float *x = malloc(4099 * 4);
+  uint64_t s = 99;
+  for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
+    size_t n = lengths[li];
+    double ref = 0, mag = 0;
+    for (size_t i = 0; i < n; i++) {
+      x[i] = tu_uniform(&s);
+      if (i + 1 == n) x[i] = 500.0f;
+      ref += x[i];
+      mag += fabs(x[i]);
+    }
+    double got = rd(x, n);
+    cr_assert_leq(fabs(got - ref), ((double)n / 4 + 8) * 0x1p-24 * mag + 1e-30, "%s read n=%zu: %g vs %g",
+                  heed_isa_name(isa), n, got, ref);
+  }
+  heed_probe_fma_fn fma = heed_kernel_probe_fma(&t);
+  float sink = 0;
+  cr_assert_eq(fma(0, &sink), 0.0);
+  double f1 = fma(1, &sink), f1000 = fma(1000, &sink);
+  cr_assert_gt(f1, 0);
+  cr_assert_eq(f1000, 1000 * f1, "flops must scale with iterations");
+  cr_assert(isfinite(sink) && sink > 0, "sink %g", sink);
+  free(x);
+}
+
+static void check_table(heed_isa isa) {
+  heed_kernel_table t;
+  if (!heed_kernels_compiled(isa)) return;
+  cr_assert_eq(heed_kernels_build(isa, &t, NULL), HEED_OK);
+  for (int op = 0; op < HEED_OP_COUNT; op++)
+    for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++) {
+      const heed_kernel_slot *sl = &t.slot[op][dt];
+      int probe = op == HEED_OP_PROBE_READ || op == HEED_OP_PROBE_FMA;
+      if (probe && dt != HEED_DTYPE_F32) {
+        cr_assert_null(sl->fn);
+        continue;
+      }
+      cr_assert_not_null(sl->fn, "%s: %s/%s empty", heed_isa_name(isa), heed_op_name((heed_op)op),
+                         heed_dtype_name((heed_dtype)dt));
+      cr_assert_not_null(sl->name);
+      /* A slot holds this level's kernel or one of a level it builds on. */
+      cr_assert((heed_isa_requires(sl->isa) & ~heed_isa_requires(isa)) == 0, "%s holds %s", heed_isa_name(isa),
+                sl->name);
+    }
+  if (isa != HEED_ISA_SCALAR)
+    cr_assert_eq(t.slot[HEED_OP_DOT][HEED_DTYPE_F16].isa, isa, "%s should override dot f16", heed_isa_name(isa));
+}
+
+#define ISA_TESTS(lower, ISA)                                  \
+  Test(kernels, dot_##lower) { check_dot(HEED_ISA_##ISA); }     \
+  Test(kernels, to_f32_##lower) { check_to_f32(HEED_ISA_##ISA); } \
+  Test(kernels, probes_##lower) { check_probes(HEED_ISA_##ISA); } \
+  Test(kernels, table_##lower) { check_table(HEED_ISA_##ISA); }
+
+ISA_TESTS(scalar, SCALAR)
+ISA_TESTS(avx2, AVX2)
+ISA_TESTS(avx512, AVX512)
+ISA_TESTS(neon, NEON)
+
+Test(kernels, the_native_isas_of_this_build_are_compiled) {
+#if defined(__x86_64__)
+  cr_assert(heed_kernels_compiled(HEED_ISA_AVX2) && heed_kernels_compiled(HEED_ISA_AVX512));
+  cr_assert_not(heed_kernels_compiled(HEED_ISA_NEON));
+#elif defined(__aarch64__)
+  cr_assert(heed_kernels_compiled(HEED_ISA_NEON));
+  cr_assert_not(heed_kernels_compiled(HEED_ISA_AVX2));
+#endif
+  cr_assert(heed_kernels_compiled(HEED_ISA_SCALAR));
+}
+
+Test(kernels, bad_requests_are_refused_with_a_message) {
+  heed_kernel_table t;
+  heed_error e = {0};
+  cr_assert_eq(heed_kernels_build((heed_isa)17, &t, &e), HEED_E_INVALID);
+  cr_assert(strstr(e.msg, "17"), "%s", e.msg);
+  cr_assert_eq(heed_kernels_build(HEED_ISA_SCALAR, NULL, &e), HEED_E_INVALID);
+  heed_isa other = heed_kernels_compiled(HEED_ISA_NEON) ? HEED_ISA_AVX2 : HEED_ISA_NEON;
+  cr_assert_eq(heed_kernels_build(other, &t, &e), HEED_E_UNSUPPORTED);
+  cr_assert(strstr(e.msg, heed_isa_name(other)) && strstr(e.msg, "scalar"), "%s", e.msg);
+}
