@@ -10,6 +10,9 @@
 # multi-arch ones through apt (dpkg --add-architecture arm64); Criterion's
 # runtime and nanomsg, which cannot sit beside their amd64 twins, are unpacked
 # from their .debs into .deps/arm64 (git-ignored), used only by that run.
+# Criterion re-executes the test binary for every test, so the kernel must
+# hand aarch64 executables to qemu: setup registers Debian's qemu-user-binfmt
+# rule with binfmt_misc (root; the one change outside the package manager).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +23,7 @@ native=(
   gnuplot-nox
 )
 arm64=(
-  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-user-binfmt
   libc6:arm64 libhwloc-dev:arm64 ocl-icd-opencl-dev:arm64 libffi8:arm64 libgit2-1.5:arm64
 )
 arm64_private=(libcriterion3:arm64 libnanomsg5:arm64)
@@ -41,16 +44,21 @@ if [ $want_arm64 = 1 ]; then
 fi
 need_private=0
 [ $want_arm64 = 1 ] && [ ! -e "$deps/usr/lib/aarch64-linux-gnu/libcriterion.so.3" ] && need_private=1
+binfmt=/proc/sys/fs/binfmt_misc
+need_binfmt=0
+[ $want_arm64 = 1 ] && ! grep -qx enabled "$binfmt/qemu-aarch64" 2>/dev/null && need_binfmt=1
 
 if [ "${1:-}" = "--check" ]; then
   [ $need_arch = 1 ] && echo "setup: the arm64 architecture is not enabled in dpkg"
   [ ${#missing[@]} -gt 0 ] && echo "setup: missing packages: ${missing[*]}"
   [ $need_private = 1 ] && echo "setup: missing $deps (arm64 Criterion runtime)"
-  [ $need_arch = 0 ] && [ ${#missing[@]} -eq 0 ] && [ $need_private = 0 ] && { echo "setup: everything present"; exit 0; }
+  [ $need_binfmt = 1 ] && echo "setup: qemu-aarch64 is not registered with binfmt_misc"
+  [ $need_arch = 0 ] && [ ${#missing[@]} -eq 0 ] && [ $need_private = 0 ] && [ $need_binfmt = 0 ] &&
+    { echo "setup: everything present"; exit 0; }
   exit 1
 fi
 
-[ $need_arch = 0 ] && [ ${#missing[@]} -eq 0 ] && [ $need_private = 0 ] && exit 0
+[ $need_arch = 0 ] && [ ${#missing[@]} -eq 0 ] && [ $need_private = 0 ] && [ $need_binfmt = 0 ] && exit 0
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -78,4 +86,17 @@ if [ $need_private = 1 ]; then
   fi
   for d in "$deps"/debs/*.deb; do dpkg -x "$d" "$deps"; done
   rm -rf "$deps/debs"
+fi
+if [ $need_binfmt = 1 ]; then
+  echo "setup: registering qemu-aarch64 with binfmt_misc (Debian's qemu-user-binfmt rule)"
+  [ -e "$binfmt/register" ] || $sudo mount -t binfmt_misc binfmt_misc "$binfmt" || true
+  rule=/usr/lib/binfmt.d/qemu-aarch64.conf
+  if [ -e "$binfmt/register" ] && [ -e "$rule" ]; then
+    $sudo /lib/systemd/systemd-binfmt "$rule" 2>/dev/null || sed -n 's/^\(:.*\)$/\1/p' "$rule" | $sudo tee "$binfmt/register" >/dev/null
+  fi
+  if ! grep -qx enabled "$binfmt/qemu-aarch64" 2>/dev/null; then
+    echo "setup: cannot register qemu-aarch64 with binfmt_misc here (not root, or a container without it);" >&2
+    echo "setup: the arm64 tests need it. Run as root, or skip them with HEED_NO_ARM64=1." >&2
+    exit 1
+  fi
 fi
