@@ -97,7 +97,8 @@ heed_status heed_runtime_write_text(heed_runtime *rt, FILE *f) {
           heed_backend_name(heed_runtime_backend(rt)), heed_isa_name(heed_runtime_isa(rt)),
           heed_runtime_n_threads(rt), heed_pool_n_pinned(pool), heed_runtime_n_threads(rt) - 1,
           heed_pool_pin_note(pool)[0] ? ": " : "", heed_pool_pin_note(pool));
-  fprintf(f, "            %s\n            %s\n", heed_runtime_choice_reason(rt), heed_runtime_settings_(rt));
+  fprintf(f, "            %s: %s\n            %s\n            %s\n", heed_backend_name(heed_runtime_backend(rt)),
+          heed_runtime_backend_description(rt), heed_runtime_choice_reason(rt), heed_runtime_settings_(rt));
   for (size_t i = 0; i < HEED_ARRAY_LEN(plan_shapes); i++) {
     heed_tile_plan p;
     if (heed_runtime_tile_plan(rt, plan_shapes[i].dk, plan_shapes[i].dv, plan_shapes[i].dt, &p) != HEED_OK) continue;
@@ -186,6 +187,8 @@ heed_status heed_runtime_write_json(heed_runtime *rt, FILE *f) {
           heed_backend_name(heed_runtime_backend(rt)), heed_isa_name(heed_runtime_isa(rt)),
           heed_runtime_n_threads(rt), heed_pool_n_pinned(pool));
   heed_json_str(f, heed_pool_pin_note(pool));
+  fprintf(f, ",\"backend_description\":");
+  heed_json_str(f, heed_runtime_backend_description(rt));
   fprintf(f, ",\"reason\":");
   heed_json_str(f, heed_runtime_choice_reason(rt));
   fprintf(f, ",\"settings\":");

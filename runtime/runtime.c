@@ -7,11 +7,8 @@
 #include <string.h>
 
 #include "heed/runtime.h"
+#include "runtime/backend.h"
 #include "runtime/internal.h"
-
-#ifndef HEED_HAVE_OPENCL_BACKEND
-#define HEED_HAVE_OPENCL_BACKEND 0 /* the OpenCL backend's vtable registers here when it lands */
-#endif
 
 #define MAX_CANDIDATES 64
 
@@ -24,6 +21,9 @@ struct heed_runtime {
   int n_threads;
   heed_kernel_table kernels;
   heed_pool *pool;
+  const heed_backend_iface *be; /* the open backend */
+  void *be_ctx;
+  char be_desc[160];
   heed_backend_candidate cand[MAX_CANDIDATES];
   unsigned n_cand;
   char reason[600];
@@ -100,10 +100,6 @@ static heed_isa best_isa(heed_cpu_features f) {
   return HEED_ISA_SCALAR;
 }
 
-static int backend_built(heed_backend_kind k) {
-  return k == HEED_BACKEND_CPU || (k == HEED_BACKEND_OPENCL && HEED_HAVE_OPENCL_BACKEND);
-}
-
 /* Scores: an OpenCL GPU or accelerator outranks every CPU configuration; among
  * GPUs more compute units and more memory win. An OpenCL CPU device scores 0:
  * never automatic. */
@@ -125,7 +121,7 @@ static void rank(heed_runtime *rt) {
     memset(c, 0, sizeof *c);
     c->kind = HEED_BACKEND_OPENCL;
     c->cl_device = (int)i;
-    c->built = backend_built(HEED_BACKEND_OPENCL);
+    c->built = heed_backend_built(HEED_BACKEND_OPENCL);
     if (d->type == HEED_CL_DEVICE_GPU || d->type == HEED_CL_DEVICE_ACCELERATOR) {
       int cu = d->compute_units > 100 ? 100 : (int)d->compute_units;
       int mem = d->global_mem_bytes >= (4ull << 30) ? 20 : 0;
@@ -233,7 +229,7 @@ static heed_status choose_backend(heed_runtime *rt, const settings *s, const hee
       for (unsigned i = 0; i < rt->n_cand && dev < 0; i++)
         if (rt->cand[i].kind == HEED_BACKEND_OPENCL) dev = rt->cand[i].cl_device;
     const heed_cl_device_info *d = heed_topology_get_cl_device(rt->topo, (unsigned)dev);
-    if (!backend_built(HEED_BACKEND_OPENCL))
+    if (!heed_backend_built(HEED_BACKEND_OPENCL))
       return heed_err_set(err, HEED_E_UNSUPPORTED,
                           "%s=opencl: this libheed has no opencl backend yet (built: cpu); device %d would be '%s'",
                           s->backend_src, dev, d->device_name);
@@ -319,6 +315,20 @@ heed_status heed_runtime_open(const heed_runtime_options *opt, heed_runtime **ou
   if ((st = heed_kernels_build(rt->isa, &rt->kernels, err)) != HEED_OK) goto fail;
   if ((st = heed_pool_create(rt->topo, rt->n_threads, !(o->flags & HEED_RUNTIME_NO_PIN), &rt->pool, err)) != HEED_OK)
     goto fail;
+  rt->be = heed_backend_find(rt->backend);
+  if (!rt->be) {
+    st = heed_err_set(err, HEED_E_INTERNAL, "backend %s was chosen but is not registered", heed_backend_name(rt->backend));
+    goto fail;
+  }
+  heed_backend_open_args args = {.topo = rt->topo, .cpu_kernels = &rt->kernels, .pool = rt->pool, .device = rt->cl_device};
+  if ((st = rt->be->open(&args, &rt->be_ctx, err)) != HEED_OK) {
+    rt->be = NULL;
+    goto fail;
+  }
+  if (rt->be->describe)
+    rt->be->describe(rt->be_ctx, rt->be_desc, sizeof rt->be_desc);
+  else
+    heed_strlcpy(rt->be_desc, rt->be->name, sizeof rt->be_desc);
   snprintf(rt->settings, sizeof rt->settings, "backend from %s, isa from %s, threads from %s",
            s.backend == HEED_BACKEND_AUTO ? "ranking" : s.backend_src, s.isa == HEED_ISA_AUTO ? "detection" : s.isa_src,
            s.n_threads ? s.threads_src : "core count");
@@ -335,7 +345,7 @@ heed_status heed_runtime_open(const heed_runtime_options *opt, heed_runtime **ou
     for (unsigned i = 0; i < rt->n_cand; i++)
       logf_(rt, "candidate %u: score %d%s - %s", i, rt->cand[i].score, rt->cand[i].built ? "" : " (not built)",
             rt->cand[i].why);
-    logf_(rt, "backend %s: %s", heed_backend_name(rt->backend), rt->reason);
+    logf_(rt, "backend %s: %s; %s", heed_backend_name(rt->backend), rt->be_desc, rt->reason);
     logf_(rt, "isa %s, %d threads (%s); pinned %d of %d pool threads%s%s", heed_isa_name(rt->isa), rt->n_threads,
           rt->settings, heed_pool_n_pinned(rt->pool), rt->n_threads - 1, heed_pool_pin_note(rt->pool)[0] ? ": " : "",
           heed_pool_pin_note(rt->pool));
@@ -349,6 +359,7 @@ fail:
 
 void heed_runtime_close(heed_runtime *rt) {
   if (!rt) return;
+  if (rt->be) rt->be->close(rt->be_ctx);
   heed_pool_destroy(rt->pool);
   heed_topology_destroy(rt->topo);
   free(rt);
@@ -362,6 +373,7 @@ heed_isa heed_runtime_isa(const heed_runtime *rt) { return rt ? rt->isa : HEED_I
 int heed_runtime_n_threads(const heed_runtime *rt) { return rt ? rt->n_threads : 0; }
 heed_cpu_features heed_runtime_cpu_features(const heed_runtime *rt) { return rt ? rt->features : 0; }
 const char *heed_runtime_choice_reason(const heed_runtime *rt) { return rt ? rt->reason : ""; }
+const char *heed_runtime_backend_description(const heed_runtime *rt) { return rt ? rt->be_desc : ""; }
 const char *heed_runtime_last_error(const heed_runtime *rt) { return rt ? rt->err.msg : ""; }
 unsigned heed_runtime_n_candidates(const heed_runtime *rt) { return rt ? rt->n_cand : 0; }
 const heed_backend_candidate *heed_runtime_get_candidate(const heed_runtime *rt, unsigned i) {

@@ -59,8 +59,18 @@ Test(runtime, opens_on_this_machine_with_defaults) {
   cr_assert_eq(heed_pool_n_workers(heed_runtime_pool(rt)), (int)s->n_cores);
   cr_assert_eq(heed_runtime_kernels(rt)->isa, heed_runtime_isa(rt));
   cr_assert_str_eq(heed_runtime_last_error(rt), "");
+  /* The open backend is the cpu vtable, and it describes itself. */
+  const char *d = heed_runtime_backend_description(rt);
+  cr_assert(strstr(d, heed_isa_name(heed_runtime_isa(rt))) && strstr(d, "workers"), "%s", d);
   heed_runtime_close(rt);
   heed_runtime_close(NULL);
+}
+
+Test(runtime, the_backend_registry) {
+  cr_assert(heed_backend_built(HEED_BACKEND_CPU));
+  cr_assert_not(heed_backend_built(HEED_BACKEND_OPENCL), "update the ranking tests when the opencl backend lands");
+  cr_assert_not(heed_backend_built(HEED_BACKEND_AUTO));
+  cr_assert_not(heed_backend_built((heed_backend_kind)99));
 }
 
 Test(runtime, server_ranks_its_gpu_first_and_says_why_it_runs_on_cpu) {

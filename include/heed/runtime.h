@@ -121,6 +121,9 @@ heed_status heed_runtime_write_json(heed_runtime *rt, FILE *f);
 heed_status heed_runtime_write_text(heed_runtime *rt, FILE *f);
 
 const char *heed_backend_name(heed_backend_kind k); /* "opencl"; NULL if unknown */
+int heed_backend_built(heed_backend_kind k);        /* 1 when this libheed has that backend */
+/* One line on the open backend ("avx2 kernels on 2 workers (...)"). Borrowed. */
+const char *heed_runtime_backend_description(const heed_runtime *rt);
 int heed_backend_parse(const char *name, heed_backend_kind *out); /* 0 or HEED_E_INVALID */
 
 #ifdef __cplusplus

@@ -1,0 +1,40 @@
+/* backends/cpu/cpu_backend.c - the CPU backend: the host's kernel table and
+ * its pool of pinned workers. Its operation slots arrive with the attention
+ * issue; today it runs the runtime's kernels and the bench probes. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "runtime/backend.h"
+#include "runtime/internal.h"
+
+typedef struct cpu_ctx {
+  const heed_kernel_table *kernels; /* borrowed from the runtime */
+  heed_pool *pool;                  /* borrowed from the runtime */
+} cpu_ctx;
+
+static heed_status cpu_open(const heed_backend_open_args *a, void **ctx, heed_error *err) {
+  if (!a->cpu_kernels || !a->pool) return heed_err_set(err, HEED_E_INTERNAL, "cpu backend: no kernel table or pool");
+  cpu_ctx *c = calloc(1, sizeof *c);
+  if (!c) return heed_err_set(err, HEED_E_NOMEM, "no memory for the cpu backend");
+  c->kernels = a->cpu_kernels;
+  c->pool = a->pool;
+  *ctx = c;
+  return HEED_OK;
+}
+
+static void cpu_close(void *ctx) { free(ctx); }
+
+static void cpu_describe(void *ctx, char *buf, size_t cap) {
+  cpu_ctx *c = ctx;
+  int n = heed_pool_n_workers(c->pool);
+  snprintf(buf, cap, "%s kernels on %d workers (the caller and %d pool threads, %d of them pinned)",
+           heed_isa_name(c->kernels->isa), n, n - 1, heed_pool_n_pinned(c->pool));
+}
+
+const heed_backend_iface heed_backend_cpu_iface = {
+    .kind = HEED_BACKEND_CPU,
+    .name = "cpu",
+    .open = cpu_open,
+    .close = cpu_close,
+    .describe = cpu_describe,
+};
