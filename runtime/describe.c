@@ -5,8 +5,6 @@
 #include "heed/heed.h"
 #include "runtime/internal.h"
 
-const char *heed_runtime_settings_(const heed_runtime *rt);
-
 void heed_json_str(FILE *f, const char *s) {
   if (!s) {
     fputs("null", f);
@@ -98,7 +96,7 @@ heed_status heed_runtime_write_text(heed_runtime *rt, FILE *f) {
           heed_runtime_n_threads(rt), heed_pool_n_pinned(pool), heed_runtime_n_threads(rt) - 1,
           heed_pool_pin_note(pool)[0] ? ": " : "", heed_pool_pin_note(pool));
   fprintf(f, "            %s: %s\n            %s\n            %s\n", heed_backend_name(heed_runtime_backend(rt)),
-          heed_runtime_backend_description(rt), heed_runtime_choice_reason(rt), heed_runtime_settings_(rt));
+          heed_runtime_backend_description(rt), heed_runtime_choice_reason(rt), heed_runtime_settings(rt));
   for (size_t i = 0; i < HEED_ARRAY_LEN(plan_shapes); i++) {
     heed_tile_plan p;
     if (heed_runtime_tile_plan(rt, plan_shapes[i].dk, plan_shapes[i].dv, plan_shapes[i].dt, &p) != HEED_OK) continue;
@@ -192,7 +190,7 @@ heed_status heed_runtime_write_json(heed_runtime *rt, FILE *f) {
   fprintf(f, ",\"reason\":");
   heed_json_str(f, heed_runtime_choice_reason(rt));
   fprintf(f, ",\"settings\":");
-  heed_json_str(f, heed_runtime_settings_(rt));
+  heed_json_str(f, heed_runtime_settings(rt));
   fprintf(f, "},\"tile_plans\":[");
   int first = 1;
   for (size_t i = 0; i < HEED_ARRAY_LEN(plan_shapes); i++) {

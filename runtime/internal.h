@@ -25,8 +25,12 @@ void heed_strlcpy(char *dst, const char *src, size_t cap);
 
 #define HEED_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-#endif
-
 #include <stdio.h>
 /* Writes s as a JSON string literal, escaped. NULL writes null. */
 void heed_json_str(FILE *f, const char *s);
+
+struct heed_runtime;
+/* Where each setting came from ("backend from ranking, isa from HEED_ISA, ..."). */
+const char *heed_runtime_settings(const struct heed_runtime *rt);
+
+#endif

@@ -386,5 +386,4 @@ heed_status heed_runtime_tile_plan(heed_runtime *rt, unsigned dk, unsigned dv, h
   return heed_tile_plan_make(s->l1d_per_core, s->l2_per_core, dk, dv, kv, out, &rt->err);
 }
 
-/* Settings string for the describe functions. */
-const char *heed_runtime_settings_(const heed_runtime *rt) { return rt->settings; }
+const char *heed_runtime_settings(const heed_runtime *rt) { return rt ? rt->settings : ""; }

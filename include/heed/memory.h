@@ -28,7 +28,9 @@ enum {
  * the caller's; free it with heed_mem_free. Contents are not initialised. */
 heed_status heed_mem_alloc(const heed_topology *topo, size_t bytes, size_t align, int numa_node,
                            void **out, heed_error *err);
-void heed_mem_free(void *p); /* NULL is fine */
+/* NULL is fine. Freeing a block twice, or a pointer heed_mem_alloc did not
+ * return, aborts (as glibc's free does on a detected double free). */
+void heed_mem_free(void *p);
 
 #ifdef __cplusplus
 }
