@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 
+#include "heed/attention.h"
 #include "heed/kernels.h"
 #include "heed/pool.h"
 #include "heed/runtime.h"
@@ -25,6 +26,23 @@ typedef struct heed_backend_open_args {
   int device;                           /* OpenCL device index; -1 for the CPU backend */
 } heed_backend_open_args;
 
+/* One attention call, validated by attention/attention.c before any backend
+ * sees it. Arrays are the caller's (see heed/attention.h). */
+typedef struct heed_attn_call {
+  const heed_kv_cache *cache;
+  const heed_attn_params *p;
+  /* prefill: seq.blocks/n_tokens resolved; q_tile query positions per work item */
+  heed_attn_seq seq;
+  unsigned q_start, n_q, q_tile;
+  /* decode: at most max_splits KV splits per (sequence, KV head) */
+  const heed_attn_decode_seq *seqs;
+  unsigned n_seqs, max_splits;
+  const float *q;
+  float *out, *lse;
+  void *ws;
+  size_t ws_bytes;
+} heed_attn_call;
+
 typedef struct heed_backend_iface {
   heed_backend_kind kind;
   const char *name;
@@ -32,7 +50,21 @@ typedef struct heed_backend_iface {
   void (*close)(void *ctx);
   /* Optional: one line for `heed info` ("avx2 kernels on 2 workers"). */
   void (*describe)(void *ctx, char *buf, size_t cap);
+  /* Optional: attention (absent: HEED_E_UNSUPPORTED). */
+  heed_status (*attn_prefill)(void *ctx, const heed_attn_call *call);
+  heed_status (*attn_decode)(void *ctx, const heed_attn_call *call);
 } heed_backend_iface;
+
+/* The open backend of a runtime and its context. */
+const heed_backend_iface *heed_runtime_backend_iface(const heed_runtime *rt, void **ctx);
+
+/* The CPU backend's context, which the portable attention driver runs on. */
+typedef struct heed_cpu_ctx {
+  const heed_kernel_table *kernels;
+  heed_pool *pool;
+} heed_cpu_ctx;
+heed_status heed_cpu_attn_prefill(void *ctx, const heed_attn_call *call);
+heed_status heed_cpu_attn_decode(void *ctx, const heed_attn_call *call);
 
 /* The backend of that kind in this build, or NULL. */
 const heed_backend_iface *heed_backend_find(heed_backend_kind kind);

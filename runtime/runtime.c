@@ -374,6 +374,10 @@ int heed_runtime_n_threads(const heed_runtime *rt) { return rt ? rt->n_threads :
 heed_cpu_features heed_runtime_cpu_features(const heed_runtime *rt) { return rt ? rt->features : 0; }
 const char *heed_runtime_choice_reason(const heed_runtime *rt) { return rt ? rt->reason : ""; }
 const char *heed_runtime_backend_description(const heed_runtime *rt) { return rt ? rt->be_desc : ""; }
+const heed_backend_iface *heed_runtime_backend_iface(const heed_runtime *rt, void **ctx) {
+  if (ctx) *ctx = rt ? rt->be_ctx : NULL;
+  return rt ? rt->be : NULL;
+}
 const char *heed_runtime_last_error(const heed_runtime *rt) { return rt ? rt->err.msg : ""; }
 unsigned heed_runtime_n_candidates(const heed_runtime *rt) { return rt ? rt->n_cand : 0; }
 const heed_backend_candidate *heed_runtime_get_candidate(const heed_runtime *rt, unsigned i) {

@@ -7,10 +7,7 @@
 #include "runtime/backend.h"
 #include "runtime/internal.h"
 
-typedef struct cpu_ctx {
-  const heed_kernel_table *kernels; /* borrowed from the runtime */
-  heed_pool *pool;                  /* borrowed from the runtime */
-} cpu_ctx;
+typedef heed_cpu_ctx cpu_ctx; /* kernels and pool, both borrowed from the runtime */
 
 static heed_status cpu_open(const heed_backend_open_args *a, void **ctx, heed_error *err) {
   if (!a->cpu_kernels || !a->pool) return heed_err_set(err, HEED_E_INTERNAL, "cpu backend: no kernel table or pool");
@@ -37,4 +34,6 @@ const heed_backend_iface heed_backend_cpu_iface = {
     .open = cpu_open,
     .close = cpu_close,
     .describe = cpu_describe,
+    .attn_prefill = heed_cpu_attn_prefill,
+    .attn_decode = heed_cpu_attn_decode,
 };

@@ -17,5 +17,8 @@ void heed_cpu_register_ref(heed_kernel_table *t);
 void heed_cpu_register_avx2(heed_kernel_table *t);
 void heed_cpu_register_avx512(heed_kernel_table *t);
 void heed_cpu_register_neon(heed_kernel_table *t);
+void heed_cpu_register_attn_avx2(heed_kernel_table *t);
+void heed_cpu_register_attn_avx512(heed_kernel_table *t);
+void heed_cpu_register_attn_neon(heed_kernel_table *t);
 
 #endif

@@ -56,13 +56,22 @@ heed_status heed_kernels_build(heed_isa isa, heed_kernel_table *t, heed_error *e
   t->isa = isa;
   heed_cpu_register_ref(t);
 #if HEED_HAVE_ISA_AVX2
-  if (isa == HEED_ISA_AVX2 || isa == HEED_ISA_AVX512) heed_cpu_register_avx2(t);
+  if (isa == HEED_ISA_AVX2 || isa == HEED_ISA_AVX512) {
+    heed_cpu_register_avx2(t);
+    heed_cpu_register_attn_avx2(t);
+  }
 #endif
 #if HEED_HAVE_ISA_AVX512
-  if (isa == HEED_ISA_AVX512) heed_cpu_register_avx512(t);
+  if (isa == HEED_ISA_AVX512) {
+    heed_cpu_register_avx512(t);
+    heed_cpu_register_attn_avx512(t);
+  }
 #endif
 #if HEED_HAVE_ISA_NEON
-  if (isa == HEED_ISA_NEON) heed_cpu_register_neon(t);
+  if (isa == HEED_ISA_NEON) {
+    heed_cpu_register_neon(t);
+    heed_cpu_register_attn_neon(t);
+  }
 #endif
   return HEED_OK;
 }

@@ -11,6 +11,7 @@
 #include "heed/memory.h"
 #include "heed/plan.h"
 #include "heed/runtime.h"
+#include "heed/attention.h"
 #include "heed/bench.h"
 
 #define HEED_VERSION_MAJOR 0

@@ -24,7 +24,10 @@ extern "C" {
   X(DOT, "dot")                  \
   X(TO_F32, "to_f32")            \
   X(PROBE_READ, "probe_read")    \
-  X(PROBE_FMA, "probe_fma")
+  X(PROBE_FMA, "probe_fma")      \
+  X(ATTN_QK, "attn_qk")          \
+  X(ATTN_PV, "attn_pv")          \
+  X(SOFTMAX_ROW, "softmax_row")
 
 typedef enum heed_op {
 #define HEED_X_(N, s) HEED_OP_##N,
@@ -43,6 +46,20 @@ typedef float (*heed_probe_read_fn)(const float *x, size_t n);
  * value derived from them to *sink (so they cannot be dropped) and returns the
  * number of floating-point operations done (a multiply-add counts as 2). */
 typedef double (*heed_probe_fma_fn)(uint64_t iters, float *sink);
+
+/* Attention micro-kernels; the slot's dtype is the KV cache's. Head dims are
+ * multiples of 16; R (query rows) and n (keys) are anything from 1 up.
+ *   attn_qk:  s[r*lds + j]  = q[r] . k[j]        q: [R][dk] f32, k: [n][dk], s: [R][lds]
+ *   attn_pv:  o[r*dv + c]  += sum_j p[r*ldp + j] * v[j*dv + c]
+ *                                                p: [R][ldp] f32, v: [n][dv], o: [R][dv]
+ *   softmax_row (f32 only): one row of the online softmax. With m_new =
+ *     max(*m, s[0..n)): s[j] = exp(s[j] - m_new), *l = *l * exp(*m - m_new) + sum s,
+ *     *m = m_new; returns exp(m_old - m_new), the factor the row's output is
+ *     rescaled by. Masked scores are -inf and become 0; while every score seen
+ *     is -inf, m stays -inf, l 0, and the return is 1. */
+typedef void (*heed_attn_qk_fn)(const float *q, int R, const void *k, int n, int dk, float *s, int lds);
+typedef void (*heed_attn_pv_fn)(const float *p, int ldp, int R, const void *v, int n, int dv, float *o);
+typedef float (*heed_softmax_row_fn)(float *s, int n, float *m, float *l);
 
 typedef void (*heed_kernel_fn)(void);
 
@@ -76,6 +93,15 @@ static inline heed_probe_read_fn heed_kernel_probe_read(const heed_kernel_table 
 }
 static inline heed_probe_fma_fn heed_kernel_probe_fma(const heed_kernel_table *t) {
   return (heed_probe_fma_fn)t->slot[HEED_OP_PROBE_FMA][HEED_DTYPE_F32].fn;
+}
+static inline heed_attn_qk_fn heed_kernel_attn_qk(const heed_kernel_table *t, heed_dtype dt) {
+  return (heed_attn_qk_fn)t->slot[HEED_OP_ATTN_QK][dt].fn;
+}
+static inline heed_attn_pv_fn heed_kernel_attn_pv(const heed_kernel_table *t, heed_dtype dt) {
+  return (heed_attn_pv_fn)t->slot[HEED_OP_ATTN_PV][dt].fn;
+}
+static inline heed_softmax_row_fn heed_kernel_softmax_row(const heed_kernel_table *t) {
+  return (heed_softmax_row_fn)t->slot[HEED_OP_SOFTMAX_ROW][HEED_DTYPE_F32].fn;
 }
 
 #ifdef __cplusplus

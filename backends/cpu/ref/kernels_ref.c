@@ -1,6 +1,7 @@
 /* backends/cpu/ref/kernels_ref.c - portable C kernels. They fill every slot of
  * every table, and every faster kernel is tested against the fp64 oracle the
  * same way they are. */
+#include <math.h>
 #include <string.h>
 
 #include "backends/cpu/cpu_isa.h"
@@ -58,7 +59,56 @@ static double probe_fma_ref(uint64_t iters, float *sink) {
   return (double)iters * 8 * 2;
 }
 
+/* Attention micro-kernels: the plain loops every SIMD variant must agree with. */
+#define REF_ATTN(T, SUF, LOAD)                                                              \
+  static void attn_qk_##SUF##_ref(const float *q, int R, const void *kv, int n, int dk, float *s, int lds) { \
+    const T *k = (const T *)kv;                                                             \
+    for (int r = 0; r < R; r++)                                                             \
+      for (int j = 0; j < n; j++) {                                                         \
+        float acc = 0;                                                                      \
+        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * LOAD(k[(size_t)j * dk + d]); \
+        s[(size_t)r * lds + j] = acc;                                                       \
+      }                                                                                     \
+  }                                                                                         \
+  static void attn_pv_##SUF##_ref(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
+    const T *v = (const T *)vv;                                                             \
+    for (int r = 0; r < R; r++)                                                             \
+      for (int j = 0; j < n; j++) {                                                         \
+        float w = p[(size_t)r * ldp + j];                                                   \
+        if (w == 0.0f) continue;                                                            \
+        for (int c = 0; c < dv; c++) o[(size_t)r * dv + c] += w * LOAD(v[(size_t)j * dv + c]); \
+      }                                                                                     \
+  }
+
+REF_ATTN(float, f32, LOAD_F32)
+REF_ATTN(heed_f16, f16, heed_f16_to_f32)
+REF_ATTN(heed_bf16, bf16, heed_bf16_to_f32)
+
+static float softmax_row_ref(float *s, int n, float *m, float *l) {
+  float mx = *m;
+  for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+  if (mx == -INFINITY) { /* nothing seen yet */
+    for (int j = 0; j < n; j++) s[j] = 0;
+    return 1.0f;
+  }
+  float alpha = expf(*m - mx), sum = 0;
+  for (int j = 0; j < n; j++) {
+    s[j] = expf(s[j] - mx);
+    sum += s[j];
+  }
+  *l = *l * alpha + sum;
+  *m = mx;
+  return alpha;
+}
+
 void heed_cpu_register_ref(heed_kernel_table *t) {
+  HEED_SLOT_SET(t, ATTN_QK, F32, attn_qk_f32_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, ATTN_QK, F16, attn_qk_f16_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, ATTN_QK, BF16, attn_qk_bf16_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, ATTN_PV, F32, attn_pv_f32_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, ATTN_PV, F16, attn_pv_f16_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, ATTN_PV, BF16, attn_pv_bf16_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, SOFTMAX_ROW, F32, softmax_row_ref, HEED_ISA_SCALAR);
   HEED_SLOT_SET(t, DOT, F32, dot_f32_ref, HEED_ISA_SCALAR);
   HEED_SLOT_SET(t, DOT, F16, dot_f16_ref, HEED_ISA_SCALAR);
   HEED_SLOT_SET(t, DOT, BF16, dot_bf16_ref, HEED_ISA_SCALAR);

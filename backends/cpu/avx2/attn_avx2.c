@@ -1,0 +1,207 @@
+/* backends/cpu/avx2/attn_avx2.c - attention micro-kernels for AVX2 + FMA + F16C.
+ *
+ * K and V rows are converted to f32 once per chunk of 16 rows into an L1
+ * buffer; the f32 cores then run register-blocked:
+ *   qk: 4 query rows x 2 keys = 8 accumulators, reduced 8-at-once by hadd;
+ *   pv: 4 query rows x 16 output columns = 8 accumulators.
+ * Head dims are multiples of 16, so no column tails. */
+#include <immintrin.h>
+#include <math.h>
+
+#include "backends/cpu/cpu_isa.h"
+#include "heed/attention.h"
+#include "heed/dtype.h"
+
+#define CHUNK 16
+
+static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* [sum a, sum b, ..., sum h] */
+static inline __m256 hsum8(__m256 a, __m256 b, __m256 c, __m256 d, __m256 e, __m256 f, __m256 g, __m256 h) {
+  __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  __m256 efgh = _mm256_hadd_ps(_mm256_hadd_ps(e, f), _mm256_hadd_ps(g, h));
+  return _mm256_add_ps(_mm256_permute2f128_ps(abcd, efgh, 0x20), _mm256_permute2f128_ps(abcd, efgh, 0x31));
+}
+
+static void qk_core(const float *q, int R, const float *k, int n, int dk, float *s, int lds) {
+  int j = 0;
+  for (; j + 2 <= n; j += 2) {
+    const float *k0 = k + (size_t)j * dk, *k1 = k0 + dk;
+    int r = 0;
+    for (; r + 4 <= R; r += 4) {
+      const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      for (int d = 0; d < dk; d += 8) {
+        __m256 x0 = _mm256_loadu_ps(k0 + d), x1 = _mm256_loadu_ps(k1 + d), y;
+        y = _mm256_loadu_ps(q0 + d), a0 = _mm256_fmadd_ps(y, x0, a0), b0 = _mm256_fmadd_ps(y, x1, b0);
+        y = _mm256_loadu_ps(q1 + d), a1 = _mm256_fmadd_ps(y, x0, a1), b1 = _mm256_fmadd_ps(y, x1, b1);
+        y = _mm256_loadu_ps(q2 + d), a2 = _mm256_fmadd_ps(y, x0, a2), b2 = _mm256_fmadd_ps(y, x1, b2);
+        y = _mm256_loadu_ps(q3 + d), a3 = _mm256_fmadd_ps(y, x0, a3), b3 = _mm256_fmadd_ps(y, x1, b3);
+      }
+      float t[8];
+      _mm256_storeu_ps(t, hsum8(a0, a1, a2, a3, b0, b1, b2, b3));
+      for (int i = 0; i < 4; i++) {
+        s[(size_t)(r + i) * lds + j] = t[i];
+        s[(size_t)(r + i) * lds + j + 1] = t[4 + i];
+      }
+    }
+    for (; r < R; r++) {
+      const float *q0 = q + (size_t)r * dk;
+      __m256 a0 = _mm256_setzero_ps(), b0 = a0;
+      for (int d = 0; d < dk; d += 8) {
+        __m256 y = _mm256_loadu_ps(q0 + d);
+        a0 = _mm256_fmadd_ps(y, _mm256_loadu_ps(k0 + d), a0);
+        b0 = _mm256_fmadd_ps(y, _mm256_loadu_ps(k1 + d), b0);
+      }
+      s[(size_t)r * lds + j] = hsum(a0);
+      s[(size_t)r * lds + j + 1] = hsum(b0);
+    }
+  }
+  for (; j < n; j++) {
+    const float *k0 = k + (size_t)j * dk;
+    for (int r = 0; r < R; r++) {
+      const float *q0 = q + (size_t)r * dk;
+      __m256 a0 = _mm256_setzero_ps();
+      for (int d = 0; d < dk; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), _mm256_loadu_ps(k0 + d), a0);
+      s[(size_t)r * lds + j] = hsum(a0);
+    }
+  }
+}
+
+static void pv_core(const float *p, int ldp, int R, const float *v, int n, int dv, float *o) {
+  for (int c = 0; c < dv; c += 16) {
+    int r = 0;
+    for (; r + 4 <= R; r += 4) {
+      float *o0 = o + (size_t)r * dv + c, *o1 = o0 + dv, *o2 = o1 + dv, *o3 = o2 + dv;
+      const float *p0 = p + (size_t)r * ldp, *p1 = p0 + ldp, *p2 = p1 + ldp, *p3 = p2 + ldp;
+      __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o0 + 8), b0 = _mm256_loadu_ps(o1),
+             b1 = _mm256_loadu_ps(o1 + 8), c0 = _mm256_loadu_ps(o2), c1 = _mm256_loadu_ps(o2 + 8),
+             d0 = _mm256_loadu_ps(o3), d1 = _mm256_loadu_ps(o3 + 8);
+      for (int j = 0; j < n; j++) {
+        const float *vr = v + (size_t)j * dv + c;
+        __m256 x0 = _mm256_loadu_ps(vr), x1 = _mm256_loadu_ps(vr + 8), w;
+        w = _mm256_broadcast_ss(p0 + j), a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1);
+        w = _mm256_broadcast_ss(p1 + j), b0 = _mm256_fmadd_ps(w, x0, b0), b1 = _mm256_fmadd_ps(w, x1, b1);
+        w = _mm256_broadcast_ss(p2 + j), c0 = _mm256_fmadd_ps(w, x0, c0), c1 = _mm256_fmadd_ps(w, x1, c1);
+        w = _mm256_broadcast_ss(p3 + j), d0 = _mm256_fmadd_ps(w, x0, d0), d1 = _mm256_fmadd_ps(w, x1, d1);
+      }
+      _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1), _mm256_storeu_ps(o1, b0), _mm256_storeu_ps(o1 + 8, b1);
+      _mm256_storeu_ps(o2, c0), _mm256_storeu_ps(o2 + 8, c1), _mm256_storeu_ps(o3, d0), _mm256_storeu_ps(o3 + 8, d1);
+    }
+    for (; r < R; r++) {
+      float *o0 = o + (size_t)r * dv + c;
+      const float *p0 = p + (size_t)r * ldp;
+      __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o0 + 8);
+      for (int j = 0; j < n; j++) {
+        __m256 w = _mm256_broadcast_ss(p0 + j);
+        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + (size_t)j * dv + c), a0);
+        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + (size_t)j * dv + c + 8), a1);
+      }
+      _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1);
+    }
+  }
+}
+
+static inline void cvt_f16(const void *x, float *y, size_t n) {
+  const heed_f16 *h = (const heed_f16 *)x;
+  for (size_t i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+}
+
+static inline void cvt_bf16(const void *x, float *y, size_t n) {
+  const heed_bf16 *h = (const heed_bf16 *)x;
+  for (size_t i = 0; i < n; i += 8) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(h + i)));
+    _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  }
+}
+
+static void attn_qk_f32_avx2(const float *q, int R, const void *k, int n, int dk, float *s, int lds) {
+  qk_core(q, R, (const float *)k, n, dk, s, lds);
+}
+static void attn_pv_f32_avx2(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) {
+  pv_core(p, ldp, R, (const float *)v, n, dv, o);
+}
+
+/* 16-bit storage: convert a chunk of rows once, then the f32 core. */
+#define CONVERTING(SUF, CVT, ESZ)                                                                  \
+  static void attn_qk_##SUF##_avx2(const float *q, int R, const void *k, int n, int dk, float *s, int lds) { \
+    float buf[CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                            \
+    for (int j = 0; j < n; j += CHUNK) {                                                          \
+      int m = n - j < CHUNK ? n - j : CHUNK;                                                      \
+      CVT((const char *)k + (size_t)j * dk * ESZ, buf, (size_t)m * dk);                           \
+      qk_core(q, R, buf, m, dk, s + j, lds);                                                      \
+    }                                                                                             \
+  }                                                                                               \
+  static void attn_pv_##SUF##_avx2(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) { \
+    float buf[CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                            \
+    for (int j = 0; j < n; j += CHUNK) {                                                          \
+      int m = n - j < CHUNK ? n - j : CHUNK;                                                      \
+      CVT((const char *)v + (size_t)j * dv * ESZ, buf, (size_t)m * dv);                           \
+      pv_core(p + j, ldp, R, buf, m, dv, o);                                                      \
+    }                                                                                             \
+  }
+
+CONVERTING(f16, cvt_f16, 2)
+CONVERTING(bf16, cvt_bf16, 2)
+
+/* exp(x) for x <= 0: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6
+ * Taylor polynomial (relative error < 2e-7); x below -87.3 (and -inf) gives 0. */
+static inline __m256 exp_neg(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  __m256 zero = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, lo);
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(zero, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+static float softmax_row_avx2(float *s, int n, float *m, float *l) {
+  __m256 vm = _mm256_set1_ps(-INFINITY);
+  int j = 0;
+  for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + j));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float mx = _mm_cvtss_f32(h);
+  for (; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+  if (*m > mx) mx = *m;
+  if (mx == -INFINITY) {
+    for (j = 0; j < n; j++) s[j] = 0;
+    return 1.0f;
+  }
+  __m256 vmx = _mm256_set1_ps(mx), sum = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= n; j += 8) {
+    __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
+    _mm256_storeu_ps(s + j, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float tot = hsum(sum);
+  for (; j < n; j++) tot += (s[j] = expf(s[j] - mx));
+  float alpha = expf(*m - mx);
+  *l = *l * alpha + tot;
+  *m = mx;
+  return alpha;
+}
+
+void heed_cpu_register_attn_avx2(heed_kernel_table *t) {
+  HEED_SLOT_SET(t, ATTN_QK, F32, attn_qk_f32_avx2, HEED_ISA_AVX2);
+  HEED_SLOT_SET(t, ATTN_QK, F16, attn_qk_f16_avx2, HEED_ISA_AVX2);
+  HEED_SLOT_SET(t, ATTN_QK, BF16, attn_qk_bf16_avx2, HEED_ISA_AVX2);
+  HEED_SLOT_SET(t, ATTN_PV, F32, attn_pv_f32_avx2, HEED_ISA_AVX2);
+  HEED_SLOT_SET(t, ATTN_PV, F16, attn_pv_f16_avx2, HEED_ISA_AVX2);
+  HEED_SLOT_SET(t, ATTN_PV, BF16, attn_pv_bf16_avx2, HEED_ISA_AVX2);
+  HEED_SLOT_SET(t, SOFTMAX_ROW, F32, softmax_row_avx2, HEED_ISA_AVX2);
+}

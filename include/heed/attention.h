@@ -1,0 +1,144 @@
+/* heed/attention.h - paged KV cache and IO-aware attention on the CPU backend.
+ *
+ * KV cache. The cache is a pool of fixed-size blocks in memory the caller owns
+ * (heed_kv_cache_bytes says how much), plus per-sequence block tables that heed
+ * keeps. A block holds block_len consecutive tokens of one sequence:
+ *
+ *   block b at  storage + b * block_bytes:
+ *     K   [n_kv_heads][block_len][dk]   dtype     (offset 0)
+ *     V   [n_kv_heads][block_len][dv]   dtype     (offset k_bytes, 64-aligned)
+ *     aux [n_kv_heads][...]             per-block scales for quantized formats
+ *                                       (0 bytes for f32/f16/bf16; offset 64-aligned)
+ *
+ * so the keys of one (block, KV head) are one contiguous [block_len][dk] tile.
+ * Token t of a sequence lives in block table[t / block_len], row t % block_len.
+ * Blocks are shared by reference count: fork copies a block table, not data;
+ * the first append that would write into a shared block copies that block
+ * first (copy-on-write). Truncate drops tokens from the end (rejected
+ * speculative tokens); blocks no sequence uses return to the free list.
+ *
+ * Attention. Queries are f32, laid out [n_q][n_q_heads][dk]; output is f32
+ * [n_q][n_q_heads][dv]; the optional log-sum-exp is [n_q][n_q_heads] (natural
+ * log, of the scaled, capped scores and the sink). Query head h reads KV head
+ * h / (n_q_heads / n_kv_heads) (GQA; MQA when n_kv_heads is 1). A query at
+ * position p sees key position k when
+ *   k <= p                                  (always: keys after a query are never seen)
+ *   p - k < window                          (when window > 0)
+ *   tree_mask[i][j]                         (decode with a tree: for the in-flight tokens)
+ * A row that sees no key and has no sink gets output 0 and lse -inf.
+ * Scores are scale * q.k, then cap * tanh(s / cap) when softcap > 0.
+ *
+ * Work space is the caller's too: heed_attn_*_workspace says how much. Nothing
+ * is allocated while attention runs.
+ */
+#ifndef HEED_ATTENTION_H
+#define HEED_ATTENTION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "heed/dtype.h"
+#include "heed/runtime.h"
+#include "heed/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Head dims heed's kernels take: multiples of 16 from 32 to 256 (64, 80, 96,
+ * 112, 128, 192, 256 and the rest); dk and dv may differ. */
+#define HEED_HEAD_DIM_MIN 32
+#define HEED_HEAD_DIM_MAX 256
+#define HEED_MAX_DECODE_QUERIES 16
+
+typedef struct heed_kv_cache heed_kv_cache;
+
+typedef struct heed_kv_cache_config {
+  unsigned n_kv_heads;   /* 1..256 */
+  unsigned dk, dv;       /* head dims of K and V */
+  heed_dtype dtype;      /* f32, f16 or bf16 */
+  unsigned block_len;    /* tokens per block, a power of two in 16..1024; 0: the runtime's tile plan */
+  uint32_t n_blocks;     /* blocks in the pool */
+  unsigned max_seqs;     /* sequences alive at once */
+  unsigned max_seq_len;  /* tokens one sequence may hold */
+} heed_kv_cache_config;
+
+/* Bytes of block storage the caller provides (64-byte aligned), and the
+ * block length the runtime's plan picks when cfg->block_len is 0. */
+heed_status heed_kv_cache_bytes(heed_runtime *rt, const heed_kv_cache_config *cfg, size_t *bytes,
+                                unsigned *block_len);
+/* storage: borrowed, at least heed_kv_cache_bytes, 64-byte aligned, must
+ * outlive the cache. heed allocates only the small tables. */
+heed_status heed_kv_cache_create(heed_runtime *rt, const heed_kv_cache_config *cfg, void *storage,
+                                 size_t storage_bytes, heed_kv_cache **out, heed_error *err);
+void heed_kv_cache_destroy(heed_kv_cache *c); /* NULL is fine; the storage stays the caller's */
+const char *heed_kv_cache_last_error(const heed_kv_cache *c);
+/* The configuration in force (block_len filled in). Borrowed. */
+const heed_kv_cache_config *heed_kv_cache_get_config(const heed_kv_cache *c);
+uint32_t heed_kv_cache_free_blocks(const heed_kv_cache *c);
+size_t heed_kv_cache_block_bytes(const heed_kv_cache *c);
+void *heed_kv_cache_storage(const heed_kv_cache *c);
+
+/* A new, empty sequence; *seq is its id (0..max_seqs-1). */
+heed_status heed_kv_seq_new(heed_kv_cache *c, int *seq);
+/* Appends n tokens. k: [n][n_kv_heads][dk] f32, v: [n][n_kv_heads][dv] f32,
+ * converted to the cache's dtype. Either all n are appended or none. */
+heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const float *k, const float *v);
+/* A new sequence sharing src's tokens (no copy); *dst is its id. */
+heed_status heed_kv_seq_fork(heed_kv_cache *c, int src, int *dst);
+/* Keeps the first len tokens (len <= current length). */
+heed_status heed_kv_seq_truncate(heed_kv_cache *c, int seq, unsigned len);
+heed_status heed_kv_seq_free(heed_kv_cache *c, int seq);
+/* Tokens held; -1 for a sequence that does not exist. */
+long heed_kv_seq_len(const heed_kv_cache *c, int seq);
+/* The sequence's block table, borrowed until its next append/truncate/free. */
+heed_status heed_kv_seq_blocks(const heed_kv_cache *c, int seq, const uint32_t **blocks, unsigned *n_blocks);
+/* Reference count of a block (0: free). */
+unsigned heed_kv_block_refs(const heed_kv_cache *c, uint32_t block);
+
+typedef struct heed_attn_params {
+  unsigned n_q_heads, n_kv_heads;  /* n_q_heads a multiple of n_kv_heads */
+  unsigned dk, dv;                 /* must match the cache */
+  float scale;                     /* multiplies q.k; usually 1/sqrt(dk) */
+  unsigned window;                 /* 0: no sliding window */
+  float softcap;                   /* 0: none */
+  const float *sinks;              /* [n_q_heads] learned logits joining each softmax, or NULL */
+} heed_attn_params;
+
+/* Which tokens attention reads: a sequence of the cache, or (seq < 0) a block
+ * table the caller manages over the same storage, n_tokens long. */
+typedef struct heed_attn_seq {
+  int seq;
+  const uint32_t *blocks;   /* used when seq < 0: [ceil(n_tokens / block_len)] */
+  unsigned n_tokens;        /* used when seq < 0 */
+} heed_attn_seq;
+
+/* Prefill: n_q queries at positions q_start .. q_start+n_q-1 of one sequence
+ * whose K/V are already appended (the sequence holds >= q_start+n_q tokens).
+ * Causal; chunked prefill is several calls with increasing q_start.
+ * q: [n_q][n_q_heads][dk]; out: [n_q][n_q_heads][dv]; lse: NULL or [n_q][n_q_heads]. */
+heed_status heed_attn_prefill_workspace(heed_runtime *rt, const heed_attn_params *p, unsigned n_q, size_t *bytes);
+heed_status heed_attn_prefill(heed_runtime *rt, const heed_kv_cache *c, const heed_attn_params *p,
+                              heed_attn_seq s, unsigned q_start, unsigned n_q, const float *q, float *out,
+                              float *lse, void *workspace, size_t workspace_bytes);
+
+/* Decode: for each sequence, its last n_q (1..16) tokens are queries (their
+ * K/V already appended): causal among themselves, or as tree_mask says
+ * ([n_q][n_q], row i: which in-flight tokens query i sees). The queries of
+ * all sequences are stacked in q/out/lse in batch order. */
+typedef struct heed_attn_decode_seq {
+  heed_attn_seq kv;
+  unsigned n_q;
+  const uint8_t *tree_mask; /* NULL: causal */
+} heed_attn_decode_seq;
+
+heed_status heed_attn_decode_workspace(heed_runtime *rt, const heed_attn_params *p,
+                                       const heed_attn_decode_seq *seqs, unsigned n_seqs, size_t *bytes);
+heed_status heed_attn_decode(heed_runtime *rt, const heed_kv_cache *c, const heed_attn_params *p,
+                             const heed_attn_decode_seq *seqs, unsigned n_seqs, const float *q, float *out,
+                             float *lse, void *workspace, size_t workspace_bytes);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,462 @@
+/* Prefill and decode, every ISA this machine runs, against an fp64 oracle
+ * that reads the same stored (rounded) K/V: what is left is the kernels' f32
+ * arithmetic, so the bounds are tight enough to catch a wrong mask, a
+ * dropped tile or a mis-merged split. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "heed/attention.h"
+#include "test_util.h"
+
+#define MAXLEN 320
+
+/* ---------- fixture: a runtime on one ISA, a cache, mirrored K/V ---------- */
+
+typedef struct fx {
+  heed_runtime *rt;
+  heed_kv_cache *c;
+  void *storage;
+  heed_kv_cache_config cfg;
+  float *K[4], *V[4];   /* per sequence: [MAXLEN][n_kv][dk] as stored */
+  uint64_t rng;
+} fx;
+
+static int fx_open(fx *f, heed_isa isa, heed_dtype dt, unsigned n_kv, unsigned dk, unsigned dv, unsigned bl) {
+  memset(f, 0, sizeof *f);
+  if (!heed_kernels_compiled(isa) || !heed_isa_runs_on(isa, heed_cpu_features_detect())) return 0;
+  heed_runtime_options o;
+  heed_runtime_options_init(&o);
+  o.flags = HEED_RUNTIME_IGNORE_ENV | HEED_RUNTIME_NO_OPENCL;
+  o.isa = (int)isa;
+  heed_error e = {0};
+  cr_assert_eq(heed_runtime_open(&o, &f->rt, &e), HEED_OK, "%s", e.msg);
+  f->cfg = (heed_kv_cache_config){.n_kv_heads = n_kv, .dk = dk, .dv = dv, .dtype = dt, .block_len = bl,
+                                  .n_blocks = 4 * ((MAXLEN + bl - 1) / bl) + 4, .max_seqs = 4, .max_seq_len = MAXLEN};
+  size_t bytes;
+  cr_assert_eq(heed_kv_cache_bytes(f->rt, &f->cfg, &bytes, NULL), HEED_OK);
+  f->storage = aligned_alloc(64, bytes);
+  cr_assert_eq(heed_kv_cache_create(f->rt, &f->cfg, f->storage, bytes, &f->c, &e), HEED_OK, "%s", e.msg);
+  for (int s = 0; s < 4; s++) {
+    f->K[s] = calloc((size_t)MAXLEN * n_kv * dk, sizeof(float));
+    f->V[s] = calloc((size_t)MAXLEN * n_kv * dv, sizeof(float));
+  }
+  f->rng = 0x5eed + isa * 131 + dt * 17 + dk;
+  return 1;
+}
+
+static void fx_close(fx *f) {
+  heed_kv_cache_destroy(f->c);
+  free(f->storage);
+  for (int s = 0; s < 4; s++) free(f->K[s]), free(f->V[s]);
+  heed_runtime_close(f->rt);
+}
+
+static float rounded(heed_dtype dt, float x) {
+  if (dt == HEED_DTYPE_F16) return heed_f16_to_f32(heed_f32_to_f16(x));
+  if (dt == HEED_DTYPE_BF16) return heed_bf16_to_f32(heed_f32_to_bf16(x));
+  return x;
+}
+
+/* Appends n random tokens to seq (mirror slot m), keys scaled by kscale. */
+static void fx_append(fx *f, int seq, int m, unsigned n, float kscale) {
+  long len = heed_kv_seq_len(f->c, seq);
+  unsigned H = f->cfg.n_kv_heads, dk = f->cfg.dk, dv = f->cfg.dv;
+  float *k = malloc((size_t)n * H * dk * 4), *v = malloc((size_t)n * H * dv * 4);
+  for (size_t i = 0; i < (size_t)n * H * dk; i++) k[i] = tu_uniform(&f->rng) * kscale;
+  for (size_t i = 0; i < (size_t)n * H * dv; i++) v[i] = tu_uniform(&f->rng);
+  cr_assert_eq(heed_kv_seq_append(f->c, seq, n, k, v), HEED_OK, "%s", heed_kv_cache_last_error(f->c));
+  for (size_t i = 0; i < (size_t)n * H * dk; i++) f->K[m][(size_t)len * H * dk + i] = rounded(f->cfg.dtype, k[i]);
+  for (size_t i = 0; i < (size_t)n * H * dv; i++) f->V[m][(size_t)len * H * dv + i] = rounded(f->cfg.dtype, v[i]);
+  free(k);
+  free(v);
+}
+
+/* Sequence 0 with n tokens in mirror 0. */
+static void fx_seq0(fx *f, unsigned n, float kscale) {
+  int s;
+  cr_assert_eq(heed_kv_seq_new(f->c, &s), HEED_OK);
+  cr_assert_eq(s, 0);
+  fx_append(f, 0, 0, n, kscale);
+}
+
+static float *rand_q(uint64_t *s, size_t n, float scale) {
+  float *q = malloc(n * sizeof(float));
+  for (size_t i = 0; i < n; i++) q[i] = tu_uniform(s) * scale;
+  return q;
+}
+
+/* ---------- the oracle ---------- */
+
+/* Queries i = 0..n_q-1 at positions pos0+i over keys 0..L-1 of mirror m. */
+static void oracle(const fx *f, int m, const heed_attn_params *p, unsigned L, unsigned pos0, unsigned n_q, const float *q,
+                   const uint8_t *tree, unsigned tree_base, double *out, double *lse) {
+  unsigned H = p->n_q_heads, G = H / p->n_kv_heads, dk = p->dk, dv = p->dv, KH = p->n_kv_heads;
+  double *sc = malloc(L * sizeof(double));
+  for (unsigned i = 0; i < n_q; i++)
+    for (unsigned h = 0; h < H; h++) {
+      unsigned g = h / G, pos = pos0 + i;
+      double mx = -INFINITY;
+      for (unsigned k = 0; k < L; k++) {
+        int vis = k <= pos && (!p->window || pos - k < p->window) &&
+                  (!tree || k < tree_base || tree[(size_t)i * n_q + (k - tree_base)]);
+        if (!vis) {
+          sc[k] = -INFINITY;
+          continue;
+        }
+        double s = 0;
+        for (unsigned d = 0; d < dk; d++) s += (double)q[((size_t)i * H + h) * dk + d] * f->K[m][((size_t)k * KH + g) * dk + d];
+        s *= p->scale;
+        if (p->softcap > 0) s = p->softcap * tanh(s / p->softcap);
+        sc[k] = s;
+        mx = s > mx ? s : mx;
+      }
+      if (p->sinks && p->sinks[h] > mx) mx = p->sinks[h];
+      double *o = out + ((size_t)i * H + h) * dv, sum = 0;
+      memset(o, 0, dv * sizeof(double));
+      if (mx != -INFINITY) {
+        for (unsigned k = 0; k < L; k++) {
+          if (sc[k] == -INFINITY) continue;
+          double w = exp(sc[k] - mx);
+          sum += w;
+          for (unsigned d = 0; d < dv; d++) o[d] += w * f->V[m][((size_t)k * KH + g) * dv + d];
+        }
+        if (p->sinks) sum += exp(p->sinks[h] - mx);
+      }
+      for (unsigned d = 0; d < dv; d++) o[d] = sum > 0 ? o[d] / sum : 0;
+      lse[(size_t)i * H + h] = sum > 0 ? mx + log(sum) : -INFINITY;
+    }
+  free(sc);
+}
+
+typedef struct err_stats {
+  double max_abs, nmse, max_lse;
+} err_stats;
+
+static err_stats compare(const float *got, const double *want, size_t n, const float *lse, const double *wl, size_t nl) {
+  err_stats e = {0};
+  double num = 0, den = 1e-30;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs(got[i] - want[i]);
+    cr_assert(isfinite(got[i]), "output %zu is %g", i, got[i]);
+    e.max_abs = d > e.max_abs ? d : e.max_abs;
+    num += d * d;
+    den += want[i] * want[i];
+  }
+  e.nmse = num / den;
+  for (size_t i = 0; lse && i < nl; i++) {
+    if (wl[i] == -INFINITY) {
+      cr_assert_eq(lse[i], -INFINITY, "lse %zu should be -inf, is %g", i, lse[i]);
+      continue;
+    }
+    /* relative to the score's size: f32 holds a score of 3000 to about 2e-4 */
+    double d = fabs(lse[i] - wl[i]) / (1.0 + fabs(wl[i]) * 0.04);
+    e.max_lse = d > e.max_lse ? d : e.max_lse;
+  }
+  return e;
+}
+
+#define TOL_ABS 2e-5
+#define TOL_NMSE 1e-9
+
+static const heed_isa isas[] = {HEED_ISA_SCALAR, HEED_ISA_AVX2, HEED_ISA_AVX512, HEED_ISA_NEON};
+
+/* Prefill the whole of mirror 0 (L tokens, already appended) and check it. */
+static void check_prefill(fx *f, const heed_attn_params *p, unsigned L, float qscale, double tol, const char *what) {
+  unsigned H = p->n_q_heads;
+  float *q = rand_q(&f->rng, (size_t)L * H * p->dk, qscale);
+  float *out = malloc((size_t)L * H * p->dv * 4), *lse = malloc((size_t)L * H * 4);
+  double *want = malloc((size_t)L * H * p->dv * 8), *wl = malloc((size_t)L * H * 8);
+  size_t wsb;
+  cr_assert_eq(heed_attn_prefill_workspace(f->rt, p, L, &wsb), HEED_OK);
+  void *ws = malloc(wsb);
+  heed_attn_seq s = {.seq = 0};
+  heed_status st = heed_attn_prefill(f->rt, f->c, p, s, 0, L, q, out, lse, ws, wsb);
+  cr_assert_eq(st, HEED_OK, "%s: %s", what, heed_kv_cache_last_error(f->c));
+  oracle(f, 0, p, L, 0, L, q, NULL, 0, want, wl);
+  err_stats e = compare(out, want, (size_t)L * H * p->dv, lse, wl, (size_t)L * H);
+  cr_assert(e.max_abs <= tol && e.nmse <= TOL_NMSE && e.max_lse <= 1e-4, "%s [%s %s]: max abs %.3g nmse %.3g lse %.3g",
+            what, heed_isa_name(heed_runtime_isa(f->rt)), heed_dtype_name(f->cfg.dtype), e.max_abs, e.nmse, e.max_lse);
+  free(q), free(out), free(lse), free(want), free(wl), free(ws);
+}
+
+static heed_attn_params params(unsigned H, unsigned KH, unsigned dk, unsigned dv) {
+  return (heed_attn_params){.n_q_heads = H, .n_kv_heads = KH, .dk = dk, .dv = dv, .scale = 1.0f / sqrtf((float)dk)};
+}
+
+/* ---------- prefill ---------- */
+
+Test(attention, every_head_dim_and_dtype) {
+  static const unsigned dims[][2] = {{64, 64}, {80, 80}, {96, 96}, {112, 112}, {128, 128}, {256, 256}, {192, 128}};
+  for (size_t ii = 0; ii < 4; ii++)
+    for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++)
+      for (size_t di = 0; di < 7; di++) {
+        fx f;
+        if (!fx_open(&f, isas[ii], (heed_dtype)dt, 2, dims[di][0], dims[di][1], 16)) continue;
+        fx_seq0(&f, 37, 1.0f);
+        heed_attn_params p = params(4, 2, dims[di][0], dims[di][1]);
+        char what[64];
+        snprintf(what, sizeof what, "dk %u dv %u", dims[di][0], dims[di][1]);
+        check_prefill(&f, &p, 37, 1.0f, TOL_ABS, what);
+        fx_close(&f);
+      }
+}
+
+Test(attention, lengths_around_the_tile) {
+  static const unsigned lens[] = {1, 15, 16, 17, 31, 33, 100};
+  for (size_t ii = 0; ii < 4; ii++)
+    for (size_t li = 0; li < 7; li++) {
+      fx f;
+      if (!fx_open(&f, isas[ii], HEED_DTYPE_F16, 2, 128, 128, 16)) continue;
+      fx_seq0(&f, lens[li], 1.0f);
+      heed_attn_params p = params(8, 2, 128, 128);
+      char what[32];
+      snprintf(what, sizeof what, "L=%u", lens[li]);
+      check_prefill(&f, &p, lens[li], 1.0f, TOL_ABS, what);
+      fx_close(&f);
+    }
+}
+
+Test(attention, gqa_ratios_windows_softcap_sinks) {
+  for (size_t ii = 0; ii < 4; ii++) {
+    static const unsigned kvh[] = {8, 4, 2, 1};
+    for (int gi = 0; gi < 4; gi++) {
+      fx f;
+      if (!fx_open(&f, isas[ii], HEED_DTYPE_BF16, kvh[gi], 64, 64, 32)) continue;
+      fx_seq0(&f, 70, 1.0f);
+      heed_attn_params p = params(8, kvh[gi], 64, 64);
+      check_prefill(&f, &p, 70, 1.0f, TOL_ABS, "gqa");
+      p.window = 1;
+      check_prefill(&f, &p, 70, 1.0f, TOL_ABS, "window 1 (each query sees itself)");
+      p.window = 5;
+      check_prefill(&f, &p, 70, 1.0f, TOL_ABS, "window 5");
+      p.window = 40;
+      check_prefill(&f, &p, 70, 1.0f, TOL_ABS, "window 40");
+      p.window = 0;
+      p.softcap = 2.0f;
+      check_prefill(&f, &p, 70, 4.0f, TOL_ABS, "softcap");
+      p.softcap = 0;
+      float sinks[8] = {-1, 0, 2, 5, -3, 1, 0.5f, 8};
+      p.sinks = sinks;
+      check_prefill(&f, &p, 70, 1.0f, TOL_ABS, "sinks");
+      fx_close(&f);
+    }
+  }
+}
+
+Test(attention, extreme_logits) {
+  for (size_t ii = 0; ii < 4; ii++) {
+    fx f;
+    if (!fx_open(&f, isas[ii], HEED_DTYPE_F32, 2, 64, 64, 16)) continue;
+    fx_seq0(&f, 50, 30.0f);
+    heed_attn_params p = params(4, 2, 64, 64);
+    p.scale = 1.0f;
+    /* scores reach the thousands: one key takes almost all the weight, exp must not overflow */
+    check_prefill(&f, &p, 50, 30.0f, 2e-3, "extreme logits");
+    fx_close(&f);
+  }
+}
+
+Test(attention, chunked_prefill_equals_one_shot) {
+  for (size_t ii = 0; ii < 4; ii++) {
+    fx f;
+    if (!fx_open(&f, isas[ii], HEED_DTYPE_F16, 2, 96, 96, 16)) continue;
+    fx_seq0(&f, 90, 1.0f);
+    heed_attn_params p = params(4, 2, 96, 96);
+    p.window = 33;
+    size_t n = (size_t)90 * 4, wsb;
+    float *q = rand_q(&f.rng, n * 96, 1.0f), *one = malloc(n * 96 * 4), *chunk = malloc(n * 96 * 4);
+    heed_attn_prefill_workspace(f.rt, &p, 90, &wsb);
+    void *ws = malloc(wsb);
+    heed_attn_seq s = {.seq = 0};
+    cr_assert_eq(heed_attn_prefill(f.rt, f.c, &p, s, 0, 90, q, one, NULL, ws, wsb), HEED_OK);
+    static const unsigned cuts[] = {0, 7, 40, 41, 90};
+    for (int k = 0; k < 4; k++) {
+      unsigned a = cuts[k], b = cuts[k + 1];
+      cr_assert_eq(heed_attn_prefill(f.rt, f.c, &p, s, a, b - a, q + (size_t)a * 4 * 96, chunk + (size_t)a * 4 * 96, NULL, ws,
+                                     wsb),
+                   HEED_OK);
+    }
+    double worst = 0;
+    for (size_t i = 0; i < n * 96; i++) { /* not fmax(): aarch64 gcc 12 crashes vectorizing that reduction */
+      double d = fabs(one[i] - chunk[i]);
+      if (d > worst) worst = d;
+    }
+    cr_assert_leq(worst, 1e-6, "%s: chunked differs by %g", heed_isa_name(isas[ii]), worst);
+    free(q), free(one), free(chunk), free(ws);
+    fx_close(&f);
+  }
+}
+
+/* ---------- decode ---------- */
+
+typedef struct dcase {
+  int seq;
+  unsigned ctx, n_q;
+  const uint8_t *tree;
+} dcase;
+
+static void check_decode(fx *f, const heed_attn_params *p, const dcase *cs, unsigned n, const char *what) {
+  unsigned H = p->n_q_heads, rows = 0;
+  heed_attn_decode_seq ds[4];
+  for (unsigned i = 0; i < n; i++) {
+    ds[i] = (heed_attn_decode_seq){.kv = {.seq = cs[i].seq}, .n_q = cs[i].n_q, .tree_mask = cs[i].tree};
+    rows += cs[i].n_q;
+  }
+  float *q = rand_q(&f->rng, (size_t)rows * H * p->dk, 1.0f), *out = malloc((size_t)rows * H * p->dv * 4),
+        *lse = malloc((size_t)rows * H * 4);
+  size_t wsb;
+  cr_assert_eq(heed_attn_decode_workspace(f->rt, p, ds, n, &wsb), HEED_OK);
+  void *ws = malloc(wsb);
+  cr_assert_eq(heed_attn_decode(f->rt, f->c, p, ds, n, q, out, lse, ws, wsb), HEED_OK, "%s: %s", what,
+               heed_kv_cache_last_error(f->c));
+  unsigned r0 = 0;
+  for (unsigned i = 0; i < n; i++) {
+    unsigned L = cs[i].ctx + cs[i].n_q, nq = cs[i].n_q;
+    double *want = malloc((size_t)nq * H * p->dv * 8), *wl = malloc((size_t)nq * H * 8);
+    oracle(f, cs[i].seq, p, L, L - nq, nq, q + (size_t)r0 * H * p->dk, cs[i].tree, L - nq, want, wl);
+    err_stats e = compare(out + (size_t)r0 * H * p->dv, want, (size_t)nq * H * p->dv, lse + (size_t)r0 * H, wl, (size_t)nq * H);
+    cr_assert(e.max_abs <= TOL_ABS && e.nmse <= TOL_NMSE && e.max_lse <= 1e-4,
+              "%s [%s %s] seq %u (ctx %u, n_q %u): max abs %.3g nmse %.3g lse %.3g", what,
+              heed_isa_name(heed_runtime_isa(f->rt)), heed_dtype_name(f->cfg.dtype), i, cs[i].ctx, nq, e.max_abs, e.nmse,
+              e.max_lse);
+    free(want), free(wl);
+    r0 += nq;
+  }
+  free(q), free(out), free(lse), free(ws);
+}
+
+Test(attention, decode_ragged_batch_split_kv) {
+  for (size_t ii = 0; ii < 4; ii++)
+    for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++) {
+      fx f;
+      if (!fx_open(&f, isas[ii], (heed_dtype)dt, 2, 128, 128, 16)) continue;
+      static const unsigned ctx[] = {0, 17, 150, 299}, nq[] = {1, 3, 16, 1};
+      dcase cs[4];
+      for (int i = 0; i < 4; i++) {
+        int s;
+        cr_assert_eq(heed_kv_seq_new(f.c, &s), HEED_OK);
+        fx_append(&f, s, s, ctx[i] + nq[i], 1.0f);
+        cs[i] = (dcase){s, ctx[i], nq[i], NULL};
+      }
+      heed_attn_params p = params(8, 2, 128, 128);
+      check_decode(&f, &p, cs, 4, "ragged batch");
+      p.window = 20;
+      float sinks[8] = {0, 1, 2, 3, -1, -2, 0.5f, 4};
+      p.sinks = sinks;
+      check_decode(&f, &p, cs, 4, "window + sinks");
+      fx_close(&f);
+    }
+}
+
+Test(attention, decode_tree_masks_and_fully_masked_rows) {
+  /* A tree of 6 draft tokens: 0 <- 1 <- 3, 0 <- 2 <- 4, 2 <- 5 (parents precede children). */
+  static const int parent[6] = {-1, 0, 0, 1, 2, 2};
+  uint8_t tree[36] = {0}, empty[9] = {0};
+  for (int i = 0; i < 6; i++)
+    for (int a = i; a >= 0; a = parent[a]) tree[i * 6 + a] = 1;
+  empty[1 * 3 + 0] = 1; /* rows 0 and 2 see nothing at all */
+  for (size_t ii = 0; ii < 4; ii++) {
+    fx f;
+    if (!fx_open(&f, isas[ii], HEED_DTYPE_F16, 1, 64, 64, 16)) continue;
+    int a, b;
+    heed_kv_seq_new(f.c, &a);
+    heed_kv_seq_new(f.c, &b);
+    fx_append(&f, a, a, 40 + 6, 1.0f);
+    fx_append(&f, b, b, 3, 1.0f);
+    dcase cs[2] = {{a, 40, 6, tree}, {b, 0, 3, empty}};
+    heed_attn_params p = params(4, 1, 64, 64);
+    check_decode(&f, &p, cs, 2, "tree");
+    fx_close(&f);
+  }
+}
+
+Test(attention, fork_cow_and_truncate_through_attention) {
+  for (size_t ii = 0; ii < 4; ii++) {
+    fx f;
+    if (!fx_open(&f, isas[ii], HEED_DTYPE_BF16, 2, 64, 64, 16)) continue;
+    int a, b;
+    heed_kv_seq_new(f.c, &a);
+    fx_append(&f, a, 0, 25, 1.0f);
+    cr_assert_eq(heed_kv_seq_fork(f.c, a, &b), HEED_OK);
+    memcpy(f.K[1], f.K[0], (size_t)25 * 2 * 64 * 4);
+    memcpy(f.V[1], f.V[0], (size_t)25 * 2 * 64 * 4);
+    fx_append(&f, b, 1, 4, 1.0f);   /* b diverges inside the shared block */
+    fx_append(&f, a, 0, 10, 1.0f);  /* 10 speculative tokens on a ... */
+    cr_assert_eq(heed_kv_seq_truncate(f.c, a, 27), HEED_OK); /* ... 8 rejected */
+    fx_append(&f, a, 0, 3, 1.0f);   /* then 3 accepted ones overwrite them */
+    heed_attn_params p = params(4, 2, 64, 64);
+    dcase cs[2] = {{a, 26, 4, NULL}, {b, 28, 1, NULL}};
+    check_decode(&f, &p, cs, 2, "fork/truncate");
+    /* The same tokens through a block table the caller manages. */
+    const uint32_t *blocks;
+    unsigned nb;
+    heed_kv_seq_blocks(f.c, a, &blocks, &nb);
+    heed_attn_decode_seq ext = {.kv = {.seq = -1, .blocks = blocks, .n_tokens = 30}, .n_q = 4};
+    heed_attn_decode_seq own = {.kv = {.seq = a}, .n_q = 4};
+    float *q = rand_q(&f.rng, 4 * 4 * 64, 1.0f), o1[4 * 4 * 64], o2[4 * 4 * 64];
+    size_t wsb;
+    heed_attn_decode_workspace(f.rt, &p, &own, 1, &wsb);
+    void *ws = malloc(wsb);
+    cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &own, 1, q, o1, NULL, ws, wsb), HEED_OK);
+    cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &ext, 1, q, o2, NULL, ws, wsb), HEED_OK);
+    cr_assert_arr_eq(o1, o2, sizeof o1);
+    free(q), free(ws);
+    fx_close(&f);
+  }
+}
+
+/* ---------- bad input: a status naming the value, output untouched ---------- */
+
+Test(attention, bad_input_leaves_the_output_alone) {
+  fx f;
+  cr_assert(fx_open(&f, HEED_ISA_SCALAR, HEED_DTYPE_F32, 2, 64, 64, 16));
+  fx_seq0(&f, 20, 1.0f);
+  heed_attn_params p = params(4, 2, 64, 64);
+  size_t wsb;
+  heed_attn_prefill_workspace(f.rt, &p, 20, &wsb);
+  char *ws = malloc(wsb + 4096);
+  float *q = rand_q(&f.rng, 20 * 4 * 64, 1.0f), *out = malloc(20 * 4 * 64 * 4);
+  for (int i = 0; i < 20 * 4 * 64; i++) out[i] = 42.0f;
+  heed_attn_seq s = {.seq = 0};
+#define EXPECT(call, status, needle)                                                                            \
+  do {                                                                                                          \
+    heed_status st_ = (call);                                                                                   \
+    cr_assert_eq(st_, status, "got %s: %s", heed_status_name(st_), heed_kv_cache_last_error(f.c));             \
+    cr_assert(strstr(heed_kv_cache_last_error(f.c), needle), "'%s' lacks '%s'", heed_kv_cache_last_error(f.c), needle); \
+    for (int i_ = 0; i_ < 20 * 4 * 64; i_++) cr_assert_eq(out[i_], 42.0f, "output written on error");       \
+  } while (0)
+  heed_attn_params bad = p;
+  bad.n_q_heads = 5;
+  EXPECT(heed_attn_prefill(f.rt, f.c, &bad, s, 0, 20, q, out, NULL, ws, wsb), HEED_E_INVALID, "n_q_heads=5 is not a multiple of n_kv_heads=2");
+  bad = p;
+  bad.dk = 72;
+  EXPECT(heed_attn_prefill(f.rt, f.c, &bad, s, 0, 20, q, out, NULL, ws, wsb), HEED_E_INVALID, "dk=72");
+  bad = p;
+  bad.scale = NAN;
+  EXPECT(heed_attn_prefill(f.rt, f.c, &bad, s, 0, 20, q, out, NULL, ws, wsb), HEED_E_INVALID, "scale=nan");
+  EXPECT(heed_attn_prefill(f.rt, f.c, &p, s, 10, 11, q, out, NULL, ws, wsb), HEED_E_RANGE, "positions 10..20, but the sequence holds 20");
+  EXPECT(heed_attn_prefill(f.rt, f.c, &p, s, 0, 20, q, out, NULL, ws, wsb - 1), HEED_E_TOO_SMALL, "workspace");
+  EXPECT(heed_attn_prefill(f.rt, f.c, &p, s, 0, 20, q, (float *)q, NULL, ws, wsb), HEED_E_INVALID, "out");
+  EXPECT(heed_attn_prefill(f.rt, f.c, &p, s, 0, 20, q, out, NULL, (char *)out + 64, wsb), HEED_E_INVALID, "overlaps workspace");
+  EXPECT(heed_attn_prefill(f.rt, f.c, &p, s, 0, 20, q, out, out + 100, ws, wsb), HEED_E_INVALID, "overlaps lse");
+  heed_attn_seq gone = {.seq = 3};
+  EXPECT(heed_attn_prefill(f.rt, f.c, &p, gone, 0, 1, q, out, NULL, ws, wsb), HEED_E_INVALID, "sequence 3 does not exist");
+  uint32_t table[2] = {0, 999};
+  heed_attn_seq ext = {.seq = -1, .blocks = table, .n_tokens = 20};
+  EXPECT(heed_attn_prefill(f.rt, f.c, &p, ext, 0, 20, q, out, NULL, ws, wsb), HEED_E_RANGE, "block table entry 1 is 999");
+  /* decode */
+  heed_attn_decode_seq d = {.kv = {.seq = 0}, .n_q = 21};
+  size_t dwb;
+  heed_attn_decode_seq d1 = {.kv = {.seq = 0}, .n_q = 16};
+  heed_attn_decode_workspace(f.rt, &p, &d1, 1, &dwb);
+  char *dws = malloc(dwb);
+  EXPECT(heed_attn_decode(f.rt, f.c, &p, &d, 1, q, out, NULL, dws, dwb), HEED_E_INVALID, "n_q=21");
+  heed_kv_seq_truncate(f.c, 0, 10);
+  EXPECT(heed_attn_decode(f.rt, f.c, &p, &d1, 1, q, out, NULL, dws, dwb), HEED_E_RANGE, "16 queries but holds 10 tokens");
+  /* The cache's storage is not an output. */
+  EXPECT(heed_attn_prefill(f.rt, f.c, &p, s, 0, 10, q, (float *)f.storage, NULL, ws, wsb), HEED_E_INVALID, "KV cache storage");
+  free(ws), free(dws), free(q), free(out);
+  fx_close(&f);
+}

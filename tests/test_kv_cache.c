@@ -1,0 +1,221 @@
+/* The paged KV cache: layout, append, fork with copy-on-write, truncate, free, bad input. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "heed/attention.h"
+#include "test_util.h"
+
+static heed_runtime *rt;
+static void setup(void) {
+  heed_runtime_options o;
+  heed_runtime_options_init(&o);
+  o.flags = HEED_RUNTIME_IGNORE_ENV | HEED_RUNTIME_NO_OPENCL;
+  cr_assert_eq(heed_runtime_open(&o, &rt, NULL), HEED_OK);
+}
+static void teardown(void) { heed_runtime_close(rt); }
+
+static heed_kv_cache *make(heed_dtype dt, unsigned bl, uint32_t nb, void **storage) {
+  heed_kv_cache_config cfg = {.n_kv_heads = 2, .dk = 32, .dv = 48, .dtype = dt, .block_len = bl, .n_blocks = nb,
+                              .max_seqs = 4, .max_seq_len = 200};
+  size_t bytes;
+  cr_assert_eq(heed_kv_cache_bytes(rt, &cfg, &bytes, NULL), HEED_OK);
+  *storage = aligned_alloc(64, bytes);
+  heed_kv_cache *c;
+  heed_error e = {0};
+  cr_assert_eq(heed_kv_cache_create(rt, &cfg, *storage, bytes, &c, &e), HEED_OK, "%s", e.msg);
+  return c;
+}
+
+/* Token t's K for head h as stored, read back through the documented layout. */
+static float stored_k(heed_kv_cache *c, int seq, unsigned t, unsigned h, unsigned d) {
+  const heed_kv_cache_config *g = heed_kv_cache_get_config(c);
+  const uint32_t *blocks;
+  unsigned nb;
+  cr_assert_eq(heed_kv_seq_blocks(c, seq, &blocks, &nb), HEED_OK);
+  const char *blk = (const char *)heed_kv_cache_storage(c) + blocks[t / g->block_len] * heed_kv_cache_block_bytes(c);
+  size_t idx = ((size_t)h * g->block_len + t % g->block_len) * g->dk + d;
+  if (g->dtype == HEED_DTYPE_F32) return ((const float *)blk)[idx];
+  if (g->dtype == HEED_DTYPE_F16) return heed_f16_to_f32(((const heed_f16 *)blk)[idx]);
+  return heed_bf16_to_f32(((const heed_bf16 *)blk)[idx]);
+}
+
+static void fill(float *x, size_t n, float base) {
+  for (size_t i = 0; i < n; i++) x[i] = base + (float)(i % 97) * 0.25f;
+}
+
+Test(kv_cache, layout_and_append_across_blocks, .init = setup, .fini = teardown) {
+  for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++) {
+    void *st;
+    heed_kv_cache *c = make((heed_dtype)dt, 16, 8, &st);
+    int s;
+    cr_assert_eq(heed_kv_seq_new(c, &s), HEED_OK);
+    float k[40 * 2 * 32], v[40 * 2 * 48];
+    fill(k, sizeof k / 4, 1.0f);
+    fill(v, sizeof v / 4, -3.0f);
+    cr_assert_eq(heed_kv_seq_append(c, s, 17, k, v), HEED_OK);
+    cr_assert_eq(heed_kv_seq_append(c, s, 23, k + 17 * 64, v + 17 * 96), HEED_OK);
+    cr_assert_eq(heed_kv_seq_len(c, s), 40);
+    cr_assert_eq(heed_kv_cache_free_blocks(c), 8 - 3);
+    for (unsigned t = 0; t < 40; t++)
+      for (unsigned h = 0; h < 2; h++)
+        for (unsigned d = 0; d < 32; d += 7) {
+          float want = k[(t * 2 + h) * 32 + d];
+          if (dt == HEED_DTYPE_F16) want = heed_f16_to_f32(heed_f32_to_f16(want));
+          if (dt == HEED_DTYPE_BF16) want = heed_bf16_to_f32(heed_f32_to_bf16(want));
+          cr_assert_eq(stored_k(c, s, t, h, d), want, "%s t=%u h=%u d=%u", heed_dtype_name((heed_dtype)dt), t, h, d);
+        }
+    heed_kv_cache_destroy(c);
+    free(st);
+  }
+}
+
+Test(kv_cache, fork_shares_blocks_and_copies_on_the_first_divergent_write, .init = setup, .fini = teardown) {
+  void *st;
+  heed_kv_cache *c = make(HEED_DTYPE_F32, 16, 8, &st);
+  int a, b;
+  float k[64 * 32], v[64 * 48];
+  fill(k, sizeof k / 4, 0.0f);
+  fill(v, sizeof v / 4, 0.0f);
+  cr_assert_eq(heed_kv_seq_new(c, &a), HEED_OK);
+  cr_assert_eq(heed_kv_seq_append(c, a, 20, k, v), HEED_OK); /* a full block and 4 rows of a second */
+  cr_assert_eq(heed_kv_seq_fork(c, a, &b), HEED_OK);
+  const uint32_t *ba, *bb;
+  unsigned na, nb;
+  heed_kv_seq_blocks(c, a, &ba, &na);
+  heed_kv_seq_blocks(c, b, &bb, &nb);
+  cr_assert_eq(na, 2);
+  cr_assert_arr_eq(ba, bb, 2 * sizeof *ba, "fork copies the table, not the data");
+  cr_assert_eq(heed_kv_block_refs(c, ba[0]), 2);
+  cr_assert_eq(heed_kv_block_refs(c, ba[1]), 2);
+  cr_assert_eq(heed_kv_cache_free_blocks(c), 6);
+  /* b diverges: its shared, partly filled block is copied first; a's data stays. */
+  float k2[32 * 2], v2[48 * 2];
+  fill(k2, 64, 100.0f);
+  fill(v2, 96, 100.0f);
+  cr_assert_eq(heed_kv_seq_append(c, b, 1, k2, v2), HEED_OK);
+  heed_kv_seq_blocks(c, a, &ba, &na);
+  heed_kv_seq_blocks(c, b, &bb, &nb);
+  cr_assert_eq(ba[0], bb[0], "the full block stays shared");
+  cr_assert_neq(ba[1], bb[1], "the written block is b's own copy");
+  cr_assert_eq(heed_kv_block_refs(c, ba[0]), 2);
+  cr_assert_eq(heed_kv_block_refs(c, ba[1]), 1);
+  cr_assert_eq(heed_kv_block_refs(c, bb[1]), 1);
+  for (unsigned t = 16; t < 20; t++) cr_assert_eq(stored_k(c, b, t, 1, 3), stored_k(c, a, t, 1, 3), "copied rows");
+  cr_assert_eq(stored_k(c, b, 20, 0, 0), 100.0f);
+  cr_assert_eq(heed_kv_seq_len(c, a), 20);
+  cr_assert_eq(heed_kv_seq_len(c, b), 21);
+  /* a appends into its (now private) block in place: no new block. */
+  uint32_t before = heed_kv_cache_free_blocks(c);
+  cr_assert_eq(heed_kv_seq_append(c, a, 1, k, v), HEED_OK);
+  cr_assert_eq(heed_kv_cache_free_blocks(c), before);
+  /* Freeing both returns every block. */
+  cr_assert_eq(heed_kv_seq_free(c, a), HEED_OK);
+  cr_assert_eq(heed_kv_block_refs(c, bb[0]), 1);
+  cr_assert_eq(heed_kv_seq_free(c, b), HEED_OK);
+  cr_assert_eq(heed_kv_cache_free_blocks(c), 8);
+  cr_assert_eq(heed_kv_seq_len(c, a), -1);
+  heed_kv_cache_destroy(c);
+  free(st);
+}
+
+Test(kv_cache, truncate_rolls_back_and_releases_blocks, .init = setup, .fini = teardown) {
+  void *st;
+  heed_kv_cache *c = make(HEED_DTYPE_F16, 16, 8, &st);
+  int a, b;
+  float k[40 * 2 * 32], v[40 * 2 * 48];
+  fill(k, sizeof k / 4, 0.5f);
+  fill(v, sizeof v / 4, 0.5f);
+  heed_kv_seq_new(c, &a);
+  cr_assert_eq(heed_kv_seq_append(c, a, 40, k, v), HEED_OK);
+  cr_assert_eq(heed_kv_seq_truncate(c, a, 17), HEED_OK);
+  cr_assert_eq(heed_kv_seq_len(c, a), 17);
+  cr_assert_eq(heed_kv_cache_free_blocks(c), 6, "third block released");
+  /* A shared block that is truncated into and appended to is copied, not overwritten. */
+  cr_assert_eq(heed_kv_seq_fork(c, a, &b), HEED_OK);
+  cr_assert_eq(heed_kv_seq_truncate(c, b, 10), HEED_OK);
+  float k2[64], v2[96];
+  fill(k2, 64, 9.0f);
+  fill(v2, 96, 9.0f);
+  cr_assert_eq(heed_kv_seq_append(c, b, 1, k2, v2), HEED_OK);
+  cr_assert_eq(stored_k(c, b, 10, 0, 0), 9.0f);
+  cr_assert_eq(stored_k(c, a, 10, 0, 0), heed_f16_to_f32(heed_f32_to_f16(k[10 * 64])), "a keeps its token 10");
+  cr_assert_eq(heed_kv_seq_truncate(c, a, 18), HEED_E_RANGE);
+  cr_assert(strstr(heed_kv_cache_last_error(c), "holds 17"), "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_kv_seq_truncate(c, a, 0), HEED_OK);
+  cr_assert_eq(heed_kv_seq_len(c, a), 0);
+  heed_kv_cache_destroy(c);
+  free(st);
+}
+
+Test(kv_cache, bad_input_writes_nothing, .init = setup, .fini = teardown) {
+  void *st;
+  heed_kv_cache *c = make(HEED_DTYPE_F32, 16, 2, &st);
+  int a;
+  heed_kv_seq_new(c, &a);
+  float k[40 * 64], v[40 * 96];
+  fill(k, sizeof k / 4, 0.0f);
+  fill(v, sizeof v / 4, 0.0f);
+  cr_assert_eq(heed_kv_seq_append(c, a, 5, k, v), HEED_OK);
+  k[3 * 64 + 32 + 7] = NAN; /* token 3, head 1, dim 7 */
+  cr_assert_eq(heed_kv_seq_append(c, a, 5, k, v), HEED_E_INVALID);
+  cr_assert(strstr(heed_kv_cache_last_error(c), "token 3 (position 8), head 1, dim 7"), "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_kv_seq_len(c, a), 5, "nothing appended");
+  k[3 * 64 + 32 + 7] = 0;
+  v[0] = INFINITY;
+  cr_assert_eq(heed_kv_seq_append(c, a, 1, k, v), HEED_E_INVALID);
+  cr_assert(strstr(heed_kv_cache_last_error(c), "V of token 0"), "%s", heed_kv_cache_last_error(c));
+  v[0] = 0;
+  cr_assert_eq(heed_kv_seq_append(c, a, 30, k, v), HEED_E_NOMEM, "35 tokens need 3 blocks of 16; there are 2");
+  cr_assert(strstr(heed_kv_cache_last_error(c), "needs 2 free blocks; 1 are free"), "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_kv_seq_len(c, a), 5);
+  cr_assert_eq(heed_kv_seq_append(c, 3, 1, k, v), HEED_E_INVALID);
+  cr_assert(strstr(heed_kv_cache_last_error(c), "sequence 3 does not exist"));
+  cr_assert_eq(heed_kv_seq_append(c, -1, 1, k, v), HEED_E_INVALID);
+  cr_assert_eq(heed_kv_seq_append(c, a, 1, NULL, v), HEED_E_INVALID);
+  int ids[4];
+  for (int i = 0; i < 3; i++) cr_assert_eq(heed_kv_seq_new(c, &ids[i]), HEED_OK);
+  cr_assert_eq(heed_kv_seq_new(c, &ids[3]), HEED_E_NOMEM, "4 slots in use");
+  heed_kv_cache_destroy(c);
+  free(st);
+}
+
+Test(kv_cache, bad_configs_name_the_value, .init = setup, .fini = teardown) {
+  heed_kv_cache_config ok = {.n_kv_heads = 2, .dk = 64, .dv = 64, .dtype = HEED_DTYPE_F16, .block_len = 0, .n_blocks = 4,
+                             .max_seqs = 2, .max_seq_len = 100};
+  size_t bytes;
+  unsigned bl;
+  cr_assert_eq(heed_kv_cache_bytes(rt, &ok, &bytes, &bl), HEED_OK);
+  heed_tile_plan plan;
+  heed_runtime_tile_plan(rt, 64, 64, HEED_DTYPE_F16, &plan);
+  cr_assert_eq(bl, plan.kv_block, "block_len 0 takes the plan's");
+  cr_assert_eq(bytes % 64, 0);
+  struct {
+    heed_kv_cache_config cfg;
+    const char *needle;
+  } bad[] = {
+      {ok, "dk=100"}, {ok, "dv=512"}, {ok, "block_len=24"}, {ok, "n_kv_heads=0"}, {ok, "n_blocks=0"}, {ok, "max_seqs=0"},
+  };
+  bad[0].cfg.dk = 100;
+  bad[1].cfg.dv = 512;
+  bad[2].cfg.block_len = 24;
+  bad[3].cfg.n_kv_heads = 0;
+  bad[4].cfg.n_blocks = 0;
+  bad[5].cfg.max_seqs = 0;
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    heed_kv_cache *c = (heed_kv_cache *)0x1;
+    heed_error e = {0};
+    char storage[64] __attribute__((aligned(64)));
+    cr_assert_eq(heed_kv_cache_create(rt, &bad[i].cfg, storage, sizeof storage, &c, &e), HEED_E_INVALID);
+    cr_assert_null(c);
+    cr_assert(strstr(e.msg, bad[i].needle), "'%s' lacks '%s'", e.msg, bad[i].needle);
+  }
+  heed_kv_cache *c;
+  heed_error e = {0};
+  void *st = aligned_alloc(64, bytes);
+  cr_assert_eq(heed_kv_cache_create(rt, &ok, st, bytes - 1, &c, &e), HEED_E_TOO_SMALL);
+  cr_assert_eq(heed_kv_cache_create(rt, &ok, (char *)st + 8, bytes, &c, &e), HEED_E_INVALID);
+  cr_assert(strstr(e.msg, "64-byte aligned"));
+  free(st);
+}
