@@ -4,12 +4,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench/bench_attention.h"
 #include "heed/heed.h"
 
 static void usage(FILE *f) {
   fprintf(f,
           "usage: heed info [--json]\n"
-          "       heed bench probes [--repeats N] [--json FILE]\n"
+          "       heed bench probes|attention|all [--repeats N] [--ctx N,N,...] [--no-baseline] [--json FILE]\n"
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
 }
@@ -54,6 +55,19 @@ static void progress(void *user, const char *name, int i, int n) {
   fflush(stderr);
 }
 
+static int parse_ctx(const char *arg, unsigned *ctx, int cap) {
+  int n = 0;
+  const char *p = arg;
+  while (*p) {
+    char *end;
+    unsigned long v = strtoul(p, &end, 10);
+    if (end == p || v < 1 || v > (1u << 24) || n == cap || (*end && *end != ',')) return -1;
+    ctx[n++] = (unsigned)v;
+    p = *end ? end + 1 : end;
+  }
+  return n;
+}
+
 static int cmd_bench(int argc, char **argv) {
   if (argc < 1) {
     usage(stderr);
@@ -62,6 +76,8 @@ static int cmd_bench(int argc, char **argv) {
   const char *suite = argv[0], *json_path = NULL;
   heed_bench_options bo = {0};
   bo.progress = progress;
+  unsigned ctx[16] = {4096, 16384, 65536, 98304};
+  int n_ctx = 4, baseline = 1;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
       json_path = argv[++i];
@@ -73,14 +89,23 @@ static int cmd_bench(int argc, char **argv) {
         return 2;
       }
       bo.repeats = (int)v;
+    } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
+      if ((n_ctx = parse_ctx(argv[++i], ctx, 16)) < 1) {
+        fprintf(stderr, "heed bench: --ctx %s: accepted: up to 16 comma-separated token counts, 1..16777216\n", argv[i]);
+        return 2;
+      }
+    } else if (strcmp(argv[i], "--no-baseline") == 0) {
+      baseline = 0;
     } else {
       fprintf(stderr, "heed bench: unknown argument '%s'\n", argv[i]);
       usage(stderr);
       return 2;
     }
   }
-  if (strcmp(suite, "probes") != 0) {
-    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes\n", suite);
+  int probes = strcmp(suite, "probes") == 0 || strcmp(suite, "all") == 0;
+  int attention = strcmp(suite, "attention") == 0 || strcmp(suite, "all") == 0;
+  if (!probes && !attention) {
+    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, all\n", suite);
     return 2;
   }
   heed_runtime *rt;
@@ -91,28 +116,34 @@ static int cmd_bench(int argc, char **argv) {
     heed_runtime_close(rt);
     return fail("cannot set up the bench", &e);
   }
-  heed_bench_result res[8];
-  int n = 0;
-  heed_status st = heed_bench_suite_probes(b, res, 8, &n);
+  heed_bench_result res[64];
+  int n = 0, rc = 0;
+  if (probes) {
+    heed_status st = heed_bench_suite_probes(b, res, 64, &n);
+    if (st != HEED_OK) {
+      fprintf(stderr, "heed bench: %s (%s)\n", heed_bench_last_error(b), heed_status_name(st));
+      rc = 1;
+    }
+  }
+  if (attention && !rc) {
+    int m = 0;
+    if (heed_bench_attention(rt, b, ctx, n_ctx, baseline, res + n, 64 - n, &m)) rc = 1;
+    n += m;
+  }
   if (isatty(2)) fprintf(stderr, "\r\033[K");
-  int rc = 0;
-  if (st != HEED_OK) {
-    fprintf(stderr, "heed bench: %s (%s)\n", heed_bench_last_error(b), heed_status_name(st));
-    rc = 1;
-  } else {
-    printf("backend %s, isa %s, %d threads; each figure beside its limit probed in the same run\n",
-           heed_backend_name(heed_runtime_backend(rt)), heed_isa_name(heed_runtime_isa(rt)), heed_runtime_n_threads(rt));
-    heed_bench_write_table(res, n, stdout);
-    if (json_path) {
-      FILE *f = fopen(json_path, "w");
-      if (!f) {
-        fprintf(stderr, "heed bench: cannot write %s\n", json_path);
-        rc = 1;
-      } else {
-        heed_bench_write_json(rt, res, n, f);
-        fclose(f);
-        printf("wrote %s\n", json_path);
-      }
+  printf("backend %s, isa %s, %d threads; each figure beside its limit probed in the same run\n",
+         heed_backend_name(heed_runtime_backend(rt)), heed_isa_name(heed_runtime_isa(rt)), heed_runtime_n_threads(rt));
+  heed_bench_write_table(res, n, stdout);
+  heed_bench_attention_speedups(res, n, stdout);
+  if (json_path) {
+    FILE *f = fopen(json_path, "w");
+    if (!f) {
+      fprintf(stderr, "heed bench: cannot write %s\n", json_path);
+      rc = 1;
+    } else {
+      heed_bench_write_json(rt, res, n, f);
+      fclose(f);
+      printf("wrote %s\n", json_path);
     }
   }
   heed_bench_destroy(b);

@@ -13,6 +13,9 @@
 #include "heed/dtype.h"
 
 #define CHUNK 16
+/* Keeps v in a register: stops GCC folding the same load into both FMAs that
+ * use it (Zen's load ports, not its FMA pipes, were then the limit). */
+#define IN_REG(v) __asm__("" : "+x"(v))
 
 static inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -27,84 +30,106 @@ static inline __m256 hsum8(__m256 a, __m256 b, __m256 c, __m256 d, __m256 e, __m
   return _mm256_add_ps(_mm256_permute2f128_ps(abcd, efgh, 0x20), _mm256_permute2f128_ps(abcd, efgh, 0x31));
 }
 
-static void qk_core(const float *q, int R, const float *k, int n, int dk, float *s, int lds) {
-  int j = 0;
-  for (; j + 2 <= n; j += 2) {
-    const float *k0 = k + (size_t)j * dk, *k1 = k0 + dk;
-    int r = 0;
-    for (; r + 4 <= R; r += 4) {
-      const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk;
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-      for (int d = 0; d < dk; d += 8) {
-        __m256 x0 = _mm256_loadu_ps(k0 + d), x1 = _mm256_loadu_ps(k1 + d), y;
-        y = _mm256_loadu_ps(q0 + d), a0 = _mm256_fmadd_ps(y, x0, a0), b0 = _mm256_fmadd_ps(y, x1, b0);
-        y = _mm256_loadu_ps(q1 + d), a1 = _mm256_fmadd_ps(y, x0, a1), b1 = _mm256_fmadd_ps(y, x1, b1);
-        y = _mm256_loadu_ps(q2 + d), a2 = _mm256_fmadd_ps(y, x0, a2), b2 = _mm256_fmadd_ps(y, x1, b2);
-        y = _mm256_loadu_ps(q3 + d), a3 = _mm256_fmadd_ps(y, x0, a3), b3 = _mm256_fmadd_ps(y, x1, b3);
-      }
-      float t[8];
-      _mm256_storeu_ps(t, hsum8(a0, a1, a2, a3, b0, b1, b2, b3));
-      for (int i = 0; i < 4; i++) {
-        s[(size_t)(r + i) * lds + j] = t[i];
-        s[(size_t)(r + i) * lds + j + 1] = t[4 + i];
-      }
-    }
-    for (; r < R; r++) {
-      const float *q0 = q + (size_t)r * dk;
-      __m256 a0 = _mm256_setzero_ps(), b0 = a0;
-      for (int d = 0; d < dk; d += 8) {
-        __m256 y = _mm256_loadu_ps(q0 + d);
-        a0 = _mm256_fmadd_ps(y, _mm256_loadu_ps(k0 + d), a0);
-        b0 = _mm256_fmadd_ps(y, _mm256_loadu_ps(k1 + d), b0);
-      }
-      s[(size_t)r * lds + j] = hsum(a0);
-      s[(size_t)r * lds + j + 1] = hsum(b0);
-    }
-  }
-  for (; j < n; j++) {
-    const float *k0 = k + (size_t)j * dk;
-    for (int r = 0; r < R; r++) {
-      const float *q0 = q + (size_t)r * dk;
-      __m256 a0 = _mm256_setzero_ps();
-      for (int d = 0; d < dk; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), _mm256_loadu_ps(k0 + d), a0);
-      s[(size_t)r * lds + j] = hsum(a0);
-    }
-  }
+static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 load8_f16(const heed_f16 *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline __m256 load8_bf16(const heed_bf16 *p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
-static void pv_core(const float *p, int ldp, int R, const float *v, int n, int dv, float *o) {
-  for (int c = 0; c < dv; c += 16) {
-    int r = 0;
-    for (; r + 4 <= R; r += 4) {
-      float *o0 = o + (size_t)r * dv + c, *o1 = o0 + dv, *o2 = o1 + dv, *o3 = o2 + dv;
-      const float *p0 = p + (size_t)r * ldp, *p1 = p0 + ldp, *p2 = p1 + ldp, *p3 = p2 + ldp;
-      __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o0 + 8), b0 = _mm256_loadu_ps(o1),
-             b1 = _mm256_loadu_ps(o1 + 8), c0 = _mm256_loadu_ps(o2), c1 = _mm256_loadu_ps(o2 + 8),
-             d0 = _mm256_loadu_ps(o3), d1 = _mm256_loadu_ps(o3 + 8);
-      for (int j = 0; j < n; j++) {
-        const float *vr = v + (size_t)j * dv + c;
-        __m256 x0 = _mm256_loadu_ps(vr), x1 = _mm256_loadu_ps(vr + 8), w;
-        w = _mm256_broadcast_ss(p0 + j), a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1);
-        w = _mm256_broadcast_ss(p1 + j), b0 = _mm256_fmadd_ps(w, x0, b0), b1 = _mm256_fmadd_ps(w, x1, b1);
-        w = _mm256_broadcast_ss(p2 + j), c0 = _mm256_fmadd_ps(w, x0, c0), c1 = _mm256_fmadd_ps(w, x1, c1);
-        w = _mm256_broadcast_ss(p3 + j), d0 = _mm256_fmadd_ps(w, x0, d0), d1 = _mm256_fmadd_ps(w, x1, d1);
-      }
-      _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1), _mm256_storeu_ps(o1, b0), _mm256_storeu_ps(o1 + 8, b1);
-      _mm256_storeu_ps(o2, c0), _mm256_storeu_ps(o2 + 8, c1), _mm256_storeu_ps(o3, d0), _mm256_storeu_ps(o3 + 8, d1);
-    }
-    for (; r < R; r++) {
-      float *o0 = o + (size_t)r * dv + c;
-      const float *p0 = p + (size_t)r * ldp;
-      __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o0 + 8);
-      for (int j = 0; j < n; j++) {
-        __m256 w = _mm256_broadcast_ss(p0 + j);
-        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + (size_t)j * dv + c), a0);
-        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + (size_t)j * dv + c + 8), a1);
-      }
-      _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1);
-    }
-  }
-}
+/* The register-blocked cores, instantiated per storage type: LOAD8 turns 8
+ * stored elements into 8 floats (in-register conversion, no buffer). */
+#define ATTN_CORES(SUF, T, LOAD8) \
+static void qk_##SUF(const float *q, int R, const void *kv, int n, int dk, float *s, int lds) { \
+  const T *k = (const T *)kv; \
+  int j = 0; \
+  for (; j + 2 <= n; j += 2) { \
+    const T *k0 = k + (size_t)j * dk, *k1 = k0 + dk; \
+    int r = 0; \
+    for (; r + 4 <= R; r += 4) { \
+      const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk; \
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0; \
+      for (int d = 0; d < dk; d += 8) { \
+        __m256 x0 = LOAD8(k0 + d), x1 = LOAD8(k1 + d), y; \
+        y = _mm256_loadu_ps(q0 + d);                                                   \
+        IN_REG(y);                                                                    \
+        a0 = _mm256_fmadd_ps(y, x0, a0), b0 = _mm256_fmadd_ps(y, x1, b0); \
+        y = _mm256_loadu_ps(q1 + d);                                                   \
+        IN_REG(y);                                                                    \
+        a1 = _mm256_fmadd_ps(y, x0, a1), b1 = _mm256_fmadd_ps(y, x1, b1); \
+        y = _mm256_loadu_ps(q2 + d);                                                   \
+        IN_REG(y);                                                                    \
+        a2 = _mm256_fmadd_ps(y, x0, a2), b2 = _mm256_fmadd_ps(y, x1, b2); \
+        y = _mm256_loadu_ps(q3 + d);                                                   \
+        IN_REG(y);                                                                    \
+        a3 = _mm256_fmadd_ps(y, x0, a3), b3 = _mm256_fmadd_ps(y, x1, b3); \
+      } \
+      float t[8]; \
+      _mm256_storeu_ps(t, hsum8(a0, a1, a2, a3, b0, b1, b2, b3)); \
+      for (int i = 0; i < 4; i++) { \
+        s[(size_t)(r + i) * lds + j] = t[i]; \
+        s[(size_t)(r + i) * lds + j + 1] = t[4 + i]; \
+      } \
+    } \
+    for (; r < R; r++) { \
+      const float *q0 = q + (size_t)r * dk; \
+      __m256 a0 = _mm256_setzero_ps(), b0 = a0; \
+      for (int d = 0; d < dk; d += 8) { \
+        __m256 y = _mm256_loadu_ps(q0 + d); \
+        a0 = _mm256_fmadd_ps(y, LOAD8(k0 + d), a0); \
+        b0 = _mm256_fmadd_ps(y, LOAD8(k1 + d), b0); \
+      } \
+      s[(size_t)r * lds + j] = hsum(a0); \
+      s[(size_t)r * lds + j + 1] = hsum(b0); \
+    } \
+  } \
+  for (; j < n; j++) { \
+    const T *k0 = k + (size_t)j * dk; \
+    for (int r = 0; r < R; r++) { \
+      const float *q0 = q + (size_t)r * dk; \
+      __m256 a0 = _mm256_setzero_ps(); \
+      for (int d = 0; d < dk; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), LOAD8(k0 + d), a0); \
+      s[(size_t)r * lds + j] = hsum(a0); \
+    } \
+  } \
+} \
+static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
+  const T *v = (const T *)vv; \
+  for (int c = 0; c < dv; c += 16) { \
+    int r = 0; \
+    for (; r + 4 <= R; r += 4) { \
+      float *o0 = o + (size_t)r * dv + c, *o1 = o0 + dv, *o2 = o1 + dv, *o3 = o2 + dv; \
+      const float *p0 = p + (size_t)r * ldp, *p1 = p0 + ldp, *p2 = p1 + ldp, *p3 = p2 + ldp; \
+      __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o0 + 8), b0 = _mm256_loadu_ps(o1), \
+             b1 = _mm256_loadu_ps(o1 + 8), c0 = _mm256_loadu_ps(o2), c1 = _mm256_loadu_ps(o2 + 8), \
+             d0 = _mm256_loadu_ps(o3), d1 = _mm256_loadu_ps(o3 + 8); \
+      for (int j = 0; j < n; j++) { \
+        const T *vr = v + (size_t)j * dv + c; \
+        __m256 x0 = LOAD8(vr), x1 = LOAD8(vr + 8), w; \
+        w = _mm256_broadcast_ss(p0 + j), a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1); \
+        w = _mm256_broadcast_ss(p1 + j), b0 = _mm256_fmadd_ps(w, x0, b0), b1 = _mm256_fmadd_ps(w, x1, b1); \
+        w = _mm256_broadcast_ss(p2 + j), c0 = _mm256_fmadd_ps(w, x0, c0), c1 = _mm256_fmadd_ps(w, x1, c1); \
+        w = _mm256_broadcast_ss(p3 + j), d0 = _mm256_fmadd_ps(w, x0, d0), d1 = _mm256_fmadd_ps(w, x1, d1); \
+      } \
+      _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1), _mm256_storeu_ps(o1, b0), _mm256_storeu_ps(o1 + 8, b1); \
+      _mm256_storeu_ps(o2, c0), _mm256_storeu_ps(o2 + 8, c1), _mm256_storeu_ps(o3, d0), _mm256_storeu_ps(o3 + 8, d1); \
+    } \
+    for (; r < R; r++) { \
+      float *o0 = o + (size_t)r * dv + c; \
+      const float *p0 = p + (size_t)r * ldp; \
+      __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o0 + 8); \
+      for (int j = 0; j < n; j++) { \
+        __m256 w = _mm256_broadcast_ss(p0 + j); \
+        a0 = _mm256_fmadd_ps(w, LOAD8(v + (size_t)j * dv + c), a0); \
+        a1 = _mm256_fmadd_ps(w, LOAD8(v + (size_t)j * dv + c + 8), a1); \
+      } \
+      _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1); \
+    } \
+  } \
+} \
+
+ATTN_CORES(core_f32, float, load8_f32)
+ATTN_CORES(core_f16, heed_f16, load8_f16)
+ATTN_CORES(core_bf16, heed_bf16, load8_bf16)
 
 static inline void cvt_f16(const void *x, float *y, size_t n) {
   const heed_f16 *h = (const heed_f16 *)x;
@@ -120,28 +145,39 @@ static inline void cvt_bf16(const void *x, float *y, size_t n) {
 }
 
 static void attn_qk_f32_avx2(const float *q, int R, const void *k, int n, int dk, float *s, int lds) {
-  qk_core(q, R, (const float *)k, n, dk, s, lds);
+  qk_core_f32(q, R, k, n, dk, s, lds);
 }
 static void attn_pv_f32_avx2(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) {
-  pv_core(p, ldp, R, (const float *)v, n, dv, o);
+  pv_core_f32(p, ldp, R, v, n, dv, o);
 }
 
-/* 16-bit storage: convert a chunk of rows once, then the f32 core. */
+/* 16-bit storage. Few rows (decode): convert in registers as rows are read.
+ * Many rows (prefill): convert a chunk of rows once into an L1 buffer, so
+ * each element is converted once rather than once per block of 4 rows. */
+#define FEW_ROWS 8
 #define CONVERTING(SUF, CVT, ESZ)                                                                  \
   static void attn_qk_##SUF##_avx2(const float *q, int R, const void *k, int n, int dk, float *s, int lds) { \
+    if (R <= FEW_ROWS) {                                                                          \
+      qk_core_##SUF(q, R, k, n, dk, s, lds);                                                      \
+      return;                                                                                     \
+    }                                                                                             \
     float buf[CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                            \
     for (int j = 0; j < n; j += CHUNK) {                                                          \
       int m = n - j < CHUNK ? n - j : CHUNK;                                                      \
       CVT((const char *)k + (size_t)j * dk * ESZ, buf, (size_t)m * dk);                           \
-      qk_core(q, R, buf, m, dk, s + j, lds);                                                      \
+      qk_core_f32(q, R, buf, m, dk, s + j, lds);                                                  \
     }                                                                                             \
   }                                                                                               \
   static void attn_pv_##SUF##_avx2(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) { \
+    if (R <= FEW_ROWS) {                                                                          \
+      pv_core_##SUF(p, ldp, R, v, n, dv, o);                                                      \
+      return;                                                                                     \
+    }                                                                                             \
     float buf[CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                            \
     for (int j = 0; j < n; j += CHUNK) {                                                          \
       int m = n - j < CHUNK ? n - j : CHUNK;                                                      \
       CVT((const char *)v + (size_t)j * dv * ESZ, buf, (size_t)m * dv);                           \
-      pv_core(p + j, ldp, R, buf, m, dv, o);                                                      \
+      pv_core_f32(p + j, ldp, R, buf, m, dv, o);                                                  \
     }                                                                                             \
   }
 

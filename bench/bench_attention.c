@@ -1,0 +1,258 @@
+/* bench/bench_attention.c - `heed bench attention`: heed's decode and prefill
+ * beside the same-run read-bandwidth / FMA-peak probes, and the unfused
+ * baseline a user would write with oneDNN (sgemm QK^T, softmax, sgemm PV on
+ * f32 K/V) in the same process. Part of the heed tool, not of libheed. */
+#include <math.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench/bench_attention.h"
+#include "heed/heed.h"
+
+#define H_Q 32
+#define H_KV 8
+#define G (H_Q / H_KV)
+#define D 128
+#define PREFIX 3584
+#define NQ 512
+
+typedef struct attn_bench {
+  heed_runtime *rt;
+  heed_attn_params p;
+  /* decode: one f16 cache of the longest context; shorter ones are prefix views */
+  heed_kv_cache *c;
+  void *storage;
+  const uint32_t *blocks;
+  unsigned ctx;
+  float *q, *out, *lse;
+  void *ws;
+  size_t ws_bytes;
+  /* baseline: f32 K/V [H_KV][max_ctx][D] */
+  float *k32, *v32, *s;
+  unsigned max_ctx;
+  /* prefill */
+  unsigned n_q, q_start;
+} attn_bench;
+
+static uint64_t rng = 12345;
+static float urand(void) {
+  rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+  return (float)((rng >> 40) * 0x1p-24 * 2.0 - 1.0);
+}
+
+/* Fills a cache with n random tokens (and the f32 copy for the baseline). */
+static int fill_cache(heed_runtime *rt, heed_dtype dt, unsigned n, heed_kv_cache **c, void **storage, float *k32,
+                      float *v32, unsigned max_ctx) {
+  heed_kv_cache_config cfg = {.n_kv_heads = H_KV, .dk = D, .dv = D, .dtype = dt, .block_len = 0, .n_blocks = 1,
+                              .max_seqs = 1, .max_seq_len = n};
+  unsigned bl = 0;
+  size_t bytes = 0;
+  heed_error e = {0};
+  if (heed_kv_cache_bytes(rt, &cfg, &bytes, &bl) != HEED_OK) { /* the plan's block length */
+    fprintf(stderr, "heed bench attention: cannot size the KV cache\n");
+    return -1;
+  }
+  cfg.n_blocks = (n + bl - 1) / bl;
+  heed_kv_cache_bytes(rt, &cfg, &bytes, NULL);
+  if (heed_mem_alloc(heed_runtime_topology(rt), bytes, 64, HEED_NUMA_INTERLEAVE, storage, &e) != HEED_OK ||
+      heed_kv_cache_create(rt, &cfg, *storage, bytes, c, &e) != HEED_OK) {
+    fprintf(stderr, "heed bench attention: %s\n", e.msg);
+    return -1;
+  }
+  int seq;
+  heed_kv_seq_new(*c, &seq);
+  const unsigned chunk = 1024;
+  float *k = malloc((size_t)chunk * H_KV * D * 4), *v = malloc((size_t)chunk * H_KV * D * 4);
+  for (unsigned t0 = 0; t0 < n; t0 += chunk) {
+    unsigned m = n - t0 < chunk ? n - t0 : chunk;
+    for (size_t i = 0; i < (size_t)m * H_KV * D; i++) k[i] = urand(), v[i] = urand();
+    heed_kv_seq_append(*c, seq, m, k, v);
+    if (k32)
+      for (unsigned t = 0; t < m; t++)
+        for (unsigned h = 0; h < H_KV; h++) {
+          memcpy(k32 + ((size_t)h * max_ctx + t0 + t) * D, k + ((size_t)t * H_KV + h) * D, D * 4);
+          memcpy(v32 + ((size_t)h * max_ctx + t0 + t) * D, v + ((size_t)t * H_KV + h) * D, D * 4);
+        }
+  }
+  free(k);
+  free(v);
+  return 0;
+}
+
+static heed_status decode_once(attn_bench *a) {
+  heed_attn_decode_seq s = {.kv = {.seq = -1, .blocks = a->blocks, .n_tokens = a->ctx}, .n_q = 1};
+  return heed_attn_decode(a->rt, a->c, &a->p, &s, 1, a->q, a->out, a->lse, a->ws, a->ws_bytes);
+}
+static void run_decode(void *ctx) { decode_once(ctx); }
+
+/* softmax over each row of s [rows][n] (what a user writes around two sgemms) */
+static void softmax_rows(float *s, unsigned rows, unsigned n, size_t lds) {
+  for (unsigned r = 0; r < rows; r++) {
+    float *x = s + r * lds, m = -INFINITY, sum = 0;
+    for (unsigned j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
+    for (unsigned j = 0; j < n; j++) sum += (x[j] = expf(x[j] - m));
+    float inv = 1.0f / sum;
+    for (unsigned j = 0; j < n; j++) x[j] *= inv;
+  }
+}
+
+static void run_decode_onednn(void *ctx) {
+  attn_bench *a = ctx;
+  for (unsigned g = 0; g < H_KV; g++) {
+    const float *K = a->k32 + (size_t)g * a->max_ctx * D, *V = a->v32 + (size_t)g * a->max_ctx * D;
+    dnnl_sgemm('N', 'T', G, a->ctx, D, a->p.scale, a->q + g * G * D, D, K, D, 0.0f, a->s, a->ctx);
+    softmax_rows(a->s, G, a->ctx, a->ctx);
+    dnnl_sgemm('N', 'N', G, D, a->ctx, 1.0f, a->s, a->ctx, V, D, 0.0f, a->out + g * G * D, D);
+  }
+}
+
+static heed_status prefill_once(attn_bench *a) {
+  heed_attn_seq s = {.seq = -1, .blocks = a->blocks, .n_tokens = a->q_start + a->n_q};
+  return heed_attn_prefill(a->rt, a->c, &a->p, s, a->q_start, a->n_q, a->q, a->out, NULL, a->ws, a->ws_bytes);
+}
+static void run_prefill(void *ctx) { prefill_once(ctx); }
+
+/* A case is timed only after one checked call: a failing call must not time as 0 ms. */
+static int check(attn_bench *a, heed_status st, const char *what) {
+  if (st == HEED_OK) return 0;
+  fprintf(stderr, "heed bench attention: %s failed: %s (%s)\n", what, heed_kv_cache_last_error(a->c), heed_status_name(st));
+  return -1;
+}
+
+static void run_prefill_onednn(void *ctx) {
+  attn_bench *a = ctx;
+  unsigned L = a->q_start + a->n_q;
+  for (unsigned h = 0; h < H_Q; h++) {
+    unsigned g = h / G;
+    const float *K = a->k32 + (size_t)g * a->max_ctx * D, *V = a->v32 + (size_t)g * a->max_ctx * D;
+    dnnl_sgemm('N', 'T', a->n_q, L, D, a->p.scale, a->q + h * D, H_Q * D, K, D, 0.0f, a->s, L);
+    for (unsigned i = 0; i < a->n_q; i++) /* causal mask, after the fact */
+      for (unsigned j = a->q_start + i + 1; j < L; j++) a->s[(size_t)i * L + j] = -INFINITY;
+    softmax_rows(a->s, a->n_q, L, L);
+    dnnl_sgemm('N', 'N', a->n_q, D, L, 1.0f, a->s, L, V, D, 0.0f, a->out + h * D, H_Q * D);
+  }
+}
+
+static int add(heed_bench *b, const heed_bench_case *c, heed_bench_result *out, int cap, int *n) {
+  if (*n >= cap) return 0;
+  if (heed_bench_run_case(b, c, &out[*n]) != HEED_OK) {
+    fprintf(stderr, "heed bench attention: %s\n", heed_bench_last_error(b));
+    return -1;
+  }
+  (*n)++;
+  return 0;
+}
+
+int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, int n_ctx, int baseline,
+                         heed_bench_result *out, int cap, int *n_out) {
+  attn_bench a;
+  memset(&a, 0, sizeof a);
+  a.rt = rt;
+  a.p = (heed_attn_params){.n_q_heads = H_Q, .n_kv_heads = H_KV, .dk = D, .dv = D, .scale = 1.0f / sqrtf(D)};
+  *n_out = 0;
+  unsigned max_ctx = PREFIX + NQ;
+  for (int i = 0; i < n_ctx; i++) max_ctx = ctxs[i] > max_ctx ? ctxs[i] : max_ctx;
+  a.max_ctx = max_ctx;
+  if (baseline) {
+    a.k32 = malloc((size_t)H_KV * max_ctx * D * 4);
+    a.v32 = malloc((size_t)H_KV * max_ctx * D * 4);
+    a.s = malloc((size_t)NQ * max_ctx * 4);
+    if (!a.k32 || !a.v32 || !a.s) {
+      fprintf(stderr, "heed bench attention: the oneDNN baseline needs %.1f GiB of f32 K/V\n",
+              2.0 * H_KV * max_ctx * D * 4 / (1 << 30));
+      return -1;
+    }
+  }
+  fprintf(stderr, "heed bench attention: filling a %u-token f16 KV cache (32/8 heads, d=128)\n", max_ctx);
+  if (fill_cache(rt, HEED_DTYPE_F16, max_ctx, &a.c, &a.storage, a.k32, a.v32, max_ctx)) return -1;
+  unsigned nb;
+  heed_kv_seq_blocks(a.c, 0, &a.blocks, &nb);
+  a.q = malloc((size_t)NQ * H_Q * D * 4);
+  a.out = malloc((size_t)NQ * H_Q * D * 4);
+  a.lse = malloc((size_t)NQ * H_Q * 4);
+  for (size_t i = 0; i < (size_t)NQ * H_Q * D; i++) a.q[i] = urand();
+  heed_attn_decode_seq one = {.kv = {.seq = 0}, .n_q = 1};
+  size_t wd, wp;
+  heed_attn_decode_workspace(rt, &a.p, &one, 1, &wd);
+  heed_attn_prefill_workspace(rt, &a.p, NQ, &wp);
+  a.ws_bytes = wd > wp ? wd : wp;
+  a.ws = malloc(a.ws_bytes);
+  const char *isa = heed_isa_name(heed_runtime_isa(rt));
+  char shape[160];
+  int rc = 0;
+  for (int i = 0; i < n_ctx && !rc; i++) {
+    a.ctx = ctxs[i];
+    double bytes = (double)a.ctx * H_KV * 2 * D * 2;
+    snprintf(shape, sizeof shape, "{\"batch\":1,\"n_q\":1,\"q_heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"ctx\":%u}", H_Q,
+             H_KV, D, a.ctx);
+    char name[64];
+    snprintf(name, sizeof name, "decode.ctx%u", a.ctx);
+    heed_bench_case c = {name, NULL, isa, "f16", shape, HEED_LIMIT_READ_BANDWIDTH, bytes, run_decode, &a};
+    rc = check(&a, decode_once(&a), name);
+    if (!rc) rc = add(b, &c, out, cap, n_out);
+    if (baseline && !rc) {
+      snprintf(name, sizeof name, "decode.ctx%u.onednn", a.ctx);
+      heed_bench_case cb = {name, "onednn", "onednn", "f32", shape, HEED_LIMIT_READ_BANDWIDTH, 2 * bytes,
+                            run_decode_onednn, &a};
+      rc = add(b, &cb, out, cap, n_out);
+    }
+  }
+  /* prefill: 512 queries after a 3584-token prefix, causal; flops of unmasked pairs only */
+  a.q_start = PREFIX;
+  a.n_q = NQ;
+  double pairs = (double)NQ * PREFIX + (double)NQ * (NQ + 1) / 2;
+  double flops = pairs * H_Q * (2.0 * D + 2.0 * D);
+  snprintf(shape, sizeof shape, "{\"n_q\":%d,\"prefix\":%d,\"q_heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"causal\":true}",
+           NQ, PREFIX, H_Q, H_KV, D);
+  for (int dt = HEED_DTYPE_F16; dt <= HEED_DTYPE_BF16 && !rc; dt++) {
+    heed_kv_cache *keep = a.c;
+    void *keep_st = a.storage;
+    const uint32_t *keep_blocks = a.blocks;
+    heed_kv_cache *c2 = NULL;
+    void *st2 = NULL;
+    if (dt == HEED_DTYPE_BF16) {
+      if (fill_cache(rt, HEED_DTYPE_BF16, PREFIX + NQ, &c2, &st2, NULL, NULL, 0)) return -1;
+      a.c = c2;
+      a.storage = st2;
+      heed_kv_seq_blocks(c2, 0, &a.blocks, &nb);
+    }
+    char name[64];
+    snprintf(name, sizeof name, "prefill.%s", heed_dtype_name((heed_dtype)dt));
+    heed_bench_case c = {name, NULL, isa, heed_dtype_name((heed_dtype)dt), shape, HEED_LIMIT_FMA_PEAK, flops, run_prefill, &a};
+    rc = check(&a, prefill_once(&a), name);
+    if (!rc) rc = add(b, &c, out, cap, n_out);
+    a.c = keep;
+    a.storage = keep_st;
+    a.blocks = keep_blocks;
+    heed_kv_cache_destroy(c2);
+    heed_mem_free(st2);
+  }
+  if (baseline && !rc) {
+    heed_bench_case cb = {"prefill.onednn", "onednn", "onednn", "f32", shape, HEED_LIMIT_FMA_PEAK, flops,
+                          run_prefill_onednn, &a};
+    rc = add(b, &cb, out, cap, n_out);
+  }
+  heed_kv_cache_destroy(a.c);
+  heed_mem_free(a.storage);
+  free(a.q), free(a.out), free(a.lse), free(a.ws), free(a.k32), free(a.v32), free(a.s);
+  return rc;
+}
+
+/* Prints heed's speed-up over each case's oneDNN twin (same name + ".onednn"). */
+void heed_bench_attention_speedups(const heed_bench_result *r, int n, FILE *f) {
+  for (int i = 0; i < n; i++) {
+    char twin[80];
+    const char *base = r[i].name;
+    if (strstr(base, ".onednn")) continue;
+    if (strncmp(base, "prefill.", 8) == 0)
+      snprintf(twin, sizeof twin, "prefill.onednn");
+    else
+      snprintf(twin, sizeof twin, "%s.onednn", base);
+    for (int j = 0; j < n; j++)
+      if (strcmp(r[j].name, twin) == 0)
+        fprintf(f, "%-22s %5.2fx faster than the unfused oneDNN baseline (%.3f ms vs %.3f ms, medians)\n", base,
+                r[j].ms_median / r[i].ms_median, r[i].ms_median, r[j].ms_median);
+  }
+}
