@@ -45,8 +45,9 @@ test-arm64: setup
 	@cmake --build $(BUILD_ARM64) -j $(JOBS)
 	cd $(BUILD_ARM64) && ctest --output-on-failure
 
+# Probes, then decode (4k..96k) and prefill beside them, with the oneDNN baseline.
 bench: build
-	$(BUILD)/heed bench probes --json $(BUILD)/bench-probes.json
+	$(BUILD)/heed bench all --json $(BUILD)/bench.json
 
 install: build
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))

@@ -23,6 +23,13 @@ for x in r:
   assert x["limit_kind"] in ("read_bandwidth","fma_peak") and x["fraction"]>0 and x["ms_min"]<=x["ms_median"]<=x["ms_max"]
   assert isinstance(x["shape"],dict)' "$tmp/p.json" && ok || { bad "heed bench probes --json"; cat "$tmp/p.txt"; }
 
+"$heed" bench attention --ctx 1024 --repeats 1 --json "$tmp/a.json" >"$tmp/a.txt" 2>&1 && python3 -c '
+import json,sys; r=json.load(open(sys.argv[1]))["results"]; names=[x["name"] for x in r]
+assert names==["decode.ctx1024","decode.ctx1024.onednn","prefill.f16","prefill.bf16","prefill.onednn"], names
+for x in r: assert x["ms_median"]>0 and x["fraction"]>0, x
+assert r[0]["limit_kind"]=="read_bandwidth" and r[2]["limit_kind"]=="fma_peak" and r[0]["shape"]["ctx"]==1024' "$tmp/a.json" &&
+  grep -q "faster than the unfused oneDNN baseline" "$tmp/a.txt" && ok || { bad "heed bench attention"; cat "$tmp/a.txt"; }
+
 expect_fail() { # expect_fail "needle" env... -- args...
   local needle=$1; shift
   local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
@@ -35,6 +42,7 @@ expect_fail "HEED_THREADS=0" HEED_THREADS=0 -- info
 expect_fail "HEED_THREADS=99999" HEED_THREADS=99999 -- info
 expect_fail "unknown suite 'nope'" X=1 -- bench nope
 expect_fail "--repeats 0" X=1 -- bench probes --repeats 0
+expect_fail "--ctx 12,x" X=1 -- bench attention --ctx 12,x
 expect_fail "unknown command 'frobnicate'" X=1 -- frobnicate
 expect_fail "unknown argument '--yaml'" X=1 -- info --yaml
 

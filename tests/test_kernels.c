@@ -172,7 +172,78 @@ static void check_table(heed_isa isa) {
     cr_assert_eq(t.slot[HEED_OP_DOT][HEED_DTYPE_F16].isa, isa, "%s should override dot f16", heed_isa_name(isa));
 }
 
+/* Attention micro-kernels: odd row counts (both the in-register path, R <= 8,
+ * and the chunked one), key counts across the 16-row chunks, every dtype. */
+static void check_attn(heed_isa isa) {
+  heed_kernel_table t;
+  if (!get_table(isa, &t)) return;
+  static const int Rs[] = {1, 3, 4, 5, 8, 9, 13, 32}, ns[] = {1, 2, 7, 16, 17, 33};
+  static const int dims[] = {32, 80, 128, 256};
+  uint64_t s = 7 + (uint64_t)isa;
+  float *q = malloc(32 * 256 * 4), *sc = malloc(32 * 40 * 4), *o = malloc(32 * 256 * 4), *xf = malloc(40 * 256 * 4);
+  double *ref = malloc(32 * 256 * 8);
+  void *kv = malloc(40 * 256 * 4);
+  for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++)
+    for (size_t di = 0; di < 4; di++)
+      for (size_t ri = 0; ri < 8; ri++)
+        for (size_t ni = 0; ni < 6; ni++) {
+          int R = Rs[ri], n = ns[ni], d = dims[di], lds = 40;
+          fill((heed_dtype)dt, kv, xf, (size_t)n * d, &s, 1.0f);
+          for (int i = 0; i < R * d; i++) q[i] = tu_uniform(&s);
+          heed_kernel_attn_qk(&t, (heed_dtype)dt)(q, R, kv, n, d, sc, lds);
+          for (int r = 0; r < R; r++)
+            for (int j = 0; j < n; j++) {
+              double want = 0, mag = 0;
+              for (int k = 0; k < d; k++) want += (double)q[r * d + k] * xf[j * d + k], mag += fabs((double)q[r * d + k] * xf[j * d + k]);
+              cr_assert_leq(fabs(sc[r * lds + j] - want), (d / 8.0 + 8) * 0x1p-24 * mag + 1e-30, "%s qk %s R=%d n=%d d=%d (%d,%d)",
+                            heed_isa_name(isa), heed_dtype_name((heed_dtype)dt), R, n, d, r, j);
+            }
+          /* pv accumulates into o: start from a known value */
+          for (int r = 0; r < R; r++)
+            for (int j = 0; j < n; j++) sc[r * lds + j] = tu_uniform(&s) > 0 ? tu_uniform(&s) : 0.0f;
+          for (int i = 0; i < R * d; i++) o[i] = 0.25f, ref[i] = 0.25;
+          for (int r = 0; r < R; r++)
+            for (int j = 0; j < n; j++)
+              for (int c = 0; c < d; c++) ref[r * d + c] += (double)sc[r * lds + j] * xf[j * d + c];
+          heed_kernel_attn_pv(&t, (heed_dtype)dt)(sc, lds, R, kv, n, d, o);
+          for (int i = 0; i < R * d; i++)
+            cr_assert_leq(fabs(o[i] - ref[i]), (n + 8) * 0x1p-24 * (fabs(ref[i]) + n) + 1e-30, "%s pv %s R=%d n=%d d=%d at %d",
+                          heed_isa_name(isa), heed_dtype_name((heed_dtype)dt), R, n, d, i);
+        }
+  /* softmax_row: masked entries, a row masked so far, huge logits, odd lengths */
+  heed_softmax_row_fn sm = heed_kernel_softmax_row(&t);
+  for (int n = 1; n <= 37; n += 3) {
+    float row[40];
+    double want[40];
+    for (int trial = 0; trial < 3; trial++) {
+      float m = trial == 1 ? 3.0f : -INFINITY, l = trial == 1 ? 2.0f : 0.0f;
+      for (int j = 0; j < n; j++) row[j] = tu_uniform(&s) * (trial == 2 ? 2000.0f : 4.0f);
+      if (n > 2) row[1] = -INFINITY;
+      double mx = m;
+      for (int j = 0; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+      double sum = 0;
+      for (int j = 0; j < n; j++) sum += (want[j] = row[j] == -INFINITY ? 0 : exp(row[j] - mx));
+      double alpha_w = m == -INFINITY ? 0 : exp(m - mx), l_w = l * alpha_w + sum;
+      float alpha = sm(row, n, &m, &l);
+      cr_assert_eq(m, (float)mx, "%s softmax n=%d max", heed_isa_name(isa), n);
+      cr_assert_float_eq(alpha, alpha_w, 1e-6 * (alpha_w + 1e-30) + 1e-38, "%s alpha", heed_isa_name(isa));
+      cr_assert_leq(fabs(l - l_w), 1e-6 * l_w, "%s l=%g want %g", heed_isa_name(isa), l, l_w);
+      for (int j = 0; j < n; j++) cr_assert_leq(fabs(row[j] - want[j]), 4e-7 * want[j] + 1e-37, "%s exp n=%d j=%d", heed_isa_name(isa), n, j);
+      if (n > 2) cr_assert_eq(row[1], 0.0f, "a masked score weighs exactly 0");
+    }
+    /* everything masked so far: m stays -inf, l 0, weights 0, factor 1 */
+    float m = -INFINITY, l = 0;
+    for (int j = 0; j < n; j++) row[j] = -INFINITY;
+    cr_assert_eq(sm(row, n, &m, &l), 1.0f);
+    cr_assert_eq(m, -INFINITY);
+    cr_assert_eq(l, 0.0f);
+    for (int j = 0; j < n; j++) cr_assert_eq(row[j], 0.0f);
+  }
+  free(q), free(sc), free(o), free(xf), free(ref), free(kv);
+}
+
 #define ISA_TESTS(lower, ISA)                                  \
+  Test(kernels, attn_##lower) { check_attn(HEED_ISA_##ISA); }   \
   Test(kernels, dot_##lower) { check_dot(HEED_ISA_##ISA); }     \
   Test(kernels, to_f32_##lower) { check_to_f32(HEED_ISA_##ISA); } \
   Test(kernels, probes_##lower) { check_probes(HEED_ISA_##ISA); } \
