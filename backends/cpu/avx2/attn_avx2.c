@@ -1,7 +1,7 @@
 /* backends/cpu/avx2/attn_avx2.c - attention micro-kernels for AVX2 + FMA + F16C.
  *
- * K and V rows are converted to f32 once per chunk of 16 rows into an L1
- * buffer; the f32 cores then run register-blocked:
+ * Register-blocked cores, instantiated per storage type (attn_wrap.h picks
+ * them or a converted chunk):
  *   qk: 4 query rows x 2 keys = 8 accumulators, reduced 8-at-once by hadd;
  *   pv: 4 query rows x 16 output columns = 8 accumulators.
  * Head dims are multiples of 16, so no column tails. */
@@ -12,7 +12,8 @@
 #include "heed/attention.h"
 #include "heed/dtype.h"
 
-#define CHUNK 16
+#include "backends/cpu/attn_wrap.h"
+
 /* Keeps v in a register: stops GCC folding the same load into both FMAs that
  * use it (Zen's load ports, not its FMA pipes, were then the limit). */
 #define IN_REG(v) __asm__("" : "+x"(v))
@@ -144,45 +145,9 @@ static inline void cvt_bf16(const void *x, float *y, size_t n) {
   }
 }
 
-static void attn_qk_f32_avx2(const float *q, int R, const void *k, int n, int dk, float *s, int lds) {
-  qk_core_f32(q, R, k, n, dk, s, lds);
-}
-static void attn_pv_f32_avx2(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) {
-  pv_core_f32(p, ldp, R, v, n, dv, o);
-}
-
-/* 16-bit storage. Few rows (decode): convert in registers as rows are read.
- * Many rows (prefill): convert a chunk of rows once into an L1 buffer, so
- * each element is converted once rather than once per block of 4 rows. */
-#define FEW_ROWS 8
-#define CONVERTING(SUF, CVT, ESZ)                                                                  \
-  static void attn_qk_##SUF##_avx2(const float *q, int R, const void *k, int n, int dk, float *s, int lds) { \
-    if (R <= FEW_ROWS) {                                                                          \
-      qk_core_##SUF(q, R, k, n, dk, s, lds);                                                      \
-      return;                                                                                     \
-    }                                                                                             \
-    float buf[CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                            \
-    for (int j = 0; j < n; j += CHUNK) {                                                          \
-      int m = n - j < CHUNK ? n - j : CHUNK;                                                      \
-      CVT((const char *)k + (size_t)j * dk * ESZ, buf, (size_t)m * dk);                           \
-      qk_core_f32(q, R, buf, m, dk, s + j, lds);                                                  \
-    }                                                                                             \
-  }                                                                                               \
-  static void attn_pv_##SUF##_avx2(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) { \
-    if (R <= FEW_ROWS) {                                                                          \
-      pv_core_##SUF(p, ldp, R, v, n, dv, o);                                                      \
-      return;                                                                                     \
-    }                                                                                             \
-    float buf[CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                            \
-    for (int j = 0; j < n; j += CHUNK) {                                                          \
-      int m = n - j < CHUNK ? n - j : CHUNK;                                                      \
-      CVT((const char *)v + (size_t)j * dv * ESZ, buf, (size_t)m * dv);                           \
-      pv_core_f32(p + j, ldp, R, buf, m, dv, o);                                                  \
-    }                                                                                             \
-  }
-
-CONVERTING(f16, cvt_f16, 2)
-CONVERTING(bf16, cvt_bf16, 2)
+HEED_ATTN_KERNELS_F32(avx2)
+HEED_ATTN_KERNELS(f16, avx2, 2)
+HEED_ATTN_KERNELS(bf16, avx2, 2)
 
 /* exp(x) for x <= 0: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6
  * Taylor polynomial (relative error < 2e-7); x below -87.3 (and -inf) gives 0. */
@@ -232,12 +197,4 @@ static float softmax_row_avx2(float *s, int n, float *m, float *l) {
   return alpha;
 }
 
-void heed_cpu_register_attn_avx2(heed_kernel_table *t) {
-  HEED_SLOT_SET(t, ATTN_QK, F32, attn_qk_f32_avx2, HEED_ISA_AVX2);
-  HEED_SLOT_SET(t, ATTN_QK, F16, attn_qk_f16_avx2, HEED_ISA_AVX2);
-  HEED_SLOT_SET(t, ATTN_QK, BF16, attn_qk_bf16_avx2, HEED_ISA_AVX2);
-  HEED_SLOT_SET(t, ATTN_PV, F32, attn_pv_f32_avx2, HEED_ISA_AVX2);
-  HEED_SLOT_SET(t, ATTN_PV, F16, attn_pv_f16_avx2, HEED_ISA_AVX2);
-  HEED_SLOT_SET(t, ATTN_PV, BF16, attn_pv_bf16_avx2, HEED_ISA_AVX2);
-  HEED_SLOT_SET(t, SOFTMAX_ROW, F32, softmax_row_avx2, HEED_ISA_AVX2);
-}
+void heed_cpu_register_attn_avx2(heed_kernel_table *t) { HEED_ATTN_REGISTER(t, avx2, HEED_ISA_AVX2); }

@@ -1,6 +1,6 @@
 /* backends/cpu/avx512/attn_avx512.c - attention micro-kernels for AVX-512
- * (F, BW, VL). Same blocking as avx2 with 16-wide vectors: qk 4 rows x 2
- * keys, pv 4 rows x 32 columns; 16-bit rows converted once per chunk. */
+ * (F, BW, VL): the avx2 blocking with 16-wide vectors; masked loads for a
+ * final 16-column block. Wrappers and registration: attn_wrap.h. */
 #include <immintrin.h>
 #include <math.h>
 
@@ -8,89 +8,109 @@
 #include "heed/attention.h"
 #include "heed/dtype.h"
 
-#define CHUNK 16
+#include "backends/cpu/attn_wrap.h"
 
-static void qk_core(const float *q, int R, const float *k, int n, int dk, float *s, int lds) {
-  int j = 0;
-  for (; j + 2 <= n; j += 2) {
-    const float *k0 = k + (size_t)j * dk, *k1 = k0 + dk;
-    int r = 0;
-    for (; r + 4 <= R; r += 4) {
-      const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk;
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-      for (int d = 0; d < dk; d += 16) {
-        __m512 x0 = _mm512_loadu_ps(k0 + d), x1 = _mm512_loadu_ps(k1 + d), y;
-        y = _mm512_loadu_ps(q0 + d), a0 = _mm512_fmadd_ps(y, x0, a0), b0 = _mm512_fmadd_ps(y, x1, b0);
-        y = _mm512_loadu_ps(q1 + d), a1 = _mm512_fmadd_ps(y, x0, a1), b1 = _mm512_fmadd_ps(y, x1, b1);
-        y = _mm512_loadu_ps(q2 + d), a2 = _mm512_fmadd_ps(y, x0, a2), b2 = _mm512_fmadd_ps(y, x1, b2);
-        y = _mm512_loadu_ps(q3 + d), a3 = _mm512_fmadd_ps(y, x0, a3), b3 = _mm512_fmadd_ps(y, x1, b3);
-      }
-      float *sr = s + (size_t)r * lds + j;
-      sr[0] = _mm512_reduce_add_ps(a0), sr[1] = _mm512_reduce_add_ps(b0);
-      sr += lds, sr[0] = _mm512_reduce_add_ps(a1), sr[1] = _mm512_reduce_add_ps(b1);
-      sr += lds, sr[0] = _mm512_reduce_add_ps(a2), sr[1] = _mm512_reduce_add_ps(b2);
-      sr += lds, sr[0] = _mm512_reduce_add_ps(a3), sr[1] = _mm512_reduce_add_ps(b3);
-    }
-    for (; r < R; r++) {
-      const float *q0 = q + (size_t)r * dk;
-      __m512 a0 = _mm512_setzero_ps(), b0 = a0;
-      for (int d = 0; d < dk; d += 16) {
-        __m512 y = _mm512_loadu_ps(q0 + d);
-        a0 = _mm512_fmadd_ps(y, _mm512_loadu_ps(k0 + d), a0);
-        b0 = _mm512_fmadd_ps(y, _mm512_loadu_ps(k1 + d), b0);
-      }
-      s[(size_t)r * lds + j] = _mm512_reduce_add_ps(a0);
-      s[(size_t)r * lds + j + 1] = _mm512_reduce_add_ps(b0);
-    }
-  }
-  for (; j < n; j++) {
-    const float *k0 = k + (size_t)j * dk;
-    for (int r = 0; r < R; r++) {
-      const float *q0 = q + (size_t)r * dk;
-      __m512 a0 = _mm512_setzero_ps();
-      for (int d = 0; d < dk; d += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), _mm512_loadu_ps(k0 + d), a0);
-      s[(size_t)r * lds + j] = _mm512_reduce_add_ps(a0);
-    }
-  }
+static inline __m512 load16_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline __m512 load16_f16(const heed_f16 *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline __m512 load16_bf16(const heed_bf16 *p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline __m512 mload16_f32(__mmask16 m, const float *p) { return _mm512_maskz_loadu_ps(m, p); }
+static inline __m512 mload16_f16(__mmask16 m, const heed_f16 *p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+static inline __m512 mload16_bf16(__mmask16 m, const heed_bf16 *p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
 }
 
-/* dv is a multiple of 16: the 32-column blocks may end with one of 16 (mask). */
-static void pv_core(const float *p, int ldp, int R, const float *v, int n, int dv, float *o) {
-  for (int c = 0; c < dv; c += 32) {
-    __mmask16 m1 = c + 32 <= dv ? (__mmask16)0xffff : 0;
-    int r = 0;
-    for (; r + 4 <= R; r += 4) {
-      float *o0 = o + (size_t)r * dv + c, *o1 = o0 + dv, *o2 = o1 + dv, *o3 = o2 + dv;
-      const float *p0 = p + (size_t)r * ldp, *p1 = p0 + ldp, *p2 = p1 + ldp, *p3 = p2 + ldp;
-      __m512 a0 = _mm512_loadu_ps(o0), a1 = _mm512_maskz_loadu_ps(m1, o0 + 16), b0 = _mm512_loadu_ps(o1),
-             b1 = _mm512_maskz_loadu_ps(m1, o1 + 16), c0 = _mm512_loadu_ps(o2), c1 = _mm512_maskz_loadu_ps(m1, o2 + 16),
-             d0 = _mm512_loadu_ps(o3), d1 = _mm512_maskz_loadu_ps(m1, o3 + 16);
-      for (int j = 0; j < n; j++) {
-        const float *vr = v + (size_t)j * dv + c;
-        __m512 x0 = _mm512_loadu_ps(vr), x1 = _mm512_maskz_loadu_ps(m1, vr + 16), w;
-        w = _mm512_set1_ps(p0[j]), a0 = _mm512_fmadd_ps(w, x0, a0), a1 = _mm512_fmadd_ps(w, x1, a1);
-        w = _mm512_set1_ps(p1[j]), b0 = _mm512_fmadd_ps(w, x0, b0), b1 = _mm512_fmadd_ps(w, x1, b1);
-        w = _mm512_set1_ps(p2[j]), c0 = _mm512_fmadd_ps(w, x0, c0), c1 = _mm512_fmadd_ps(w, x1, c1);
-        w = _mm512_set1_ps(p3[j]), d0 = _mm512_fmadd_ps(w, x0, d0), d1 = _mm512_fmadd_ps(w, x1, d1);
-      }
-      _mm512_storeu_ps(o0, a0), _mm512_mask_storeu_ps(o0 + 16, m1, a1);
-      _mm512_storeu_ps(o1, b0), _mm512_mask_storeu_ps(o1 + 16, m1, b1);
-      _mm512_storeu_ps(o2, c0), _mm512_mask_storeu_ps(o2 + 16, m1, c1);
-      _mm512_storeu_ps(o3, d0), _mm512_mask_storeu_ps(o3 + 16, m1, d1);
-    }
-    for (; r < R; r++) {
-      float *o0 = o + (size_t)r * dv + c;
-      const float *p0 = p + (size_t)r * ldp;
-      __m512 a0 = _mm512_loadu_ps(o0), a1 = _mm512_maskz_loadu_ps(m1, o0 + 16);
-      for (int j = 0; j < n; j++) {
-        __m512 w = _mm512_set1_ps(p0[j]);
-        a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + (size_t)j * dv + c), a0);
-        a1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m1, v + (size_t)j * dv + c + 16), a1);
-      }
-      _mm512_storeu_ps(o0, a0), _mm512_mask_storeu_ps(o0 + 16, m1, a1);
-    }
-  }
-}
+/* Register-blocked cores per storage type: qk 4 rows x 2 keys, pv 4 rows x 32 columns. */
+
+#define ATTN_CORES(SUF, T, LOADV, LOADV_MASK) \
+static void qk_##SUF(const float *q, int R, const void *kv, int n, int dk, float *s, int lds) { \
+  const T *k = (const T *)kv; \
+  int j = 0; \
+  for (; j + 2 <= n; j += 2) { \
+    const T *k0 = k + (size_t)j * dk, *k1 = k0 + dk; \
+    int r = 0; \
+    for (; r + 4 <= R; r += 4) { \
+      const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk; \
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0; \
+      for (int d = 0; d < dk; d += 16) { \
+        __m512 x0 = LOADV(k0 + d), x1 = LOADV(k1 + d), y; \
+        y = _mm512_loadu_ps(q0 + d), a0 = _mm512_fmadd_ps(y, x0, a0), b0 = _mm512_fmadd_ps(y, x1, b0); \
+        y = _mm512_loadu_ps(q1 + d), a1 = _mm512_fmadd_ps(y, x0, a1), b1 = _mm512_fmadd_ps(y, x1, b1); \
+        y = _mm512_loadu_ps(q2 + d), a2 = _mm512_fmadd_ps(y, x0, a2), b2 = _mm512_fmadd_ps(y, x1, b2); \
+        y = _mm512_loadu_ps(q3 + d), a3 = _mm512_fmadd_ps(y, x0, a3), b3 = _mm512_fmadd_ps(y, x1, b3); \
+      } \
+      float *sr = s + (size_t)r * lds + j; \
+      sr[0] = _mm512_reduce_add_ps(a0), sr[1] = _mm512_reduce_add_ps(b0); \
+      sr += lds, sr[0] = _mm512_reduce_add_ps(a1), sr[1] = _mm512_reduce_add_ps(b1); \
+      sr += lds, sr[0] = _mm512_reduce_add_ps(a2), sr[1] = _mm512_reduce_add_ps(b2); \
+      sr += lds, sr[0] = _mm512_reduce_add_ps(a3), sr[1] = _mm512_reduce_add_ps(b3); \
+    } \
+    for (; r < R; r++) { \
+      const float *q0 = q + (size_t)r * dk; \
+      __m512 a0 = _mm512_setzero_ps(), b0 = a0; \
+      for (int d = 0; d < dk; d += 16) { \
+        __m512 y = _mm512_loadu_ps(q0 + d); \
+        a0 = _mm512_fmadd_ps(y, LOADV(k0 + d), a0); \
+        b0 = _mm512_fmadd_ps(y, LOADV(k1 + d), b0); \
+      } \
+      s[(size_t)r * lds + j] = _mm512_reduce_add_ps(a0); \
+      s[(size_t)r * lds + j + 1] = _mm512_reduce_add_ps(b0); \
+    } \
+  } \
+  for (; j < n; j++) { \
+    const T *k0 = k + (size_t)j * dk; \
+    for (int r = 0; r < R; r++) { \
+      const float *q0 = q + (size_t)r * dk; \
+      __m512 a0 = _mm512_setzero_ps(); \
+      for (int d = 0; d < dk; d += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), LOADV(k0 + d), a0); \
+      s[(size_t)r * lds + j] = _mm512_reduce_add_ps(a0); \
+    } \
+  } \
+} \
+ \
+/* dv is a multiple of 16: the 32-column blocks may end with one of 16 (mask). */ \
+static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
+  const T *v = (const T *)vv; \
+  for (int c = 0; c < dv; c += 32) { \
+    __mmask16 m1 = c + 32 <= dv ? (__mmask16)0xffff : 0; \
+    int r = 0; \
+    for (; r + 4 <= R; r += 4) { \
+      float *o0 = o + (size_t)r * dv + c, *o1 = o0 + dv, *o2 = o1 + dv, *o3 = o2 + dv; \
+      const float *p0 = p + (size_t)r * ldp, *p1 = p0 + ldp, *p2 = p1 + ldp, *p3 = p2 + ldp; \
+      __m512 a0 = _mm512_loadu_ps(o0), a1 = _mm512_maskz_loadu_ps(m1, o0 + 16), b0 = _mm512_loadu_ps(o1), \
+             b1 = _mm512_maskz_loadu_ps(m1, o1 + 16), c0 = _mm512_loadu_ps(o2), c1 = _mm512_maskz_loadu_ps(m1, o2 + 16), \
+             d0 = _mm512_loadu_ps(o3), d1 = _mm512_maskz_loadu_ps(m1, o3 + 16); \
+      for (int j = 0; j < n; j++) { \
+        const T *vr = v + (size_t)j * dv + c; \
+        __m512 x0 = LOADV(vr), x1 = LOADV_MASK(m1, vr + 16), w; \
+        w = _mm512_set1_ps(p0[j]), a0 = _mm512_fmadd_ps(w, x0, a0), a1 = _mm512_fmadd_ps(w, x1, a1); \
+        w = _mm512_set1_ps(p1[j]), b0 = _mm512_fmadd_ps(w, x0, b0), b1 = _mm512_fmadd_ps(w, x1, b1); \
+        w = _mm512_set1_ps(p2[j]), c0 = _mm512_fmadd_ps(w, x0, c0), c1 = _mm512_fmadd_ps(w, x1, c1); \
+        w = _mm512_set1_ps(p3[j]), d0 = _mm512_fmadd_ps(w, x0, d0), d1 = _mm512_fmadd_ps(w, x1, d1); \
+      } \
+      _mm512_storeu_ps(o0, a0), _mm512_mask_storeu_ps(o0 + 16, m1, a1); \
+      _mm512_storeu_ps(o1, b0), _mm512_mask_storeu_ps(o1 + 16, m1, b1); \
+      _mm512_storeu_ps(o2, c0), _mm512_mask_storeu_ps(o2 + 16, m1, c1); \
+      _mm512_storeu_ps(o3, d0), _mm512_mask_storeu_ps(o3 + 16, m1, d1); \
+    } \
+    for (; r < R; r++) { \
+      float *o0 = o + (size_t)r * dv + c; \
+      const float *p0 = p + (size_t)r * ldp; \
+      __m512 a0 = _mm512_loadu_ps(o0), a1 = _mm512_maskz_loadu_ps(m1, o0 + 16); \
+      for (int j = 0; j < n; j++) { \
+        __m512 w = _mm512_set1_ps(p0[j]); \
+        a0 = _mm512_fmadd_ps(w, LOADV(v + (size_t)j * dv + c), a0); \
+        a1 = _mm512_fmadd_ps(w, LOADV_MASK(m1, v + (size_t)j * dv + c + 16), a1); \
+      } \
+      _mm512_storeu_ps(o0, a0), _mm512_mask_storeu_ps(o0 + 16, m1, a1); \
+    } \
+  } \
+} \
+
+ATTN_CORES(core_f32, float, load16_f32, mload16_f32)
+ATTN_CORES(core_f16, heed_f16, load16_f16, mload16_f16)
+ATTN_CORES(core_bf16, heed_bf16, load16_bf16, mload16_bf16)
 
 static inline void cvt_f16(const void *x, float *y, size_t n) {
   const heed_f16 *h = (const heed_f16 *)x;
@@ -105,33 +125,9 @@ static inline void cvt_bf16(const void *x, float *y, size_t n) {
   }
 }
 
-static void attn_qk_f32_avx512(const float *q, int R, const void *k, int n, int dk, float *s, int lds) {
-  qk_core(q, R, (const float *)k, n, dk, s, lds);
-}
-static void attn_pv_f32_avx512(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) {
-  pv_core(p, ldp, R, (const float *)v, n, dv, o);
-}
-
-#define CONVERTING(SUF, CVT, ESZ)                                                                  \
-  static void attn_qk_##SUF##_avx512(const float *q, int R, const void *k, int n, int dk, float *s, int lds) { \
-    float buf[CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                            \
-    for (int j = 0; j < n; j += CHUNK) {                                                          \
-      int m = n - j < CHUNK ? n - j : CHUNK;                                                      \
-      CVT((const char *)k + (size_t)j * dk * ESZ, buf, (size_t)m * dk);                           \
-      qk_core(q, R, buf, m, dk, s + j, lds);                                                      \
-    }                                                                                             \
-  }                                                                                               \
-  static void attn_pv_##SUF##_avx512(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) { \
-    float buf[CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                            \
-    for (int j = 0; j < n; j += CHUNK) {                                                          \
-      int m = n - j < CHUNK ? n - j : CHUNK;                                                      \
-      CVT((const char *)v + (size_t)j * dv * ESZ, buf, (size_t)m * dv);                           \
-      pv_core(p + j, ldp, R, buf, m, dv, o);                                                      \
-    }                                                                                             \
-  }
-
-CONVERTING(f16, cvt_f16, 2)
-CONVERTING(bf16, cvt_bf16, 2)
+HEED_ATTN_KERNELS_F32(avx512)
+HEED_ATTN_KERNELS(f16, avx512, 2)
+HEED_ATTN_KERNELS(bf16, avx512, 2)
 
 /* exp(x) for x <= 0 as in avx2, with scalef for the 2^n. */
 static inline __m512 exp_neg(__m512 x) {
@@ -176,12 +172,4 @@ static float softmax_row_avx512(float *s, int n, float *m, float *l) {
   return alpha;
 }
 
-void heed_cpu_register_attn_avx512(heed_kernel_table *t) {
-  HEED_SLOT_SET(t, ATTN_QK, F32, attn_qk_f32_avx512, HEED_ISA_AVX512);
-  HEED_SLOT_SET(t, ATTN_QK, F16, attn_qk_f16_avx512, HEED_ISA_AVX512);
-  HEED_SLOT_SET(t, ATTN_QK, BF16, attn_qk_bf16_avx512, HEED_ISA_AVX512);
-  HEED_SLOT_SET(t, ATTN_PV, F32, attn_pv_f32_avx512, HEED_ISA_AVX512);
-  HEED_SLOT_SET(t, ATTN_PV, F16, attn_pv_f16_avx512, HEED_ISA_AVX512);
-  HEED_SLOT_SET(t, ATTN_PV, BF16, attn_pv_bf16_avx512, HEED_ISA_AVX512);
-  HEED_SLOT_SET(t, SOFTMAX_ROW, F32, softmax_row_avx512, HEED_ISA_AVX512);
-}
+void heed_cpu_register_attn_avx512(heed_kernel_table *t) { HEED_ATTN_REGISTER(t, avx512, HEED_ISA_AVX512); }

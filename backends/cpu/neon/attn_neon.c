@@ -1,6 +1,5 @@
 /* backends/cpu/neon/attn_neon.c - attention micro-kernels for AArch64 NEON.
- * Same blocking as avx2 with 4-wide vectors: qk 4 rows x 2 keys, pv 4 rows x
- * 16 columns; 16-bit rows converted once per chunk. */
+ * The avx2 blocking with 4-wide vectors. Wrappers and registration: attn_wrap.h. */
 #include <arm_neon.h>
 #include <math.h>
 
@@ -8,72 +7,84 @@
 #include "heed/attention.h"
 #include "heed/dtype.h"
 
-#define CHUNK 16
+#include "backends/cpu/attn_wrap.h"
 
-static void qk_core(const float *q, int R, const float *k, int n, int dk, float *s, int lds) {
-  int j = 0;
-  for (; j + 2 <= n; j += 2) {
-    const float *k0 = k + (size_t)j * dk, *k1 = k0 + dk;
-    int r = 0;
-    for (; r + 4 <= R; r += 4) {
-      const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk;
-      float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-      for (int d = 0; d < dk; d += 4) {
-        float32x4_t x0 = vld1q_f32(k0 + d), x1 = vld1q_f32(k1 + d), y;
-        y = vld1q_f32(q0 + d), a0 = vfmaq_f32(a0, y, x0), b0 = vfmaq_f32(b0, y, x1);
-        y = vld1q_f32(q1 + d), a1 = vfmaq_f32(a1, y, x0), b1 = vfmaq_f32(b1, y, x1);
-        y = vld1q_f32(q2 + d), a2 = vfmaq_f32(a2, y, x0), b2 = vfmaq_f32(b2, y, x1);
-        y = vld1q_f32(q3 + d), a3 = vfmaq_f32(a3, y, x0), b3 = vfmaq_f32(b3, y, x1);
-      }
-      float *sr = s + (size_t)r * lds + j;
-      sr[0] = vaddvq_f32(a0), sr[1] = vaddvq_f32(b0);
-      sr += lds, sr[0] = vaddvq_f32(a1), sr[1] = vaddvq_f32(b1);
-      sr += lds, sr[0] = vaddvq_f32(a2), sr[1] = vaddvq_f32(b2);
-      sr += lds, sr[0] = vaddvq_f32(a3), sr[1] = vaddvq_f32(b3);
-    }
-    for (; r < R; r++) {
-      const float *q0 = q + (size_t)r * dk;
-      float32x4_t a0 = vdupq_n_f32(0), b0 = a0;
-      for (int d = 0; d < dk; d += 4) {
-        float32x4_t y = vld1q_f32(q0 + d);
-        a0 = vfmaq_f32(a0, y, vld1q_f32(k0 + d));
-        b0 = vfmaq_f32(b0, y, vld1q_f32(k1 + d));
-      }
-      s[(size_t)r * lds + j] = vaddvq_f32(a0);
-      s[(size_t)r * lds + j + 1] = vaddvq_f32(b0);
-    }
-  }
-  for (; j < n; j++) {
-    const float *k0 = k + (size_t)j * dk;
-    for (int r = 0; r < R; r++) {
-      const float *q0 = q + (size_t)r * dk;
-      float32x4_t a0 = vdupq_n_f32(0);
-      for (int d = 0; d < dk; d += 4) a0 = vfmaq_f32(a0, vld1q_f32(q0 + d), vld1q_f32(k0 + d));
-      s[(size_t)r * lds + j] = vaddvq_f32(a0);
-    }
-  }
-}
+static inline float32x4_t load4_f32(const float *p) { return vld1q_f32(p); }
+static inline float32x4_t load4_f16(const heed_f16 *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+static inline float32x4_t load4_bf16(const heed_bf16 *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
 
-static void pv_core(const float *p, int ldp, int R, const float *v, int n, int dv, float *o) {
-  for (int c = 0; c < dv; c += 16) {
-    for (int r = 0; r < R; r += 2) {
-      int two = r + 1 < R;
-      float *o0 = o + (size_t)r * dv + c, *o1 = two ? o0 + dv : o0;
-      const float *p0 = p + (size_t)r * ldp, *p1 = two ? p0 + ldp : p0;
-      float32x4_t a0 = vld1q_f32(o0), a1 = vld1q_f32(o0 + 4), a2 = vld1q_f32(o0 + 8), a3 = vld1q_f32(o0 + 12);
-      float32x4_t b0 = vld1q_f32(o1), b1 = vld1q_f32(o1 + 4), b2 = vld1q_f32(o1 + 8), b3 = vld1q_f32(o1 + 12);
-      for (int j = 0; j < n; j++) {
-        const float *vr = v + (size_t)j * dv + c;
-        float32x4_t x0 = vld1q_f32(vr), x1 = vld1q_f32(vr + 4), x2 = vld1q_f32(vr + 8), x3 = vld1q_f32(vr + 12);
-        float w = p0[j], u = p1[j];
-        a0 = vfmaq_n_f32(a0, x0, w), a1 = vfmaq_n_f32(a1, x1, w), a2 = vfmaq_n_f32(a2, x2, w), a3 = vfmaq_n_f32(a3, x3, w);
-        b0 = vfmaq_n_f32(b0, x0, u), b1 = vfmaq_n_f32(b1, x1, u), b2 = vfmaq_n_f32(b2, x2, u), b3 = vfmaq_n_f32(b3, x3, u);
-      }
-      vst1q_f32(o0, a0), vst1q_f32(o0 + 4, a1), vst1q_f32(o0 + 8, a2), vst1q_f32(o0 + 12, a3);
-      if (two) vst1q_f32(o1, b0), vst1q_f32(o1 + 4, b1), vst1q_f32(o1 + 8, b2), vst1q_f32(o1 + 12, b3);
-    }
-  }
-}
+/* Register-blocked cores per storage type: qk 4 rows x 2 keys, pv 2 rows x 16 columns. */
+
+#define ATTN_CORES(SUF, T, LOADV) \
+static void qk_##SUF(const float *q, int R, const void *kv, int n, int dk, float *s, int lds) { \
+  const T *k = (const T *)kv; \
+  int j = 0; \
+  for (; j + 2 <= n; j += 2) { \
+    const T *k0 = k + (size_t)j * dk, *k1 = k0 + dk; \
+    int r = 0; \
+    for (; r + 4 <= R; r += 4) { \
+      const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk; \
+      float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0; \
+      for (int d = 0; d < dk; d += 4) { \
+        float32x4_t x0 = LOADV(k0 + d), x1 = LOADV(k1 + d), y; \
+        y = vld1q_f32(q0 + d), a0 = vfmaq_f32(a0, y, x0), b0 = vfmaq_f32(b0, y, x1); \
+        y = vld1q_f32(q1 + d), a1 = vfmaq_f32(a1, y, x0), b1 = vfmaq_f32(b1, y, x1); \
+        y = vld1q_f32(q2 + d), a2 = vfmaq_f32(a2, y, x0), b2 = vfmaq_f32(b2, y, x1); \
+        y = vld1q_f32(q3 + d), a3 = vfmaq_f32(a3, y, x0), b3 = vfmaq_f32(b3, y, x1); \
+      } \
+      float *sr = s + (size_t)r * lds + j; \
+      sr[0] = vaddvq_f32(a0), sr[1] = vaddvq_f32(b0); \
+      sr += lds, sr[0] = vaddvq_f32(a1), sr[1] = vaddvq_f32(b1); \
+      sr += lds, sr[0] = vaddvq_f32(a2), sr[1] = vaddvq_f32(b2); \
+      sr += lds, sr[0] = vaddvq_f32(a3), sr[1] = vaddvq_f32(b3); \
+    } \
+    for (; r < R; r++) { \
+      const float *q0 = q + (size_t)r * dk; \
+      float32x4_t a0 = vdupq_n_f32(0), b0 = a0; \
+      for (int d = 0; d < dk; d += 4) { \
+        float32x4_t y = vld1q_f32(q0 + d); \
+        a0 = vfmaq_f32(a0, y, LOADV(k0 + d)); \
+        b0 = vfmaq_f32(b0, y, LOADV(k1 + d)); \
+      } \
+      s[(size_t)r * lds + j] = vaddvq_f32(a0); \
+      s[(size_t)r * lds + j + 1] = vaddvq_f32(b0); \
+    } \
+  } \
+  for (; j < n; j++) { \
+    const T *k0 = k + (size_t)j * dk; \
+    for (int r = 0; r < R; r++) { \
+      const float *q0 = q + (size_t)r * dk; \
+      float32x4_t a0 = vdupq_n_f32(0); \
+      for (int d = 0; d < dk; d += 4) a0 = vfmaq_f32(a0, vld1q_f32(q0 + d), LOADV(k0 + d)); \
+      s[(size_t)r * lds + j] = vaddvq_f32(a0); \
+    } \
+  } \
+} \
+static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
+  const T *v = (const T *)vv; \
+  for (int c = 0; c < dv; c += 16) { \
+    for (int r = 0; r < R; r += 2) { \
+      int two = r + 1 < R; \
+      float *o0 = o + (size_t)r * dv + c, *o1 = two ? o0 + dv : o0; \
+      const float *p0 = p + (size_t)r * ldp, *p1 = two ? p0 + ldp : p0; \
+      float32x4_t a0 = vld1q_f32(o0), a1 = vld1q_f32(o0 + 4), a2 = vld1q_f32(o0 + 8), a3 = vld1q_f32(o0 + 12); \
+      float32x4_t b0 = vld1q_f32(o1), b1 = vld1q_f32(o1 + 4), b2 = vld1q_f32(o1 + 8), b3 = vld1q_f32(o1 + 12); \
+      for (int j = 0; j < n; j++) { \
+        const T *vr = v + (size_t)j * dv + c; \
+        float32x4_t x0 = LOADV(vr), x1 = LOADV(vr + 4), x2 = LOADV(vr + 8), x3 = LOADV(vr + 12); \
+        float w = p0[j], u = p1[j]; \
+        a0 = vfmaq_n_f32(a0, x0, w), a1 = vfmaq_n_f32(a1, x1, w), a2 = vfmaq_n_f32(a2, x2, w), a3 = vfmaq_n_f32(a3, x3, w); \
+        b0 = vfmaq_n_f32(b0, x0, u), b1 = vfmaq_n_f32(b1, x1, u), b2 = vfmaq_n_f32(b2, x2, u), b3 = vfmaq_n_f32(b3, x3, u); \
+      } \
+      vst1q_f32(o0, a0), vst1q_f32(o0 + 4, a1), vst1q_f32(o0 + 8, a2), vst1q_f32(o0 + 12, a3); \
+      if (two) vst1q_f32(o1, b0), vst1q_f32(o1 + 4, b1), vst1q_f32(o1 + 8, b2), vst1q_f32(o1 + 12, b3); \
+    } \
+  } \
+} \
+
+ATTN_CORES(core_f32, float, load4_f32)
+ATTN_CORES(core_f16, heed_f16, load4_f16)
+ATTN_CORES(core_bf16, heed_bf16, load4_bf16)
 
 static inline void cvt_f16(const void *x, float *y, size_t n) {
   const heed_f16 *h = (const heed_f16 *)x;
@@ -85,33 +96,9 @@ static inline void cvt_bf16(const void *x, float *y, size_t n) {
   for (size_t i = 0; i < n; i += 4) vst1q_f32(y + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(h + i), 16)));
 }
 
-static void attn_qk_f32_neon(const float *q, int R, const void *k, int n, int dk, float *s, int lds) {
-  qk_core(q, R, (const float *)k, n, dk, s, lds);
-}
-static void attn_pv_f32_neon(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) {
-  pv_core(p, ldp, R, (const float *)v, n, dv, o);
-}
-
-#define CONVERTING(SUF, CVT, ESZ)                                                                  \
-  static void attn_qk_##SUF##_neon(const float *q, int R, const void *k, int n, int dk, float *s, int lds) { \
-    float buf[CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                            \
-    for (int j = 0; j < n; j += CHUNK) {                                                          \
-      int m = n - j < CHUNK ? n - j : CHUNK;                                                      \
-      CVT((const char *)k + (size_t)j * dk * ESZ, buf, (size_t)m * dk);                           \
-      qk_core(q, R, buf, m, dk, s + j, lds);                                                      \
-    }                                                                                             \
-  }                                                                                               \
-  static void attn_pv_##SUF##_neon(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) { \
-    float buf[CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                            \
-    for (int j = 0; j < n; j += CHUNK) {                                                          \
-      int m = n - j < CHUNK ? n - j : CHUNK;                                                      \
-      CVT((const char *)v + (size_t)j * dv * ESZ, buf, (size_t)m * dv);                           \
-      pv_core(p + j, ldp, R, buf, m, dv, o);                                                      \
-    }                                                                                             \
-  }
-
-CONVERTING(f16, cvt_f16, 2)
-CONVERTING(bf16, cvt_bf16, 2)
+HEED_ATTN_KERNELS_F32(neon)
+HEED_ATTN_KERNELS(f16, neon, 2)
+HEED_ATTN_KERNELS(bf16, neon, 2)
 
 static inline float32x4_t exp_neg(float32x4_t x) {
   const float32x4_t lo = vdupq_n_f32(-87.3f);
@@ -157,12 +144,4 @@ static float softmax_row_neon(float *s, int n, float *m, float *l) {
   return alpha;
 }
 
-void heed_cpu_register_attn_neon(heed_kernel_table *t) {
-  HEED_SLOT_SET(t, ATTN_QK, F32, attn_qk_f32_neon, HEED_ISA_NEON);
-  HEED_SLOT_SET(t, ATTN_QK, F16, attn_qk_f16_neon, HEED_ISA_NEON);
-  HEED_SLOT_SET(t, ATTN_QK, BF16, attn_qk_bf16_neon, HEED_ISA_NEON);
-  HEED_SLOT_SET(t, ATTN_PV, F32, attn_pv_f32_neon, HEED_ISA_NEON);
-  HEED_SLOT_SET(t, ATTN_PV, F16, attn_pv_f16_neon, HEED_ISA_NEON);
-  HEED_SLOT_SET(t, ATTN_PV, BF16, attn_pv_bf16_neon, HEED_ISA_NEON);
-  HEED_SLOT_SET(t, SOFTMAX_ROW, F32, softmax_row_neon, HEED_ISA_NEON);
-}
+void heed_cpu_register_attn_neon(heed_kernel_table *t) { HEED_ATTN_REGISTER(t, neon, HEED_ISA_NEON); }
