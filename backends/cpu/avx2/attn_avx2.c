@@ -5,9 +5,9 @@
  *   qk: 4 query rows x 2 keys = 8 accumulators, reduced 8-at-once by hadd;
  *   pv: 4 query rows x 16 output columns = 8 accumulators.
  * Head dims are multiples of 16, so no column tails. */
-#include <immintrin.h>
 #include <math.h>
 
+#include "backends/cpu/avx2/avx2_common.h"
 #include "backends/cpu/cpu_isa.h"
 #include "heed/attention.h"
 #include "heed/dtype.h"
@@ -18,23 +18,11 @@
  * use it (Zen's load ports, not its FMA pipes, were then the limit). */
 #define IN_REG(v) __asm__("" : "+x"(v))
 
-static inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
 /* [sum a, sum b, ..., sum h] */
 static inline __m256 hsum8(__m256 a, __m256 b, __m256 c, __m256 d, __m256 e, __m256 f, __m256 g, __m256 h) {
   __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
   __m256 efgh = _mm256_hadd_ps(_mm256_hadd_ps(e, f), _mm256_hadd_ps(g, h));
   return _mm256_add_ps(_mm256_permute2f128_ps(abcd, efgh, 0x20), _mm256_permute2f128_ps(abcd, efgh, 0x31));
-}
-
-static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
-static inline __m256 load8_f16(const heed_f16 *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
-static inline __m256 load8_bf16(const heed_bf16 *p) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
 /* The register-blocked cores, instantiated per storage type: LOAD8 turns 8
@@ -79,8 +67,8 @@ static void qk_##SUF(const float *q, int R, const void *kv, int n, int dk, float
         a0 = _mm256_fmadd_ps(y, LOAD8(k0 + d), a0); \
         b0 = _mm256_fmadd_ps(y, LOAD8(k1 + d), b0); \
       } \
-      s[(size_t)r * lds + j] = hsum(a0); \
-      s[(size_t)r * lds + j + 1] = hsum(b0); \
+      s[(size_t)r * lds + j] = hsum256(a0); \
+      s[(size_t)r * lds + j + 1] = hsum256(b0); \
     } \
   } \
   for (; j < n; j++) { \
@@ -89,7 +77,7 @@ static void qk_##SUF(const float *q, int R, const void *kv, int n, int dk, float
       const float *q0 = q + (size_t)r * dk; \
       __m256 a0 = _mm256_setzero_ps(); \
       for (int d = 0; d < dk; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), LOAD8(k0 + d), a0); \
-      s[(size_t)r * lds + j] = hsum(a0); \
+      s[(size_t)r * lds + j] = hsum256(a0); \
     } \
   } \
 } \
@@ -132,18 +120,13 @@ ATTN_CORES(core_f32, float, load8_f32)
 ATTN_CORES(core_f16, heed_f16, load8_f16)
 ATTN_CORES(core_bf16, heed_bf16, load8_bf16)
 
-static inline void cvt_f16(const void *x, float *y, size_t n) {
-  const heed_f16 *h = (const heed_f16 *)x;
-  for (size_t i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-}
-
-static inline void cvt_bf16(const void *x, float *y, size_t n) {
-  const heed_bf16 *h = (const heed_bf16 *)x;
-  for (size_t i = 0; i < n; i += 8) {
-    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(h + i)));
-    _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+/* Chunk conversion for the many-rows path. */
+#define CVT(SUF, T)                                                                                \
+  static inline void cvt_##SUF(const void *x, float *y, size_t n) {                                \
+    for (size_t i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, load8_##SUF((const T *)x + i));     \
   }
-}
+CVT(f16, heed_f16)
+CVT(bf16, heed_bf16)
 
 HEED_ATTN_KERNELS_F32(avx2)
 HEED_ATTN_KERNELS(f16, avx2, 2)
@@ -189,7 +172,7 @@ static float softmax_row_avx2(float *s, int n, float *m, float *l) {
     _mm256_storeu_ps(s + j, e);
     sum = _mm256_add_ps(sum, e);
   }
-  float tot = hsum(sum);
+  float tot = hsum256(sum);
   for (; j < n; j++) tot += (s[j] = expf(s[j] - mx));
   float alpha = expf(*m - mx);
   *l = *l * alpha + tot;

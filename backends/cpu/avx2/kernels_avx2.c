@@ -1,27 +1,11 @@
 /* backends/cpu/avx2/kernels_avx2.c - AVX2 + FMA + F16C kernels.
  * Compiled with -mavx2 -mfma -mf16c; only called after the runtime has seen
  * those features (CPUID and XGETBV). */
-#include <immintrin.h>
 #include <string.h>
 
+#include "backends/cpu/avx2/avx2_common.h"
 #include "backends/cpu/cpu_isa.h"
 #include "heed/dtype.h"
-
-static inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
-static inline __m256 load8_f16(const heed_f16 *p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-static inline __m256 load8_bf16(const heed_bf16 *p) {
-  __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
 
 /* Four accumulators of 8 lanes cover the FMA latency; the tail is scalar. */
 #define AVX2_DOT(NAME, T, LOAD8, LOAD1)                                        \

@@ -1,25 +1,14 @@
 /* backends/cpu/avx512/attn_avx512.c - attention micro-kernels for AVX-512
  * (F, BW, VL): the avx2 blocking with 16-wide vectors; masked loads for a
  * final 16-column block. Wrappers and registration: attn_wrap.h. */
-#include <immintrin.h>
 #include <math.h>
 
+#include "backends/cpu/avx512/avx512_common.h"
 #include "backends/cpu/cpu_isa.h"
 #include "heed/attention.h"
 #include "heed/dtype.h"
 
 #include "backends/cpu/attn_wrap.h"
-
-static inline __m512 load16_f32(const float *p) { return _mm512_loadu_ps(p); }
-static inline __m512 load16_f16(const heed_f16 *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-static inline __m512 load16_bf16(const heed_bf16 *p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
-static inline __m512 mload16_f32(__mmask16 m, const float *p) { return _mm512_maskz_loadu_ps(m, p); }
-static inline __m512 mload16_f16(__mmask16 m, const heed_f16 *p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
-static inline __m512 mload16_bf16(__mmask16 m, const heed_bf16 *p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
 
 /* Register-blocked cores per storage type: qk 4 rows x 2 keys, pv 4 rows x 32 columns. */
 
@@ -112,18 +101,13 @@ ATTN_CORES(core_f32, float, load16_f32, mload16_f32)
 ATTN_CORES(core_f16, heed_f16, load16_f16, mload16_f16)
 ATTN_CORES(core_bf16, heed_bf16, load16_bf16, mload16_bf16)
 
-static inline void cvt_f16(const void *x, float *y, size_t n) {
-  const heed_f16 *h = (const heed_f16 *)x;
-  for (size_t i = 0; i < n; i += 16) _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
-}
-
-static inline void cvt_bf16(const void *x, float *y, size_t n) {
-  const heed_bf16 *h = (const heed_bf16 *)x;
-  for (size_t i = 0; i < n; i += 16) {
-    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(h + i)));
-    _mm512_storeu_ps(y + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+/* Chunk conversion for the many-rows path. */
+#define CVT(SUF, T)                                                                                \
+  static inline void cvt_##SUF(const void *x, float *y, size_t n) {                                \
+    for (size_t i = 0; i < n; i += 16) _mm512_storeu_ps(y + i, load16_##SUF((const T *)x + i));   \
   }
-}
+CVT(f16, heed_f16)
+CVT(bf16, heed_bf16)
 
 HEED_ATTN_KERNELS_F32(avx512)
 HEED_ATTN_KERNELS(f16, avx512, 2)
@@ -150,7 +134,7 @@ static inline __m512 exp_neg(__m512 x) {
 static float softmax_row_avx512(float *s, int n, float *m, float *l) {
   __m512 vm = _mm512_set1_ps(-INFINITY);
   for (int j = 0; j < n; j += 16) {
-    __mmask16 k = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+    __mmask16 k = tail_mask((size_t)(n - j));
     vm = _mm512_mask_max_ps(vm, k, vm, _mm512_maskz_loadu_ps(k, s + j));
   }
   float mx = _mm512_reduce_max_ps(vm);
@@ -161,7 +145,7 @@ static float softmax_row_avx512(float *s, int n, float *m, float *l) {
   }
   __m512 vmx = _mm512_set1_ps(mx), sum = _mm512_setzero_ps();
   for (int j = 0; j < n; j += 16) {
-    __mmask16 k = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+    __mmask16 k = tail_mask((size_t)(n - j));
     __m512 e = _mm512_maskz_mov_ps(k, exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), vmx)));
     _mm512_mask_storeu_ps(s + j, k, e);
     sum = _mm512_add_ps(sum, e);

@@ -2,23 +2,9 @@
  * Compiled with -mavx512f -mavx512bw -mavx512vl -mfma -mf16c; the avx512
  * configuration starts from avx2's table and overrides these slots. Tails use
  * masked loads, so no scalar remainder loop. */
-#include <immintrin.h>
-
+#include "backends/cpu/avx512/avx512_common.h"
 #include "backends/cpu/cpu_isa.h"
 #include "heed/dtype.h"
-
-static inline __mmask16 tail_mask(size_t left) {
-  return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
-}
-
-static inline __m512 load16_f32(const float *p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
-static inline __m512 load16_f16(const heed_f16 *p, __mmask16 k) {
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
-}
-static inline __m512 load16_bf16(const heed_bf16 *p, __mmask16 k) {
-  __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
 
 #define AVX512_DOT(NAME, T, LOAD16)                                               \
   static float NAME(const void *xv, const float *y, size_t n) {                   \
@@ -27,33 +13,33 @@ static inline __m512 load16_bf16(const heed_bf16 *p, __mmask16 k) {
     const __mmask16 all = 0xffff;                                                 \
     size_t i = 0;                                                                 \
     for (; i + 64 <= n; i += 64) {                                                \
-      a0 = _mm512_fmadd_ps(LOAD16(x + i, all), _mm512_loadu_ps(y + i), a0);       \
-      a1 = _mm512_fmadd_ps(LOAD16(x + i + 16, all), _mm512_loadu_ps(y + i + 16), a1); \
-      a2 = _mm512_fmadd_ps(LOAD16(x + i + 32, all), _mm512_loadu_ps(y + i + 32), a2); \
-      a3 = _mm512_fmadd_ps(LOAD16(x + i + 48, all), _mm512_loadu_ps(y + i + 48), a3); \
+      a0 = _mm512_fmadd_ps(LOAD16(all, x + i), _mm512_loadu_ps(y + i), a0);       \
+      a1 = _mm512_fmadd_ps(LOAD16(all, x + i + 16), _mm512_loadu_ps(y + i + 16), a1); \
+      a2 = _mm512_fmadd_ps(LOAD16(all, x + i + 32), _mm512_loadu_ps(y + i + 32), a2); \
+      a3 = _mm512_fmadd_ps(LOAD16(all, x + i + 48), _mm512_loadu_ps(y + i + 48), a3); \
     }                                                                             \
     for (; i < n; i += 16) {                                                      \
       __mmask16 k = tail_mask(n - i);                                             \
-      a0 = _mm512_fmadd_ps(LOAD16(x + i, k), _mm512_maskz_loadu_ps(k, y + i), a0); \
+      a0 = _mm512_fmadd_ps(LOAD16(k, x + i), _mm512_maskz_loadu_ps(k, y + i), a0); \
     }                                                                             \
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))); \
   }
 
-AVX512_DOT(dot_f32_avx512, float, load16_f32)
-AVX512_DOT(dot_f16_avx512, heed_f16, load16_f16)
-AVX512_DOT(dot_bf16_avx512, heed_bf16, load16_bf16)
+AVX512_DOT(dot_f32_avx512, float, mload16_f32)
+AVX512_DOT(dot_f16_avx512, heed_f16, mload16_f16)
+AVX512_DOT(dot_bf16_avx512, heed_bf16, mload16_bf16)
 
 #define AVX512_TO_F32(NAME, T, LOAD16)                       \
   static void NAME(const void *xv, float *y, size_t n) {     \
     const T *x = (const T *)xv;                              \
     for (size_t i = 0; i < n; i += 16) {                     \
       __mmask16 k = tail_mask(n - i);                        \
-      _mm512_mask_storeu_ps(y + i, k, LOAD16(x + i, k));     \
+      _mm512_mask_storeu_ps(y + i, k, LOAD16(k, x + i));     \
     }                                                        \
   }
 
-AVX512_TO_F32(to_f32_f16_avx512, heed_f16, load16_f16)
-AVX512_TO_F32(to_f32_bf16_avx512, heed_bf16, load16_bf16)
+AVX512_TO_F32(to_f32_f16_avx512, heed_f16, mload16_f16)
+AVX512_TO_F32(to_f32_bf16_avx512, heed_bf16, mload16_bf16)
 
 static float probe_read_avx512(const float *x, size_t n) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;

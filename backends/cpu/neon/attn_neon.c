@@ -1,17 +1,13 @@
 /* backends/cpu/neon/attn_neon.c - attention micro-kernels for AArch64 NEON.
  * The avx2 blocking with 4-wide vectors. Wrappers and registration: attn_wrap.h. */
-#include <arm_neon.h>
 #include <math.h>
 
 #include "backends/cpu/cpu_isa.h"
+#include "backends/cpu/neon/neon_common.h"
 #include "heed/attention.h"
 #include "heed/dtype.h"
 
 #include "backends/cpu/attn_wrap.h"
-
-static inline float32x4_t load4_f32(const float *p) { return vld1q_f32(p); }
-static inline float32x4_t load4_f16(const heed_f16 *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
-static inline float32x4_t load4_bf16(const heed_bf16 *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
 
 /* Register-blocked cores per storage type: qk 4 rows x 2 keys, pv 2 rows x 16 columns. */
 
@@ -86,15 +82,13 @@ ATTN_CORES(core_f32, float, load4_f32)
 ATTN_CORES(core_f16, heed_f16, load4_f16)
 ATTN_CORES(core_bf16, heed_bf16, load4_bf16)
 
-static inline void cvt_f16(const void *x, float *y, size_t n) {
-  const heed_f16 *h = (const heed_f16 *)x;
-  for (size_t i = 0; i < n; i += 4) vst1q_f32(y + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + i))));
-}
-
-static inline void cvt_bf16(const void *x, float *y, size_t n) {
-  const heed_bf16 *h = (const heed_bf16 *)x;
-  for (size_t i = 0; i < n; i += 4) vst1q_f32(y + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(h + i), 16)));
-}
+/* Chunk conversion for the many-rows path. */
+#define CVT(SUF, T)                                                                            \
+  static inline void cvt_##SUF(const void *x, float *y, size_t n) {                            \
+    for (size_t i = 0; i < n; i += 4) vst1q_f32(y + i, load4_##SUF((const T *)x + i));        \
+  }
+CVT(f16, heed_f16)
+CVT(bf16, heed_bf16)
 
 HEED_ATTN_KERNELS_F32(neon)
 HEED_ATTN_KERNELS(f16, neon, 2)

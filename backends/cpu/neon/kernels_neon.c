@@ -1,17 +1,8 @@
 /* backends/cpu/neon/kernels_neon.c - AArch64 Advanced SIMD kernels (armv8-a
  * baseline: every arm64 CPU has them). Tested under qemu-aarch64 on x86. */
-#include <arm_neon.h>
-
 #include "backends/cpu/cpu_isa.h"
+#include "backends/cpu/neon/neon_common.h"
 #include "heed/dtype.h"
-
-static inline float32x4_t load4_f32(const float *p) { return vld1q_f32(p); }
-static inline float32x4_t load4_f16(const heed_f16 *p) {
-  return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
-}
-static inline float32x4_t load4_bf16(const heed_bf16 *p) {
-  return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
-}
 
 #define NEON_DOT(NAME, T, LOAD4, LOAD1)                                         \
   static float NAME(const void *xv, const float *y, size_t n) {                 \
