@@ -38,9 +38,11 @@ static size_t decode_scratch_floats(unsigned G, const heed_attn_params *p) {
   return a > b ? a : b;
 }
 
+/* Enough KV splits that every worker gets about 16 items: on a shared machine a
+ * late worker then costs one small item, not a whole head (the merge is cheap). */
 static unsigned decode_max_splits(heed_runtime *rt, const heed_attn_params *p, unsigned n_seqs) {
   unsigned W = (unsigned)heed_runtime_n_threads(rt), items = n_seqs * p->n_kv_heads;
-  unsigned s = (4 * W + items - 1) / (items ? items : 1);
+  unsigned s = (16 * W + items - 1) / (items ? items : 1);
   return s < 1 ? 1 : s > MAX_SPLITS ? MAX_SPLITS : s;
 }
 
