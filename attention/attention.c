@@ -283,10 +283,14 @@ static void run_keys(const job *J, const rowset *rs, const uint32_t *blocks, uns
   const heed_attn_params *p = J->p;
   const unsigned R = rs->R, G = J->G, cols = J->cols;
   const float cap = p->softcap;
+  /* Start on a key panel; the keys before kb that this adds are masked below
+   * (every caller's kb is the first key some row may see, or a block start). */
+  kb -= kb % HEED_KEY_PANEL;
   for (unsigned k0 = kb; k0 < ke;) {
     unsigned b = k0 / J->bl, off = k0 % J->bl, n = ke - k0;
     if (n > J->bl - off) n = J->bl - off;
     if (n > cols) n = cols;
+    /* off is a multiple of the panel (chunks start aligned): its panel's start */
     const char *kp = (const char *)kv_k(c, blocks[b], kvh) + (size_t)off * p->dk * c->elem;
     const char *vp = (const char *)kv_v(c, blocks[b], kvh) + (size_t)off * p->dv * c->elem;
     J->qk(qp, (int)R, kp, (int)n, (int)p->dk, S, (int)cols);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "attention/kv_internal.h"
+#include "heed/kernels.h"
 #include "runtime/internal.h"
 
 #define ALIGN64(x) (((x) + 63) & ~(size_t)63)
@@ -154,13 +155,17 @@ heed_status heed_kv_seq_new(heed_kv_cache *c, int *seq) {
   return HEED_OK;
 }
 
-typedef void (*store_fn)(void *dst, const float *src, unsigned n);
-static void store_f32(void *dst, const float *src, unsigned n) { memcpy(dst, src, n * sizeof(float)); }
-static void store_f16(void *dst, const float *src, unsigned n) {
-  for (unsigned i = 0; i < n; i++) ((heed_f16 *)dst)[i] = heed_f32_to_f16(src[i]);
+/* Stores n values, the i-th at dst + i * stride elements (stride 1: a V row;
+ * HEED_KEY_PANEL: a key's channels in its K panel). */
+typedef void (*store_fn)(void *dst, size_t stride, const float *src, unsigned n);
+static void store_f32(void *dst, size_t stride, const float *src, unsigned n) {
+  for (unsigned i = 0; i < n; i++) ((float *)dst)[i * stride] = src[i];
 }
-static void store_bf16(void *dst, const float *src, unsigned n) {
-  for (unsigned i = 0; i < n; i++) ((heed_bf16 *)dst)[i] = heed_f32_to_bf16(src[i]);
+static void store_f16(void *dst, size_t stride, const float *src, unsigned n) {
+  for (unsigned i = 0; i < n; i++) ((heed_f16 *)dst)[i * stride] = heed_f32_to_f16(src[i]);
+}
+static void store_bf16(void *dst, size_t stride, const float *src, unsigned n) {
+  for (unsigned i = 0; i < n; i++) ((heed_bf16 *)dst)[i * stride] = heed_f32_to_bf16(src[i]);
 }
 
 heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const float *k, const float *v) {
@@ -207,8 +212,9 @@ heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const floa
     char *blk = c->storage + (size_t)s->blocks[pos / bl] * c->block_bytes;
     size_t row = pos % bl;
     for (unsigned h = 0; h < g->n_kv_heads; h++) {
-      store(blk + h * c->k_head + row * g->dk * c->elem, k + ((size_t)t * g->n_kv_heads + h) * g->dk, g->dk);
-      store(blk + c->v_off + h * c->v_head + row * g->dv * c->elem, v + ((size_t)t * g->n_kv_heads + h) * g->dv, g->dv);
+      size_t kcol = ((row / HEED_KEY_PANEL) * g->dk * HEED_KEY_PANEL + row % HEED_KEY_PANEL) * c->elem;
+      store(blk + h * c->k_head + kcol, HEED_KEY_PANEL, k + ((size_t)t * g->n_kv_heads + h) * g->dk, g->dk);
+      store(blk + c->v_off + h * c->v_head + row * g->dv * c->elem, 1, v + ((size_t)t * g->n_kv_heads + h) * g->dv, g->dv);
     }
   }
   s->len = new_len;

@@ -28,7 +28,7 @@ struct heed_kv_cache {
   heed_error err;
 };
 
-/* Keys of (block, KV head): [block_len][dk] */
+/* Keys of (block, KV head): [dk][block_len], transposed */
 static inline const void *kv_k(const heed_kv_cache *c, uint32_t block, unsigned head) {
   return c->storage + (size_t)block * c->block_bytes + head * c->k_head;
 }

@@ -180,25 +180,30 @@ static void check_attn(heed_isa isa) {
   static const int Rs[] = {1, 3, 4, 5, 8, 9, 13, 32}, ns[] = {1, 2, 7, 16, 17, 33};
   static const int dims[] = {32, 80, 128, 256};
   uint64_t s = 7 + (uint64_t)isa;
-  float *q = malloc(32 * 256 * 4), *sc = malloc(32 * 40 * 4), *o = malloc(32 * 256 * 4), *xf = malloc(40 * 256 * 4);
+  float *q = malloc(32 * 256 * 4), *sc = malloc(32 * 40 * 4), *o = malloc(32 * 256 * 4), *xf = malloc(48 * 256 * 4);
   double *ref = malloc(32 * 256 * 8);
-  void *kv = malloc(40 * 256 * 4);
+  void *kv = malloc(48 * 256 * 4); /* 33 keys pad to 3 panels */
   for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++)
     for (size_t di = 0; di < 4; di++)
       for (size_t ri = 0; ri < 8; ri++)
         for (size_t ni = 0; ni < 6; ni++) {
           int R = Rs[ri], n = ns[ni], d = dims[di], lds = 40;
-          fill((heed_dtype)dt, kv, xf, (size_t)n * d, &s, 1.0f);
+          /* keys in panels of 16: key j, channel k at (j/16)*16*d + k*16 + j%16 */
+          fill((heed_dtype)dt, kv, xf, (size_t)(n + 15) / 16 * 16 * d, &s, 1.0f);
           for (int i = 0; i < R * d; i++) q[i] = tu_uniform(&s);
           heed_kernel_attn_qk(&t, (heed_dtype)dt)(q, R, kv, n, d, sc, lds);
           for (int r = 0; r < R; r++)
             for (int j = 0; j < n; j++) {
               double want = 0, mag = 0;
-              for (int k = 0; k < d; k++) want += (double)q[r * d + k] * xf[j * d + k], mag += fabs((double)q[r * d + k] * xf[j * d + k]);
+              for (int k = 0; k < d; k++) {
+                double x = xf[(j / 16) * 16 * d + k * 16 + j % 16];
+                want += (double)q[r * d + k] * x, mag += fabs((double)q[r * d + k] * x);
+              }
               cr_assert_leq(fabs(sc[r * lds + j] - want), (d / 8.0 + 8) * 0x1p-24 * mag + 1e-30, "%s qk %s R=%d n=%d d=%d (%d,%d)",
                             heed_isa_name(isa), heed_dtype_name((heed_dtype)dt), R, n, d, r, j);
             }
-          /* pv accumulates into o: start from a known value */
+          /* pv reads V rows [n][d] (the same storage, refilled), accumulating into o */
+          fill((heed_dtype)dt, kv, xf, (size_t)n * d, &s, 1.0f);
           for (int r = 0; r < R; r++)
             for (int j = 0; j < n; j++) sc[r * lds + j] = tu_uniform(&s) > 0 ? tu_uniform(&s) : 0.0f;
           for (int i = 0; i < R * d; i++) o[i] = 0.25f, ref[i] = 0.25;

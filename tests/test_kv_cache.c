@@ -35,7 +35,8 @@ static float stored_k(heed_kv_cache *c, int seq, unsigned t, unsigned h, unsigne
   unsigned nb;
   cr_assert_eq(heed_kv_seq_blocks(c, seq, &blocks, &nb), HEED_OK);
   const char *blk = (const char *)heed_kv_cache_storage(c) + blocks[t / g->block_len] * heed_kv_cache_block_bytes(c);
-  size_t idx = ((size_t)h * g->block_len + t % g->block_len) * g->dk + d;
+  size_t row = t % g->block_len; /* K is [heads][block_len/16][dk][16] */
+  size_t idx = (size_t)h * g->dk * g->block_len + (row / 16) * 16 * g->dk + (size_t)d * 16 + row % 16;
   if (g->dtype == HEED_DTYPE_F32) return ((const float *)blk)[idx];
   if (g->dtype == HEED_DTYPE_F16) return heed_f16_to_f32(((const heed_f16 *)blk)[idx]);
   return heed_bf16_to_f32(((const heed_bf16 *)blk)[idx]);

@@ -2,9 +2,9 @@
  * its register-blocked cores. Internal to backends/cpu.
  *
  * An ISA file defines, for each storage type SUF in f32, f16, bf16:
- *   qk_core_SUF(q, R, k, n, dk, s, lds)  and  pv_core_SUF(p, ldp, R, v, n, dv, o)
- * that read K/V rows of that type directly (converting in registers), and
- * cvt_SUF(x, y, count) that converts count elements to f32. Then:
+ *   qk_core_SUF(q, R, kt, n, dk, s, lds)  and  pv_core_SUF(p, ldp, R, v, n, dv, o)
+ * that read K panels / V rows of that type directly (converting in registers),
+ * and cvt_SUF(x, y, count) that converts count contiguous elements to f32. Then:
  *   few rows (decode, R <= 8): the typed cores, each element converted once;
  *   many rows (prefill): a chunk of 16 rows converted once into an L1 buffer,
  *   then the f32 cores, so an element is not converted once per row block. */
@@ -12,20 +12,27 @@
 #define HEED_ATTN_WRAP_H
 
 #include "heed/attention.h"
+#include "heed/kernels.h"
 
 #define HEED_ATTN_FEW_ROWS 8
 #define HEED_ATTN_CHUNK 16
 
-#define HEED_ATTN_KERNELS(SUF, ISA, ESZ)                                                                 \
-  static void attn_qk_##SUF##_##ISA(const float *q, int R, const void *k, int n, int dk, float *s, int lds) { \
+#define HEED_ATTN_KERNELS(SUF, ISA, ESZ, LOAD1)                                                          \
+  static void attn_qk_##SUF##_##ISA(const float *q, int R, const void *kt, int n, int dk, float *s, int lds) { \
     if (R <= HEED_ATTN_FEW_ROWS) {                                                                      \
-      qk_core_##SUF(q, R, k, n, dk, s, lds);                                                            \
+      qk_core_##SUF(q, R, kt, n, dk, s, lds);                                                           \
       return;                                                                                           \
     }                                                                                                   \
-    float buf[HEED_ATTN_CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                        \
-    for (int j = 0; j < n; j += HEED_ATTN_CHUNK) {                                                      \
-      int m = n - j < HEED_ATTN_CHUNK ? n - j : HEED_ATTN_CHUNK;                                        \
-      cvt_##SUF((const char *)k + (size_t)j * dk * ESZ, buf, (size_t)m * dk);                           \
+    float buf[HEED_KEY_PANEL * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                         \
+    for (int j = 0; j < n; j += HEED_KEY_PANEL) { /* one panel [dk][16] at a time */                    \
+      int m = n - j < HEED_KEY_PANEL ? n - j : HEED_KEY_PANEL;                                          \
+      const char *src_ = (const char *)kt + (size_t)j * dk * ESZ;                                       \
+      if (m == HEED_KEY_PANEL)                                                                          \
+        cvt_##SUF(src_, buf, (size_t)dk * HEED_KEY_PANEL);                                              \
+      else /* a last, partial panel: only the keys that exist */                                       \
+        for (int d_ = 0; d_ < dk; d_++)                                                                 \
+          for (int c_ = 0; c_ < m; c_++)                                                                \
+            buf[d_ * HEED_KEY_PANEL + c_] = LOAD1(((const T_##SUF *)src_)[d_ * HEED_KEY_PANEL + c_]);   \
       qk_core_f32(q, R, buf, m, dk, s + j, lds);                                                        \
     }                                                                                                   \
   }                                                                                                     \
@@ -44,12 +51,17 @@
 
 /* f32 storage needs no conversion: the f32 cores directly. */
 #define HEED_ATTN_KERNELS_F32(ISA)                                                                       \
-  static void attn_qk_f32_##ISA(const float *q, int R, const void *k, int n, int dk, float *s, int lds) { \
-    qk_core_f32(q, R, k, n, dk, s, lds);                                                                \
+  static void attn_qk_f32_##ISA(const float *q, int R, const void *kt, int n, int dk, float *s, int lds) { \
+    qk_core_f32(q, R, kt, n, dk, s, lds);                                                               \
   }                                                                                                     \
   static void attn_pv_f32_##ISA(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) { \
     pv_core_f32(p, ldp, R, v, n, dv, o);                                                                \
   }
+
+/* The storage type of each suffix, for the partial-panel conversion. */
+typedef float T_f32;
+typedef heed_f16 T_f16;
+typedef heed_bf16 T_bf16;
 
 #define HEED_ATTN_REGISTER(t, ISA, LEVEL)                    \
   do {                                                       \

@@ -5,13 +5,18 @@
  * keeps. A block holds block_len consecutive tokens of one sequence:
  *
  *   block b at  storage + b * block_bytes:
- *     K   [n_kv_heads][block_len][dk]   dtype     (offset 0)
+ *     K   [n_kv_heads][block_len/16][dk][16]  dtype   (offset 0; panels of 16 keys)
  *     V   [n_kv_heads][block_len][dv]   dtype     (offset k_bytes, 64-aligned)
  *     aux [n_kv_heads][...]             per-block scales for quantized formats
  *                                       (0 bytes for f32/f16/bf16; offset 64-aligned)
  *
- * so the keys of one (block, KV head) are one contiguous [block_len][dk] tile.
- * Token t of a sequence lives in block table[t / block_len], row t % block_len.
+ * so the keys of one (block, KV head) are contiguous, packed BLIS-style in
+ * panels of 16 keys, each panel [dk][16] (key j, channel d of the block at
+ * panel j/16, offset d*16 + j%16). A panel streams linearly and stays in L1,
+ * q.K becomes an outer product (no horizontal sums), and a channel's values
+ * over 16 tokens sit together for per-channel key quantization. V stays
+ * token-major, [block_len][dv], for the P.V accumulation.
+ * Token t of a sequence lives in block table[t / block_len], column/row t % block_len.
  * Blocks are shared by reference count: fork copies a block table, not data;
  * the first append that would write into a shared block copies that block
  * first (copy-on-write). Truncate drops tokens from the end (rejected

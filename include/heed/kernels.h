@@ -20,6 +20,9 @@ extern "C" {
 #endif
 
 /* X(NAME, "name"). */
+/* Keys per panel of the transposed K layout (see heed/attention.h). */
+#define HEED_KEY_PANEL 16
+
 #define HEED_OP_LIST(X)          \
   X(DOT, "dot")                  \
   X(TO_F32, "to_f32")            \
@@ -49,7 +52,10 @@ typedef double (*heed_probe_fma_fn)(uint64_t iters, float *sink);
 
 /* Attention micro-kernels; the slot's dtype is the KV cache's. Head dims are
  * multiples of 16; R (query rows) and n (keys) are anything from 1 up.
- *   attn_qk:  s[r*lds + j]  = q[r] . k[j]        q: [R][dk] f32, k: [n][dk], s: [R][lds]
+ *   attn_qk:  s[r*lds + j]  = sum_d q[r*dk + d] * K(j, d)
+ *                                                q: [R][dk] f32, s: [R][lds]; kt holds the
+ *                                                keys in panels of 16: K(j, d) is
+ *                                                kt[(j/16)*16*dk + d*16 + j%16]
  *   attn_pv:  o[r*dv + c]  += sum_j p[r*ldp + j] * v[j*dv + c]
  *                                                p: [R][ldp] f32, v: [n][dv], o: [R][dv]
  *   softmax_row (f32 only): one row of the online softmax. With m_new =
@@ -57,7 +63,7 @@ typedef double (*heed_probe_fma_fn)(uint64_t iters, float *sink);
  *     *m = m_new; returns exp(m_old - m_new), the factor the row's output is
  *     rescaled by. Masked scores are -inf and become 0; while every score seen
  *     is -inf, m stays -inf, l 0, and the return is 1. */
-typedef void (*heed_attn_qk_fn)(const float *q, int R, const void *k, int n, int dk, float *s, int lds);
+typedef void (*heed_attn_qk_fn)(const float *q, int R, const void *kt, int n, int dk, float *s, int lds);
 typedef void (*heed_attn_pv_fn)(const float *p, int ldp, int R, const void *v, int n, int dv, float *o);
 typedef float (*heed_softmax_row_fn)(float *s, int n, float *m, float *l);
 

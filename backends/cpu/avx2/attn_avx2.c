@@ -2,7 +2,7 @@
  *
  * Register-blocked cores, instantiated per storage type (attn_wrap.h picks
  * them or a converted chunk):
- *   qk: 4 query rows x 2 keys = 8 accumulators, reduced 8-at-once by hadd;
+ *   qk: 4 query rows x 16 keys = 8 accumulators (outer product, K transposed);
  *   pv: 4 query rows x 16 output columns = 8 accumulators.
  * Head dims are multiples of 16, so no column tails. */
 #include <math.h>
@@ -18,69 +18,62 @@
  * use it (Zen's load ports, not its FMA pipes, were then the limit). */
 #define IN_REG(v) __asm__("" : "+x"(v))
 
-/* [sum a, sum b, ..., sum h] */
-static inline __m256 hsum8(__m256 a, __m256 b, __m256 c, __m256 d, __m256 e, __m256 f, __m256 g, __m256 h) {
-  __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-  __m256 efgh = _mm256_hadd_ps(_mm256_hadd_ps(e, f), _mm256_hadd_ps(g, h));
-  return _mm256_add_ps(_mm256_permute2f128_ps(abcd, efgh, 0x20), _mm256_permute2f128_ps(abcd, efgh, 0x31));
-}
 
 /* The register-blocked cores, instantiated per storage type: LOAD8 turns 8
  * stored elements into 8 floats (in-register conversion, no buffer). */
-#define ATTN_CORES(SUF, T, LOAD8) \
-static void qk_##SUF(const float *q, int R, const void *kv, int n, int dk, float *s, int lds) { \
-  const T *k = (const T *)kv; \
-  int j = 0; \
-  for (; j + 2 <= n; j += 2) { \
-    const T *k0 = k + (size_t)j * dk, *k1 = k0 + dk; \
-    int r = 0; \
-    for (; r + 4 <= R; r += 4) { \
-      const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk; \
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0; \
-      for (int d = 0; d < dk; d += 8) { \
-        __m256 x0 = LOAD8(k0 + d), x1 = LOAD8(k1 + d), y; \
-        y = _mm256_loadu_ps(q0 + d);                                                   \
-        IN_REG(y);                                                                    \
-        a0 = _mm256_fmadd_ps(y, x0, a0), b0 = _mm256_fmadd_ps(y, x1, b0); \
-        y = _mm256_loadu_ps(q1 + d);                                                   \
-        IN_REG(y);                                                                    \
-        a1 = _mm256_fmadd_ps(y, x0, a1), b1 = _mm256_fmadd_ps(y, x1, b1); \
-        y = _mm256_loadu_ps(q2 + d);                                                   \
-        IN_REG(y);                                                                    \
-        a2 = _mm256_fmadd_ps(y, x0, a2), b2 = _mm256_fmadd_ps(y, x1, b2); \
-        y = _mm256_loadu_ps(q3 + d);                                                   \
-        IN_REG(y);                                                                    \
-        a3 = _mm256_fmadd_ps(y, x0, a3), b3 = _mm256_fmadd_ps(y, x1, b3); \
-      } \
-      float t[8]; \
-      _mm256_storeu_ps(t, hsum8(a0, a1, a2, a3, b0, b1, b2, b3)); \
-      for (int i = 0; i < 4; i++) { \
-        s[(size_t)(r + i) * lds + j] = t[i]; \
-        s[(size_t)(r + i) * lds + j + 1] = t[4 + i]; \
-      } \
-    } \
-    for (; r < R; r++) { \
-      const float *q0 = q + (size_t)r * dk; \
-      __m256 a0 = _mm256_setzero_ps(), b0 = a0; \
-      for (int d = 0; d < dk; d += 8) { \
-        __m256 y = _mm256_loadu_ps(q0 + d); \
-        a0 = _mm256_fmadd_ps(y, LOAD8(k0 + d), a0); \
-        b0 = _mm256_fmadd_ps(y, LOAD8(k1 + d), b0); \
-      } \
-      s[(size_t)r * lds + j] = hsum256(a0); \
-      s[(size_t)r * lds + j + 1] = hsum256(b0); \
-    } \
-  } \
-  for (; j < n; j++) { \
-    const T *k0 = k + (size_t)j * dk; \
-    for (int r = 0; r < R; r++) { \
-      const float *q0 = q + (size_t)r * dk; \
-      __m256 a0 = _mm256_setzero_ps(); \
-      for (int d = 0; d < dk; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d), LOAD8(k0 + d), a0); \
-      s[(size_t)r * lds + j] = hsum256(a0); \
-    } \
-  } \
-} \
+/* q.K^T as an outer product over the key panels: for each channel d, a
+ * panel's 16 keys (2 vectors) times 4 broadcast query values, 8 accumulators. */
+#define ATTN_QK_CORES(SUF, T, LOADV, LOAD1)                                                        \
+  static void qk_##SUF(const float *q, int R, const void *ktv, int n, int dk, float *s, int lds) { \
+    const T *kt = (const T *)ktv;                                                                  \
+    int j = 0;                                                                                     \
+    for (; j + 16 <= n; j += 16) {                                                                 \
+      int r = 0;                                                                                   \
+      for (; r + 4 <= R; r += 4) {                                                                 \
+        const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk;         \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0; \
+        const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                       \
+        for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) {                                                   \
+          __m256 x0 = LOADV(k), x1 = LOADV(k + 8), w;                                              \
+          w = _mm256_broadcast_ss(q0 + d), a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1); \
+          w = _mm256_broadcast_ss(q1 + d), b0 = _mm256_fmadd_ps(w, x0, b0), b1 = _mm256_fmadd_ps(w, x1, b1); \
+          w = _mm256_broadcast_ss(q2 + d), c0 = _mm256_fmadd_ps(w, x0, c0), c1 = _mm256_fmadd_ps(w, x1, c1); \
+          w = _mm256_broadcast_ss(q3 + d), d0 = _mm256_fmadd_ps(w, x0, d0), d1 = _mm256_fmadd_ps(w, x1, d1); \
+        }                                                                                          \
+        float *sr = s + (size_t)r * lds + j;                                                       \
+        _mm256_storeu_ps(sr, a0), _mm256_storeu_ps(sr + 8, a1), sr += lds;                         \
+        _mm256_storeu_ps(sr, b0), _mm256_storeu_ps(sr + 8, b1), sr += lds;                         \
+        _mm256_storeu_ps(sr, c0), _mm256_storeu_ps(sr + 8, c1), sr += lds;                         \
+        _mm256_storeu_ps(sr, d0), _mm256_storeu_ps(sr + 8, d1);                                    \
+      }                                                                                            \
+      for (; r < R; r++) {                                                                         \
+        const float *q0 = q + (size_t)r * dk;                                                      \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                                  \
+        const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                       \
+        for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) {                                                   \
+          __m256 w = _mm256_broadcast_ss(q0 + d);                                                  \
+          a0 = _mm256_fmadd_ps(w, LOADV(k), a0), a1 = _mm256_fmadd_ps(w, LOADV(k + 8), a1);        \
+        }                                                                                          \
+        _mm256_storeu_ps(s + (size_t)r * lds + j, a0), _mm256_storeu_ps(s + (size_t)r * lds + j + 8, a1); \
+      }                                                                                            \
+    }                                                                                              \
+    for (; j + 8 <= n; j += 8)                                                                     \
+      for (int r = 0; r < R; r++) {                                                                \
+        const float *q0 = q + (size_t)r * dk;                                                      \
+        __m256 a0 = _mm256_setzero_ps();                                                           \
+        const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                       \
+        for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(q0 + d), LOADV(k), a0); \
+        _mm256_storeu_ps(s + (size_t)r * lds + j, a0);                                             \
+      }                                                                                            \
+    for (; j < n; j++)                                                                             \
+      for (int r = 0; r < R; r++) {                                                                \
+        float acc = 0;                                                                             \
+        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * LOAD1(kt[(size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + (size_t)d * HEED_KEY_PANEL + j % HEED_KEY_PANEL]); \
+        s[(size_t)r * lds + j] = acc;                                                              \
+      }                                                                                            \
+  }
+
+#define ATTN_PV_CORES(SUF, T, LOAD8) \
 static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
   const T *v = (const T *)vv; \
   for (int c = 0; c < dv; c += 16) { \
@@ -116,9 +109,13 @@ static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int 
   } \
 } \
 
-ATTN_CORES(core_f32, float, load8_f32)
-ATTN_CORES(core_f16, heed_f16, load8_f16)
-ATTN_CORES(core_bf16, heed_bf16, load8_bf16)
+#define LOAD1_F32(v) (v)
+ATTN_QK_CORES(core_f32, float, load8_f32, LOAD1_F32)
+ATTN_QK_CORES(core_f16, heed_f16, load8_f16, heed_f16_to_f32)
+ATTN_QK_CORES(core_bf16, heed_bf16, load8_bf16, heed_bf16_to_f32)
+ATTN_PV_CORES(core_f32, float, load8_f32)
+ATTN_PV_CORES(core_f16, heed_f16, load8_f16)
+ATTN_PV_CORES(core_bf16, heed_bf16, load8_bf16)
 
 /* Chunk conversion for the many-rows path. */
 #define CVT(SUF, T)                                                                                \
@@ -128,9 +125,10 @@ ATTN_CORES(core_bf16, heed_bf16, load8_bf16)
 CVT(f16, heed_f16)
 CVT(bf16, heed_bf16)
 
+
 HEED_ATTN_KERNELS_F32(avx2)
-HEED_ATTN_KERNELS(f16, avx2, 2)
-HEED_ATTN_KERNELS(bf16, avx2, 2)
+HEED_ATTN_KERNELS(f16, avx2, 2, heed_f16_to_f32)
+HEED_ATTN_KERNELS(bf16, avx2, 2, heed_bf16_to_f32)
 
 /* exp(x) for x <= 0: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6
  * Taylor polynomial (relative error < 2e-7); x below -87.3 (and -inf) gives 0. */

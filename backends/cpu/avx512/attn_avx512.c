@@ -10,55 +10,58 @@
 
 #include "backends/cpu/attn_wrap.h"
 
-/* Register-blocked cores per storage type: qk 4 rows x 2 keys, pv 4 rows x 32 columns. */
+/* Register-blocked cores per storage type: qk 4 rows x 32 keys, pv 4 rows x 32 columns. */
 
-#define ATTN_CORES(SUF, T, LOADV, LOADV_MASK) \
-static void qk_##SUF(const float *q, int R, const void *kv, int n, int dk, float *s, int lds) { \
-  const T *k = (const T *)kv; \
-  int j = 0; \
-  for (; j + 2 <= n; j += 2) { \
-    const T *k0 = k + (size_t)j * dk, *k1 = k0 + dk; \
-    int r = 0; \
-    for (; r + 4 <= R; r += 4) { \
-      const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk; \
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0; \
-      for (int d = 0; d < dk; d += 16) { \
-        __m512 x0 = LOADV(k0 + d), x1 = LOADV(k1 + d), y; \
-        y = _mm512_loadu_ps(q0 + d), a0 = _mm512_fmadd_ps(y, x0, a0), b0 = _mm512_fmadd_ps(y, x1, b0); \
-        y = _mm512_loadu_ps(q1 + d), a1 = _mm512_fmadd_ps(y, x0, a1), b1 = _mm512_fmadd_ps(y, x1, b1); \
-        y = _mm512_loadu_ps(q2 + d), a2 = _mm512_fmadd_ps(y, x0, a2), b2 = _mm512_fmadd_ps(y, x1, b2); \
-        y = _mm512_loadu_ps(q3 + d), a3 = _mm512_fmadd_ps(y, x0, a3), b3 = _mm512_fmadd_ps(y, x1, b3); \
-      } \
-      float *sr = s + (size_t)r * lds + j; \
-      sr[0] = _mm512_reduce_add_ps(a0), sr[1] = _mm512_reduce_add_ps(b0); \
-      sr += lds, sr[0] = _mm512_reduce_add_ps(a1), sr[1] = _mm512_reduce_add_ps(b1); \
-      sr += lds, sr[0] = _mm512_reduce_add_ps(a2), sr[1] = _mm512_reduce_add_ps(b2); \
-      sr += lds, sr[0] = _mm512_reduce_add_ps(a3), sr[1] = _mm512_reduce_add_ps(b3); \
-    } \
-    for (; r < R; r++) { \
-      const float *q0 = q + (size_t)r * dk; \
-      __m512 a0 = _mm512_setzero_ps(), b0 = a0; \
-      for (int d = 0; d < dk; d += 16) { \
-        __m512 y = _mm512_loadu_ps(q0 + d); \
-        a0 = _mm512_fmadd_ps(y, LOADV(k0 + d), a0); \
-        b0 = _mm512_fmadd_ps(y, LOADV(k1 + d), b0); \
-      } \
-      s[(size_t)r * lds + j] = _mm512_reduce_add_ps(a0); \
-      s[(size_t)r * lds + j + 1] = _mm512_reduce_add_ps(b0); \
-    } \
-  } \
-  for (; j < n; j++) { \
-    const T *k0 = k + (size_t)j * dk; \
-    for (int r = 0; r < R; r++) { \
-      const float *q0 = q + (size_t)r * dk; \
-      __m512 a0 = _mm512_setzero_ps(); \
-      for (int d = 0; d < dk; d += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + d), LOADV(k0 + d), a0); \
-      s[(size_t)r * lds + j] = _mm512_reduce_add_ps(a0); \
-    } \
-  } \
-} \
- \
-/* dv is a multiple of 16: the 32-column blocks may end with one of 16 (mask). */ \
+/* q.K^T as an outer product over the key panels: per channel, 32 keys (two
+ * panels, a vector each) times 4 broadcast query values; a final partial
+ * block is masked. */
+#define QK_BLOCK(T, LOADK0, LOADK1, STORE0, STORE1)                                                    \
+  for (; r + 4 <= R; r += 4) {                                                                     \
+    const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk;             \
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0; \
+    const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                           \
+    for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) {                                                       \
+      __m512 x0 = LOADK0, x1 = LOADK1, w;                                                          \
+      w = _mm512_set1_ps(q0[d]), a0 = _mm512_fmadd_ps(w, x0, a0), a1 = _mm512_fmadd_ps(w, x1, a1); \
+      w = _mm512_set1_ps(q1[d]), b0 = _mm512_fmadd_ps(w, x0, b0), b1 = _mm512_fmadd_ps(w, x1, b1); \
+      w = _mm512_set1_ps(q2[d]), c0 = _mm512_fmadd_ps(w, x0, c0), c1 = _mm512_fmadd_ps(w, x1, c1); \
+      w = _mm512_set1_ps(q3[d]), d0 = _mm512_fmadd_ps(w, x0, d0), d1 = _mm512_fmadd_ps(w, x1, d1); \
+    }                                                                                              \
+    float *sr = s + (size_t)r * lds + j;                                                           \
+    STORE0(sr, a0), STORE1(sr + 16, a1), sr += lds;                                                \
+    STORE0(sr, b0), STORE1(sr + 16, b1), sr += lds;                                                \
+    STORE0(sr, c0), STORE1(sr + 16, c1), sr += lds;                                                \
+    STORE0(sr, d0), STORE1(sr + 16, d1);                                                           \
+  }                                                                                                \
+  for (; r < R; r++) {                                                                             \
+    const float *q0 = q + (size_t)r * dk;                                                          \
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;                                                      \
+    const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                           \
+    for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) {                                                       \
+      __m512 w = _mm512_set1_ps(q0[d]), x0 = LOADK0, x1 = LOADK1;                                  \
+      a0 = _mm512_fmadd_ps(w, x0, a0), a1 = _mm512_fmadd_ps(w, x1, a1);                            \
+    }                                                                                              \
+    STORE0(s + (size_t)r * lds + j, a0), STORE1(s + (size_t)r * lds + j + 16, a1);                 \
+  }
+
+#define ATTN_QK_CORES(SUF, T, LOADV, LOADV_MASK)                                                   \
+  static void qk_##SUF(const float *q, int R, const void *ktv, int n, int dk, float *s, int lds) { \
+    const T *kt = (const T *)ktv;                                                                  \
+    int j = 0;                                                                                     \
+    for (; j + 32 <= n; j += 32) {                                                                 \
+      int r = 0;                                                                                   \
+      QK_BLOCK(T, LOADV(k), LOADV(k + HEED_KEY_PANEL * dk), _mm512_storeu_ps, _mm512_storeu_ps)                        \
+    }                                                                                              \
+    if (j < n) { /* 1..31 keys left: two masked vectors */                                         \
+      __mmask16 m0 = tail_mask((size_t)(n - j)), m1 = tail_mask(n - j > 16 ? (size_t)(n - j - 16) : 0); \
+      int r = 0;                                                                                   \
+      QK_BLOCK(T, LOADV_MASK(m0, k), LOADV_MASK(m1, k + HEED_KEY_PANEL * dk), MSTORE0, MSTORE1)                        \
+    }                                                                                              \
+  }
+#define MSTORE0(p, v) _mm512_mask_storeu_ps(p, m0, v)
+#define MSTORE1(p, v) _mm512_mask_storeu_ps(p, m1, v)
+
+#define ATTN_PV_CORES(SUF, T, LOADV, LOADV_MASK) \
 static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
   const T *v = (const T *)vv; \
   for (int c = 0; c < dv; c += 32) { \
@@ -97,9 +100,12 @@ static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int 
   } \
 } \
 
-ATTN_CORES(core_f32, float, load16_f32, mload16_f32)
-ATTN_CORES(core_f16, heed_f16, load16_f16, mload16_f16)
-ATTN_CORES(core_bf16, heed_bf16, load16_bf16, mload16_bf16)
+ATTN_QK_CORES(core_f32, float, load16_f32, mload16_f32)
+ATTN_QK_CORES(core_f16, heed_f16, load16_f16, mload16_f16)
+ATTN_QK_CORES(core_bf16, heed_bf16, load16_bf16, mload16_bf16)
+ATTN_PV_CORES(core_f32, float, load16_f32, mload16_f32)
+ATTN_PV_CORES(core_f16, heed_f16, load16_f16, mload16_f16)
+ATTN_PV_CORES(core_bf16, heed_bf16, load16_bf16, mload16_bf16)
 
 /* Chunk conversion for the many-rows path. */
 #define CVT(SUF, T)                                                                                \
@@ -109,9 +115,10 @@ ATTN_CORES(core_bf16, heed_bf16, load16_bf16, mload16_bf16)
 CVT(f16, heed_f16)
 CVT(bf16, heed_bf16)
 
+
 HEED_ATTN_KERNELS_F32(avx512)
-HEED_ATTN_KERNELS(f16, avx512, 2)
-HEED_ATTN_KERNELS(bf16, avx512, 2)
+HEED_ATTN_KERNELS(f16, avx512, 2, heed_f16_to_f32)
+HEED_ATTN_KERNELS(bf16, avx512, 2, heed_bf16_to_f32)
 
 /* exp(x) for x <= 0 as in avx2, with scalef for the 2^n. */
 static inline __m512 exp_neg(__m512 x) {

@@ -11,51 +11,48 @@
 
 /* Register-blocked cores per storage type: qk 4 rows x 2 keys, pv 2 rows x 16 columns. */
 
-#define ATTN_CORES(SUF, T, LOADV) \
-static void qk_##SUF(const float *q, int R, const void *kv, int n, int dk, float *s, int lds) { \
-  const T *k = (const T *)kv; \
-  int j = 0; \
-  for (; j + 2 <= n; j += 2) { \
-    const T *k0 = k + (size_t)j * dk, *k1 = k0 + dk; \
-    int r = 0; \
-    for (; r + 4 <= R; r += 4) { \
-      const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk; \
-      float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0; \
-      for (int d = 0; d < dk; d += 4) { \
-        float32x4_t x0 = LOADV(k0 + d), x1 = LOADV(k1 + d), y; \
-        y = vld1q_f32(q0 + d), a0 = vfmaq_f32(a0, y, x0), b0 = vfmaq_f32(b0, y, x1); \
-        y = vld1q_f32(q1 + d), a1 = vfmaq_f32(a1, y, x0), b1 = vfmaq_f32(b1, y, x1); \
-        y = vld1q_f32(q2 + d), a2 = vfmaq_f32(a2, y, x0), b2 = vfmaq_f32(b2, y, x1); \
-        y = vld1q_f32(q3 + d), a3 = vfmaq_f32(a3, y, x0), b3 = vfmaq_f32(b3, y, x1); \
-      } \
-      float *sr = s + (size_t)r * lds + j; \
-      sr[0] = vaddvq_f32(a0), sr[1] = vaddvq_f32(b0); \
-      sr += lds, sr[0] = vaddvq_f32(a1), sr[1] = vaddvq_f32(b1); \
-      sr += lds, sr[0] = vaddvq_f32(a2), sr[1] = vaddvq_f32(b2); \
-      sr += lds, sr[0] = vaddvq_f32(a3), sr[1] = vaddvq_f32(b3); \
-    } \
-    for (; r < R; r++) { \
-      const float *q0 = q + (size_t)r * dk; \
-      float32x4_t a0 = vdupq_n_f32(0), b0 = a0; \
-      for (int d = 0; d < dk; d += 4) { \
-        float32x4_t y = vld1q_f32(q0 + d); \
-        a0 = vfmaq_f32(a0, y, LOADV(k0 + d)); \
-        b0 = vfmaq_f32(b0, y, LOADV(k1 + d)); \
-      } \
-      s[(size_t)r * lds + j] = vaddvq_f32(a0); \
-      s[(size_t)r * lds + j + 1] = vaddvq_f32(b0); \
-    } \
-  } \
-  for (; j < n; j++) { \
-    const T *k0 = k + (size_t)j * dk; \
-    for (int r = 0; r < R; r++) { \
-      const float *q0 = q + (size_t)r * dk; \
-      float32x4_t a0 = vdupq_n_f32(0); \
-      for (int d = 0; d < dk; d += 4) a0 = vfmaq_f32(a0, vld1q_f32(q0 + d), LOADV(k0 + d)); \
-      s[(size_t)r * lds + j] = vaddvq_f32(a0); \
-    } \
-  } \
-} \
+/* q.K^T as an outer product over the key panels: per channel, a panel's 16
+ * keys (4 vectors) times 4 query values, 16 accumulators. */
+#define ATTN_QK_CORES(SUF, T, LOADV, LOAD1)                                                        \
+  static void qk_##SUF(const float *q, int R, const void *ktv, int n, int dk, float *s, int lds) { \
+    const T *kt = (const T *)ktv;                                                                  \
+    int j = 0;                                                                                     \
+    for (; j + 16 <= n; j += 16)                                                                   \
+      for (int r = 0; r < R; r += 4) {                                                             \
+        int nr = R - r < 4 ? R - r : 4;                                                            \
+        const float *q0 = q + (size_t)r * dk;                                                      \
+        const float *q1 = nr > 1 ? q0 + dk : q0, *q2 = nr > 2 ? q0 + 2 * dk : q0, *q3 = nr > 3 ? q0 + 3 * dk : q0; \
+        float32x4_t acc[4][4];                                                                     \
+        for (int a = 0; a < 4; a++)                                                                \
+          for (int b = 0; b < 4; b++) acc[a][b] = vdupq_n_f32(0);                                  \
+        const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                       \
+        for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) {                                                   \
+          float32x4_t x0 = LOADV(k), x1 = LOADV(k + 4), x2 = LOADV(k + 8), x3 = LOADV(k + 12);     \
+          const float w[4] = {q0[d], q1[d], q2[d], q3[d]};                                         \
+          for (int a = 0; a < 4; a++) {                                                            \
+            acc[a][0] = vfmaq_n_f32(acc[a][0], x0, w[a]), acc[a][1] = vfmaq_n_f32(acc[a][1], x1, w[a]); \
+            acc[a][2] = vfmaq_n_f32(acc[a][2], x2, w[a]), acc[a][3] = vfmaq_n_f32(acc[a][3], x3, w[a]); \
+          }                                                                                        \
+        }                                                                                          \
+        for (int a = 0; a < nr; a++)                                                               \
+          for (int b = 0; b < 4; b++) vst1q_f32(s + (size_t)(r + a) * lds + j + 4 * b, acc[a][b]); \
+      }                                                                                            \
+    for (; j + 4 <= n; j += 4)                                                                     \
+      for (int r = 0; r < R; r++) {                                                                \
+        float32x4_t a0 = vdupq_n_f32(0);                                                           \
+        const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                       \
+        for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) a0 = vfmaq_n_f32(a0, LOADV(k), q[(size_t)r * dk + d]); \
+        vst1q_f32(s + (size_t)r * lds + j, a0);                                                    \
+      }                                                                                            \
+    for (; j < n; j++)                                                                             \
+      for (int r = 0; r < R; r++) {                                                                \
+        float acc = 0;                                                                             \
+        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * LOAD1(kt[(size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + (size_t)d * HEED_KEY_PANEL + j % HEED_KEY_PANEL]); \
+        s[(size_t)r * lds + j] = acc;                                                              \
+      }                                                                                            \
+  }
+
+#define ATTN_PV_CORES(SUF, T, LOADV) \
 static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
   const T *v = (const T *)vv; \
   for (int c = 0; c < dv; c += 16) { \
@@ -78,9 +75,13 @@ static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int 
   } \
 } \
 
-ATTN_CORES(core_f32, float, load4_f32)
-ATTN_CORES(core_f16, heed_f16, load4_f16)
-ATTN_CORES(core_bf16, heed_bf16, load4_bf16)
+#define LOAD1_F32(v) (v)
+ATTN_QK_CORES(core_f32, float, load4_f32, LOAD1_F32)
+ATTN_QK_CORES(core_f16, heed_f16, load4_f16, heed_f16_to_f32)
+ATTN_QK_CORES(core_bf16, heed_bf16, load4_bf16, heed_bf16_to_f32)
+ATTN_PV_CORES(core_f32, float, load4_f32)
+ATTN_PV_CORES(core_f16, heed_f16, load4_f16)
+ATTN_PV_CORES(core_bf16, heed_bf16, load4_bf16)
 
 /* Chunk conversion for the many-rows path. */
 #define CVT(SUF, T)                                                                            \
@@ -90,9 +91,10 @@ ATTN_CORES(core_bf16, heed_bf16, load4_bf16)
 CVT(f16, heed_f16)
 CVT(bf16, heed_bf16)
 
+
 HEED_ATTN_KERNELS_F32(neon)
-HEED_ATTN_KERNELS(f16, neon, 2)
-HEED_ATTN_KERNELS(bf16, neon, 2)
+HEED_ATTN_KERNELS(f16, neon, 2, heed_f16_to_f32)
+HEED_ATTN_KERNELS(bf16, neon, 2, heed_bf16_to_f32)
 
 static inline float32x4_t exp_neg(float32x4_t x) {
   const float32x4_t lo = vdupq_n_f32(-87.3f);

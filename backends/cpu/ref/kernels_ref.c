@@ -66,7 +66,8 @@ static double probe_fma_ref(uint64_t iters, float *sink) {
     for (int r = 0; r < R; r++)                                                             \
       for (int j = 0; j < n; j++) {                                                         \
         float acc = 0;                                                                      \
-        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * LOAD(k[(size_t)j * dk + d]); \
+        const T *kj = k + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL; \
+        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * LOAD(kj[(size_t)d * HEED_KEY_PANEL]); \
         s[(size_t)r * lds + j] = acc;                                                       \
       }                                                                                     \
   }                                                                                         \
