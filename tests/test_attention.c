@@ -460,3 +460,38 @@ Test(attention, bad_input_leaves_the_output_alone) {
   free(ws), free(dws), free(q), free(out);
   fx_close(&f);
 }
+
+/* The split count follows the worker count; the answer must not. */
+Test(attention, decode_is_the_same_for_any_worker_count) {
+  heed_isa isa = heed_kernels_compiled(HEED_ISA_AVX2) && heed_isa_runs_on(HEED_ISA_AVX2, heed_cpu_features_detect())
+                     ? HEED_ISA_AVX2
+                     : HEED_ISA_SCALAR;
+  fx f;
+  cr_assert(fx_open(&f, isa, HEED_DTYPE_F16, 2, 64, 64, 16));
+  fx_seq0(&f, 300, 1.0f);
+  heed_attn_params p = params(8, 2, 64, 64);
+  heed_attn_decode_seq d = {.kv = {.seq = 0}, .n_q = 2};
+  float *q = rand_q(&f.rng, 2 * 8 * 64, 1.0f), first[2 * 8 * 64];
+  unsigned pus = heed_topology_get_summary(heed_runtime_topology(f.rt))->n_pus;
+  for (unsigned w = 1; w <= pus && w <= 4; w++) {
+    heed_runtime_options o;
+    heed_runtime_options_init(&o);
+    o.flags = HEED_RUNTIME_IGNORE_ENV | HEED_RUNTIME_NO_OPENCL;
+    o.isa = (int)isa;
+    o.n_threads = (int)w;
+    heed_runtime *rt;
+    cr_assert_eq(heed_runtime_open(&o, &rt, NULL), HEED_OK);
+    size_t wsb;
+    heed_attn_decode_workspace(rt, &p, &d, 1, &wsb);
+    void *ws = malloc(wsb);
+    float out[2 * 8 * 64];
+    cr_assert_eq(heed_attn_decode(rt, f.c, &p, &d, 1, q, w == 1 ? first : out, NULL, ws, wsb), HEED_OK);
+    if (w > 1)
+      for (int i = 0; i < 2 * 8 * 64; i++)
+        cr_assert_float_eq(out[i], first[i], 2e-6, "%u workers differ from 1 at %d: %g vs %g", w, i, out[i], first[i]);
+    free(ws);
+    heed_runtime_close(rt);
+  }
+  free(q);
+  fx_close(&f);
+}
