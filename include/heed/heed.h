@@ -12,6 +12,7 @@
 #include "heed/plan.h"
 #include "heed/runtime.h"
 #include "heed/attention.h"
+#include "heed/quant.h"
 #include "heed/bench.h"
 
 #define HEED_VERSION_MAJOR 0
