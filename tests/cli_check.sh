@@ -30,6 +30,15 @@ for x in r: assert x["ms_median"]>0 and x["fraction"]>0, x
 assert r[0]["limit_kind"]=="read_bandwidth" and r[2]["limit_kind"]=="fma_peak" and r[0]["shape"]["ctx"]==1024' "$tmp/a.json" &&
   grep -q "faster than the unfused oneDNN baseline" "$tmp/a.txt" && ok || { bad "heed bench attention"; cat "$tmp/a.txt"; }
 
+"$heed" bench kvquant --json "$tmp/q.json" >"$tmp/q.txt" 2>&1 && python3 -c '
+import json,sys; d=json.load(open(sys.argv[1])); r={(x["format"],x["data"]):x for x in d["results"]}
+assert len(r)==22, len(r)
+for x in r.values(): assert 0 <= x["nmse"] < 1 and x["max_abs"] >= 0, x
+# q8 is far closer than q4; with outlier channels in K, per-channel K (KIVI) beats per-token K
+assert r[("q8 per token","random")]["nmse"] < r[("q4 group 32","random")]["nmse"] / 10
+assert r[("q4 K/channel 128 V/token 128","outliers")]["nmse"] < r[("q4 group 128","outliers")]["nmse"] / 5' "$tmp/q.json" \
+  && ok || { bad "heed bench kvquant"; cat "$tmp/q.txt"; }
+
 expect_fail() { # expect_fail "needle" env... -- args...
   local needle=$1; shift
   local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift

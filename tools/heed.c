@@ -5,12 +5,14 @@
 #include <unistd.h>
 
 #include "bench/bench_attention.h"
+#include "bench/bench_kvquant.h"
 #include "heed/heed.h"
 
 static void usage(FILE *f) {
   fprintf(f,
           "usage: heed info [--json]\n"
           "       heed bench probes|attention|all [--repeats N] [--ctx N,N,...] [--no-baseline] [--json FILE]\n"
+          "       heed bench kvquant [--json FILE]   (attention error of each KV format)\n"
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
 }
@@ -102,10 +104,20 @@ static int cmd_bench(int argc, char **argv) {
       return 2;
     }
   }
+  if (strcmp(suite, "kvquant") == 0) { /* an accuracy report: no timing, no limits */
+    FILE *f = json_path ? fopen(json_path, "w") : NULL;
+    if (json_path && !f) {
+      fprintf(stderr, "heed bench: cannot write %s\n", json_path);
+      return 1;
+    }
+    int rc = heed_bench_kvquant(f) ? 1 : 0;
+    if (f) fclose(f), printf("wrote %s\n", json_path);
+    return rc;
+  }
   int probes = strcmp(suite, "probes") == 0 || strcmp(suite, "all") == 0;
   int attention = strcmp(suite, "attention") == 0 || strcmp(suite, "all") == 0;
   if (!probes && !attention) {
-    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, all\n", suite);
+    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, kvquant, all\n", suite);
     return 2;
   }
   heed_runtime *rt;
