@@ -173,6 +173,8 @@ heed_status heed_attn_prefill(heed_runtime *rt, const heed_kv_cache *c, const he
   st = dispatch(rt, &call, 0);
   if (st == HEED_E_UNSUPPORTED)
     return heed_err_set(e, st, "prefill: the %s backend has no attention", heed_backend_name(heed_runtime_backend(rt)));
+  if (st == HEED_E_BUSY)
+    return heed_err_set(e, st, "prefill: the runtime's pool is running another call");
   return st;
 }
 
@@ -225,6 +227,8 @@ heed_status heed_attn_decode(heed_runtime *rt, const heed_kv_cache *c, const hee
   st = dispatch(rt, &call, 1);
   if (st == HEED_E_UNSUPPORTED)
     return heed_err_set(e, st, "decode: the %s backend has no attention", heed_backend_name(heed_runtime_backend(rt)));
+  if (st == HEED_E_BUSY)
+    return heed_err_set(e, st, "decode: the runtime's pool is running another call");
   return st;
 }
 

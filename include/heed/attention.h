@@ -35,6 +35,12 @@
  *
  * Work space is the caller's too: heed_attn_*_workspace says how much. Nothing
  * is allocated while attention runs.
+ *
+ * Threads: a call runs on the runtime's pool, one call at a time per runtime;
+ * a second call while one runs (another thread, or from inside a task)
+ * returns HEED_E_BUSY and writes nothing. Calls only read the cache, so
+ * several runtimes may read one cache at once; appends, forks, truncates and
+ * frees must not overlap attention on the same cache.
  */
 #ifndef HEED_ATTENTION_H
 #define HEED_ATTENTION_H
