@@ -24,8 +24,8 @@ static void cpu_close(void *ctx) { free(ctx); }
 static void cpu_describe(void *ctx, char *buf, size_t cap) {
   cpu_ctx *c = ctx;
   int n = heed_pool_n_workers(c->pool);
-  snprintf(buf, cap, "%s kernels on %d workers (the caller and %d pool threads, %d of them pinned)",
-           heed_isa_name(c->kernels->isa), n, n - 1, heed_pool_n_pinned(c->pool));
+  snprintf(buf, cap, "%s kernels on %d worker%s (the caller and %d pool thread%s, %d pinned)",
+           heed_isa_name(c->kernels->isa), n, n == 1 ? "" : "s", n - 1, n == 2 ? "" : "s", heed_pool_n_pinned(c->pool));
 }
 
 const heed_backend_iface heed_backend_cpu_iface = {
