@@ -295,8 +295,8 @@ static void run_keys(const job *J, const rowset *rs, const uint32_t *blocks, uns
     if (n > J->bl - off) n = J->bl - off;
     if (n > cols) n = cols;
     /* off is a multiple of the panel (chunks start aligned): its panel's start */
-    const char *kp = (const char *)kv_k(c, blocks[b], kvh) + (size_t)off * p->dk * c->elem;
-    const char *vp = (const char *)kv_v(c, blocks[b], kvh) + (size_t)off * p->dv * c->elem;
+    const char *kp = (const char *)kv_k(c, blocks[b], kvh) + (size_t)off * p->dk * c->k_elem;
+    const char *vp = (const char *)kv_v(c, blocks[b], kvh) + (size_t)off * p->dv * c->v_elem;
     J->qk(qp, (int)R, kp, (int)n, (int)p->dk, S, (int)cols);
     if (cap > 0)
       for (unsigned r = 0; r < R; r++)
@@ -361,9 +361,8 @@ static void job_init(job *J, heed_cpu_ctx *x, const heed_attn_call *call) {
   J->call = call;
   J->c = call->cache;
   J->p = call->p;
-  heed_dtype dt = call->cache->cfg.dtype;
-  J->qk = heed_kernel_attn_qk(x->kernels, dt);
-  J->pv = heed_kernel_attn_pv(x->kernels, dt);
+  J->qk = heed_kernel_attn_qk(x->kernels, call->cache->cfg.k_dtype);
+  J->pv = heed_kernel_attn_pv(x->kernels, call->cache->cfg.v_dtype);
   J->sm = heed_kernel_softmax_row(x->kernels);
   J->G = call->p->n_q_heads / call->p->n_kv_heads;
   J->H = call->p->n_q_heads;

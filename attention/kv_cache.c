@@ -20,12 +20,17 @@ static heed_status check_config(heed_runtime *rt, const heed_kv_cache_config *cf
     if (dims[i] < HEED_HEAD_DIM_MIN || dims[i] > HEED_HEAD_DIM_MAX || dims[i] % 16)
       return heed_err_set(err, HEED_E_INVALID, "KV cache: %s=%u; accepted: a multiple of 16 in %d..%d",
                           i ? "dv" : "dk", dims[i], HEED_HEAD_DIM_MIN, HEED_HEAD_DIM_MAX);
-  if (cfg->dtype != HEED_DTYPE_F32 && cfg->dtype != HEED_DTYPE_F16 && cfg->dtype != HEED_DTYPE_BF16)
-    return heed_err_set(err, HEED_E_INVALID, "KV cache: dtype %d; accepted: f32, f16, bf16", (int)cfg->dtype);
+  const heed_dtype types[2] = {cfg->k_dtype, cfg->v_dtype};
+  for (int i = 0; i < 2; i++)
+    if (types[i] != HEED_DTYPE_F32 && types[i] != HEED_DTYPE_F16 && types[i] != HEED_DTYPE_BF16)
+      return heed_err_set(err, HEED_E_INVALID, "KV cache: %s=%d; accepted: f32, f16, bf16", i ? "v_dtype" : "k_dtype",
+                          (int)types[i]);
+  /* The plan sizes blocks for the wider of the two. */
+  heed_dtype wide = heed_dtype_bits(cfg->k_dtype) >= heed_dtype_bits(cfg->v_dtype) ? cfg->k_dtype : cfg->v_dtype;
   if (cfg->block_len == 0) {
     heed_tile_plan plan;
     if (!rt) return heed_err_set(err, HEED_E_INVALID, "KV cache: block_len=0 needs a runtime to plan it");
-    heed_status st = heed_runtime_tile_plan(rt, cfg->dk, cfg->dv, cfg->dtype, &plan);
+    heed_status st = heed_runtime_tile_plan(rt, cfg->dk, cfg->dv, wide, &plan);
     if (st != HEED_OK) return heed_err_set(err, st, "KV cache: %s", heed_runtime_last_error(rt));
     out->block_len = plan.kv_block;
   } else if (cfg->block_len < 16 || cfg->block_len > 1024 || (cfg->block_len & (cfg->block_len - 1))) {
@@ -43,9 +48,10 @@ static heed_status check_config(heed_runtime *rt, const heed_kv_cache_config *cf
 
 static void layout(heed_kv_cache *c) {
   const heed_kv_cache_config *g = &c->cfg;
-  c->elem = heed_dtype_bits(g->dtype) / 8;
-  c->k_head = (size_t)g->block_len * g->dk * c->elem;
-  c->v_head = (size_t)g->block_len * g->dv * c->elem;
+  c->k_elem = heed_dtype_bits(g->k_dtype) / 8;
+  c->v_elem = heed_dtype_bits(g->v_dtype) / 8;
+  c->k_head = (size_t)g->block_len * g->dk * c->k_elem;
+  c->v_head = (size_t)g->block_len * g->dv * c->v_elem;
   c->v_off = ALIGN64(g->n_kv_heads * c->k_head);
   c->aux_off = ALIGN64(c->v_off + g->n_kv_heads * c->v_head);
   c->block_bytes = c->aux_off; /* no per-block scales for float formats */
@@ -206,15 +212,18 @@ heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const floa
     s->blocks[s->n_blocks - 1] = fresh;
   }
   while (s->n_blocks < need_blocks) s->blocks[s->n_blocks++] = take_block(c);
-  store_fn store = g->dtype == HEED_DTYPE_F32 ? store_f32 : g->dtype == HEED_DTYPE_F16 ? store_f16 : store_bf16;
+  static const store_fn stores[HEED_DTYPE_COUNT] = {[HEED_DTYPE_F32] = store_f32, [HEED_DTYPE_F16] = store_f16,
+                                                    [HEED_DTYPE_BF16] = store_bf16};
+  store_fn store_k = stores[g->k_dtype], store_v = stores[g->v_dtype];
   for (unsigned t = 0; t < n; t++) {
     unsigned pos = s->len + t;
     char *blk = c->storage + (size_t)s->blocks[pos / bl] * c->block_bytes;
     size_t row = pos % bl;
     for (unsigned h = 0; h < g->n_kv_heads; h++) {
-      size_t kcol = ((row / HEED_KEY_PANEL) * g->dk * HEED_KEY_PANEL + row % HEED_KEY_PANEL) * c->elem;
-      store(blk + h * c->k_head + kcol, HEED_KEY_PANEL, k + ((size_t)t * g->n_kv_heads + h) * g->dk, g->dk);
-      store(blk + c->v_off + h * c->v_head + row * g->dv * c->elem, 1, v + ((size_t)t * g->n_kv_heads + h) * g->dv, g->dv);
+      size_t kcol = ((row / HEED_KEY_PANEL) * g->dk * HEED_KEY_PANEL + row % HEED_KEY_PANEL) * c->k_elem;
+      store_k(blk + h * c->k_head + kcol, HEED_KEY_PANEL, k + ((size_t)t * g->n_kv_heads + h) * g->dk, g->dk);
+      store_v(blk + c->v_off + h * c->v_head + row * g->dv * c->v_elem, 1, v + ((size_t)t * g->n_kv_heads + h) * g->dv,
+              g->dv);
     }
   }
   s->len = new_len;

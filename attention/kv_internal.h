@@ -15,7 +15,7 @@ typedef struct kv_seq {
 struct heed_kv_cache {
   heed_kv_cache_config cfg;
   char *storage;            /* borrowed: [n_blocks][block_bytes] */
-  size_t elem;              /* bytes per element */
+  size_t k_elem, v_elem;    /* bytes per K / V element */
   size_t k_head, v_head;    /* bytes of one head's K / V rows in a block */
   size_t v_off, aux_off;    /* offsets inside a block */
   size_t block_bytes;

@@ -45,7 +45,7 @@ static float urand(void) {
 /* Fills a cache with n random tokens (and the f32 copy for the baseline). */
 static int fill_cache(heed_runtime *rt, heed_dtype dt, unsigned n, heed_kv_cache **c, void **storage, float *k32,
                       float *v32, unsigned max_ctx) {
-  heed_kv_cache_config cfg = {.n_kv_heads = H_KV, .dk = D, .dv = D, .dtype = dt, .block_len = 0, .n_blocks = 1,
+  heed_kv_cache_config cfg = {.n_kv_heads = H_KV, .dk = D, .dv = D, .k_dtype = dt, .v_dtype = dt, .block_len = 0, .n_blocks = 1,
                               .max_seqs = 1, .max_seq_len = n};
   unsigned bl = 0;
   size_t bytes = 0;

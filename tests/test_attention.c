@@ -23,7 +23,7 @@ typedef struct fx {
   uint64_t rng;
 } fx;
 
-static int fx_open(fx *f, heed_isa isa, heed_dtype dt, unsigned n_kv, unsigned dk, unsigned dv, unsigned bl) {
+static int fx_open2(fx *f, heed_isa isa, heed_dtype kt, heed_dtype vt, unsigned n_kv, unsigned dk, unsigned dv, unsigned bl) {
   memset(f, 0, sizeof *f);
   if (!heed_kernels_compiled(isa) || !heed_isa_runs_on(isa, heed_cpu_features_detect())) return 0;
   heed_runtime_options o;
@@ -32,7 +32,7 @@ static int fx_open(fx *f, heed_isa isa, heed_dtype dt, unsigned n_kv, unsigned d
   o.isa = (int)isa;
   heed_error e = {0};
   cr_assert_eq(heed_runtime_open(&o, &f->rt, &e), HEED_OK, "%s", e.msg);
-  f->cfg = (heed_kv_cache_config){.n_kv_heads = n_kv, .dk = dk, .dv = dv, .dtype = dt, .block_len = bl,
+  f->cfg = (heed_kv_cache_config){.n_kv_heads = n_kv, .dk = dk, .dv = dv, .k_dtype = kt, .v_dtype = vt, .block_len = bl,
                                   .n_blocks = 4 * ((MAXLEN + bl - 1) / bl) + 4, .max_seqs = 4, .max_seq_len = MAXLEN};
   size_t bytes;
   cr_assert_eq(heed_kv_cache_bytes(f->rt, &f->cfg, &bytes, NULL), HEED_OK);
@@ -42,8 +42,12 @@ static int fx_open(fx *f, heed_isa isa, heed_dtype dt, unsigned n_kv, unsigned d
     f->K[s] = calloc((size_t)MAXLEN * n_kv * dk, sizeof(float));
     f->V[s] = calloc((size_t)MAXLEN * n_kv * dv, sizeof(float));
   }
-  f->rng = 0x5eed + isa * 131 + dt * 17 + dk;
+  f->rng = 0x5eed + isa * 131 + kt * 17 + vt * 5 + dk;
   return 1;
+}
+
+static int fx_open(fx *f, heed_isa isa, heed_dtype dt, unsigned n_kv, unsigned dk, unsigned dv, unsigned bl) {
+  return fx_open2(f, isa, dt, dt, n_kv, dk, dv, bl);
 }
 
 static void fx_close(fx *f) {
@@ -67,8 +71,8 @@ static void fx_append(fx *f, int seq, int m, unsigned n, float kscale) {
   for (size_t i = 0; i < (size_t)n * H * dk; i++) k[i] = tu_uniform(&f->rng) * kscale;
   for (size_t i = 0; i < (size_t)n * H * dv; i++) v[i] = tu_uniform(&f->rng);
   cr_assert_eq(heed_kv_seq_append(f->c, seq, n, k, v), HEED_OK, "%s", heed_kv_cache_last_error(f->c));
-  for (size_t i = 0; i < (size_t)n * H * dk; i++) f->K[m][(size_t)len * H * dk + i] = rounded(f->cfg.dtype, k[i]);
-  for (size_t i = 0; i < (size_t)n * H * dv; i++) f->V[m][(size_t)len * H * dv + i] = rounded(f->cfg.dtype, v[i]);
+  for (size_t i = 0; i < (size_t)n * H * dk; i++) f->K[m][(size_t)len * H * dk + i] = rounded(f->cfg.k_dtype, k[i]);
+  for (size_t i = 0; i < (size_t)n * H * dv; i++) f->V[m][(size_t)len * H * dv + i] = rounded(f->cfg.v_dtype, v[i]);
   free(k);
   free(v);
 }
@@ -176,8 +180,9 @@ static void check_prefill(fx *f, const heed_attn_params *p, unsigned L, float qs
   cr_assert_eq(st, HEED_OK, "%s: %s", what, heed_kv_cache_last_error(f->c));
   oracle(f, 0, p, L, 0, L, q, NULL, 0, want, wl);
   err_stats e = compare(out, want, (size_t)L * H * p->dv, lse, wl, (size_t)L * H);
-  cr_assert(e.max_abs <= tol && e.nmse <= TOL_NMSE && e.max_lse <= 1e-4, "%s [%s %s]: max abs %.3g nmse %.3g lse %.3g",
-            what, heed_isa_name(heed_runtime_isa(f->rt)), heed_dtype_name(f->cfg.dtype), e.max_abs, e.nmse, e.max_lse);
+  cr_assert(e.max_abs <= tol && e.nmse <= TOL_NMSE && e.max_lse <= 1e-4, "%s [%s K %s V %s]: max abs %.3g nmse %.3g lse %.3g",
+            what, heed_isa_name(heed_runtime_isa(f->rt)), heed_dtype_name(f->cfg.k_dtype), heed_dtype_name(f->cfg.v_dtype),
+            e.max_abs, e.nmse, e.max_lse);
   free(q), free(out), free(lse), free(want), free(wl), free(ws);
 }
 
@@ -201,6 +206,21 @@ Test(attention, every_head_dim_and_dtype) {
         check_prefill(&f, &p, 37, 1.0f, TOL_ABS, what);
         fx_close(&f);
       }
+}
+
+Test(attention, k_and_v_types_chosen_independently) {
+  static const unsigned dims[][2] = {{64, 64}, {128, 128}, {192, 128}};
+  for (size_t ii = 0; ii < 4; ii++)
+    for (int kt = 0; kt < HEED_DTYPE_COUNT; kt++)
+      for (int vt = 0; vt < HEED_DTYPE_COUNT; vt++)
+        for (size_t di = 0; di < 3; di++) {
+          fx f;
+          if (!fx_open2(&f, isas[ii], (heed_dtype)kt, (heed_dtype)vt, 2, dims[di][0], dims[di][1], 16)) continue;
+          fx_seq0(&f, 41, 1.0f);
+          heed_attn_params p = params(4, 2, dims[di][0], dims[di][1]);
+          check_prefill(&f, &p, 41, 1.0f, TOL_ABS, "mixed K/V types");
+          fx_close(&f);
+        }
 }
 
 Test(attention, lengths_around_the_tile) {
@@ -318,9 +338,9 @@ static void check_decode(fx *f, const heed_attn_params *p, const dcase *cs, unsi
     oracle(f, cs[i].seq, p, L, L - nq, nq, q + (size_t)r0 * H * p->dk, cs[i].tree, L - nq, want, wl);
     err_stats e = compare(out + (size_t)r0 * H * p->dv, want, (size_t)nq * H * p->dv, lse + (size_t)r0 * H, wl, (size_t)nq * H);
     cr_assert(e.max_abs <= TOL_ABS && e.nmse <= TOL_NMSE && e.max_lse <= 1e-4,
-              "%s [%s %s] seq %u (ctx %u, n_q %u): max abs %.3g nmse %.3g lse %.3g", what,
-              heed_isa_name(heed_runtime_isa(f->rt)), heed_dtype_name(f->cfg.dtype), i, cs[i].ctx, nq, e.max_abs, e.nmse,
-              e.max_lse);
+              "%s [%s K %s V %s] seq %u (ctx %u, n_q %u): max abs %.3g nmse %.3g lse %.3g", what,
+              heed_isa_name(heed_runtime_isa(f->rt)), heed_dtype_name(f->cfg.k_dtype), heed_dtype_name(f->cfg.v_dtype), i,
+              cs[i].ctx, nq, e.max_abs, e.nmse, e.max_lse);
     free(want), free(wl);
     r0 += nq;
   }

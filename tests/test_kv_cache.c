@@ -17,7 +17,7 @@ static void setup(void) {
 static void teardown(void) { heed_runtime_close(rt); }
 
 static heed_kv_cache *make(heed_dtype dt, unsigned bl, uint32_t nb, void **storage) {
-  heed_kv_cache_config cfg = {.n_kv_heads = 2, .dk = 32, .dv = 48, .dtype = dt, .block_len = bl, .n_blocks = nb,
+  heed_kv_cache_config cfg = {.n_kv_heads = 2, .dk = 32, .dv = 48, .k_dtype = dt, .v_dtype = dt, .block_len = bl, .n_blocks = nb,
                               .max_seqs = 4, .max_seq_len = 200};
   size_t bytes;
   cr_assert_eq(heed_kv_cache_bytes(rt, &cfg, &bytes, NULL), HEED_OK);
@@ -37,8 +37,8 @@ static float stored_k(heed_kv_cache *c, int seq, unsigned t, unsigned h, unsigne
   const char *blk = (const char *)heed_kv_cache_storage(c) + blocks[t / g->block_len] * heed_kv_cache_block_bytes(c);
   size_t row = t % g->block_len; /* K is [heads][block_len/16][dk][16] */
   size_t idx = (size_t)h * g->dk * g->block_len + (row / 16) * 16 * g->dk + (size_t)d * 16 + row % 16;
-  if (g->dtype == HEED_DTYPE_F32) return ((const float *)blk)[idx];
-  if (g->dtype == HEED_DTYPE_F16) return heed_f16_to_f32(((const heed_f16 *)blk)[idx]);
+  if (g->k_dtype == HEED_DTYPE_F32) return ((const float *)blk)[idx];
+  if (g->k_dtype == HEED_DTYPE_F16) return heed_f16_to_f32(((const heed_f16 *)blk)[idx]);
   return heed_bf16_to_f32(((const heed_bf16 *)blk)[idx]);
 }
 
@@ -70,6 +70,31 @@ Test(kv_cache, layout_and_append_across_blocks, .init = setup, .fini = teardown)
     heed_kv_cache_destroy(c);
     free(st);
   }
+}
+
+Test(kv_cache, k_and_v_types_are_independent, .init = setup, .fini = teardown) {
+  heed_kv_cache_config cfg = {.n_kv_heads = 2, .dk = 32, .dv = 48, .k_dtype = HEED_DTYPE_F16, .v_dtype = HEED_DTYPE_BF16,
+                              .block_len = 16, .n_blocks = 4, .max_seqs = 1, .max_seq_len = 64};
+  size_t bytes;
+  cr_assert_eq(heed_kv_cache_bytes(rt, &cfg, &bytes, NULL), HEED_OK);
+  cr_assert_eq(bytes, 4 * (2 * 16 * 32 * 2 + 2 * 16 * 48 * 2), "16-bit K and V, 64-aligned parts");
+  void *st = aligned_alloc(64, bytes);
+  heed_kv_cache *c;
+  cr_assert_eq(heed_kv_cache_create(rt, &cfg, st, bytes, &c, NULL), HEED_OK);
+  int s;
+  heed_kv_seq_new(c, &s);
+  float k[3 * 64], v[3 * 96];
+  fill(k, 3 * 64, 1.0f);
+  fill(v, 3 * 96, 1.001f);
+  cr_assert_eq(heed_kv_seq_append(c, s, 3, k, v), HEED_OK);
+  const char *blk = (const char *)st;
+  size_t v_off = 2 * 16 * 32 * 2; /* K of both heads, f16 */
+  /* token 2, head 1, dim 5 of V: bf16 at V + (head*16 + row)*48 + dim */
+  heed_bf16 got = ((const heed_bf16 *)(blk + v_off))[(1 * 16 + 2) * 48 + 5];
+  cr_assert_eq(got, heed_f32_to_bf16(v[(2 * 2 + 1) * 48 + 5]));
+  cr_assert_eq(stored_k(c, s, 2, 1, 5), heed_f16_to_f32(heed_f32_to_f16(k[(2 * 2 + 1) * 32 + 5])));
+  heed_kv_cache_destroy(c);
+  free(st);
 }
 
 Test(kv_cache, fork_shares_blocks_and_copies_on_the_first_divergent_write, .init = setup, .fini = teardown) {
@@ -183,7 +208,8 @@ Test(kv_cache, bad_input_writes_nothing, .init = setup, .fini = teardown) {
 }
 
 Test(kv_cache, bad_configs_name_the_value, .init = setup, .fini = teardown) {
-  heed_kv_cache_config ok = {.n_kv_heads = 2, .dk = 64, .dv = 64, .dtype = HEED_DTYPE_F16, .block_len = 0, .n_blocks = 4,
+  heed_kv_cache_config ok = {.n_kv_heads = 2, .dk = 64, .dv = 64, .k_dtype = HEED_DTYPE_F16, .v_dtype = HEED_DTYPE_BF16,
+                             .block_len = 0, .n_blocks = 4,
                              .max_seqs = 2, .max_seq_len = 100};
   size_t bytes;
   unsigned bl;
@@ -197,6 +223,7 @@ Test(kv_cache, bad_configs_name_the_value, .init = setup, .fini = teardown) {
     const char *needle;
   } bad[] = {
       {ok, "dk=100"}, {ok, "dv=512"}, {ok, "block_len=24"}, {ok, "n_kv_heads=0"}, {ok, "n_blocks=0"}, {ok, "max_seqs=0"},
+      {ok, "v_dtype=7"},
   };
   bad[0].cfg.dk = 100;
   bad[1].cfg.dv = 512;
@@ -204,6 +231,7 @@ Test(kv_cache, bad_configs_name_the_value, .init = setup, .fini = teardown) {
   bad[3].cfg.n_kv_heads = 0;
   bad[4].cfg.n_blocks = 0;
   bad[5].cfg.max_seqs = 0;
+  bad[6].cfg.v_dtype = (heed_dtype)7;
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     heed_kv_cache *c = (heed_kv_cache *)0x1;
     heed_error e = {0};

@@ -5,8 +5,8 @@
  * keeps. A block holds block_len consecutive tokens of one sequence:
  *
  *   block b at  storage + b * block_bytes:
- *     K   [n_kv_heads][block_len/16][dk][16]  dtype   (offset 0; panels of 16 keys)
- *     V   [n_kv_heads][block_len][dv]   dtype     (offset k_bytes, 64-aligned)
+ *     K   [n_kv_heads][block_len/16][dk][16]  k_dtype (offset 0; panels of 16 keys)
+ *     V   [n_kv_heads][block_len][dv]         v_dtype (offset k_bytes, 64-aligned)
  *     aux [n_kv_heads][...]             per-block scales for quantized formats
  *                                       (0 bytes for f32/f16/bf16; offset 64-aligned)
  *
@@ -67,7 +67,8 @@ typedef struct heed_kv_cache heed_kv_cache;
 typedef struct heed_kv_cache_config {
   unsigned n_kv_heads;   /* 1..256 */
   unsigned dk, dv;       /* head dims of K and V */
-  heed_dtype dtype;      /* f32, f16 or bf16 */
+  heed_dtype k_dtype;    /* how K is stored: f32, f16 or bf16 */
+  heed_dtype v_dtype;    /* how V is stored, chosen independently of K */
   unsigned block_len;    /* tokens per block, a power of two in 16..1024; 0: the runtime's tile plan */
   uint32_t n_blocks;     /* blocks in the pool */
   unsigned max_seqs;     /* sequences alive at once */
