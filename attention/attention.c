@@ -40,6 +40,19 @@ static size_t decode_scratch_floats(unsigned G, const heed_attn_params *p) {
 
 /* Enough KV splits that every worker gets about 16 items: on a shared machine a
  * late worker then costs one small item, not a whole head (the merge is cheap). */
+/* Floats of one decode work item's partial result: O [R][dv], m [R], l [R]. */
+static size_t item_floats(const heed_attn_params *p, unsigned n_q) {
+  return (size_t)n_q * (p->n_q_heads / p->n_kv_heads) * (p->dv + 2);
+}
+
+/* Floats of every partial result of a batch, at `splits` splits per (sequence, KV head). */
+static size_t decode_partial_floats(const heed_attn_params *p, const heed_attn_decode_seq *seqs, unsigned n,
+                                    unsigned splits) {
+  size_t total = 0;
+  for (unsigned i = 0; i < n; i++) total += (size_t)p->n_kv_heads * splits * item_floats(p, seqs[i].n_q);
+  return total;
+}
+
 static unsigned decode_max_splits(heed_runtime *rt, const heed_attn_params *p, unsigned n_seqs) {
   unsigned W = (unsigned)heed_runtime_n_threads(rt), items = n_seqs * p->n_kv_heads;
   unsigned s = (16 * W + items - 1) / (items ? items : 1);
@@ -127,12 +140,16 @@ static heed_status check_overlap(const heed_kv_cache *c, size_t rows, const heed
   return HEED_OK;
 }
 
-static heed_status dispatch(heed_runtime *rt, const heed_attn_call *call, int decode) {
+/* Runs the call on the runtime's backend; a refusal gets its message in e. */
+static heed_status dispatch(heed_runtime *rt, const heed_attn_call *call, int decode, heed_error *e) {
   void *ctx;
   const heed_backend_iface *be = heed_runtime_backend_iface(rt, &ctx);
   heed_status (*fn)(void *, const heed_attn_call *) = decode ? be->attn_decode : be->attn_prefill;
-  if (!fn) return HEED_E_UNSUPPORTED;
-  return fn(ctx, call);
+  const char *what = decode ? "decode" : "prefill";
+  if (!fn) return heed_err_set(e, HEED_E_UNSUPPORTED, "%s: the %s backend has no attention", what, be->name);
+  heed_status st = fn(ctx, call);
+  if (st == HEED_E_BUSY) return heed_err_set(e, st, "%s: the runtime's pool is running another call", what);
+  return st;
 }
 
 heed_status heed_attn_prefill_workspace(heed_runtime *rt, const heed_attn_params *p, unsigned n_q, size_t *bytes) {
@@ -170,12 +187,7 @@ heed_status heed_attn_prefill(heed_runtime *rt, const heed_kv_cache *c, const he
                          .q = q, .out = out, .lse = lse, .ws = ws, .ws_bytes = ws_bytes};
   call.seq.blocks = blocks;
   call.seq.n_tokens = len;
-  st = dispatch(rt, &call, 0);
-  if (st == HEED_E_UNSUPPORTED)
-    return heed_err_set(e, st, "prefill: the %s backend has no attention", heed_backend_name(heed_runtime_backend(rt)));
-  if (st == HEED_E_BUSY)
-    return heed_err_set(e, st, "prefill: the runtime's pool is running another call");
-  return st;
+  return dispatch(rt, &call, 0, e);
 }
 
 heed_status heed_attn_decode_workspace(heed_runtime *rt, const heed_attn_params *p, const heed_attn_decode_seq *seqs,
@@ -183,12 +195,10 @@ heed_status heed_attn_decode_workspace(heed_runtime *rt, const heed_attn_params 
   heed_status st = check_params(rt, NULL, p, NULL);
   if (st != HEED_OK) return st;
   if (!bytes || (n_seqs && !seqs)) return HEED_E_INVALID;
-  unsigned G = p->n_q_heads / p->n_kv_heads, splits = decode_max_splits(rt, p, n_seqs);
-  size_t partial = 0;
-  for (unsigned i = 0; i < n_seqs; i++) {
+  unsigned G = p->n_q_heads / p->n_kv_heads;
+  for (unsigned i = 0; i < n_seqs; i++)
     if (seqs[i].n_q < 1 || seqs[i].n_q > HEED_MAX_DECODE_QUERIES) return HEED_E_INVALID;
-    partial += (size_t)p->n_kv_heads * splits * seqs[i].n_q * G * (p->dv + 2);
-  }
+  size_t partial = decode_partial_floats(p, seqs, n_seqs, decode_max_splits(rt, p, n_seqs));
   *bytes = (size_t)heed_runtime_n_threads(rt) * decode_scratch_floats(G, p) * sizeof(float) + partial * sizeof(float) +
            (3 * (size_t)n_seqs + 1) * sizeof(unsigned) + (size_t)n_seqs * sizeof(size_t) + 64;
   return HEED_OK;
@@ -224,12 +234,7 @@ heed_status heed_attn_decode(heed_runtime *rt, const heed_kv_cache *c, const hee
   heed_attn_call call = {.cache = c, .p = p, .seqs = seqs, .n_seqs = n_seqs,
                          .max_splits = decode_max_splits(rt, p, n_seqs), .q = q, .out = out, .lse = lse, .ws = ws,
                          .ws_bytes = ws_bytes};
-  st = dispatch(rt, &call, 1);
-  if (st == HEED_E_UNSUPPORTED)
-    return heed_err_set(e, st, "decode: the %s backend has no attention", heed_backend_name(heed_runtime_backend(rt)));
-  if (st == HEED_E_BUSY)
-    return heed_err_set(e, st, "decode: the runtime's pool is running another call");
-  return st;
+  return dispatch(rt, &call, 1, e);
 }
 
 /* ---------- the tiled driver ---------- */
@@ -488,8 +493,7 @@ heed_status heed_cpu_attn_decode(void *ctx, const heed_attn_call *call) {
   J.scratch_stride = decode_scratch_floats(J.G, p);
   char *cur = (char *)call->ws + (size_t)W * J.scratch_stride * sizeof(float);
   J.partial = (float *)cur;
-  for (unsigned i = 0; i < n; i++)
-    cur += (size_t)p->n_kv_heads * call->max_splits * call->seqs[i].n_q * J.G * (p->dv + 2) * sizeof(float);
+  cur += decode_partial_floats(p, call->seqs, n, call->max_splits) * sizeof(float);
   J.item_off = (unsigned *)cur;
   J.row_off = J.item_off + n + 1;
   J.splits = J.row_off + n;
@@ -507,7 +511,7 @@ heed_status heed_cpu_attn_decode(void *ctx, const heed_attn_call *call) {
     J.part_off[i] = poff;
     items += p->n_kv_heads * J.splits[i];
     rows += call->seqs[i].n_q;
-    poff += (size_t)p->n_kv_heads * J.splits[i] * call->seqs[i].n_q * J.G * (p->dv + 2);
+    poff += (size_t)p->n_kv_heads * J.splits[i] * item_floats(p, call->seqs[i].n_q);
   }
   J.item_off[n] = items;
   heed_status st = heed_pool_parallel_for(x->pool, items, HEED_SCHEDULE_DYNAMIC, 1, decode_item, &J);

@@ -11,6 +11,8 @@
 #ifndef HEED_ATTN_WRAP_H
 #define HEED_ATTN_WRAP_H
 
+#include <math.h>
+
 #include "heed/attention.h"
 #include "heed/kernels.h"
 
@@ -59,9 +61,25 @@
   }
 
 /* The storage type of each suffix, for the partial-panel conversion. */
-typedef float T_f32;
 typedef heed_f16 T_f16;
 typedef heed_bf16 T_bf16;
+
+/* The two ends of softmax_row every ISA shares (the contract is in
+ * heed/kernels.h). With mx the new running max: a row that has seen only
+ * masked scores is zeroed and keeps m = -inf, l = 0 (returns 1); otherwise the
+ * ISA's exp pass writes s and sums it to tot, and heed_softmax_close folds that
+ * into m and l and returns the factor for the row's output. */
+static inline int heed_softmax_all_masked(float *s, int n, float mx) {
+  if (mx != -INFINITY) return 0;
+  for (int j = 0; j < n; j++) s[j] = 0;
+  return 1;
+}
+static inline float heed_softmax_close(float *m, float *l, float mx, float tot) {
+  float alpha = expf(*m - mx);
+  *l = *l * alpha + tot;
+  *m = mx;
+  return alpha;
+}
 
 #define HEED_ATTN_REGISTER(t, ISA, LEVEL)                    \
   do {                                                       \

@@ -14,9 +14,6 @@
 
 #include "backends/cpu/attn_wrap.h"
 
-/* Keeps v in a register: stops GCC folding the same load into both FMAs that
- * use it (Zen's load ports, not its FMA pipes, were then the limit). */
-#define IN_REG(v) __asm__("" : "+x"(v))
 
 
 /* The register-blocked cores, instantiated per storage type: LOAD8 turns 8
@@ -160,10 +157,7 @@ static float softmax_row_avx2(float *s, int n, float *m, float *l) {
   float mx = _mm_cvtss_f32(h);
   for (; j < n; j++) mx = s[j] > mx ? s[j] : mx;
   if (*m > mx) mx = *m;
-  if (mx == -INFINITY) {
-    for (j = 0; j < n; j++) s[j] = 0;
-    return 1.0f;
-  }
+  if (heed_softmax_all_masked(s, n, mx)) return 1.0f;
   __m256 vmx = _mm256_set1_ps(mx), sum = _mm256_setzero_ps();
   for (j = 0; j + 8 <= n; j += 8) {
     __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
@@ -172,10 +166,7 @@ static float softmax_row_avx2(float *s, int n, float *m, float *l) {
   }
   float tot = hsum256(sum);
   for (; j < n; j++) tot += (s[j] = expf(s[j] - mx));
-  float alpha = expf(*m - mx);
-  *l = *l * alpha + tot;
-  *m = mx;
-  return alpha;
+  return heed_softmax_close(m, l, mx, tot);
 }
 
 void heed_cpu_register_attn_avx2(heed_kernel_table *t) { HEED_ATTN_REGISTER(t, avx2, HEED_ISA_AVX2); }

@@ -146,10 +146,7 @@ static float softmax_row_avx512(float *s, int n, float *m, float *l) {
   }
   float mx = _mm512_reduce_max_ps(vm);
   if (*m > mx) mx = *m;
-  if (mx == -INFINITY) {
-    for (int j = 0; j < n; j++) s[j] = 0;
-    return 1.0f;
-  }
+  if (heed_softmax_all_masked(s, n, mx)) return 1.0f;
   __m512 vmx = _mm512_set1_ps(mx), sum = _mm512_setzero_ps();
   for (int j = 0; j < n; j += 16) {
     __mmask16 k = tail_mask((size_t)(n - j));
@@ -157,10 +154,7 @@ static float softmax_row_avx512(float *s, int n, float *m, float *l) {
     _mm512_mask_storeu_ps(s + j, k, e);
     sum = _mm512_add_ps(sum, e);
   }
-  float alpha = expf(*m - mx);
-  *l = *l * alpha + _mm512_reduce_add_ps(sum);
-  *m = mx;
-  return alpha;
+  return heed_softmax_close(m, l, mx, _mm512_reduce_add_ps(sum));
 }
 
 void heed_cpu_register_attn_avx512(heed_kernel_table *t) { HEED_ATTN_REGISTER(t, avx512, HEED_ISA_AVX512); }

@@ -122,10 +122,7 @@ static float softmax_row_neon(float *s, int n, float *m, float *l) {
   float mx = vmaxvq_f32(vm);
   for (; j < n; j++) mx = s[j] > mx ? s[j] : mx;
   if (*m > mx) mx = *m;
-  if (mx == -INFINITY) {
-    for (j = 0; j < n; j++) s[j] = 0;
-    return 1.0f;
-  }
+  if (heed_softmax_all_masked(s, n, mx)) return 1.0f;
   float32x4_t vmx = vdupq_n_f32(mx), sum = vdupq_n_f32(0);
   for (j = 0; j + 4 <= n; j += 4) {
     float32x4_t e = exp_neg(vsubq_f32(vld1q_f32(s + j), vmx));
@@ -134,10 +131,7 @@ static float softmax_row_neon(float *s, int n, float *m, float *l) {
   }
   float tot = vaddvq_f32(sum);
   for (; j < n; j++) tot += (s[j] = expf(s[j] - mx));
-  float alpha = expf(*m - mx);
-  *l = *l * alpha + tot;
-  *m = mx;
-  return alpha;
+  return heed_softmax_close(m, l, mx, tot);
 }
 
 void heed_cpu_register_attn_neon(heed_kernel_table *t) { HEED_ATTN_REGISTER(t, neon, HEED_ISA_NEON); }
