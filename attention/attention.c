@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "attention/kv_internal.h"
+#include "backends/cpu/kv_elem.h"
 #include "runtime/backend.h"
 #include "runtime/internal.h"
 
@@ -27,9 +28,18 @@ static unsigned prefill_qtile(heed_runtime *rt, const heed_attn_params *p) {
   return qt ? qt : 1;
 }
 
-/* Per-worker scratch: packed Q, score tile, and (prefill) O, m, l. */
+/* Floats of the scratch for the quantized formats: Q scaled per K group
+ * [R][dk], P scaled per V group [R][SCOLS], a tile's V scales and mins
+ * [2][SCOLS][dv/16], and a bias per row [R]. */
+static size_t quant_floats(unsigned R, const heed_attn_params *p) {
+  return (size_t)R * p->dk + (size_t)R * SCOLS + 2 * (size_t)SCOLS * (p->dv / 16) + R;
+}
+
+/* Per-worker scratch: packed Q, score tile, the quantized formats' part,
+ * and (prefill) O, m, l. */
 static size_t scratch_floats(unsigned R, const heed_attn_params *p, int with_o) {
-  return (size_t)R * p->dk + (size_t)R * SCOLS + (with_o ? (size_t)R * p->dv + 2 * (size_t)R : 0) + 16;
+  return (size_t)R * p->dk + (size_t)R * SCOLS + quant_floats(R, p) + (with_o ? (size_t)R * p->dv + 2 * (size_t)R : 0) +
+         16;
 }
 
 /* Decode scratch: packed Q and scores in pass 1, the merged O, m, l in pass 2. */
@@ -107,6 +117,11 @@ static heed_status resolve_seq(const heed_kv_cache *c, heed_attn_seq s, const ui
     if (s.blocks[i] >= c->cfg.n_blocks)
       return heed_err_set(e, HEED_E_RANGE, "attention: block table entry %u is %u; the cache has blocks 0..%u", i,
                           (unsigned)s.blocks[i], (unsigned)c->cfg.n_blocks - 1);
+  if (c->quant && s.n_tokens % c->cfg.block_len)
+    return heed_err_set(e, HEED_E_INVALID,
+                        "attention: n_tokens=%u with a block table over a quantized cache; accepted: a multiple of "
+                        "block_len=%u (its tables hold full blocks only)",
+                        s.n_tokens, c->cfg.block_len);
   *blocks = s.blocks;
   *len = s.n_tokens;
   return HEED_OK;
@@ -243,8 +258,8 @@ typedef struct job {
   const heed_attn_call *call;
   const heed_kv_cache *c;
   const heed_attn_params *p;
-  heed_attn_qk_fn qk;
-  heed_attn_pv_fn pv;
+  heed_attn_qk_fn qk_of[HEED_DTYPE_COUNT]; /* by storage type: the cache's, and f16 for residuals */
+  heed_attn_pv_fn pv_of[HEED_DTYPE_COUNT];
   heed_softmax_row_fn sm;
   unsigned G, H, bl, cols;
   float *scratch;       /* [W][scratch_stride] */
@@ -285,9 +300,110 @@ static inline void visible(const job *J, const rowset *rs, unsigned i, unsigned 
   *lo = w && pos + 1 > w ? pos + 1 - w : 0;
 }
 
+/* The tokens one item reads: a block table, its full blocks, the residual. */
+typedef struct kv_src {
+  const uint32_t *blocks;
+  unsigned len, n_full;
+  int res; /* residual slot (sequence id), -1 for none */
+} kv_src;
+
+static kv_src src_of(const heed_kv_cache *c, heed_attn_seq s, const uint32_t *blocks, unsigned len) {
+  kv_src r = {blocks, len, kv_n_full(c, len), c->quant && s.seq >= 0 ? s.seq : -1};
+  return r;
+}
+
+/* Quantized-format scratch of a worker (quant_floats). */
+typedef struct qscratch {
+  float *q2, *p2, *vs, *vm, *bias;
+} qscratch;
+
+static qscratch qscratch_at(float *base, unsigned R, const heed_attn_params *p) {
+  qscratch x;
+  x.q2 = base;
+  x.p2 = x.q2 + (size_t)R * p->dk;
+  x.vs = x.p2 + (size_t)R * SCOLS;
+  x.vm = x.vs + (size_t)SCOLS * (p->dv / 16);
+  x.bias = x.vm + (size_t)SCOLS * (p->dv / 16);
+  return x;
+}
+
+/* S[R][n] (row stride cols) = scores of keys off..off+n of a view. Quantized
+ * K: the per-channel scales fold into the query (one pass per K group) and a
+ * q4 minimum adds sum_d q_d * min_d to each score; fp8 scales the scores. */
+static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, unsigned off, unsigned n, float *S,
+                   const qscratch *x) {
+  const heed_attn_params *p = J->p;
+  const unsigned dk = p->dk, cols = J->cols, kg = J->c->cfg.k_group;
+  const unsigned B = 16 * heed_dtype_bits(w->kt) / 8;
+  if (w->kt != HEED_DTYPE_Q8 && w->kt != HEED_DTYPE_Q4) {
+    J->qk_of[w->kt](qp, (int)R, HEED_K_RUN(w->k, B, dk, off, 0), (int)n, (int)dk, S, (int)cols);
+    if (w->kt == HEED_DTYPE_E4M3 || w->kt == HEED_DTYPE_E5M2)
+      for (unsigned r = 0; r < R; r++)
+        for (unsigned j = 0; j < n; j++) S[(size_t)r * cols + j] *= w->kscale;
+    return;
+  }
+  for (unsigned t0 = off; t0 < off + n;) {
+    unsigned g = t0 / kg, t1 = (g + 1) * kg < off + n ? (g + 1) * kg : off + n;
+    const heed_f16 *sc = w->ks + (size_t)g * dk, *mn = w->km ? w->km + (size_t)g * dk : NULL;
+    for (unsigned d = 0; d < dk; d++) x->vs[d] = heed_f16_to_f32(sc[d]);
+    for (unsigned r = 0; r < R; r++) {
+      const float *qr = qp + (size_t)r * dk;
+      float *q2 = x->q2 + (size_t)r * dk, b = 0;
+      for (unsigned d = 0; d < dk; d++) q2[d] = qr[d] * x->vs[d];
+      if (mn)
+        for (unsigned d = 0; d < dk; d++) b += qr[d] * heed_f16_to_f32(mn[d]);
+      x->bias[r] = b;
+    }
+    float *St = S + (t0 - off);
+    J->qk_of[w->kt](x->q2, (int)R, HEED_K_RUN(w->k, B, dk, t0, 0), (int)(t1 - t0), (int)dk, St, (int)cols);
+    if (mn)
+      for (unsigned r = 0; r < R; r++)
+        for (unsigned j = 0; j < t1 - t0; j++) St[(size_t)r * cols + j] += x->bias[r];
+    t0 = t1;
+  }
+}
+
+/* O[R][dv] += P[R][n] . V(off..off+n). Quantized V: the per-token scales fold
+ * into P (one pass per V group) and a q4 minimum adds sum_j p_j * min_j; fp8
+ * scales P. P is overwritten for fp8. */
+static void accumulate(const job *J, const kv_view *w, unsigned R, float *P, unsigned off, unsigned n, float *O,
+                       const qscratch *x) {
+  const heed_attn_params *p = J->p;
+  const unsigned dv = p->dv, cols = J->cols, vg = J->c->cfg.v_group, ng = dv / vg;
+  const unsigned B = 16 * heed_dtype_bits(w->vt) / 8;
+  const char *v = (const char *)HEED_V_RUN(w->v, B, dv, off, 0);
+  if (w->vt != HEED_DTYPE_Q8 && w->vt != HEED_DTYPE_Q4) {
+    if (w->vt == HEED_DTYPE_E4M3 || w->vt == HEED_DTYPE_E5M2)
+      for (unsigned r = 0; r < R; r++)
+        for (unsigned j = 0; j < n; j++) P[(size_t)r * cols + j] *= w->vscale;
+    J->pv_of[w->vt](P, (int)cols, (int)R, v, (int)n, (int)dv, (int)dv, O);
+    return;
+  }
+  for (unsigned j = 0; j < n; j++)
+    for (unsigned g = 0; g < ng; g++) {
+      x->vs[(size_t)g * SCOLS + j] = heed_f16_to_f32(w->vs[(size_t)(off + j) * ng + g]);
+      if (w->vm) x->vm[(size_t)g * SCOLS + j] = heed_f16_to_f32(w->vm[(size_t)(off + j) * ng + g]);
+    }
+  for (unsigned g = 0; g < ng; g++) {
+    const float *sg = x->vs + (size_t)g * SCOLS, *mg = x->vm + (size_t)g * SCOLS;
+    for (unsigned r = 0; r < R; r++) {
+      const float *pr = P + (size_t)r * cols;
+      float *p2 = x->p2 + (size_t)r * cols, b = 0;
+      for (unsigned j = 0; j < n; j++) p2[j] = pr[j] * sg[j];
+      if (w->vm) {
+        for (unsigned j = 0; j < n; j++) b += pr[j] * mg[j];
+        float *o = O + (size_t)r * dv + g * vg;
+        for (unsigned c = 0; c < vg; c++) o[c] += b;
+      }
+    }
+    J->pv_of[w->vt](x->p2, (int)cols, (int)R, (const char *)HEED_V_RUN(v, B, dv, 0, g * vg), (int)n, (int)vg, (int)dv,
+                    O + g * vg);
+  }
+}
+
 /* Accumulates keys [kb, ke) into (O, M, L) for the rows of rs. */
-static void run_keys(const job *J, const rowset *rs, const uint32_t *blocks, unsigned kvh, unsigned kb, unsigned ke,
-                     const float *qp, float *S, float *O, float *M, float *L) {
+static void run_keys(const job *J, const rowset *rs, const kv_src *src, unsigned kvh, unsigned kb, unsigned ke,
+                     const float *qp, float *S, float *O, float *M, float *L, const qscratch *x) {
   const heed_kv_cache *c = J->c;
   const heed_attn_params *p = J->p;
   const unsigned R = rs->R, G = J->G, cols = J->cols;
@@ -299,26 +415,32 @@ static void run_keys(const job *J, const rowset *rs, const uint32_t *blocks, uns
     unsigned b = k0 / J->bl, off = k0 % J->bl, n = ke - k0;
     if (n > J->bl - off) n = J->bl - off;
     if (n > cols) n = cols;
-    /* off is a multiple of the panel (chunks start aligned): its panel's start */
-    const char *kp = (const char *)kv_k(c, blocks[b], kvh) + (size_t)off * p->dk * c->k_elem;
-    const char *vp = (const char *)kv_v(c, blocks[b], kvh) + (size_t)off * p->dv * c->v_elem;
-    J->qk(qp, (int)R, kp, (int)n, (int)p->dk, S, (int)cols);
+    kv_view w;
+    kv_view_of(c, src->blocks, src->n_full, src->res, b, kvh, &w);
+    /* A full quantized block is read in whole panels (its kernels take
+     * multiples of 16 keys); the keys past ke this adds are masked below. */
+    unsigned nk = n;
+    if (b < src->n_full && c->quant) {
+      nk = (n + HEED_KEY_PANEL - 1) / HEED_KEY_PANEL * HEED_KEY_PANEL;
+      if (nk > cols) nk = cols;
+    }
+    scores(J, &w, R, qp, off, nk, S, x);
     if (cap > 0)
       for (unsigned r = 0; r < R; r++)
-        for (unsigned j = 0; j < n; j++) S[(size_t)r * cols + j] = cap * tanhf(S[(size_t)r * cols + j] / cap);
+        for (unsigned j = 0; j < nk; j++) S[(size_t)r * cols + j] = cap * tanhf(S[(size_t)r * cols + j] / cap);
     for (unsigned i = 0; i < rs->n_pos; i++) {
       unsigned lo, hi;
       visible(J, rs, i, &lo, &hi);
       unsigned jlo = lo > k0 ? lo - k0 : 0, jhi = hi + 1 > k0 ? hi + 1 - k0 : 0;
-      if (jlo > n) jlo = n;
-      if (jhi > n) jhi = n;
+      if (jlo > nk) jlo = nk;
+      if (jhi > nk) jhi = nk;
       if (jhi < jlo) jhi = jlo;
-      int tree = rs->tree && k0 + n > rs->tree_base;
-      if (jlo == 0 && jhi == n && !tree) continue;
+      int tree = rs->tree && k0 + nk > rs->tree_base;
+      if (jlo == 0 && jhi == nk && !tree) continue;
       for (unsigned hh = 0; hh < G; hh++) {
         float *srow = S + (size_t)(i * G + hh) * cols;
         for (unsigned j = 0; j < jlo; j++) srow[j] = -INFINITY;
-        for (unsigned j = jhi; j < n; j++) srow[j] = -INFINITY;
+        for (unsigned j = jhi; j < nk; j++) srow[j] = -INFINITY;
         if (tree)
           for (unsigned j = jlo; j < jhi; j++) {
             unsigned key = k0 + j;
@@ -327,13 +449,13 @@ static void run_keys(const job *J, const rowset *rs, const uint32_t *blocks, uns
       }
     }
     for (unsigned r = 0; r < R; r++) {
-      float alpha = J->sm(S + (size_t)r * cols, (int)n, &M[r], &L[r]);
+      float alpha = J->sm(S + (size_t)r * cols, (int)nk, &M[r], &L[r]);
       if (alpha != 1.0f) {
         float *o = O + (size_t)r * p->dv;
         for (unsigned d = 0; d < p->dv; d++) o[d] *= alpha;
       }
     }
-    J->pv(S, (int)cols, (int)R, vp, (int)n, (int)p->dv, O);
+    accumulate(J, &w, R, S, off, nk, O, x);
     k0 += n;
   }
 }
@@ -366,8 +488,10 @@ static void job_init(job *J, heed_cpu_ctx *x, const heed_attn_call *call) {
   J->call = call;
   J->c = call->cache;
   J->p = call->p;
-  J->qk = heed_kernel_attn_qk(x->kernels, call->cache->cfg.k_dtype);
-  J->pv = heed_kernel_attn_pv(x->kernels, call->cache->cfg.v_dtype);
+  for (int t = 0; t < HEED_DTYPE_COUNT; t++) {
+    J->qk_of[t] = heed_kernel_attn_qk(x->kernels, (heed_dtype)t);
+    J->pv_of[t] = heed_kernel_attn_pv(x->kernels, (heed_dtype)t);
+  }
   J->sm = heed_kernel_softmax_row(x->kernels);
   J->G = call->p->n_q_heads / call->p->n_kv_heads;
   J->H = call->p->n_q_heads;
@@ -387,12 +511,14 @@ static void prefill_item(void *ctx, size_t b, size_t e, int w) {
     rs.n_pos = call->n_q - tile * J->qtile < J->qtile ? call->n_q - tile * J->qtile : J->qtile;
     rs.R = rs.n_pos * J->G;
     float *S = qp + (size_t)rs.R * p->dk, *O = S + (size_t)rs.R * SCOLS, *M = O + (size_t)rs.R * p->dv, *L = M + rs.R;
+    qscratch x = qscratch_at(L + rs.R, rs.R, p);
+    kv_src src = src_of(J->c, call->seq, call->seq.blocks, call->seq.n_tokens);
     pack_q(J, &rs, kvh, (size_t)tile * J->qtile, qp);
     memset(O, 0, (size_t)rs.R * p->dv * sizeof(float));
     for (unsigned r = 0; r < rs.R; r++) M[r] = -INFINITY, L[r] = 0;
     unsigned lo, hi;
     visible(J, &rs, 0, &lo, &hi);                            /* the earliest key any row sees */
-    run_keys(J, &rs, call->seq.blocks, kvh, lo, rs.pos0 + rs.n_pos, qp, S, O, M, L);
+    run_keys(J, &rs, &src, kvh, lo, rs.pos0 + rs.n_pos, qp, S, O, M, L, &x);
     finalize(J, &rs, kvh, (size_t)tile * J->qtile, O, M, L);
   }
 }
@@ -426,6 +552,8 @@ static void decode_item(void *ctx, size_t b, size_t e, int w) {
     resolve_seq(J->c, sq->kv, &blocks, &len, NULL);
     rowset rs = {.n_pos = sq->n_q, .R = sq->n_q * J->G, .pos0 = len - sq->n_q, .tree_base = len - sq->n_q, .tree = sq->tree_mask};
     float *S = qp + (size_t)rs.R * p->dk;
+    qscratch x = qscratch_at(S + (size_t)rs.R * SCOLS, rs.R, p);
+    kv_src src = src_of(J->c, sq->kv, blocks, len);
     float *O = J->partial + J->part_off[i] + (size_t)local * rs.R * (p->dv + 2), *M = O + (size_t)rs.R * p->dv, *L = M + rs.R;
     memset(O, 0, (size_t)rs.R * p->dv * sizeof(float));
     for (unsigned r = 0; r < rs.R; r++) M[r] = -INFINITY, L[r] = 0;
@@ -437,7 +565,7 @@ static void decode_item(void *ctx, size_t b, size_t e, int w) {
     if (kb < lo) kb = lo;
     if (kb >= ke) continue;
     pack_q(J, &rs, kvh, J->row_off[i], qp);
-    run_keys(J, &rs, blocks, kvh, kb, ke, qp, S, O, M, L);
+    run_keys(J, &rs, &src, kvh, kb, ke, qp, S, O, M, L, &x);
   }
 }
 

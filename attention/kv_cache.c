@@ -4,7 +4,9 @@
 #include <string.h>
 
 #include "attention/kv_internal.h"
+#include "backends/cpu/kv_elem.h"
 #include "heed/kernels.h"
+#include "heed/quant.h"
 #include "runtime/internal.h"
 
 #define ALIGN64(x) (((x) + 63) & ~(size_t)63)
@@ -22,11 +24,12 @@ static heed_status check_config(heed_runtime *rt, const heed_kv_cache_config *cf
                           i ? "dv" : "dk", dims[i], HEED_HEAD_DIM_MIN, HEED_HEAD_DIM_MAX);
   const heed_dtype types[2] = {cfg->k_dtype, cfg->v_dtype};
   for (int i = 0; i < 2; i++)
-    if (types[i] != HEED_DTYPE_F32 && types[i] != HEED_DTYPE_F16 && types[i] != HEED_DTYPE_BF16)
-      return heed_err_set(err, HEED_E_INVALID, "KV cache: %s=%d; accepted: f32, f16, bf16", i ? "v_dtype" : "k_dtype",
-                          (int)types[i]);
-  /* The plan sizes blocks for the wider of the two. */
+    if ((unsigned)types[i] >= HEED_DTYPE_COUNT)
+      return heed_err_set(err, HEED_E_INVALID, "KV cache: %s=%d; accepted: f32, f16, bf16, q8, q4, e4m3, e5m2",
+                          i ? "v_dtype" : "k_dtype", (int)types[i]);
+  /* The plan sizes blocks for the wider of the two (a quantized cache reads f16 residuals too). */
   heed_dtype wide = heed_dtype_bits(cfg->k_dtype) >= heed_dtype_bits(cfg->v_dtype) ? cfg->k_dtype : cfg->v_dtype;
+  if (heed_dtype_is_quant(wide)) wide = HEED_DTYPE_F16;
   if (cfg->block_len == 0) {
     heed_tile_plan plan;
     if (!rt) return heed_err_set(err, HEED_E_INVALID, "KV cache: block_len=0 needs a runtime to plan it");
@@ -37,6 +40,15 @@ static heed_status check_config(heed_runtime *rt, const heed_kv_cache_config *cf
     return heed_err_set(err, HEED_E_INVALID, "KV cache: block_len=%u; accepted: 0 (plan) or a power of two in 16..1024",
                         cfg->block_len);
   }
+  if (cfg->k_group && (cfg->k_group < 16 || cfg->k_group > 256 || (cfg->k_group & (cfg->k_group - 1)) ||
+                       cfg->k_group > out->block_len))
+    return heed_err_set(err, HEED_E_INVALID, "KV cache: k_group=%u; accepted: 0 or a power of two in 16..256, at most block_len=%u",
+                        cfg->k_group, out->block_len);
+  if (cfg->v_group && (cfg->v_group < 16 || cfg->v_group > 256 || (cfg->v_group & (cfg->v_group - 1)) || cfg->dv % cfg->v_group))
+    return heed_err_set(err, HEED_E_INVALID, "KV cache: v_group=%u; accepted: 0 or a power of two in 16..256 dividing dv=%u",
+                        cfg->v_group, cfg->dv);
+  if (!out->k_group) out->k_group = out->block_len < 32 ? 16 : 32;
+  if (!out->v_group) out->v_group = cfg->dv % 32 ? 16 : 32;
   if (cfg->n_blocks < 1)
     return heed_err_set(err, HEED_E_INVALID, "KV cache: n_blocks=%u; accepted: >= 1", (unsigned)cfg->n_blocks);
   if (cfg->max_seqs < 1 || cfg->max_seqs > 65536)
@@ -46,17 +58,43 @@ static heed_status check_config(heed_runtime *rt, const heed_kv_cache_config *cf
   return HEED_OK;
 }
 
+/* Bytes of a format's scales for one head of a block: K per (k_group, channel),
+ * V per (token, v_group), fp8 one f32. */
+static size_t aux_bytes(heed_dtype t, size_t groups) {
+  switch (t) {
+  case HEED_DTYPE_Q8: return groups * sizeof(heed_f16);
+  case HEED_DTYPE_Q4: return 2 * groups * sizeof(heed_f16);
+  case HEED_DTYPE_E4M3:
+  case HEED_DTYPE_E5M2: return sizeof(float);
+  default: return 0;
+  }
+}
+
 static void layout(heed_kv_cache *c) {
   const heed_kv_cache_config *g = &c->cfg;
-  c->k_elem = heed_dtype_bits(g->k_dtype) / 8;
-  c->v_elem = heed_dtype_bits(g->v_dtype) / 8;
-  c->k_head = (size_t)g->block_len * g->dk * c->k_elem;
-  c->v_head = (size_t)g->block_len * g->dv * c->v_elem;
-  c->v_off = ALIGN64(g->n_kv_heads * c->k_head);
-  c->aux_off = ALIGN64(c->v_off + g->n_kv_heads * c->v_head);
-  c->block_bytes = c->aux_off; /* no per-block scales for float formats */
+  size_t H = g->n_kv_heads, bl = g->block_len;
+  c->quant = heed_dtype_is_quant(g->k_dtype) || heed_dtype_is_quant(g->v_dtype);
+  c->k_head = bl * g->dk * heed_dtype_bits(g->k_dtype) / 8;
+  c->v_head = bl * g->dv * heed_dtype_bits(g->v_dtype) / 8;
+  c->v_off = ALIGN64(H * c->k_head);
+  c->aux_off = ALIGN64(c->v_off + H * c->v_head);
+  c->k_aux = aux_bytes(g->k_dtype, bl / g->k_group * g->dk);
+  c->v_aux = aux_bytes(g->v_dtype, bl * (g->dv / g->v_group));
+  c->block_bytes = ALIGN64(c->aux_off + H * (c->k_aux + c->v_aux));
   c->max_blocks_per_seq = (g->max_seq_len + g->block_len - 1) / g->block_len;
+  c->res_off = c->block_bytes * g->n_blocks;
+  /* the residual keeps a float type as it is and holds a quantized one in f16 */
+  c->res_kt = heed_dtype_is_quant(g->k_dtype) ? HEED_DTYPE_F16 : g->k_dtype;
+  c->res_vt = heed_dtype_is_quant(g->v_dtype) ? HEED_DTYPE_F16 : g->v_dtype;
+  if (c->quant) {
+    c->res_k_head = bl * g->dk * heed_dtype_bits(c->res_kt) / 8;
+    c->res_v_head = bl * g->dv * heed_dtype_bits(c->res_vt) / 8;
+    c->res_v_off = ALIGN64(H * c->res_k_head);
+    c->res_bytes = ALIGN64(c->res_v_off + H * c->res_v_head);
+  }
 }
+
+static size_t total_bytes(const heed_kv_cache *c) { return c->res_off + c->res_bytes * (c->quant ? c->cfg.max_seqs : 0); }
 
 heed_status heed_kv_cache_bytes(heed_runtime *rt, const heed_kv_cache_config *cfg, size_t *bytes, unsigned *block_len) {
   heed_kv_cache c;
@@ -64,7 +102,7 @@ heed_status heed_kv_cache_bytes(heed_runtime *rt, const heed_kv_cache_config *cf
   heed_status st = check_config(rt, cfg, &c.cfg, NULL);
   if (st != HEED_OK) return st;
   layout(&c);
-  if (bytes) *bytes = c.block_bytes * c.cfg.n_blocks;
+  if (bytes) *bytes = total_bytes(&c);
   if (block_len) *block_len = c.cfg.block_len;
   return HEED_OK;
 }
@@ -78,14 +116,14 @@ heed_status heed_kv_cache_create(heed_runtime *rt, const heed_kv_cache_config *c
   heed_status st = check_config(rt, cfg, &c->cfg, err);
   if (st != HEED_OK) goto fail;
   layout(c);
-  size_t need = c->block_bytes * c->cfg.n_blocks;
+  size_t need = total_bytes(c);
   if (!storage || ((uintptr_t)storage & 63)) {
     st = heed_err_set(err, HEED_E_INVALID, "KV cache: storage %p; accepted: 64-byte aligned, not NULL", storage);
     goto fail;
   }
   if (storage_bytes < need) {
-    st = heed_err_set(err, HEED_E_TOO_SMALL, "KV cache: storage of %zu bytes; %u blocks of %zu need %zu", storage_bytes,
-                      (unsigned)c->cfg.n_blocks, c->block_bytes, need);
+    st = heed_err_set(err, HEED_E_TOO_SMALL, "KV cache: storage of %zu bytes; %u blocks of %zu%s need %zu", storage_bytes,
+                      (unsigned)c->cfg.n_blocks, c->block_bytes, c->quant ? " and the residual blocks" : "", need);
     goto fail;
   }
   c->storage = storage;
@@ -93,7 +131,10 @@ heed_status heed_kv_cache_create(heed_runtime *rt, const heed_kv_cache_config *c
   c->free_list = malloc(c->cfg.n_blocks * sizeof *c->free_list);
   c->seqs = calloc(c->cfg.max_seqs, sizeof *c->seqs);
   c->tables = malloc((size_t)c->cfg.max_seqs * c->max_blocks_per_seq * sizeof *c->tables);
-  if (!c->refs || !c->free_list || !c->seqs || !c->tables) {
+  size_t tmp_n = (size_t)c->cfg.block_len * (c->cfg.dk > c->cfg.dv ? c->cfg.dk : c->cfg.dv) + c->cfg.dk + c->cfg.dv;
+  c->tmp = malloc(tmp_n * sizeof *c->tmp);
+  c->tmp_codes = malloc(tmp_n);
+  if (!c->refs || !c->free_list || !c->seqs || !c->tables || !c->tmp || !c->tmp_codes) {
     st = heed_err_set(err, HEED_E_NOMEM, "no memory for the tables of %u sequences", c->cfg.max_seqs);
     goto fail;
   }
@@ -113,6 +154,8 @@ void heed_kv_cache_destroy(heed_kv_cache *c) {
   free(c->free_list);
   free(c->seqs);
   free(c->tables);
+  free(c->tmp);
+  free(c->tmp_codes);
   free(c);
 }
 
@@ -161,17 +204,205 @@ heed_status heed_kv_seq_new(heed_kv_cache *c, int *seq) {
   return HEED_OK;
 }
 
-/* Stores n values, the i-th at dst + i * stride elements (stride 1: a V row;
- * HEED_KEY_PANEL: a key's channels in its K panel). */
-typedef void (*store_fn)(void *dst, size_t stride, const float *src, unsigned n);
-static void store_f32(void *dst, size_t stride, const float *src, unsigned n) {
-  for (unsigned i = 0; i < n; i++) ((float *)dst)[i * stride] = src[i];
+/* ---------- where things are ---------- */
+
+static char *blk_of(const heed_kv_cache *c, uint32_t b) { return c->storage + (size_t)b * c->block_bytes; }
+static char *res_of(const heed_kv_cache *c, int seq) { return c->storage + c->res_off + (size_t)seq * c->res_bytes; }
+
+void kv_view_of(const heed_kv_cache *c, const uint32_t *blocks, unsigned n_full, int res_seq, unsigned b, unsigned h,
+                kv_view *o) {
+  const heed_kv_cache_config *g = &c->cfg;
+  memset(o, 0, sizeof *o);
+  if (b >= n_full && res_seq >= 0) { /* the residual block */
+    const char *r = res_of(c, res_seq);
+    o->k = r + h * c->res_k_head;
+    o->v = r + c->res_v_off + h * c->res_v_head;
+    o->kt = c->res_kt;
+    o->vt = c->res_vt;
+    return;
+  }
+  const char *blk = blk_of(c, blocks[b]);
+  const char *ka = blk + c->aux_off + h * c->k_aux, *va = blk + c->aux_off + g->n_kv_heads * c->k_aux + h * c->v_aux;
+  o->k = blk + h * c->k_head;
+  o->v = blk + c->v_off + h * c->v_head;
+  o->kt = g->k_dtype;
+  o->vt = g->v_dtype;
+  size_t kgroups = (size_t)g->block_len / g->k_group * g->dk, vgroups = (size_t)g->block_len * (g->dv / g->v_group);
+  if (o->kt == HEED_DTYPE_Q8 || o->kt == HEED_DTYPE_Q4) o->ks = (const heed_f16 *)ka;
+  if (o->kt == HEED_DTYPE_Q4) o->km = o->ks + kgroups;
+  if (o->vt == HEED_DTYPE_Q8 || o->vt == HEED_DTYPE_Q4) o->vs = (const heed_f16 *)va;
+  if (o->vt == HEED_DTYPE_Q4) o->vm = o->vs + vgroups;
+  if (o->kt == HEED_DTYPE_E4M3 || o->kt == HEED_DTYPE_E5M2) memcpy(&o->kscale, ka, sizeof(float));
+  if (o->vt == HEED_DTYPE_E4M3 || o->vt == HEED_DTYPE_E5M2) memcpy(&o->vscale, va, sizeof(float));
+  if (o->kt == HEED_DTYPE_E4M3) o->kscale *= 256.0f; /* the kernels read e4m3 codes at 2^-8 */
+  if (o->vt == HEED_DTYPE_E4M3) o->vscale *= 256.0f;
 }
-static void store_f16(void *dst, size_t stride, const float *src, unsigned n) {
-  for (unsigned i = 0; i < n; i++) ((heed_f16 *)dst)[i * stride] = heed_f32_to_f16(src[i]);
+
+/* ---------- elements ---------- */
+
+static unsigned b16_of(heed_dtype t) { return 16 * heed_dtype_bits(t) / 8; }
+
+static float ld1_any(heed_dtype t, const uint8_t *run, int i) {
+  switch (t) {
+  case HEED_DTYPE_F32: return ld1_f32(run, i);
+  case HEED_DTYPE_F16: return ld1_f16(run, i);
+  case HEED_DTYPE_BF16: return ld1_bf16(run, i);
+  case HEED_DTYPE_Q8: return ld1_q8(run, i);
+  case HEED_DTYPE_Q4: return ld1_q4(run, i);
+  case HEED_DTYPE_E4M3: return ld1_e4m3(run, i);
+  default: return ld1_e5m2(run, i);
+  }
 }
-static void store_bf16(void *dst, size_t stride, const float *src, unsigned n) {
-  for (unsigned i = 0; i < n; i++) ((heed_bf16 *)dst)[i * stride] = heed_f32_to_bf16(src[i]);
+
+/* Writes element i of a run: a float type converts x, a quantized one stores
+ * the code (a q4 run must start zeroed). */
+static void st1(heed_dtype t, uint8_t *run, int i, float x, unsigned code) {
+  switch (t) {
+  case HEED_DTYPE_F32: memcpy(run + 4 * i, &x, 4); break;
+  case HEED_DTYPE_F16: { heed_f16 h = heed_f32_to_f16(x); memcpy(run + 2 * i, &h, 2); } break;
+  case HEED_DTYPE_BF16: { heed_bf16 h = heed_f32_to_bf16(x); memcpy(run + 2 * i, &h, 2); } break;
+  case HEED_DTYPE_Q4: run[i % 8] |= (uint8_t)(i < 8 ? code : code << 4); break;
+  default: run[i] = (uint8_t)code; break;
+  }
+}
+
+/* Decoded K(t, d) and V(t, c) of a view. */
+static float k_value(const heed_kv_cache *c, const kv_view *w, unsigned t, unsigned d) {
+  const heed_kv_cache_config *g = &c->cfg;
+  float raw = ld1_any(w->kt, HEED_K_RUN(w->k, b16_of(w->kt), g->dk, t, d), (int)(t % 16));
+  size_t at = (size_t)(t / g->k_group) * g->dk + d;
+  switch (w->kt) {
+  case HEED_DTYPE_Q8: return raw * heed_f16_to_f32(w->ks[at]);
+  case HEED_DTYPE_Q4: return raw * heed_f16_to_f32(w->ks[at]) + heed_f16_to_f32(w->km[at]);
+  case HEED_DTYPE_E4M3:
+  case HEED_DTYPE_E5M2: return raw * w->kscale;
+  default: return raw;
+  }
+}
+static float v_value(const heed_kv_cache *c, const kv_view *w, unsigned t, unsigned col) {
+  const heed_kv_cache_config *g = &c->cfg;
+  float raw = ld1_any(w->vt, HEED_V_RUN(w->v, b16_of(w->vt), g->dv, t, col), (int)(col % 16));
+  size_t at = (size_t)t * (g->dv / g->v_group) + col / g->v_group;
+  switch (w->vt) {
+  case HEED_DTYPE_Q8: return raw * heed_f16_to_f32(w->vs[at]);
+  case HEED_DTYPE_Q4: return raw * heed_f16_to_f32(w->vs[at]) + heed_f16_to_f32(w->vm[at]);
+  case HEED_DTYPE_E4M3:
+  case HEED_DTYPE_E5M2: return raw * w->vscale;
+  default: return raw;
+  }
+}
+
+/* Stores one token's K and V rows (f32) at row `row` of a float-format block
+ * (or a residual block, f16): K into its panel, V into its row. */
+static void store_token(const heed_kv_cache *c, char *kbase, char *vbase, heed_dtype kt, heed_dtype vt, size_t row,
+                        const float *k, const float *v) {
+  const heed_kv_cache_config *g = &c->cfg;
+  for (unsigned d = 0; d < g->dk; d++) st1(kt, (uint8_t *)HEED_K_RUN(kbase, b16_of(kt), g->dk, row, d), (int)(row % 16), k[d], 0);
+  for (unsigned d = 0; d < g->dv; d += 16)
+    for (unsigned i = 0; i < 16; i++) st1(vt, (uint8_t *)HEED_V_RUN(vbase, b16_of(vt), g->dv, row, d), (int)i, v[d + i], 0);
+}
+
+/* ---------- quantizing a full residual into a pool block ---------- */
+
+/* The reference quantizers define the codes; x: [n] in the order the codes
+ * go to `put` (element e of the list -> (run, index)). */
+static void quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, char *ka) {
+  const heed_kv_cache_config *g = &c->cfg;
+  const unsigned bl = g->block_len, dk = g->dk, kg = g->k_group, B = b16_of(g->k_dtype);
+  float *x = c->tmp;
+  uint8_t *codes = c->tmp_codes;
+  memset(kc, 0, c->k_head);
+  if (!heed_dtype_is_quant(g->k_dtype)) {
+    for (unsigned t = 0; t < bl; t++)
+      for (unsigned d = 0; d < dk; d++)
+        st1(g->k_dtype, (uint8_t *)HEED_K_RUN(kc, B, dk, t, d), (int)(t % 16), k_value(c, res, t, d), 0);
+    return;
+  }
+  if (g->k_dtype == HEED_DTYPE_E4M3 || g->k_dtype == HEED_DTYPE_E5M2) {
+    for (unsigned t = 0; t < bl; t++)
+      for (unsigned d = 0; d < dk; d++) x[(size_t)t * dk + d] = k_value(c, res, t, d);
+    float scale;
+    heed_fp8_quantize(g->k_dtype == HEED_DTYPE_E5M2, x, (size_t)bl * dk, codes, &scale, NULL);
+    for (unsigned t = 0; t < bl; t++)
+      for (unsigned d = 0; d < dk; d++)
+        st1(g->k_dtype, (uint8_t *)HEED_K_RUN(kc, B, dk, t, d), (int)(t % 16), 0, codes[(size_t)t * dk + d]);
+    memcpy(ka, &scale, sizeof scale);
+    return;
+  }
+  /* q8/q4: per channel over k_group tokens (KIVI) */
+  heed_f16 *sc = (heed_f16 *)ka, *mn = sc + (size_t)bl / kg * dk;
+  for (unsigned t0 = 0; t0 < bl; t0 += kg)
+    for (unsigned d = 0; d < dk; d++) {
+      for (unsigned i = 0; i < kg; i++) x[i] = k_value(c, res, t0 + i, d);
+      size_t at = (size_t)(t0 / kg) * dk + d;
+      if (g->k_dtype == HEED_DTYPE_Q8)
+        heed_q8_quantize(x, kg, kg, (int8_t *)codes, sc + at, NULL);
+      else
+        heed_q4_quantize(x, kg, kg, codes, sc + at, mn + at, NULL);
+      for (unsigned i = 0; i < kg; i++) {
+        unsigned code = g->k_dtype == HEED_DTYPE_Q8 ? codes[i] : i % 2 ? codes[i / 2] >> 4 : codes[i / 2] & 15u;
+        unsigned t = t0 + i;
+        st1(g->k_dtype, (uint8_t *)HEED_K_RUN(kc, B, dk, t, d), (int)(t % 16), 0, code);
+      }
+    }
+}
+
+static void quantize_v(heed_kv_cache *c, const kv_view *res, char *vc, char *va) {
+  const heed_kv_cache_config *g = &c->cfg;
+  const unsigned bl = g->block_len, dv = g->dv, vg = g->v_group, ng = dv / vg, B = b16_of(g->v_dtype);
+  float *x = c->tmp;
+  uint8_t *codes = c->tmp_codes;
+  memset(vc, 0, c->v_head);
+  int fp8 = g->v_dtype == HEED_DTYPE_E4M3 || g->v_dtype == HEED_DTYPE_E5M2;
+  if (!heed_dtype_is_quant(g->v_dtype) || fp8) {
+    for (unsigned t = 0; t < bl; t++)
+      for (unsigned col = 0; col < dv; col++) x[(size_t)t * dv + col] = v_value(c, res, t, col);
+    float scale = 1;
+    if (fp8) heed_fp8_quantize(g->v_dtype == HEED_DTYPE_E5M2, x, (size_t)bl * dv, codes, &scale, NULL);
+    for (unsigned t = 0; t < bl; t++)
+      for (unsigned col = 0; col < dv; col++)
+        st1(g->v_dtype, (uint8_t *)HEED_V_RUN(vc, B, dv, t, col), (int)(col % 16), x[(size_t)t * dv + col],
+            fp8 ? codes[(size_t)t * dv + col] : 0);
+    if (fp8) memcpy(va, &scale, sizeof scale);
+    return;
+  }
+  /* q8/q4: per token over v_group channels */
+  heed_f16 *sc = (heed_f16 *)va, *mn = sc + (size_t)bl * ng;
+  for (unsigned t = 0; t < bl; t++) {
+    for (unsigned col = 0; col < dv; col++) x[col] = v_value(c, res, t, col);
+    if (g->v_dtype == HEED_DTYPE_Q8)
+      heed_q8_quantize(x, dv, vg, (int8_t *)codes, sc + (size_t)t * ng, NULL);
+    else
+      heed_q4_quantize(x, dv, vg, codes, sc + (size_t)t * ng, mn + (size_t)t * ng, NULL);
+    for (unsigned col = 0; col < dv; col++) {
+      unsigned code = g->v_dtype == HEED_DTYPE_Q8 ? codes[col] : col % 2 ? codes[col / 2] >> 4 : codes[col / 2] & 15u;
+      st1(g->v_dtype, (uint8_t *)HEED_V_RUN(vc, B, dv, t, col), (int)(col % 16), 0, code);
+    }
+  }
+}
+
+/* The full residual of seq becomes pool block b: quantized once. */
+static void seal_residual(heed_kv_cache *c, int seq, uint32_t b) {
+  char *blk = blk_of(c, b);
+  for (unsigned h = 0; h < c->cfg.n_kv_heads; h++) {
+    kv_view res;
+    kv_view_of(c, NULL, 0, seq, 0, h, &res);
+    quantize_k(c, &res, blk + h * c->k_head, blk + c->aux_off + h * c->k_aux);
+    quantize_v(c, &res, blk + c->v_off + h * c->v_head,
+               blk + c->aux_off + c->cfg.n_kv_heads * c->k_aux + h * c->v_aux);
+  }
+}
+
+/* Copies rows [0, rows) of one residual into another (fork). */
+static void copy_residual(heed_kv_cache *c, int from, int to, unsigned rows) {
+  const heed_kv_cache_config *g = &c->cfg;
+  char *s = res_of(c, from), *d = res_of(c, to);
+  size_t kb = (size_t)(rows + 15) / 16 * g->dk * 16 * heed_dtype_bits(c->res_kt) / 8,
+         vb = (size_t)rows * g->dv * heed_dtype_bits(c->res_vt) / 8;
+  for (unsigned h = 0; h < g->n_kv_heads; h++) {
+    memcpy(d + h * c->res_k_head, s + h * c->res_k_head, kb);
+    memcpy(d + c->res_v_off + h * c->res_v_head, s + c->res_v_off + h * c->res_v_head, vb);
+  }
 }
 
 heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const float *k, const float *v) {
@@ -199,34 +430,68 @@ heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const floa
                               seq, t, s->len + t, h, d, vr[d]);
     }
   unsigned bl = g->block_len, new_len = s->len + n;
-  unsigned need_blocks = (new_len + bl - 1) / bl;
-  int cow = s->len % bl != 0 && c->refs[s->blocks[s->n_blocks - 1]] > 1;
+  unsigned need_blocks = kv_n_full(c, new_len);
+  int cow = !c->quant && s->len % bl != 0 && c->refs[s->blocks[s->n_blocks - 1]] > 1;
   uint32_t want = need_blocks - s->n_blocks + (cow ? 1 : 0);
   if (want > c->n_free)
     return heed_err_set(&c->err, HEED_E_NOMEM, "append of %u tokens to sequence %d needs %u free blocks; %u are free", n,
                         seq, (unsigned)want, (unsigned)c->n_free);
+  if (c->quant) { /* f16 into the residual; a block that fills is quantized into the pool */
+    for (unsigned t = 0; t < n; t++) {
+      unsigned pos = s->len + t, row = pos % bl;
+      for (unsigned h = 0; h < g->n_kv_heads; h++) {
+        kv_view res;
+        kv_view_of(c, NULL, 0, seq, 0, h, &res);
+        store_token(c, (char *)res.k, (char *)res.v, c->res_kt, c->res_vt, row,
+                    k + ((size_t)t * g->n_kv_heads + h) * g->dk, v + ((size_t)t * g->n_kv_heads + h) * g->dv);
+      }
+      if (row == bl - 1) {
+        uint32_t b = take_block(c);
+        seal_residual(c, seq, b);
+        s->blocks[s->n_blocks++] = b;
+      }
+    }
+    s->len = new_len;
+    return HEED_OK;
+  }
   if (cow) { /* the partly filled last block is shared: write into a private copy */
     uint32_t old = s->blocks[s->n_blocks - 1], fresh = take_block(c);
-    memcpy(c->storage + (size_t)fresh * c->block_bytes, c->storage + (size_t)old * c->block_bytes, c->block_bytes);
+    memcpy(blk_of(c, fresh), blk_of(c, old), c->block_bytes);
     drop_block(c, old);
     s->blocks[s->n_blocks - 1] = fresh;
   }
   while (s->n_blocks < need_blocks) s->blocks[s->n_blocks++] = take_block(c);
-  static const store_fn stores[HEED_DTYPE_COUNT] = {[HEED_DTYPE_F32] = store_f32, [HEED_DTYPE_F16] = store_f16,
-                                                    [HEED_DTYPE_BF16] = store_bf16};
-  store_fn store_k = stores[g->k_dtype], store_v = stores[g->v_dtype];
   for (unsigned t = 0; t < n; t++) {
     unsigned pos = s->len + t;
-    char *blk = c->storage + (size_t)s->blocks[pos / bl] * c->block_bytes;
-    size_t row = pos % bl;
-    for (unsigned h = 0; h < g->n_kv_heads; h++) {
-      size_t kcol = ((row / HEED_KEY_PANEL) * g->dk * HEED_KEY_PANEL + row % HEED_KEY_PANEL) * c->k_elem;
-      store_k(blk + h * c->k_head + kcol, HEED_KEY_PANEL, k + ((size_t)t * g->n_kv_heads + h) * g->dk, g->dk);
-      store_v(blk + c->v_off + h * c->v_head + row * g->dv * c->v_elem, 1, v + ((size_t)t * g->n_kv_heads + h) * g->dv,
-              g->dv);
-    }
+    char *blk = blk_of(c, s->blocks[pos / bl]);
+    for (unsigned h = 0; h < g->n_kv_heads; h++)
+      store_token(c, blk + h * c->k_head, blk + c->v_off + h * c->v_head, g->k_dtype, g->v_dtype, pos % bl,
+                  k + ((size_t)t * g->n_kv_heads + h) * g->dk, v + ((size_t)t * g->n_kv_heads + h) * g->dv);
   }
   s->len = new_len;
+  return HEED_OK;
+}
+
+heed_status heed_kv_seq_read(const heed_kv_cache *c, int seq, unsigned t0, unsigned n, float *k, float *v) {
+  if (!c) return HEED_E_INVALID;
+  heed_kv_cache *cm = (heed_kv_cache *)c; /* only its error message is written */
+  kv_seq *s = NULL;
+  heed_status st = get_seq(cm, seq, &s);
+  if (st != HEED_OK) return st;
+  if ((uint64_t)t0 + n > s->len)
+    return heed_err_set(&cm->err, HEED_E_RANGE, "read of tokens %u..%u of sequence %d: it holds %u", t0, t0 + n - 1, seq,
+                        s->len);
+  if (n && (!k || !v)) return heed_err_set(&cm->err, HEED_E_INVALID, "read of sequence %d: k or v is NULL", seq);
+  const heed_kv_cache_config *g = &c->cfg;
+  unsigned bl = g->block_len, n_full = kv_n_full(c, s->len);
+  for (unsigned t = t0; t < t0 + n; t++)
+    for (unsigned h = 0; h < g->n_kv_heads; h++) {
+      kv_view w;
+      kv_view_of(c, s->blocks, n_full, seq, t / bl, h, &w);
+      float *kr = k + ((size_t)(t - t0) * g->n_kv_heads + h) * g->dk, *vr = v + ((size_t)(t - t0) * g->n_kv_heads + h) * g->dv;
+      for (unsigned d = 0; d < g->dk; d++) kr[d] = k_value(c, &w, t % bl, d);
+      for (unsigned d = 0; d < g->dv; d++) vr[d] = v_value(c, &w, t % bl, d);
+    }
   return HEED_OK;
 }
 
@@ -243,6 +508,7 @@ heed_status heed_kv_seq_fork(heed_kv_cache *c, int src, int *dst) {
   d->n_blocks = s->n_blocks;
   memcpy(d->blocks, s->blocks, s->n_blocks * sizeof *s->blocks);
   for (unsigned i = 0; i < s->n_blocks; i++) c->refs[s->blocks[i]]++;
+  if (c->quant) copy_residual(c, src, *dst, s->len % c->cfg.block_len);
   return HEED_OK;
 }
 
@@ -253,7 +519,21 @@ heed_status heed_kv_seq_truncate(heed_kv_cache *c, int seq, unsigned len) {
   if (st != HEED_OK) return st;
   if (len > s->len)
     return heed_err_set(&c->err, HEED_E_RANGE, "truncate sequence %d to %u tokens: it holds %u", seq, len, s->len);
-  unsigned keep = (len + c->cfg.block_len - 1) / c->cfg.block_len;
+  const unsigned bl = c->cfg.block_len, keep = kv_n_full(c, len);
+  if (c->quant && len % bl && keep < s->n_blocks) {
+    /* the tokens kept from a full block go back to the residual (f16), to be
+     * quantized again, once, when the block fills */
+    for (unsigned h = 0; h < c->cfg.n_kv_heads; h++) {
+      kv_view w, res;
+      kv_view_of(c, s->blocks, keep + 1, seq, keep, h, &w);
+      kv_view_of(c, NULL, 0, seq, 0, h, &res);
+      for (unsigned row = 0; row < len % bl; row++) {
+        for (unsigned d = 0; d < c->cfg.dk; d++) c->tmp[d] = k_value(c, &w, row, d);
+        for (unsigned d = 0; d < c->cfg.dv; d++) c->tmp[c->cfg.dk + d] = v_value(c, &w, row, d);
+        store_token(c, (char *)res.k, (char *)res.v, c->res_kt, c->res_vt, row, c->tmp, c->tmp + c->cfg.dk);
+      }
+    }
+  }
   while (s->n_blocks > keep) drop_block(c, s->blocks[--s->n_blocks]);
   s->len = len;
   return HEED_OK;

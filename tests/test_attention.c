@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "heed/attention.h"
+#include "heed/quant.h"
 #include "test_util.h"
 
 #define MAXLEN 320
@@ -63,6 +64,74 @@ static float rounded(heed_dtype dt, float x) {
   return x;
 }
 
+/* A quantized side is held in f16 until its block fills. */
+static heed_dtype res_type(heed_dtype t) { return heed_dtype_is_quant(t) ? HEED_DTYPE_F16 : t; }
+
+/* heed/quant.h's reference quantize-then-dequantize of x[i * stride], i < n,
+ * in groups of `group` (fp8: one scale for all n). */
+static void ref_roundtrip(heed_dtype t, float *x, size_t stride, size_t n, unsigned group) {
+  float *v = malloc(n * 4), s;
+  uint8_t *codes = malloc(n);
+  heed_f16 sc[512], mn[512];
+  for (size_t i = 0; i < n; i++) v[i] = x[i * stride];
+  if (t == HEED_DTYPE_Q8) {
+    cr_assert_eq(heed_q8_quantize(v, n, group, (int8_t *)codes, sc, NULL), HEED_OK);
+    heed_q8_dequantize((int8_t *)codes, sc, n, group, v);
+  } else if (t == HEED_DTYPE_Q4) {
+    cr_assert_eq(heed_q4_quantize(v, n, group, codes, sc, mn, NULL), HEED_OK);
+    heed_q4_dequantize(codes, sc, mn, n, group, v);
+  } else {
+    int e5 = t == HEED_DTYPE_E5M2;
+    cr_assert_eq(heed_fp8_quantize(e5, v, n, codes, &s, NULL), HEED_OK);
+    heed_fp8_dequantize(e5, codes, n, s, v);
+  }
+  for (size_t i = 0; i < n; i++) x[i * stride] = v[i];
+  free(v), free(codes);
+}
+
+/* Block b of mirror m fills: what the cache stores for a quantized side, from
+ * the residual's values, by the reference quantizers: K per channel over
+ * k_group tokens, V per token over v_group channels, fp8 per (block, head). */
+static void fx_seal(fx *f, int m, unsigned b) {
+  const heed_kv_cache_config *g = heed_kv_cache_get_config(f->c);
+  size_t H = g->n_kv_heads, dk = g->dk, dv = g->dv, bl = g->block_len, t0 = b * bl;
+  for (size_t h = 0; h < H; h++) {
+    float *K = f->K[m] + (t0 * H + h) * dk, *V = f->V[m] + (t0 * H + h) * dv;
+    if (g->k_dtype == HEED_DTYPE_Q8 || g->k_dtype == HEED_DTYPE_Q4) {
+      for (size_t tg = 0; tg < bl; tg += g->k_group)
+        for (size_t d = 0; d < dk; d++) ref_roundtrip(g->k_dtype, K + tg * H * dk + d, H * dk, g->k_group, g->k_group);
+    } else if (heed_dtype_is_quant(g->k_dtype)) {
+      float *x = malloc(bl * dk * 4);
+      for (size_t t = 0; t < bl; t++) memcpy(x + t * dk, K + t * H * dk, dk * 4);
+      ref_roundtrip(g->k_dtype, x, 1, bl * dk, 0);
+      for (size_t t = 0; t < bl; t++) memcpy(K + t * H * dk, x + t * dk, dk * 4);
+      free(x);
+    }
+    if (g->v_dtype == HEED_DTYPE_Q8 || g->v_dtype == HEED_DTYPE_Q4) {
+      for (size_t t = 0; t < bl; t++) ref_roundtrip(g->v_dtype, V + t * H * dv, 1, dv, g->v_group);
+    } else if (heed_dtype_is_quant(g->v_dtype)) {
+      float *x = malloc(bl * dv * 4);
+      for (size_t t = 0; t < bl; t++) memcpy(x + t * dv, V + t * H * dv, dv * 4);
+      ref_roundtrip(g->v_dtype, x, 1, bl * dv, 0);
+      for (size_t t = 0; t < bl; t++) memcpy(V + t * H * dv, x + t * dv, dv * 4);
+      free(x);
+    }
+  }
+}
+
+static int fx_quant(const fx *f) { return heed_dtype_is_quant(f->cfg.k_dtype) || heed_dtype_is_quant(f->cfg.v_dtype); }
+
+/* Mirror m after truncating to len: a full block cut into goes back to the
+ * residual, its kept tokens rounded to the residual's types. */
+static void fx_truncate(fx *f, int seq, int m, unsigned len) {
+  unsigned bl = heed_kv_cache_get_config(f->c)->block_len, H = f->cfg.n_kv_heads, dk = f->cfg.dk, dv = f->cfg.dv;
+  long old = heed_kv_seq_len(f->c, seq);
+  cr_assert_eq(heed_kv_seq_truncate(f->c, seq, len), HEED_OK);
+  if (!fx_quant(f) || len % bl == 0 || len >= old / bl * bl) return;
+  for (size_t i = (size_t)len / bl * bl * H * dk; i < (size_t)len * H * dk; i++) f->K[m][i] = rounded(res_type(f->cfg.k_dtype), f->K[m][i]);
+  for (size_t i = (size_t)len / bl * bl * H * dv; i < (size_t)len * H * dv; i++) f->V[m][i] = rounded(res_type(f->cfg.v_dtype), f->V[m][i]);
+}
+
 /* Appends n random tokens to seq (mirror slot m), keys scaled by kscale. */
 static void fx_append(fx *f, int seq, int m, unsigned n, float kscale) {
   long len = heed_kv_seq_len(f->c, seq);
@@ -71,8 +140,12 @@ static void fx_append(fx *f, int seq, int m, unsigned n, float kscale) {
   for (size_t i = 0; i < (size_t)n * H * dk; i++) k[i] = tu_uniform(&f->rng) * kscale;
   for (size_t i = 0; i < (size_t)n * H * dv; i++) v[i] = tu_uniform(&f->rng);
   cr_assert_eq(heed_kv_seq_append(f->c, seq, n, k, v), HEED_OK, "%s", heed_kv_cache_last_error(f->c));
-  for (size_t i = 0; i < (size_t)n * H * dk; i++) f->K[m][(size_t)len * H * dk + i] = rounded(f->cfg.k_dtype, k[i]);
-  for (size_t i = 0; i < (size_t)n * H * dv; i++) f->V[m][(size_t)len * H * dv + i] = rounded(f->cfg.v_dtype, v[i]);
+  heed_dtype kt = fx_quant(f) ? res_type(f->cfg.k_dtype) : f->cfg.k_dtype, vt = fx_quant(f) ? res_type(f->cfg.v_dtype) : f->cfg.v_dtype;
+  for (size_t i = 0; i < (size_t)n * H * dk; i++) f->K[m][(size_t)len * H * dk + i] = rounded(kt, k[i]);
+  for (size_t i = 0; i < (size_t)n * H * dv; i++) f->V[m][(size_t)len * H * dv + i] = rounded(vt, v[i]);
+  unsigned bl = heed_kv_cache_get_config(f->c)->block_len;
+  if (fx_quant(f))
+    for (unsigned b = (unsigned)len / bl; (b + 1) * bl <= len + n; b++) fx_seal(f, m, b);
   free(k);
   free(v);
 }
@@ -404,7 +477,7 @@ Test(attention, fork_cow_and_truncate_through_attention) {
     memcpy(f.V[1], f.V[0], (size_t)25 * 2 * 64 * 4);
     fx_append(&f, b, 1, 4, 1.0f);   /* b diverges inside the shared block */
     fx_append(&f, a, 0, 10, 1.0f);  /* 10 speculative tokens on a ... */
-    cr_assert_eq(heed_kv_seq_truncate(f.c, a, 27), HEED_OK); /* ... 8 rejected */
+    fx_truncate(&f, a, 0, 27);      /* ... 8 rejected */
     fx_append(&f, a, 0, 3, 1.0f);   /* then 3 accepted ones overwrite them */
     heed_attn_params p = params(4, 2, 64, 64);
     dcase cs[2] = {{a, 26, 4, NULL}, {b, 28, 1, NULL}};
@@ -514,4 +587,200 @@ Test(attention, decode_is_the_same_for_any_worker_count) {
   }
   free(q);
   fx_close(&f);
+}
+
+/* ---------- quantized caches ---------- */
+
+/* Every token of mirror m is what heed_kv_seq_read returns, bit for bit: the
+ * model (f16 residual, reference quantizers on each full block) is exact. */
+static void check_read(fx *f, int seq, int m, const char *what) {
+  unsigned L = (unsigned)heed_kv_seq_len(f->c, seq), H = f->cfg.n_kv_heads, dk = f->cfg.dk, dv = f->cfg.dv;
+  float *k = malloc((size_t)L * H * dk * 4 + 4), *v = malloc((size_t)L * H * dv * 4 + 4);
+  cr_assert_eq(heed_kv_seq_read(f->c, seq, 0, L, k, v), HEED_OK, "%s", heed_kv_cache_last_error(f->c));
+  for (size_t i = 0; i < (size_t)L * H * dk; i++)
+    cr_assert_eq(k[i], f->K[m][i], "%s [K %s]: K value %zu (token %zu) is %g, want %g", what, heed_dtype_name(f->cfg.k_dtype), i,
+                 i / (H * dk), k[i], f->K[m][i]);
+  for (size_t i = 0; i < (size_t)L * H * dv; i++)
+    cr_assert_eq(v[i], f->V[m][i], "%s [V %s]: V value %zu (token %zu) is %g, want %g", what, heed_dtype_name(f->cfg.v_dtype), i,
+                 i / (H * dv), v[i], f->V[m][i]);
+  free(k), free(v);
+}
+
+Test(attention, quantized_blocks_residual_fork_truncate) {
+  static const heed_dtype pairs[][2] = {{HEED_DTYPE_Q4, HEED_DTYPE_Q8}, {HEED_DTYPE_Q8, HEED_DTYPE_Q4},
+                                        {HEED_DTYPE_E4M3, HEED_DTYPE_E5M2}, {HEED_DTYPE_F32, HEED_DTYPE_Q4},
+                                        {HEED_DTYPE_Q4, HEED_DTYPE_BF16}};
+  for (size_t ii = 0; ii < 4; ii++)
+    for (size_t pi = 0; pi < 5; pi++) {
+      fx f;
+      if (!fx_open2(&f, isas[ii], pairs[pi][0], pairs[pi][1], 2, 64, 96, 16)) continue;
+      uint32_t total = heed_kv_cache_free_blocks(f.c);
+      int a, b;
+      const uint32_t *bt;
+      unsigned nb;
+      heed_kv_seq_new(f.c, &a);
+      fx_append(&f, a, 0, 40, 1.0f); /* two full blocks, 8 tokens in the residual */
+      heed_kv_seq_blocks(f.c, a, &bt, &nb);
+      cr_assert_eq(nb, 2);
+      cr_assert_eq(heed_kv_cache_free_blocks(f.c), total - 2);
+      check_read(&f, a, 0, "append");
+      /* fork: the full blocks are shared, the residual copied */
+      cr_assert_eq(heed_kv_seq_fork(f.c, a, &b), HEED_OK);
+      cr_assert_eq(heed_kv_block_refs(f.c, bt[0]), 2);
+      cr_assert_eq(heed_kv_cache_free_blocks(f.c), total - 2);
+      memcpy(f.K[1], f.K[0], (size_t)40 * 2 * 64 * 4);
+      memcpy(f.V[1], f.V[0], (size_t)40 * 2 * 96 * 4);
+      fx_append(&f, b, 1, 4, 1.0f);
+      check_read(&f, a, 0, "parent after the child's append");
+      check_read(&f, b, 1, "child");
+      /* speculative tokens seal a block, are rejected into it, then refilled */
+      fx_append(&f, a, 0, 10, 1.0f);
+      cr_assert_eq(heed_kv_cache_free_blocks(f.c), total - 3);
+      fx_truncate(&f, a, 0, 37);
+      cr_assert_eq(heed_kv_cache_free_blocks(f.c), total - 2, "the cut block goes back to the pool");
+      check_read(&f, a, 0, "truncated into a full block");
+      fx_append(&f, a, 0, 3, 1.0f);
+      check_read(&f, a, 0, "refilled residual");
+      fx_append(&f, a, 0, 9, 1.0f); /* 49: the block is quantized again, once */
+      check_read(&f, a, 0, "resealed");
+      heed_attn_params p = params(4, 2, 64, 96);
+      dcase cs[2] = {{a, 45, 4, NULL}, {b, 43, 1, NULL}};
+      check_decode(&f, &p, cs, 2, "quantized fork/truncate");
+      check_prefill(&f, &p, 49, 1.0f, TOL_ABS, "quantized prefill");
+      /* a caller-managed table over a quantized cache: full blocks only */
+      heed_kv_seq_blocks(f.c, a, &bt, &nb);
+      heed_attn_decode_seq ext = {.kv = {.seq = -1, .blocks = bt, .n_tokens = 40}, .n_q = 1};
+      size_t wsb;
+      heed_attn_decode_workspace(f.rt, &p, &ext, 1, &wsb);
+      void *ws = malloc(wsb);
+      float q[4 * 64] = {0}, out[4 * 96];
+      cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &ext, 1, q, out, NULL, ws, wsb), HEED_E_INVALID);
+      cr_assert(strstr(heed_kv_cache_last_error(f.c), "n_tokens=40"), "%s", heed_kv_cache_last_error(f.c));
+      ext.kv.n_tokens = 48;
+      cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &ext, 1, q, out, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(f.c));
+      free(ws);
+      fx_close(&f);
+    }
+}
+
+Test(attention, quantized_bad_input) {
+  heed_runtime *rt;
+  heed_runtime_options o;
+  heed_runtime_options_init(&o);
+  o.flags = HEED_RUNTIME_IGNORE_ENV | HEED_RUNTIME_NO_OPENCL;
+  cr_assert_eq(heed_runtime_open(&o, &rt, NULL), HEED_OK);
+  heed_dtype t;
+  cr_assert_eq(heed_dtype_parse("q4", &t), HEED_OK);
+  cr_assert_eq(t, HEED_DTYPE_Q4);
+  cr_assert_eq(heed_dtype_parse("e4m3", &t), HEED_OK);
+  cr_assert_neq(heed_dtype_parse("q5", &t), HEED_OK);
+  heed_kv_cache_config cfg = {.n_kv_heads = 2, .dk = 64, .dv = 80, .k_dtype = HEED_DTYPE_Q4, .v_dtype = HEED_DTYPE_Q8,
+                              .block_len = 32, .n_blocks = 4, .max_seqs = 2, .max_seq_len = 128};
+  heed_error e = {0};
+  size_t bytes;
+  heed_kv_cache *c = NULL;
+  char st[64];
+  heed_kv_cache_config bad = cfg;
+  bad.v_group = 32;
+  cr_assert_eq(heed_kv_cache_create(rt, &bad, st, sizeof st, &c, &e), HEED_E_INVALID);
+  cr_assert(strstr(e.msg, "v_group=32") && strstr(e.msg, "dv=80"), "%s", e.msg);
+  bad = cfg;
+  bad.k_group = 64;
+  cr_assert_eq(heed_kv_cache_bytes(rt, &bad, &bytes, NULL), HEED_E_INVALID);
+  cr_assert_eq(heed_kv_cache_create(rt, &bad, st, sizeof st, &c, &e), HEED_E_INVALID);
+  cr_assert(strstr(e.msg, "k_group=64") && strstr(e.msg, "block_len=32"), "%s", e.msg);
+  bad = cfg;
+  bad.k_group = 24;
+  cr_assert_eq(heed_kv_cache_create(rt, &bad, st, sizeof st, &c, &e), HEED_E_INVALID);
+  cr_assert(strstr(e.msg, "k_group=24"), "%s", e.msg);
+  bad = cfg;
+  bad.k_dtype = (heed_dtype)HEED_DTYPE_COUNT;
+  cr_assert_eq(heed_kv_cache_create(rt, &bad, st, sizeof st, &c, &e), HEED_E_INVALID);
+  cr_assert(strstr(e.msg, "k_dtype="), "%s", e.msg);
+  /* NaN on append: an error naming the token and head; nothing written */
+  cr_assert_eq(heed_kv_cache_bytes(rt, &cfg, &bytes, NULL), HEED_OK);
+  void *mem = aligned_alloc(64, bytes);
+  cr_assert_eq(heed_kv_cache_create(rt, &cfg, mem, bytes, &c, &e), HEED_OK, "%s", e.msg);
+  cr_assert_eq(heed_kv_cache_get_config(c)->v_group, 16, "the default group divides dv=80");
+  int s;
+  heed_kv_seq_new(c, &s);
+  float k[40 * 2 * 64], v[40 * 2 * 80], k2[40 * 2 * 64], v2[40 * 2 * 80];
+  uint64_t rng = 99;
+  for (size_t i = 0; i < sizeof k / 4; i++) k[i] = tu_uniform(&rng);
+  for (size_t i = 0; i < sizeof v / 4; i++) v[i] = tu_uniform(&rng);
+  cr_assert_eq(heed_kv_seq_append(c, s, 20, k, v), HEED_OK);
+  float before[20 * 2 * 64], vbefore[20 * 2 * 80];
+  cr_assert_eq(heed_kv_seq_read(c, s, 0, 20, before, vbefore), HEED_OK);
+  v[(size_t)(20 + 15) * 2 * 80 + 80 + 3] = NAN; /* token 15 of the next append, head 1 */
+  cr_assert_eq(heed_kv_seq_append(c, s, 20, k + 20 * 2 * 64, v + 20 * 2 * 80), HEED_E_INVALID);
+  cr_assert(strstr(heed_kv_cache_last_error(c), "V of token 15 (position 35), head 1, dim 3"), "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_kv_seq_len(c, s), 20);
+  cr_assert_eq(heed_kv_cache_free_blocks(c), 4, "no block sealed");
+  cr_assert_eq(heed_kv_seq_read(c, s, 0, 20, k2, v2), HEED_OK);
+  cr_assert_eq(memcmp(k2, before, sizeof before), 0);
+  cr_assert_eq(memcmp(v2, vbefore, sizeof vbefore), 0);
+  cr_assert_eq(heed_kv_seq_read(c, s, 10, 11, k2, v2), HEED_E_RANGE);
+  heed_kv_cache_destroy(c);
+  free(mem);
+  heed_runtime_close(rt);
+}
+
+/* Attention through each quantized format against attention on the f32 K/V
+ * that went in, on keys with outlier channels (a few channels 30x the rest,
+ * as trained models have). The bounds sit a few times above what the formats
+ * give, and far below what a wrong scale, a per-token K layout or a skipped
+ * residual give. */
+Test(attention, quantized_accuracy_against_f32) {
+  static const struct {
+    heed_dtype k, v;
+    double nmse;
+  } cases[] = {{HEED_DTYPE_Q8, HEED_DTYPE_Q8, 1e-4}, {HEED_DTYPE_Q4, HEED_DTYPE_Q4, 3e-2}, {HEED_DTYPE_Q8, HEED_DTYPE_Q4, 1e-2},
+               {HEED_DTYPE_E4M3, HEED_DTYPE_E4M3, 6e-3}, {HEED_DTYPE_E5M2, HEED_DTYPE_E5M2, 2e-2}};
+  heed_isa isa = heed_kernels_compiled(HEED_ISA_AVX2) && heed_isa_runs_on(HEED_ISA_AVX2, heed_cpu_features_detect())
+                     ? HEED_ISA_AVX2
+                     : heed_kernels_compiled(HEED_ISA_NEON) ? HEED_ISA_NEON : HEED_ISA_SCALAR;
+  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+    fx f;
+    cr_assert(fx_open2(&f, isa, cases[ci].k, cases[ci].v, 2, 128, 128, 32));
+    const unsigned L = 100, H = 2, d = 128;
+    int s;
+    heed_kv_seq_new(f.c, &s);
+    float *k = malloc((size_t)L * H * d * 4), *v = malloc((size_t)L * H * d * 4);
+    for (size_t i = 0; i < (size_t)L * H * d; i++) {
+      size_t ch = i % d;
+      k[i] = tu_uniform(&f.rng) * (ch == 5 || ch == 77 || ch == 100 ? 30.0f : 1.0f);
+      v[i] = tu_uniform(&f.rng);
+    }
+    cr_assert_eq(heed_kv_seq_append(f.c, s, L, k, v), HEED_OK);
+    memcpy(f.K[1], k, (size_t)L * H * d * 4); /* mirror 1: the f32 that went in */
+    memcpy(f.V[1], v, (size_t)L * H * d * 4);
+    heed_attn_params p = params(8, 2, d, d);
+    float *q = rand_q(&f.rng, (size_t)L * 8 * d, 1.0f), *out = malloc((size_t)L * 8 * d * 4);
+    double *want = malloc((size_t)L * 8 * d * 8), *wl = malloc((size_t)L * 8 * 8);
+    size_t wsb;
+    heed_attn_prefill_workspace(f.rt, &p, L, &wsb);
+    void *ws = malloc(wsb);
+    heed_attn_seq sq = {.seq = s};
+    /* all of it; then, with a window of 8, the last 4 queries, whose keys are
+     * half in the residual block */
+    for (int pass = 0; pass < 2; pass++) {
+      p.window = pass ? 8 : 0;
+      cr_assert_eq(heed_attn_prefill(f.rt, f.c, &p, sq, 0, L, q, out, NULL, ws, wsb), HEED_OK);
+      oracle(&f, 1, &p, L, 0, L, q, NULL, 0, want, wl);
+      double num = 0, den = 0, dot = 0, g2 = 0;
+      for (size_t i = pass ? (size_t)(L - 4) * 8 * d : 0; i < (size_t)L * 8 * d; i++) {
+        num += (out[i] - want[i]) * (out[i] - want[i]), den += want[i] * want[i];
+        dot += out[i] * want[i], g2 += (double)out[i] * out[i];
+      }
+      double nmse = num / den, cosine = dot / sqrt(den * g2);
+      const char *what = pass ? "last 4 queries, window 8" : "all queries";
+      cr_log_info("K %s V %s, %s: nmse %.3g cosine %.6f", heed_dtype_name(cases[ci].k), heed_dtype_name(cases[ci].v), what,
+                  nmse, cosine);
+      cr_assert_leq(nmse, cases[ci].nmse, "K %s V %s, %s: nmse %.3g over %.3g", heed_dtype_name(cases[ci].k),
+                    heed_dtype_name(cases[ci].v), what, nmse, cases[ci].nmse);
+      cr_assert_geq(cosine, 1 - cases[ci].nmse, "%s: cosine %.6f", what, cosine);
+    }
+    free(k), free(v), free(q), free(out), free(want), free(wl), free(ws);
+    fx_close(&f);
+  }
 }

@@ -7,6 +7,7 @@
 
 #include "heed/cpu.h"
 #include "heed/kernels.h"
+#include "heed/quant.h"
 #include "test_util.h"
 
 static const size_t lengths[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 127, 128, 129, 1000, 4099};
@@ -23,8 +24,31 @@ static int get_table(heed_isa isa, heed_kernel_table *t) {
   return 1;
 }
 
+/* Random codes of a quantized type in runs of 16 (n a multiple of 16); xf
+ * gets the value each stands for in heed/kernels.h's contract, computed with
+ * heed/quant.h's reference decoders. */
+static void fill_codes(heed_dtype dt, uint8_t *x, float *xf, size_t n, uint64_t *s) {
+  size_t bytes = dt == HEED_DTYPE_Q4 ? n / 2 : n;
+  for (size_t i = 0; i < bytes; i++) {
+    uint8_t b = (uint8_t)(tu_next(s) >> 24);
+    if (dt == HEED_DTYPE_E5M2 && (b & 0x7c) == 0x7c) b &= 0xbf;  /* no infinities or NaNs */
+    if (dt == HEED_DTYPE_E4M3 && (b & 0x7f) == 0x7f) b ^= 1;     /* no NaN */
+    x[i] = b;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (dt == HEED_DTYPE_Q8) xf[i] = (float)(int8_t)x[i];
+    if (dt == HEED_DTYPE_Q4) xf[i] = (float)(i % 16 < 8 ? x[i / 16 * 8 + i % 8] & 15 : x[i / 16 * 8 + i % 8] >> 4);
+    if (dt == HEED_DTYPE_E4M3) xf[i] = heed_e4m3_to_f32(x[i]) / 256.0f;
+    if (dt == HEED_DTYPE_E5M2) xf[i] = heed_e5m2_to_f32(x[i]);
+  }
+}
+
 /* x as the dtype's storage; xf gets the exact values it holds. */
 static void fill(heed_dtype dt, void *x, float *xf, size_t n, uint64_t *s, float scale) {
+  if (heed_dtype_is_quant(dt)) {
+    fill_codes(dt, x, xf, n, s);
+    return;
+  }
   for (size_t i = 0; i < n; i++) {
     float v = tu_uniform(s) * scale;
     if (dt == HEED_DTYPE_F32) {
@@ -47,7 +71,7 @@ static void check_dot(heed_isa isa) {
   void *x = malloc(nmax * 4);
   float *xf = malloc(nmax * 4), *y = malloc(nmax * 4);
   uint64_t s = 1234 + (uint64_t)isa;
-  for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++) {
+  for (int dt = 0; dt < HEED_DTYPE_FLOAT_COUNT; dt++) {
     heed_dot_fn dot = heed_kernel_dot(&t, (heed_dtype)dt);
     cr_assert_not_null(dot);
     for (size_t li = 0; li < sizeof lengths / sizeof lengths[0]; li++) {
@@ -157,7 +181,8 @@ static void check_table(heed_isa isa) {
     for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++) {
       const heed_kernel_slot *sl = &t.slot[op][dt];
       int probe = op == HEED_OP_PROBE_READ || op == HEED_OP_PROBE_FMA || op == HEED_OP_SOFTMAX_ROW; /* f32 only */
-      if (probe && dt != HEED_DTYPE_F32) {
+      int floats = op == HEED_OP_DOT || op == HEED_OP_TO_F32; /* no quantized types */
+      if ((probe && dt != HEED_DTYPE_F32) || (floats && heed_dtype_is_quant((heed_dtype)dt))) {
         cr_assert_null(sl->fn);
         continue;
       }
@@ -173,47 +198,59 @@ static void check_table(heed_isa isa) {
 }
 
 /* Attention micro-kernels: odd row counts (both the in-register path, R <= 8,
- * and the chunked one), key counts across the 16-row chunks, every dtype. */
+ * and the chunked one), key counts across the 16-row chunks, every dtype
+ * (the quantized ones read raw codes, in whole panels), column ranges of V. */
 static void check_attn(heed_isa isa) {
   heed_kernel_table t;
   if (!get_table(isa, &t)) return;
-  static const int Rs[] = {1, 3, 4, 5, 8, 9, 13, 32}, ns[] = {1, 2, 7, 16, 17, 33};
+  static const int Rs[] = {1, 3, 4, 5, 8, 9, 13, 32}, ns[] = {1, 2, 7, 16, 17, 33}, nq[] = {16, 32, 48, 16, 32, 48};
   static const int dims[] = {32, 80, 128, 256};
   uint64_t s = 7 + (uint64_t)isa;
-  float *q = malloc(32 * 256 * 4), *sc = malloc(32 * 40 * 4), *o = malloc(32 * 256 * 4), *xf = malloc(48 * 256 * 4);
-  double *ref = malloc(32 * 256 * 8);
+  float *q = malloc(32 * 256 * 4), *sc = malloc(32 * 56 * 4), *o = malloc(32 * 256 * 4), *xf = malloc(48 * 256 * 4);
+  double *ref = malloc(32 * 256 * 8), *mag = malloc(32 * 256 * 8);
   void *kv = malloc(48 * 256 * 4); /* 33 keys pad to 3 panels */
   for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++)
     for (size_t di = 0; di < 4; di++)
       for (size_t ri = 0; ri < 8; ri++)
         for (size_t ni = 0; ni < 6; ni++) {
-          int R = Rs[ri], n = ns[ni], d = dims[di], lds = 40;
+          int R = Rs[ri], n = heed_dtype_is_quant((heed_dtype)dt) ? nq[ni] : ns[ni], d = dims[di], lds = 56;
+          const char *tn = heed_dtype_name((heed_dtype)dt);
           /* keys in panels of 16: key j, channel k at (j/16)*16*d + k*16 + j%16 */
           fill((heed_dtype)dt, kv, xf, (size_t)(n + 15) / 16 * 16 * d, &s, 1.0f);
           for (int i = 0; i < R * d; i++) q[i] = tu_uniform(&s);
           heed_kernel_attn_qk(&t, (heed_dtype)dt)(q, R, kv, n, d, sc, lds);
           for (int r = 0; r < R; r++)
             for (int j = 0; j < n; j++) {
-              double want = 0, mag = 0;
+              double want = 0, m = 0;
               for (int k = 0; k < d; k++) {
                 double x = xf[(j / 16) * 16 * d + k * 16 + j % 16];
-                want += (double)q[r * d + k] * x, mag += fabs((double)q[r * d + k] * x);
+                want += (double)q[r * d + k] * x, m += fabs((double)q[r * d + k] * x);
               }
-              cr_assert_leq(fabs(sc[r * lds + j] - want), (d / 8.0 + 8) * 0x1p-24 * mag + 1e-30, "%s qk %s R=%d n=%d d=%d (%d,%d)",
-                            heed_isa_name(isa), heed_dtype_name((heed_dtype)dt), R, n, d, r, j);
+              cr_assert_leq(fabs(sc[r * lds + j] - want), (d / 8.0 + 8) * 0x1p-24 * m + 1e-30, "%s qk %s R=%d n=%d d=%d (%d,%d)",
+                            heed_isa_name(isa), tn, R, n, d, r, j);
             }
-          /* pv reads V rows [n][d] (the same storage, refilled), accumulating into o */
+          /* pv reads V rows [n][d] (the same storage, refilled), accumulating into
+           * o: all columns, then (d >= 48) columns 16..d-16 only, through pointers
+           * into the rows */
           fill((heed_dtype)dt, kv, xf, (size_t)n * d, &s, 1.0f);
           for (int r = 0; r < R; r++)
             for (int j = 0; j < n; j++) sc[r * lds + j] = tu_uniform(&s) > 0 ? tu_uniform(&s) : 0.0f;
-          for (int i = 0; i < R * d; i++) o[i] = 0.25f, ref[i] = 0.25;
-          for (int r = 0; r < R; r++)
-            for (int j = 0; j < n; j++)
-              for (int c = 0; c < d; c++) ref[r * d + c] += (double)sc[r * lds + j] * xf[j * d + c];
-          heed_kernel_attn_pv(&t, (heed_dtype)dt)(sc, lds, R, kv, n, d, o);
-          for (int i = 0; i < R * d; i++)
-            cr_assert_leq(fabs(o[i] - ref[i]), (n + 8) * 0x1p-24 * (fabs(ref[i]) + n) + 1e-30, "%s pv %s R=%d n=%d d=%d at %d",
-                          heed_isa_name(isa), heed_dtype_name((heed_dtype)dt), R, n, d, i);
+          for (int part = 0; part < 2; part++) {
+            int c0 = part ? 16 : 0, nc = part ? d - 32 : d;
+            if (part && d < 48) continue;
+            for (int i = 0; i < R * d; i++) o[i] = 0.25f, ref[i] = 0.25, mag[i] = 0.25;
+            for (int r = 0; r < R; r++)
+              for (int j = 0; j < n; j++)
+                for (int c = c0; c < c0 + nc; c++) {
+                  double y = (double)sc[r * lds + j] * xf[j * d + c];
+                  ref[r * d + c] += y, mag[r * d + c] += fabs(y);
+                }
+            size_t vo = (size_t)c0 * heed_dtype_bits((heed_dtype)dt) / 8;
+            heed_kernel_attn_pv(&t, (heed_dtype)dt)(sc, lds, R, (char *)kv + vo, n, nc, d, o + c0);
+            for (int i = 0; i < R * d; i++)
+              cr_assert_leq(fabs(o[i] - ref[i]), (n + 8) * 0x1p-24 * mag[i] + 1e-30, "%s pv %s R=%d n=%d d=%d cols %d+%d at %d",
+                            heed_isa_name(isa), tn, R, n, d, c0, nc, i);
+          }
         }
   /* softmax_row: masked entries, a row masked so far, huge logits, odd lengths */
   heed_softmax_row_fn sm = heed_kernel_softmax_row(&t);
@@ -244,7 +281,7 @@ static void check_attn(heed_isa isa) {
     cr_assert_eq(l, 0.0f);
     for (int j = 0; j < n; j++) cr_assert_eq(row[j], 0.0f);
   }
-  free(q), free(sc), free(o), free(xf), free(ref), free(kv);
+  free(q), free(sc), free(o), free(xf), free(ref), free(mag), free(kv);
 }
 
 #define ISA_TESTS(lower, ISA)                                  \

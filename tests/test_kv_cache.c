@@ -46,8 +46,9 @@ static void fill(float *x, size_t n, float base) {
   for (size_t i = 0; i < n; i++) x[i] = base + (float)(i % 97) * 0.25f;
 }
 
+/* The float types, read from the raw storage (quantized caches: test_attention). */
 Test(kv_cache, layout_and_append_across_blocks, .init = setup, .fini = teardown) {
-  for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++) {
+  for (int dt = 0; dt < HEED_DTYPE_FLOAT_COUNT; dt++) {
     void *st;
     heed_kv_cache *c = make((heed_dtype)dt, 16, 8, &st);
     int s;

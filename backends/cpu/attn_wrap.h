@@ -1,25 +1,28 @@
 /* backends/cpu/attn_wrap.h - the attention kernels every ISA file builds from
  * its register-blocked cores. Internal to backends/cpu.
  *
- * An ISA file defines, for each storage type SUF in f32, f16, bf16:
- *   qk_core_SUF(q, R, kt, n, dk, s, lds)  and  pv_core_SUF(p, ldp, R, v, n, dv, o)
- * that read K panels / V rows of that type directly (converting in registers),
- * and cvt_SUF(x, y, count) that converts count contiguous elements to f32. Then:
+ * An ISA file defines, for each storage type SUF (kv_elem.h's list):
+ *   qk_core_SUF(q, R, kt, n, dk, s, lds)              the attn_qk contract;
+ *   pv_core_SUF(p, ldp, R, v, ldv, n, nc, o, ldo)     attn_pv with V rows ldv
+ *                                                      elements apart, o rows ldo;
+ *   cvt16_SUF(run, y)                                  16 elements to f32.
+ * Both cores read the stored type directly (converting in registers). Then:
  *   few rows (decode, R <= 8): the typed cores, each element converted once;
- *   many rows (prefill): a chunk of 16 rows converted once into an L1 buffer,
- *   then the f32 cores, so an element is not converted once per row block. */
+ *   many rows (prefill): a panel (or 16 V rows) converted once into an L1
+ *   buffer, then the f32 cores, so an element is not converted once per row block. */
 #ifndef HEED_ATTN_WRAP_H
 #define HEED_ATTN_WRAP_H
 
 #include <math.h>
 
+#include "backends/cpu/kv_elem.h"
 #include "heed/attention.h"
 #include "heed/kernels.h"
 
 #define HEED_ATTN_FEW_ROWS 8
 #define HEED_ATTN_CHUNK 16
 
-#define HEED_ATTN_KERNELS(SUF, ISA, ESZ, LOAD1)                                                          \
+#define HEED_ATTN_KERNELS(SUF, ISA)                                                                     \
   static void attn_qk_##SUF##_##ISA(const float *q, int R, const void *kt, int n, int dk, float *s, int lds) { \
     if (R <= HEED_ATTN_FEW_ROWS) {                                                                      \
       qk_core_##SUF(q, R, kt, n, dk, s, lds);                                                           \
@@ -28,26 +31,27 @@
     float buf[HEED_KEY_PANEL * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                         \
     for (int j = 0; j < n; j += HEED_KEY_PANEL) { /* one panel [dk][16] at a time */                    \
       int m = n - j < HEED_KEY_PANEL ? n - j : HEED_KEY_PANEL;                                          \
-      const char *src_ = (const char *)kt + (size_t)j * dk * ESZ;                                       \
-      if (m == HEED_KEY_PANEL)                                                                          \
-        cvt_##SUF(src_, buf, (size_t)dk * HEED_KEY_PANEL);                                              \
-      else /* a last, partial panel: only the keys that exist */                                       \
-        for (int d_ = 0; d_ < dk; d_++)                                                                 \
-          for (int c_ = 0; c_ < m; c_++)                                                                \
-            buf[d_ * HEED_KEY_PANEL + c_] = LOAD1(((const T_##SUF *)src_)[d_ * HEED_KEY_PANEL + c_]);   \
+      for (int d_ = 0; d_ < dk; d_++) {                                                                 \
+        const uint8_t *run_ = HEED_K_RUN(kt, B16_##SUF, dk, j, d_);                                     \
+        if (m == HEED_KEY_PANEL)                                                                        \
+          cvt16_##SUF(run_, buf + d_ * HEED_KEY_PANEL);                                                 \
+        else /* a last, partial panel: only the keys that exist */                                     \
+          for (int c_ = 0; c_ < m; c_++) buf[d_ * HEED_KEY_PANEL + c_] = ld1_##SUF(run_, c_);           \
+      }                                                                                                 \
       qk_core_f32(q, R, buf, m, dk, s + j, lds);                                                        \
     }                                                                                                   \
   }                                                                                                     \
-  static void attn_pv_##SUF##_##ISA(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) { \
+  static void attn_pv_##SUF##_##ISA(const float *p, int ldp, int R, const void *v, int n, int nc, int dv, float *o) { \
     if (R <= HEED_ATTN_FEW_ROWS) {                                                                      \
-      pv_core_##SUF(p, ldp, R, v, n, dv, o);                                                            \
+      pv_core_##SUF(p, ldp, R, v, dv, n, nc, o, dv);                                                    \
       return;                                                                                           \
     }                                                                                                   \
     float buf[HEED_ATTN_CHUNK * HEED_HEAD_DIM_MAX] __attribute__((aligned(64)));                        \
     for (int j = 0; j < n; j += HEED_ATTN_CHUNK) {                                                      \
       int m = n - j < HEED_ATTN_CHUNK ? n - j : HEED_ATTN_CHUNK;                                        \
-      cvt_##SUF((const char *)v + (size_t)j * dv * ESZ, buf, (size_t)m * dv);                           \
-      pv_core_f32(p + j, ldp, R, buf, m, dv, o);                                                        \
+      for (int i_ = 0; i_ < m; i_++)                                                                    \
+        for (int c_ = 0; c_ < nc; c_ += 16) cvt16_##SUF(HEED_V_RUN(v, B16_##SUF, dv, j + i_, c_), buf + i_ * nc + c_); \
+      pv_core_f32(p + j, ldp, R, buf, nc, m, nc, o, dv);                                                \
     }                                                                                                   \
   }
 
@@ -56,13 +60,9 @@
   static void attn_qk_f32_##ISA(const float *q, int R, const void *kt, int n, int dk, float *s, int lds) { \
     qk_core_f32(q, R, kt, n, dk, s, lds);                                                               \
   }                                                                                                     \
-  static void attn_pv_f32_##ISA(const float *p, int ldp, int R, const void *v, int n, int dv, float *o) { \
-    pv_core_f32(p, ldp, R, v, n, dv, o);                                                                \
+  static void attn_pv_f32_##ISA(const float *p, int ldp, int R, const void *v, int n, int nc, int dv, float *o) { \
+    pv_core_f32(p, ldp, R, v, dv, n, nc, o, dv);                                                        \
   }
-
-/* The storage type of each suffix, for the partial-panel conversion. */
-typedef heed_f16 T_f16;
-typedef heed_bf16 T_bf16;
 
 /* The two ends of softmax_row every ISA shares (the contract is in
  * heed/kernels.h). With mx the new running max: a row that has seen only
@@ -81,15 +81,27 @@ static inline float heed_softmax_close(float *m, float *l, float mx, float tot) 
   return alpha;
 }
 
-#define HEED_ATTN_REGISTER(t, ISA, LEVEL)                    \
-  do {                                                       \
-    HEED_SLOT_SET(t, ATTN_QK, F32, attn_qk_f32_##ISA, LEVEL); \
-    HEED_SLOT_SET(t, ATTN_QK, F16, attn_qk_f16_##ISA, LEVEL); \
-    HEED_SLOT_SET(t, ATTN_QK, BF16, attn_qk_bf16_##ISA, LEVEL); \
-    HEED_SLOT_SET(t, ATTN_PV, F32, attn_pv_f32_##ISA, LEVEL); \
-    HEED_SLOT_SET(t, ATTN_PV, F16, attn_pv_f16_##ISA, LEVEL); \
-    HEED_SLOT_SET(t, ATTN_PV, BF16, attn_pv_bf16_##ISA, LEVEL); \
+#define HEED_ATTN_SET(t, SUF, TYPE, ISA, LEVEL)                \
+  do {                                                         \
+    HEED_SLOT_SET(t, ATTN_QK, TYPE, attn_qk_##SUF##_##ISA, LEVEL); \
+    HEED_SLOT_SET(t, ATTN_PV, TYPE, attn_pv_##SUF##_##ISA, LEVEL); \
+  } while (0)
+
+/* The float types and the softmax; an ISA with quantized kernels adds them
+ * with HEED_ATTN_REGISTER_QUANT. */
+#define HEED_ATTN_REGISTER(t, ISA, LEVEL)                        \
+  do {                                                           \
+    HEED_ATTN_SET(t, f32, F32, ISA, LEVEL);                      \
+    HEED_ATTN_SET(t, f16, F16, ISA, LEVEL);                      \
+    HEED_ATTN_SET(t, bf16, BF16, ISA, LEVEL);                    \
     HEED_SLOT_SET(t, SOFTMAX_ROW, F32, softmax_row_##ISA, LEVEL); \
+  } while (0)
+#define HEED_ATTN_REGISTER_QUANT(t, ISA, LEVEL) \
+  do {                                          \
+    HEED_ATTN_SET(t, q8, Q8, ISA, LEVEL);       \
+    HEED_ATTN_SET(t, q4, Q4, ISA, LEVEL);       \
+    HEED_ATTN_SET(t, e4m3, E4M3, ISA, LEVEL);   \
+    HEED_ATTN_SET(t, e5m2, E5M2, ISA, LEVEL);   \
   } while (0)
 
 #endif

@@ -5,22 +5,44 @@
  * keeps. A block holds block_len consecutive tokens of one sequence:
  *
  *   block b at  storage + b * block_bytes:
- *     K   [n_kv_heads][block_len/16][dk][16]  k_dtype (offset 0; panels of 16 keys)
- *     V   [n_kv_heads][block_len][dv]         v_dtype (offset k_bytes, 64-aligned)
- *     aux [n_kv_heads][...]             per-block scales for quantized formats
- *                                       (0 bytes for f32/f16/bf16; offset 64-aligned)
+ *     K   [n_kv_heads][block_len/16][dk][16]  k_dtype codes (offset 0; panels of 16 keys)
+ *     V   [n_kv_heads][block_len][dv]         v_dtype codes (offset 64-aligned)
+ *     aux [n_kv_heads] K scales, then [n_kv_heads] V scales (offset 64-aligned;
+ *         0 bytes for f32/f16/bf16):
+ *           q8 K  f16 scale [block_len/k_group][dk]      (per channel, over k_group tokens)
+ *           q4 K  f16 scale, then f16 min, each [block_len/k_group][dk]
+ *           q8 V  f16 scale [block_len][dv/v_group]       (per token, over v_group channels)
+ *           q4 V  f16 scale, then f16 min, each [block_len][dv/v_group]
+ *           e4m3, e5m2 (K or V)  one f32 scale per (block, head)
  *
  * so the keys of one (block, KV head) are contiguous, packed BLIS-style in
  * panels of 16 keys, each panel [dk][16] (key j, channel d of the block at
- * panel j/16, offset d*16 + j%16). A panel streams linearly and stays in L1,
+ * panel j/16, element d*16 + j%16). A panel streams linearly and stays in L1,
  * q.K becomes an outer product (no horizontal sums), and a channel's values
- * over 16 tokens sit together for per-channel key quantization. V stays
- * token-major, [block_len][dv], for the P.V accumulation.
+ * over 16 tokens sit together, which is what per-channel key quantization
+ * (KIVI) needs. V stays token-major, [block_len][dv], for the P.V
+ * accumulation. Elements come in runs of 16 (a panel row, 16 V columns): 4
+ * bytes each for f32, 2 for f16/bf16, 1 for q8/e4m3/e5m2; a q4 run is 8
+ * bytes, byte i holding element i in its low nibble and element i+8 in its
+ * high one. The formats' values are those of heed/quant.h's reference
+ * (de)quantizers: q8 x = code * scale; q4 x = code * scale + min; fp8
+ * x = fp8(code) * scale.
+ *
  * Token t of a sequence lives in block table[t / block_len], column/row t % block_len.
  * Blocks are shared by reference count: fork copies a block table, not data;
  * the first append that would write into a shared block copies that block
  * first (copy-on-write). Truncate drops tokens from the end (rejected
  * speculative tokens); blocks no sequence uses return to the free list.
+ *
+ * Quantized caches (K or V in q8, q4, e4m3, e5m2). The pool holds full blocks
+ * only, quantized once when they fill and never written again, so forks share
+ * them without requantizing. A sequence's newest tokens, up to block_len - 1,
+ * stay in its residual block, in the same layout, f16 for a quantized side
+ * (a float side keeps its type), in a region after the pool (one residual block per sequence slot, see heed_kv_cache_bytes); fork
+ * copies the residual's used rows. Truncating into a full block dequantizes
+ * the tokens kept from it back into the residual, so that block is
+ * requantized exactly once, when it fills again. A caller-managed block table
+ * (heed_attn_seq with seq < 0) over a quantized cache covers full blocks only.
  *
  * Attention. Queries are f32, laid out [n_q][n_q_heads][dk]; output is f32
  * [n_q][n_q_heads][dv]; the optional log-sum-exp is [n_q][n_q_heads] (natural
@@ -67,16 +89,22 @@ typedef struct heed_kv_cache heed_kv_cache;
 typedef struct heed_kv_cache_config {
   unsigned n_kv_heads;   /* 1..256 */
   unsigned dk, dv;       /* head dims of K and V */
-  heed_dtype k_dtype;    /* how K is stored: f32, f16 or bf16 */
+  heed_dtype k_dtype;    /* how K is stored: f32, f16, bf16, q8, q4, e4m3, e5m2 */
   heed_dtype v_dtype;    /* how V is stored, chosen independently of K */
   unsigned block_len;    /* tokens per block, a power of two in 16..1024; 0: the runtime's tile plan */
+  unsigned k_group;      /* q8/q4 K: tokens sharing a channel's scale, a power of two in
+                            16..256, at most block_len; 0: 32 (16 when block_len is 16) */
+  unsigned v_group;      /* q8/q4 V: channels sharing a token's scale, a power of two in
+                            16..256 dividing dv; 0: 32 when it divides dv, else 16 */
   uint32_t n_blocks;     /* blocks in the pool */
   unsigned max_seqs;     /* sequences alive at once */
   unsigned max_seq_len;  /* tokens one sequence may hold */
 } heed_kv_cache_config;
 
-/* Bytes of block storage the caller provides (64-byte aligned), and the
- * block length the runtime's plan picks when cfg->block_len is 0. */
+/* Bytes of storage the caller provides (64-byte aligned): the pool's blocks,
+ * plus, for a quantized cache, max_seqs residual blocks (block_len tokens
+ * each, f16 for a quantized side); and the block length the runtime's plan picks when
+ * cfg->block_len is 0. */
 heed_status heed_kv_cache_bytes(heed_runtime *rt, const heed_kv_cache_config *cfg, size_t *bytes,
                                 unsigned *block_len);
 /* storage: borrowed, at least heed_kv_cache_bytes, 64-byte aligned, must
@@ -94,7 +122,8 @@ void *heed_kv_cache_storage(const heed_kv_cache *c);
 /* A new, empty sequence; *seq is its id (0..max_seqs-1). */
 heed_status heed_kv_seq_new(heed_kv_cache *c, int *seq);
 /* Appends n tokens. k: [n][n_kv_heads][dk] f32, v: [n][n_kv_heads][dv] f32,
- * converted to the cache's dtype. Either all n are appended or none. */
+ * converted to the cache's dtype (quantized caches: f16 into the residual,
+ * each block quantized when it fills). Either all n are appended or none. */
 heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const float *k, const float *v);
 /* A new sequence sharing src's tokens (no copy); *dst is its id. */
 heed_status heed_kv_seq_fork(heed_kv_cache *c, int src, int *dst);
@@ -103,8 +132,12 @@ heed_status heed_kv_seq_truncate(heed_kv_cache *c, int seq, unsigned len);
 heed_status heed_kv_seq_free(heed_kv_cache *c, int seq);
 /* Tokens held; -1 for a sequence that does not exist. */
 long heed_kv_seq_len(const heed_kv_cache *c, int seq);
-/* The sequence's block table, borrowed until its next append/truncate/free. */
+/* The sequence's block table, borrowed until its next append/truncate/free
+ * (a quantized cache: its full blocks; the rest is in its residual block). */
 heed_status heed_kv_seq_blocks(const heed_kv_cache *c, int seq, const uint32_t **blocks, unsigned *n_blocks);
+/* Tokens [t0, t0+n) of a sequence as the cache holds them, decoded to f32
+ * (what attention reads): k [n][n_kv_heads][dk], v [n][n_kv_heads][dv]. */
+heed_status heed_kv_seq_read(const heed_kv_cache *c, int seq, unsigned t0, unsigned n, float *k, float *v);
 /* Reference count of a block (0: free). */
 unsigned heed_kv_block_refs(const heed_kv_cache *c, uint32_t block);
 

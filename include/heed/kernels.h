@@ -51,20 +51,30 @@ typedef float (*heed_probe_read_fn)(const float *x, size_t n);
 typedef double (*heed_probe_fma_fn)(uint64_t iters, float *sink);
 
 /* Attention micro-kernels; the slot's dtype is the KV cache's. Head dims are
- * multiples of 16; R (query rows) and n (keys) are anything from 1 up.
+ * multiples of 16; R (query rows) and n (keys) are anything from 1 up (n a
+ * multiple of 16 for the quantized types).
  *   attn_qk:  s[r*lds + j]  = sum_d q[r*dk + d] * K(j, d)
  *                                                q: [R][dk] f32, s: [R][lds]; kt holds the
- *                                                keys in panels of 16: K(j, d) is
- *                                                kt[(j/16)*16*dk + d*16 + j%16]
- *   attn_pv:  o[r*dv + c]  += sum_j p[r*ldp + j] * v[j*dv + c]
- *                                                p: [R][ldp] f32, v: [n][dv], o: [R][dv]
+ *                                                keys in panels of 16: K(j, d) is element
+ *                                                (d*16 + j%16) of panel j/16, [dk][16]
+ *   attn_pv:  o[r*dv + c]  += sum_j p[r*ldp + j] * V(j, c)   for c in 0..nc-1
+ *                                                p: [R][ldp] f32, o: [R] rows dv apart;
+ *                                                V rows are dv elements apart; nc is a
+ *                                                multiple of 16 (v and o may point into a row)
+ * Elements are read in runs of 16 (a panel row, 16 V columns). For the
+ * quantized types a kernel reads raw codes, and the caller applies scales:
+ *   q8    int8 code c, value c;
+ *   q4    a run is 8 bytes: byte i holds element i (low nibble) and element
+ *         i+8 (high nibble), value 0..15;
+ *   e4m3  value e4m3(c) * 2^-8 (c's bits read as an f16: s.eeee.mmm -> s.0eeee.mmm0000000);
+ *   e5m2  value e5m2(c) (c's bits are the top byte of an f16).
  *   softmax_row (f32 only): one row of the online softmax. With m_new =
  *     max(*m, s[0..n)): s[j] = exp(s[j] - m_new), *l = *l * exp(*m - m_new) + sum s,
  *     *m = m_new; returns exp(m_old - m_new), the factor the row's output is
  *     rescaled by. Masked scores are -inf and become 0; while every score seen
  *     is -inf, m stays -inf, l 0, and the return is 1. */
 typedef void (*heed_attn_qk_fn)(const float *q, int R, const void *kt, int n, int dk, float *s, int lds);
-typedef void (*heed_attn_pv_fn)(const float *p, int ldp, int R, const void *v, int n, int dv, float *o);
+typedef void (*heed_attn_pv_fn)(const float *p, int ldp, int R, const void *v, int n, int nc, int dv, float *o);
 typedef float (*heed_softmax_row_fn)(float *s, int n, float *m, float *l);
 
 typedef void (*heed_kernel_fn)(void);

@@ -1,7 +1,7 @@
 /* backends/cpu/avx2/attn_avx2.c - attention micro-kernels for AVX2 + FMA + F16C.
  *
- * Register-blocked cores, instantiated per storage type (attn_wrap.h picks
- * them or a converted chunk):
+ * Register-blocked cores, instantiated per storage type, float and quantized
+ * (attn_wrap.h picks them or a converted chunk):
  *   qk: 4 query rows x 16 keys = 8 accumulators (outer product, K transposed);
  *   pv: 4 query rows x 16 output columns = 8 accumulators.
  * Head dims are multiples of 16, so no column tails. */
@@ -16,22 +16,23 @@
 
 
 
-/* The register-blocked cores, instantiated per storage type: LOAD8 turns 8
- * stored elements into 8 floats (in-register conversion, no buffer). */
+/* The register-blocked cores, instantiated per storage type: LD16 turns a
+ * run of 16 stored elements into two vectors of 8 floats (kv_elem.h). */
 /* q.K^T as an outer product over the key panels: for each channel d, a
- * panel's 16 keys (2 vectors) times 4 broadcast query values, 8 accumulators. */
-#define ATTN_QK_CORES(SUF, T, LOADV, LOAD1)                                                        \
-  static void qk_##SUF(const float *q, int R, const void *ktv, int n, int dk, float *s, int lds) { \
-    const T *kt = (const T *)ktv;                                                                  \
+ * panel's 16 keys (2 vectors) times 4 broadcast query values, 8 accumulators.
+ * A last, partial panel is done one key at a time. */
+#define ATTN_QK_CORES(SUF)                                                                         \
+  static void qk_core_##SUF(const float *q, int R, const void *kt, int n, int dk, float *s, int lds) { \
     int j = 0;                                                                                     \
     for (; j + 16 <= n; j += 16) {                                                                 \
       int r = 0;                                                                                   \
       for (; r + 4 <= R; r += 4) {                                                                 \
         const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk;         \
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0; \
-        const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                       \
-        for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) {                                                   \
-          __m256 x0 = LOADV(k), x1 = LOADV(k + 8), w;                                              \
+        const uint8_t *k = HEED_K_RUN(kt, B16_##SUF, dk, j, 0);                                    \
+        for (int d = 0; d < dk; d++, k += B16_##SUF) {                                             \
+          __m256 x0, x1, w;                                                                        \
+          ld16_##SUF(k, &x0, &x1);                                                                 \
           w = _mm256_broadcast_ss(q0 + d), a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1); \
           w = _mm256_broadcast_ss(q1 + d), b0 = _mm256_fmadd_ps(w, x0, b0), b1 = _mm256_fmadd_ps(w, x1, b1); \
           w = _mm256_broadcast_ss(q2 + d), c0 = _mm256_fmadd_ps(w, x0, c0), c1 = _mm256_fmadd_ps(w, x1, c1); \
@@ -46,44 +47,40 @@
       for (; r < R; r++) {                                                                         \
         const float *q0 = q + (size_t)r * dk;                                                      \
         __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                                  \
-        const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                       \
-        for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) {                                                   \
-          __m256 w = _mm256_broadcast_ss(q0 + d);                                                  \
-          a0 = _mm256_fmadd_ps(w, LOADV(k), a0), a1 = _mm256_fmadd_ps(w, LOADV(k + 8), a1);        \
+        const uint8_t *k = HEED_K_RUN(kt, B16_##SUF, dk, j, 0);                                    \
+        for (int d = 0; d < dk; d++, k += B16_##SUF) {                                             \
+          __m256 x0, x1, w = _mm256_broadcast_ss(q0 + d);                                          \
+          ld16_##SUF(k, &x0, &x1);                                                                 \
+          a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1);                        \
         }                                                                                          \
         _mm256_storeu_ps(s + (size_t)r * lds + j, a0), _mm256_storeu_ps(s + (size_t)r * lds + j + 8, a1); \
       }                                                                                            \
     }                                                                                              \
-    for (; j + 8 <= n; j += 8)                                                                     \
-      for (int r = 0; r < R; r++) {                                                                \
-        const float *q0 = q + (size_t)r * dk;                                                      \
-        __m256 a0 = _mm256_setzero_ps();                                                           \
-        const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                       \
-        for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(q0 + d), LOADV(k), a0); \
-        _mm256_storeu_ps(s + (size_t)r * lds + j, a0);                                             \
-      }                                                                                            \
     for (; j < n; j++)                                                                             \
       for (int r = 0; r < R; r++) {                                                                \
         float acc = 0;                                                                             \
-        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * LOAD1(kt[(size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + (size_t)d * HEED_KEY_PANEL + j % HEED_KEY_PANEL]); \
+        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * ld1_##SUF(HEED_K_RUN(kt, B16_##SUF, dk, j, d), j % 16); \
         s[(size_t)r * lds + j] = acc;                                                              \
       }                                                                                            \
   }
 
-#define ATTN_PV_CORES(SUF, T, LOAD8) \
-static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
-  const T *v = (const T *)vv; \
-  for (int c = 0; c < dv; c += 16) { \
+/* P.V: 4 rows x 16 columns (one run) = 8 accumulators, over the n keys. */
+#define ATTN_PV_CORES(SUF) \
+static void pv_core_##SUF(const float *p, int ldp, int R, const void *v, int ldv, int n, int nc, float *o, int ldo) { \
+  const size_t vstride = (size_t)(ldv / 16) * B16_##SUF; \
+  for (int c = 0; c < nc; c += 16) { \
+    const uint8_t *vc = HEED_V_RUN(v, B16_##SUF, ldv, 0, c); \
     int r = 0; \
     for (; r + 4 <= R; r += 4) { \
-      float *o0 = o + (size_t)r * dv + c, *o1 = o0 + dv, *o2 = o1 + dv, *o3 = o2 + dv; \
+      float *o0 = o + (size_t)r * ldo + c, *o1 = o0 + ldo, *o2 = o1 + ldo, *o3 = o2 + ldo; \
       const float *p0 = p + (size_t)r * ldp, *p1 = p0 + ldp, *p2 = p1 + ldp, *p3 = p2 + ldp; \
       __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o0 + 8), b0 = _mm256_loadu_ps(o1), \
              b1 = _mm256_loadu_ps(o1 + 8), c0 = _mm256_loadu_ps(o2), c1 = _mm256_loadu_ps(o2 + 8), \
              d0 = _mm256_loadu_ps(o3), d1 = _mm256_loadu_ps(o3 + 8); \
-      for (int j = 0; j < n; j++) { \
-        const T *vr = v + (size_t)j * dv + c; \
-        __m256 x0 = LOAD8(vr), x1 = LOAD8(vr + 8), w; \
+      const uint8_t *vr = vc; \
+      for (int j = 0; j < n; j++, vr += vstride) { \
+        __m256 x0, x1, w; \
+        ld16_##SUF(vr, &x0, &x1); \
         w = _mm256_broadcast_ss(p0 + j), a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1); \
         w = _mm256_broadcast_ss(p1 + j), b0 = _mm256_fmadd_ps(w, x0, b0), b1 = _mm256_fmadd_ps(w, x1, b1); \
         w = _mm256_broadcast_ss(p2 + j), c0 = _mm256_fmadd_ps(w, x0, c0), c1 = _mm256_fmadd_ps(w, x1, c1); \
@@ -93,39 +90,38 @@ static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int 
       _mm256_storeu_ps(o2, c0), _mm256_storeu_ps(o2 + 8, c1), _mm256_storeu_ps(o3, d0), _mm256_storeu_ps(o3 + 8, d1); \
     } \
     for (; r < R; r++) { \
-      float *o0 = o + (size_t)r * dv + c; \
+      float *o0 = o + (size_t)r * ldo + c; \
       const float *p0 = p + (size_t)r * ldp; \
       __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o0 + 8); \
-      for (int j = 0; j < n; j++) { \
-        __m256 w = _mm256_broadcast_ss(p0 + j); \
-        a0 = _mm256_fmadd_ps(w, LOAD8(v + (size_t)j * dv + c), a0); \
-        a1 = _mm256_fmadd_ps(w, LOAD8(v + (size_t)j * dv + c + 8), a1); \
+      const uint8_t *vr = vc; \
+      for (int j = 0; j < n; j++, vr += vstride) { \
+        __m256 x0, x1, w = _mm256_broadcast_ss(p0 + j); \
+        ld16_##SUF(vr, &x0, &x1); \
+        a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1); \
       } \
       _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1); \
     } \
   } \
-} \
+}
 
-#define LOAD1_F32(v) (v)
-ATTN_QK_CORES(core_f32, float, load8_f32, LOAD1_F32)
-ATTN_QK_CORES(core_f16, heed_f16, load8_f16, heed_f16_to_f32)
-ATTN_QK_CORES(core_bf16, heed_bf16, load8_bf16, heed_bf16_to_f32)
-ATTN_PV_CORES(core_f32, float, load8_f32)
-ATTN_PV_CORES(core_f16, heed_f16, load8_f16)
-ATTN_PV_CORES(core_bf16, heed_bf16, load8_bf16)
-
-/* Chunk conversion for the many-rows path. */
-#define CVT(SUF, T)                                                                                \
-  static inline void cvt_##SUF(const void *x, float *y, size_t n) {                                \
-    for (size_t i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, load8_##SUF((const T *)x + i));     \
+/* Many-rows path: a run converted into an L1 buffer. */
+#define ATTN_CVT16(SUF)                                                     \
+  static inline void cvt16_##SUF(const uint8_t *run, float *y) {            \
+    __m256 x0, x1;                                                          \
+    ld16_##SUF(run, &x0, &x1);                                              \
+    _mm256_storeu_ps(y, x0), _mm256_storeu_ps(y + 8, x1);                   \
   }
-CVT(f16, heed_f16)
-CVT(bf16, heed_bf16)
 
+#define ATTN_TYPE(SUF, B16) ATTN_QK_CORES(SUF) ATTN_PV_CORES(SUF) ATTN_CVT16(SUF)
+HEED_KV_TYPES(ATTN_TYPE)
 
 HEED_ATTN_KERNELS_F32(avx2)
-HEED_ATTN_KERNELS(f16, avx2, 2, heed_f16_to_f32)
-HEED_ATTN_KERNELS(bf16, avx2, 2, heed_bf16_to_f32)
+HEED_ATTN_KERNELS(f16, avx2)
+HEED_ATTN_KERNELS(bf16, avx2)
+HEED_ATTN_KERNELS(q8, avx2)
+HEED_ATTN_KERNELS(q4, avx2)
+HEED_ATTN_KERNELS(e4m3, avx2)
+HEED_ATTN_KERNELS(e5m2, avx2)
 
 /* exp(x) for x <= 0: 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2], degree-6
  * Taylor polynomial (relative error < 2e-7); x below -87.3 (and -inf) gives 0. */
@@ -169,4 +165,7 @@ static float softmax_row_avx2(float *s, int n, float *m, float *l) {
   return heed_softmax_close(m, l, mx, tot);
 }
 
-void heed_cpu_register_attn_avx2(heed_kernel_table *t) { HEED_ATTN_REGISTER(t, avx2, HEED_ISA_AVX2); }
+void heed_cpu_register_attn_avx2(heed_kernel_table *t) {
+  HEED_ATTN_REGISTER(t, avx2, HEED_ISA_AVX2);
+  HEED_ATTN_REGISTER_QUANT(t, avx2, HEED_ISA_AVX2);
+}

@@ -5,12 +5,50 @@
 
 #include <immintrin.h>
 
+#include <stdint.h>
+
 #include "heed/dtype.h"
 
 static inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* A run of 16 stored elements (kv_elem.h) as two vectors of 8 floats. */
+static inline void ld16_f32(const uint8_t *p, __m256 *x0, __m256 *x1) {
+  *x0 = _mm256_loadu_ps((const float *)p), *x1 = _mm256_loadu_ps((const float *)p + 8);
+}
+static inline void ld16_f16(const uint8_t *p, __m256 *x0, __m256 *x1) {
+  *x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+  *x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+}
+static inline __m256 bf16x8(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+static inline void ld16_bf16(const uint8_t *p, __m256 *x0, __m256 *x1) {
+  *x0 = bf16x8(_mm_loadu_si128((const __m128i *)p)), *x1 = bf16x8(_mm_loadu_si128((const __m128i *)(p + 16)));
+}
+static inline void ld16_q8(const uint8_t *p, __m256 *x0, __m256 *x1) {
+  __m128i b = _mm_loadu_si128((const __m128i *)p);
+  *x0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+  *x1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(b, b)));
+}
+static inline void ld16_q4(const uint8_t *p, __m256 *x0, __m256 *x1) {
+  __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+  *x0 = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(15)));
+  *x1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+}
+/* 16 fp8 codes widened to 16-bit lanes already holding f16 bits. */
+static inline void f16x16(__m256i h, __m256 *x0, __m256 *x1) {
+  *x0 = _mm256_cvtph_ps(_mm256_castsi256_si128(h)), *x1 = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+static inline void ld16_e5m2(const uint8_t *p, __m256 *x0, __m256 *x1) {
+  f16x16(_mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p)), 8), x0, x1);
+}
+static inline void ld16_e4m3(const uint8_t *p, __m256 *x0, __m256 *x1) {
+  __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+  __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7),
+                              _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8));
+  f16x16(h, x0, x1);
 }
 
 /* 8 stored elements as 8 floats. */

@@ -1,6 +1,7 @@
 /* backends/cpu/avx512/attn_avx512.c - attention micro-kernels for AVX-512
  * (F, BW, VL): the avx2 blocking with 16-wide vectors; masked loads for a
- * final 16-column block. Wrappers and registration: attn_wrap.h. */
+ * final 16-column block. Wrappers and registration: attn_wrap.h. The
+ * quantized types keep avx2's kernels (this table starts from avx2's). */
 #include <math.h>
 
 #include "backends/cpu/avx512/avx512_common.h"
@@ -62,19 +63,19 @@
 #define MSTORE1(p, v) _mm512_mask_storeu_ps(p, m1, v)
 
 #define ATTN_PV_CORES(SUF, T, LOADV, LOADV_MASK) \
-static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
+static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int ldv, int n, int nc, float *o, int ldo) { \
   const T *v = (const T *)vv; \
-  for (int c = 0; c < dv; c += 32) { \
-    __mmask16 m1 = c + 32 <= dv ? (__mmask16)0xffff : 0; \
+  for (int c = 0; c < nc; c += 32) { \
+    __mmask16 m1 = c + 32 <= nc ? (__mmask16)0xffff : 0; \
     int r = 0; \
     for (; r + 4 <= R; r += 4) { \
-      float *o0 = o + (size_t)r * dv + c, *o1 = o0 + dv, *o2 = o1 + dv, *o3 = o2 + dv; \
+      float *o0 = o + (size_t)r * ldo + c, *o1 = o0 + ldo, *o2 = o1 + ldo, *o3 = o2 + ldo; \
       const float *p0 = p + (size_t)r * ldp, *p1 = p0 + ldp, *p2 = p1 + ldp, *p3 = p2 + ldp; \
       __m512 a0 = _mm512_loadu_ps(o0), a1 = _mm512_maskz_loadu_ps(m1, o0 + 16), b0 = _mm512_loadu_ps(o1), \
              b1 = _mm512_maskz_loadu_ps(m1, o1 + 16), c0 = _mm512_loadu_ps(o2), c1 = _mm512_maskz_loadu_ps(m1, o2 + 16), \
              d0 = _mm512_loadu_ps(o3), d1 = _mm512_maskz_loadu_ps(m1, o3 + 16); \
       for (int j = 0; j < n; j++) { \
-        const T *vr = v + (size_t)j * dv + c; \
+        const T *vr = v + (size_t)j * ldv + c; \
         __m512 x0 = LOADV(vr), x1 = LOADV_MASK(m1, vr + 16), w; \
         w = _mm512_set1_ps(p0[j]), a0 = _mm512_fmadd_ps(w, x0, a0), a1 = _mm512_fmadd_ps(w, x1, a1); \
         w = _mm512_set1_ps(p1[j]), b0 = _mm512_fmadd_ps(w, x0, b0), b1 = _mm512_fmadd_ps(w, x1, b1); \
@@ -87,13 +88,13 @@ static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int 
       _mm512_storeu_ps(o3, d0), _mm512_mask_storeu_ps(o3 + 16, m1, d1); \
     } \
     for (; r < R; r++) { \
-      float *o0 = o + (size_t)r * dv + c; \
+      float *o0 = o + (size_t)r * ldo + c; \
       const float *p0 = p + (size_t)r * ldp; \
       __m512 a0 = _mm512_loadu_ps(o0), a1 = _mm512_maskz_loadu_ps(m1, o0 + 16); \
       for (int j = 0; j < n; j++) { \
         __m512 w = _mm512_set1_ps(p0[j]); \
-        a0 = _mm512_fmadd_ps(w, LOADV(v + (size_t)j * dv + c), a0); \
-        a1 = _mm512_fmadd_ps(w, LOADV_MASK(m1, v + (size_t)j * dv + c + 16), a1); \
+        a0 = _mm512_fmadd_ps(w, LOADV(v + (size_t)j * ldv + c), a0); \
+        a1 = _mm512_fmadd_ps(w, LOADV_MASK(m1, v + (size_t)j * ldv + c + 16), a1); \
       } \
       _mm512_storeu_ps(o0, a0), _mm512_mask_storeu_ps(o0 + 16, m1, a1); \
     } \
@@ -107,18 +108,16 @@ ATTN_PV_CORES(core_f32, float, load16_f32, mload16_f32)
 ATTN_PV_CORES(core_f16, heed_f16, load16_f16, mload16_f16)
 ATTN_PV_CORES(core_bf16, heed_bf16, load16_bf16, mload16_bf16)
 
-/* Chunk conversion for the many-rows path. */
-#define CVT(SUF, T)                                                                                \
-  static inline void cvt_##SUF(const void *x, float *y, size_t n) {                                \
-    for (size_t i = 0; i < n; i += 16) _mm512_storeu_ps(y + i, load16_##SUF((const T *)x + i));   \
-  }
-CVT(f16, heed_f16)
-CVT(bf16, heed_bf16)
+/* Many-rows path: a run of 16 converted into an L1 buffer. */
+#define CVT16(SUF, T) \
+  static inline void cvt16_##SUF(const uint8_t *run, float *y) { _mm512_storeu_ps(y, load16_##SUF((const T *)run)); }
+CVT16(f16, heed_f16)
+CVT16(bf16, heed_bf16)
 
 
 HEED_ATTN_KERNELS_F32(avx512)
-HEED_ATTN_KERNELS(f16, avx512, 2, heed_f16_to_f32)
-HEED_ATTN_KERNELS(bf16, avx512, 2, heed_bf16_to_f32)
+HEED_ATTN_KERNELS(f16, avx512)
+HEED_ATTN_KERNELS(bf16, avx512)
 
 /* exp(x) for x <= 0 as in avx2, with scalef for the 2^n. */
 static inline __m512 exp_neg(__m512 x) {

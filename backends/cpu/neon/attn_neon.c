@@ -9,13 +9,13 @@
 
 #include "backends/cpu/attn_wrap.h"
 
-/* Register-blocked cores per storage type: qk 4 rows x 2 keys, pv 2 rows x 16 columns. */
+/* Register-blocked cores per storage type (float and quantized): qk 4 rows x 16 keys, pv 2 rows x 16 columns. */
 
 /* q.K^T as an outer product over the key panels: per channel, a panel's 16
- * keys (4 vectors) times 4 query values, 16 accumulators. */
-#define ATTN_QK_CORES(SUF, T, LOADV, LOAD1)                                                        \
-  static void qk_##SUF(const float *q, int R, const void *ktv, int n, int dk, float *s, int lds) { \
-    const T *kt = (const T *)ktv;                                                                  \
+ * keys (4 vectors) times 4 query values, 16 accumulators. A last, partial
+ * panel is done one key at a time. */
+#define ATTN_QK_CORES(SUF)                                                                         \
+  static void qk_core_##SUF(const float *q, int R, const void *kt, int n, int dk, float *s, int lds) { \
     int j = 0;                                                                                     \
     for (; j + 16 <= n; j += 16)                                                                   \
       for (int r = 0; r < R; r += 4) {                                                             \
@@ -25,76 +25,70 @@
         float32x4_t acc[4][4];                                                                     \
         for (int a = 0; a < 4; a++)                                                                \
           for (int b = 0; b < 4; b++) acc[a][b] = vdupq_n_f32(0);                                  \
-        const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                       \
-        for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) {                                                   \
-          float32x4_t x0 = LOADV(k), x1 = LOADV(k + 4), x2 = LOADV(k + 8), x3 = LOADV(k + 12);     \
+        const uint8_t *k = HEED_K_RUN(kt, B16_##SUF, dk, j, 0);                                    \
+        for (int d = 0; d < dk; d++, k += B16_##SUF) {                                             \
+          float32x4_t x[4];                                                                        \
+          ld16_##SUF(k, x);                                                                        \
           const float w[4] = {q0[d], q1[d], q2[d], q3[d]};                                         \
           for (int a = 0; a < 4; a++) {                                                            \
-            acc[a][0] = vfmaq_n_f32(acc[a][0], x0, w[a]), acc[a][1] = vfmaq_n_f32(acc[a][1], x1, w[a]); \
-            acc[a][2] = vfmaq_n_f32(acc[a][2], x2, w[a]), acc[a][3] = vfmaq_n_f32(acc[a][3], x3, w[a]); \
+            acc[a][0] = vfmaq_n_f32(acc[a][0], x[0], w[a]), acc[a][1] = vfmaq_n_f32(acc[a][1], x[1], w[a]); \
+            acc[a][2] = vfmaq_n_f32(acc[a][2], x[2], w[a]), acc[a][3] = vfmaq_n_f32(acc[a][3], x[3], w[a]); \
           }                                                                                        \
         }                                                                                          \
         for (int a = 0; a < nr; a++)                                                               \
           for (int b = 0; b < 4; b++) vst1q_f32(s + (size_t)(r + a) * lds + j + 4 * b, acc[a][b]); \
       }                                                                                            \
-    for (; j + 4 <= n; j += 4)                                                                     \
-      for (int r = 0; r < R; r++) {                                                                \
-        float32x4_t a0 = vdupq_n_f32(0);                                                           \
-        const T *k = kt + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL;                                                                       \
-        for (int d = 0; d < dk; d++, k += HEED_KEY_PANEL) a0 = vfmaq_n_f32(a0, LOADV(k), q[(size_t)r * dk + d]); \
-        vst1q_f32(s + (size_t)r * lds + j, a0);                                                    \
-      }                                                                                            \
     for (; j < n; j++)                                                                             \
       for (int r = 0; r < R; r++) {                                                                \
         float acc = 0;                                                                             \
-        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * LOAD1(kt[(size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + (size_t)d * HEED_KEY_PANEL + j % HEED_KEY_PANEL]); \
+        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * ld1_##SUF(HEED_K_RUN(kt, B16_##SUF, dk, j, d), j % 16); \
         s[(size_t)r * lds + j] = acc;                                                              \
       }                                                                                            \
   }
 
-#define ATTN_PV_CORES(SUF, T, LOADV) \
-static void pv_##SUF(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
-  const T *v = (const T *)vv; \
-  for (int c = 0; c < dv; c += 16) { \
+#define ATTN_PV_CORES(SUF) \
+static void pv_core_##SUF(const float *p, int ldp, int R, const void *v, int ldv, int n, int nc, float *o, int ldo) { \
+  const size_t vstride = (size_t)(ldv / 16) * B16_##SUF; \
+  for (int c = 0; c < nc; c += 16) { \
+    const uint8_t *vc = HEED_V_RUN(v, B16_##SUF, ldv, 0, c); \
     for (int r = 0; r < R; r += 2) { \
       int two = r + 1 < R; \
-      float *o0 = o + (size_t)r * dv + c, *o1 = two ? o0 + dv : o0; \
+      float *o0 = o + (size_t)r * ldo + c, *o1 = two ? o0 + ldo : o0; \
       const float *p0 = p + (size_t)r * ldp, *p1 = two ? p0 + ldp : p0; \
       float32x4_t a0 = vld1q_f32(o0), a1 = vld1q_f32(o0 + 4), a2 = vld1q_f32(o0 + 8), a3 = vld1q_f32(o0 + 12); \
       float32x4_t b0 = vld1q_f32(o1), b1 = vld1q_f32(o1 + 4), b2 = vld1q_f32(o1 + 8), b3 = vld1q_f32(o1 + 12); \
-      for (int j = 0; j < n; j++) { \
-        const T *vr = v + (size_t)j * dv + c; \
-        float32x4_t x0 = LOADV(vr), x1 = LOADV(vr + 4), x2 = LOADV(vr + 8), x3 = LOADV(vr + 12); \
+      const uint8_t *vr = vc; \
+      for (int j = 0; j < n; j++, vr += vstride) { \
+        float32x4_t x[4]; \
+        ld16_##SUF(vr, x); \
         float w = p0[j], u = p1[j]; \
-        a0 = vfmaq_n_f32(a0, x0, w), a1 = vfmaq_n_f32(a1, x1, w), a2 = vfmaq_n_f32(a2, x2, w), a3 = vfmaq_n_f32(a3, x3, w); \
-        b0 = vfmaq_n_f32(b0, x0, u), b1 = vfmaq_n_f32(b1, x1, u), b2 = vfmaq_n_f32(b2, x2, u), b3 = vfmaq_n_f32(b3, x3, u); \
+        a0 = vfmaq_n_f32(a0, x[0], w), a1 = vfmaq_n_f32(a1, x[1], w), a2 = vfmaq_n_f32(a2, x[2], w), a3 = vfmaq_n_f32(a3, x[3], w); \
+        b0 = vfmaq_n_f32(b0, x[0], u), b1 = vfmaq_n_f32(b1, x[1], u), b2 = vfmaq_n_f32(b2, x[2], u), b3 = vfmaq_n_f32(b3, x[3], u); \
       } \
       vst1q_f32(o0, a0), vst1q_f32(o0 + 4, a1), vst1q_f32(o0 + 8, a2), vst1q_f32(o0 + 12, a3); \
       if (two) vst1q_f32(o1, b0), vst1q_f32(o1 + 4, b1), vst1q_f32(o1 + 8, b2), vst1q_f32(o1 + 12, b3); \
     } \
   } \
-} \
+}
 
-#define LOAD1_F32(v) (v)
-ATTN_QK_CORES(core_f32, float, load4_f32, LOAD1_F32)
-ATTN_QK_CORES(core_f16, heed_f16, load4_f16, heed_f16_to_f32)
-ATTN_QK_CORES(core_bf16, heed_bf16, load4_bf16, heed_bf16_to_f32)
-ATTN_PV_CORES(core_f32, float, load4_f32)
-ATTN_PV_CORES(core_f16, heed_f16, load4_f16)
-ATTN_PV_CORES(core_bf16, heed_bf16, load4_bf16)
-
-/* Chunk conversion for the many-rows path. */
-#define CVT(SUF, T)                                                                            \
-  static inline void cvt_##SUF(const void *x, float *y, size_t n) {                            \
-    for (size_t i = 0; i < n; i += 4) vst1q_f32(y + i, load4_##SUF((const T *)x + i));        \
+/* Many-rows path: a run converted into an L1 buffer. */
+#define ATTN_CVT16(SUF)                                          \
+  static inline void cvt16_##SUF(const uint8_t *run, float *y) { \
+    float32x4_t x[4];                                            \
+    ld16_##SUF(run, x);                                          \
+    for (int i = 0; i < 4; i++) vst1q_f32(y + 4 * i, x[i]);      \
   }
-CVT(f16, heed_f16)
-CVT(bf16, heed_bf16)
 
+#define ATTN_TYPE(SUF, B16) ATTN_QK_CORES(SUF) ATTN_PV_CORES(SUF) ATTN_CVT16(SUF)
+HEED_KV_TYPES(ATTN_TYPE)
 
 HEED_ATTN_KERNELS_F32(neon)
-HEED_ATTN_KERNELS(f16, neon, 2, heed_f16_to_f32)
-HEED_ATTN_KERNELS(bf16, neon, 2, heed_bf16_to_f32)
+HEED_ATTN_KERNELS(f16, neon)
+HEED_ATTN_KERNELS(bf16, neon)
+HEED_ATTN_KERNELS(q8, neon)
+HEED_ATTN_KERNELS(q4, neon)
+HEED_ATTN_KERNELS(e4m3, neon)
+HEED_ATTN_KERNELS(e5m2, neon)
 
 static inline float32x4_t exp_neg(float32x4_t x) {
   const float32x4_t lo = vdupq_n_f32(-87.3f);
@@ -134,4 +128,7 @@ static float softmax_row_neon(float *s, int n, float *m, float *l) {
   return heed_softmax_close(m, l, mx, tot);
 }
 
-void heed_cpu_register_attn_neon(heed_kernel_table *t) { HEED_ATTN_REGISTER(t, neon, HEED_ISA_NEON); }
+void heed_cpu_register_attn_neon(heed_kernel_table *t) {
+  HEED_ATTN_REGISTER(t, neon, HEED_ISA_NEON);
+  HEED_ATTN_REGISTER_QUANT(t, neon, HEED_ISA_NEON);
+}

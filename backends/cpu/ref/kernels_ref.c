@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backends/cpu/cpu_isa.h"
+#include "backends/cpu/kv_elem.h"
 #include "heed/dtype.h"
 
 /* Eight partial sums, as the SIMD kernels keep, so the error grows alike. */
@@ -60,30 +61,26 @@ static double probe_fma_ref(uint64_t iters, float *sink) {
 }
 
 /* Attention micro-kernels: the plain loops every SIMD variant must agree with. */
-#define REF_ATTN(T, SUF, LOAD)                                                              \
-  static void attn_qk_##SUF##_ref(const float *q, int R, const void *kv, int n, int dk, float *s, int lds) { \
-    const T *k = (const T *)kv;                                                             \
+#define REF_ATTN(SUF, B16)                                                                  \
+  static void attn_qk_##SUF##_ref(const float *q, int R, const void *kt, int n, int dk, float *s, int lds) { \
     for (int r = 0; r < R; r++)                                                             \
       for (int j = 0; j < n; j++) {                                                         \
         float acc = 0;                                                                      \
-        const T *kj = k + (size_t)(j / HEED_KEY_PANEL) * HEED_KEY_PANEL * dk + j % HEED_KEY_PANEL; \
-        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * LOAD(kj[(size_t)d * HEED_KEY_PANEL]); \
+        for (int d = 0; d < dk; d++)                                                        \
+          acc += q[(size_t)r * dk + d] * ld1_##SUF(HEED_K_RUN(kt, B16, dk, j, d), j % 16);  \
         s[(size_t)r * lds + j] = acc;                                                       \
       }                                                                                     \
   }                                                                                         \
-  static void attn_pv_##SUF##_ref(const float *p, int ldp, int R, const void *vv, int n, int dv, float *o) { \
-    const T *v = (const T *)vv;                                                             \
+  static void attn_pv_##SUF##_ref(const float *p, int ldp, int R, const void *v, int n, int nc, int dv, float *o) { \
     for (int r = 0; r < R; r++)                                                             \
       for (int j = 0; j < n; j++) {                                                         \
         float w = p[(size_t)r * ldp + j];                                                   \
         if (w == 0.0f) continue;                                                            \
-        for (int c = 0; c < dv; c++) o[(size_t)r * dv + c] += w * LOAD(v[(size_t)j * dv + c]); \
+        for (int c = 0; c < nc; c++) o[(size_t)r * dv + c] += w * ld1_##SUF(HEED_V_RUN(v, B16, dv, j, c), c % 16); \
       }                                                                                     \
   }
 
-REF_ATTN(float, f32, LOAD_F32)
-REF_ATTN(heed_f16, f16, heed_f16_to_f32)
-REF_ATTN(heed_bf16, bf16, heed_bf16_to_f32)
+HEED_KV_TYPES(REF_ATTN)
 
 static float softmax_row_ref(float *s, int n, float *m, float *l) {
   float mx = *m;
@@ -103,12 +100,12 @@ static float softmax_row_ref(float *s, int n, float *m, float *l) {
 }
 
 void heed_cpu_register_ref(heed_kernel_table *t) {
-  HEED_SLOT_SET(t, ATTN_QK, F32, attn_qk_f32_ref, HEED_ISA_SCALAR);
-  HEED_SLOT_SET(t, ATTN_QK, F16, attn_qk_f16_ref, HEED_ISA_SCALAR);
-  HEED_SLOT_SET(t, ATTN_QK, BF16, attn_qk_bf16_ref, HEED_ISA_SCALAR);
-  HEED_SLOT_SET(t, ATTN_PV, F32, attn_pv_f32_ref, HEED_ISA_SCALAR);
-  HEED_SLOT_SET(t, ATTN_PV, F16, attn_pv_f16_ref, HEED_ISA_SCALAR);
-  HEED_SLOT_SET(t, ATTN_PV, BF16, attn_pv_bf16_ref, HEED_ISA_SCALAR);
+#define SET_ATTN_REF(SUF, TYPE)                                  \
+  HEED_SLOT_SET(t, ATTN_QK, TYPE, attn_qk_##SUF##_ref, HEED_ISA_SCALAR); \
+  HEED_SLOT_SET(t, ATTN_PV, TYPE, attn_pv_##SUF##_ref, HEED_ISA_SCALAR);
+  SET_ATTN_REF(f32, F32) SET_ATTN_REF(f16, F16) SET_ATTN_REF(bf16, BF16) SET_ATTN_REF(q8, Q8)
+  SET_ATTN_REF(q4, Q4) SET_ATTN_REF(e4m3, E4M3) SET_ATTN_REF(e5m2, E5M2)
+#undef SET_ATTN_REF
   HEED_SLOT_SET(t, SOFTMAX_ROW, F32, softmax_row_ref, HEED_ISA_SCALAR);
   HEED_SLOT_SET(t, DOT, F32, dot_f32_ref, HEED_ISA_SCALAR);
   HEED_SLOT_SET(t, DOT, F16, dot_f16_ref, HEED_ISA_SCALAR);
