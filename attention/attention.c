@@ -327,6 +327,17 @@ static qscratch qscratch_at(float *base, unsigned R, const heed_attn_params *p) 
   return x;
 }
 
+/* sum_i a[i] * b[i] in 8 independent partial sums (a strict left-to-right
+ * float sum is one long dependency chain the compiler may not reorder). */
+static float dot8(const float *a, const float *b, unsigned n) {
+  float acc[8] = {0};
+  unsigned i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (unsigned k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
+  for (; i < n; i++) acc[0] += a[i] * b[i];
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
 /* S[R][n] (row stride cols) = scores of keys off..off+n of a view. Quantized
  * K: the per-channel scales fold into the query (one pass per K group) and a
  * q4 minimum adds sum_d q_d * min_d to each score; fp8 scales the scores. */
@@ -346,13 +357,13 @@ static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, 
     unsigned g = t0 / kg, t1 = (g + 1) * kg < off + n ? (g + 1) * kg : off + n;
     const heed_f16 *sc = w->ks + (size_t)g * dk, *mn = w->km ? w->km + (size_t)g * dk : NULL;
     for (unsigned d = 0; d < dk; d++) x->vs[d] = heed_f16_to_f32(sc[d]);
+    if (mn) /* x->vm is free until accumulate() */
+      for (unsigned d = 0; d < dk; d++) x->vm[d] = heed_f16_to_f32(mn[d]);
     for (unsigned r = 0; r < R; r++) {
       const float *qr = qp + (size_t)r * dk;
-      float *q2 = x->q2 + (size_t)r * dk, b = 0;
+      float *q2 = x->q2 + (size_t)r * dk;
       for (unsigned d = 0; d < dk; d++) q2[d] = qr[d] * x->vs[d];
-      if (mn)
-        for (unsigned d = 0; d < dk; d++) b += qr[d] * heed_f16_to_f32(mn[d]);
-      x->bias[r] = b;
+      x->bias[r] = mn ? dot8(qr, x->vm, dk) : 0.0f;
     }
     float *St = S + (t0 - off);
     J->qk_of[w->kt](x->q2, (int)R, HEED_K_RUN(w->k, B, dk, t0, 0), (int)(t1 - t0), (int)dk, St, (int)cols);
@@ -388,11 +399,10 @@ static void accumulate(const job *J, const kv_view *w, unsigned R, float *P, uns
     const float *sg = x->vs + (size_t)g * SCOLS, *mg = x->vm + (size_t)g * SCOLS;
     for (unsigned r = 0; r < R; r++) {
       const float *pr = P + (size_t)r * cols;
-      float *p2 = x->p2 + (size_t)r * cols, b = 0;
+      float *p2 = x->p2 + (size_t)r * cols;
       for (unsigned j = 0; j < n; j++) p2[j] = pr[j] * sg[j];
       if (w->vm) {
-        for (unsigned j = 0; j < n; j++) b += pr[j] * mg[j];
-        float *o = O + (size_t)r * dv + g * vg;
+        float b = dot8(pr, mg, n), *o = O + (size_t)r * dv + g * vg;
         for (unsigned c = 0; c < vg; c++) o[c] += b;
       }
     }

@@ -145,8 +145,60 @@ static int add(heed_bench *b, const heed_bench_case *c, heed_bench_result *out, 
   return 0;
 }
 
+/* Decode at each context and prefill through a cache of format dt (K and V),
+ * named "<f16 case>.<format>"; bytes are the codes and scales read. */
+static int quant_cases(attn_bench *a, heed_bench *b, heed_dtype dt, const unsigned *ctxs, int n_ctx, double flops,
+                       heed_bench_result *out, int cap, int *n_out) {
+  heed_kv_cache *keep = a->c;
+  void *keep_st = a->storage;
+  const uint32_t *keep_blocks = a->blocks;
+  heed_kv_cache *c2 = NULL;
+  void *st2 = NULL;
+  const char *fmt = heed_dtype_name(dt), *isa = heed_isa_name(heed_runtime_isa(a->rt));
+  fprintf(stderr, "heed bench attention: filling a %u-token %s KV cache\n", a->max_ctx, fmt);
+  if (fill_cache(a->rt, dt, a->max_ctx, &c2, &st2, NULL, NULL, 0)) return -1;
+  unsigned nb;
+  a->c = c2;
+  heed_kv_seq_blocks(c2, 0, &a->blocks, &nb);
+  const heed_kv_cache_config *cfg = heed_kv_cache_get_config(c2);
+  double per_token = (double)heed_kv_cache_block_bytes(c2) / cfg->block_len;
+  char shape[200], name[64];
+  int rc = 0;
+  for (int i = 0; i < n_ctx && !rc; i++) {
+    a->ctx = ctxs[i];
+    if (a->ctx % cfg->block_len) { /* a view of a quantized cache holds full blocks only */
+      fprintf(stderr, "heed bench attention: decode.ctx%u.%s skipped: not a multiple of the block length %u\n", a->ctx, fmt,
+              cfg->block_len);
+      continue;
+    }
+    snprintf(shape, sizeof shape,
+             "{\"batch\":1,\"n_q\":1,\"q_heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"ctx\":%u,\"k_group\":%u,\"v_group\":%u}", H_Q,
+             H_KV, D, a->ctx, cfg->k_group, cfg->v_group);
+    snprintf(name, sizeof name, "decode.ctx%u.%s", a->ctx, fmt);
+    heed_bench_case c = {name, NULL, isa, fmt, shape, HEED_LIMIT_READ_BANDWIDTH, per_token * a->ctx, run_decode, a};
+    rc = check(a, decode_once(a), name);
+    if (!rc) rc = add(b, &c, out, cap, n_out);
+  }
+  if (!rc) {
+    a->q_start = PREFIX;
+    a->n_q = NQ;
+    snprintf(shape, sizeof shape, "{\"n_q\":%d,\"prefix\":%d,\"q_heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"causal\":true}", NQ,
+             PREFIX, H_Q, H_KV, D);
+    snprintf(name, sizeof name, "prefill.f16.%s", fmt);
+    heed_bench_case c = {name, NULL, isa, fmt, shape, HEED_LIMIT_FMA_PEAK, flops, run_prefill, a};
+    rc = check(a, prefill_once(a), name);
+    if (!rc) rc = add(b, &c, out, cap, n_out);
+  }
+  a->c = keep;
+  a->storage = keep_st;
+  a->blocks = keep_blocks;
+  heed_kv_cache_destroy(c2);
+  heed_mem_free(st2);
+  return rc;
+}
+
 int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, int n_ctx, int baseline,
-                         heed_bench_result *out, int cap, int *n_out) {
+                         const heed_dtype *kv, int n_kv, heed_bench_result *out, int cap, int *n_out) {
   attn_bench a;
   memset(&a, 0, sizeof a);
   a.rt = rt;
@@ -234,18 +286,29 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, 
                           run_prefill_onednn, &a};
     rc = add(b, &cb, out, cap, n_out);
   }
+  for (int i = 0; i < n_kv && !rc; i++) rc = quant_cases(&a, b, kv[i], ctxs, n_ctx, flops, out, cap, n_out);
   heed_kv_cache_destroy(a.c);
   heed_mem_free(a.storage);
   free(a.q), free(a.out), free(a.lse), free(a.ws), free(a.k32), free(a.v32), free(a.s);
   return rc;
 }
 
-/* Prints heed's speed-up over each case's oneDNN twin (same name + ".onednn"). */
+/* Prints heed's speed-up over each case's oneDNN twin (same name + ".onednn"),
+ * and each quantized case's time as a fraction of its f16 twin's. */
 void heed_bench_attention_speedups(const heed_bench_result *r, int n, FILE *f) {
   for (int i = 0; i < n; i++) {
     char twin[80];
-    const char *base = r[i].name;
+    const char *base = r[i].name, *dot = strrchr(base, '.');
     if (strstr(base, ".onednn")) continue;
+    heed_dtype dt;
+    if (dot && heed_dtype_parse(dot + 1, &dt) == 0 && heed_dtype_is_quant(dt)) {
+      snprintf(twin, sizeof twin, "%.*s", (int)(dot - base), base);
+      for (int j = 0; j < n; j++)
+        if (strcmp(r[j].name, twin) == 0)
+          fprintf(f, "%-22s %5.2fx the f16 time (%.3f ms vs %.3f ms, medians, same run)\n", base,
+                  r[i].ms_median / r[j].ms_median, r[i].ms_median, r[j].ms_median);
+      continue;
+    }
     if (strncmp(base, "prefill.", 8) == 0)
       snprintf(twin, sizeof twin, "prefill.onednn");
     else

@@ -23,12 +23,15 @@ for x in r:
   assert x["limit_kind"] in ("read_bandwidth","fma_peak") and x["fraction"]>0 and x["ms_min"]<=x["ms_median"]<=x["ms_max"]
   assert isinstance(x["shape"],dict)' "$tmp/p.json" && ok || { bad "heed bench probes --json"; cat "$tmp/p.txt"; }
 
-"$heed" bench attention --ctx 1024 --repeats 1 --json "$tmp/a.json" >"$tmp/a.txt" 2>&1 && python3 -c '
+"$heed" bench attention --ctx 1024 --repeats 1 --kv q8 --json "$tmp/a.json" >"$tmp/a.txt" 2>&1 && python3 -c '
 import json,sys; r=json.load(open(sys.argv[1]))["results"]; names=[x["name"] for x in r]
-assert names==["decode.ctx1024","decode.ctx1024.onednn","prefill.f16","prefill.bf16","prefill.onednn"], names
+assert names==["decode.ctx1024","decode.ctx1024.onednn","prefill.f16","prefill.bf16","prefill.onednn",
+               "decode.ctx1024.q8","prefill.f16.q8"], names
+assert r[5]["dtype"]=="q8" and r[5]["shape"]["k_group"]==32
 for x in r: assert x["ms_median"]>0 and x["fraction"]>0, x
 assert r[0]["limit_kind"]=="read_bandwidth" and r[2]["limit_kind"]=="fma_peak" and r[0]["shape"]["ctx"]==1024' "$tmp/a.json" &&
-  grep -q "faster than the unfused oneDNN baseline" "$tmp/a.txt" && ok || { bad "heed bench attention"; cat "$tmp/a.txt"; }
+  grep -q "faster than the unfused oneDNN baseline" "$tmp/a.txt" && grep -q "decode.ctx1024.q8 .*x the f16 time" "$tmp/a.txt" &&
+  ok || { bad "heed bench attention"; cat "$tmp/a.txt"; }
 
 "$heed" bench kvquant --json "$tmp/q.json" >"$tmp/q.txt" 2>&1 && python3 -c '
 import json,sys; d=json.load(open(sys.argv[1])); r={(x["format"],x["data"]):x for x in d["results"]}
@@ -52,6 +55,8 @@ expect_fail "HEED_THREADS=99999" HEED_THREADS=99999 -- info
 expect_fail "unknown suite 'nope'" X=1 -- bench nope
 expect_fail "--repeats 0" X=1 -- bench probes --repeats 0
 expect_fail "--ctx 12,x" X=1 -- bench attention --ctx 12,x
+expect_fail "--kv q5" X=1 -- bench attention --kv q5
+expect_fail "--kv f16" X=1 -- bench attention --kv f16
 expect_fail "unknown command 'frobnicate'" X=1 -- frobnicate
 expect_fail "unknown argument '--yaml'" X=1 -- info --yaml
 

@@ -11,7 +11,8 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: heed info [--json]\n"
-          "       heed bench probes|attention|all [--repeats N] [--ctx N,N,...] [--no-baseline] [--json FILE]\n"
+          "       heed bench probes|attention|all [--repeats N] [--ctx N,N,...] [--kv q8,q4|none] [--no-baseline]\n"
+          "                  [--json FILE]\n"
           "       heed bench kvquant [--json FILE]   (attention error of each KV format)\n"
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
@@ -70,6 +71,19 @@ static int parse_ctx(const char *arg, unsigned *ctx, int cap) {
   return n;
 }
 
+/* "q8,q4" -> formats; "none" -> 0 of them. -1 for a name that is not a quantized format. */
+static int parse_kv(const char *arg, heed_dtype *kv, int cap) {
+  if (strcmp(arg, "none") == 0) return 0;
+  int n = 0;
+  char buf[128];
+  snprintf(buf, sizeof buf, "%s", arg);
+  for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+    if (n == cap || heed_dtype_parse(tok, &kv[n]) != 0 || !heed_dtype_is_quant(kv[n])) return -1;
+    n++;
+  }
+  return n ? n : -1;
+}
+
 static int cmd_bench(int argc, char **argv) {
   if (argc < 1) {
     usage(stderr);
@@ -80,6 +94,8 @@ static int cmd_bench(int argc, char **argv) {
   bo.progress = progress;
   unsigned ctx[16] = {4096, 16384, 65536, 98304};
   int n_ctx = 4, baseline = 1;
+  heed_dtype kv[4] = {HEED_DTYPE_Q8, HEED_DTYPE_Q4};
+  int n_kv = 2;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
       json_path = argv[++i];
@@ -94,6 +110,11 @@ static int cmd_bench(int argc, char **argv) {
     } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
       if ((n_ctx = parse_ctx(argv[++i], ctx, 16)) < 1) {
         fprintf(stderr, "heed bench: --ctx %s: accepted: up to 16 comma-separated token counts, 1..16777216\n", argv[i]);
+        return 2;
+      }
+    } else if (strcmp(argv[i], "--kv") == 0 && i + 1 < argc) {
+      if ((n_kv = parse_kv(argv[++i], kv, 4)) < 0) {
+        fprintf(stderr, "heed bench: --kv %s: accepted: none, or up to 4 of q8, q4, e4m3, e5m2, comma-separated\n", argv[i]);
         return 2;
       }
     } else if (strcmp(argv[i], "--no-baseline") == 0) {
@@ -139,7 +160,7 @@ static int cmd_bench(int argc, char **argv) {
   }
   if (attention && !rc) {
     int m = 0;
-    if (heed_bench_attention(rt, b, ctx, n_ctx, baseline, res + n, 64 - n, &m)) rc = 1;
+    if (heed_bench_attention(rt, b, ctx, n_ctx, baseline, kv, n_kv, res + n, 64 - n, &m)) rc = 1;
     n += m;
   }
   if (isatty(2)) fprintf(stderr, "\r\033[K");

@@ -33,9 +33,10 @@ static inline void ld16_q8(const uint8_t *p, __m256 *x0, __m256 *x1) {
   *x1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(b, b)));
 }
 static inline void ld16_q4(const uint8_t *p, __m256 *x0, __m256 *x1) {
-  __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-  *x0 = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(15)));
-  *x1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+  /* split the nibbles on 128-bit vectors (cheap), widen each half once */
+  __m128i b = _mm_loadl_epi64((const __m128i *)p), m = _mm_set1_epi8(15);
+  *x0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(b, m)));
+  *x1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), m)));
 }
 /* 16 fp8 codes widened to 16-bit lanes already holding f16 bits. */
 static inline void f16x16(__m256i h, __m256 *x0, __m256 *x1) {
