@@ -345,7 +345,7 @@ static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, 
                    const qscratch *x) {
   const heed_attn_params *p = J->p;
   const unsigned dk = p->dk, cols = J->cols, kg = J->c->cfg.k_group;
-  const unsigned B = 16 * heed_dtype_bits(w->kt) / 8;
+  const unsigned B = heed_run_bytes(w->kt);
   if (w->kt != HEED_DTYPE_Q8 && w->kt != HEED_DTYPE_Q4) {
     J->qk_of[w->kt](qp, (int)R, HEED_K_RUN(w->k, B, dk, off, 0), (int)n, (int)dk, S, (int)cols);
     if (w->kt == HEED_DTYPE_E4M3 || w->kt == HEED_DTYPE_E5M2)
@@ -381,7 +381,7 @@ static void accumulate(const job *J, const kv_view *w, unsigned R, float *P, uns
                        const qscratch *x) {
   const heed_attn_params *p = J->p;
   const unsigned dv = p->dv, cols = J->cols, vg = J->c->cfg.v_group, ng = dv / vg;
-  const unsigned B = 16 * heed_dtype_bits(w->vt) / 8;
+  const unsigned B = heed_run_bytes(w->vt);
   const char *v = (const char *)HEED_V_RUN(w->v, B, dv, off, 0);
   if (w->vt != HEED_DTYPE_Q8 && w->vt != HEED_DTYPE_Q4) {
     if (w->vt == HEED_DTYPE_E4M3 || w->vt == HEED_DTYPE_E5M2)

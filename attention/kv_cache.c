@@ -240,8 +240,6 @@ void kv_view_of(const heed_kv_cache *c, const uint32_t *blocks, unsigned n_full,
 
 /* ---------- elements ---------- */
 
-static unsigned b16_of(heed_dtype t) { return 16 * heed_dtype_bits(t) / 8; }
-
 static float ld1_any(heed_dtype t, const uint8_t *run, int i) {
   switch (t) {
   case HEED_DTYPE_F32: return ld1_f32(run, i);
@@ -269,7 +267,7 @@ static void st1(heed_dtype t, uint8_t *run, int i, float x, unsigned code) {
 /* Decoded K(t, d) and V(t, c) of a view. */
 static float k_value(const heed_kv_cache *c, const kv_view *w, unsigned t, unsigned d) {
   const heed_kv_cache_config *g = &c->cfg;
-  float raw = ld1_any(w->kt, HEED_K_RUN(w->k, b16_of(w->kt), g->dk, t, d), (int)(t % 16));
+  float raw = ld1_any(w->kt, HEED_K_RUN(w->k, heed_run_bytes(w->kt), g->dk, t, d), (int)(t % 16));
   size_t at = (size_t)(t / g->k_group) * g->dk + d;
   switch (w->kt) {
   case HEED_DTYPE_Q8: return raw * heed_f16_to_f32(w->ks[at]);
@@ -281,7 +279,7 @@ static float k_value(const heed_kv_cache *c, const kv_view *w, unsigned t, unsig
 }
 static float v_value(const heed_kv_cache *c, const kv_view *w, unsigned t, unsigned col) {
   const heed_kv_cache_config *g = &c->cfg;
-  float raw = ld1_any(w->vt, HEED_V_RUN(w->v, b16_of(w->vt), g->dv, t, col), (int)(col % 16));
+  float raw = ld1_any(w->vt, HEED_V_RUN(w->v, heed_run_bytes(w->vt), g->dv, t, col), (int)(col % 16));
   size_t at = (size_t)t * (g->dv / g->v_group) + col / g->v_group;
   switch (w->vt) {
   case HEED_DTYPE_Q8: return raw * heed_f16_to_f32(w->vs[at]);
@@ -297,9 +295,9 @@ static float v_value(const heed_kv_cache *c, const kv_view *w, unsigned t, unsig
 static void store_token(const heed_kv_cache *c, char *kbase, char *vbase, heed_dtype kt, heed_dtype vt, size_t row,
                         const float *k, const float *v) {
   const heed_kv_cache_config *g = &c->cfg;
-  for (unsigned d = 0; d < g->dk; d++) st1(kt, (uint8_t *)HEED_K_RUN(kbase, b16_of(kt), g->dk, row, d), (int)(row % 16), k[d], 0);
+  for (unsigned d = 0; d < g->dk; d++) st1(kt, (uint8_t *)HEED_K_RUN(kbase, heed_run_bytes(kt), g->dk, row, d), (int)(row % 16), k[d], 0);
   for (unsigned d = 0; d < g->dv; d += 16)
-    for (unsigned i = 0; i < 16; i++) st1(vt, (uint8_t *)HEED_V_RUN(vbase, b16_of(vt), g->dv, row, d), (int)i, v[d + i], 0);
+    for (unsigned i = 0; i < 16; i++) st1(vt, (uint8_t *)HEED_V_RUN(vbase, heed_run_bytes(vt), g->dv, row, d), (int)i, v[d + i], 0);
 }
 
 /* ---------- quantizing a full residual into a pool block ---------- */
@@ -308,7 +306,7 @@ static void store_token(const heed_kv_cache *c, char *kbase, char *vbase, heed_d
  * go to `put` (element e of the list -> (run, index)). */
 static void quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, char *ka) {
   const heed_kv_cache_config *g = &c->cfg;
-  const unsigned bl = g->block_len, dk = g->dk, kg = g->k_group, B = b16_of(g->k_dtype);
+  const unsigned bl = g->block_len, dk = g->dk, kg = g->k_group, B = heed_run_bytes(g->k_dtype);
   float *x = c->tmp;
   uint8_t *codes = c->tmp_codes;
   memset(kc, 0, c->k_head);
@@ -349,7 +347,7 @@ static void quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, char *ka)
 
 static void quantize_v(heed_kv_cache *c, const kv_view *res, char *vc, char *va) {
   const heed_kv_cache_config *g = &c->cfg;
-  const unsigned bl = g->block_len, dv = g->dv, vg = g->v_group, ng = dv / vg, B = b16_of(g->v_dtype);
+  const unsigned bl = g->block_len, dv = g->dv, vg = g->v_group, ng = dv / vg, B = heed_run_bytes(g->v_dtype);
   float *x = c->tmp;
   uint8_t *codes = c->tmp_codes;
   memset(vc, 0, c->v_head);
@@ -397,7 +395,7 @@ static void seal_residual(heed_kv_cache *c, int seq, uint32_t b) {
 static void copy_residual(heed_kv_cache *c, int from, int to, unsigned rows) {
   const heed_kv_cache_config *g = &c->cfg;
   char *s = res_of(c, from), *d = res_of(c, to);
-  size_t kb = (size_t)(rows + 15) / 16 * g->dk * 16 * heed_dtype_bits(c->res_kt) / 8,
+  size_t kb = (size_t)(rows + 15) / 16 * g->dk * heed_run_bytes(c->res_kt),
          vb = (size_t)rows * g->dv * heed_dtype_bits(c->res_vt) / 8;
   for (unsigned h = 0; h < g->n_kv_heads; h++) {
     memcpy(d + h * c->res_k_head, s + h * c->res_k_head, kb);

@@ -89,6 +89,15 @@ static void ref_roundtrip(heed_dtype t, float *x, size_t stride, size_t n, unsig
   free(v), free(codes);
 }
 
+/* fp8: one scale over `rows` rows of d values, row_stride apart. */
+static void fp8_roundtrip_rows(heed_dtype t, float *x0, size_t row_stride, size_t d, size_t rows) {
+  float *x = malloc(rows * d * 4);
+  for (size_t r = 0; r < rows; r++) memcpy(x + r * d, x0 + r * row_stride, d * 4);
+  ref_roundtrip(t, x, 1, rows * d, 0);
+  for (size_t r = 0; r < rows; r++) memcpy(x0 + r * row_stride, x + r * d, d * 4);
+  free(x);
+}
+
 /* Block b of mirror m fills: what the cache stores for a quantized side, from
  * the residual's values, by the reference quantizers: K per channel over
  * k_group tokens, V per token over v_group channels, fp8 per (block, head). */
@@ -101,20 +110,12 @@ static void fx_seal(fx *f, int m, unsigned b) {
       for (size_t tg = 0; tg < bl; tg += g->k_group)
         for (size_t d = 0; d < dk; d++) ref_roundtrip(g->k_dtype, K + tg * H * dk + d, H * dk, g->k_group, g->k_group);
     } else if (heed_dtype_is_quant(g->k_dtype)) {
-      float *x = malloc(bl * dk * 4);
-      for (size_t t = 0; t < bl; t++) memcpy(x + t * dk, K + t * H * dk, dk * 4);
-      ref_roundtrip(g->k_dtype, x, 1, bl * dk, 0);
-      for (size_t t = 0; t < bl; t++) memcpy(K + t * H * dk, x + t * dk, dk * 4);
-      free(x);
+      fp8_roundtrip_rows(g->k_dtype, K, H * dk, dk, bl);
     }
     if (g->v_dtype == HEED_DTYPE_Q8 || g->v_dtype == HEED_DTYPE_Q4) {
       for (size_t t = 0; t < bl; t++) ref_roundtrip(g->v_dtype, V + t * H * dv, 1, dv, g->v_group);
     } else if (heed_dtype_is_quant(g->v_dtype)) {
-      float *x = malloc(bl * dv * 4);
-      for (size_t t = 0; t < bl; t++) memcpy(x + t * dv, V + t * H * dv, dv * 4);
-      ref_roundtrip(g->v_dtype, x, 1, bl * dv, 0);
-      for (size_t t = 0; t < bl; t++) memcpy(V + t * H * dv, x + t * dv, dv * 4);
-      free(x);
+      fp8_roundtrip_rows(g->v_dtype, V, H * dv, dv, bl);
     }
   }
 }

@@ -21,6 +21,9 @@
 #define B16_e4m3 16
 #define B16_e5m2 16
 
+/* Bytes of a 16-element run of any type (the B16_ values, at run time). */
+static inline unsigned heed_run_bytes(heed_dtype t) { return 2 * heed_dtype_bits(t); }
+
 /* e4m3 code -> the f16 whose value is e4m3(c) * 2^-8 (exponent bias 7 vs 15). */
 static inline uint16_t heed_e4m3_f16bits(uint8_t c) { return (uint16_t)(((c & 0x7f) << 7) | ((c & 0x80) << 8)); }
 

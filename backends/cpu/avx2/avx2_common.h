@@ -15,17 +15,22 @@ static inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
+/* 8 stored elements as 8 floats. */
+static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 load8_f16(const heed_f16 *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline __m256 load8_bf16(const heed_bf16 *p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
 /* A run of 16 stored elements (kv_elem.h) as two vectors of 8 floats. */
 static inline void ld16_f32(const uint8_t *p, __m256 *x0, __m256 *x1) {
   *x0 = _mm256_loadu_ps((const float *)p), *x1 = _mm256_loadu_ps((const float *)p + 8);
 }
 static inline void ld16_f16(const uint8_t *p, __m256 *x0, __m256 *x1) {
-  *x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-  *x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+  *x0 = load8_f16((const heed_f16 *)p), *x1 = load8_f16((const heed_f16 *)p + 8);
 }
-static inline __m256 bf16x8(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
 static inline void ld16_bf16(const uint8_t *p, __m256 *x0, __m256 *x1) {
-  *x0 = bf16x8(_mm_loadu_si128((const __m128i *)p)), *x1 = bf16x8(_mm_loadu_si128((const __m128i *)(p + 16)));
+  *x0 = load8_bf16((const heed_bf16 *)p), *x1 = load8_bf16((const heed_bf16 *)p + 8);
 }
 static inline void ld16_q8(const uint8_t *p, __m256 *x0, __m256 *x1) {
   __m128i b = _mm_loadu_si128((const __m128i *)p);
@@ -50,13 +55,6 @@ static inline void ld16_e4m3(const uint8_t *p, __m256 *x0, __m256 *x1) {
   __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7),
                               _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8));
   f16x16(h, x0, x1);
-}
-
-/* 8 stored elements as 8 floats. */
-static inline __m256 load8_f32(const float *p) { return _mm256_loadu_ps(p); }
-static inline __m256 load8_f16(const heed_f16 *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
-static inline __m256 load8_bf16(const heed_bf16 *p) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 
 #endif

@@ -8,6 +8,11 @@
 
 #include "heed/dtype.h"
 
+/* 4 stored elements as 4 floats. */
+static inline float32x4_t load4_f32(const float *p) { return vld1q_f32(p); }
+static inline float32x4_t load4_f16(const heed_f16 *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+static inline float32x4_t load4_bf16(const heed_bf16 *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+
 /* A run of 16 stored elements (kv_elem.h) as 4 vectors of 4 floats. */
 static inline void ld16_f32(const uint8_t *p, float32x4_t x[4]) {
   for (int i = 0; i < 4; i++) x[i] = vld1q_f32((const float *)p + 4 * i);
@@ -17,11 +22,10 @@ static inline void f16x8(uint16x8_t h, float32x4_t *lo, float32x4_t *hi) {
   *hi = vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h)));
 }
 static inline void ld16_f16(const uint8_t *p, float32x4_t x[4]) {
-  f16x8(vld1q_u16((const uint16_t *)p), &x[0], &x[1]);
-  f16x8(vld1q_u16((const uint16_t *)p + 8), &x[2], &x[3]);
+  for (int i = 0; i < 4; i++) x[i] = load4_f16((const heed_f16 *)p + 4 * i);
 }
 static inline void ld16_bf16(const uint8_t *p, float32x4_t x[4]) {
-  for (int i = 0; i < 4; i++) x[i] = vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)p + 4 * i), 16));
+  for (int i = 0; i < 4; i++) x[i] = load4_bf16((const heed_bf16 *)p + 4 * i);
 }
 static inline void ld16_q8(const uint8_t *p, float32x4_t x[4]) {
   int8x16_t b = vld1q_s8((const int8_t *)p);
@@ -49,10 +53,5 @@ static inline void ld16_e4m3(const uint8_t *p, float32x4_t x[4]) {
   f16x8(e4m3x8(vget_low_u8(b)), &x[0], &x[1]);
   f16x8(e4m3x8(vget_high_u8(b)), &x[2], &x[3]);
 }
-
-/* 4 stored elements as 4 floats. */
-static inline float32x4_t load4_f32(const float *p) { return vld1q_f32(p); }
-static inline float32x4_t load4_f16(const heed_f16 *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
-static inline float32x4_t load4_bf16(const heed_bf16 *p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
 
 #endif
