@@ -100,7 +100,7 @@ static heed_status check_params(heed_runtime *rt, const heed_kv_cache *c, const 
 }
 
 /* The tokens a view reads: its block table and length, checked against the cache. */
-static heed_status resolve_seq(const heed_kv_cache *c, heed_attn_seq s, const uint32_t **blocks, unsigned *len,
+heed_status kv_resolve_seq(const heed_kv_cache *c, heed_attn_seq s, const uint32_t **blocks, unsigned *len,
                                heed_error *e) {
   if (s.seq >= 0) {
     if ((unsigned)s.seq >= c->cfg.max_seqs || !c->seqs[s.seq].alive)
@@ -162,6 +162,15 @@ static heed_status dispatch(heed_runtime *rt, const heed_attn_call *call, int de
   heed_status (*fn)(void *, const heed_attn_call *) = decode ? be->attn_decode : be->attn_prefill;
   const char *what = decode ? "decode" : "prefill";
   if (!fn) return heed_err_set(e, HEED_E_UNSUPPORTED, "%s: the %s backend has no attention", what, be->name);
+  const heed_kv_cache *c = call->cache;
+  if (c->dev && (c->dev_be != be || c->dev_ctx != ctx))
+    return heed_err_set(e, HEED_E_INVALID, "%s: the cache is in the memory of another runtime's %s device; this runtime runs %s",
+                        what, c->dev_be->name, be->name);
+  if (!c->dev && be->kv_alloc)
+    return heed_err_set(e, HEED_E_INVALID,
+                        "%s: the %s backend reads caches in device memory; this one is in host memory (create it on this "
+                        "runtime with storage NULL)",
+                        what, be->name);
   heed_status st = fn(ctx, call);
   if (st == HEED_E_BUSY) return heed_err_set(e, st, "%s: the runtime's pool is running another call", what);
   return st;
@@ -187,7 +196,7 @@ heed_status heed_attn_prefill(heed_runtime *rt, const heed_kv_cache *c, const he
   if (st != HEED_OK) return st;
   const uint32_t *blocks = NULL;
   unsigned len = 0;
-  if ((st = resolve_seq(c, s, &blocks, &len, e)) != HEED_OK) return st;
+  if ((st = kv_resolve_seq(c, s, &blocks, &len, e)) != HEED_OK) return st;
   if (n_q == 0) return HEED_OK;
   if ((uint64_t)q_start + n_q > len)
     return heed_err_set(e, HEED_E_RANGE, "prefill: queries at positions %u..%u, but the sequence holds %u tokens", q_start,
@@ -198,7 +207,7 @@ heed_status heed_attn_prefill(heed_runtime *rt, const heed_kv_cache *c, const he
   if (!ws || ws_bytes < need)
     return heed_err_set(e, HEED_E_TOO_SMALL, "prefill: workspace of %zu bytes; needs %zu", ws ? ws_bytes : 0, need);
   if ((st = check_overlap(c, n_q, p, q, out, lse, ws, ws_bytes, e)) != HEED_OK) return st;
-  heed_attn_call call = {.cache = c, .p = p, .seq = s, .q_start = q_start, .n_q = n_q, .q_tile = prefill_qtile(rt, p),
+  heed_attn_call call = {.cache = c, .p = p, .err = e, .seq = s, .q_start = q_start, .n_q = n_q, .q_tile = prefill_qtile(rt, p),
                          .q = q, .out = out, .lse = lse, .ws = ws, .ws_bytes = ws_bytes};
   call.seq.blocks = blocks;
   call.seq.n_tokens = len;
@@ -232,7 +241,7 @@ heed_status heed_attn_decode(heed_runtime *rt, const heed_kv_cache *c, const hee
   for (unsigned i = 0; i < n_seqs; i++) {
     const uint32_t *blocks = NULL;
     unsigned len = 0;
-    if ((st = resolve_seq(c, seqs[i].kv, &blocks, &len, e)) != HEED_OK) return st;
+    if ((st = kv_resolve_seq(c, seqs[i].kv, &blocks, &len, e)) != HEED_OK) return st;
     unsigned nq = seqs[i].n_q;
     if (nq < 1 || nq > HEED_MAX_DECODE_QUERIES)
       return heed_err_set(e, HEED_E_INVALID, "decode: sequence %u has n_q=%u; accepted: 1..%d", i, nq, HEED_MAX_DECODE_QUERIES);
@@ -246,7 +255,7 @@ heed_status heed_attn_decode(heed_runtime *rt, const heed_kv_cache *c, const hee
   if (!ws || ws_bytes < need)
     return heed_err_set(e, HEED_E_TOO_SMALL, "decode: workspace of %zu bytes; needs %zu", ws ? ws_bytes : 0, need);
   if ((st = check_overlap(c, rows, p, q, out, lse, ws, ws_bytes, e)) != HEED_OK) return st;
-  heed_attn_call call = {.cache = c, .p = p, .seqs = seqs, .n_seqs = n_seqs,
+  heed_attn_call call = {.cache = c, .p = p, .err = e, .seqs = seqs, .n_seqs = n_seqs,
                          .max_splits = decode_max_splits(rt, p, n_seqs), .q = q, .out = out, .lse = lse, .ws = ws,
                          .ws_bytes = ws_bytes};
   return dispatch(rt, &call, 1, e);
@@ -559,7 +568,7 @@ static void decode_item(void *ctx, size_t b, size_t e, int w) {
     const heed_attn_decode_seq *sq = &call->seqs[i];
     const uint32_t *blocks = NULL;
     unsigned len = 0;
-    resolve_seq(J->c, sq->kv, &blocks, &len, NULL);
+    kv_resolve_seq(J->c, sq->kv, &blocks, &len, NULL);
     rowset rs = {.n_pos = sq->n_q, .R = sq->n_q * J->G, .pos0 = len - sq->n_q, .tree_base = len - sq->n_q, .tree = sq->tree_mask};
     float *S = qp + (size_t)rs.R * p->dk;
     qscratch x = qscratch_at(S + (size_t)rs.R * SCOLS, rs.R, p);
@@ -614,7 +623,7 @@ static void decode_merge(void *ctx, size_t b, size_t e, int w) {
     }
     const uint32_t *blocks = NULL;
     unsigned len = 0;
-    resolve_seq(J->c, sq->kv, &blocks, &len, NULL);
+    kv_resolve_seq(J->c, sq->kv, &blocks, &len, NULL);
     rowset rs = {.n_pos = sq->n_q, .R = R, .pos0 = len - sq->n_q};
     finalize(J, &rs, kvh, J->row_off[i], O, M, L);
   }
@@ -641,7 +650,7 @@ heed_status heed_cpu_attn_decode(void *ctx, const heed_attn_call *call) {
   for (unsigned i = 0; i < n; i++) {
     const uint32_t *blocks = NULL;
     unsigned len = 0;
-    resolve_seq(J.c, call->seqs[i].kv, &blocks, &len, NULL);
+    kv_resolve_seq(J.c, call->seqs[i].kv, &blocks, &len, NULL);
     unsigned nb = (len + J.bl - 1) / J.bl;
     J.splits[i] = call->max_splits < nb ? call->max_splits : (nb ? nb : 1);
     J.item_off[i] = items;

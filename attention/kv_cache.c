@@ -7,6 +7,7 @@
 #include "backends/cpu/kv_elem.h"
 #include "heed/kernels.h"
 #include "heed/quant.h"
+#include "runtime/backend.h"
 #include "runtime/internal.h"
 
 #define ALIGN64(x) (((x) + 63) & ~(size_t)63)
@@ -117,11 +118,26 @@ heed_status heed_kv_cache_create(heed_runtime *rt, const heed_kv_cache_config *c
   if (st != HEED_OK) goto fail;
   layout(c);
   size_t need = total_bytes(c);
-  if (!storage || ((uintptr_t)storage & 63)) {
+  void *bctx = NULL;
+  const heed_backend_iface *be = rt ? heed_runtime_backend_iface(rt, &bctx) : NULL;
+  if (be && be->kv_alloc) { /* the backend keeps caches in its device's memory */
+    if (storage) {
+      st = heed_err_set(err, HEED_E_INVALID, "KV cache: storage %p on the %s backend; accepted: NULL (it allocates the %zu bytes "
+                        "in device memory)", storage, be->name, need);
+      goto fail;
+    }
+    if ((st = be->kv_alloc(bctx, &c->cfg, need, &c->dev, err)) != HEED_OK) goto fail;
+    c->dev_be = be;
+    c->dev_ctx = bctx;
+    if (!(c->blk_host = malloc(c->block_bytes))) {
+      st = heed_err_set(err, HEED_E_NOMEM, "no memory for a block of %zu bytes", c->block_bytes);
+      goto fail;
+    }
+  } else if (!storage || ((uintptr_t)storage & 63)) {
     st = heed_err_set(err, HEED_E_INVALID, "KV cache: storage %p; accepted: 64-byte aligned, not NULL", storage);
     goto fail;
   }
-  if (storage_bytes < need) {
+  if (!c->dev && storage_bytes < need) {
     st = heed_err_set(err, HEED_E_TOO_SMALL, "KV cache: storage of %zu bytes; %u blocks of %zu%s need %zu", storage_bytes,
                       (unsigned)c->cfg.n_blocks, c->block_bytes, c->quant ? " and the residual blocks" : "", need);
     goto fail;
@@ -150,6 +166,8 @@ fail:
 
 void heed_kv_cache_destroy(heed_kv_cache *c) {
   if (!c) return;
+  if (c->dev) c->dev_be->kv_free(c->dev_ctx, c->dev);
+  free(c->blk_host);
   free(c->refs);
   free(c->free_list);
   free(c->seqs);
@@ -164,6 +182,30 @@ const heed_kv_cache_config *heed_kv_cache_get_config(const heed_kv_cache *c) { r
 uint32_t heed_kv_cache_free_blocks(const heed_kv_cache *c) { return c ? c->n_free : 0; }
 size_t heed_kv_cache_block_bytes(const heed_kv_cache *c) { return c ? c->block_bytes : 0; }
 void *heed_kv_cache_storage(const heed_kv_cache *c) { return c ? c->storage : NULL; }
+int heed_kv_cache_on_device(const heed_kv_cache *c) { return c && c->dev; }
+
+static heed_status storage_io(heed_kv_cache *c, int write, size_t off, size_t bytes, void *host) {
+  if (!c) return HEED_E_INVALID;
+  size_t total = total_bytes(c);
+  if (off > total || bytes > total - off)
+    return heed_err_set(&c->err, HEED_E_RANGE, "KV cache storage %s of bytes [%zu, +%zu): the storage has %zu",
+                        write ? "write" : "read", off, bytes, total);
+  if (bytes && !host) return heed_err_set(&c->err, HEED_E_INVALID, "KV cache storage %s: the buffer is NULL", write ? "write" : "read");
+  if (c->dev) return c->dev_be->kv_io(c->dev_ctx, c->dev, write, off, bytes, host, &c->err);
+  if (write)
+    memmove(c->storage + off, host, bytes);
+  else
+    memmove(host, c->storage + off, bytes);
+  return HEED_OK;
+}
+
+heed_status heed_kv_cache_storage_read(const heed_kv_cache *c, size_t offset, size_t bytes, void *dst) {
+  return storage_io((heed_kv_cache *)c, 0, offset, bytes, dst); /* only its error message is written */
+}
+
+heed_status heed_kv_cache_storage_write(heed_kv_cache *c, size_t offset, size_t bytes, const void *src) {
+  return storage_io(c, 1, offset, bytes, (void *)src);
+}
 
 static heed_status get_seq(heed_kv_cache *c, int seq, kv_seq **out) {
   if (seq < 0 || (unsigned)seq >= c->cfg.max_seqs || !c->seqs[seq].alive)
@@ -211,7 +253,6 @@ static char *res_of(const heed_kv_cache *c, int seq) { return c->storage + c->re
 
 void kv_view_of(const heed_kv_cache *c, const uint32_t *blocks, unsigned n_full, int res_seq, unsigned b, unsigned h,
                 kv_view *o) {
-  const heed_kv_cache_config *g = &c->cfg;
   memset(o, 0, sizeof *o);
   if (b >= n_full && res_seq >= 0) { /* the residual block */
     const char *r = res_of(c, res_seq);
@@ -221,7 +262,12 @@ void kv_view_of(const heed_kv_cache *c, const uint32_t *blocks, unsigned n_full,
     o->vt = c->res_vt;
     return;
   }
-  const char *blk = blk_of(c, blocks[b]);
+  kv_view_block(c, blk_of(c, blocks[b]), h, o);
+}
+
+void kv_view_block(const heed_kv_cache *c, const char *blk, unsigned h, kv_view *o) {
+  const heed_kv_cache_config *g = &c->cfg;
+  memset(o, 0, sizeof *o);
   const char *ka = blk + c->aux_off + h * c->k_aux, *va = blk + c->aux_off + g->n_kv_heads * c->k_aux + h * c->v_aux;
   o->k = blk + h * c->k_head;
   o->v = blk + c->v_off + h * c->v_head;
@@ -454,11 +500,35 @@ heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const floa
   }
   if (cow) { /* the partly filled last block is shared: write into a private copy */
     uint32_t old = s->blocks[s->n_blocks - 1], fresh = take_block(c);
-    memcpy(blk_of(c, fresh), blk_of(c, old), c->block_bytes);
+    if (c->dev) {
+      st = c->dev_be->kv_copy(c->dev_ctx, c->dev, (size_t)fresh * c->block_bytes, (size_t)old * c->block_bytes, c->block_bytes,
+                              &c->err);
+      if (st != HEED_OK) {
+        drop_block(c, fresh);
+        return st;
+      }
+    } else {
+      memcpy(blk_of(c, fresh), blk_of(c, old), c->block_bytes);
+    }
     drop_block(c, old);
     s->blocks[s->n_blocks - 1] = fresh;
   }
+  unsigned had_blocks = s->n_blocks;
   while (s->n_blocks < need_blocks) s->blocks[s->n_blocks++] = take_block(c);
+  if (c->dev) { /* one kernel writes the n tokens */
+    unsigned first = s->len / bl;
+    heed_kv_put put = {.kt = g->k_dtype, .vt = g->v_dtype, .n_kv_heads = g->n_kv_heads, .dk = g->dk, .dv = g->dv,
+                       .block_len = bl, .block_bytes = c->block_bytes, .k_head = c->k_head, .v_off = c->v_off,
+                       .v_head = c->v_head, .blocks = s->blocks + first, .n_blocks = need_blocks - first,
+                       .row0 = s->len - first * bl, .n = n, .k = k, .v = v};
+    st = c->dev_be->kv_put(c->dev_ctx, c->dev, &put, &c->err);
+    if (st != HEED_OK) { /* nothing appended: give the new blocks back */
+      while (s->n_blocks > had_blocks) drop_block(c, s->blocks[--s->n_blocks]);
+      return st;
+    }
+    s->len = new_len;
+    return HEED_OK;
+  }
   for (unsigned t = 0; t < n; t++) {
     unsigned pos = s->len + t;
     char *blk = blk_of(c, s->blocks[pos / bl]);
@@ -481,11 +551,21 @@ heed_status heed_kv_seq_read(const heed_kv_cache *c, int seq, unsigned t0, unsig
                         s->len);
   if (n && (!k || !v)) return heed_err_set(&cm->err, HEED_E_INVALID, "read of sequence %d: k or v is NULL", seq);
   const heed_kv_cache_config *g = &c->cfg;
-  unsigned bl = g->block_len, n_full = kv_n_full(c, s->len);
+  unsigned bl = g->block_len, n_full = kv_n_full(c, s->len), have = UINT32_MAX;
   for (unsigned t = t0; t < t0 + n; t++)
     for (unsigned h = 0; h < g->n_kv_heads; h++) {
       kv_view w;
-      kv_view_of(c, s->blocks, n_full, seq, t / bl, h, &w);
+      if (c->dev) { /* a copy of the block in host memory */
+        if (have != t / bl) {
+          st = c->dev_be->kv_io(c->dev_ctx, c->dev, 0, (size_t)s->blocks[t / bl] * c->block_bytes, c->block_bytes, cm->blk_host,
+                                &cm->err);
+          if (st != HEED_OK) return st;
+          have = t / bl;
+        }
+        kv_view_block(c, c->blk_host, h, &w);
+      } else {
+        kv_view_of(c, s->blocks, n_full, seq, t / bl, h, &w);
+      }
       float *kr = k + ((size_t)(t - t0) * g->n_kv_heads + h) * g->dk, *vr = v + ((size_t)(t - t0) * g->n_kv_heads + h) * g->dv;
       for (unsigned d = 0; d < g->dk; d++) kr[d] = k_value(c, &w, t % bl, d);
       for (unsigned d = 0; d < g->dv; d++) vr[d] = v_value(c, &w, t % bl, d);

@@ -31,6 +31,11 @@ struct heed_kv_cache {
   uint32_t *tables;         /* [max_seqs][max_blocks_per_seq] */
   float *tmp;               /* quantizing scratch: block_len * max(dk, dv) + dk + dv values */
   uint8_t *tmp_codes;       /* and as many codes */
+  /* device memory (a backend with kv_alloc, e.g. opencl): storage is NULL */
+  void *dev;                       /* the backend's handle */
+  const struct heed_backend_iface *dev_be;
+  void *dev_ctx;
+  char *blk_host;                  /* [block_bytes]: a block read back (heed_kv_seq_read) */
   heed_error err;
 };
 
@@ -57,9 +62,16 @@ typedef struct kv_view {
  * residual slot is res_seq (-1: none): b < n_full is a pool block. */
 void kv_view_of(const heed_kv_cache *c, const uint32_t *blocks, unsigned n_full, int res_seq, unsigned b, unsigned head,
                 kv_view *out);
+/* The same for a pool block whose bytes are at blk (the storage, or a copy). */
+void kv_view_block(const heed_kv_cache *c, const char *blk, unsigned head, kv_view *out);
 /* Full (pool) blocks of a sequence of len tokens: all of them for a float cache. */
 static inline unsigned kv_n_full(const heed_kv_cache *c, unsigned len) {
   return c->quant ? len / c->cfg.block_len : (len + c->cfg.block_len - 1) / c->cfg.block_len;
 }
+
+/* The tokens a view reads: its block table and length, checked against the
+ * cache (attention/attention.c). */
+heed_status kv_resolve_seq(const heed_kv_cache *c, heed_attn_seq s, const uint32_t **blocks, unsigned *len,
+                           heed_error *e);
 
 #endif

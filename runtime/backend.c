@@ -1,9 +1,12 @@
 /* runtime/backend.c - the backends built into this libheed. A backend joins
- * by adding its vtable here (the OpenCL backend does so in its issue). */
+ * by adding its vtable here. */
 #include "runtime/backend.h"
 
 static const heed_backend_iface *const registry[] = {
     &heed_backend_cpu_iface,
+#ifdef HEED_HAVE_OPENCL
+    &heed_backend_opencl_iface,
+#endif
 };
 
 const heed_backend_iface *heed_backend_find(heed_backend_kind kind) {

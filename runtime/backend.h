@@ -24,6 +24,7 @@ typedef struct heed_backend_open_args {
   const heed_kernel_table *cpu_kernels; /* the host's kernel table */
   heed_pool *pool;                      /* the host's workers */
   int device;                           /* OpenCL device index; -1 for the CPU backend */
+  int ignore_env;                       /* HEED_RUNTIME_IGNORE_ENV: read no HEED_* variable */
 } heed_backend_open_args;
 
 /* One attention call, validated by attention/attention.c before any backend
@@ -41,7 +42,21 @@ typedef struct heed_attn_call {
   float *out, *lse;
   void *ws;
   size_t ws_bytes;
+  heed_error *err; /* where a backend's refusal or failure is explained (the cache's) */
 } heed_attn_call;
+
+/* Tokens to write into a cache in device memory: n tokens of f32 K/V (host
+ * memory) going to rows row0 .. row0+n-1 of the blocks in `blocks` (a slice
+ * of the sequence's table: row r is in blocks[r / block_len]). The geometry
+ * is the cache's (heed/attention.h). */
+typedef struct heed_kv_put {
+  heed_dtype kt, vt;
+  unsigned n_kv_heads, dk, dv, block_len;
+  size_t block_bytes, k_head, v_off, v_head;
+  const uint32_t *blocks;
+  unsigned n_blocks, row0, n;
+  const float *k, *v; /* [n][n_kv_heads][dk], [n][n_kv_heads][dv] */
+} heed_kv_put;
 
 typedef struct heed_backend_iface {
   heed_backend_kind kind;
@@ -53,6 +68,15 @@ typedef struct heed_backend_iface {
   /* Optional: attention (absent: HEED_E_UNSUPPORTED). */
   heed_status (*attn_prefill)(void *ctx, const heed_attn_call *call);
   heed_status (*attn_decode)(void *ctx, const heed_attn_call *call);
+  /* Optional: KV caches in device memory (absent: caches live in host memory
+   * the caller provides). kv_alloc returns a handle for `bytes` of device
+   * storage; the others work on that handle. kv_check says whether attention
+   * on this device can read a cache of this configuration. */
+  heed_status (*kv_alloc)(void *ctx, const heed_kv_cache_config *cfg, size_t bytes, void **dev, heed_error *err);
+  void (*kv_free)(void *ctx, void *dev);
+  heed_status (*kv_put)(void *ctx, void *dev, const heed_kv_put *put, heed_error *err);
+  heed_status (*kv_copy)(void *ctx, void *dev, size_t dst, size_t src, size_t bytes, heed_error *err);
+  heed_status (*kv_io)(void *ctx, void *dev, int write, size_t offset, size_t bytes, void *host, heed_error *err);
 } heed_backend_iface;
 
 /* The open backend of a runtime and its context. */
@@ -70,5 +94,6 @@ heed_status heed_cpu_attn_decode(void *ctx, const heed_attn_call *call);
 const heed_backend_iface *heed_backend_find(heed_backend_kind kind);
 
 extern const heed_backend_iface heed_backend_cpu_iface;
+extern const heed_backend_iface heed_backend_opencl_iface; /* in builds with OpenCL */
 
 #endif

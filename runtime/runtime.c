@@ -229,6 +229,11 @@ static heed_status choose_backend(heed_runtime *rt, const settings *s, const hee
       for (unsigned i = 0; i < rt->n_cand && dev < 0; i++)
         if (rt->cand[i].kind == HEED_BACKEND_OPENCL) dev = rt->cand[i].cl_device;
     const heed_cl_device_info *d = heed_topology_get_cl_device(rt->topo, (unsigned)dev);
+    if (!sum->is_this_system)
+      return heed_err_set(err, HEED_E_UNSUPPORTED,
+                          "%s=opencl: device %d '%s' is in the replayed recording (%s), not on this machine; a replay "
+                          "plans but cannot run it",
+                          s->backend_src, dev, d->device_name, sum->source);
     if (!heed_backend_built(HEED_BACKEND_OPENCL))
       return heed_err_set(err, HEED_E_UNSUPPORTED,
                           "%s=opencl: this libheed has no opencl backend yet (built: cpu); device %d would be '%s'",
@@ -247,6 +252,11 @@ static heed_status choose_backend(heed_runtime *rt, const settings *s, const hee
     if (!c->built) {
       appendf(rt->reason, sizeof rt->reason, "skipped %s (score %d): the %s backend is not in this build; ",
               c->why, c->score, heed_backend_name(c->kind));
+      continue;
+    }
+    if (c->kind == HEED_BACKEND_OPENCL && !sum->is_this_system) {
+      appendf(rt->reason, sizeof rt->reason, "skipped %s (score %d): a device of the replayed recording, not of this machine; ",
+              c->why, c->score);
       continue;
     }
     rt->backend = c->kind;
@@ -320,7 +330,8 @@ heed_status heed_runtime_open(const heed_runtime_options *opt, heed_runtime **ou
     st = heed_err_set(err, HEED_E_INTERNAL, "backend %s was chosen but is not registered", heed_backend_name(rt->backend));
     goto fail;
   }
-  heed_backend_open_args args = {.topo = rt->topo, .cpu_kernels = &rt->kernels, .pool = rt->pool, .device = rt->cl_device};
+  heed_backend_open_args args = {.topo = rt->topo, .cpu_kernels = &rt->kernels, .pool = rt->pool, .device = rt->cl_device,
+                                 .ignore_env = (o->flags & HEED_RUNTIME_IGNORE_ENV) != 0};
   if ((st = rt->be->open(&args, &rt->be_ctx, err)) != HEED_OK) {
     rt->be = NULL;
     goto fail;

@@ -24,30 +24,50 @@ typedef struct fx {
   uint64_t rng;
 } fx;
 
-static int fx_open2(fx *f, heed_isa isa, heed_dtype kt, heed_dtype vt, unsigned n_kv, unsigned dk, unsigned dv, unsigned bl) {
+/* What a fixture runs on: one of the CPU ISAs, or the OpenCL backend on the
+ * first OpenCL device (PoCL in CI), where the cache lives in device memory. */
+#define TARGET_OPENCL (-2)
+static const int targets[] = {HEED_ISA_SCALAR, HEED_ISA_AVX2, HEED_ISA_AVX512, HEED_ISA_NEON, TARGET_OPENCL};
+#define N_TARGETS 5
+
+static const char *fx_name(const fx *f) {
+  return heed_runtime_backend(f->rt) == HEED_BACKEND_OPENCL ? "opencl" : fx_name(f);
+}
+
+/* 0: the target is not here (this ISA does not run, no OpenCL device, or the
+ * OpenCL backend does not store this format). */
+static int fx_open2(fx *f, int target, heed_dtype kt, heed_dtype vt, unsigned n_kv, unsigned dk, unsigned dv, unsigned bl) {
   memset(f, 0, sizeof *f);
-  if (!heed_kernels_compiled(isa) || !heed_isa_runs_on(isa, heed_cpu_features_detect())) return 0;
   heed_runtime_options o;
   heed_runtime_options_init(&o);
   o.flags = HEED_RUNTIME_IGNORE_ENV | HEED_RUNTIME_NO_OPENCL;
-  o.isa = (int)isa;
+  if (target == TARGET_OPENCL) {
+    if (!heed_backend_built(HEED_BACKEND_OPENCL) || heed_dtype_is_quant(kt) || heed_dtype_is_quant(vt)) return 0;
+    o.flags = HEED_RUNTIME_IGNORE_ENV;
+    o.backend = HEED_BACKEND_OPENCL;
+  } else {
+    if (!heed_kernels_compiled((heed_isa)target) || !heed_isa_runs_on((heed_isa)target, heed_cpu_features_detect())) return 0;
+    o.isa = target;
+  }
   heed_error e = {0};
-  cr_assert_eq(heed_runtime_open(&o, &f->rt, &e), HEED_OK, "%s", e.msg);
+  heed_status st = heed_runtime_open(&o, &f->rt, &e);
+  if (target == TARGET_OPENCL && st == HEED_E_NOT_FOUND) return 0; /* no OpenCL device: test_opencl says whether that is right */
+  cr_assert_eq(st, HEED_OK, "%s", e.msg);
   f->cfg = (heed_kv_cache_config){.n_kv_heads = n_kv, .dk = dk, .dv = dv, .k_dtype = kt, .v_dtype = vt, .block_len = bl,
                                   .n_blocks = 4 * ((MAXLEN + bl - 1) / bl) + 4, .max_seqs = 4, .max_seq_len = MAXLEN};
   size_t bytes;
   cr_assert_eq(heed_kv_cache_bytes(f->rt, &f->cfg, &bytes, NULL), HEED_OK);
-  f->storage = aligned_alloc(64, bytes);
-  cr_assert_eq(heed_kv_cache_create(f->rt, &f->cfg, f->storage, bytes, &f->c, &e), HEED_OK, "%s", e.msg);
+  f->storage = target == TARGET_OPENCL ? NULL : aligned_alloc(64, bytes);
+  cr_assert_eq(heed_kv_cache_create(f->rt, &f->cfg, f->storage, f->storage ? bytes : 0, &f->c, &e), HEED_OK, "%s", e.msg);
   for (int s = 0; s < 4; s++) {
     f->K[s] = calloc((size_t)MAXLEN * n_kv * dk, sizeof(float));
     f->V[s] = calloc((size_t)MAXLEN * n_kv * dv, sizeof(float));
   }
-  f->rng = 0x5eed + isa * 131 + kt * 17 + vt * 5 + dk;
+  f->rng = 0x5eed + (unsigned)(target + 2) * 131 + kt * 17 + vt * 5 + dk;
   return 1;
 }
 
-static int fx_open(fx *f, heed_isa isa, heed_dtype dt, unsigned n_kv, unsigned dk, unsigned dv, unsigned bl) {
+static int fx_open(fx *f, int isa, heed_dtype dt, unsigned n_kv, unsigned dk, unsigned dv, unsigned bl) {
   return fx_open2(f, isa, dt, dt, n_kv, dk, dv, bl);
 }
 
@@ -238,7 +258,6 @@ static err_stats compare(const float *got, const double *want, size_t n, const f
 #define TOL_ABS 2e-5
 #define TOL_NMSE 1e-9
 
-static const heed_isa isas[] = {HEED_ISA_SCALAR, HEED_ISA_AVX2, HEED_ISA_AVX512, HEED_ISA_NEON};
 
 /* Prefill the whole of mirror 0 (L tokens, already appended) and check it. */
 static void check_prefill(fx *f, const heed_attn_params *p, unsigned L, float qscale, double tol, const char *what) {
@@ -255,7 +274,7 @@ static void check_prefill(fx *f, const heed_attn_params *p, unsigned L, float qs
   oracle(f, 0, p, L, 0, L, q, NULL, 0, want, wl);
   err_stats e = compare(out, want, (size_t)L * H * p->dv, lse, wl, (size_t)L * H);
   cr_assert(e.max_abs <= tol && e.nmse <= TOL_NMSE && e.max_lse <= 1e-4, "%s [%s K %s V %s]: max abs %.3g nmse %.3g lse %.3g",
-            what, heed_isa_name(heed_runtime_isa(f->rt)), heed_dtype_name(f->cfg.k_dtype), heed_dtype_name(f->cfg.v_dtype),
+            what, fx_name(f), heed_dtype_name(f->cfg.k_dtype), heed_dtype_name(f->cfg.v_dtype),
             e.max_abs, e.nmse, e.max_lse);
   free(q), free(out), free(lse), free(want), free(wl), free(ws);
 }
@@ -268,11 +287,11 @@ static heed_attn_params params(unsigned H, unsigned KH, unsigned dk, unsigned dv
 
 Test(attention, every_head_dim_and_dtype) {
   static const unsigned dims[][2] = {{64, 64}, {80, 80}, {96, 96}, {112, 112}, {128, 128}, {256, 256}, {192, 128}};
-  for (size_t ii = 0; ii < 4; ii++)
+  for (size_t ii = 0; ii < N_TARGETS; ii++)
     for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++)
       for (size_t di = 0; di < 7; di++) {
         fx f;
-        if (!fx_open(&f, isas[ii], (heed_dtype)dt, 2, dims[di][0], dims[di][1], 16)) continue;
+        if (!fx_open(&f, targets[ii], (heed_dtype)dt, 2, dims[di][0], dims[di][1], 16)) continue;
         fx_seq0(&f, 37, 1.0f);
         heed_attn_params p = params(4, 2, dims[di][0], dims[di][1]);
         char what[64];
@@ -284,12 +303,12 @@ Test(attention, every_head_dim_and_dtype) {
 
 Test(attention, k_and_v_types_chosen_independently) {
   static const unsigned dims[][2] = {{64, 64}, {128, 128}, {192, 128}};
-  for (size_t ii = 0; ii < 4; ii++)
+  for (size_t ii = 0; ii < N_TARGETS; ii++)
     for (int kt = 0; kt < HEED_DTYPE_COUNT; kt++)
       for (int vt = 0; vt < HEED_DTYPE_COUNT; vt++)
         for (size_t di = 0; di < 3; di++) {
           fx f;
-          if (!fx_open2(&f, isas[ii], (heed_dtype)kt, (heed_dtype)vt, 2, dims[di][0], dims[di][1], 16)) continue;
+          if (!fx_open2(&f, targets[ii], (heed_dtype)kt, (heed_dtype)vt, 2, dims[di][0], dims[di][1], 16)) continue;
           fx_seq0(&f, 41, 1.0f);
           heed_attn_params p = params(4, 2, dims[di][0], dims[di][1]);
           check_prefill(&f, &p, 41, 1.0f, TOL_ABS, "mixed K/V types");
@@ -299,10 +318,10 @@ Test(attention, k_and_v_types_chosen_independently) {
 
 Test(attention, lengths_around_the_tile) {
   static const unsigned lens[] = {1, 15, 16, 17, 31, 33, 100};
-  for (size_t ii = 0; ii < 4; ii++)
+  for (size_t ii = 0; ii < N_TARGETS; ii++)
     for (size_t li = 0; li < 7; li++) {
       fx f;
-      if (!fx_open(&f, isas[ii], HEED_DTYPE_F16, 2, 128, 128, 16)) continue;
+      if (!fx_open(&f, targets[ii], HEED_DTYPE_F16, 2, 128, 128, 16)) continue;
       fx_seq0(&f, lens[li], 1.0f);
       heed_attn_params p = params(8, 2, 128, 128);
       char what[32];
@@ -313,11 +332,11 @@ Test(attention, lengths_around_the_tile) {
 }
 
 Test(attention, gqa_ratios_windows_softcap_sinks) {
-  for (size_t ii = 0; ii < 4; ii++) {
+  for (size_t ii = 0; ii < N_TARGETS; ii++) {
     static const unsigned kvh[] = {8, 4, 2, 1};
     for (int gi = 0; gi < 4; gi++) {
       fx f;
-      if (!fx_open(&f, isas[ii], HEED_DTYPE_BF16, kvh[gi], 64, 64, 32)) continue;
+      if (!fx_open(&f, targets[ii], HEED_DTYPE_BF16, kvh[gi], 64, 64, 32)) continue;
       fx_seq0(&f, 70, 1.0f);
       heed_attn_params p = params(8, kvh[gi], 64, 64);
       check_prefill(&f, &p, 70, 1.0f, TOL_ABS, "gqa");
@@ -340,9 +359,9 @@ Test(attention, gqa_ratios_windows_softcap_sinks) {
 }
 
 Test(attention, extreme_logits) {
-  for (size_t ii = 0; ii < 4; ii++) {
+  for (size_t ii = 0; ii < N_TARGETS; ii++) {
     fx f;
-    if (!fx_open(&f, isas[ii], HEED_DTYPE_F32, 2, 64, 64, 16)) continue;
+    if (!fx_open(&f, targets[ii], HEED_DTYPE_F32, 2, 64, 64, 16)) continue;
     fx_seq0(&f, 50, 30.0f);
     heed_attn_params p = params(4, 2, 64, 64);
     p.scale = 1.0f;
@@ -353,9 +372,9 @@ Test(attention, extreme_logits) {
 }
 
 Test(attention, chunked_prefill_equals_one_shot) {
-  for (size_t ii = 0; ii < 4; ii++) {
+  for (size_t ii = 0; ii < N_TARGETS; ii++) {
     fx f;
-    if (!fx_open(&f, isas[ii], HEED_DTYPE_F16, 2, 96, 96, 16)) continue;
+    if (!fx_open(&f, targets[ii], HEED_DTYPE_F16, 2, 96, 96, 16)) continue;
     fx_seq0(&f, 90, 1.0f);
     heed_attn_params p = params(4, 2, 96, 96);
     p.window = 33;
@@ -377,7 +396,7 @@ Test(attention, chunked_prefill_equals_one_shot) {
       double d = fabs(one[i] - chunk[i]);
       if (d > worst) worst = d;
     }
-    cr_assert_leq(worst, 1e-6, "%s: chunked differs by %g", heed_isa_name(isas[ii]), worst);
+    cr_assert_leq(worst, 1e-6, "%s: chunked differs by %g", fx_name(&f), worst);
     free(q), free(one), free(chunk), free(ws);
     fx_close(&f);
   }
@@ -413,7 +432,7 @@ static void check_decode(fx *f, const heed_attn_params *p, const dcase *cs, unsi
     err_stats e = compare(out + (size_t)r0 * H * p->dv, want, (size_t)nq * H * p->dv, lse + (size_t)r0 * H, wl, (size_t)nq * H);
     cr_assert(e.max_abs <= TOL_ABS && e.nmse <= TOL_NMSE && e.max_lse <= 1e-4,
               "%s [%s K %s V %s] seq %u (ctx %u, n_q %u): max abs %.3g nmse %.3g lse %.3g", what,
-              heed_isa_name(heed_runtime_isa(f->rt)), heed_dtype_name(f->cfg.k_dtype), heed_dtype_name(f->cfg.v_dtype), i,
+              fx_name(f), heed_dtype_name(f->cfg.k_dtype), heed_dtype_name(f->cfg.v_dtype), i,
               cs[i].ctx, nq, e.max_abs, e.nmse, e.max_lse);
     free(want), free(wl);
     r0 += nq;
@@ -422,10 +441,10 @@ static void check_decode(fx *f, const heed_attn_params *p, const dcase *cs, unsi
 }
 
 Test(attention, decode_ragged_batch_split_kv) {
-  for (size_t ii = 0; ii < 4; ii++)
+  for (size_t ii = 0; ii < N_TARGETS; ii++)
     for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++) {
       fx f;
-      if (!fx_open(&f, isas[ii], (heed_dtype)dt, 2, 128, 128, 16)) continue;
+      if (!fx_open(&f, targets[ii], (heed_dtype)dt, 2, 128, 128, 16)) continue;
       static const unsigned ctx[] = {0, 17, 150, 299}, nq[] = {1, 3, 16, 1};
       dcase cs[4];
       for (int i = 0; i < 4; i++) {
@@ -451,9 +470,9 @@ Test(attention, decode_tree_masks_and_fully_masked_rows) {
   for (int i = 0; i < 6; i++)
     for (int a = i; a >= 0; a = parent[a]) tree[i * 6 + a] = 1;
   empty[1 * 3 + 0] = 1; /* rows 0 and 2 see nothing at all */
-  for (size_t ii = 0; ii < 4; ii++) {
+  for (size_t ii = 0; ii < N_TARGETS; ii++) {
     fx f;
-    if (!fx_open(&f, isas[ii], HEED_DTYPE_F16, 1, 64, 64, 16)) continue;
+    if (!fx_open(&f, targets[ii], HEED_DTYPE_F16, 1, 64, 64, 16)) continue;
     int a, b;
     heed_kv_seq_new(f.c, &a);
     heed_kv_seq_new(f.c, &b);
@@ -467,9 +486,9 @@ Test(attention, decode_tree_masks_and_fully_masked_rows) {
 }
 
 Test(attention, fork_cow_and_truncate_through_attention) {
-  for (size_t ii = 0; ii < 4; ii++) {
+  for (size_t ii = 0; ii < N_TARGETS; ii++) {
     fx f;
-    if (!fx_open(&f, isas[ii], HEED_DTYPE_BF16, 2, 64, 64, 16)) continue;
+    if (!fx_open(&f, targets[ii], HEED_DTYPE_BF16, 2, 64, 64, 16)) continue;
     int a, b;
     heed_kv_seq_new(f.c, &a);
     fx_append(&f, a, 0, 25, 1.0f);
@@ -611,10 +630,10 @@ Test(attention, quantized_blocks_residual_fork_truncate) {
   static const heed_dtype pairs[][2] = {{HEED_DTYPE_Q4, HEED_DTYPE_Q8}, {HEED_DTYPE_Q8, HEED_DTYPE_Q4},
                                         {HEED_DTYPE_E4M3, HEED_DTYPE_E5M2}, {HEED_DTYPE_F32, HEED_DTYPE_Q4},
                                         {HEED_DTYPE_Q4, HEED_DTYPE_BF16}};
-  for (size_t ii = 0; ii < 4; ii++)
+  for (size_t ii = 0; ii < N_TARGETS; ii++)
     for (size_t pi = 0; pi < 5; pi++) {
       fx f;
-      if (!fx_open2(&f, isas[ii], pairs[pi][0], pairs[pi][1], 2, 64, 96, 16)) continue;
+      if (!fx_open2(&f, targets[ii], pairs[pi][0], pairs[pi][1], 2, 64, 96, 16)) continue;
       uint32_t total = heed_kv_cache_free_blocks(f.c);
       int a, b;
       const uint32_t *bt;

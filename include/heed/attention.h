@@ -108,7 +108,13 @@ typedef struct heed_kv_cache_config {
 heed_status heed_kv_cache_bytes(heed_runtime *rt, const heed_kv_cache_config *cfg, size_t *bytes,
                                 unsigned *block_len);
 /* storage: borrowed, at least heed_kv_cache_bytes, 64-byte aligned, must
- * outlive the cache. heed allocates only the small tables. */
+ * outlive the cache. heed allocates only the small tables.
+ * On a runtime whose backend computes on a device (opencl) the cache lives in
+ * that device's memory: pass storage NULL and storage_bytes 0; create
+ * allocates heed_kv_cache_bytes there and destroy frees them. Such a cache is
+ * read by attention on that runtime only, and a host cache by CPU runtimes
+ * only; either mix-up is refused with a message. The opencl backend stores
+ * f32, f16 and bf16 caches so far; a quantized one is refused at create. */
 heed_status heed_kv_cache_create(heed_runtime *rt, const heed_kv_cache_config *cfg, void *storage,
                                  size_t storage_bytes, heed_kv_cache **out, heed_error *err);
 void heed_kv_cache_destroy(heed_kv_cache *c); /* NULL is fine; the storage stays the caller's */
@@ -117,7 +123,15 @@ const char *heed_kv_cache_last_error(const heed_kv_cache *c);
 const heed_kv_cache_config *heed_kv_cache_get_config(const heed_kv_cache *c);
 uint32_t heed_kv_cache_free_blocks(const heed_kv_cache *c);
 size_t heed_kv_cache_block_bytes(const heed_kv_cache *c);
-void *heed_kv_cache_storage(const heed_kv_cache *c);
+void *heed_kv_cache_storage(const heed_kv_cache *c); /* NULL for a cache in device memory */
+/* 1 when the cache is in a device's memory (see heed_kv_cache_create). */
+int heed_kv_cache_on_device(const heed_kv_cache *c);
+/* Raw bytes [offset, offset+bytes) of the storage, host or device: the same
+ * layout on every backend, so blocks one backend wrote can be copied to a
+ * cache of the same configuration on another and read there through a block
+ * table (heed_attn_seq with seq < 0). Writing changes no sequence. */
+heed_status heed_kv_cache_storage_read(const heed_kv_cache *c, size_t offset, size_t bytes, void *dst);
+heed_status heed_kv_cache_storage_write(heed_kv_cache *c, size_t offset, size_t bytes, const void *src);
 
 /* A new, empty sequence; *seq is its id (0..max_seqs-1). */
 heed_status heed_kv_seq_new(heed_kv_cache *c, int *seq);

@@ -10,6 +10,8 @@
  * set wins over the environment:
  *   HEED_BACKEND=cpu|opencl   HEED_ISA=scalar|avx2|avx512|neon
  *   HEED_THREADS=N (1..PUs)   HEED_DEBUG=1 (log the choice and why to stderr)
+ *   HEED_OPENCL_LOCAL_MEM=BYTES (plan OpenCL kernels for at most this much local
+ *   memory: tuning, and trying a smaller device's limits)
  * A value that is unknown, or that this machine or build cannot honour, makes
  * open fail with a message naming the value and what is accepted; nothing
  * falls back silently.

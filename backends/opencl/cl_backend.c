@@ -1,0 +1,770 @@
+/* backends/opencl/cl_backend.c - the OpenCL backend: one context and one
+ * in-order queue on one device, heed's kernels (the .cl files in kernels/, embedded at
+ * build time) specialised for the device's limits and cached as a binary on
+ * disk, KV caches in device memory, and attention.
+ *
+ * Specialisation. The work-group size (WG) and the rows of one attention
+ * work-group (ROWS) are build-time defines chosen from the device's limits;
+ * head dims, storage types and tile lengths are arguments, so one program
+ * serves every cache. Local memory is sized per call from dk, dv and the key
+ * tile, which is the largest of 64, 32, 16 that fits.
+ *
+ * Binary cache. $XDG_CACHE_HOME/heed (or ~/.cache/heed) holds
+ * opencl-<hash>.bin, the hash over platform, device, device and driver
+ * versions, build options and source; a second start loads it instead of
+ * compiling. A binary the driver refuses is rebuilt from source. */
+#define CL_TARGET_OPENCL_VERSION 120
+#include <CL/cl.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "attention/kv_internal.h"
+#include "backends/opencl/cl_backend.h"
+#include "runtime/backend.h"
+#include "runtime/internal.h"
+#include "runtime/opencl_enum.h"
+
+extern const char heed_cl_source[];
+extern const size_t heed_cl_source_len;
+
+#define WG_MAX 64u
+#define MAX_SPLITS 64u
+
+/* A grow-only device buffer (scratch reused across calls). */
+typedef struct dbuf {
+  cl_mem m;
+  size_t cap;
+} dbuf;
+
+typedef struct cl_ctx {
+  cl_platform_id plat;
+  cl_device_id dev;
+  cl_context ctx;
+  cl_command_queue q;
+  heed_cl_device_info info;
+  size_t local_mem;      /* what heed plans with */
+  size_t max_wg;
+  unsigned wg, rows, acc;
+  int profiling;
+  cl_program prog;
+  cl_kernel k_put, k_part, k_merge, k_probe;
+  size_t part_static;    /* local memory the attention kernel declares itself */
+  heed_cl_build_info build;
+  dbuf qb, out, lse, rec, info_b, tables, masks, omap, sinks, kin, vin, blocks;
+  void *host;            /* grow-only host scratch for info, tables, masks, omap */
+  size_t host_cap;
+  double last_kernel_s;
+} cl_ctx;
+
+typedef struct cl_kv {
+  cl_mem buf;
+  size_t bytes;
+} cl_kv;
+
+#define CL_FAIL(err, rc, ...) cl_fail(err, rc, __VA_ARGS__)
+
+static heed_status cl_fail(heed_error *err, cl_int rc, const char *fmt, ...) HEED_PRINTF(3, 4);
+static heed_status cl_fail(heed_error *err, cl_int rc, const char *fmt, ...) {
+  char what[200];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  return heed_err_set(err, HEED_E_OPENCL, "opencl: %s: %s (%d)", what, heed_cl_error_name(rc), (int)rc);
+}
+
+/* ---------- buffers ---------- */
+
+static heed_status dbuf_fit(cl_ctx *c, dbuf *b, size_t bytes, heed_error *err) {
+  if (bytes == 0) bytes = 16;
+  if (b->m && b->cap >= bytes) return HEED_OK;
+  if (b->m) clReleaseMemObject(b->m);
+  b->m = NULL;
+  b->cap = 0;
+  size_t cap = bytes + bytes / 4;
+  cl_int rc;
+  b->m = clCreateBuffer(c->ctx, CL_MEM_READ_WRITE, cap, NULL, &rc);
+  if (rc != CL_SUCCESS) return CL_FAIL(err, rc, "allocating %zu bytes of scratch on '%s'", cap, c->info.device_name);
+  b->cap = cap;
+  return HEED_OK;
+}
+
+static void dbuf_free(dbuf *b) {
+  if (b->m) clReleaseMemObject(b->m);
+  b->m = NULL;
+  b->cap = 0;
+}
+
+static heed_status upload(cl_ctx *c, dbuf *b, const void *src, size_t bytes, heed_error *err) {
+  heed_status st = dbuf_fit(c, b, bytes, err);
+  if (st != HEED_OK || !bytes) return st;
+  cl_int rc = clEnqueueWriteBuffer(c->q, b->m, CL_TRUE, 0, bytes, src, 0, NULL, NULL);
+  return rc == CL_SUCCESS ? HEED_OK : CL_FAIL(err, rc, "writing %zu bytes to the device", bytes);
+}
+
+static void *host_fit(cl_ctx *c, size_t bytes) {
+  if (bytes <= c->host_cap) return c->host;
+  void *p = realloc(c->host, bytes);
+  if (!p) return NULL;
+  c->host = p;
+  c->host_cap = bytes;
+  return p;
+}
+
+/* ---------- the program and its binary cache ---------- */
+
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+  return h ^ 0xff; /* separates fields: ("ab","c") != ("a","bc") */
+}
+
+static void cache_dir(char *buf, size_t cap) {
+  const char *x = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+  if (x && x[0] == '/')
+    snprintf(buf, cap, "%s/heed", x);
+  else if (home && home[0])
+    snprintf(buf, cap, "%s/.cache/heed", home);
+  else
+    buf[0] = '\0';
+}
+
+/* mkdir -p; failures show up when the file is written. */
+static void make_dirs(const char *dir) {
+  char tmp[512];
+  heed_strlcpy(tmp, dir, sizeof tmp);
+  for (char *p = tmp + 1; *p; p++)
+    if (*p == '/') {
+      *p = '\0';
+      mkdir(tmp, 0755);
+      *p = '/';
+    }
+  mkdir(tmp, 0755);
+}
+
+static heed_status build_log(cl_ctx *c, cl_program prog, cl_int rc, heed_error *err) {
+  size_t n = 0;
+  char log[HEED_ERROR_MSG_MAX] = "";
+  if (clGetProgramBuildInfo(prog, c->dev, CL_PROGRAM_BUILD_LOG, 0, NULL, &n) == CL_SUCCESS && n) {
+    char *full = malloc(n + 1);
+    if (full && clGetProgramBuildInfo(prog, c->dev, CL_PROGRAM_BUILD_LOG, n, full, NULL) == CL_SUCCESS) {
+      full[n] = '\0';
+      /* the first error line is what a reader needs; keep from there */
+      const char *at = strstr(full, "error");
+      const char *from = at ? at : full;
+      while (from > full && from[-1] != '\n') from--;
+      heed_strlcpy(log, from, sizeof log);
+      for (char *p = log; *p; p++)
+        if (*p == '\n') *p = ' ';
+    }
+    free(full);
+  }
+  return heed_err_set(err, HEED_E_OPENCL, "opencl: building kernels for '%s' failed: %s (%d); compiler log: %s",
+                      c->info.device_name, heed_cl_error_name(rc), (int)rc, log[0] ? log : "(empty)");
+}
+
+static void save_binary(cl_ctx *c, cl_program prog, const char *path) {
+  size_t n = 0;
+  if (clGetProgramInfo(prog, CL_PROGRAM_BINARY_SIZES, sizeof n, &n, NULL) != CL_SUCCESS || !n) return;
+  unsigned char *bin = malloc(n);
+  if (!bin) return;
+  if (clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL) == CL_SUCCESS) {
+    char tmp[560];
+    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (f) {
+      int ok = fwrite(bin, 1, n, f) == n;
+      ok &= fclose(f) == 0;
+      if (!ok || rename(tmp, path) != 0) remove(tmp); /* concurrent starts: the last rename wins, all equal */
+    }
+  }
+  free(bin);
+  (void)c;
+}
+
+static cl_program load_binary(cl_ctx *c, const char *path, const char *opts) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  cl_program prog = NULL;
+  unsigned char *bin = NULL;
+  long n = -1;
+  if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+  if (n > 0 && fseek(f, 0, SEEK_SET) == 0 && (bin = malloc((size_t)n)) && fread(bin, 1, (size_t)n, f) == (size_t)n) {
+    size_t len = (size_t)n;
+    const unsigned char *p = bin;
+    cl_int bst, rc;
+    prog = clCreateProgramWithBinary(c->ctx, 1, &c->dev, &len, &p, &bst, &rc);
+    if (rc != CL_SUCCESS || bst != CL_SUCCESS) {
+      if (prog) clReleaseProgram(prog);
+      prog = NULL;
+    } else if (clBuildProgram(prog, 1, &c->dev, opts, NULL, NULL) != CL_SUCCESS) {
+      clReleaseProgram(prog);
+      prog = NULL;
+    }
+  }
+  free(bin);
+  fclose(f);
+  return prog;
+}
+
+/* src built with opts, through the cache. */
+static heed_status build(cl_ctx *c, const char *src, size_t len, const char *opts, cl_program *out, int *from_cache,
+                         char *path, size_t path_cap, heed_error *err) {
+  char dir[400];
+  cache_dir(dir, sizeof dir);
+  uint64_t h = 0xcbf29ce484222325ull;
+  char plat[128] = "";
+  clGetPlatformInfo(c->plat, CL_PLATFORM_VERSION, sizeof plat, plat, NULL);
+  plat[sizeof plat - 1] = '\0';
+  h = fnv1a(h, plat, strlen(plat));
+  h = fnv1a(h, c->info.platform_name, strlen(c->info.platform_name));
+  h = fnv1a(h, c->info.device_name, strlen(c->info.device_name));
+  h = fnv1a(h, c->info.version, strlen(c->info.version));
+  h = fnv1a(h, c->info.driver_version, strlen(c->info.driver_version));
+  h = fnv1a(h, opts, strlen(opts));
+  h = fnv1a(h, src, len);
+  path[0] = '\0';
+  if (dir[0]) snprintf(path, path_cap, "%s/opencl-%016llx.bin", dir, (unsigned long long)h);
+  *from_cache = 0;
+  if (path[0] && (*out = load_binary(c, path, opts))) {
+    *from_cache = 1;
+    return HEED_OK;
+  }
+  cl_int rc;
+  cl_program prog = clCreateProgramWithSource(c->ctx, 1, &src, &len, &rc);
+  if (rc != CL_SUCCESS) return CL_FAIL(err, rc, "creating the program for '%s'", c->info.device_name);
+  rc = clBuildProgram(prog, 1, &c->dev, opts, NULL, NULL);
+  if (rc != CL_SUCCESS) {
+    heed_status st = build_log(c, prog, rc, err);
+    clReleaseProgram(prog);
+    return st;
+  }
+  if (path[0]) {
+    make_dirs(dir);
+    save_binary(c, prog, path);
+  }
+  *out = prog;
+  return HEED_OK;
+}
+
+/* ---------- open, close ---------- */
+
+static heed_status find_device(cl_ctx *c, const heed_cl_device_info *d, heed_error *err) {
+  cl_uint np = 0;
+  cl_int rc = clGetPlatformIDs(0, NULL, &np);
+  if (rc != CL_SUCCESS || (unsigned)d->platform_index >= np)
+    return heed_err_set(err, HEED_E_NOT_FOUND, "opencl: device '%s' (platform %d) is not on this machine (%u platforms)",
+                        d->device_name, d->platform_index, (unsigned)np);
+  cl_platform_id plats[16];
+  if (np > 16) np = 16;
+  clGetPlatformIDs(np, plats, NULL);
+  c->plat = plats[d->platform_index];
+  cl_device_id devs[64];
+  cl_uint nd = 0;
+  rc = clGetDeviceIDs(c->plat, CL_DEVICE_TYPE_ALL, 64, devs, &nd);
+  if (rc != CL_SUCCESS || (unsigned)d->device_index >= nd)
+    return heed_err_set(err, HEED_E_NOT_FOUND, "opencl: device '%s' (index %d) is not on this machine", d->device_name,
+                        d->device_index);
+  c->dev = devs[d->device_index];
+  char name[128] = "";
+  clGetDeviceInfo(c->dev, CL_DEVICE_NAME, sizeof name, name, NULL);
+  name[sizeof name - 1] = '\0';
+  if (strcmp(name, d->device_name) != 0)
+    return heed_err_set(err, HEED_E_NOT_FOUND, "opencl: the topology lists '%s' but this machine has '%s' there (a replayed "
+                        "recording?)", d->device_name, name);
+  return HEED_OK;
+}
+
+static heed_status read_local_cap(cl_ctx *c, int ignore_env, heed_error *err) {
+  cl_ulong lm = 0;
+  clGetDeviceInfo(c->dev, CL_DEVICE_LOCAL_MEM_SIZE, sizeof lm, &lm, NULL);
+  c->local_mem = (size_t)lm;
+  const char *v = ignore_env ? NULL : getenv("HEED_OPENCL_LOCAL_MEM");
+  if (v && v[0]) {
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || *end || end == v || x < 1024)
+      return heed_err_set(err, HEED_E_INVALID, "HEED_OPENCL_LOCAL_MEM=%s: accepted: bytes of local memory, >= 1024", v);
+    if (x < c->local_mem) c->local_mem = (size_t)x;
+  }
+  return HEED_OK;
+}
+
+/* Local bytes attn_part needs for head dims dk, dv and key tile tk. */
+static size_t part_local(const cl_ctx *c, unsigned dk, unsigned dv, unsigned tk) {
+  size_t kvw = dk > dv ? dk : dv;
+  return ((size_t)c->rows * dk + kvw * tk + (size_t)c->rows * tk + 3 * c->rows) * sizeof(float) + c->part_static;
+}
+
+/* The largest key tile that fits, or 0. */
+static unsigned pick_tile(const cl_ctx *c, unsigned dk, unsigned dv) {
+  for (unsigned tk = 64; tk >= 16; tk /= 2)
+    if (part_local(c, dk, dv, tk) <= c->local_mem) return tk;
+  return 0;
+}
+
+static heed_status need_tile(const cl_ctx *c, unsigned dk, unsigned dv, unsigned *tk, heed_error *err) {
+  *tk = pick_tile(c, dk, dv);
+  if (*tk) return HEED_OK;
+  return heed_err_set(err, HEED_E_UNSUPPORTED,
+                      "opencl: attention with dk=%u dv=%u needs %zu bytes of local memory (16-key tiles, %u rows); "
+                      "'%s' offers %zu",
+                      dk, dv, part_local(c, dk, dv, 16), c->rows, c->info.device_name, c->local_mem);
+}
+
+static void cl_close(void *ctx) {
+  cl_ctx *c = ctx;
+  if (!c) return;
+  dbuf *bufs[] = {&c->qb, &c->out, &c->lse, &c->rec, &c->info_b, &c->tables, &c->masks, &c->omap, &c->sinks, &c->kin, &c->vin, &c->blocks};
+  for (size_t i = 0; i < HEED_ARRAY_LEN(bufs); i++) dbuf_free(bufs[i]);
+  cl_kernel ks[] = {c->k_put, c->k_part, c->k_merge, c->k_probe};
+  for (size_t i = 0; i < HEED_ARRAY_LEN(ks); i++)
+    if (ks[i]) clReleaseKernel(ks[i]);
+  if (c->prog) clReleaseProgram(c->prog);
+  if (c->q) clReleaseCommandQueue(c->q);
+  if (c->ctx) clReleaseContext(c->ctx);
+  free(c->host);
+  free(c);
+}
+
+static heed_status cl_open(const heed_backend_open_args *a, void **out, heed_error *err) {
+  if (!a->topo || a->device < 0 || (unsigned)a->device >= heed_topology_n_cl_devices(a->topo))
+    return heed_err_set(err, HEED_E_INTERNAL, "opencl backend: device index %d is not in the topology", a->device);
+  cl_ctx *c = calloc(1, sizeof *c);
+  if (!c) return heed_err_set(err, HEED_E_NOMEM, "no memory for the opencl backend");
+  c->info = *heed_topology_get_cl_device(a->topo, (unsigned)a->device);
+  heed_status st = find_device(c, &c->info, err);
+  if (st != HEED_OK) goto fail;
+  if ((st = read_local_cap(c, a->ignore_env, err)) != HEED_OK) goto fail;
+  clGetDeviceInfo(c->dev, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof c->max_wg, &c->max_wg, NULL);
+  if (c->max_wg < 16) {
+    st = heed_err_set(err, HEED_E_UNSUPPORTED, "opencl: '%s' allows work-groups of %zu; heed's kernels need 16 or more",
+                      c->info.device_name, c->max_wg);
+    goto fail;
+  }
+  c->wg = c->max_wg >= WG_MAX ? WG_MAX : c->max_wg >= 32 ? 32 : 16;
+  c->rows = c->local_mem >= 48 * 1024 ? 16 : 8;
+  c->acc = (c->rows * HEED_HEAD_DIM_MAX + c->wg - 1) / c->wg;
+  cl_int rc;
+  c->ctx = clCreateContext(NULL, 1, &c->dev, NULL, NULL, &rc);
+  if (rc != CL_SUCCESS) {
+    st = CL_FAIL(err, rc, "creating a context on '%s'", c->info.device_name);
+    goto fail;
+  }
+  c->q = clCreateCommandQueue(c->ctx, c->dev, CL_QUEUE_PROFILING_ENABLE, &rc);
+  c->profiling = rc == CL_SUCCESS;
+  if (rc != CL_SUCCESS) c->q = clCreateCommandQueue(c->ctx, c->dev, 0, &rc);
+  if (rc != CL_SUCCESS) {
+    st = CL_FAIL(err, rc, "creating a queue on '%s'", c->info.device_name);
+    goto fail;
+  }
+  snprintf(c->build.options, sizeof c->build.options, "-cl-std=CL1.2 -DWG=%u -DROWS=%u -DACC=%u", c->wg, c->rows, c->acc);
+  if ((st = build(c, heed_cl_source, heed_cl_source_len, c->build.options, &c->prog, &c->build.from_cache,
+                  c->build.cache_path, sizeof c->build.cache_path, err)) != HEED_OK)
+    goto fail;
+  struct {
+    cl_kernel *k;
+    const char *name;
+  } ks[] = {{&c->k_put, "kv_put"}, {&c->k_part, "attn_part"}, {&c->k_merge, "attn_merge"}, {&c->k_probe, "probe_read"}};
+  for (size_t i = 0; i < HEED_ARRAY_LEN(ks); i++) {
+    *ks[i].k = clCreateKernel(c->prog, ks[i].name, &rc);
+    if (rc != CL_SUCCESS) {
+      st = CL_FAIL(err, rc, "kernel %s on '%s'", ks[i].name, c->info.device_name);
+      goto fail;
+    }
+  }
+  size_t kwg = 0;
+  cl_ulong kl = 0;
+  clGetKernelWorkGroupInfo(c->k_part, c->dev, CL_KERNEL_WORK_GROUP_SIZE, sizeof kwg, &kwg, NULL);
+  clGetKernelWorkGroupInfo(c->k_part, c->dev, CL_KERNEL_LOCAL_MEM_SIZE, sizeof kl, &kl, NULL);
+  c->part_static = (size_t)kl;
+  if (kwg && kwg < c->wg) {
+    st = heed_err_set(err, HEED_E_UNSUPPORTED, "opencl: attn_part needs work-groups of %u on '%s', which allows %zu for it",
+                      c->wg, c->info.device_name, kwg);
+    goto fail;
+  }
+  unsigned tk;
+  if ((st = need_tile(c, HEED_HEAD_DIM_MIN, HEED_HEAD_DIM_MIN, &tk, err)) != HEED_OK) goto fail;
+  c->build.wg = c->wg;
+  c->build.rows = c->rows;
+  c->build.local_mem = c->local_mem;
+  heed_strlcpy(c->build.device, c->info.device_name, sizeof c->build.device);
+  c->last_kernel_s = -1;
+  *out = c;
+  return HEED_OK;
+fail:
+  cl_close(c);
+  return st;
+}
+
+static void cl_describe(void *ctx, char *buf, size_t cap) {
+  cl_ctx *c = ctx;
+  snprintf(buf, cap, "opencl on '%s' (%s, driver %s): work-groups of %u, %u rows, %zu KiB local; kernels %s", c->info.device_name,
+           c->info.platform_name, c->info.driver_version, c->wg, c->rows, c->local_mem / 1024,
+           c->build.from_cache ? "from the binary cache" : "compiled");
+}
+
+/* ---------- KV cache in device memory ---------- */
+
+static heed_status cl_kv_alloc(void *ctx, const heed_kv_cache_config *cfg, size_t bytes, void **dev, heed_error *err) {
+  cl_ctx *c = ctx;
+  if (heed_dtype_is_quant(cfg->k_dtype) || heed_dtype_is_quant(cfg->v_dtype))
+    return heed_err_set(err, HEED_E_UNSUPPORTED,
+                        "opencl: KV cache with k_dtype=%s v_dtype=%s: this backend stores f32, f16 and bf16 so far",
+                        heed_dtype_name(cfg->k_dtype), heed_dtype_name(cfg->v_dtype));
+  unsigned tk;
+  heed_status st = need_tile(c, cfg->dk, cfg->dv, &tk, err);
+  if (st != HEED_OK) return st;
+  cl_ulong most = 0;
+  clGetDeviceInfo(c->dev, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof most, &most, NULL);
+  if (most && bytes > most)
+    return heed_err_set(err, HEED_E_NOMEM,
+                        "opencl: a KV cache of %zu bytes (n_blocks=%u) is more than one buffer may hold on '%s' (%llu "
+                        "bytes); use fewer blocks",
+                        bytes, (unsigned)cfg->n_blocks, c->info.device_name, (unsigned long long)most);
+  cl_kv *kv = calloc(1, sizeof *kv);
+  if (!kv) return heed_err_set(err, HEED_E_NOMEM, "no memory for a device cache handle");
+  cl_int rc;
+  kv->buf = clCreateBuffer(c->ctx, CL_MEM_READ_WRITE, bytes, NULL, &rc);
+  if (rc == CL_SUCCESS) { /* touch it, so an allocation the device cannot back fails here and not in a kernel */
+    unsigned char zero = 0;
+    rc = clEnqueueFillBuffer(c->q, kv->buf, &zero, 1, 0, bytes, 0, NULL, NULL);
+    if (rc == CL_SUCCESS) rc = clFinish(c->q);
+  }
+  if (rc != CL_SUCCESS) {
+    if (kv->buf) clReleaseMemObject(kv->buf);
+    free(kv);
+    return CL_FAIL(err, rc, "allocating a KV cache of %zu bytes on '%s' (%llu bytes of memory)", bytes,
+                   c->info.device_name, (unsigned long long)c->info.global_mem_bytes);
+  }
+  kv->bytes = bytes;
+  *dev = kv;
+  return HEED_OK;
+}
+
+static void cl_kv_free(void *ctx, void *dev) {
+  (void)ctx;
+  cl_kv *kv = dev;
+  if (!kv) return;
+  clReleaseMemObject(kv->buf);
+  free(kv);
+}
+
+static heed_status set_args(cl_kernel k, heed_error *err, const char *name, unsigned n, const size_t *sizes,
+                            const void *const *vals) {
+  for (unsigned i = 0; i < n; i++) {
+    cl_int rc = clSetKernelArg(k, i, sizes[i], vals[i]);
+    if (rc != CL_SUCCESS) return CL_FAIL(err, rc, "%s argument %u", name, i);
+  }
+  return HEED_OK;
+}
+
+static heed_status cl_kv_put(void *ctx, void *dev, const heed_kv_put *p, heed_error *err) {
+  cl_ctx *c = ctx;
+  cl_kv *kv = dev;
+  heed_status st;
+  size_t kb = (size_t)p->n * p->n_kv_heads * p->dk * sizeof(float), vb = (size_t)p->n * p->n_kv_heads * p->dv * sizeof(float);
+  if ((st = upload(c, &c->kin, p->k, kb, err)) != HEED_OK || (st = upload(c, &c->vin, p->v, vb, err)) != HEED_OK ||
+      (st = upload(c, &c->blocks, p->blocks, p->n_blocks * sizeof(uint32_t), err)) != HEED_OK)
+    return st;
+  cl_uint H = p->n_kv_heads, dk = p->dk, dv = p->dv, bl = p->block_len, row0 = p->row0;
+  cl_ulong bb = p->block_bytes, kh = p->k_head, vo = p->v_off, vh = p->v_head;
+  cl_int kt = (cl_int)p->kt, vt = (cl_int)p->vt;
+  const void *vals[] = {&kv->buf, &c->blocks.m, &row0, &c->kin.m, &c->vin.m, &H, &dk, &dv, &bl, &bb, &kh, &vo, &vh, &kt, &vt};
+  const size_t sizes[] = {sizeof(cl_mem), sizeof(cl_mem), 4, sizeof(cl_mem), sizeof(cl_mem), 4, 4, 4, 4, 8, 8, 8, 8, 4, 4};
+  if ((st = set_args(c->k_put, err, "kv_put", HEED_ARRAY_LEN(vals), sizes, vals)) != HEED_OK) return st;
+  size_t global[3] = {16, H, p->n};
+  cl_int rc = clEnqueueNDRangeKernel(c->q, c->k_put, 3, NULL, global, NULL, 0, NULL, NULL);
+  return rc == CL_SUCCESS ? HEED_OK : CL_FAIL(err, rc, "kv_put of %u tokens", p->n);
+}
+
+static heed_status cl_kv_copy(void *ctx, void *dev, size_t dst, size_t src, size_t bytes, heed_error *err) {
+  cl_ctx *c = ctx;
+  cl_kv *kv = dev;
+  cl_int rc = clEnqueueCopyBuffer(c->q, kv->buf, kv->buf, src, dst, bytes, 0, NULL, NULL);
+  return rc == CL_SUCCESS ? HEED_OK : CL_FAIL(err, rc, "copying %zu bytes of the KV cache", bytes);
+}
+
+static heed_status cl_kv_io(void *ctx, void *dev, int write, size_t off, size_t bytes, void *host, heed_error *err) {
+  cl_ctx *c = ctx;
+  cl_kv *kv = dev;
+  if (!bytes) return HEED_OK;
+  cl_int rc = write ? clEnqueueWriteBuffer(c->q, kv->buf, CL_TRUE, off, bytes, host, 0, NULL, NULL)
+                    : clEnqueueReadBuffer(c->q, kv->buf, CL_TRUE, off, bytes, host, 0, NULL, NULL);
+  return rc == CL_SUCCESS ? HEED_OK : CL_FAIL(err, rc, "%s %zu bytes of the KV cache", write ? "writing" : "reading", bytes);
+}
+
+/* ---------- attention ---------- */
+
+/* One sequence of a call as the kernels see it. */
+typedef struct cl_seq {
+  const uint32_t *blocks;
+  unsigned keys, n_q, pos0, q_row0;
+  const uint8_t *mask;
+} cl_seq;
+
+static unsigned n_splits_for(const cl_ctx *c, unsigned groups, unsigned max_keys, unsigned tk) {
+  unsigned want = 4 * (c->info.compute_units ? c->info.compute_units : 1);
+  unsigned s = groups >= want ? 1 : (want + groups - 1) / groups;
+  unsigned most = max_keys / (4 * tk); /* at least 4 tiles a split */
+  if (s > most) s = most;
+  if (s > MAX_SPLITS) s = MAX_SPLITS;
+  return s ? s : 1;
+}
+
+static heed_status run_attention(cl_ctx *c, const heed_attn_call *call, const cl_seq *sq, unsigned n) {
+  const heed_kv_cache *kc = call->cache;
+  const heed_attn_params *p = call->p;
+  heed_error *err = call->err;
+  const unsigned H = p->n_q_heads, KH = p->n_kv_heads, G = H / KH, dk = p->dk, dv = p->dv, bl = kc->cfg.block_len;
+  unsigned tk;
+  heed_status st = need_tile(c, dk, dv, &tk, err);
+  if (st != HEED_OK) return st;
+  /* host tables: info [n][8], block tables, masks, output map */
+  size_t n_tab = 0, n_mask = 0, rows = 0;
+  unsigned max_rb = 1, max_keys = 0, groups = 0;
+  for (unsigned i = 0; i < n; i++) {
+    n_tab += (sq[i].keys + bl - 1) / bl;
+    if (sq[i].mask) n_mask += (size_t)sq[i].n_q * sq[i].n_q;
+    unsigned rb = (sq[i].n_q * G + c->rows - 1) / c->rows;
+    max_rb = rb > max_rb ? rb : max_rb;
+    max_keys = sq[i].keys > max_keys ? sq[i].keys : max_keys;
+    groups += rb * KH;
+    rows += sq[i].n_q;
+  }
+  unsigned splits = n_splits_for(c, groups, max_keys, tk);
+  size_t info_b = (size_t)n * 8 * sizeof(int), tab_b = n_tab * sizeof(uint32_t), omap_b = rows * H * 2 * sizeof(int);
+  char *hb = host_fit(c, info_b + tab_b + omap_b + n_mask + 16);
+  if (!hb) return heed_err_set(err, HEED_E_NOMEM, "opencl: no memory for the tables of %u sequences", n);
+  int *info = (int *)hb, *omap = (int *)(hb + info_b + tab_b);
+  uint32_t *tab = (uint32_t *)(hb + info_b);
+  uint8_t *mask = (uint8_t *)(hb + info_b + tab_b + omap_b);
+  size_t t_at = 0, m_at = 0, rec = 0;
+  for (unsigned i = 0; i < n; i++) {
+    unsigned nb = (sq[i].keys + bl - 1) / bl, rb = (sq[i].n_q * G + c->rows - 1) / c->rows;
+    int *in = info + 8 * i;
+    in[0] = (int)t_at;
+    in[1] = (int)sq[i].keys;
+    in[2] = (int)sq[i].n_q;
+    in[3] = (int)sq[i].pos0;
+    in[4] = sq[i].mask ? (int)m_at : -1;
+    in[5] = (int)rec;
+    in[6] = (int)rb;
+    in[7] = (int)sq[i].q_row0;
+    memcpy(tab + t_at, sq[i].blocks, nb * sizeof(uint32_t));
+    t_at += nb;
+    if (sq[i].mask) {
+      memcpy(mask + m_at, sq[i].mask, (size_t)sq[i].n_q * sq[i].n_q);
+      m_at += (size_t)sq[i].n_q * sq[i].n_q;
+    }
+    for (unsigned qi = 0; qi < sq[i].n_q; qi++)
+      for (unsigned h = 0; h < H; h++) {
+        unsigned kvh = h / G, gr = qi * G + h % G;
+        size_t o = ((size_t)sq[i].q_row0 + qi) * H + h;
+        omap[2 * o] = (int)(rec + ((size_t)kvh * rb + gr / c->rows) * splits);
+        omap[2 * o + 1] = (int)(gr % c->rows);
+      }
+    rec += (size_t)KH * rb * splits;
+  }
+  size_t rec_b = rec * c->rows * (2 + dv) * sizeof(float);
+  if ((st = upload(c, &c->info_b, info, info_b, err)) != HEED_OK || (st = upload(c, &c->tables, tab, tab_b, err)) != HEED_OK ||
+      (st = upload(c, &c->masks, mask, n_mask, err)) != HEED_OK || (st = upload(c, &c->omap, omap, omap_b, err)) != HEED_OK ||
+      (st = upload(c, &c->qb, call->q, rows * H * dk * sizeof(float), err)) != HEED_OK ||
+      (st = dbuf_fit(c, &c->rec, rec_b, err)) != HEED_OK || (st = dbuf_fit(c, &c->out, rows * H * dv * sizeof(float), err)) != HEED_OK ||
+      (st = dbuf_fit(c, &c->lse, rows * H * sizeof(float), err)) != HEED_OK)
+    return st;
+  if (p->sinks && (st = upload(c, &c->sinks, p->sinks, H * sizeof(float), err)) != HEED_OK) return st;
+
+  const cl_kv *kv = kc->dev;
+  cl_uint uH = H, uKH = KH, udk = dk, udv = dv, ubl = bl, win = p->window, usplits = splits, utk = tk;
+  cl_int kt = (cl_int)kc->cfg.k_dtype, vt = (cl_int)kc->cfg.v_dtype;
+  cl_ulong bb = kc->block_bytes, kh = kc->k_head, vo = kc->v_off, vh = kc->v_head;
+  cl_float scale = p->scale, cap = p->softcap;
+  cl_mem no_mask = n_mask ? c->masks.m : NULL;
+  size_t kvw = dk > dv ? dk : dv;
+  const void *pv[] = {&kv->buf, &c->tables.m, &c->info_b.m, &c->qb.m, &no_mask, &c->rec.m, &uH, &uKH, &udk, &udv, &kt, &vt,
+                      &ubl, &bb, &kh, &vo, &vh, &scale, &win, &cap, &usplits, &utk, NULL, NULL, NULL, NULL};
+  const size_t ps[] = {sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), 4, 4, 4, 4, 4, 4,
+                       4, 8, 8, 8, 8, 4, 4, 4, 4, 4,
+                       (size_t)c->rows * dk * sizeof(float), kvw * tk * sizeof(float), (size_t)c->rows * tk * sizeof(float),
+                       3 * (size_t)c->rows * sizeof(float)};
+  if ((st = set_args(c->k_part, err, "attn_part", HEED_ARRAY_LEN(pv), ps, pv)) != HEED_OK) return st;
+  size_t global[3] = {(size_t)c->wg * splits, max_rb, (size_t)n * KH}, local[3] = {c->wg, 1, 1};
+  cl_event ev0 = NULL, ev1 = NULL;
+  cl_int rc = clEnqueueNDRangeKernel(c->q, c->k_part, 3, NULL, global, local, 0, NULL, c->profiling ? &ev0 : NULL);
+  if (rc != CL_SUCCESS)
+    return CL_FAIL(err, rc, "attn_part over %u sequences (%u splits, work-groups of %u, %zu bytes of local memory)", n, splits,
+                   c->wg, part_local(c, dk, dv, tk));
+  cl_mem sinks = p->sinks ? c->sinks.m : NULL, lse = call->lse ? c->lse.m : NULL;
+  cl_uint n_out = (cl_uint)(rows * H);
+  const void *mv[] = {&c->rec.m, &c->omap.m, &sinks, &uH, &udv, &usplits, &c->out.m, &lse, &n_out};
+  const size_t ms[] = {sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), 4, 4, 4, sizeof(cl_mem), sizeof(cl_mem), 4};
+  if ((st = set_args(c->k_merge, err, "attn_merge", HEED_ARRAY_LEN(mv), ms, mv)) != HEED_OK) goto done;
+  size_t mg = (size_t)n_out * dv;
+  rc = clEnqueueNDRangeKernel(c->q, c->k_merge, 1, NULL, &mg, NULL, 0, NULL, c->profiling ? &ev1 : NULL);
+  if (rc != CL_SUCCESS) {
+    st = CL_FAIL(err, rc, "attn_merge of %u rows", n_out);
+    goto done;
+  }
+  rc = clEnqueueReadBuffer(c->q, c->out.m, CL_TRUE, 0, mg * sizeof(float), call->out, 0, NULL, NULL);
+  if (rc == CL_SUCCESS && call->lse)
+    rc = clEnqueueReadBuffer(c->q, c->lse.m, CL_TRUE, 0, n_out * sizeof(float), call->lse, 0, NULL, NULL);
+  if (rc != CL_SUCCESS) {
+    st = CL_FAIL(err, rc, "reading the attention output");
+    goto done;
+  }
+  c->last_kernel_s = -1;
+  if (ev0 && ev1) {
+    cl_ulong t0 = 0, t1 = 0;
+    if (clGetEventProfilingInfo(ev0, CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL) == CL_SUCCESS &&
+        clGetEventProfilingInfo(ev1, CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL) == CL_SUCCESS && t1 >= t0)
+      c->last_kernel_s = (double)(t1 - t0) * 1e-9;
+  }
+done:
+  if (ev0) clReleaseEvent(ev0);
+  if (ev1) clReleaseEvent(ev1);
+  return st;
+}
+
+static heed_status cl_attn_prefill(void *ctx, const heed_attn_call *call) {
+  cl_seq s = {.blocks = call->seq.blocks, .keys = call->q_start + call->n_q, .n_q = call->n_q, .pos0 = call->q_start};
+  return run_attention(ctx, call, &s, 1);
+}
+
+#define SEQ_BATCH 64
+
+static heed_status cl_attn_decode(void *ctx, const heed_attn_call *call) {
+  cl_seq sq[SEQ_BATCH];
+  unsigned row0 = 0;
+  const heed_attn_params *p = call->p;
+  /* batches of SEQ_BATCH sequences, each one call of the kernels */
+  for (unsigned b = 0; b < call->n_seqs; b += SEQ_BATCH) {
+    unsigned n = call->n_seqs - b < SEQ_BATCH ? call->n_seqs - b : SEQ_BATCH, rows = 0;
+    for (unsigned i = 0; i < n; i++) {
+      const heed_attn_decode_seq *d = &call->seqs[b + i];
+      const uint32_t *blocks = NULL;
+      unsigned len = 0;
+      heed_status st = kv_resolve_seq(call->cache, d->kv, &blocks, &len, call->err);
+      if (st != HEED_OK) return st;
+      sq[i] = (cl_seq){.blocks = blocks, .keys = len, .n_q = d->n_q, .pos0 = len - d->n_q, .q_row0 = rows, .mask = d->tree_mask};
+      rows += d->n_q;
+    }
+    heed_attn_call part = *call;
+    part.q = call->q + (size_t)row0 * p->n_q_heads * p->dk;
+    part.out = call->out + (size_t)row0 * p->n_q_heads * p->dv;
+    part.lse = call->lse ? call->lse + (size_t)row0 * p->n_q_heads : NULL;
+    heed_status st = run_attention(ctx, &part, sq, n);
+    if (st != HEED_OK) return st;
+    row0 += rows;
+  }
+  return HEED_OK;
+}
+
+/* ---------- what tests and the bench ask ---------- */
+
+static cl_ctx *ctx_of(heed_runtime *rt) {
+  void *ctx = NULL;
+  const heed_backend_iface *be = heed_runtime_backend_iface(rt, &ctx);
+  return be == &heed_backend_opencl_iface ? ctx : NULL;
+}
+
+heed_status heed_cl_runtime_build_info(heed_runtime *rt, heed_cl_build_info *out) {
+  cl_ctx *c = ctx_of(rt);
+  if (!c || !out) return HEED_E_INVALID;
+  *out = c->build;
+  return HEED_OK;
+}
+
+heed_status heed_cl_build_source(heed_runtime *rt, const char *src, int *from_cache, heed_error *err) {
+  cl_ctx *c = ctx_of(rt);
+  if (!c || !src || !from_cache) return heed_err_set(err, HEED_E_INVALID, "heed_cl_build_source: no opencl runtime or source");
+  cl_program prog = NULL;
+  char path[512];
+  heed_status st = build(c, src, strlen(src), c->build.options, &prog, from_cache, path, sizeof path, err);
+  if (prog) clReleaseProgram(prog);
+  return st;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+heed_status heed_cl_probe_read(heed_runtime *rt, size_t bytes, int repeats, double *gbps, heed_error *err) {
+  cl_ctx *c = ctx_of(rt);
+  if (!c || !gbps || repeats < 1 || repeats > 1000 || bytes < 4096)
+    return heed_err_set(err, HEED_E_INVALID, "opencl probe: bytes=%zu repeats=%d; accepted: an opencl runtime, >= 4096, 1..1000",
+                        bytes, repeats);
+  bytes &= ~(size_t)15;
+  cl_int rc;
+  cl_mem src = clCreateBuffer(c->ctx, CL_MEM_READ_ONLY, bytes, NULL, &rc);
+  if (rc != CL_SUCCESS) return CL_FAIL(err, rc, "allocating %zu bytes for the probe", bytes);
+  size_t items = (size_t)(c->info.compute_units ? c->info.compute_units : 1) * c->wg * 16;
+  heed_status st = HEED_OK;
+  double *t = calloc((size_t)repeats, sizeof *t);
+  cl_mem sink = clCreateBuffer(c->ctx, CL_MEM_WRITE_ONLY, items * sizeof(float), NULL, &rc);
+  float one = 1.0f;
+  if (!t || rc != CL_SUCCESS || (rc = clEnqueueFillBuffer(c->q, src, &one, sizeof one, 0, bytes, 0, NULL, NULL)) != CL_SUCCESS) {
+    st = t ? CL_FAIL(err, rc, "preparing the probe") : heed_err_set(err, HEED_E_NOMEM, "no memory for the probe");
+    goto done;
+  }
+  cl_ulong n4 = bytes / 16;
+  const void *vals[] = {&src, &n4, &sink};
+  const size_t sizes[] = {sizeof(cl_mem), 8, sizeof(cl_mem)};
+  if ((st = set_args(c->k_probe, err, "probe_read", 3, sizes, vals)) != HEED_OK) goto done;
+  size_t local = c->wg;
+  for (int i = -1; i < repeats; i++) { /* one warm-up */
+    struct timespec a, b;
+    cl_event ev = NULL;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    rc = clEnqueueNDRangeKernel(c->q, c->k_probe, 1, NULL, &items, &local, 0, NULL, c->profiling ? &ev : NULL);
+    if (rc == CL_SUCCESS) rc = clFinish(c->q);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    if (rc != CL_SUCCESS) {
+      if (ev) clReleaseEvent(ev);
+      st = CL_FAIL(err, rc, "running the probe");
+      goto done;
+    }
+    double s = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+    cl_ulong t0, t1;
+    if (ev && clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL) == CL_SUCCESS &&
+        clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL) == CL_SUCCESS && t1 > t0)
+      s = (double)(t1 - t0) * 1e-9;
+    if (ev) clReleaseEvent(ev);
+    if (i >= 0) t[i] = s;
+  }
+  qsort(t, (size_t)repeats, sizeof *t, cmp_double);
+  *gbps = (double)bytes / t[repeats / 2] * 1e-9;
+done:
+  free(t);
+  clReleaseMemObject(src);
+  if (sink) clReleaseMemObject(sink);
+  return st;
+}
+
+double heed_cl_last_kernel_seconds(heed_runtime *rt) {
+  cl_ctx *c = ctx_of(rt);
+  return c ? c->last_kernel_s : -1;
+}
+
+const heed_backend_iface heed_backend_opencl_iface = {
+    .kind = HEED_BACKEND_OPENCL,
+    .name = "opencl",
+    .open = cl_open,
+    .close = cl_close,
+    .describe = cl_describe,
+    .attn_prefill = cl_attn_prefill,
+    .attn_decode = cl_attn_decode,
+    .kv_alloc = cl_kv_alloc,
+    .kv_free = cl_kv_free,
+    .kv_put = cl_kv_put,
+    .kv_copy = cl_kv_copy,
+    .kv_io = cl_kv_io,
+};

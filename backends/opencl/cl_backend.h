@@ -1,0 +1,38 @@
+/* backends/opencl/cl_backend.h - what the OpenCL backend shows the rest of
+ * libheed, its tests and the bench. Internal. */
+#ifndef HEED_CL_BACKEND_H
+#define HEED_CL_BACKEND_H
+
+#include <stddef.h>
+
+#include "heed/runtime.h"
+#include "heed/status.h"
+
+/* How the backend's program came to be and what it was specialised for. */
+typedef struct heed_cl_build_info {
+  int from_cache;          /* 1: loaded from the binary cache; 0: compiled from source */
+  char cache_path[512];    /* the binary's file; "" when there is no cache directory */
+  char options[200];       /* build options (the specialisation defines) */
+  unsigned wg, rows;       /* work-group size; rows (query x head) per attention work-group */
+  size_t local_mem;        /* local memory heed plans with (the device's, or HEED_OPENCL_LOCAL_MEM) */
+  char device[128];
+} heed_cl_build_info;
+
+/* The open OpenCL backend's build; HEED_E_INVALID when rt runs another backend. */
+heed_status heed_cl_runtime_build_info(heed_runtime *rt, heed_cl_build_info *out);
+
+/* Builds src with the backend's options through the binary cache, as open
+ * does with heed's own kernels (tests of the cache and of compiler errors).
+ * *from_cache says whether the binary came from disk. A failed build's
+ * message carries the compiler log. */
+heed_status heed_cl_build_source(heed_runtime *rt, const char *src, int *from_cache, heed_error *err);
+
+/* Streams `bytes` of device memory `repeats` times with the probe kernel;
+ * *gbps is the median read bandwidth. */
+heed_status heed_cl_probe_read(heed_runtime *rt, size_t bytes, int repeats, double *gbps, heed_error *err);
+
+/* Seconds of device time of the last attention call's kernels (profiling
+ * events), or -1 when the queue has no profiling. */
+double heed_cl_last_kernel_seconds(heed_runtime *rt);
+
+#endif

@@ -1,0 +1,301 @@
+/* The OpenCL backend on the first OpenCL device (PoCL in CI): its program
+ * and binary cache, compiler errors, device limits, caches in device memory
+ * and their layout against the CPU's. Attention numerics are in
+ * test_attention.c, which runs every case on this backend too. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "backends/opencl/cl_backend.h"
+#include "heed/attention.h"
+#include "test_util.h"
+
+/* NULL when this machine has no OpenCL device: the x86-64 suite must have
+ * one (setup installs PoCL); under qemu-aarch64 there is none. */
+static heed_runtime *open_cl_env(int read_env) {
+  heed_runtime_options o;
+  heed_runtime_options_init(&o);
+  o.flags = read_env ? 0 : HEED_RUNTIME_IGNORE_ENV;
+  o.backend = HEED_BACKEND_OPENCL;
+  heed_runtime *rt = NULL;
+  heed_error e = {0};
+  heed_status st = heed_runtime_open(&o, &rt, &e);
+#if defined(__x86_64__)
+  cr_assert_eq(st, HEED_OK, "the native suite runs on PoCL (scripts/setup.sh installs it): %s", e.msg);
+#else
+  if (st == HEED_E_NOT_FOUND) return NULL;
+  cr_assert_eq(st, HEED_OK, "%s", e.msg);
+#endif
+  return rt;
+}
+
+static heed_runtime *open_cl(void) { return open_cl_env(0); }
+
+static heed_runtime *open_cpu(void) {
+  heed_runtime_options o;
+  heed_runtime_options_init(&o);
+  o.flags = HEED_RUNTIME_IGNORE_ENV | HEED_RUNTIME_NO_OPENCL;
+  heed_runtime *rt = NULL;
+  cr_assert_eq(heed_runtime_open(&o, &rt, NULL), HEED_OK);
+  return rt;
+}
+
+/* A private cache directory for this test process. */
+static void fresh_cache_dir(char *dir, size_t cap) {
+  snprintf(dir, cap, "/tmp/heed-cl-test-XXXXXX");
+  cr_assert_not_null(mkdtemp(dir));
+  setenv("XDG_CACHE_HOME", dir, 1);
+}
+
+static int file_exists(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 && st.st_size > 0;
+}
+
+Test(opencl, second_start_loads_the_binary_cache) {
+  char dir[64];
+  fresh_cache_dir(dir, sizeof dir);
+  heed_runtime *rt = open_cl();
+  if (!rt) cr_skip_test("no OpenCL device");
+  heed_cl_build_info a, b;
+  cr_assert_eq(heed_cl_runtime_build_info(rt, &a), HEED_OK);
+  cr_assert_eq(a.from_cache, 0, "a fresh cache directory cannot hold the binary");
+  cr_assert(strncmp(a.cache_path, dir, strlen(dir)) == 0, "%s is not under %s", a.cache_path, dir);
+  cr_assert(file_exists(a.cache_path), "no binary at %s", a.cache_path);
+  cr_assert(strstr(a.options, "-DWG=") && strstr(a.options, "-DROWS="), "%s", a.options);
+  cr_assert(strstr(heed_runtime_backend_description(rt), "compiled"), "%s", heed_runtime_backend_description(rt));
+  heed_runtime_close(rt);
+  rt = open_cl();
+  cr_assert_eq(heed_cl_runtime_build_info(rt, &b), HEED_OK);
+  cr_assert_eq(b.from_cache, 1, "the second start must load %s", b.cache_path);
+  cr_assert_str_eq(a.cache_path, b.cache_path);
+  cr_assert(strstr(heed_runtime_backend_description(rt), "binary cache"), "%s", heed_runtime_backend_description(rt));
+  /* A source that changes gets another key: rebuilt, then cached in turn. */
+  const char *v1 = "__kernel void k(__global float *x) { x[get_global_id(0)] = 1.0f; }\n";
+  const char *v2 = "__kernel void k(__global float *x) { x[get_global_id(0)] = 2.0f; }\n";
+  int from = -1;
+  heed_error e = {0};
+  cr_assert_eq(heed_cl_build_source(rt, v1, &from, &e), HEED_OK, "%s", e.msg);
+  cr_assert_eq(from, 0);
+  cr_assert_eq(heed_cl_build_source(rt, v1, &from, &e), HEED_OK, "%s", e.msg);
+  cr_assert_eq(from, 1, "the same source again comes from the cache");
+  cr_assert_eq(heed_cl_build_source(rt, v2, &from, &e), HEED_OK, "%s", e.msg);
+  cr_assert_eq(from, 0, "a changed source is rebuilt");
+  heed_runtime_close(rt);
+  /* A corrupt binary is not trusted: the start rebuilds from source. */
+  FILE *f = fopen(b.cache_path, "wb");
+  cr_assert_not_null(f);
+  fputs("not a program binary", f);
+  fclose(f);
+  rt = open_cl();
+  cr_assert_eq(heed_cl_runtime_build_info(rt, &b), HEED_OK);
+  cr_assert_eq(b.from_cache, 0);
+  heed_runtime_close(rt);
+}
+
+Test(opencl, a_broken_kernel_reports_its_compiler_log) {
+  char dir[64];
+  fresh_cache_dir(dir, sizeof dir);
+  heed_runtime *rt = open_cl();
+  if (!rt) cr_skip_test("no OpenCL device");
+  int from = -1;
+  heed_error e = {0};
+  const char *bad = "__kernel void k(__global float *x) { x[0] = undeclared_thing_42; }\n";
+  heed_status st = heed_cl_build_source(rt, bad, &from, &e);
+  cr_assert_eq(st, HEED_E_OPENCL);
+  cr_assert(strstr(e.msg, "CL_BUILD_PROGRAM_FAILURE"), "%s", e.msg);
+  cr_assert(strstr(e.msg, "compiler log") && strstr(e.msg, "undeclared_thing_42"), "the log names the culprit: %s", e.msg);
+  heed_runtime_close(rt);
+}
+
+static heed_kv_cache_config cfg_of(heed_dtype kt, heed_dtype vt, unsigned dk, unsigned dv) {
+  return (heed_kv_cache_config){.n_kv_heads = 2, .dk = dk, .dv = dv, .k_dtype = kt, .v_dtype = vt, .block_len = 16,
+                                .n_blocks = 32, .max_seqs = 4, .max_seq_len = 256};
+}
+
+Test(opencl, device_limits_give_a_clear_status) {
+  setenv("HEED_OPENCL_LOCAL_MEM", "8192", 1);
+  heed_runtime *rt = open_cl_env(1);
+  if (!rt) cr_skip_test("no OpenCL device");
+  heed_cl_build_info bi;
+  heed_cl_runtime_build_info(rt, &bi);
+  cr_assert_eq(bi.local_mem, 8192);
+  cr_assert_eq(bi.rows, 8, "a small local memory gets the 8-row variant");
+  heed_kv_cache_config cfg = cfg_of(HEED_DTYPE_F16, HEED_DTYPE_F16, 256, 256);
+  heed_kv_cache *c = (heed_kv_cache *)0x1;
+  heed_error e = {0};
+  cr_assert_eq(heed_kv_cache_create(rt, &cfg, NULL, 0, &c, &e), HEED_E_UNSUPPORTED);
+  cr_assert_null(c);
+  cr_assert(strstr(e.msg, "dk=256") && strstr(e.msg, "offers 8192"), "%s", e.msg);
+  cfg = cfg_of(HEED_DTYPE_F16, HEED_DTYPE_F16, 64, 64);
+  cr_assert_eq(heed_kv_cache_create(rt, &cfg, NULL, 0, &c, &e), HEED_OK, "head dim 64 fits: %s", e.msg);
+  heed_kv_cache_destroy(c);
+  heed_runtime_close(rt);
+  /* Too little for any head dim: refused at open. */
+  setenv("HEED_OPENCL_LOCAL_MEM", "2048", 1);
+  heed_runtime_options o;
+  heed_runtime_options_init(&o);
+  o.backend = HEED_BACKEND_OPENCL;
+  rt = (heed_runtime *)0x1;
+  cr_assert_eq(heed_runtime_open(&o, &rt, &e), HEED_E_UNSUPPORTED, "%s", e.msg);
+  cr_assert_null(rt);
+  cr_assert(strstr(e.msg, "dk=32") && strstr(e.msg, "offers 2048"), "%s", e.msg);
+  setenv("HEED_OPENCL_LOCAL_MEM", "lots", 1);
+  cr_assert_eq(heed_runtime_open(&o, &rt, &e), HEED_E_INVALID);
+  cr_assert(strstr(e.msg, "HEED_OPENCL_LOCAL_MEM=lots"), "%s", e.msg);
+  unsetenv("HEED_OPENCL_LOCAL_MEM");
+  /* A cache larger than one device buffer may be: a status naming the size, nothing allocated. */
+  rt = open_cl();
+  cfg = cfg_of(HEED_DTYPE_F32, HEED_DTYPE_F32, 256, 256);
+  cfg.n_blocks = 1u << 22; /* 2^22 blocks of 64 KiB: 256 GiB */
+  cr_assert_eq(heed_kv_cache_create(rt, &cfg, NULL, 0, &c, &e), HEED_E_NOMEM);
+  cr_assert(strstr(e.msg, "n_blocks=4194304") && strstr(e.msg, "more than one buffer"), "%s", e.msg);
+  heed_runtime_close(rt);
+}
+
+Test(opencl, caches_and_runtimes_are_not_mixed_up) {
+  heed_runtime *rt = open_cl();
+  if (!rt) cr_skip_test("no OpenCL device");
+  heed_runtime *cpu = open_cpu();
+  heed_error e = {0};
+  heed_kv_cache *c = NULL, *hc = NULL;
+  heed_kv_cache_config cfg = cfg_of(HEED_DTYPE_Q8, HEED_DTYPE_F16, 64, 64);
+  cr_assert_eq(heed_kv_cache_create(rt, &cfg, NULL, 0, &c, &e), HEED_E_UNSUPPORTED);
+  cr_assert(strstr(e.msg, "k_dtype=q8"), "%s", e.msg);
+  cfg = cfg_of(HEED_DTYPE_F16, HEED_DTYPE_F16, 64, 64);
+  size_t bytes;
+  cr_assert_eq(heed_kv_cache_bytes(rt, &cfg, &bytes, NULL), HEED_OK);
+  void *host = aligned_alloc(64, bytes);
+  cr_assert_eq(heed_kv_cache_create(rt, &cfg, host, bytes, &c, &e), HEED_E_INVALID);
+  cr_assert(strstr(e.msg, "accepted: NULL"), "%s", e.msg);
+  cr_assert_eq(heed_kv_cache_create(rt, &cfg, NULL, 0, &c, &e), HEED_OK, "%s", e.msg);
+  cr_assert(heed_kv_cache_on_device(c));
+  cr_assert_null(heed_kv_cache_storage(c));
+  cr_assert_eq(heed_kv_cache_create(cpu, &cfg, host, bytes, &hc, &e), HEED_OK, "%s", e.msg);
+  int s;
+  float k[2 * 64], v[2 * 64], q[4 * 64], out[4 * 64];
+  for (int i = 0; i < 2 * 64; i++) k[i] = v[i] = 0.5f;
+  for (int i = 0; i < 4 * 64; i++) q[i] = 0.1f, out[i] = 42.0f;
+  heed_kv_seq_new(c, &s);
+  heed_kv_seq_new(hc, &s);
+  cr_assert_eq(heed_kv_seq_append(c, 0, 1, k, v), HEED_OK);
+  cr_assert_eq(heed_kv_seq_append(hc, 0, 1, k, v), HEED_OK);
+  heed_attn_params p = {.n_q_heads = 4, .n_kv_heads = 2, .dk = 64, .dv = 64, .scale = 0.125f};
+  heed_attn_decode_seq d = {.kv = {.seq = 0}, .n_q = 1};
+  size_t wsb;
+  heed_attn_decode_workspace(cpu, &p, &d, 1, &wsb);
+  void *ws = malloc(wsb);
+  cr_assert_eq(heed_attn_decode(rt, hc, &p, &d, 1, q, out, NULL, ws, wsb), HEED_E_INVALID);
+  cr_assert(strstr(heed_kv_cache_last_error(hc), "host memory"), "%s", heed_kv_cache_last_error(hc));
+  cr_assert_eq(heed_attn_decode(cpu, c, &p, &d, 1, q, out, NULL, ws, wsb), HEED_E_INVALID);
+  cr_assert(strstr(heed_kv_cache_last_error(c), "another runtime"), "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(out[0], 42.0f, "a refused call writes nothing");
+  /* storage access out of range */
+  char b[16];
+  cr_assert_eq(heed_kv_cache_storage_read(c, bytes - 8, 16, b), HEED_E_RANGE);
+  cr_assert(strstr(heed_kv_cache_last_error(c), "the storage has"), "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_kv_cache_storage_write(c, 0, 16, NULL), HEED_E_INVALID);
+  heed_kv_cache_destroy(c);
+  heed_kv_cache_destroy(hc);
+  free(host), free(ws);
+  heed_runtime_close(cpu);
+  heed_runtime_close(rt);
+}
+
+/* The same appends, forks and truncates on a CPU cache and a device cache
+ * leave the same bytes (f16 and bf16 round to nearest even on both), and
+ * blocks written by one are read by the other's attention. */
+Test(opencl, one_layout_on_both_backends) {
+  heed_runtime *rt = open_cl();
+  if (!rt) cr_skip_test("no OpenCL device");
+  heed_runtime *cpu = open_cpu();
+  static const heed_dtype types[][2] = {{HEED_DTYPE_F16, HEED_DTYPE_F16}, {HEED_DTYPE_BF16, HEED_DTYPE_F32},
+                                        {HEED_DTYPE_F32, HEED_DTYPE_BF16}};
+  for (int ti = 0; ti < 3; ti++) {
+    heed_kv_cache_config cfg = cfg_of(types[ti][0], types[ti][1], 96, 64);
+    size_t bytes;
+    cr_assert_eq(heed_kv_cache_bytes(cpu, &cfg, &bytes, NULL), HEED_OK);
+    void *host = aligned_alloc(64, bytes), *back = malloc(bytes);
+    memset(host, 0, bytes);
+    heed_kv_cache *dc, *hc;
+    heed_error e = {0};
+    cr_assert_eq(heed_kv_cache_create(rt, &cfg, NULL, 0, &dc, &e), HEED_OK, "%s", e.msg);
+    cr_assert_eq(heed_kv_cache_create(cpu, &cfg, host, bytes, &hc, &e), HEED_OK, "%s", e.msg);
+    uint64_t rng = 77 + ti;
+    const unsigned steps[] = {37, 5, 1, 20};
+    int a = 0, b = 1, s;
+    heed_kv_seq_new(dc, &s), heed_kv_seq_new(hc, &s);
+    for (int i = 0; i < 4; i++) {
+      unsigned n = steps[i];
+      float *k = malloc((size_t)n * 2 * 96 * 4), *v = malloc((size_t)n * 2 * 64 * 4);
+      for (size_t j = 0; j < (size_t)n * 2 * 96; j++) k[j] = tu_uniform(&rng) * 3.0f;
+      for (size_t j = 0; j < (size_t)n * 2 * 64; j++) v[j] = tu_uniform(&rng) * 1e-3f; /* small: f16 subnormals too */
+      int seq = i == 3 ? b : a;
+      cr_assert_eq(heed_kv_seq_append(dc, seq, n, k, v), HEED_OK, "%s", heed_kv_cache_last_error(dc));
+      cr_assert_eq(heed_kv_seq_append(hc, seq, n, k, v), HEED_OK);
+      free(k), free(v);
+      if (i == 1) { /* fork inside a block: the next append to b copies it on the device */
+        cr_assert_eq(heed_kv_seq_fork(dc, a, &b), HEED_OK);
+        cr_assert_eq(heed_kv_seq_fork(hc, a, &b), HEED_OK);
+      }
+      if (i == 2) {
+        cr_assert_eq(heed_kv_seq_truncate(dc, a, 40), HEED_OK);
+        cr_assert_eq(heed_kv_seq_truncate(hc, a, 40), HEED_OK);
+      }
+    }
+    cr_assert_eq(heed_kv_cache_free_blocks(dc), heed_kv_cache_free_blocks(hc));
+    cr_assert_eq(heed_kv_cache_storage_read(dc, 0, bytes, back), HEED_OK);
+    cr_assert(memcmp(back, host, bytes) == 0, "K %s V %s: device and host storage differ",
+              heed_dtype_name(types[ti][0]), heed_dtype_name(types[ti][1]));
+    /* heed_kv_seq_read decodes a device cache as it does a host one */
+    for (int seq = 0; seq < 2; seq++) {
+      unsigned L = (unsigned)heed_kv_seq_len(hc, seq);
+      float *k1 = malloc((size_t)L * 2 * 96 * 4), *v1 = malloc((size_t)L * 2 * 64 * 4), *k2 = malloc((size_t)L * 2 * 96 * 4),
+            *v2 = malloc((size_t)L * 2 * 64 * 4);
+      cr_assert_eq(heed_kv_seq_read(dc, seq, 0, L, k1, v1), HEED_OK, "%s", heed_kv_cache_last_error(dc));
+      cr_assert_eq(heed_kv_seq_read(hc, seq, 0, L, k2, v2), HEED_OK);
+      cr_assert(!memcmp(k1, k2, (size_t)L * 2 * 96 * 4) && !memcmp(v1, v2, (size_t)L * 2 * 64 * 4));
+      free(k1), free(v1), free(k2), free(v2);
+    }
+    /* Host-written bytes into a fresh device cache, read through the host's block table. */
+    heed_kv_cache *dc2;
+    cr_assert_eq(heed_kv_cache_create(rt, &cfg, NULL, 0, &dc2, &e), HEED_OK);
+    cr_assert_eq(heed_kv_cache_storage_write(dc2, 0, bytes, host), HEED_OK);
+    const uint32_t *blocks;
+    unsigned nb;
+    heed_kv_seq_blocks(hc, b, &blocks, &nb);
+    unsigned L = (unsigned)heed_kv_seq_len(hc, b);
+    heed_attn_params p = {.n_q_heads = 4, .n_kv_heads = 2, .dk = 96, .dv = 64, .scale = 0.1f};
+    heed_attn_decode_seq own = {.kv = {.seq = b}, .n_q = 3}, ext = {.kv = {.seq = -1, .blocks = blocks, .n_tokens = L}, .n_q = 3};
+    float q[3 * 4 * 96], o1[3 * 4 * 64], o2[3 * 4 * 64];
+    for (int i = 0; i < 3 * 4 * 96; i++) q[i] = tu_uniform(&rng);
+    size_t wsb;
+    heed_attn_decode_workspace(cpu, &p, &own, 1, &wsb);
+    void *ws = malloc(wsb);
+    cr_assert_eq(heed_attn_decode(cpu, hc, &p, &own, 1, q, o1, NULL, ws, wsb), HEED_OK);
+    cr_assert_eq(heed_attn_decode(rt, dc2, &p, &ext, 1, q, o2, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(dc2));
+    for (int i = 0; i < 3 * 4 * 64; i++) cr_assert_float_eq(o1[i], o2[i], 2e-6, "element %d: %g vs %g", i, o1[i], o2[i]);
+    free(ws);
+    heed_kv_cache_destroy(dc2);
+    heed_kv_cache_destroy(dc);
+    heed_kv_cache_destroy(hc);
+    free(host), free(back);
+  }
+  heed_runtime_close(cpu);
+  heed_runtime_close(rt);
+}
+
+Test(opencl, the_probe_reads_memory) {
+  heed_runtime *rt = open_cl();
+  if (!rt) cr_skip_test("no OpenCL device");
+  double gbps = 0;
+  heed_error e = {0};
+  cr_assert_eq(heed_cl_probe_read(rt, 8u << 20, 3, &gbps, &e), HEED_OK, "%s", e.msg);
+  cr_assert(gbps > 0.01 && isfinite(gbps), "%g GB/s", gbps);
+  cr_assert_eq(heed_cl_probe_read(rt, 100, 3, &gbps, &e), HEED_E_INVALID);
+  cr_assert(strstr(e.msg, "bytes=100"), "%s", e.msg);
+  heed_runtime_close(rt);
+}
