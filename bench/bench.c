@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "heed/heed.h"
+#include "runtime/backend.h"
 #include "runtime/internal.h"
 
 #define MiB (1024ull * 1024)
@@ -157,8 +158,16 @@ heed_status heed_bench_probe(heed_bench *b, heed_limit_kind k, double *value) {
     *value = read_all(b, b->read);
   else if (k == HEED_LIMIT_FMA_PEAK)
     *value = fma_all(b, b->fma);
-  else
-    return heed_err_set(&b->err, HEED_E_INVALID, "bench: limit kind %d; accepted: read_bandwidth, fma_peak", (int)k);
+  else if (k == HEED_LIMIT_DEVICE_READ_BANDWIDTH || k == HEED_LIMIT_DEVICE_FMA_PEAK) {
+    void *ctx;
+    const heed_backend_iface *be = heed_runtime_backend_iface(b->rt, &ctx);
+    if (!be->probe)
+      return heed_err_set(&b->err, HEED_E_UNSUPPORTED, "bench: %s is a device limit; the %s backend has no device",
+                          heed_limit_name(k), be->name);
+    return be->probe(ctx, k == HEED_LIMIT_DEVICE_READ_BANDWIDTH ? HEED_PROBE_READ : HEED_PROBE_FMA, value, &b->err);
+  } else
+    return heed_err_set(&b->err, HEED_E_INVALID,
+                        "bench: limit kind %d; accepted: read_bandwidth, fma_peak, device_read_bandwidth, device_fma_peak", (int)k);
   return HEED_OK;
 }
 
@@ -199,7 +208,8 @@ heed_status heed_bench_run_case(heed_bench *b, const heed_bench_case *c, heed_be
 
   double ms[MAX_REPEATS], lim[MAX_REPEATS];
   for (int i = 0; i < b->o.repeats; i++) {
-    heed_bench_probe(b, c->limit, &lim[i]);
+    heed_status st = heed_bench_probe(b, c->limit, &lim[i]);
+    if (st != HEED_OK) return st;
     t0 = now_ms();
     for (int j = 0; j < inner; j++) c->run(c->ctx);
     ms[i] = (now_ms() - t0) / inner;

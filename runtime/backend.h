@@ -58,6 +58,9 @@ typedef struct heed_kv_put {
   const float *k, *v; /* [n][n_kv_heads][dk], [n][n_kv_heads][dv] */
 } heed_kv_put;
 
+/* The limits a device backend probes for the bench. */
+typedef enum heed_backend_probe { HEED_PROBE_READ, HEED_PROBE_FMA } heed_backend_probe;
+
 typedef struct heed_backend_iface {
   heed_backend_kind kind;
   const char *name;
@@ -77,6 +80,9 @@ typedef struct heed_backend_iface {
   heed_status (*kv_put)(void *ctx, void *dev, const heed_kv_put *put, heed_error *err);
   heed_status (*kv_copy)(void *ctx, void *dev, size_t dst, size_t src, size_t bytes, heed_error *err);
   heed_status (*kv_io)(void *ctx, void *dev, int write, size_t offset, size_t bytes, void *host, heed_error *err);
+  /* Optional: one measurement of the device's read bandwidth (GB/s) or
+   * multiply-add peak (GFLOP/s), for the bench's device limits. */
+  heed_status (*probe)(void *ctx, heed_backend_probe what, double *value, heed_error *err);
 } heed_backend_iface;
 
 /* The open backend of a runtime and its context. */

@@ -57,6 +57,7 @@ expect_fail "--repeats 0" X=1 -- bench probes --repeats 0
 expect_fail "--ctx 12,x" X=1 -- bench attention --ctx 12,x
 expect_fail "--kv q5" X=1 -- bench attention --kv q5
 expect_fail "--kv f16" X=1 -- bench attention --kv f16
+expect_fail "--backend vulkan" X=1 -- bench attention --backend vulkan
 expect_fail "unknown command 'frobnicate'" X=1 -- frobnicate
 expect_fail "unknown argument '--yaml'" X=1 -- info --yaml
 

@@ -11,6 +11,7 @@
 
 #include "backends/opencl/cl_backend.h"
 #include "heed/attention.h"
+#include "heed/bench.h"
 #include "test_util.h"
 
 /* NULL when this machine has no OpenCL device: the x86-64 suite must have
@@ -288,14 +289,24 @@ Test(opencl, one_layout_on_both_backends) {
   heed_runtime_close(rt);
 }
 
-Test(opencl, the_probe_reads_memory) {
+Test(opencl, the_bench_probes_the_device) {
   heed_runtime *rt = open_cl();
   if (!rt) cr_skip_test("no OpenCL device");
-  double gbps = 0;
+  heed_bench_options bo = {.repeats = 3, .probe_bytes = 8u << 20};
+  heed_bench *b;
   heed_error e = {0};
-  cr_assert_eq(heed_cl_probe_read(rt, 8u << 20, 3, &gbps, &e), HEED_OK, "%s", e.msg);
-  cr_assert(gbps > 0.01 && isfinite(gbps), "%g GB/s", gbps);
-  cr_assert_eq(heed_cl_probe_read(rt, 100, 3, &gbps, &e), HEED_E_INVALID);
-  cr_assert(strstr(e.msg, "bytes=100"), "%s", e.msg);
+  cr_assert_eq(heed_bench_create(rt, &bo, &b, &e), HEED_OK, "%s", e.msg);
+  double bw = 0, fl = 0;
+  cr_assert_eq(heed_bench_probe(b, HEED_LIMIT_DEVICE_READ_BANDWIDTH, &bw), HEED_OK, "%s", heed_bench_last_error(b));
+  cr_assert_eq(heed_bench_probe(b, HEED_LIMIT_DEVICE_FMA_PEAK, &fl), HEED_OK, "%s", heed_bench_last_error(b));
+  cr_assert(bw > 0.01 && isfinite(bw) && fl > 0.01 && isfinite(fl), "%g GB/s, %g GFLOP/s", bw, fl);
+  heed_bench_destroy(b);
   heed_runtime_close(rt);
+  /* the CPU backend has no device to probe */
+  heed_runtime *cpu = open_cpu();
+  cr_assert_eq(heed_bench_create(cpu, &bo, &b, &e), HEED_OK, "%s", e.msg);
+  cr_assert_eq(heed_bench_probe(b, HEED_LIMIT_DEVICE_READ_BANDWIDTH, &bw), HEED_E_UNSUPPORTED);
+  cr_assert(strstr(heed_bench_last_error(b), "cpu backend has no device"), "%s", heed_bench_last_error(b));
+  heed_bench_destroy(b);
+  heed_runtime_close(cpu);
 }

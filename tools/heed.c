@@ -12,7 +12,7 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: heed info [--json]\n"
           "       heed bench probes|attention|all [--repeats N] [--ctx N,N,...] [--kv q8,q4|none] [--no-baseline]\n"
-          "                  [--json FILE]\n"
+          "                  [--backend cpu|opencl] [--json FILE]\n"
           "       heed bench kvquant [--json FILE]   (attention error of each KV format)\n"
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
@@ -96,6 +96,8 @@ static int cmd_bench(int argc, char **argv) {
   int n_ctx = 4, baseline = 1;
   heed_dtype kv[4] = {HEED_DTYPE_Q8, HEED_DTYPE_Q4};
   int n_kv = 2;
+  heed_runtime_options ro;
+  heed_runtime_options_init(&ro);
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
       json_path = argv[++i];
@@ -119,6 +121,11 @@ static int cmd_bench(int argc, char **argv) {
       }
     } else if (strcmp(argv[i], "--no-baseline") == 0) {
       baseline = 0;
+    } else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc) {
+      if (heed_backend_parse(argv[++i], &ro.backend) != HEED_OK) {
+        fprintf(stderr, "heed bench: --backend %s: accepted: auto, cpu, opencl\n", argv[i]);
+        return 2;
+      }
     } else {
       fprintf(stderr, "heed bench: unknown argument '%s'\n", argv[i]);
       usage(stderr);
@@ -144,7 +151,7 @@ static int cmd_bench(int argc, char **argv) {
   heed_runtime *rt;
   heed_bench *b;
   heed_error e = {0};
-  if (heed_runtime_open(NULL, &rt, &e) != HEED_OK) return fail("cannot open the runtime", &e);
+  if (heed_runtime_open(&ro, &rt, &e) != HEED_OK) return fail("cannot open the runtime", &e);
   if (heed_bench_create(rt, &bo, &b, &e) != HEED_OK) {
     heed_runtime_close(rt);
     return fail("cannot set up the bench", &e);
@@ -166,6 +173,7 @@ static int cmd_bench(int argc, char **argv) {
   if (isatty(2)) fprintf(stderr, "\r\033[K");
   printf("backend %s, isa %s, %d threads; each figure beside its limit probed in the same run\n",
          heed_backend_name(heed_runtime_backend(rt)), heed_isa_name(heed_runtime_isa(rt)), heed_runtime_n_threads(rt));
+  if (heed_runtime_backend(rt) != HEED_BACKEND_CPU) printf("device: %s\n", heed_runtime_backend_description(rt));
   heed_bench_write_table(res, n, stdout);
   heed_bench_attention_speedups(res, n, stdout);
   if (json_path) {

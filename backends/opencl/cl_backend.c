@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <math.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -53,10 +54,12 @@ typedef struct cl_ctx {
   unsigned wg, rows, acc;
   int profiling;
   cl_program prog;
-  cl_kernel k_put, k_part, k_merge, k_probe;
+  cl_kernel k_put, k_part, k_merge, k_probe, k_fma;
   size_t part_static;    /* local memory the attention kernel declares itself */
   heed_cl_build_info build;
   dbuf qb, out, lse, rec, info_b, tables, masks, omap, sinks, kin, vin, blocks;
+  dbuf probe_src, probe_sink;
+  size_t probe_bytes;
   void *host;            /* grow-only host scratch for info, tables, masks, omap */
   size_t host_cap;
   double last_kernel_s;
@@ -322,9 +325,10 @@ static heed_status need_tile(const cl_ctx *c, unsigned dk, unsigned dv, unsigned
 static void cl_close(void *ctx) {
   cl_ctx *c = ctx;
   if (!c) return;
-  dbuf *bufs[] = {&c->qb, &c->out, &c->lse, &c->rec, &c->info_b, &c->tables, &c->masks, &c->omap, &c->sinks, &c->kin, &c->vin, &c->blocks};
+  dbuf *bufs[] = {&c->qb, &c->out, &c->lse, &c->rec, &c->info_b, &c->tables, &c->masks, &c->omap, &c->sinks, &c->kin, &c->vin, &c->blocks,
+                  &c->probe_src, &c->probe_sink};
   for (size_t i = 0; i < HEED_ARRAY_LEN(bufs); i++) dbuf_free(bufs[i]);
-  cl_kernel ks[] = {c->k_put, c->k_part, c->k_merge, c->k_probe};
+  cl_kernel ks[] = {c->k_put, c->k_part, c->k_merge, c->k_probe, c->k_fma};
   for (size_t i = 0; i < HEED_ARRAY_LEN(ks); i++)
     if (ks[i]) clReleaseKernel(ks[i]);
   if (c->prog) clReleaseProgram(c->prog);
@@ -372,7 +376,8 @@ static heed_status cl_open(const heed_backend_open_args *a, void **out, heed_err
   struct {
     cl_kernel *k;
     const char *name;
-  } ks[] = {{&c->k_put, "kv_put"}, {&c->k_part, "attn_part"}, {&c->k_merge, "attn_merge"}, {&c->k_probe, "probe_read"}};
+  } ks[] = {{&c->k_put, "kv_put"}, {&c->k_part, "attn_part"}, {&c->k_merge, "attn_merge"}, {&c->k_probe, "probe_read"},
+            {&c->k_fma, "probe_fma"}};
   for (size_t i = 0; i < HEED_ARRAY_LEN(ks); i++) {
     *ks[i].k = clCreateKernel(c->prog, ks[i].name, &rc);
     if (rc != CL_SUCCESS) {
@@ -692,61 +697,66 @@ heed_status heed_cl_build_source(heed_runtime *rt, const char *src, int *from_ca
   return st;
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
+/* Seconds one run of k over `items` work-items takes (profiling events when
+ * the queue has them, else the wall clock around a finish). */
+static heed_status timed_run(cl_ctx *c, cl_kernel k, size_t items, double *sec, heed_error *err) {
+  struct timespec a, b;
+  cl_event ev = NULL;
+  size_t local = c->wg;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  cl_int rc = clEnqueueNDRangeKernel(c->q, k, 1, NULL, &items, &local, 0, NULL, c->profiling ? &ev : NULL);
+  if (rc == CL_SUCCESS) rc = clFinish(c->q);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  *sec = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+  cl_ulong t0, t1;
+  if (rc == CL_SUCCESS && ev && clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL) == CL_SUCCESS &&
+      clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL) == CL_SUCCESS && t1 > t0)
+    *sec = (double)(t1 - t0) * 1e-9;
+  if (ev) clReleaseEvent(ev);
+  return rc == CL_SUCCESS ? HEED_OK : CL_FAIL(err, rc, "running a probe kernel");
 }
 
-heed_status heed_cl_probe_read(heed_runtime *rt, size_t bytes, int repeats, double *gbps, heed_error *err) {
-  cl_ctx *c = ctx_of(rt);
-  if (!c || !gbps || repeats < 1 || repeats > 1000 || bytes < 4096)
-    return heed_err_set(err, HEED_E_INVALID, "opencl probe: bytes=%zu repeats=%d; accepted: an opencl runtime, >= 4096, 1..1000",
-                        bytes, repeats);
-  bytes &= ~(size_t)15;
-  cl_int rc;
-  cl_mem src = clCreateBuffer(c->ctx, CL_MEM_READ_ONLY, bytes, NULL, &rc);
-  if (rc != CL_SUCCESS) return CL_FAIL(err, rc, "allocating %zu bytes for the probe", bytes);
-  size_t items = (size_t)(c->info.compute_units ? c->info.compute_units : 1) * c->wg * 16;
-  heed_status st = HEED_OK;
-  double *t = calloc((size_t)repeats, sizeof *t);
-  cl_mem sink = clCreateBuffer(c->ctx, CL_MEM_WRITE_ONLY, items * sizeof(float), NULL, &rc);
-  float one = 1.0f;
-  if (!t || rc != CL_SUCCESS || (rc = clEnqueueFillBuffer(c->q, src, &one, sizeof one, 0, bytes, 0, NULL, NULL)) != CL_SUCCESS) {
-    st = t ? CL_FAIL(err, rc, "preparing the probe") : heed_err_set(err, HEED_E_NOMEM, "no memory for the probe");
-    goto done;
-  }
-  cl_ulong n4 = bytes / 16;
-  const void *vals[] = {&src, &n4, &sink};
-  const size_t sizes[] = {sizeof(cl_mem), 8, sizeof(cl_mem)};
-  if ((st = set_args(c->k_probe, err, "probe_read", 3, sizes, vals)) != HEED_OK) goto done;
-  size_t local = c->wg;
-  for (int i = -1; i < repeats; i++) { /* one warm-up */
-    struct timespec a, b;
-    cl_event ev = NULL;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    rc = clEnqueueNDRangeKernel(c->q, c->k_probe, 1, NULL, &items, &local, 0, NULL, c->profiling ? &ev : NULL);
-    if (rc == CL_SUCCESS) rc = clFinish(c->q);
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    if (rc != CL_SUCCESS) {
-      if (ev) clReleaseEvent(ev);
-      st = CL_FAIL(err, rc, "running the probe");
-      goto done;
+/* One measurement of a device limit: the median of 3 runs. Read: a buffer of
+ * 256 MiB (or half the largest allocation), allocated and filled once. */
+static heed_status cl_probe(void *ctx, heed_backend_probe what, double *value, heed_error *err) {
+  cl_ctx *c = ctx;
+  size_t groups = (size_t)(c->info.compute_units ? c->info.compute_units : 1) * 16, items = groups * c->wg;
+  heed_status st = dbuf_fit(c, &c->probe_sink, items * sizeof(float), err);
+  if (st != HEED_OK) return st;
+  cl_kernel k = what == HEED_PROBE_READ ? c->k_probe : c->k_fma;
+  double work;
+  if (what == HEED_PROBE_READ) {
+    if (!c->probe_src.m) {
+      cl_ulong most = 0;
+      clGetDeviceInfo(c->dev, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof most, &most, NULL);
+      size_t bytes = (size_t)256 << 20;
+      if (most && bytes > most / 2) bytes = (size_t)(most / 2) & ~(size_t)15;
+      float one = 1.0f;
+      cl_int rc;
+      if ((st = dbuf_fit(c, &c->probe_src, bytes, err)) != HEED_OK) return st;
+      c->probe_bytes = bytes;
+      if ((rc = clEnqueueFillBuffer(c->q, c->probe_src.m, &one, sizeof one, 0, bytes, 0, NULL, NULL)) != CL_SUCCESS)
+        return CL_FAIL(err, rc, "filling the probe's %zu bytes", bytes);
     }
-    double s = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
-    cl_ulong t0, t1;
-    if (ev && clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL) == CL_SUCCESS &&
-        clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL) == CL_SUCCESS && t1 > t0)
-      s = (double)(t1 - t0) * 1e-9;
-    if (ev) clReleaseEvent(ev);
-    if (i >= 0) t[i] = s;
+    cl_ulong n4 = c->probe_bytes / 16;
+    const void *vals[] = {&c->probe_src.m, &n4, &c->probe_sink.m};
+    const size_t sizes[] = {sizeof(cl_mem), 8, sizeof(cl_mem)};
+    if ((st = set_args(k, err, "probe_read", 3, sizes, vals)) != HEED_OK) return st;
+    work = (double)c->probe_bytes * 1e-9;
+  } else {
+    cl_uint iters = 4096;
+    cl_float x = 0.5f;
+    const void *vals[] = {&iters, &x, &c->probe_sink.m};
+    const size_t sizes[] = {4, 4, sizeof(cl_mem)};
+    if ((st = set_args(k, err, "probe_fma", 3, sizes, vals)) != HEED_OK) return st;
+    work = (double)items * iters * 64 * 1e-9;
   }
-  qsort(t, (size_t)repeats, sizeof *t, cmp_double);
-  *gbps = (double)bytes / t[repeats / 2] * 1e-9;
-done:
-  free(t);
-  clReleaseMemObject(src);
-  if (sink) clReleaseMemObject(sink);
-  return st;
+  double t[3];
+  for (int i = 0; i < 3; i++)
+    if ((st = timed_run(c, k, items, &t[i], err)) != HEED_OK) return st;
+  double lo = fmin(t[0], fmin(t[1], t[2])), hi = fmax(t[0], fmax(t[1], t[2])), mid = t[0] + t[1] + t[2] - lo - hi;
+  *value = work / mid;
+  return HEED_OK;
 }
 
 double heed_cl_last_kernel_seconds(heed_runtime *rt) {
@@ -767,4 +777,5 @@ const heed_backend_iface heed_backend_opencl_iface = {
     .kv_put = cl_kv_put,
     .kv_copy = cl_kv_copy,
     .kv_io = cl_kv_io,
+    .probe = cl_probe,
 };

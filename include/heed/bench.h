@@ -9,6 +9,9 @@
  *                   cache with the chosen ISA's read kernel   (GB/s, 1e9 B/s)
  *   fma_peak        all workers run independent multiply-add chains on
  *                   registers with the chosen ISA's kernel    (GFLOP/s)
+ *   device_read_bandwidth, device_fma_peak
+ *                   the same on the runtime's device (opencl): a streaming
+ *                   kernel over 256 MiB, and float4 FMA chains (median of 3)
  * Later issues add their cases (attention, kvquant, spec) through
  * heed_bench_run_case.
  */
@@ -26,9 +29,11 @@ extern "C" {
 #endif
 
 /* X(NAME, "json name", "unit") */
-#define HEED_LIMIT_LIST(X)                   \
-  X(READ_BANDWIDTH, "read_bandwidth", "GB/s") \
-  X(FMA_PEAK, "fma_peak", "GFLOP/s")
+#define HEED_LIMIT_LIST(X)                                 \
+  X(READ_BANDWIDTH, "read_bandwidth", "GB/s")               \
+  X(FMA_PEAK, "fma_peak", "GFLOP/s")                        \
+  X(DEVICE_READ_BANDWIDTH, "device_read_bandwidth", "GB/s") \
+  X(DEVICE_FMA_PEAK, "device_fma_peak", "GFLOP/s")
 
 typedef enum heed_limit_kind {
 #define HEED_X_(N, s, u) HEED_LIMIT_##N,
