@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -63,7 +64,17 @@ typedef struct cl_ctx {
   void *host;            /* grow-only host scratch for info, tables, masks, omap */
   size_t host_cap;
   double last_kernel_s;
+  atomic_int busy;       /* one call at a time: the scratch buffers are shared */
 } cl_ctx;
+
+/* Calls that use the shared scratch run one at a time per runtime; a second
+ * concurrent one gets HEED_E_BUSY, as on the CPU backend. */
+static heed_status enter(cl_ctx *c, heed_error *err, const char *what) {
+  int idle = 0;
+  if (atomic_compare_exchange_strong(&c->busy, &idle, 1)) return HEED_OK;
+  return heed_err_set(err, HEED_E_BUSY, "opencl: %s while another call runs on this runtime", what);
+}
+static void leave(cl_ctx *c) { atomic_store(&c->busy, 0); }
 
 typedef struct cl_kv {
   cl_mem buf;
@@ -471,9 +482,16 @@ static heed_status set_args(cl_kernel k, heed_error *err, const char *name, unsi
   return HEED_OK;
 }
 
+static heed_status kv_put_locked(cl_ctx *c, cl_kv *kv, const heed_kv_put *p, heed_error *err);
 static heed_status cl_kv_put(void *ctx, void *dev, const heed_kv_put *p, heed_error *err) {
-  cl_ctx *c = ctx;
-  cl_kv *kv = dev;
+  heed_status st = enter(ctx, err, "append");
+  if (st != HEED_OK) return st;
+  st = kv_put_locked(ctx, dev, p, err);
+  leave(ctx);
+  return st;
+}
+
+static heed_status kv_put_locked(cl_ctx *c, cl_kv *kv, const heed_kv_put *p, heed_error *err) {
   heed_status st;
   size_t kb = (size_t)p->n * p->n_kv_heads * p->dk * sizeof(float), vb = (size_t)p->n * p->n_kv_heads * p->dv * sizeof(float);
   if ((st = upload(c, &c->kin, p->k, kb, err)) != HEED_OK || (st = upload(c, &c->vin, p->v, vb, err)) != HEED_OK ||
@@ -640,12 +658,25 @@ done:
 
 static heed_status cl_attn_prefill(void *ctx, const heed_attn_call *call) {
   cl_seq s = {.blocks = call->seq.blocks, .keys = call->q_start + call->n_q, .n_q = call->n_q, .pos0 = call->q_start};
-  return run_attention(ctx, call, &s, 1);
+  heed_status st = enter(ctx, call->err, "prefill");
+  if (st != HEED_OK) return st;
+  st = run_attention(ctx, call, &s, 1);
+  leave(ctx);
+  return st;
 }
 
 #define SEQ_BATCH 64
 
+static heed_status decode_locked(void *ctx, const heed_attn_call *call);
 static heed_status cl_attn_decode(void *ctx, const heed_attn_call *call) {
+  heed_status st = enter(ctx, call->err, "decode");
+  if (st != HEED_OK) return st;
+  st = decode_locked(ctx, call);
+  leave(ctx);
+  return st;
+}
+
+static heed_status decode_locked(void *ctx, const heed_attn_call *call) {
   cl_seq sq[SEQ_BATCH];
   unsigned row0 = 0;
   const heed_attn_params *p = call->p;
@@ -718,8 +749,16 @@ static heed_status timed_run(cl_ctx *c, cl_kernel k, size_t items, double *sec, 
 
 /* One measurement of a device limit: the median of 3 runs. Read: a buffer of
  * 256 MiB (or half the largest allocation), allocated and filled once. */
+static heed_status probe_locked(cl_ctx *c, heed_backend_probe what, double *value, heed_error *err);
 static heed_status cl_probe(void *ctx, heed_backend_probe what, double *value, heed_error *err) {
-  cl_ctx *c = ctx;
+  heed_status st = enter(ctx, err, "probe");
+  if (st != HEED_OK) return st;
+  st = probe_locked(ctx, what, value, err);
+  leave(ctx);
+  return st;
+}
+
+static heed_status probe_locked(cl_ctx *c, heed_backend_probe what, double *value, heed_error *err) {
   size_t groups = (size_t)(c->info.compute_units ? c->info.compute_units : 1) * 16, items = groups * c->wg;
   heed_status st = dbuf_fit(c, &c->probe_sink, items * sizeof(float), err);
   if (st != HEED_OK) return st;
