@@ -19,6 +19,20 @@
 #include "heed/attention.h"
 #include "heed/kernels.h"
 
+/* Keys j0..n-1 of a last, partial panel, one key at a time: the tail every
+ * ISA's qk core ends with (qk_tail_f32, qk_tail_f16, ...). */
+#define HEED_X_QK_TAIL(SUF, B)                                                                         \
+  static inline void qk_tail_##SUF(const float *q, int R, const void *kt, int j0, int n, int dk, float *s, int lds) { \
+    for (int j = j0; j < n; j++)                                                                       \
+      for (int r = 0; r < R; r++) {                                                                    \
+        float acc = 0;                                                                                 \
+        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * ld1_##SUF(HEED_K_RUN(kt, B, dk, j, d), j % 16); \
+        s[(size_t)r * lds + j] = acc;                                                                  \
+      }                                                                                                \
+  }
+HEED_KV_TYPES(HEED_X_QK_TAIL)
+#undef HEED_X_QK_TAIL
+
 #define HEED_ATTN_FEW_ROWS 8
 #define HEED_ATTN_CHUNK 16
 

@@ -63,7 +63,6 @@ typedef struct cl_ctx {
   size_t probe_bytes;
   void *host;            /* grow-only host scratch for info, tables, masks, omap */
   size_t host_cap;
-  double last_kernel_s;
   atomic_int busy;       /* one call at a time: the scratch buffers are shared */
 } cl_ctx;
 
@@ -78,7 +77,6 @@ static void leave(cl_ctx *c) { atomic_store(&c->busy, 0); }
 
 typedef struct cl_kv {
   cl_mem buf;
-  size_t bytes;
 } cl_kv;
 
 #define CL_FAIL(err, rc, ...) cl_fail(err, rc, __VA_ARGS__)
@@ -408,11 +406,6 @@ static heed_status cl_open(const heed_backend_open_args *a, void **out, heed_err
   }
   unsigned tk;
   if ((st = need_tile(c, HEED_HEAD_DIM_MIN, HEED_HEAD_DIM_MIN, &tk, err)) != HEED_OK) goto fail;
-  c->build.wg = c->wg;
-  c->build.rows = c->rows;
-  c->build.local_mem = c->local_mem;
-  heed_strlcpy(c->build.device, c->info.device_name, sizeof c->build.device);
-  c->last_kernel_s = -1;
   *out = c;
   return HEED_OK;
 fail:
@@ -460,7 +453,6 @@ static heed_status cl_kv_alloc(void *ctx, const heed_kv_cache_config *cfg, size_
     return CL_FAIL(err, rc, "allocating a KV cache of %zu bytes on '%s' (%llu bytes of memory)", bytes,
                    c->info.device_name, (unsigned long long)c->info.global_mem_bytes);
   }
-  kv->bytes = bytes;
   *dev = kv;
   return HEED_OK;
 }
@@ -542,7 +534,16 @@ static unsigned n_splits_for(const cl_ctx *c, unsigned groups, unsigned max_keys
   return s ? s : 1;
 }
 
+static heed_status attention_locked(cl_ctx *c, const heed_attn_call *call, const cl_seq *sq, unsigned n);
 static heed_status run_attention(cl_ctx *c, const heed_attn_call *call, const cl_seq *sq, unsigned n) {
+  heed_status st = enter(c, call->err, "attention");
+  if (st != HEED_OK) return st;
+  st = attention_locked(c, call, sq, n);
+  leave(c);
+  return st;
+}
+
+static heed_status attention_locked(cl_ctx *c, const heed_attn_call *call, const cl_seq *sq, unsigned n) {
   const heed_kv_cache *kc = call->cache;
   const heed_attn_params *p = call->p;
   heed_error *err = call->err;
@@ -620,8 +621,7 @@ static heed_status run_attention(cl_ctx *c, const heed_attn_call *call, const cl
                        3 * (size_t)c->rows * sizeof(float)};
   if ((st = set_args(c->k_part, err, "attn_part", HEED_ARRAY_LEN(pv), ps, pv)) != HEED_OK) return st;
   size_t global[3] = {(size_t)c->wg * splits, max_rb, (size_t)n * KH}, local[3] = {c->wg, 1, 1};
-  cl_event ev0 = NULL, ev1 = NULL;
-  cl_int rc = clEnqueueNDRangeKernel(c->q, c->k_part, 3, NULL, global, local, 0, NULL, c->profiling ? &ev0 : NULL);
+  cl_int rc = clEnqueueNDRangeKernel(c->q, c->k_part, 3, NULL, global, local, 0, NULL, NULL);
   if (rc != CL_SUCCESS)
     return CL_FAIL(err, rc, "attn_part over %u sequences (%u splits, work-groups of %u, %zu bytes of local memory)", n, splits,
                    c->wg, part_local(c, dk, dv, tk));
@@ -629,54 +629,24 @@ static heed_status run_attention(cl_ctx *c, const heed_attn_call *call, const cl
   cl_uint n_out = (cl_uint)(rows * H);
   const void *mv[] = {&c->rec.m, &c->omap.m, &sinks, &uH, &udv, &usplits, &c->out.m, &lse, &n_out};
   const size_t ms[] = {sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), 4, 4, 4, sizeof(cl_mem), sizeof(cl_mem), 4};
-  if ((st = set_args(c->k_merge, err, "attn_merge", HEED_ARRAY_LEN(mv), ms, mv)) != HEED_OK) goto done;
+  if ((st = set_args(c->k_merge, err, "attn_merge", HEED_ARRAY_LEN(mv), ms, mv)) != HEED_OK) return st;
   size_t mg = (size_t)n_out * dv;
-  rc = clEnqueueNDRangeKernel(c->q, c->k_merge, 1, NULL, &mg, NULL, 0, NULL, c->profiling ? &ev1 : NULL);
-  if (rc != CL_SUCCESS) {
-    st = CL_FAIL(err, rc, "attn_merge of %u rows", n_out);
-    goto done;
-  }
+  rc = clEnqueueNDRangeKernel(c->q, c->k_merge, 1, NULL, &mg, NULL, 0, NULL, NULL);
+  if (rc != CL_SUCCESS) return CL_FAIL(err, rc, "attn_merge of %u rows", n_out);
   rc = clEnqueueReadBuffer(c->q, c->out.m, CL_TRUE, 0, mg * sizeof(float), call->out, 0, NULL, NULL);
   if (rc == CL_SUCCESS && call->lse)
     rc = clEnqueueReadBuffer(c->q, c->lse.m, CL_TRUE, 0, n_out * sizeof(float), call->lse, 0, NULL, NULL);
-  if (rc != CL_SUCCESS) {
-    st = CL_FAIL(err, rc, "reading the attention output");
-    goto done;
-  }
-  c->last_kernel_s = -1;
-  if (ev0 && ev1) {
-    cl_ulong t0 = 0, t1 = 0;
-    if (clGetEventProfilingInfo(ev0, CL_PROFILING_COMMAND_START, sizeof t0, &t0, NULL) == CL_SUCCESS &&
-        clGetEventProfilingInfo(ev1, CL_PROFILING_COMMAND_END, sizeof t1, &t1, NULL) == CL_SUCCESS && t1 >= t0)
-      c->last_kernel_s = (double)(t1 - t0) * 1e-9;
-  }
-done:
-  if (ev0) clReleaseEvent(ev0);
-  if (ev1) clReleaseEvent(ev1);
-  return st;
+  return rc == CL_SUCCESS ? HEED_OK : CL_FAIL(err, rc, "reading the attention output");
 }
 
 static heed_status cl_attn_prefill(void *ctx, const heed_attn_call *call) {
   cl_seq s = {.blocks = call->seq.blocks, .keys = call->q_start + call->n_q, .n_q = call->n_q, .pos0 = call->q_start};
-  heed_status st = enter(ctx, call->err, "prefill");
-  if (st != HEED_OK) return st;
-  st = run_attention(ctx, call, &s, 1);
-  leave(ctx);
-  return st;
+  return run_attention(ctx, call, &s, 1);
 }
 
 #define SEQ_BATCH 64
 
-static heed_status decode_locked(void *ctx, const heed_attn_call *call);
 static heed_status cl_attn_decode(void *ctx, const heed_attn_call *call) {
-  heed_status st = enter(ctx, call->err, "decode");
-  if (st != HEED_OK) return st;
-  st = decode_locked(ctx, call);
-  leave(ctx);
-  return st;
-}
-
-static heed_status decode_locked(void *ctx, const heed_attn_call *call) {
   cl_seq sq[SEQ_BATCH];
   unsigned row0 = 0;
   const heed_attn_params *p = call->p;
@@ -714,7 +684,11 @@ static cl_ctx *ctx_of(heed_runtime *rt) {
 heed_status heed_cl_runtime_build_info(heed_runtime *rt, heed_cl_build_info *out) {
   cl_ctx *c = ctx_of(rt);
   if (!c || !out) return HEED_E_INVALID;
-  *out = c->build;
+  *out = c->build; /* how it was built; the rest is the context's */
+  out->wg = c->wg;
+  out->rows = c->rows;
+  out->local_mem = c->local_mem;
+  heed_strlcpy(out->device, c->info.device_name, sizeof out->device);
   return HEED_OK;
 }
 
@@ -796,11 +770,6 @@ static heed_status probe_locked(cl_ctx *c, heed_backend_probe what, double *valu
   double lo = fmin(t[0], fmin(t[1], t[2])), hi = fmax(t[0], fmax(t[1], t[2])), mid = t[0] + t[1] + t[2] - lo - hi;
   *value = work / mid;
   return HEED_OK;
-}
-
-double heed_cl_last_kernel_seconds(heed_runtime *rt) {
-  cl_ctx *c = ctx_of(rt);
-  return c ? c->last_kernel_s : -1;
 }
 
 const heed_backend_iface heed_backend_opencl_iface = {

@@ -27,8 +27,4 @@ heed_status heed_cl_runtime_build_info(heed_runtime *rt, heed_cl_build_info *out
  * message carries the compiler log. */
 heed_status heed_cl_build_source(heed_runtime *rt, const char *src, int *from_cache, heed_error *err);
 
-/* Seconds of device time of the last attention call's kernels (profiling
- * events), or -1 when the queue has no profiling. */
-double heed_cl_last_kernel_seconds(heed_runtime *rt);
-
 #endif

@@ -56,12 +56,7 @@
         _mm256_storeu_ps(s + (size_t)r * lds + j, a0), _mm256_storeu_ps(s + (size_t)r * lds + j + 8, a1); \
       }                                                                                            \
     }                                                                                              \
-    for (; j < n; j++)                                                                             \
-      for (int r = 0; r < R; r++) {                                                                \
-        float acc = 0;                                                                             \
-        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * ld1_##SUF(HEED_K_RUN(kt, B16_##SUF, dk, j, d), j % 16); \
-        s[(size_t)r * lds + j] = acc;                                                              \
-      }                                                                                            \
+    qk_tail_##SUF(q, R, kt, j, n, dk, s, lds);                                                     \
   }
 
 /* P.V: 4 rows x 16 columns (one run) = 8 accumulators, over the n keys. */

@@ -38,12 +38,7 @@
         for (int a = 0; a < nr; a++)                                                               \
           for (int b = 0; b < 4; b++) vst1q_f32(s + (size_t)(r + a) * lds + j + 4 * b, acc[a][b]); \
       }                                                                                            \
-    for (; j < n; j++)                                                                             \
-      for (int r = 0; r < R; r++) {                                                                \
-        float acc = 0;                                                                             \
-        for (int d = 0; d < dk; d++) acc += q[(size_t)r * dk + d] * ld1_##SUF(HEED_K_RUN(kt, B16_##SUF, dk, j, d), j % 16); \
-        s[(size_t)r * lds + j] = acc;                                                              \
-      }                                                                                            \
+    qk_tail_##SUF(q, R, kt, j, n, dk, s, lds);                                                     \
   }
 
 #define ATTN_PV_CORES(SUF) \

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backends/cpu/cpu_isa.h"
+#include "backends/cpu/attn_wrap.h"
 #include "backends/cpu/kv_elem.h"
 #include "heed/dtype.h"
 
@@ -63,13 +64,7 @@ static double probe_fma_ref(uint64_t iters, float *sink) {
 /* Attention micro-kernels: the plain loops every SIMD variant must agree with. */
 #define REF_ATTN(SUF, B16)                                                                  \
   static void attn_qk_##SUF##_ref(const float *q, int R, const void *kt, int n, int dk, float *s, int lds) { \
-    for (int r = 0; r < R; r++)                                                             \
-      for (int j = 0; j < n; j++) {                                                         \
-        float acc = 0;                                                                      \
-        for (int d = 0; d < dk; d++)                                                        \
-          acc += q[(size_t)r * dk + d] * ld1_##SUF(HEED_K_RUN(kt, B16, dk, j, d), j % 16);  \
-        s[(size_t)r * lds + j] = acc;                                                       \
-      }                                                                                     \
+    qk_tail_##SUF(q, R, kt, 0, n, dk, s, lds); /* every key one at a time */               \
   }                                                                                         \
   static void attn_pv_##SUF##_ref(const float *p, int ldp, int R, const void *v, int n, int nc, int dv, float *o) { \
     for (int r = 0; r < R; r++)                                                             \
