@@ -129,8 +129,10 @@ heed_status heed_kv_cache_create(heed_runtime *rt, const heed_kv_cache_config *c
     if ((st = be->kv_alloc(bctx, &c->cfg, need, &c->dev, err)) != HEED_OK) goto fail;
     c->dev_be = be;
     c->dev_ctx = bctx;
-    if (!(c->blk_host = malloc(c->block_bytes))) {
-      st = heed_err_set(err, HEED_E_NOMEM, "no memory for a block of %zu bytes", c->block_bytes);
+    if (!(c->blk_host = malloc(c->block_bytes)) ||
+        (c->quant && !(c->res_host = calloc(c->cfg.max_seqs, c->res_bytes)))) {
+      st = heed_err_set(err, HEED_E_NOMEM, "no memory for a block of %zu bytes and %u residual blocks in host memory",
+                        c->block_bytes, c->quant ? c->cfg.max_seqs : 0);
       goto fail;
     }
   } else if (!storage || ((uintptr_t)storage & 63)) {
@@ -168,6 +170,7 @@ void heed_kv_cache_destroy(heed_kv_cache *c) {
   if (!c) return;
   if (c->dev) c->dev_be->kv_free(c->dev_ctx, c->dev);
   free(c->blk_host);
+  free(c->res_host);
   free(c->refs);
   free(c->free_list);
   free(c->seqs);
@@ -191,7 +194,14 @@ static heed_status storage_io(heed_kv_cache *c, int write, size_t off, size_t by
     return heed_err_set(&c->err, HEED_E_RANGE, "KV cache storage %s of bytes [%zu, +%zu): the storage has %zu",
                         write ? "write" : "read", off, bytes, total);
   if (bytes && !host) return heed_err_set(&c->err, HEED_E_INVALID, "KV cache storage %s: the buffer is NULL", write ? "write" : "read");
-  if (c->dev) return c->dev_be->kv_io(c->dev_ctx, c->dev, write, off, bytes, host, &c->err);
+  if (c->dev) {
+    heed_status st = c->dev_be->kv_io(c->dev_ctx, c->dev, write, off, bytes, host, &c->err);
+    if (st == HEED_OK && write && c->res_host && off + bytes > c->res_off) { /* keep the host copy of the residuals */
+      size_t from = off > c->res_off ? off : c->res_off;
+      memcpy(c->res_host + (from - c->res_off), (const char *)host + (from - off), off + bytes - from);
+    }
+    return st;
+  }
   if (write)
     memmove(c->storage + off, host, bytes);
   else
@@ -249,7 +259,38 @@ heed_status heed_kv_seq_new(heed_kv_cache *c, int *seq) {
 /* ---------- where things are ---------- */
 
 static char *blk_of(const heed_kv_cache *c, uint32_t b) { return c->storage + (size_t)b * c->block_bytes; }
-static char *res_of(const heed_kv_cache *c, int seq) { return c->storage + c->res_off + (size_t)seq * c->res_bytes; }
+static char *res_of(const heed_kv_cache *c, int seq) {
+  return c->res_host ? c->res_host + (size_t)seq * c->res_bytes : c->storage + c->res_off + (size_t)seq * c->res_bytes;
+}
+
+/* ---------- device caches: blocks pass through host memory ---------- */
+
+/* Pool block b's bytes in host memory: the storage, or (device) a copy read into blk_host. */
+static heed_status blk_get(heed_kv_cache *c, uint32_t b, const char **out) {
+  if (!c->dev) {
+    *out = blk_of(c, b);
+    return HEED_OK;
+  }
+  *out = c->blk_host;
+  return c->dev_be->kv_io(c->dev_ctx, c->dev, 0, (size_t)b * c->block_bytes, c->block_bytes, c->blk_host, &c->err);
+}
+
+/* Rows [lo, hi) of seq's residual (every head's K panels and V rows), from
+ * the host copy to the device; nothing to do for a cache in host memory. */
+static heed_status res_push(heed_kv_cache *c, int seq, unsigned lo, unsigned hi) {
+  if (!c->dev || lo >= hi) return HEED_OK;
+  const heed_kv_cache_config *g = &c->cfg;
+  size_t base = (size_t)seq * c->res_bytes, panel = (size_t)g->dk * heed_run_bytes(c->res_kt),
+         vrow = (size_t)g->dv * heed_dtype_bits(c->res_vt) / 8;
+  for (unsigned h = 0; h < g->n_kv_heads; h++) {
+    size_t ko = base + h * c->res_k_head + lo / 16 * panel, kn = ((hi + 15) / 16 - lo / 16) * panel;
+    size_t vo = base + c->res_v_off + h * c->res_v_head + lo * vrow, vn = (hi - lo) * vrow;
+    heed_status st = c->dev_be->kv_io(c->dev_ctx, c->dev, 1, c->res_off + ko, kn, c->res_host + ko, &c->err);
+    if (st == HEED_OK) st = c->dev_be->kv_io(c->dev_ctx, c->dev, 1, c->res_off + vo, vn, c->res_host + vo, &c->err);
+    if (st != HEED_OK) return st;
+  }
+  return HEED_OK;
+}
 
 void kv_view_of(const heed_kv_cache *c, const uint32_t *blocks, unsigned n_full, int res_seq, unsigned b, unsigned h,
                 kv_view *o) {
@@ -425,9 +466,11 @@ static void quantize_v(heed_kv_cache *c, const kv_view *res, char *vc, char *va)
   }
 }
 
-/* The full residual of seq becomes pool block b: quantized once. */
-static void seal_residual(heed_kv_cache *c, int seq, uint32_t b) {
-  char *blk = blk_of(c, b);
+/* The full residual of seq becomes pool block b: quantized once, by the
+ * host's reference quantizers (a device cache gets the block's bytes). */
+static heed_status seal_residual(heed_kv_cache *c, int seq, uint32_t b) {
+  char *blk = c->dev ? c->blk_host : blk_of(c, b);
+  if (c->dev) memset(blk, 0, c->block_bytes);
   for (unsigned h = 0; h < c->cfg.n_kv_heads; h++) {
     kv_view res;
     kv_view_of(c, NULL, 0, seq, 0, h, &res);
@@ -435,6 +478,8 @@ static void seal_residual(heed_kv_cache *c, int seq, uint32_t b) {
     quantize_v(c, &res, blk + c->v_off + h * c->v_head,
                blk + c->aux_off + c->cfg.n_kv_heads * c->k_aux + h * c->v_aux);
   }
+  if (!c->dev) return HEED_OK;
+  return c->dev_be->kv_io(c->dev_ctx, c->dev, 1, (size_t)b * c->block_bytes, c->block_bytes, blk, &c->err);
 }
 
 /* Copies rows [0, rows) of one residual into another (fork). */
@@ -481,6 +526,7 @@ heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const floa
     return heed_err_set(&c->err, HEED_E_NOMEM, "append of %u tokens to sequence %d needs %u free blocks; %u are free", n,
                         seq, (unsigned)want, (unsigned)c->n_free);
   if (c->quant) { /* f16 into the residual; a block that fills is quantized into the pool */
+    unsigned done = s->len, lo = s->len % bl; /* tokens safely stored; residual rows not yet on the device */
     for (unsigned t = 0; t < n; t++) {
       unsigned pos = s->len + t, row = pos % bl;
       for (unsigned h = 0; h < g->n_kv_heads; h++) {
@@ -491,9 +537,20 @@ heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const floa
       }
       if (row == bl - 1) {
         uint32_t b = take_block(c);
-        seal_residual(c, seq, b);
+        if ((st = seal_residual(c, seq, b)) != HEED_OK) {
+          drop_block(c, b);
+          break;
+        }
         s->blocks[s->n_blocks++] = b;
+        done = pos + 1;
+        lo = 0;
       }
+    }
+    if (st == HEED_OK) st = res_push(c, seq, lo, new_len % bl);
+    if (st != HEED_OK) { /* a device error: keep what is stored, say how much */
+      s->len = done;
+      return heed_err_set(&c->err, st, "append of %u tokens to sequence %d: %s; the sequence holds its first %u tokens",
+                          n, seq, c->err.msg, done);
     }
     s->len = new_len;
     return HEED_OK;
@@ -555,7 +612,7 @@ heed_status heed_kv_seq_read(const heed_kv_cache *c, int seq, unsigned t0, unsig
   for (unsigned t = t0; t < t0 + n; t++)
     for (unsigned h = 0; h < g->n_kv_heads; h++) {
       kv_view w;
-      if (c->dev) { /* a copy of the block in host memory */
+      if (c->dev && t / bl < n_full) { /* a copy of the block in host memory */
         if (have != t / bl) {
           st = c->dev_be->kv_io(c->dev_ctx, c->dev, 0, (size_t)s->blocks[t / bl] * c->block_bytes, c->block_bytes, cm->blk_host,
                                 &cm->err);
@@ -586,7 +643,15 @@ heed_status heed_kv_seq_fork(heed_kv_cache *c, int src, int *dst) {
   d->n_blocks = s->n_blocks;
   memcpy(d->blocks, s->blocks, s->n_blocks * sizeof *s->blocks);
   for (unsigned i = 0; i < s->n_blocks; i++) c->refs[s->blocks[i]]++;
-  if (c->quant) copy_residual(c, src, *dst, s->len % c->cfg.block_len);
+  if (c->quant) {
+    unsigned rows = s->len % c->cfg.block_len;
+    copy_residual(c, src, *dst, rows);
+    if ((st = res_push(c, *dst, 0, rows)) != HEED_OK) {
+      heed_kv_seq_free(c, *dst);
+      *dst = -1;
+      return st;
+    }
+  }
   return HEED_OK;
 }
 
@@ -601,15 +666,23 @@ heed_status heed_kv_seq_truncate(heed_kv_cache *c, int seq, unsigned len) {
   if (c->quant && len % bl && keep < s->n_blocks) {
     /* the tokens kept from a full block go back to the residual (f16), to be
      * quantized again, once, when the block fills */
+    const char *blk;
+    if ((st = blk_get(c, s->blocks[keep], &blk)) != HEED_OK) return st;
     for (unsigned h = 0; h < c->cfg.n_kv_heads; h++) {
       kv_view w, res;
-      kv_view_of(c, s->blocks, keep + 1, seq, keep, h, &w);
+      kv_view_block(c, blk, h, &w);
       kv_view_of(c, NULL, 0, seq, 0, h, &res);
       for (unsigned row = 0; row < len % bl; row++) {
         for (unsigned d = 0; d < c->cfg.dk; d++) c->tmp[d] = k_value(c, &w, row, d);
         for (unsigned d = 0; d < c->cfg.dv; d++) c->tmp[c->cfg.dk + d] = v_value(c, &w, row, d);
         store_token(c, (char *)res.k, (char *)res.v, c->res_kt, c->res_vt, row, c->tmp, c->tmp + c->cfg.dk);
       }
+    }
+    if ((st = res_push(c, seq, 0, len % bl)) != HEED_OK) { /* a device error: keep the full blocks only */
+      while (s->n_blocks > keep) drop_block(c, s->blocks[--s->n_blocks]);
+      s->len = keep * bl;
+      return heed_err_set(&c->err, st, "truncate sequence %d to %u tokens: %s; it holds %u tokens", seq, len, c->err.msg,
+                          s->len);
     }
   }
   while (s->n_blocks > keep) drop_block(c, s->blocks[--s->n_blocks]);

@@ -35,7 +35,10 @@ struct heed_kv_cache {
   void *dev;                       /* the backend's handle */
   const struct heed_backend_iface *dev_be;
   void *dev_ctx;
-  char *blk_host;                  /* [block_bytes]: a block read back (heed_kv_seq_read) */
+  char *blk_host;                  /* [block_bytes]: a block read back or sealed in host memory */
+  char *res_host;                  /* quantized: the residual blocks, [max_seqs][res_bytes], kept in host
+                                    * memory as well, where append, seal, fork and truncate work on them;
+                                    * the rows they change are written through to the device */
   heed_error err;
 };
 

@@ -28,9 +28,11 @@ const char *heed_status_str(int status) {
 }
 
 heed_status heed_err_vset(heed_error *e, heed_status status, const char *fmt, va_list ap) {
-  if (e) {
+  if (e) { /* through a copy: an argument may be e->msg itself (a message that wraps an earlier one) */
+    char buf[sizeof e->msg];
+    vsnprintf(buf, sizeof buf, fmt, ap);
     e->status = status;
-    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    memcpy(e->msg, buf, sizeof buf);
   }
   return status;
 }

@@ -31,18 +31,17 @@ static const int targets[] = {HEED_ISA_SCALAR, HEED_ISA_AVX2, HEED_ISA_AVX512, H
 #define N_TARGETS 5
 
 static const char *fx_name(const fx *f) {
-  return heed_runtime_backend(f->rt) == HEED_BACKEND_OPENCL ? "opencl" : fx_name(f);
+  return heed_runtime_backend(f->rt) == HEED_BACKEND_OPENCL ? "opencl" : heed_isa_name(heed_runtime_isa(f->rt));
 }
 
-/* 0: the target is not here (this ISA does not run, no OpenCL device, or the
- * OpenCL backend does not store this format). */
+/* 0: the target is not here (this ISA does not run, or no OpenCL device). */
 static int fx_open2(fx *f, int target, heed_dtype kt, heed_dtype vt, unsigned n_kv, unsigned dk, unsigned dv, unsigned bl) {
   memset(f, 0, sizeof *f);
   heed_runtime_options o;
   heed_runtime_options_init(&o);
   o.flags = HEED_RUNTIME_IGNORE_ENV | HEED_RUNTIME_NO_OPENCL;
   if (target == TARGET_OPENCL) {
-    if (!heed_backend_built(HEED_BACKEND_OPENCL) || heed_dtype_is_quant(kt) || heed_dtype_is_quant(vt)) return 0;
+    if (!heed_backend_built(HEED_BACKEND_OPENCL)) return 0;
     o.flags = HEED_RUNTIME_IGNORE_ENV;
     o.backend = HEED_BACKEND_OPENCL;
   } else {
@@ -759,9 +758,14 @@ Test(attention, quantized_accuracy_against_f32) {
   heed_isa isa = heed_kernels_compiled(HEED_ISA_AVX2) && heed_isa_runs_on(HEED_ISA_AVX2, heed_cpu_features_detect())
                      ? HEED_ISA_AVX2
                      : heed_kernels_compiled(HEED_ISA_NEON) ? HEED_ISA_NEON : HEED_ISA_SCALAR;
-  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+  const int where[2] = {isa, TARGET_OPENCL};
+  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+    for (int wi = 0; wi < 2; wi++) {
     fx f;
-    cr_assert(fx_open2(&f, isa, cases[ci].k, cases[ci].v, 2, 128, 128, 32));
+    if (!fx_open2(&f, where[wi], cases[ci].k, cases[ci].v, 2, 128, 128, 32)) {
+      cr_assert_eq(where[wi], TARGET_OPENCL, "the CPU target always runs");
+      continue;
+    }
     const unsigned L = 100, H = 2, d = 128;
     int s;
     heed_kv_seq_new(f.c, &s);
@@ -794,9 +798,9 @@ Test(attention, quantized_accuracy_against_f32) {
       }
       double nmse = num / den, cosine = dot / sqrt(den * g2);
       const char *what = pass ? "last 4 queries, window 8" : "all queries";
-      cr_log_info("K %s V %s, %s: nmse %.3g cosine %.6f", heed_dtype_name(cases[ci].k), heed_dtype_name(cases[ci].v), what,
-                  nmse, cosine);
-      cr_assert_leq(nmse, cases[ci].nmse, "K %s V %s, %s: nmse %.3g over %.3g", heed_dtype_name(cases[ci].k),
+      cr_log_info("%s K %s V %s, %s: nmse %.3g cosine %.6f", fx_name(&f), heed_dtype_name(cases[ci].k),
+                  heed_dtype_name(cases[ci].v), what, nmse, cosine);
+      cr_assert_leq(nmse, cases[ci].nmse, "%s K %s V %s, %s: nmse %.3g over %.3g", fx_name(&f), heed_dtype_name(cases[ci].k),
                     heed_dtype_name(cases[ci].v), what, nmse, cases[ci].nmse);
       cr_assert_geq(cosine, 1 - cases[ci].nmse, "%s: cosine %.6f", what, cosine);
     }

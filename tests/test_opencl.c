@@ -163,10 +163,7 @@ Test(opencl, caches_and_runtimes_are_not_mixed_up) {
   heed_runtime *cpu = open_cpu();
   heed_error e = {0};
   heed_kv_cache *c = NULL, *hc = NULL;
-  heed_kv_cache_config cfg = cfg_of(HEED_DTYPE_Q8, HEED_DTYPE_F16, 64, 64);
-  cr_assert_eq(heed_kv_cache_create(rt, &cfg, NULL, 0, &c, &e), HEED_E_UNSUPPORTED);
-  cr_assert(strstr(e.msg, "k_dtype=q8"), "%s", e.msg);
-  cfg = cfg_of(HEED_DTYPE_F16, HEED_DTYPE_F16, 64, 64);
+  heed_kv_cache_config cfg = cfg_of(HEED_DTYPE_F16, HEED_DTYPE_F16, 64, 64);
   size_t bytes;
   cr_assert_eq(heed_kv_cache_bytes(rt, &cfg, &bytes, NULL), HEED_OK);
   void *host = aligned_alloc(64, bytes);
@@ -206,6 +203,27 @@ Test(opencl, caches_and_runtimes_are_not_mixed_up) {
   heed_runtime_close(rt);
 }
 
+/* Rows [0, rows) of residual slot `slot` in two copies of a quantized
+ * cache's storage (heed/attention.h: after the pool, one block per slot in
+ * the block layout, f16 for a quantized side), element by element: rows past
+ * them are scratch nobody reads. */
+static void same_residual_rows(const char *x, const char *y, const heed_kv_cache_config *cfg, size_t pool, size_t slot_bytes,
+                               int slot, unsigned rows) {
+  size_t ek = heed_dtype_is_quant(cfg->k_dtype) ? 2 : heed_dtype_bits(cfg->k_dtype) / 8,
+         ev = heed_dtype_is_quant(cfg->v_dtype) ? 2 : heed_dtype_bits(cfg->v_dtype) / 8;
+  size_t bl = cfg->block_len, k_head = bl * cfg->dk * ek, v_head = bl * cfg->dv * ev;
+  size_t v_off = (cfg->n_kv_heads * k_head + 63) / 64 * 64, base = pool + (size_t)slot * slot_bytes;
+  for (size_t h = 0; h < cfg->n_kv_heads; h++)
+    for (size_t r = 0; r < rows; r++) {
+      for (size_t d = 0; d < cfg->dk; d++) {
+        size_t at = base + h * k_head + ((r / 16 * cfg->dk + d) * 16 + r % 16) * ek;
+        cr_assert(!memcmp(x + at, y + at, ek), "slot %d head %zu: K of row %zu, channel %zu differs", slot, h, r, d);
+      }
+      size_t at = base + v_off + h * v_head + r * cfg->dv * ev;
+      cr_assert(!memcmp(x + at, y + at, cfg->dv * ev), "slot %d head %zu: V of row %zu differs", slot, h, r);
+    }
+}
+
 /* The same appends, forks and truncates on a CPU cache and a device cache
  * leave the same bytes (f16 and bf16 round to nearest even on both), and
  * blocks written by one are read by the other's attention. */
@@ -214,9 +232,12 @@ Test(opencl, one_layout_on_both_backends) {
   if (!rt) cr_skip_test("no OpenCL device");
   heed_runtime *cpu = open_cpu();
   static const heed_dtype types[][2] = {{HEED_DTYPE_F16, HEED_DTYPE_F16}, {HEED_DTYPE_BF16, HEED_DTYPE_F32},
-                                        {HEED_DTYPE_F32, HEED_DTYPE_BF16}};
-  for (int ti = 0; ti < 3; ti++) {
+                                        {HEED_DTYPE_F32, HEED_DTYPE_BF16}, {HEED_DTYPE_Q8, HEED_DTYPE_Q4},
+                                        {HEED_DTYPE_Q4, HEED_DTYPE_Q8}, {HEED_DTYPE_E4M3, HEED_DTYPE_E5M2},
+                                        {HEED_DTYPE_Q4, HEED_DTYPE_BF16}};
+  for (int ti = 0; ti < 7; ti++) {
     heed_kv_cache_config cfg = cfg_of(types[ti][0], types[ti][1], 96, 64);
+    int quant = heed_dtype_is_quant(cfg.k_dtype) || heed_dtype_is_quant(cfg.v_dtype);
     size_t bytes;
     cr_assert_eq(heed_kv_cache_bytes(cpu, &cfg, &bytes, NULL), HEED_OK);
     void *host = aligned_alloc(64, bytes), *back = malloc(bytes);
@@ -238,19 +259,24 @@ Test(opencl, one_layout_on_both_backends) {
       cr_assert_eq(heed_kv_seq_append(dc, seq, n, k, v), HEED_OK, "%s", heed_kv_cache_last_error(dc));
       cr_assert_eq(heed_kv_seq_append(hc, seq, n, k, v), HEED_OK);
       free(k), free(v);
-      if (i == 1) { /* fork inside a block: the next append to b copies it on the device */
+      if (i == 1) { /* fork inside a block: the next append to b copies it on the device (or its residual) */
         cr_assert_eq(heed_kv_seq_fork(dc, a, &b), HEED_OK);
         cr_assert_eq(heed_kv_seq_fork(hc, a, &b), HEED_OK);
       }
-      if (i == 2) {
-        cr_assert_eq(heed_kv_seq_truncate(dc, a, 40), HEED_OK);
-        cr_assert_eq(heed_kv_seq_truncate(hc, a, 40), HEED_OK);
+      if (i == 2) { /* into a full block: a quantized one goes back to the residual */
+        cr_assert_eq(heed_kv_seq_truncate(dc, a, 30), HEED_OK, "%s", heed_kv_cache_last_error(dc));
+        cr_assert_eq(heed_kv_seq_truncate(hc, a, 30), HEED_OK);
       }
     }
     cr_assert_eq(heed_kv_cache_free_blocks(dc), heed_kv_cache_free_blocks(hc));
     cr_assert_eq(heed_kv_cache_storage_read(dc, 0, bytes, back), HEED_OK);
-    cr_assert(memcmp(back, host, bytes) == 0, "K %s V %s: device and host storage differ",
+    size_t pool = cfg.n_blocks * heed_kv_cache_block_bytes(hc);
+    cr_assert(memcmp(back, host, pool) == 0, "K %s V %s: device and host pool blocks differ",
               heed_dtype_name(types[ti][0]), heed_dtype_name(types[ti][1]));
+    cr_assert_eq(bytes > pool, quant, "residual blocks for a quantized cache only");
+    for (int seq = 0; quant && seq < 2; seq++)
+      same_residual_rows(back, host, &cfg, pool, (bytes - pool) / cfg.max_seqs, seq,
+                         (unsigned)heed_kv_seq_len(hc, seq) % cfg.block_len);
     /* heed_kv_seq_read decodes a device cache as it does a host one */
     for (int seq = 0; seq < 2; seq++) {
       unsigned L = (unsigned)heed_kv_seq_len(hc, seq);
@@ -270,7 +296,9 @@ Test(opencl, one_layout_on_both_backends) {
     heed_kv_seq_blocks(hc, b, &blocks, &nb);
     unsigned L = (unsigned)heed_kv_seq_len(hc, b);
     heed_attn_params p = {.n_q_heads = 4, .n_kv_heads = 2, .dk = 96, .dv = 64, .scale = 0.1f};
-    heed_attn_decode_seq own = {.kv = {.seq = b}, .n_q = 3}, ext = {.kv = {.seq = -1, .blocks = blocks, .n_tokens = L}, .n_q = 3};
+    /* a table over a quantized cache holds full blocks only: both sides read it */
+    heed_attn_decode_seq ext = {.kv = {.seq = -1, .blocks = blocks, .n_tokens = quant ? L / 16 * 16 : L}, .n_q = 3};
+    heed_attn_decode_seq own = quant ? ext : (heed_attn_decode_seq){.kv = {.seq = b}, .n_q = 3};
     float q[3 * 4 * 96], o1[3 * 4 * 64], o2[3 * 4 * 64];
     for (int i = 0; i < 3 * 4 * 96; i++) q[i] = tu_uniform(&rng);
     size_t wsb;
@@ -280,6 +308,16 @@ Test(opencl, one_layout_on_both_backends) {
     cr_assert_eq(heed_attn_decode(rt, dc2, &p, &ext, 1, q, o2, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(dc2));
     for (int i = 0; i < 3 * 4 * 64; i++) cr_assert_float_eq(o1[i], o2[i], 2e-6, "element %d: %g vs %g", i, o1[i], o2[i]);
     free(ws);
+    if (quant) { /* raw writes into the residual region reach what append and read use */
+      char *zero = calloc(1, bytes - pool);
+      cr_assert_eq(heed_kv_cache_storage_write(dc, pool, bytes - pool, zero), HEED_OK);
+      unsigned La = (unsigned)heed_kv_seq_len(dc, a), r0 = La / 16 * 16;
+      float kk[16 * 2 * 96], vv[16 * 2 * 64];
+      cr_assert_eq(heed_kv_seq_read(dc, a, r0, La - r0, kk, vv), HEED_OK);
+      for (unsigned i = 0; i < (La - r0) * 2 * 96; i++) cr_assert_eq(kk[i], 0.0f, "K %u of the zeroed residual", i);
+      for (unsigned i = 0; i < (La - r0) * 2 * 64; i++) cr_assert_eq(vv[i], 0.0f, "V %u of the zeroed residual", i);
+      free(zero);
+    }
     heed_kv_cache_destroy(dc2);
     heed_kv_cache_destroy(dc);
     heed_kv_cache_destroy(hc);

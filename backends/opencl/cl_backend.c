@@ -58,7 +58,7 @@ typedef struct cl_ctx {
   cl_kernel k_put, k_part, k_merge, k_probe, k_fma;
   size_t part_static;    /* local memory the attention kernel declares itself */
   heed_cl_build_info build;
-  dbuf qb, out, lse, rec, info_b, tables, masks, omap, sinks, kin, vin, blocks;
+  dbuf qb, out, lse, rec, info_b, tables, masks, omap, sinks, kin, vin, blocks, lay;
   dbuf probe_src, probe_sink;
   size_t probe_bytes;
   void *host;            /* grow-only host scratch for info, tables, masks, omap */
@@ -334,7 +334,7 @@ static heed_status need_tile(const cl_ctx *c, unsigned dk, unsigned dv, unsigned
 static void cl_close(void *ctx) {
   cl_ctx *c = ctx;
   if (!c) return;
-  dbuf *bufs[] = {&c->qb, &c->out, &c->lse, &c->rec, &c->info_b, &c->tables, &c->masks, &c->omap, &c->sinks, &c->kin, &c->vin, &c->blocks,
+  dbuf *bufs[] = {&c->qb, &c->out, &c->lse, &c->rec, &c->info_b, &c->tables, &c->masks, &c->omap, &c->sinks, &c->kin, &c->vin, &c->blocks, &c->lay,
                   &c->probe_src, &c->probe_sink};
   for (size_t i = 0; i < HEED_ARRAY_LEN(bufs); i++) dbuf_free(bufs[i]);
   cl_kernel ks[] = {c->k_put, c->k_part, c->k_merge, c->k_probe, c->k_fma};
@@ -424,10 +424,6 @@ static void cl_describe(void *ctx, char *buf, size_t cap) {
 
 static heed_status cl_kv_alloc(void *ctx, const heed_kv_cache_config *cfg, size_t bytes, void **dev, heed_error *err) {
   cl_ctx *c = ctx;
-  if (heed_dtype_is_quant(cfg->k_dtype) || heed_dtype_is_quant(cfg->v_dtype))
-    return heed_err_set(err, HEED_E_UNSUPPORTED,
-                        "opencl: KV cache with k_dtype=%s v_dtype=%s: this backend stores f32, f16 and bf16 so far",
-                        heed_dtype_name(cfg->k_dtype), heed_dtype_name(cfg->v_dtype));
   unsigned tk;
   heed_status st = need_tile(c, cfg->dk, cfg->dv, &tk, err);
   if (st != HEED_OK) return st;
@@ -518,12 +514,29 @@ static heed_status cl_kv_io(void *ctx, void *dev, int write, size_t off, size_t 
 
 /* ---------- attention ---------- */
 
-/* One sequence of a call as the kernels see it. */
+/* One sequence of a call as the kernels see it: keys in n_full pool blocks,
+ * then (a quantized cache) in residual slot res, -1 for none. */
 typedef struct cl_seq {
   const uint32_t *blocks;
-  unsigned keys, n_q, pos0, q_row0;
+  unsigned keys, n_full, n_q, pos0, q_row0;
+  int res;
   const uint8_t *mask;
 } cl_seq;
+
+static cl_seq seq_of(const heed_kv_cache *c, heed_attn_seq s, const uint32_t *blocks, unsigned keys) {
+  return (cl_seq){.blocks = blocks, .keys = keys, .n_full = kv_n_full(c, keys), .res = c->quant && s.seq >= 0 ? s.seq : -1};
+}
+
+/* The cache's layout in the order of attention.cl's LAY_* indices. */
+#define INFO_INTS 10
+#define LAY_COUNT 19
+static void layout_of(const heed_kv_cache *c, cl_ulong *l) {
+  const heed_kv_cache_config *g = &c->cfg;
+  const cl_ulong v[LAY_COUNT] = {g->block_len, c->block_bytes, c->k_head,   c->v_off,      c->v_head,     c->aux_off, c->k_aux,
+                                 c->v_aux,     c->res_off,     c->res_bytes, c->res_k_head, c->res_v_off, c->res_v_head,
+                                 g->k_dtype,   g->v_dtype,     c->res_kt,   c->res_vt,     g->k_group,   g->v_group};
+  memcpy(l, v, sizeof v);
+}
 
 static unsigned n_splits_for(const cl_ctx *c, unsigned groups, unsigned max_keys, unsigned tk) {
   unsigned want = 4 * (c->info.compute_units ? c->info.compute_units : 1);
@@ -555,7 +568,7 @@ static heed_status attention_locked(cl_ctx *c, const heed_attn_call *call, const
   size_t n_tab = 0, n_mask = 0, rows = 0;
   unsigned max_rb = 1, max_keys = 0, groups = 0;
   for (unsigned i = 0; i < n; i++) {
-    n_tab += (sq[i].keys + bl - 1) / bl;
+    n_tab += sq[i].n_full;
     if (sq[i].mask) n_mask += (size_t)sq[i].n_q * sq[i].n_q;
     unsigned rb = (sq[i].n_q * G + c->rows - 1) / c->rows;
     max_rb = rb > max_rb ? rb : max_rb;
@@ -564,7 +577,7 @@ static heed_status attention_locked(cl_ctx *c, const heed_attn_call *call, const
     rows += sq[i].n_q;
   }
   unsigned splits = n_splits_for(c, groups, max_keys, tk);
-  size_t info_b = (size_t)n * 8 * sizeof(int), tab_b = n_tab * sizeof(uint32_t), omap_b = rows * H * 2 * sizeof(int);
+  size_t info_b = (size_t)n * INFO_INTS * sizeof(int), tab_b = n_tab * sizeof(uint32_t), omap_b = rows * H * 2 * sizeof(int);
   char *hb = host_fit(c, info_b + tab_b + omap_b + n_mask + 16);
   if (!hb) return heed_err_set(err, HEED_E_NOMEM, "opencl: no memory for the tables of %u sequences", n);
   int *info = (int *)hb, *omap = (int *)(hb + info_b + tab_b);
@@ -572,8 +585,8 @@ static heed_status attention_locked(cl_ctx *c, const heed_attn_call *call, const
   uint8_t *mask = (uint8_t *)(hb + info_b + tab_b + omap_b);
   size_t t_at = 0, m_at = 0, rec = 0;
   for (unsigned i = 0; i < n; i++) {
-    unsigned nb = (sq[i].keys + bl - 1) / bl, rb = (sq[i].n_q * G + c->rows - 1) / c->rows;
-    int *in = info + 8 * i;
+    unsigned nb = sq[i].n_full, rb = (sq[i].n_q * G + c->rows - 1) / c->rows;
+    int *in = info + INFO_INTS * i;
     in[0] = (int)t_at;
     in[1] = (int)sq[i].keys;
     in[2] = (int)sq[i].n_q;
@@ -582,6 +595,8 @@ static heed_status attention_locked(cl_ctx *c, const heed_attn_call *call, const
     in[5] = (int)rec;
     in[6] = (int)rb;
     in[7] = (int)sq[i].q_row0;
+    in[8] = (int)sq[i].n_full;
+    in[9] = sq[i].res;
     memcpy(tab + t_at, sq[i].blocks, nb * sizeof(uint32_t));
     t_at += nb;
     if (sq[i].mask) {
@@ -605,18 +620,19 @@ static heed_status attention_locked(cl_ctx *c, const heed_attn_call *call, const
       (st = dbuf_fit(c, &c->lse, rows * H * sizeof(float), err)) != HEED_OK)
     return st;
   if (p->sinks && (st = upload(c, &c->sinks, p->sinks, H * sizeof(float), err)) != HEED_OK) return st;
+  cl_ulong lay[LAY_COUNT];
+  layout_of(kc, lay);
+  if ((st = upload(c, &c->lay, lay, sizeof lay, err)) != HEED_OK) return st;
 
   const cl_kv *kv = kc->dev;
-  cl_uint uH = H, uKH = KH, udk = dk, udv = dv, ubl = bl, win = p->window, usplits = splits, utk = tk;
-  cl_int kt = (cl_int)kc->cfg.k_dtype, vt = (cl_int)kc->cfg.v_dtype;
-  cl_ulong bb = kc->block_bytes, kh = kc->k_head, vo = kc->v_off, vh = kc->v_head;
+  cl_uint uH = H, uKH = KH, udk = dk, udv = dv, win = p->window, usplits = splits, utk = tk;
   cl_float scale = p->scale, cap = p->softcap;
   cl_mem no_mask = n_mask ? c->masks.m : NULL;
   size_t kvw = dk > dv ? dk : dv;
-  const void *pv[] = {&kv->buf, &c->tables.m, &c->info_b.m, &c->qb.m, &no_mask, &c->rec.m, &uH, &uKH, &udk, &udv, &kt, &vt,
-                      &ubl, &bb, &kh, &vo, &vh, &scale, &win, &cap, &usplits, &utk, NULL, NULL, NULL, NULL};
-  const size_t ps[] = {sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), 4, 4, 4, 4, 4, 4,
-                       4, 8, 8, 8, 8, 4, 4, 4, 4, 4,
+  const void *pv[] = {&kv->buf, &c->tables.m, &c->info_b.m, &c->qb.m, &no_mask, &c->rec.m, &uH, &uKH, &udk, &udv,
+                      &c->lay.m, &scale, &win, &cap, &usplits, &utk, NULL, NULL, NULL, NULL};
+  const size_t ps[] = {sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), 4, 4, 4, 4,
+                       sizeof(cl_mem), 4, 4, 4, 4, 4,
                        (size_t)c->rows * dk * sizeof(float), kvw * tk * sizeof(float), (size_t)c->rows * tk * sizeof(float),
                        3 * (size_t)c->rows * sizeof(float)};
   if ((st = set_args(c->k_part, err, "attn_part", HEED_ARRAY_LEN(pv), ps, pv)) != HEED_OK) return st;
@@ -640,7 +656,10 @@ static heed_status attention_locked(cl_ctx *c, const heed_attn_call *call, const
 }
 
 static heed_status cl_attn_prefill(void *ctx, const heed_attn_call *call) {
-  cl_seq s = {.blocks = call->seq.blocks, .keys = call->q_start + call->n_q, .n_q = call->n_q, .pos0 = call->q_start};
+  cl_seq s = seq_of(call->cache, call->seq, call->seq.blocks, call->seq.n_tokens); /* the residual is the sequence's */
+  s.keys = call->q_start + call->n_q;
+  s.n_q = call->n_q;
+  s.pos0 = call->q_start;
   return run_attention(ctx, call, &s, 1);
 }
 
@@ -659,7 +678,11 @@ static heed_status cl_attn_decode(void *ctx, const heed_attn_call *call) {
       unsigned len = 0;
       heed_status st = kv_resolve_seq(call->cache, d->kv, &blocks, &len, call->err);
       if (st != HEED_OK) return st;
-      sq[i] = (cl_seq){.blocks = blocks, .keys = len, .n_q = d->n_q, .pos0 = len - d->n_q, .q_row0 = rows, .mask = d->tree_mask};
+      sq[i] = seq_of(call->cache, d->kv, blocks, len);
+      sq[i].n_q = d->n_q;
+      sq[i].pos0 = len - d->n_q;
+      sq[i].q_row0 = rows;
+      sq[i].mask = d->tree_mask;
       rows += d->n_q;
     }
     heed_attn_call part = *call;

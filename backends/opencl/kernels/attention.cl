@@ -12,9 +12,13 @@
  * to a record; attn_merge folds the splits and the sink, normalises, and
  * writes out and lse.
  *
- * info, per sequence (8 ints): table offset, keys held, n_q, position of its
- * first query, tree-mask offset (-1: causal), first record, row blocks,
- * first query row. Records: [ROWS] m, [ROWS] l, [ROWS][dv] acc. */
+ * info, per sequence (10 ints): table offset, keys held, n_q, position of
+ * its first query, tree-mask offset (-1: causal), first record, row blocks,
+ * first query row, pool blocks, residual slot (-1: none). Keys in the first
+ * `pool blocks` blocks are read through the table; the rest (a quantized
+ * cache's last, partial block) from the sequence's residual block.
+ * lay: the cache's layout (LAY_*, from attention/kv_internal.h).
+ * Records: [ROWS] m, [ROWS] l, [ROWS][dv] acc. */
 
 #define INFO_TABLE 0
 #define INFO_KEYS 1
@@ -24,15 +28,57 @@
 #define INFO_REC 5
 #define INFO_NRB 6
 #define INFO_QROW 7
+#define INFO_NFULL 8
+#define INFO_RES 9
+#define INFO_INTS 10
+
+#define LAY_BL 0
+#define LAY_BLOCK 1
+#define LAY_K_HEAD 2
+#define LAY_V_OFF 3
+#define LAY_V_HEAD 4
+#define LAY_AUX 5
+#define LAY_K_AUX 6
+#define LAY_V_AUX 7
+#define LAY_RES 8
+#define LAY_RES_BYTES 9
+#define LAY_RES_K_HEAD 10
+#define LAY_RES_V_OFF 11
+#define LAY_RES_V_HEAD 12
+#define LAY_KT 13
+#define LAY_VT 14
+#define LAY_RES_KT 15
+#define LAY_RES_VT 16
+#define LAY_K_GROUP 17
+#define LAY_V_GROUP 18
+#define LAY_COUNT 19
+
+/* x read by ld_run from a quantized array, scaled: q8 code * scale,
+ * q4 code * scale + min (scales at aux[at], mins n_groups further), fp8
+ * value * the (block, head) scale. */
+static inline float dequant(float x, int dt, const __global uchar *aux, size_t at, size_t n_groups) {
+  if (dt < DT_Q8) return x;
+  if (dt >= DT_E4M3) return x * *(const __global float *)aux;
+  const __global half *sc = (const __global half *)aux;
+  return dt == DT_Q4 ? x * vload_half(at, sc) + vload_half(n_groups + at, sc) : x * vload_half(at, sc);
+}
 
 __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void attn_part(
     __global const uchar *kv, __global const uint *tables, __global const int *info, __global const float *q,
-    __global const uchar *masks, __global float *rec, uint H, uint KH, uint dk, uint dv, int kt, int vt, uint bl,
-    ulong block_bytes, ulong k_head, ulong v_off, ulong v_head, float scale, uint window, float softcap, uint n_splits,
+    __global const uchar *masks, __global float *rec, uint H, uint KH, uint dk, uint dv, __global const ulong *lay,
+    float scale, uint window, float softcap, uint n_splits,
     uint tk, __local float *qs, __local float *kvs, __local float *ss, __local float *st) {
   const uint lid = get_local_id(0), split = get_group_id(0), rb = get_group_id(1);
   const uint seq = get_group_id(2) / KH, kvh = get_group_id(2) % KH, G = H / KH;
-  __global const int *in = info + 8 * seq;
+  __global const int *in = info + INFO_INTS * seq;
+  const uint bl = (uint)lay[LAY_BL], kg = (uint)lay[LAY_K_GROUP], vg = (uint)lay[LAY_V_GROUP];
+  const int kt = (int)lay[LAY_KT], vt = (int)lay[LAY_VT], rkt = (int)lay[LAY_RES_KT], rvt = (int)lay[LAY_RES_VT];
+  const ulong block_bytes = lay[LAY_BLOCK], k_head = lay[LAY_K_HEAD], v_off = lay[LAY_V_OFF], v_head = lay[LAY_V_HEAD];
+  const ulong k_aux = lay[LAY_AUX] + kvh * lay[LAY_K_AUX], v_aux = lay[LAY_AUX] + KH * lay[LAY_K_AUX] + kvh * lay[LAY_V_AUX];
+  const size_t k_groups = (size_t)(bl / kg) * dk, v_groups = (size_t)bl * (dv / vg);
+  const uint n_full = (uint)in[INFO_NFULL];
+  __global const uchar *res = in[INFO_RES] < 0 ? kv : kv + lay[LAY_RES] + (size_t)in[INFO_RES] * lay[LAY_RES_BYTES];
+  __global const uchar *res_k = res + kvh * lay[LAY_RES_K_HEAD], *res_v = res + lay[LAY_RES_V_OFF] + kvh * lay[LAY_RES_V_HEAD];
   const uint n_q = (uint)in[INFO_NQ], pos0 = (uint)in[INFO_POS0], n_rb = (uint)in[INFO_NRB];
   /* a row block past this sequence's runs no tile and writes nothing (no early
    * return: every work-item reaches every barrier) */
@@ -76,9 +122,14 @@ __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void attn_part(
       uint p = e / (16 * dk), w = e % (16 * dk), d = w / 16, j = p * 16 + w % 16;
       float x = 0.0f;
       if (j < nk) {
-        uint key = t0 + j, row = key % bl;
-        const __global uchar *kb = kv + (size_t)table[key / bl] * block_bytes + kvh * k_head;
-        x = ld_elem(kb, (size_t)(row / 16) * dk * 16 + (size_t)d * 16 + row % 16, kt);
+        uint key = t0 + j, b = key / bl, row = key % bl;
+        size_t i = (size_t)(row / 16) * dk * 16 + (size_t)d * 16 + row % 16;
+        if (b < n_full) {
+          const __global uchar *blk = kv + (size_t)table[b] * block_bytes;
+          x = dequant(ld_run(blk + kvh * k_head, i, kt), kt, blk + k_aux, (size_t)(row / kg) * dk + d, k_groups);
+        } else {
+          x = ld_run(res_k, i, rkt);
+        }
       }
       kvs[d * tk + j] = x;
     }
@@ -121,9 +172,14 @@ __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void attn_part(
       uint j = e / dv, c = e % dv;
       float x = 0.0f;
       if (j < nk) {
-        uint key = t0 + j, row = key % bl;
-        const __global uchar *vb = kv + (size_t)table[key / bl] * block_bytes + v_off + kvh * v_head;
-        x = ld_elem(vb, (size_t)row * dv + c, vt);
+        uint key = t0 + j, b = key / bl, row = key % bl;
+        size_t i = (size_t)row * dv + c;
+        if (b < n_full) {
+          const __global uchar *blk = kv + (size_t)table[b] * block_bytes;
+          x = dequant(ld_run(blk + v_off + kvh * v_head, i, vt), vt, blk + v_aux, (size_t)row * (dv / vg) + c / vg, v_groups);
+        } else {
+          x = ld_run(res_v, i, rvt);
+        }
       }
       kvs[e] = x; /* K is no longer read: the scores are done */
     }
