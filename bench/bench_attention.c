@@ -1,7 +1,9 @@
 /* bench/bench_attention.c - `heed bench attention`: heed's decode and prefill
  * beside the same-run read-bandwidth / FMA-peak probes, and the unfused
- * baseline a user would write with oneDNN (sgemm QK^T, softmax, sgemm PV on
- * f32 K/V) in the same process. Part of the heed tool, not of libheed. */
+ * baseline a user would write (sgemm QK^T, softmax, sgemm PV on f32 K/V) in
+ * the same process: oneDNN on the CPU, CLBlast on an OpenCL device. Each
+ * baseline is checked once against heed's output before it is timed. Part of
+ * the heed tool, not of libheed. */
 #include <math.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <stdio.h>
@@ -10,6 +12,15 @@
 
 #include "bench/bench_attention.h"
 #include "heed/heed.h"
+#ifdef HEED_HAVE_OPENCL
+#include "bench/bench_unfused_cl.h"
+#else
+typedef struct heed_cl_unfused heed_cl_unfused;
+static int heed_cl_unfused_run(heed_cl_unfused *u, unsigned q_start, unsigned n_q, float scale, const float *q, float *out) {
+  (void)u, (void)q_start, (void)n_q, (void)scale, (void)q, (void)out;
+  return -1;
+}
+#endif
 
 #define H_Q 32
 #define H_KV 8
@@ -29,9 +40,10 @@ typedef struct attn_bench {
   float *q, *out, *lse;
   void *ws;
   size_t ws_bytes;
-  /* baseline: f32 K/V [H_KV][max_ctx][D] */
-  float *k32, *v32, *s;
+  /* baseline: f32 K/V [H_KV][max_ctx][D]; its output; heed's prefill.f16 output to check it against */
+  float *k32, *v32, *s, *bout, *ref;
   unsigned max_ctx;
+  heed_cl_unfused *unf; /* the CLBlast baseline (opencl backend) */
   /* prefill */
   unsigned n_q, q_start;
   /* where it runs: an ISA or "opencl", and the limits beside each case (the device's on a device backend) */
@@ -109,7 +121,7 @@ static void run_decode_onednn(void *ctx) {
     const float *K = a->k32 + (size_t)g * a->max_ctx * D, *V = a->v32 + (size_t)g * a->max_ctx * D;
     dnnl_sgemm('N', 'T', G, a->ctx, D, a->p.scale, a->q + g * G * D, D, K, D, 0.0f, a->s, a->ctx);
     softmax_rows(a->s, G, a->ctx, a->ctx);
-    dnnl_sgemm('N', 'N', G, D, a->ctx, 1.0f, a->s, a->ctx, V, D, 0.0f, a->out + g * G * D, D);
+    dnnl_sgemm('N', 'N', G, D, a->ctx, 1.0f, a->s, a->ctx, V, D, 0.0f, a->bout + g * G * D, D);
   }
 }
 
@@ -136,8 +148,32 @@ static void run_prefill_onednn(void *ctx) {
     for (unsigned i = 0; i < a->n_q; i++) /* causal mask, after the fact */
       for (unsigned j = a->q_start + i + 1; j < L; j++) a->s[(size_t)i * L + j] = -INFINITY;
     softmax_rows(a->s, a->n_q, L, L);
-    dnnl_sgemm('N', 'N', a->n_q, D, L, 1.0f, a->s, L, V, D, 0.0f, a->out + h * D, H_Q * D);
+    dnnl_sgemm('N', 'N', a->n_q, D, L, 1.0f, a->s, L, V, D, 0.0f, a->bout + h * D, H_Q * D);
   }
+}
+
+static void run_clblast(void *ctx) {
+  attn_bench *a = ctx;
+  heed_cl_unfused_run(a->unf, a->q_start, a->n_q, a->p.scale, a->q, a->bout);
+}
+static void run_decode_clblast(void *ctx) {
+  attn_bench *a = ctx;
+  heed_cl_unfused_run(a->unf, a->ctx - 1, 1, a->p.scale, a->q, a->bout);
+}
+
+/* One baseline call, checked against heed's output on the same queries (f16
+ * K/V against f32: a relative L2 difference of ~1e-3; a baseline that
+ * computes something else, e.g. without the causal mask, is far off). */
+static int baseline_checked(attn_bench *a, void (*run)(void *), const float *want, size_t n, const char *name) {
+  for (size_t i = 0; i < n; i++) a->bout[i] = NAN;
+  run(a);
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) num += ((double)a->bout[i] - want[i]) * ((double)a->bout[i] - want[i]), den += (double)want[i] * want[i];
+  double rel = sqrt(num / den);
+  if (rel <= 2e-2) return 0;
+  fprintf(stderr, "heed bench attention: %s: the baseline's output differs from heed's by %.3g (relative L2); not timed\n", name,
+          rel);
+  return -1;
 }
 
 static int add(heed_bench *b, const heed_bench_case *c, heed_bench_result *out, int cap, int *n) {
@@ -209,11 +245,8 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, 
   a.rt = rt;
   a.p = (heed_attn_params){.n_q_heads = H_Q, .n_kv_heads = H_KV, .dk = D, .dv = D, .scale = 1.0f / sqrtf(D)};
   *n_out = 0;
-  if (baseline && heed_runtime_backend(rt) == HEED_BACKEND_OPENCL) {
-    fprintf(stderr, "heed bench attention: no baseline on opencl yet (oneDNN runs on the CPU); the kernels are timed "
-                    "against the device's probed limits only\n");
-    baseline = 0;
-  }
+  const int dev = heed_runtime_backend(rt) == HEED_BACKEND_OPENCL;
+  const char *base_name = dev ? "clblast" : "onednn";
   unsigned max_ctx = PREFIX + NQ;
   for (int i = 0; i < n_ctx; i++) max_ctx = ctxs[i] > max_ctx ? ctxs[i] : max_ctx;
   a.max_ctx = max_ctx;
@@ -221,14 +254,19 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, 
     a.k32 = malloc((size_t)H_KV * max_ctx * D * 4);
     a.v32 = malloc((size_t)H_KV * max_ctx * D * 4);
     a.s = malloc((size_t)NQ * max_ctx * 4);
-    if (!a.k32 || !a.v32 || !a.s) {
-      fprintf(stderr, "heed bench attention: the oneDNN baseline needs %.1f GiB of f32 K/V\n",
+    a.bout = malloc((size_t)NQ * H_Q * D * 4);
+    a.ref = malloc((size_t)NQ * H_Q * D * 4);
+    if (!a.k32 || !a.v32 || !a.s || !a.bout || !a.ref) {
+      fprintf(stderr, "heed bench attention: the %s baseline needs %.1f GiB of f32 K/V\n", base_name,
               2.0 * H_KV * max_ctx * D * 4 / (1 << 30));
       return -1;
     }
   }
   fprintf(stderr, "heed bench attention: filling a %u-token f16 KV cache (32/8 heads, d=128)\n", max_ctx);
   if (fill_cache(rt, HEED_DTYPE_F16, max_ctx, &a.c, &a.storage, a.k32, a.v32, max_ctx)) return -1;
+#ifdef HEED_HAVE_OPENCL
+  if (baseline && dev && !(a.unf = heed_cl_unfused_open(rt, a.k32, a.v32, H_Q, H_KV, max_ctx, D, NQ))) return -1;
+#endif
   unsigned nb;
   heed_kv_seq_blocks(a.c, 0, &a.blocks, &nb);
   a.q = malloc((size_t)NQ * H_Q * D * 4);
@@ -242,7 +280,6 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, 
   a.ws_bytes = wd > wp ? wd : wp;
   a.ws = malloc(a.ws_bytes);
   /* On a device backend the limits are the device's, probed by its own kernels. */
-  int dev = heed_runtime_backend(rt) == HEED_BACKEND_OPENCL;
   const char *isa = a.isa = dev ? "opencl" : heed_isa_name(heed_runtime_isa(rt));
   const heed_limit_kind lim_bw = a.lim_bw = dev ? HEED_LIMIT_DEVICE_READ_BANDWIDTH : HEED_LIMIT_READ_BANDWIDTH,
                         lim_fl = a.lim_fl = dev ? HEED_LIMIT_DEVICE_FMA_PEAK : HEED_LIMIT_FMA_PEAK;
@@ -259,10 +296,11 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, 
     rc = check(&a, decode_once(&a), name);
     if (!rc) rc = add(b, &c, out, cap, n_out);
     if (baseline && !rc) {
-      snprintf(name, sizeof name, "decode.ctx%u.onednn", a.ctx);
-      heed_bench_case cb = {name, "onednn", "onednn", "f32", shape, HEED_LIMIT_READ_BANDWIDTH, 2 * bytes,
-                            run_decode_onednn, &a};
-      rc = add(b, &cb, out, cap, n_out);
+      snprintf(name, sizeof name, "decode.ctx%u.%s", a.ctx, base_name);
+      heed_bench_case cb = {name, base_name, base_name, "f32", shape, lim_bw, 2 * bytes, dev ? run_decode_clblast : run_decode_onednn,
+                            &a};
+      rc = baseline_checked(&a, cb.run, a.out, (size_t)H_Q * D, name);
+      if (!rc) rc = add(b, &cb, out, cap, n_out);
     }
   }
   /* prefill: 512 queries after a 3584-token prefix, causal; flops of unmasked pairs only */
@@ -288,6 +326,7 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, 
     snprintf(name, sizeof name, "prefill.%s", heed_dtype_name((heed_dtype)dt));
     heed_bench_case c = {name, NULL, isa, heed_dtype_name((heed_dtype)dt), shape, lim_fl, flops, run_prefill, &a};
     rc = check(&a, prefill_once(&a), name);
+    if (!rc && dt == HEED_DTYPE_F16 && a.ref) memcpy(a.ref, a.out, (size_t)NQ * H_Q * D * sizeof(float));
     if (!rc) rc = add(b, &c, out, cap, n_out);
     a.c = keep;
     a.storage = keep_st;
@@ -296,24 +335,30 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, 
     heed_mem_free(st2);
   }
   if (baseline && !rc) {
-    heed_bench_case cb = {"prefill.onednn", "onednn", "onednn", "f32", shape, HEED_LIMIT_FMA_PEAK, flops,
-                          run_prefill_onednn, &a};
-    rc = add(b, &cb, out, cap, n_out);
+    char name[64];
+    snprintf(name, sizeof name, "prefill.%s", base_name);
+    heed_bench_case cb = {name, base_name, base_name, "f32", shape, lim_fl, flops, dev ? run_clblast : run_prefill_onednn, &a};
+    rc = baseline_checked(&a, cb.run, a.ref, (size_t)NQ * H_Q * D, name);
+    if (!rc) rc = add(b, &cb, out, cap, n_out);
   }
   for (int i = 0; i < n_kv && !rc; i++) rc = quant_cases(&a, b, kv[i], ctxs, n_ctx, flops, out, cap, n_out);
   heed_kv_cache_destroy(a.c);
   heed_mem_free(a.storage);
-  free(a.q), free(a.out), free(a.lse), free(a.ws), free(a.k32), free(a.v32), free(a.s);
+  free(a.q), free(a.out), free(a.lse), free(a.ws), free(a.k32), free(a.v32), free(a.s), free(a.bout), free(a.ref);
+#ifdef HEED_HAVE_OPENCL
+  heed_cl_unfused_close(a.unf);
+#endif
   return rc;
 }
 
-/* Prints heed's speed-up over each case's oneDNN twin (same name + ".onednn"),
- * and each quantized case's time as a fraction of its f16 twin's. */
+/* Prints heed's speed-up over each case's baseline twin (same name +
+ * ".onednn" or ".clblast"), and each quantized case's time as a fraction of
+ * its f16 twin's. */
 void heed_bench_attention_speedups(const heed_bench_result *r, int n, FILE *f) {
   for (int i = 0; i < n; i++) {
     char twin[80];
     const char *base = r[i].name, *dot = strrchr(base, '.');
-    if (strstr(base, ".onednn")) continue;
+    if (strstr(base, ".onednn") || strstr(base, ".clblast")) continue;
     heed_dtype dt;
     if (dot && heed_dtype_parse(dot + 1, &dt) == 0 && heed_dtype_is_quant(dt)) {
       snprintf(twin, sizeof twin, "%.*s", (int)(dot - base), base);
@@ -323,13 +368,19 @@ void heed_bench_attention_speedups(const heed_bench_result *r, int n, FILE *f) {
                   r[i].ms_median / r[j].ms_median, r[i].ms_median, r[j].ms_median);
       continue;
     }
-    if (strncmp(base, "prefill.", 8) == 0)
-      snprintf(twin, sizeof twin, "prefill.onednn");
-    else
-      snprintf(twin, sizeof twin, "%s.onednn", base);
-    for (int j = 0; j < n; j++)
-      if (strcmp(r[j].name, twin) == 0)
-        fprintf(f, "%-22s %5.2fx faster than the unfused oneDNN baseline (%.3f ms vs %.3f ms, medians)\n", base,
-                r[j].ms_median / r[i].ms_median, r[i].ms_median, r[j].ms_median);
+    for (int k = 0; k < 2; k++) {
+      const char *lib = k ? "clblast" : "onednn";
+      if (strncmp(base, "prefill.", 8) == 0)
+        snprintf(twin, sizeof twin, "prefill.%s", lib);
+      else
+        snprintf(twin, sizeof twin, "%s.%s", base, lib);
+      for (int j = 0; j < n; j++)
+        if (strcmp(r[j].name, twin) == 0)
+        {
+          double x = r[j].ms_median / r[i].ms_median; /* > 1: heed is faster */
+          fprintf(f, "%-22s %5.2fx %s than the unfused %s baseline (%.3f ms vs %.3f ms, medians)\n", base, x >= 1 ? x : 1 / x,
+                  x >= 1 ? "faster" : "slower", k ? "CLBlast" : "oneDNN", r[i].ms_median, r[j].ms_median);
+        }
+    }
   }
 }

@@ -348,3 +348,57 @@ Test(opencl, the_bench_probes_the_device) {
   heed_bench_destroy(b);
   heed_runtime_close(cpu);
 }
+
+#ifdef HEED_TEST_CLBLAST
+#include "bench/bench_unfused_cl.h"
+
+/* The bench's CLBlast baseline (SGEMM, softmax, SGEMM) computes the same
+ * causal attention as heed's kernels on an f32 cache: prefill at an offset
+ * (the causal mask inside the score rows) and decode (a GQA group per GEMM). */
+Test(opencl, the_clblast_baseline_computes_the_same_attention) {
+  heed_runtime *rt = open_cl();
+  if (!rt) cr_skip_test("no OpenCL device");
+  enum { H = 4, KH = 2, D = 64, L = 70, NQ = 20, Q0 = 50 };
+  heed_kv_cache_config cfg = cfg_of(HEED_DTYPE_F32, HEED_DTYPE_F32, D, D);
+  heed_kv_cache *c;
+  heed_error e = {0};
+  cr_assert_eq(heed_kv_cache_create(rt, &cfg, NULL, 0, &c, &e), HEED_OK, "%s", e.msg);
+  uint64_t rng = 2024;
+  float *k = malloc(sizeof(float) * L * KH * D), *v = malloc(sizeof(float) * L * KH * D);
+  float *k32 = malloc(sizeof(float) * L * KH * D), *v32 = malloc(sizeof(float) * L * KH * D);
+  for (int i = 0; i < L * KH * D; i++) k[i] = tu_uniform(&rng) * 2.0f, v[i] = tu_uniform(&rng);
+  for (int t = 0; t < L; t++) /* the baseline's layout: [KH][L][D] */
+    for (int h = 0; h < KH; h++) {
+      memcpy(k32 + ((size_t)h * L + t) * D, k + ((size_t)t * KH + h) * D, D * sizeof(float));
+      memcpy(v32 + ((size_t)h * L + t) * D, v + ((size_t)t * KH + h) * D, D * sizeof(float));
+    }
+  int s;
+  heed_kv_seq_new(c, &s);
+  cr_assert_eq(heed_kv_seq_append(c, s, L, k, v), HEED_OK);
+  heed_cl_unfused *u = heed_cl_unfused_open(rt, k32, v32, H, KH, L, D, NQ);
+  cr_assert_not_null(u);
+  heed_attn_params p = {.n_q_heads = H, .n_kv_heads = KH, .dk = D, .dv = D, .scale = 0.125f};
+  float q[NQ * H * D], o1[NQ * H * D], o2[NQ * H * D];
+  for (int i = 0; i < NQ * H * D; i++) q[i] = tu_uniform(&rng);
+  size_t wsb;
+  heed_attn_prefill_workspace(rt, &p, NQ, &wsb);
+  void *ws = malloc(wsb);
+  heed_attn_seq sq = {.seq = s};
+  cr_assert_eq(heed_attn_prefill(rt, c, &p, sq, Q0, NQ, q, o1, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_cl_unfused_run(u, Q0, NQ, p.scale, q, o2), 0);
+  for (int i = 0; i < NQ * H * D; i++) cr_assert_float_eq(o1[i], o2[i], 1e-5, "prefill element %d: %g vs %g", i, o1[i], o2[i]);
+  heed_attn_decode_seq d = {.kv = {.seq = s}, .n_q = 1};
+  size_t wdb;
+  heed_attn_decode_workspace(rt, &p, &d, 1, &wdb);
+  void *wd = malloc(wdb);
+  cr_assert_eq(heed_attn_decode(rt, c, &p, &d, 1, q, o1, NULL, wd, wdb), HEED_OK, "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_cl_unfused_run(u, L - 1, 1, p.scale, q, o2), 0);
+  for (int i = 0; i < H * D; i++) cr_assert_float_eq(o1[i], o2[i], 1e-5, "decode element %d: %g vs %g", i, o1[i], o2[i]);
+  /* more queries than it was opened for: refused, not overrun */
+  cr_assert_eq(heed_cl_unfused_run(u, 0, NQ + 1, p.scale, q, o2), -1);
+  heed_cl_unfused_close(u);
+  heed_kv_cache_destroy(c);
+  free(k), free(v), free(k32), free(v32), free(ws), free(wd);
+  heed_runtime_close(rt);
+}
+#endif

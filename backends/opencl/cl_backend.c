@@ -560,7 +560,7 @@ static heed_status attention_locked(cl_ctx *c, const heed_attn_call *call, const
   const heed_kv_cache *kc = call->cache;
   const heed_attn_params *p = call->p;
   heed_error *err = call->err;
-  const unsigned H = p->n_q_heads, KH = p->n_kv_heads, G = H / KH, dk = p->dk, dv = p->dv, bl = kc->cfg.block_len;
+  const unsigned H = p->n_q_heads, KH = p->n_kv_heads, G = H / KH, dk = p->dk, dv = p->dv;
   unsigned tk;
   heed_status st = need_tile(c, dk, dv, &tk, err);
   if (st != HEED_OK) return st;
@@ -702,6 +702,15 @@ static cl_ctx *ctx_of(heed_runtime *rt) {
   void *ctx = NULL;
   const heed_backend_iface *be = heed_runtime_backend_iface(rt, &ctx);
   return be == &heed_backend_opencl_iface ? ctx : NULL;
+}
+
+heed_status heed_cl_runtime_queue(heed_runtime *rt, void **context, void **queue, void **device) {
+  cl_ctx *c = ctx_of(rt);
+  if (!c || !context || !queue || !device) return HEED_E_INVALID;
+  *context = c->ctx;
+  *queue = c->q;
+  *device = c->dev;
+  return HEED_OK;
 }
 
 heed_status heed_cl_runtime_build_info(heed_runtime *rt, heed_cl_build_info *out) {

@@ -27,4 +27,10 @@ heed_status heed_cl_runtime_build_info(heed_runtime *rt, heed_cl_build_info *out
  * message carries the compiler log. */
 heed_status heed_cl_build_source(heed_runtime *rt, const char *src, int *from_cache, heed_error *err);
 
+/* The backend's OpenCL objects (cl_context, cl_command_queue, cl_device_id),
+ * for code that enqueues its own work on the same queue: the bench's CLBlast
+ * baseline. HEED_E_INVALID when rt runs another backend. Calls must not
+ * overlap heed's own on that runtime. */
+heed_status heed_cl_runtime_queue(heed_runtime *rt, void **context, void **queue, void **device);
+
 #endif
