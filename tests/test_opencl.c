@@ -117,6 +117,47 @@ static heed_kv_cache_config cfg_of(heed_dtype kt, heed_dtype vt, unsigned dk, un
                                 .n_blocks = 32, .max_seqs = 4, .max_seq_len = 256};
 }
 
+/* Decode (3 queries, GQA 8/2: rows that span two row blocks) and prefill
+ * through device cache c give what the CPU gives on the same tokens. */
+static void same_as_cpu(heed_runtime *rt, heed_kv_cache *c, const char *what) {
+  heed_runtime *cpu = open_cpu();
+  const heed_kv_cache_config *cfg = heed_kv_cache_get_config(c);
+  size_t bytes;
+  cr_assert_eq(heed_kv_cache_bytes(cpu, cfg, &bytes, NULL), HEED_OK);
+  void *host = aligned_alloc(64, bytes);
+  heed_kv_cache *hc;
+  cr_assert_eq(heed_kv_cache_create(cpu, cfg, host, bytes, &hc, NULL), HEED_OK);
+  enum { L = 45, H = 8, KH = 2, NQ = 3 };
+  unsigned dk = cfg->dk, dv = cfg->dv;
+  uint64_t rng = 99;
+  float *k = malloc(sizeof(float) * L * KH * dk), *v = malloc(sizeof(float) * L * KH * dv);
+  for (size_t i = 0; i < (size_t)L * KH * dk; i++) k[i] = tu_uniform(&rng) * 2.0f;
+  for (size_t i = 0; i < (size_t)L * KH * dv; i++) v[i] = tu_uniform(&rng);
+  int s;
+  heed_kv_seq_new(c, &s), heed_kv_seq_new(hc, &s);
+  cr_assert_eq(heed_kv_seq_append(c, s, L, k, v), HEED_OK, "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_kv_seq_append(hc, s, L, k, v), HEED_OK);
+  heed_attn_params p = {.n_q_heads = H, .n_kv_heads = KH, .dk = dk, .dv = dv, .scale = 0.125f};
+  float *q = malloc(sizeof(float) * L * H * dk), *o1 = malloc(sizeof(float) * L * H * dv), *o2 = malloc(sizeof(float) * L * H * dv);
+  for (size_t i = 0; i < (size_t)L * H * dk; i++) q[i] = tu_uniform(&rng);
+  heed_attn_decode_seq d = {.kv = {.seq = s}, .n_q = NQ};
+  size_t wd, wp;
+  heed_attn_decode_workspace(cpu, &p, &d, 1, &wd);
+  heed_attn_prefill_workspace(cpu, &p, L, &wp);
+  void *ws = malloc(wd > wp ? wd : wp);
+  size_t wsb = wd > wp ? wd : wp;
+  cr_assert_eq(heed_attn_decode(rt, c, &p, &d, 1, q, o1, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_attn_decode(cpu, hc, &p, &d, 1, q, o2, NULL, ws, wsb), HEED_OK);
+  for (size_t i = 0; i < (size_t)NQ * H * dv; i++) cr_assert_float_eq(o1[i], o2[i], 2e-5, "%s: decode element %zu: %g vs %g", what, i, o1[i], o2[i]);
+  heed_attn_seq sq = {.seq = s};
+  cr_assert_eq(heed_attn_prefill(rt, c, &p, sq, 0, L, q, o1, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_attn_prefill(cpu, hc, &p, sq, 0, L, q, o2, NULL, ws, wsb), HEED_OK);
+  for (size_t i = 0; i < (size_t)L * H * dv; i++) cr_assert_float_eq(o1[i], o2[i], 2e-5, "%s: prefill element %zu: %g vs %g", what, i, o1[i], o2[i]);
+  free(k), free(v), free(q), free(o1), free(o2), free(ws), free(host);
+  heed_kv_cache_destroy(hc);
+  heed_runtime_close(cpu);
+}
+
 Test(opencl, device_limits_give_a_clear_status) {
   setenv("HEED_OPENCL_LOCAL_MEM", "8192", 1);
   heed_runtime *rt = open_cl_env(1);
@@ -133,6 +174,7 @@ Test(opencl, device_limits_give_a_clear_status) {
   cr_assert(strstr(e.msg, "dk=256") && strstr(e.msg, "offers 8192"), "%s", e.msg);
   cfg = cfg_of(HEED_DTYPE_F16, HEED_DTYPE_F16, 64, 64);
   cr_assert_eq(heed_kv_cache_create(rt, &cfg, NULL, 0, &c, &e), HEED_OK, "head dim 64 fits: %s", e.msg);
+  same_as_cpu(rt, c, "8 rows, 16-key tiles");
   heed_kv_cache_destroy(c);
   heed_runtime_close(rt);
   /* Too little for any head dim: refused at open. */

@@ -52,7 +52,7 @@ typedef struct cl_ctx {
   heed_cl_device_info info;
   size_t local_mem;      /* what heed plans with */
   size_t max_wg;
-  unsigned wg, rows, acc;
+  unsigned wg, rows;
   int profiling;
   cl_program prog;
   cl_kernel k_put, k_part, k_merge, k_probe, k_fma;
@@ -309,10 +309,13 @@ static heed_status read_local_cap(cl_ctx *c, int ignore_env, heed_error *err) {
   return HEED_OK;
 }
 
+/* attn_part's per-row softmax state: max, sum, and 16 lanes' partial max and sum (attention.cl). */
+#define ST_FLOATS(rows) ((size_t)(rows) * (2 + 2 * 16))
+
 /* Local bytes attn_part needs for head dims dk, dv and key tile tk. */
 static size_t part_local(const cl_ctx *c, unsigned dk, unsigned dv, unsigned tk) {
   size_t kvw = dk > dv ? dk : dv;
-  return ((size_t)c->rows * dk + kvw * tk + (size_t)c->rows * tk + 3 * c->rows) * sizeof(float) + c->part_static;
+  return ((size_t)c->rows * dk + kvw * tk + (size_t)c->rows * tk + ST_FLOATS(c->rows)) * sizeof(float) + c->part_static;
 }
 
 /* The largest key tile that fits, or 0. */
@@ -364,7 +367,6 @@ static heed_status cl_open(const heed_backend_open_args *a, void **out, heed_err
   }
   c->wg = c->max_wg >= WG_MAX ? WG_MAX : c->max_wg >= 32 ? 32 : 16;
   c->rows = c->local_mem >= 48 * 1024 ? 16 : 8;
-  c->acc = (c->rows * HEED_HEAD_DIM_MAX + c->wg - 1) / c->wg;
   cl_int rc;
   c->ctx = clCreateContext(NULL, 1, &c->dev, NULL, NULL, &rc);
   if (rc != CL_SUCCESS) {
@@ -378,7 +380,8 @@ static heed_status cl_open(const heed_backend_open_args *a, void **out, heed_err
     st = CL_FAIL(err, rc, "creating a queue on '%s'", c->info.device_name);
     goto fail;
   }
-  snprintf(c->build.options, sizeof c->build.options, "-cl-std=CL1.2 -DWG=%u -DROWS=%u -DACC=%u", c->wg, c->rows, c->acc);
+  snprintf(c->build.options, sizeof c->build.options, "-cl-std=CL1.2 -DWG=%u -DROWS=%u -DDMAX=%d", c->wg, c->rows,
+           HEED_HEAD_DIM_MAX);
   if ((st = build(c, heed_cl_source, heed_cl_source_len, c->build.options, &c->prog, &c->build.from_cache,
                   c->build.cache_path, sizeof c->build.cache_path, err)) != HEED_OK)
     goto fail;
@@ -634,7 +637,7 @@ static heed_status attention_locked(cl_ctx *c, const heed_attn_call *call, const
   const size_t ps[] = {sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), 4, 4, 4, 4,
                        sizeof(cl_mem), 4, 4, 4, 4, 4,
                        (size_t)c->rows * dk * sizeof(float), kvw * tk * sizeof(float), (size_t)c->rows * tk * sizeof(float),
-                       3 * (size_t)c->rows * sizeof(float)};
+                       ST_FLOATS(c->rows) * sizeof(float)};
   if ((st = set_args(c->k_part, err, "attn_part", HEED_ARRAY_LEN(pv), ps, pv)) != HEED_OK) return st;
   size_t global[3] = {(size_t)c->wg * splits, max_rb, (size_t)n * KH}, local[3] = {c->wg, 1, 1};
   cl_int rc = clEnqueueNDRangeKernel(c->q, c->k_part, 3, NULL, global, local, 0, NULL, NULL);

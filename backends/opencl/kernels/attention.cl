@@ -7,8 +7,17 @@
  * panel or a block): the K tile is staged [dk][tk], scores go to local
  * memory, each row's running max and sum are updated online
  * (FlashAttention-2), then the V tile is staged [tk][dv] and multiplied in.
- * Each work-item keeps ACC accumulators: output element lid + i*WG of the
- * block's [ROWS][dv]. The unnormalised result (m, l, acc) of each split goes
+ *
+ * Register tiles. The rows go in WG/16 groups of SR, each served by 16
+ * work-items (KL). For scores a work-item holds SR rows x (keys kl, kl+16,
+ * ...): per channel it reads SR q values (the same for the whole group: a
+ * broadcast) and its keys (neighbours read neighbours), then does SR
+ * multiply-adds per key. For P.V it holds SR rows x (columns kl, kl+16, ...)
+ * of the output the same way. (A first version with 4-row groups of WG/RG
+ * work-items gave wrong output on PoCL 3.1 with 8 rows, 32 work-items a
+ * group, though a host emulation of its index math was exact; 16-wide groups
+ * run correctly in every variant.)
+ * The unnormalised result (m, l, acc) of each split goes
  * to a record; attn_merge folds the splits and the sink, normalises, and
  * writes out and lse.
  *
@@ -53,6 +62,11 @@
 #define LAY_V_GROUP 18
 #define LAY_COUNT 19
 
+#define KL 16                           /* work-items per row group */
+#define SR (ROWS * KL / WG)             /* rows per group (WG / KL groups) */
+#define MK ((64 + KL - 1) / KL)         /* keys per work-item (tiles of up to 64) */
+#define MC ((DMAX + KL - 1) / KL)       /* output columns per work-item */
+
 /* x read by ld_run from a quantized array, scaled: q8 code * scale,
  * q4 code * scale + min (scales at aux[at], mins n_groups further), fp8
  * value * the (block, head) scale. */
@@ -86,7 +100,8 @@ __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void attn_part(
   const uint rows = n_q * G, r0 = rb * ROWS;
   const int mask_off = in[INFO_MASK];
   __global const uint *table = tables + in[INFO_TABLE];
-  __local float *m_ = st, *l_ = st + ROWS, *a_ = st + 2 * ROWS;
+  /* per row: running max and sum; each lane's partial max and sum of a tile */
+  __local float *m_ = st, *l_ = st + ROWS, *red_m = st + 2 * ROWS, *red_s = st + 2 * ROWS + ROWS * KL;
   __global float *out = rec + (size_t)(in[INFO_REC] + ((size_t)kvh * n_rb + rb) * n_splits + split) * ROWS * (2 + dv);
 
   /* the keys these rows may see, 16-aligned, and this split's share */
@@ -111,86 +126,131 @@ __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void attn_part(
     m_[r] = -INFINITY;
     l_[r] = 0.0f;
   }
-  float acc[ACC];
-  for (int i = 0; i < ACC; i++) acc[i] = 0.0f;
+  const uint rg = lid / KL, kl = lid % KL, nc = (dv - min(kl, dv) + KL - 1) / KL; /* this work-item's columns: kl + n*KL < dv */
+  float acc[SR][MC], alpha[SR], m_new[SR];
+  for (int i = 0; i < SR; i++)
+    for (int n = 0; n < MC; n++) acc[i][n] = 0.0f;
   barrier(CLK_LOCAL_MEM_FENCE);
 
   for (uint t0 = s_lo; t0 < s_hi; t0 += tk) {
     const uint nk = min(tk, s_hi - t0);
-    /* K tile [dk][tk]: panel by panel, a panel's [dk][16] read in order */
-    for (uint e = lid; e < tk * dk; e += WG) {
-      uint p = e / (16 * dk), w = e % (16 * dk), d = w / 16, j = p * 16 + w % 16;
-      float x = 0.0f;
-      if (j < nk) {
-        uint key = t0 + j, b = key / bl, row = key % bl;
-        size_t i = (size_t)(row / 16) * dk * 16 + (size_t)d * 16 + row % 16;
-        if (b < n_full) {
-          const __global uchar *blk = kv + (size_t)table[b] * block_bytes;
-          x = dequant(ld_run(blk + kvh * k_head, i, kt), kt, blk + k_aux, (size_t)(row / kg) * dk + d, k_groups);
-        } else {
-          x = ld_run(res_k, i, rkt);
+    /* K tile [dk][tk], panel by panel: the 16 keys of a panel share a block
+     * (tiles start 16-aligned, blocks are multiples of 16), and the panel's
+     * [dk][16] elements are contiguous, read in order */
+    for (uint p = 0; p < tk / 16; p++) {
+      const uint key0 = t0 + p * 16, b = key0 / bl, row0 = key0 % bl;
+      const int pool = b < n_full && p * 16 < nk; /* (a panel past the split's keys reads nothing) */
+      const __global uchar *blk = pool ? kv + (size_t)table[b] * block_bytes : kv;
+      const __global uchar *src = pool ? blk + kvh * k_head : res_k;
+      const int dt = pool ? kt : rkt;
+      const size_t base = (size_t)(row0 / 16) * dk * 16, sc0 = (size_t)(row0 / kg) * dk; /* a panel is within a K group */
+      for (uint e = lid; e < 16 * dk; e += WG) {
+        uint d = e / 16, j = p * 16 + e % 16;
+        float x = 0.0f;
+        if (j < nk) {
+          x = ld_run(src, base + e, dt);
+          if (pool) x = dequant(x, kt, blk + k_aux, sc0 + d, k_groups);
+        }
+        kvs[d * tk + j] = x;
+      }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    {
+      const uint nm = (tk - min(kl, tk) + KL - 1) / KL; /* this work-item's keys: kl + m*KL < tk */
+      float dot[SR][MK];
+      for (int i = 0; i < SR; i++)
+        for (int m = 0; m < MK; m++) dot[i][m] = 0.0f;
+      __local const float *qg = qs + rg * SR * dk;
+      for (uint d = 0; d < dk; d++) {
+        float a[SR];
+        for (int i = 0; i < SR; i++) a[i] = qg[i * dk + d];
+        for (int m = 0; m < MK; m++)
+          if (m < nm) {
+            float kx = kvs[d * tk + kl + m * KL];
+            for (int i = 0; i < SR; i++) dot[i][m] = fma(a[i], kx, dot[i][m]);
+          }
+      }
+      for (int i = 0; i < SR; i++)
+        for (int m = 0; m < MK; m++)
+          if (m < nm) {
+            uint r = rg * SR + i, j = kl + m * KL, gr = r0 + r, key = t0 + j;
+            float s = -INFINITY;
+            if (j < nk && gr < rows) {
+              uint qi = gr / G, pos = pos0 + qi;
+              int vis = key <= pos && (!window || pos - key < window);
+              if (vis && mask_off >= 0 && key >= pos0) vis = masks[mask_off + qi * n_q + (key - pos0)] != 0;
+              if (vis) s = softcap > 0.0f ? softcap * tanh(dot[i][m] / softcap) : dot[i][m];
+            }
+            dot[i][m] = s;
+          }
+      /* online softmax (FlashAttention-2), the row's lanes together: the
+       * tile's max over the lanes' partial maxima, p = exp(s - max) into ss,
+       * the lanes' partial sums; the rescale factor stays in registers */
+      for (int i = 0; i < SR; i++) {
+        float mx = -INFINITY;
+        for (int m = 0; m < MK; m++)
+          if (m < nm) mx = fmax(mx, dot[i][m]);
+        red_m[(rg * SR + i) * KL + kl] = mx;
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+      for (int i = 0; i < SR; i++) {
+        const uint r = rg * SR + i;
+        float mo = m_[r], mx = mo, sum = 0.0f;
+        for (uint l = 0; l < KL; l++) mx = fmax(mx, red_m[r * KL + l]);
+        alpha[i] = mx == -INFINITY ? 1.0f : exp(mo - mx);
+        m_new[i] = mx;
+        for (int m = 0; m < MK; m++)
+          if (m < nm) {
+            float pj = dot[i][m] == -INFINITY ? 0.0f : exp(dot[i][m] - mx);
+            ss[r * tk + kl + m * KL] = pj;
+            sum += pj;
+          }
+        red_s[r * KL + kl] = sum;
+      }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (kl == 0) /* every lane has read the old m_ */
+      for (int i = 0; i < SR; i++) {
+        const uint r = rg * SR + i;
+        float sum = 0.0f;
+        for (uint l = 0; l < KL; l++) sum += red_s[r * KL + l];
+        l_[r] = l_[r] * alpha[i] + sum;
+        m_[r] = m_new[i];
+      }
+    /* V tile [tk][dv], 16 rows (one block) at a time, rows read in order;
+     * K is no longer read: the scores are done */
+    for (uint p = 0; p < tk / 16; p++) {
+      const uint key0 = t0 + p * 16, b = key0 / bl, row0 = key0 % bl;
+      const int pool = b < n_full && p * 16 < nk; /* (a panel past the split's keys reads nothing) */
+      const __global uchar *blk = pool ? kv + (size_t)table[b] * block_bytes : kv;
+      const __global uchar *src = pool ? blk + v_off + kvh * v_head : res_v;
+      const int dt = pool ? vt : rvt;
+      const uint ng = dv / vg;
+      for (uint jj = 0; jj < 16; jj++) {
+        const uint j = p * 16 + jj, row = row0 + jj;
+        for (uint c = lid; c < dv; c += WG) {
+          float x = 0.0f;
+          if (j < nk) {
+            x = ld_run(src, (size_t)row * dv + c, dt);
+            if (pool) x = dequant(x, vt, blk + v_aux, (size_t)row * ng + c / vg, v_groups);
+          }
+          kvs[j * dv + c] = x;
         }
       }
-      kvs[d * tk + j] = x;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint e = lid; e < ROWS * tk; e += WG) {
-      uint r = e / tk, j = e % tk, gr = r0 + r, key = t0 + j;
-      float s = -INFINITY;
-      if (j < nk && gr < rows) {
-        uint qi = gr / G, pos = pos0 + qi;
-        int vis = key <= pos && (!window || pos - key < window);
-        if (vis && mask_off >= 0 && key >= pos0) vis = masks[mask_off + qi * n_q + (key - pos0)] != 0;
-        if (vis) {
-          float dot = 0.0f;
-          for (uint d = 0; d < dk; d++) dot = fma(qs[r * dk + d], kvs[d * tk + j], dot);
-          s = softcap > 0.0f ? softcap * tanh(dot / softcap) : dot;
-        }
-      }
-      ss[e] = s;
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (lid < ROWS) { /* online softmax of row lid: new max, rescale, exponentiate (ROWS <= WG) */
-      const uint r = lid;
-      float mo = m_[r], mx = mo;
-      for (uint j = 0; j < tk; j++) mx = fmax(mx, ss[r * tk + j]);
-      float alpha = mx == -INFINITY ? 1.0f : exp(mo - mx), sum = 0.0f;
-      for (uint j = 0; j < tk; j++) {
-        float s = ss[r * tk + j], pj = s == -INFINITY ? 0.0f : exp(s - mx);
-        ss[r * tk + j] = pj;
-        sum += pj;
-      }
-      m_[r] = mx;
-      l_[r] = l_[r] * alpha + sum;
-      a_[r] = alpha;
-    }
-    /* Not needed by the memory model (the V tile does not touch what the
-     * softmax reads), but PoCL 3.1 drops the softmax block above without it. */
-    barrier(CLK_LOCAL_MEM_FENCE);
-    /* V tile [tk][dv], rows read in order */
-    for (uint e = lid; e < tk * dv; e += WG) {
-      uint j = e / dv, c = e % dv;
-      float x = 0.0f;
-      if (j < nk) {
-        uint key = t0 + j, b = key / bl, row = key % bl;
-        size_t i = (size_t)row * dv + c;
-        if (b < n_full) {
-          const __global uchar *blk = kv + (size_t)table[b] * block_bytes;
-          x = dequant(ld_run(blk + v_off + kvh * v_head, i, vt), vt, blk + v_aux, (size_t)row * (dv / vg) + c / vg, v_groups);
-        } else {
-          x = ld_run(res_v, i, rvt);
-        }
-      }
-      kvs[e] = x; /* K is no longer read: the scores are done */
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int i = 0; i < ACC; i++) {
-      uint e = lid + (uint)i * WG;
-      if (e < ROWS * dv) {
-        uint r = e / dv, c = e % dv;
-        float a = acc[i] * a_[r];
-        for (uint j = 0; j < nk; j++) a = fma(ss[r * tk + j], kvs[j * dv + c], a);
-        acc[i] = a;
+    {
+      __local const float *pg = ss + rg * SR * tk;
+      for (int i = 0; i < SR; i++)
+        for (int n = 0; n < MC; n++) acc[i][n] *= alpha[i];
+      for (uint j = 0; j < nk; j++) {
+        float pr[SR];
+        for (int i = 0; i < SR; i++) pr[i] = pg[i * tk + j];
+        for (int n = 0; n < MC; n++)
+          if (n < nc) {
+            float vx = kvs[j * dv + kl + n * KL];
+            for (int i = 0; i < SR; i++) acc[i][n] = fma(pr[i], vx, acc[i][n]);
+          }
       }
     }
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -200,10 +260,9 @@ __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void attn_part(
     out[r] = m_[r];
     out[ROWS + r] = l_[r];
   }
-  for (int i = 0; i < ACC; i++) {
-    uint e = lid + (uint)i * WG;
-    if (e < ROWS * dv) out[2 * ROWS + e] = acc[i];
-  }
+  for (int i = 0; i < SR; i++)
+    for (int n = 0; n < MC; n++)
+      if (n < nc) out[2 * ROWS + (rg * SR + i) * dv + kl + n * KL] = acc[i][n];
 }
 
 /* One work-item per output element: omap[o] = (first record, row) of output

@@ -4,7 +4,7 @@
  * then the KV formats of heed/quant.h: 3 q8, 4 q4, 5 e4m3, 6 e5m2.
  * f16 goes through vload_half/vstore_half, which OpenCL 1.2 has without
  * cl_khr_fp16, so a device without half arithmetic runs every kernel. All
- * arithmetic is f32. Built with -DWG=... -DROWS=... -DACC=... (cl_backend.c). */
+ * arithmetic is f32. Built with -DWG=... -DROWS=... -DDMAX=... (cl_backend.c). */
 
 #define DT_F32 0
 #define DT_F16 1
