@@ -80,9 +80,10 @@ heed_status heed_runtime_write_text(heed_runtime *rt, FILE *f) {
     const heed_cl_device_info *x = heed_topology_get_cl_device(t, i);
     size_str(x->global_mem_bytes, a, sizeof a);
     size_str(x->local_mem_bytes, b, sizeof b);
-    fprintf(f, "opencl %-4u %s / %s: %s, %u CU, %s global, %s local, fp16 %s, %s%s%s\n", i, x->platform_name,
-            x->device_name, heed_cl_device_type_name(x->type), x->compute_units, a, x->local_mem_bytes ? b : "?",
-            x->has_fp16 < 0 ? "?" : x->has_fp16 ? "yes" : "no", x->locality, x->pci_busid[0] ? " pci " : "",
+    fprintf(f, "opencl %-4u %s / %s: %s, %u CU, %s global, %s local, fp16 %s, subgroups %s, %s%s%s\n", i,
+            x->platform_name, x->device_name, heed_cl_device_type_name(x->type), x->compute_units, a,
+            x->local_mem_bytes ? b : "?", x->has_fp16 < 0 ? "?" : x->has_fp16 ? "yes" : "no",
+            x->has_subgroups < 0 ? "?" : x->has_subgroups ? "yes" : "no", x->locality, x->pci_busid[0] ? " pci " : "",
             x->pci_busid);
   }
   for (unsigned i = 0; i < heed_runtime_n_candidates(rt); i++) {
@@ -163,10 +164,11 @@ heed_status heed_runtime_write_json(heed_runtime *rt, FILE *f) {
     heed_json_str(f, x->driver_version);
     fprintf(f,
             ",\"type\":\"%s\",\"compute_units\":%u,\"global_mem_bytes\":%llu,\"local_mem_bytes\":%llu,"
-            "\"max_work_group_size\":%zu,\"fp16\":%s,\"pci_busid\":",
+            "\"max_work_group_size\":%zu,\"fp16\":%s,\"subgroups\":%s,\"pci_busid\":",
             heed_cl_device_type_name(x->type), x->compute_units, (unsigned long long)x->global_mem_bytes,
             (unsigned long long)x->local_mem_bytes, x->max_work_group_size,
-            x->has_fp16 < 0 ? "null" : x->has_fp16 ? "true" : "false");
+            x->has_fp16 < 0 ? "null" : x->has_fp16 ? "true" : "false",
+            x->has_subgroups < 0 ? "null" : x->has_subgroups ? "true" : "false");
     heed_json_str(f, x->pci_busid);
     fprintf(f, ",\"numa_node\":%d,\"locality\":", x->numa_node);
     heed_json_str(f, x->locality);

@@ -197,6 +197,7 @@ static heed_status cl_from_xml(heed_topology *t, heed_error *err) {
     d->global_mem_bytes =
         (v = hwloc_obj_get_info_by_name(o, "OpenCLGlobalMemorySize")) ? strtoull(v, NULL, 10) * 1024 : 0;
     d->has_fp16 = -1;
+    d->has_subgroups = -1;
     if (o->parent && o->parent->type == HWLOC_OBJ_PCI_DEVICE) {
       struct hwloc_pcidev_attr_s *p = &o->parent->attr->pcidev;
       snprintf(d->pci_busid, sizeof d->pci_busid, "%04x:%02x:%02x.%01x", p->domain, p->bus, p->dev,

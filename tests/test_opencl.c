@@ -369,6 +369,26 @@ Test(opencl, one_layout_on_both_backends) {
   heed_runtime_close(rt);
 }
 
+/* What the device offers is read at enumeration: fp16 and subgroups are
+ * known (0 or 1) for a live device, and `heed info --json` carries them. */
+Test(opencl, device_features_are_read) {
+  heed_runtime *rt = open_cl();
+  if (!rt) cr_skip_test("no OpenCL device");
+  const heed_topology *t = heed_runtime_topology(rt);
+  cr_assert_geq(heed_topology_n_cl_devices(t), 1);
+  const heed_cl_device_info *d = heed_topology_get_cl_device(t, 0);
+  cr_assert(d->has_fp16 == 0 || d->has_fp16 == 1, "fp16 %d", d->has_fp16);
+  cr_assert(d->has_subgroups == 0 || d->has_subgroups == 1, "subgroups %d", d->has_subgroups);
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_eq(heed_runtime_write_json(rt, f), HEED_OK);
+  fclose(f);
+  cr_assert(strstr(buf, "\"fp16\":") && strstr(buf, "\"subgroups\":"), "%s", buf);
+  free(buf);
+  heed_runtime_close(rt);
+}
+
 Test(opencl, the_bench_probes_the_device) {
   heed_runtime *rt = open_cl();
   if (!rt) cr_skip_test("no OpenCL device");

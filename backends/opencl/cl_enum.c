@@ -80,12 +80,13 @@ static void fill_device(hwloc_topology_t hw, cl_device_id dev, heed_cl_device_in
   dev_str(dev, CL_DEVICE_VERSION, d->version, sizeof d->version);
   dev_str(dev, CL_DRIVER_VERSION, d->driver_version, sizeof d->driver_version);
   size_t ext_len = 0;
-  d->has_fp16 = 0;
+  d->has_fp16 = d->has_subgroups = 0;
   if (clGetDeviceInfo(dev, CL_DEVICE_EXTENSIONS, 0, NULL, &ext_len) == CL_SUCCESS && ext_len) {
     char *ext = malloc(ext_len + 1);
     if (ext && clGetDeviceInfo(dev, CL_DEVICE_EXTENSIONS, ext_len, ext, NULL) == CL_SUCCESS) {
       ext[ext_len] = '\0';
       d->has_fp16 = strstr(ext, "cl_khr_fp16") != NULL;
+      d->has_subgroups = strstr(ext, "cl_khr_subgroups") != NULL || strstr(ext, "cl_intel_subgroups") != NULL;
     }
     free(ext);
   }

@@ -85,6 +85,7 @@ typedef struct heed_cl_device_info {
   uint64_t local_mem_bytes;  /* 0 when unknown */
   size_t max_work_group_size;/* 0 when unknown */
   int has_fp16;              /* cl_khr_fp16; -1 when unknown */
+  int has_subgroups;         /* cl_khr_subgroups or cl_intel_subgroups; -1 when unknown */
   char pci_busid[20];        /* "0000:01:00.0", "" when the device has none */
   int numa_node;             /* OS index of the closest NUMA node, -1: whole machine */
   char locality[48];         /* "Package L#1", "Machine", ... */
