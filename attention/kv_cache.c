@@ -613,13 +613,12 @@ heed_status heed_kv_seq_read(const heed_kv_cache *c, int seq, unsigned t0, unsig
     for (unsigned h = 0; h < g->n_kv_heads; h++) {
       kv_view w;
       if (c->dev && t / bl < n_full) { /* a copy of the block in host memory */
+        const char *blk = c->blk_host;
         if (have != t / bl) {
-          st = c->dev_be->kv_io(c->dev_ctx, c->dev, 0, (size_t)s->blocks[t / bl] * c->block_bytes, c->block_bytes, cm->blk_host,
-                                &cm->err);
-          if (st != HEED_OK) return st;
+          if ((st = blk_get(cm, s->blocks[t / bl], &blk)) != HEED_OK) return st;
           have = t / bl;
         }
-        kv_view_block(c, c->blk_host, h, &w);
+        kv_view_block(c, blk, h, &w);
       } else {
         kv_view_of(c, s->blocks, n_full, seq, t / bl, h, &w);
       }
