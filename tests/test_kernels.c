@@ -180,7 +180,8 @@ static void check_table(heed_isa isa) {
   for (int op = 0; op < HEED_OP_COUNT; op++)
     for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++) {
       const heed_kernel_slot *sl = &t.slot[op][dt];
-      int probe = op == HEED_OP_PROBE_READ || op == HEED_OP_PROBE_FMA || op == HEED_OP_SOFTMAX_ROW; /* f32 only */
+      int probe = op == HEED_OP_PROBE_READ || op == HEED_OP_PROBE_FMA || op == HEED_OP_SOFTMAX_ROW ||
+                  op >= HEED_OP_VOCAB_MAX; /* f32 only */
       int floats = op == HEED_OP_DOT || op == HEED_OP_TO_F32; /* no quantized types */
       if ((probe && dt != HEED_DTYPE_F32) || (floats && heed_dtype_is_quant((heed_dtype)dt))) {
         cr_assert_null(sl->fn);

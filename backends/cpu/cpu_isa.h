@@ -20,5 +20,9 @@ void heed_cpu_register_neon(heed_kernel_table *t);
 void heed_cpu_register_attn_avx2(heed_kernel_table *t);
 void heed_cpu_register_attn_avx512(heed_kernel_table *t);
 void heed_cpu_register_attn_neon(heed_kernel_table *t);
+void heed_cpu_register_vocab_ref(heed_kernel_table *t);
+void heed_cpu_register_vocab_avx2(heed_kernel_table *t);
+void heed_cpu_register_vocab_avx512(heed_kernel_table *t);
+void heed_cpu_register_vocab_neon(heed_kernel_table *t);
 
 #endif

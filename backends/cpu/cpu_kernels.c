@@ -55,22 +55,26 @@ heed_status heed_kernels_build(heed_isa isa, heed_kernel_table *t, heed_error *e
   memset(t, 0, sizeof *t);
   t->isa = isa;
   heed_cpu_register_ref(t);
+  heed_cpu_register_vocab_ref(t);
 #if HEED_HAVE_ISA_AVX2
   if (isa == HEED_ISA_AVX2 || isa == HEED_ISA_AVX512) {
     heed_cpu_register_avx2(t);
     heed_cpu_register_attn_avx2(t);
+    heed_cpu_register_vocab_avx2(t);
   }
 #endif
 #if HEED_HAVE_ISA_AVX512
   if (isa == HEED_ISA_AVX512) {
     heed_cpu_register_avx512(t);
     heed_cpu_register_attn_avx512(t);
+    heed_cpu_register_vocab_avx512(t);
   }
 #endif
 #if HEED_HAVE_ISA_NEON
   if (isa == HEED_ISA_NEON) {
     heed_cpu_register_neon(t);
     heed_cpu_register_attn_neon(t);
+    heed_cpu_register_vocab_neon(t);
   }
 #endif
   return HEED_OK;

@@ -14,6 +14,7 @@
 #include "heed/attention.h"
 #include "heed/quant.h"
 #include "heed/bench.h"
+#include "heed/spec.h"
 
 #define HEED_VERSION_MAJOR 0
 #define HEED_VERSION_MINOR 1

@@ -30,7 +30,12 @@ extern "C" {
   X(PROBE_FMA, "probe_fma")      \
   X(ATTN_QK, "attn_qk")          \
   X(ATTN_PV, "attn_pv")          \
-  X(SOFTMAX_ROW, "softmax_row")
+  X(SOFTMAX_ROW, "softmax_row")  \
+  X(VOCAB_MAX, "vocab_max")      \
+  X(VOCAB_SUMEXP, "vocab_sumexp") \
+  X(VOCAB_WEIGHTS, "vocab_weights") \
+  X(VOCAB_RESIDUAL, "vocab_residual") \
+  X(VOCAB_COLLECT, "vocab_collect")
 
 typedef enum heed_op {
 #define HEED_X_(N, s) HEED_OP_##N,
@@ -77,6 +82,25 @@ typedef void (*heed_attn_qk_fn)(const float *q, int R, const void *kt, int n, in
 typedef void (*heed_attn_pv_fn)(const float *p, int ldp, int R, const void *v, int n, int nc, int dv, float *o);
 typedef float (*heed_softmax_row_fn)(float *s, int n, float *m, float *l);
 
+/* Vocabulary-row kernels (f32 only) for sampling and speculative verification
+ * (heed/spec.h). x: [n] logits; exp below is the kernel's own (relative error
+ * under 2e-7; arguments below -87 give 0).
+ *   vocab_max:      returns max x[i] and in *arg the first index holding it;
+ *                   sets *bad to 1 when some x[i] is NaN or +inf (else leaves it).
+ *                   All -inf: returns -inf, *arg 0.
+ *   vocab_sumexp:   sum over x[i] >= thr of exp((x[i] - m) * s).
+ *   vocab_weights:  w[i] = x[i] >= thr ? exp((x[i] - m) * s) * scale : 0; returns sum w.
+ *   vocab_residual: w[i] = max(0, w[i] * ws - q[i] * qs) (q NULL: max(0, w[i] * ws));
+ *                   returns sum w.
+ *   vocab_collect:  writes to idx (room for n) the i with x[i] >= thr, in order;
+ *                   returns how many. */
+typedef float (*heed_vocab_max_fn)(const float *x, size_t n, size_t *arg, int *bad);
+typedef float (*heed_vocab_sumexp_fn)(const float *x, size_t n, float m, float s, float thr);
+typedef float (*heed_vocab_weights_fn)(const float *x, size_t n, float m, float s, float thr, float scale,
+                                       float *w);
+typedef float (*heed_vocab_residual_fn)(float *w, const float *q, size_t n, float ws, float qs);
+typedef size_t (*heed_vocab_collect_fn)(const float *x, size_t n, float thr, uint32_t *idx);
+
 typedef void (*heed_kernel_fn)(void);
 
 typedef struct heed_kernel_slot {
@@ -119,6 +143,16 @@ static inline heed_attn_pv_fn heed_kernel_attn_pv(const heed_kernel_table *t, he
 static inline heed_softmax_row_fn heed_kernel_softmax_row(const heed_kernel_table *t) {
   return (heed_softmax_row_fn)t->slot[HEED_OP_SOFTMAX_ROW][HEED_DTYPE_F32].fn;
 }
+#define HEED_VOCAB_GETTER_(NAME, OP)                                                  \
+  static inline heed_##NAME##_fn heed_kernel_##NAME(const heed_kernel_table *t) {      \
+    return (heed_##NAME##_fn)t->slot[HEED_OP_##OP][HEED_DTYPE_F32].fn;                \
+  }
+HEED_VOCAB_GETTER_(vocab_max, VOCAB_MAX)
+HEED_VOCAB_GETTER_(vocab_sumexp, VOCAB_SUMEXP)
+HEED_VOCAB_GETTER_(vocab_weights, VOCAB_WEIGHTS)
+HEED_VOCAB_GETTER_(vocab_residual, VOCAB_RESIDUAL)
+HEED_VOCAB_GETTER_(vocab_collect, VOCAB_COLLECT)
+#undef HEED_VOCAB_GETTER_
 
 #ifdef __cplusplus
 }

@@ -54,4 +54,24 @@ static inline void ld16_e4m3(const uint8_t *p, float32x4_t x[4]) {
   f16x8(e4m3x8(vget_high_u8(b)), &x[2], &x[3]);
 }
 
+/* exp(x) for x <= 0 as in avx2 (shared by the attention and vocabulary kernels). */
+static inline float32x4_t exp_neg(float32x4_t x) {
+  const float32x4_t lo = vdupq_n_f32(-87.3f);
+  uint32x4_t keep = vcgeq_f32(x, lo);
+  x = vmaxq_f32(x, lo);
+  float32x4_t n = vrndnq_f32(vmulq_n_f32(x, 1.44269504f));
+  float32x4_t r = vfmsq_n_f32(x, n, 0.693359375f);
+  r = vfmsq_n_f32(r, n, -2.12194440e-4f);
+  float32x4_t p = vdupq_n_f32(1.0f / 720);
+  p = vfmaq_f32(vdupq_n_f32(1.0f / 120), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f / 24), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f / 6), p, r);
+  p = vfmaq_f32(vdupq_n_f32(0.5f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+  p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+  int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23);
+  float32x4_t y = vmulq_f32(p, vreinterpretq_f32_s32(e));
+  return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(y), keep));
+}
+
 #endif

@@ -1,0 +1,118 @@
+/* backends/cpu/avx2/vocab_avx2.c - vocabulary-row kernels (heed/kernels.h)
+ * with AVX2/FMA: two vectors of 8 per step, the kernel's exp_neg, scalar tails. */
+#include <math.h>
+
+#include "backends/cpu/avx2/avx2_common.h"
+#include "backends/cpu/cpu_isa.h"
+
+static float vocab_max_avx2(const float *x, size_t n, size_t *arg, int *bad) {
+  __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, badv = _mm256_setzero_ps();
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  __m256i i0 = _mm256_setzero_si256(), i1 = i0;
+  __m256i c0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), c1 = _mm256_add_epi32(c0, _mm256_set1_epi32(8));
+  const __m256i step = _mm256_set1_epi32(16);
+  size_t i = 0;
+  for (; i + 16 <= n && i + 16 <= 0x7fffffffu; i += 16) {
+    __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
+    badv = _mm256_or_ps(badv, _mm256_or_ps(_mm256_cmp_ps(a, inf, _CMP_NLT_UQ), _mm256_cmp_ps(b, inf, _CMP_NLT_UQ)));
+    __m256 ga = _mm256_cmp_ps(a, m0, _CMP_GT_OQ), gb = _mm256_cmp_ps(b, m1, _CMP_GT_OQ);
+    m0 = _mm256_blendv_ps(m0, a, ga), m1 = _mm256_blendv_ps(m1, b, gb);
+    i0 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(i0), _mm256_castsi256_ps(c0), ga));
+    i1 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(i1), _mm256_castsi256_ps(c1), gb));
+    c0 = _mm256_add_epi32(c0, step), c1 = _mm256_add_epi32(c1, step);
+  }
+  float mv[16];
+  int32_t iv[16];
+  _mm256_storeu_ps(mv, m0), _mm256_storeu_ps(mv + 8, m1);
+  _mm256_storeu_si256((__m256i *)iv, i0), _mm256_storeu_si256((__m256i *)(iv + 8), i1);
+  float m = -INFINITY;
+  size_t a = 0;
+  for (int l = 0; l < 16; l++)
+    if (mv[l] > m || (mv[l] == m && mv[l] != -INFINITY && (size_t)iv[l] < a)) m = mv[l], a = (size_t)iv[l];
+  int b = _mm256_movemask_ps(badv) != 0;
+  for (; i < n; i++) {
+    b |= isnan(x[i]) || x[i] == INFINITY;
+    if (x[i] > m) m = x[i], a = i;
+  }
+  if (b) *bad = 1;
+  *arg = m == -INFINITY ? 0 : a;
+  return m;
+}
+
+static float vocab_sumexp_avx2(const float *x, size_t n, float m, float s, float thr) {
+  const __m256 vm = _mm256_set1_ps(m), vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(thr);
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
+    __m256 ea = exp_neg(_mm256_mul_ps(_mm256_sub_ps(a, vm), vs));
+    __m256 eb = exp_neg(_mm256_mul_ps(_mm256_sub_ps(b, vm), vs));
+    s0 = _mm256_add_ps(s0, _mm256_and_ps(ea, _mm256_cmp_ps(a, vt, _CMP_GE_OQ)));
+    s1 = _mm256_add_ps(s1, _mm256_and_ps(eb, _mm256_cmp_ps(b, vt, _CMP_GE_OQ)));
+  }
+  float tot = hsum256(_mm256_add_ps(s0, s1));
+  for (; i < n; i++)
+    if (x[i] >= thr) tot += expf((x[i] - m) * s);
+  return tot;
+}
+
+static float vocab_weights_avx2(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {
+  const __m256 vm = _mm256_set1_ps(m), vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(thr),
+               vc = _mm256_set1_ps(scale);
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
+    __m256 ea = _mm256_mul_ps(exp_neg(_mm256_mul_ps(_mm256_sub_ps(a, vm), vs)), vc);
+    __m256 eb = _mm256_mul_ps(exp_neg(_mm256_mul_ps(_mm256_sub_ps(b, vm), vs)), vc);
+    ea = _mm256_and_ps(ea, _mm256_cmp_ps(a, vt, _CMP_GE_OQ));
+    eb = _mm256_and_ps(eb, _mm256_cmp_ps(b, vt, _CMP_GE_OQ));
+    _mm256_storeu_ps(w + i, ea), _mm256_storeu_ps(w + i + 8, eb);
+    s0 = _mm256_add_ps(s0, ea), s1 = _mm256_add_ps(s1, eb);
+  }
+  float tot = hsum256(_mm256_add_ps(s0, s1));
+  for (; i < n; i++) tot += (w[i] = x[i] >= thr ? expf((x[i] - m) * s) * scale : 0.0f);
+  return tot;
+}
+
+static float vocab_residual_avx2(float *w, const float *q, size_t n, float ws, float qs) {
+  const __m256 vws = _mm256_set1_ps(ws), vqs = _mm256_set1_ps(qs), z = _mm256_setzero_ps();
+  __m256 s0 = z;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 r = _mm256_mul_ps(_mm256_loadu_ps(w + i), vws);
+    if (q) r = _mm256_fnmadd_ps(_mm256_loadu_ps(q + i), vqs, r);
+    r = _mm256_max_ps(r, z);
+    _mm256_storeu_ps(w + i, r);
+    s0 = _mm256_add_ps(s0, r);
+  }
+  float tot = hsum256(s0);
+  for (; i < n; i++) {
+    float r = q ? fmaf(-q[i], qs, w[i] * ws) : w[i] * ws;
+    tot += (w[i] = r > 0 ? r : 0.0f);
+  }
+  return tot;
+}
+
+static size_t vocab_collect_avx2(const float *x, size_t n, float thr, uint32_t *idx) {
+  const __m256 vt = _mm256_set1_ps(thr);
+  size_t c = 0, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), vt, _CMP_GE_OQ));
+    while (mask) {
+      idx[c++] = (uint32_t)(i + (unsigned)__builtin_ctz(mask));
+      mask &= mask - 1;
+    }
+  }
+  for (; i < n; i++)
+    if (x[i] >= thr) idx[c++] = (uint32_t)i;
+  return c;
+}
+
+void heed_cpu_register_vocab_avx2(heed_kernel_table *t) {
+  HEED_SLOT_SET(t, VOCAB_MAX, F32, vocab_max_avx2, HEED_ISA_AVX2);
+  HEED_SLOT_SET(t, VOCAB_SUMEXP, F32, vocab_sumexp_avx2, HEED_ISA_AVX2);
+  HEED_SLOT_SET(t, VOCAB_WEIGHTS, F32, vocab_weights_avx2, HEED_ISA_AVX2);
+  HEED_SLOT_SET(t, VOCAB_RESIDUAL, F32, vocab_residual_avx2, HEED_ISA_AVX2);
+  HEED_SLOT_SET(t, VOCAB_COLLECT, F32, vocab_collect_avx2, HEED_ISA_AVX2);
+}

@@ -1,0 +1,99 @@
+/* backends/cpu/avx512/vocab_avx512.c - vocabulary-row kernels (heed/kernels.h)
+ * with AVX-512F: 16 lanes, masked tails, so no scalar remainder. */
+#include <math.h>
+
+#include "backends/cpu/avx512/avx512_common.h"
+#include "backends/cpu/cpu_isa.h"
+
+
+static float vocab_max_avx512(const float *x, size_t n, size_t *arg, int *bad) {
+  __m512 m0 = _mm512_set1_ps(-INFINITY);
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  __m512i i0 = _mm512_setzero_si512(), c0 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  __mmask16 badm = 0;
+  for (size_t i = 0; i < n; i += 16) {
+    __mmask16 k = tail_mask(n - i);
+    __m512 a = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, x + i);
+    badm |= _mm512_mask_cmp_ps_mask(k, a, inf, _CMP_NLT_UQ);
+    __mmask16 g = _mm512_cmp_ps_mask(a, m0, _CMP_GT_OQ);
+    m0 = _mm512_mask_mov_ps(m0, g, a);
+    i0 = _mm512_mask_mov_epi32(i0, g, c0);
+    c0 = _mm512_add_epi32(c0, step);
+  }
+  float m = _mm512_reduce_max_ps(m0);
+  size_t a = 0;
+  if (m != -INFINITY) {
+    __mmask16 at = _mm512_cmp_ps_mask(m0, _mm512_set1_ps(m), _CMP_EQ_OQ);
+    a = (size_t)(uint32_t)_mm512_mask_reduce_min_epu32(at, i0);
+  }
+  if (badm) *bad = 1;
+  *arg = a;
+  return m;
+}
+
+static float vocab_sumexp_avx512(const float *x, size_t n, float m, float s, float thr) {
+  const __m512 vm = _mm512_set1_ps(m), vs = _mm512_set1_ps(s), vt = _mm512_set1_ps(thr);
+  __m512 s0 = _mm512_setzero_ps();
+  for (size_t i = 0; i < n; i += 16) {
+    __mmask16 k = tail_mask(n - i);
+    __m512 a = _mm512_maskz_loadu_ps(k, x + i);
+    k = _mm512_mask_cmp_ps_mask(k, a, vt, _CMP_GE_OQ);
+    s0 = _mm512_mask_add_ps(s0, k, s0, exp_neg(_mm512_mul_ps(_mm512_sub_ps(a, vm), vs)));
+  }
+  return _mm512_reduce_add_ps(s0);
+}
+
+static float vocab_weights_avx512(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {
+  const __m512 vm = _mm512_set1_ps(m), vs = _mm512_set1_ps(s), vt = _mm512_set1_ps(thr),
+               vc = _mm512_set1_ps(scale);
+  __m512 s0 = _mm512_setzero_ps();
+  for (size_t i = 0; i < n; i += 16) {
+    __mmask16 k = tail_mask(n - i);
+    __m512 a = _mm512_maskz_loadu_ps(k, x + i);
+    __mmask16 keep = _mm512_mask_cmp_ps_mask(k, a, vt, _CMP_GE_OQ);
+    __m512 e = _mm512_maskz_mul_ps(keep, exp_neg(_mm512_mul_ps(_mm512_sub_ps(a, vm), vs)), vc);
+    _mm512_mask_storeu_ps(w + i, k, e);
+    s0 = _mm512_add_ps(s0, e);
+  }
+  return _mm512_reduce_add_ps(s0);
+}
+
+static float vocab_residual_avx512(float *w, const float *q, size_t n, float ws, float qs) {
+  const __m512 vws = _mm512_set1_ps(ws), vqs = _mm512_set1_ps(qs), z = _mm512_setzero_ps();
+  __m512 s0 = z;
+  for (size_t i = 0; i < n; i += 16) {
+    __mmask16 k = tail_mask(n - i);
+    __m512 r = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + i), vws);
+    if (q) r = _mm512_fnmadd_ps(_mm512_maskz_loadu_ps(k, q + i), vqs, r);
+    r = _mm512_max_ps(r, z);
+    _mm512_mask_storeu_ps(w + i, k, r);
+    s0 = _mm512_add_ps(s0, r);
+  }
+  return _mm512_reduce_add_ps(s0);
+}
+
+static size_t vocab_collect_avx512(const float *x, size_t n, float thr, uint32_t *idx) {
+  const __m512 vt = _mm512_set1_ps(thr);
+  __m512i c0 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  size_t c = 0;
+  for (size_t i = 0; i < n; i += 16) {
+    __mmask16 k = tail_mask(n - i);
+    k = _mm512_mask_cmp_ps_mask(k, _mm512_maskz_loadu_ps(k, x + i), vt, _CMP_GE_OQ);
+    if (k) {
+      _mm512_mask_compressstoreu_epi32(idx + c, k, c0);
+      c += (size_t)__builtin_popcount(k);
+    }
+    c0 = _mm512_add_epi32(c0, step);
+  }
+  return c;
+}
+
+void heed_cpu_register_vocab_avx512(heed_kernel_table *t) {
+  HEED_SLOT_SET(t, VOCAB_MAX, F32, vocab_max_avx512, HEED_ISA_AVX512);
+  HEED_SLOT_SET(t, VOCAB_SUMEXP, F32, vocab_sumexp_avx512, HEED_ISA_AVX512);
+  HEED_SLOT_SET(t, VOCAB_WEIGHTS, F32, vocab_weights_avx512, HEED_ISA_AVX512);
+  HEED_SLOT_SET(t, VOCAB_RESIDUAL, F32, vocab_residual_avx512, HEED_ISA_AVX512);
+  HEED_SLOT_SET(t, VOCAB_COLLECT, F32, vocab_collect_avx512, HEED_ISA_AVX512);
+}

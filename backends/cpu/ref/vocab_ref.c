@@ -1,0 +1,65 @@
+/* backends/cpu/ref/vocab_ref.c - the portable vocabulary-row kernels (see
+ * heed/kernels.h): the reference every ISA's are tested against, and what
+ * fills the slots an ISA has nothing faster for. Eight partial sums, as the
+ * SIMD kernels keep, so long rows do not lose precision to one running sum. */
+#include <math.h>
+
+#include "backends/cpu/cpu_isa.h"
+
+static float vocab_max_ref(const float *x, size_t n, size_t *arg, int *bad) {
+  float m = -INFINITY;
+  size_t a = 0;
+  int b = 0;
+  for (size_t i = 0; i < n; i++) {
+    b |= isnan(x[i]) || x[i] == INFINITY;
+    if (x[i] > m) m = x[i], a = i;
+  }
+  if (b) *bad = 1;
+  *arg = a;
+  return m;
+}
+
+static float sum8(const float acc[8]) {
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+static float vocab_sumexp_ref(const float *x, size_t n, float m, float s, float thr) {
+  float acc[8] = {0};
+  for (size_t i = 0; i < n; i++)
+    if (x[i] >= thr) acc[i & 7] += expf((x[i] - m) * s);
+  return sum8(acc);
+}
+
+static float vocab_weights_ref(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {
+  float acc[8] = {0};
+  for (size_t i = 0; i < n; i++) {
+    w[i] = x[i] >= thr ? expf((x[i] - m) * s) * scale : 0.0f;
+    acc[i & 7] += w[i];
+  }
+  return sum8(acc);
+}
+
+static float vocab_residual_ref(float *w, const float *q, size_t n, float ws, float qs) {
+  float acc[8] = {0};
+  for (size_t i = 0; i < n; i++) {
+    float r = w[i] * ws - (q ? q[i] * qs : 0.0f);
+    w[i] = r > 0 ? r : 0.0f;
+    acc[i & 7] += w[i];
+  }
+  return sum8(acc);
+}
+
+static size_t vocab_collect_ref(const float *x, size_t n, float thr, uint32_t *idx) {
+  size_t c = 0;
+  for (size_t i = 0; i < n; i++)
+    if (x[i] >= thr) idx[c++] = (uint32_t)i;
+  return c;
+}
+
+void heed_cpu_register_vocab_ref(heed_kernel_table *t) {
+  HEED_SLOT_SET(t, VOCAB_MAX, F32, vocab_max_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, VOCAB_SUMEXP, F32, vocab_sumexp_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, VOCAB_WEIGHTS, F32, vocab_weights_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, VOCAB_RESIDUAL, F32, vocab_residual_ref, HEED_ISA_SCALAR);
+  HEED_SLOT_SET(t, VOCAB_COLLECT, F32, vocab_collect_ref, HEED_ISA_SCALAR);
+}

@@ -1,0 +1,889 @@
+/* spec/spec.c - sampling and speculative verification over vocabulary rows.
+ *
+ * A call runs in three passes over the rows it may need, then decides:
+ *   A (parallel, rows x chunks): max, first argmax, non-finite check;
+ *   B (per row): the cut threshold thr from top-k / top-p / min-p;
+ *   C (parallel, rows x chunks): Z = sum over x >= thr of exp((x - m) / T);
+ * after which p(x) = [x >= thr] exp((x - m) / T) / Z for any token in O(1).
+ * Decisions walk the chain or tree; a rejection materialises the residual
+ * max(0, p - q) in one vocabulary buffer with per-chunk sums, and a token is
+ * drawn from it by inverse CDF: a walk over the chunk sums, then inside one
+ * chunk. Chunks are fixed (SCHUNK elements), so neither the thread count nor
+ * the ISA changes which sums are added in which order, only rounding.
+ *
+ * Repetition penalty without copying the row: the penalised tokens (sorted)
+ * split every pass into plain segments, which go to the kernels, and single
+ * tokens, whose penalised values are kept beside the list.
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "heed/kernels.h"
+#include "heed/pool.h"
+#include "heed/spec.h"
+#include "runtime/internal.h"
+#include "spec/spec_internal.h"
+
+#define PCHUNK 8192u   /* elements per parallel task */
+#define SCHUNK 1024u   /* elements per sampling chunk */
+#define HB 2048        /* top-p histogram buckets ... */
+#define HR 32.0f       /* ... over this many nats below the max */
+#define DRAW_SAMPLE 0x10000u /* draw index of the token sampled at row r: DRAW_SAMPLE + r */
+
+typedef struct penrow {
+  const uint32_t *pos; /* [n] sorted, distinct */
+  float *val;          /* [n] the penalised logits of this row at pos */
+  unsigned n;
+} penrow;
+
+typedef struct rowstat {
+  const float *x;  /* [vocab] the row */
+  penrow pen;
+  float m;         /* max of the (penalised) row */
+  uint32_t arg;    /* its first index */
+  float thr;       /* kept: x >= thr */
+  float z;         /* sum of exp((x - m) s) over what is kept */
+  int bad;         /* a NaN or +inf in the row */
+} rowstat;
+
+typedef struct part { float m; uint32_t arg; int bad; float z; } part;
+
+struct heed_spec {
+  heed_runtime *rt;
+  heed_pool *pool;
+  heed_spec_config cfg;
+  heed_vocab_max_fn vmax;
+  heed_vocab_sumexp_fn vsumexp;
+  heed_vocab_weights_fn vweights;
+  heed_vocab_residual_fn vresid;
+  heed_vocab_collect_fn vcollect;
+  atomic_int busy;
+  int fault;         /* spec_internal.h: a deliberate bug, for the tests that must catch it */
+  heed_error err;
+  unsigned n_pchunk, n_schunk, max_rows, pen_cap;
+  /* work space, all allocated at create */
+  float *w;          /* [vocab] the materialised distribution being sampled */
+  float *qw;         /* [vocab] a dense q, materialised */
+  float *vals;       /* [vocab] values being sorted (top-k heap, top-p boundary bucket) */
+  uint32_t *idx;     /* [vocab] collected indices */
+  float *csum;       /* [n_schunk] per-chunk sums of w */
+  float *hmass;      /* [HB] */
+  uint32_t *hcnt;    /* [HB] */
+  uint32_t *pen_base; /* [max_penalty_tokens] sorted distinct */
+  uint32_t *pen_pos; /* [max_rows][pen_cap] */
+  float *pen_val;    /* [2 * max_rows][pen_cap] */
+  rowstat *rs;       /* [2 * max_rows]: target rows, then dense-logit q rows */
+  part *parts;       /* [2 * max_rows][n_pchunk] */
+};
+
+static heed_status fail(heed_spec *s, heed_status st, const char *fmt, ...) HEED_PRINTF(3, 4);
+static heed_status fail(heed_spec *s, heed_status st, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  heed_err_vset(&s->err, st, fmt, ap);
+  va_end(ap);
+  return st;
+}
+
+void heed_sampling_init(heed_sampling *s) {
+  if (!s) return;
+  memset(s, 0, sizeof *s);
+  s->top_p = 1.0f;
+  s->repetition_penalty = 1.0f;
+}
+
+const char *heed_spec_last_error(const heed_spec *s) { return s ? s->err.msg : "heed_spec is NULL"; }
+const heed_spec_config *heed_spec_get_config(const heed_spec *s) { return s ? &s->cfg : NULL; }
+
+heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed_spec **out, heed_error *err) {
+  if (out) *out = NULL;
+  if (!rt || !cfg || !out) return heed_err_set(err, HEED_E_INVALID, "heed_spec_create: rt, cfg and out must not be NULL");
+  if (cfg->vocab < 2 || cfg->vocab > HEED_SPEC_VOCAB_MAX)
+    return heed_err_set(err, HEED_E_INVALID, "heed_spec_create: vocab %u is outside 2..%u", cfg->vocab, HEED_SPEC_VOCAB_MAX);
+  if (cfg->max_draft < 1 || cfg->max_draft > HEED_SPEC_MAX_DRAFT)
+    return heed_err_set(err, HEED_E_INVALID, "heed_spec_create: max_draft %u is outside 1..%d", cfg->max_draft,
+                        HEED_SPEC_MAX_DRAFT);
+  if (cfg->max_penalty_tokens > (1u << 20))
+    return heed_err_set(err, HEED_E_INVALID, "heed_spec_create: max_penalty_tokens %u is above %u",
+                        cfg->max_penalty_tokens, 1u << 20);
+  if (cfg->max_sparse > (1u << 20))
+    return heed_err_set(err, HEED_E_INVALID, "heed_spec_create: max_sparse %u is above %u", cfg->max_sparse, 1u << 20);
+  const heed_kernel_table *kt = heed_runtime_kernels(rt);
+  heed_spec *s = calloc(1, sizeof *s);
+  if (!s) return heed_err_set(err, HEED_E_NOMEM, "heed_spec_create: out of memory");
+  s->rt = rt, s->pool = heed_runtime_pool(rt), s->cfg = *cfg;
+  s->vmax = heed_kernel_vocab_max(kt), s->vsumexp = heed_kernel_vocab_sumexp(kt);
+  s->vweights = heed_kernel_vocab_weights(kt), s->vresid = heed_kernel_vocab_residual(kt);
+  s->vcollect = heed_kernel_vocab_collect(kt);
+  unsigned V = cfg->vocab;
+  s->n_pchunk = (V + PCHUNK - 1) / PCHUNK, s->n_schunk = (V + SCHUNK - 1) / SCHUNK;
+  s->max_rows = cfg->max_draft + 1, s->pen_cap = cfg->max_penalty_tokens + cfg->max_draft;
+  s->w = malloc(sizeof(float) * V), s->qw = malloc(sizeof(float) * V), s->vals = malloc(sizeof(float) * V);
+  s->idx = malloc(sizeof(uint32_t) * V), s->csum = malloc(sizeof(float) * s->n_schunk);
+  s->hmass = malloc(sizeof(float) * HB), s->hcnt = malloc(sizeof(uint32_t) * HB);
+  s->pen_base = malloc(sizeof(uint32_t) * (cfg->max_penalty_tokens + 1));
+  s->pen_pos = malloc(sizeof(uint32_t) * ((size_t)s->max_rows * s->pen_cap + 1));
+  s->pen_val = malloc(sizeof(float) * ((size_t)2 * s->max_rows * s->pen_cap + 1));
+  s->rs = calloc((size_t)2 * s->max_rows, sizeof(rowstat));
+  s->parts = malloc(sizeof(part) * (size_t)2 * s->max_rows * s->n_pchunk);
+  if (!s->w || !s->qw || !s->vals || !s->idx || !s->csum || !s->hmass || !s->hcnt || !s->pen_base || !s->pen_pos ||
+      !s->pen_val || !s->rs || !s->parts) {
+    heed_spec_destroy(s);
+    return heed_err_set(err, HEED_E_NOMEM, "heed_spec_create: out of memory for a vocab of %u", V);
+  }
+  *out = s;
+  return HEED_OK;
+}
+
+void heed_spec_destroy(heed_spec *s) {
+  if (!s) return;
+  free(s->w), free(s->qw), free(s->vals), free(s->idx), free(s->csum), free(s->hmass), free(s->hcnt);
+  free(s->pen_base), free(s->pen_pos), free(s->pen_val), free(s->rs), free(s->parts);
+  free(s);
+}
+
+/* ---- checks ---- */
+
+static heed_status check_sampling(heed_spec *s, const heed_sampling *smp) {
+  if (!smp) return fail(s, HEED_E_INVALID, "sampling parameters are NULL");
+  if (!(smp->temperature >= 0) || isinf(smp->temperature))
+    return fail(s, HEED_E_INVALID, "temperature %g: must be 0 (greedy) or positive and finite", smp->temperature);
+  if (smp->top_k > s->cfg.vocab)
+    return fail(s, HEED_E_INVALID, "top_k %u is above the vocab %u (0 turns it off)", smp->top_k, s->cfg.vocab);
+  if (!(smp->top_p > 0 && smp->top_p <= 1))
+    return fail(s, HEED_E_INVALID, "top_p %g is outside (0, 1] (1 turns it off)", smp->top_p);
+  if (!(smp->min_p >= 0 && smp->min_p < 1))
+    return fail(s, HEED_E_INVALID, "min_p %g is outside [0, 1) (0 turns it off)", smp->min_p);
+  if (!(smp->repetition_penalty > 0) || isinf(smp->repetition_penalty))
+    return fail(s, HEED_E_INVALID, "repetition_penalty %g: must be positive and finite (1 turns it off)",
+                smp->repetition_penalty);
+  if (smp->repetition_penalty != 1.0f && smp->n_penalty_tokens) {
+    if (smp->n_penalty_tokens > s->cfg.max_penalty_tokens)
+      return fail(s, HEED_E_RANGE, "%u penalty tokens: this verifier takes at most %u (max_penalty_tokens)",
+                  smp->n_penalty_tokens, s->cfg.max_penalty_tokens);
+    if (!smp->penalty_tokens) return fail(s, HEED_E_INVALID, "penalty_tokens is NULL with n_penalty_tokens %u", smp->n_penalty_tokens);
+    for (unsigned i = 0; i < smp->n_penalty_tokens; i++)
+      if (smp->penalty_tokens[i] < 0 || (uint32_t)smp->penalty_tokens[i] >= s->cfg.vocab)
+        return fail(s, HEED_E_RANGE, "penalty token %u is %d, outside the vocab 0..%u", i, smp->penalty_tokens[i],
+                    s->cfg.vocab - 1);
+  }
+  return HEED_OK;
+}
+
+static heed_status check_tokens(heed_spec *s, const int32_t *tok, unsigned n, const char *what) {
+  if (!tok) return fail(s, HEED_E_INVALID, "%s tokens are NULL", what);
+  for (unsigned i = 0; i < n; i++)
+    if (tok[i] < 0 || (uint32_t)tok[i] >= s->cfg.vocab)
+      return fail(s, HEED_E_RANGE, "%s token %u is %d, outside the vocab 0..%u", what, i, tok[i], s->cfg.vocab - 1);
+  return HEED_OK;
+}
+
+static heed_status check_parents(heed_error *e, const int32_t *parents, unsigned n) {
+  if (!parents) return heed_err_set(e, HEED_E_INVALID, "parents are NULL");
+  for (unsigned i = 0; i < n; i++)
+    if (parents[i] < -1 || parents[i] >= (int32_t)i)
+      return heed_err_set(e, HEED_E_INVALID,
+                          "parent of node %u is %d: it must be -1 (the root) or a node before it (0..%d)", i,
+                          parents[i], (int)i - 1);
+  return HEED_OK;
+}
+
+static heed_status check_q(heed_spec *s, const heed_draft_q *q, const int32_t *tok, unsigned n) {
+  if (!q || q->kind == HEED_DRAFT_ONEHOT) return HEED_OK;
+  switch (q->kind) {
+    case HEED_DRAFT_DENSE_LOGITS:
+    case HEED_DRAFT_DENSE_PROBS:
+      if (!q->dense) return fail(s, HEED_E_INVALID, "a dense draft q has dense NULL");
+      return HEED_OK;
+    case HEED_DRAFT_SPARSE:
+      if (!q->ids || !q->probs) return fail(s, HEED_E_INVALID, "a sparse draft q has ids or probs NULL");
+      if (q->n_sparse < 1 || q->n_sparse > s->cfg.max_sparse)
+        return fail(s, HEED_E_RANGE, "sparse draft q with %u entries per row: this verifier takes 1..%u (max_sparse)",
+                    q->n_sparse, s->cfg.max_sparse);
+      for (unsigned i = 0; i < n; i++) {
+        const int32_t *id = q->ids + (size_t)i * q->n_sparse;
+        const float *pr = q->probs + (size_t)i * q->n_sparse;
+        int listed = 0;
+        for (unsigned j = 0; j < q->n_sparse; j++) {
+          if (id[j] == -1) continue;
+          if (id[j] < -1 || (uint32_t)id[j] >= s->cfg.vocab)
+            return fail(s, HEED_E_RANGE, "sparse q row %u entry %u has id %d, outside the vocab 0..%u (-1: unused)", i, j,
+                        id[j], s->cfg.vocab - 1);
+          if (!(pr[j] >= 0) || isinf(pr[j]))
+            return fail(s, HEED_E_INVALID, "sparse q row %u entry %u (token %d) has probability %g", i, j, id[j], pr[j]);
+          if (id[j] == tok[i] && pr[j] > 0) listed = 1;
+        }
+        if (!listed)
+          return fail(s, HEED_E_INVALID, "draft token %d of node %u is not among its sparse q's entries with q > 0",
+                      tok[i], i);
+      }
+      return HEED_OK;
+    default: return fail(s, HEED_E_INVALID, "draft q kind %d is not a heed_draft_kind", (int)q->kind);
+  }
+}
+
+/* ---- penalties ---- */
+
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return (x > y) - (x < y);
+}
+
+static unsigned sort_unique(uint32_t *v, unsigned n) {
+  if (n < 2) return n;
+  qsort(v, n, sizeof *v, cmp_u32);
+  unsigned k = 1;
+  for (unsigned i = 1; i < n; i++)
+    if (v[i] != v[k - 1]) v[k++] = v[i];
+  return k;
+}
+
+static inline float penalised(float x, float r) { return x > 0 ? x / r : x * r; }
+
+/* First j with pos[j] >= a. */
+static unsigned pen_lower(const penrow *p, size_t a) {
+  unsigned lo = 0, hi = p->n;
+  while (lo < hi) {
+    unsigned mid = (lo + hi) / 2;
+    if (p->pos[mid] < a) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/* The row's value of token t (penalised when t is in the list). */
+static float row_value(const rowstat *r, uint32_t t) {
+  unsigned j = pen_lower(&r->pen, t);
+  return j < r->pen.n && r->pen.pos[j] == t ? r->pen.val[j] : r->x[t];
+}
+
+/* ---- the passes over a range [a, b) of a row, penalised tokens apart ---- */
+
+/* Walks [a, b) in index order as plain runs [sa, sb) (PIECE_RUN) and
+ * penalised tokens sa with value v (PIECE_ONE). */
+enum { PIECE_END, PIECE_RUN, PIECE_ONE };
+typedef struct pieces { const penrow *p; unsigned j; size_t at, b; } pieces;
+
+static pieces pieces_of(const penrow *p, size_t a, size_t b) {
+  pieces it = {p, pen_lower(p, a), a, b};
+  return it;
+}
+
+static int next_piece(pieces *it, size_t *sa, size_t *sb, float *v) {
+  if (it->at >= it->b) return PIECE_END;
+  if (it->j < it->p->n && it->p->pos[it->j] < it->b) {
+    size_t t = it->p->pos[it->j];
+    if (t > it->at) {
+      *sa = it->at, *sb = t, it->at = t;
+      return PIECE_RUN;
+    }
+    *sa = t, *v = it->p->val[it->j++], it->at = t + 1;
+    return PIECE_ONE;
+  }
+  *sa = it->at, *sb = it->b, it->at = it->b;
+  return PIECE_RUN;
+}
+
+static part part_max(const heed_spec *s, const rowstat *r, size_t a, size_t b) {
+  part p = {-INFINITY, (uint32_t)a, 0, 0};
+  int bad = 0, k;
+  size_t sa, sb = 0;
+  float v = 0;
+  for (pieces it = pieces_of(&r->pen, a, b); (k = next_piece(&it, &sa, &sb, &v));) {
+    if (k == PIECE_RUN) {
+      size_t arg;
+      float m = s->vmax(r->x + sa, sb - sa, &arg, &bad);
+      if (m > p.m) p.m = m, p.arg = (uint32_t)(sa + arg);
+    } else {
+      bad |= isnan(v) || v == INFINITY;
+      if (v > p.m) p.m = v, p.arg = (uint32_t)sa;
+    }
+  }
+  p.bad = bad;
+  return p;
+}
+
+static float range_sumexp(const heed_spec *s, const rowstat *r, float is, size_t a, size_t b) {
+  float z = 0, v = 0;
+  size_t sa, sb = 0;
+  int k;
+  for (pieces it = pieces_of(&r->pen, a, b); (k = next_piece(&it, &sa, &sb, &v));) {
+    if (k == PIECE_RUN) z += s->vsumexp(r->x + sa, sb - sa, r->m, is, r->thr);
+    else if (v >= r->thr) z += expf((v - r->m) * is);
+  }
+  return z;
+}
+
+static float range_weights(const heed_spec *s, const rowstat *r, float is, float scale, size_t a, size_t b, float *w) {
+  float z = 0, v = 0;
+  size_t sa, sb = 0;
+  int k;
+  for (pieces it = pieces_of(&r->pen, a, b); (k = next_piece(&it, &sa, &sb, &v));) {
+    if (k == PIECE_RUN) z += s->vweights(r->x + sa, sb - sa, r->m, is, r->thr, scale, w + sa);
+    else z += (w[sa] = v >= r->thr ? expf((v - r->m) * is) * scale : 0.0f);
+  }
+  return z;
+}
+
+/* Indices of [a, b) with value >= thr into idx; returns how many. */
+static size_t range_collect(const heed_spec *s, const rowstat *r, float thr, size_t a, size_t b, uint32_t *idx) {
+  size_t c = 0, sa, sb = 0;
+  float v = 0;
+  int k;
+  for (pieces it = pieces_of(&r->pen, a, b); (k = next_piece(&it, &sa, &sb, &v));) {
+    if (k == PIECE_RUN) {
+      size_t got = s->vcollect(r->x + sa, sb - sa, thr, idx + c);
+      for (size_t i = 0; i < got; i++) idx[c + i] += (uint32_t)sa;
+      c += got;
+    } else if (v >= thr) {
+      idx[c++] = (uint32_t)sa;
+    }
+  }
+  return c;
+}
+
+/* ---- phases A and C on the pool ---- */
+
+typedef struct job {
+  heed_spec *s;
+  rowstat **rows;
+  unsigned n_rows;
+  float is;
+} job;
+
+static void task_max(void *ctx, size_t begin, size_t end, int worker) {
+  (void)worker;
+  job *J = ctx;
+  heed_spec *s = J->s;
+  for (size_t i = begin; i < end; i++) {
+    size_t r = i / s->n_pchunk, c = i % s->n_pchunk;
+    size_t a = c * PCHUNK, b = a + PCHUNK < s->cfg.vocab ? a + PCHUNK : s->cfg.vocab;
+    s->parts[i] = part_max(s, J->rows[r], a, b);
+  }
+}
+
+static void task_sumexp(void *ctx, size_t begin, size_t end, int worker) {
+  (void)worker;
+  job *J = ctx;
+  heed_spec *s = J->s;
+  for (size_t i = begin; i < end; i++) {
+    size_t r = i / s->n_pchunk, c = i % s->n_pchunk;
+    size_t a = c * PCHUNK, b = a + PCHUNK < s->cfg.vocab ? a + PCHUNK : s->cfg.vocab;
+    s->parts[i].z = range_sumexp(s, J->rows[r], J->is, a, b);
+  }
+}
+
+static heed_status run_pool(heed_spec *s, size_t n, heed_pool_task task, job *J) {
+  if ((size_t)J->n_rows * s->cfg.vocab <= 65536) { /* less than waking the workers costs */
+    task(J, 0, n, 0);
+    return HEED_OK;
+  }
+  heed_status st = heed_pool_parallel_for(s->pool, n, HEED_SCHEDULE_DYNAMIC, 1, task, J);
+  if (st == HEED_E_BUSY) return fail(s, st, "the runtime's pool is running another call");
+  if (st) return fail(s, st, "the pool failed: %s", heed_pool_last_error(s->pool));
+  return HEED_OK;
+}
+
+/* ---- phase B: the cut threshold of one row ---- */
+
+static int cmp_desc(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x < y) - (x > y);
+}
+
+/* Min-heap of floats. */
+static void heap_down(float *h, unsigned n, unsigned i) {
+  for (;;) {
+    unsigned l = 2 * i + 1, m = i;
+    if (l < n && h[l] < h[m]) m = l;
+    if (l + 1 < n && h[l + 1] < h[m]) m = l + 1;
+    if (m == i) return;
+    float t = h[i];
+    h[i] = h[m], h[m] = t, i = m;
+  }
+}
+
+/* The k largest values of the row (with repeats) into s->vals, sorted descending. */
+static void top_k_values(heed_spec *s, const rowstat *r, unsigned k) {
+  float *h = s->vals;
+  unsigned n = 0;
+  float thr = -INFINITY;
+  for (size_t a = 0; a < s->cfg.vocab; a += SCHUNK) {
+    size_t b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+    size_t c = range_collect(s, r, thr, a, b, s->idx);
+    for (size_t i = 0; i < c; i++) {
+      float v = row_value(r, s->idx[i]);
+      if (n < k) {
+        h[n++] = v;
+        if (n == k)
+          for (unsigned j = k / 2 + 1; j-- > 0;) heap_down(h, k, j);
+      } else if (v > h[0]) {
+        h[0] = v;
+        heap_down(h, k, 0);
+      }
+    }
+    if (n == k) thr = h[0];
+  }
+  qsort(h, n, sizeof *h, cmp_desc);
+}
+
+/* Of sorted descending values v[0..n) (plus `extra` mass before them), the
+ * value at which the cumulative mass first reaches target. */
+static float mass_cut(const float *v, size_t n, float m, float is, float before, float target) {
+  float cum = before;
+  for (size_t i = 0; i < n; i++) {
+    cum += expf((v[i] - m) * is);
+    if (cum >= target) return v[i];
+  }
+  return n ? v[n - 1] : -INFINITY;
+}
+
+static inline int bucket_of(float x, float m, float is) {
+  float d = (m - x) * is * (HB / HR);
+  return d < HB - 1 ? (int)d : HB - 1;
+}
+
+/* Top-p over the whole row: a histogram of mass by distance below the max,
+ * then the one bucket the cut falls in, sorted. */
+static float top_p_cut(heed_spec *s, const rowstat *r, float is, float top_p) {
+  memset(s->hmass, 0, sizeof(float) * HB);
+  memset(s->hcnt, 0, sizeof(uint32_t) * HB);
+  float *w = s->w;
+  for (size_t a = 0; a < s->cfg.vocab; a += SCHUNK) {
+    size_t b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+    range_weights(s, r, is, 1.0f, a, b, w);
+    for (size_t i = a; i < b; i++) {
+      if (w[i] == 0) continue; /* -inf, or below exp's range: never inside the cut */
+      float x = row_value(r, (uint32_t)i);
+      int k = bucket_of(x, r->m, is);
+      s->hmass[k] += w[i], s->hcnt[k]++;
+    }
+  }
+  float total = 0;
+  for (int k = 0; k < HB; k++) total += s->hmass[k];
+  float target = top_p * total, cum = 0;
+  int kb = -1, last = 0;
+  for (int k = 0; k < HB; k++) {
+    if (!s->hcnt[k]) continue;
+    last = k;
+    if (cum + s->hmass[k] >= target) {
+      kb = k;
+      break;
+    }
+    cum += s->hmass[k];
+  }
+  if (kb < 0) kb = last, cum -= s->hmass[last]; /* rounding kept the sum under target: the last bucket */
+  /* The boundary bucket's values: everything a little below its lower edge
+   * up, then exactly those that fall in it. */
+  float lo = kb == HB - 1 ? -INFINITY : r->m - ((float)kb + 1.01f) * (HR / HB) / is;
+  size_t c = range_collect(s, r, lo, 0, s->cfg.vocab, s->idx), n = 0;
+  for (size_t i = 0; i < c; i++) {
+    float x = row_value(r, s->idx[i]);
+    if (bucket_of(x, r->m, is) == kb && w[s->idx[i]] > 0) s->vals[n++] = x;
+  }
+  qsort(s->vals, n, sizeof(float), cmp_desc);
+  return mass_cut(s->vals, n, r->m, is, cum, target);
+}
+
+static void cut_row(heed_spec *s, rowstat *r, const heed_sampling *smp, float is) {
+  float thr = -INFINITY;
+  if (smp->top_k && smp->top_k < s->cfg.vocab) {
+    top_k_values(s, r, smp->top_k);
+    thr = s->vals[smp->top_k - 1];
+    if (smp->top_p < 1) {
+      /* Ties with the k-th value are kept: count them in. */
+      size_t n_ge = range_collect(s, r, thr, 0, s->cfg.vocab, s->idx);
+      float z = 0;
+      for (unsigned i = 0; i < smp->top_k; i++) z += expf((s->vals[i] - r->m) * is);
+      z += (float)(n_ge - smp->top_k) * expf((thr - r->m) * is);
+      float cut = mass_cut(s->vals, smp->top_k, r->m, is, 0, smp->top_p * z);
+      if (cut > thr) thr = cut;
+    }
+  } else if (smp->top_p < 1) {
+    thr = top_p_cut(s, r, is, smp->top_p);
+  }
+  if (smp->min_p > 0) {
+    float t = r->m + logf(smp->min_p) / is;
+    if (t > thr) thr = t;
+  }
+  if (thr > r->m) thr = r->m; /* the max is always kept */
+  r->thr = thr;
+}
+
+/* ---- rows: set up, then the three phases ---- */
+
+/* Penalty list of target row `row` (tokens: the base list plus the path's). */
+static void build_pen(heed_spec *s, unsigned row, const uint32_t *base, unsigned n_base, const int32_t *path,
+                      unsigned n_path, penrow *out) {
+  uint32_t *pos = s->pen_pos + (size_t)row * s->pen_cap;
+  uint32_t extra[HEED_SPEC_MAX_DRAFT + 1];
+  for (unsigned i = 0; i < n_path; i++) extra[i] = (uint32_t)path[i];
+  unsigned ne = sort_unique(extra, n_path), i = 0, j = 0, n = 0;
+  while (i < n_base || j < ne) {
+    uint32_t v = j >= ne || (i < n_base && base[i] <= extra[j]) ? base[i] : extra[j];
+    if (i < n_base && base[i] == v) i++;
+    if (j < ne && extra[j] == v) j++;
+    pos[n++] = v;
+  }
+  out->pos = pos, out->n = n;
+}
+
+static void attach_row(heed_spec *s, unsigned slot, const float *x, const penrow *pen, float r) {
+  rowstat *rs = &s->rs[slot];
+  rs->x = x;
+  rs->pen.pos = pen->pos, rs->pen.n = pen->n;
+  rs->pen.val = s->pen_val + (size_t)slot * s->pen_cap;
+  for (unsigned j = 0; j < pen->n; j++) rs->pen.val[j] = penalised(x[pen->pos[j]], r);
+}
+
+/* Phases A-C over rows rs[slots...]. Greedy stops after A. */
+static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned *slots, unsigned n, const char *what) {
+  rowstat *rows[2 * (HEED_SPEC_MAX_DRAFT + 1)];
+  for (unsigned i = 0; i < n; i++) rows[i] = &s->rs[slots[i]];
+  float is = smp->temperature > 0 ? 1.0f / smp->temperature : 1.0f;
+  job J = {s, rows, n, is};
+  heed_status st = run_pool(s, (size_t)n * s->n_pchunk, task_max, &J);
+  if (st) return st;
+  for (unsigned i = 0; i < n; i++) {
+    rowstat *r = rows[i];
+    r->m = -INFINITY, r->arg = 0, r->bad = 0, r->thr = -INFINITY, r->z = 0;
+    for (unsigned c = 0; c < s->n_pchunk; c++) {
+      const part *p = &s->parts[(size_t)i * s->n_pchunk + c];
+      r->bad |= p->bad;
+      if (p->m > r->m) r->m = p->m, r->arg = p->arg;
+    }
+    if (r->bad)
+      for (uint32_t t = 0; t < s->cfg.vocab; t++) {
+        float v = row_value(r, t);
+        if (isnan(v) || v == INFINITY)
+          return fail(s, HEED_E_INVALID, "%s row %u has %g at token %u (NaN and +inf are refused)", what,
+                      slots[i] % s->max_rows, v, t);
+      }
+    if (r->m == -INFINITY)
+      return fail(s, HEED_E_INVALID, "%s row %u is -inf everywhere: nothing can be sampled", what,
+                  slots[i] % s->max_rows);
+  }
+  if (smp->temperature == 0) return HEED_OK;
+  for (unsigned i = 0; i < n; i++) cut_row(s, rows[i], smp, is);
+  st = run_pool(s, (size_t)n * s->n_pchunk, task_sumexp, &J);
+  if (st) return st;
+  for (unsigned i = 0; i < n; i++) {
+    float z = 0;
+    for (unsigned c = 0; c < s->n_pchunk; c++) z += s->parts[(size_t)i * s->n_pchunk + c].z;
+    rows[i]->z = z;
+  }
+  return HEED_OK;
+}
+
+static inline float prob_of(const rowstat *r, float is, uint32_t t) {
+  float v = row_value(r, t);
+  return v >= r->thr ? expf((v - r->m) * is) / r->z : 0.0f;
+}
+
+/* ---- the materialised distribution w and its chunk sums ---- */
+
+static float csum_total(const heed_spec *s) {
+  float t = 0;
+  for (unsigned c = 0; c < s->n_schunk; c++) t += s->csum[c];
+  return t;
+}
+
+static void materialise(heed_spec *s, const rowstat *r, float is, float *w, float *csum) {
+  for (unsigned c = 0; c < s->n_schunk; c++) {
+    size_t a = (size_t)c * SCHUNK, b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+    float z = range_weights(s, r, is, 1.0f / r->z, a, b, w);
+    if (csum) csum[c] = z;
+  }
+}
+
+static void rechunk(heed_spec *s, uint32_t t) {
+  unsigned c = t / SCHUNK;
+  size_t a = (size_t)c * SCHUNK, b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+  s->csum[c] = s->vresid(s->w + a, NULL, b - a, 1.0f, 0.0f);
+}
+
+/* Row of q for node c, as a probability of token t; 0 if c's q gives it none. */
+static float q_prob(heed_spec *s, const heed_draft_q *q, unsigned node, const int32_t *tok, float is, float qsum,
+                    int32_t t) {
+  if (!q || q->kind == HEED_DRAFT_ONEHOT) return t == tok[node] ? 1.0f : 0.0f;
+  if (q->kind == HEED_DRAFT_DENSE_LOGITS) return prob_of(&s->rs[s->max_rows + node], is, (uint32_t)t);
+  if (q->kind == HEED_DRAFT_DENSE_PROBS) return q->dense[(size_t)node * s->cfg.vocab + (size_t)t] / qsum;
+  float pr = 0;
+  for (unsigned j = 0; j < q->n_sparse; j++)
+    if (q->ids[(size_t)node * q->n_sparse + j] == t) pr += q->probs[(size_t)node * q->n_sparse + j];
+  return pr / qsum;
+}
+
+/* Sum of node's q (dense probs: checked; sparse: its listed mass); 1 otherwise. */
+static heed_status q_sum(heed_spec *s, const heed_draft_q *q, unsigned node, float *sum) {
+  *sum = 1.0f;
+  if (!q) return HEED_OK;
+  if (q->kind == HEED_DRAFT_DENSE_PROBS) {
+    const float *row = q->dense + (size_t)node * s->cfg.vocab;
+    double t = 0;
+    for (uint32_t i = 0; i < s->cfg.vocab; i++) {
+      if (!(row[i] >= 0) || isinf(row[i]))
+        return fail(s, HEED_E_INVALID, "draft q row %u has probability %g at token %u", node, row[i], i);
+      t += row[i];
+    }
+    if (fabs(t - 1.0) > 1e-3)
+      return fail(s, HEED_E_INVALID, "draft q row %u sums to %.6g, not 1 (within 1e-3)", node, t);
+    *sum = (float)t;
+  } else if (q->kind == HEED_DRAFT_SPARSE) {
+    float t = 0;
+    for (unsigned j = 0; j < q->n_sparse; j++)
+      if (q->ids[(size_t)node * q->n_sparse + j] >= 0) t += q->probs[(size_t)node * q->n_sparse + j];
+    *sum = t;
+  }
+  return HEED_OK;
+}
+
+/* w = normalise(max(0, w / R - q_node)), csum updated. */
+static void subtract_q(heed_spec *s, const heed_draft_q *q, unsigned node, const int32_t *tok, float is, float qsum,
+                       float R) {
+  if (!q || q->kind == HEED_DRAFT_ONEHOT || q->kind == HEED_DRAFT_SPARSE) {
+    if (R != 1.0f)
+      for (unsigned c = 0; c < s->n_schunk; c++) {
+        size_t a = (size_t)c * SCHUNK, b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+        s->csum[c] = s->vresid(s->w + a, NULL, b - a, 1.0f / R, 0.0f);
+      }
+    if (!q || q->kind == HEED_DRAFT_ONEHOT) {
+      s->w[tok[node]] = 0; /* max(0, w - 1) */
+      rechunk(s, (uint32_t)tok[node]);
+    } else {
+      for (unsigned j = 0; j < q->n_sparse; j++) {
+        int32_t id = q->ids[(size_t)node * q->n_sparse + j];
+        if (id < 0) continue;
+        float v = s->w[id] - q->probs[(size_t)node * q->n_sparse + j] / qsum;
+        s->w[id] = v > 0 ? v : 0.0f;
+        rechunk(s, (uint32_t)id);
+      }
+    }
+    return;
+  }
+  for (unsigned c = 0; c < s->n_schunk; c++) {
+    size_t a = (size_t)c * SCHUNK, b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+    const float *qv;
+    float qs;
+    if (q->kind == HEED_DRAFT_DENSE_LOGITS) {
+      const rowstat *qr = &s->rs[s->max_rows + node];
+      range_weights(s, qr, is, 1.0f / qr->z, a, b, s->qw);
+      qv = s->qw + a, qs = 1.0f;
+    } else {
+      qv = q->dense + (size_t)node * s->cfg.vocab + a, qs = 1.0f / qsum;
+    }
+    s->csum[c] = s->vresid(s->w + a, qv, b - a, 1.0f / R, qs);
+  }
+}
+
+/* Inverse CDF over w: the chunk, then the token inside it. */
+static int32_t draw_from_w(const heed_spec *s, float u) {
+  float total = csum_total(s), target = u * total, cum = 0;
+  unsigned c = 0, last = 0;
+  for (; c < s->n_schunk; c++) {
+    if (s->csum[c] > 0) last = c;
+    if (cum + s->csum[c] > target && s->csum[c] > 0) break;
+    cum += s->csum[c];
+  }
+  if (c == s->n_schunk) c = last, cum -= s->csum[last]; /* rounding ran past the end */
+  size_t a = (size_t)c * SCHUNK, b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+  int32_t pick = -1;
+  for (size_t i = a; i < b; i++) {
+    if (s->w[i] <= 0) continue;
+    pick = (int32_t)i;
+    cum += s->w[i];
+    if (cum > target) break;
+  }
+  return pick;
+}
+
+/* ---- verification ---- */
+
+static heed_status enter(heed_spec *s) {
+  int expect = 0;
+  if (!atomic_compare_exchange_strong(&s->busy, &expect, 1))
+    return fail(s, HEED_E_BUSY, "this verifier is running another call");
+  heed_err_clear(&s->err);
+  return HEED_OK;
+}
+
+static heed_status leave(heed_spec *s, heed_status st) {
+  atomic_store(&s->busy, 0);
+  return st;
+}
+
+/* Penalty base list, shared by every row of the call. */
+static unsigned penalty_base(heed_spec *s, const heed_sampling *smp) {
+  if (smp->repetition_penalty == 1.0f || !smp->n_penalty_tokens) return 0;
+  for (unsigned i = 0; i < smp->n_penalty_tokens; i++) s->pen_base[i] = (uint32_t)smp->penalty_tokens[i];
+  return sort_unique(s->pen_base, smp->n_penalty_tokens);
+}
+
+static heed_status verify(heed_spec *s, const heed_sampling *smp, uint64_t seed, uint64_t step, const float *target,
+                          const int32_t *tok, const int32_t *parents, unsigned n, const heed_draft_q *q,
+                          heed_spec_result *res) {
+  const unsigned V = s->cfg.vocab;
+  const int greedy = smp->temperature == 0;
+  const float is = greedy ? 1.0f : 1.0f / smp->temperature;
+  const int penal = smp->repetition_penalty != 1.0f;
+  unsigned n_base = penalty_base(s, smp);
+  /* Rows: target row r = 0..n (root, then node r-1); q rows for dense logits. */
+  unsigned slots[2 * (HEED_SPEC_MAX_DRAFT + 1)], ns = 0;
+  int32_t path[HEED_SPEC_MAX_DRAFT + 1];
+  for (unsigned r = 0; r <= n; r++) {
+    unsigned np = 0;
+    if (penal)
+      for (int u = (int)r - 1; u >= 0; u = parents ? parents[u] : u - 1) path[np++] = tok[u];
+    penrow pen = {NULL, NULL, 0};
+    if (penal) build_pen(s, r, s->pen_base, n_base, path, np, &pen);
+    attach_row(s, r, target + (size_t)r * V, &pen, smp->repetition_penalty);
+    slots[ns++] = r;
+  }
+  const int dense_logits = !greedy && q && q->kind == HEED_DRAFT_DENSE_LOGITS;
+  if (dense_logits)
+    for (unsigned c = 0; c < n; c++) {
+      int par = parents ? parents[c] : (int)c - 1;
+      const rowstat *pr = &s->rs[par + 1];
+      attach_row(s, s->max_rows + c, q->dense + (size_t)c * V, &pr->pen, smp->repetition_penalty);
+      slots[ns++] = s->max_rows + c;
+    }
+  heed_status st = stats(s, smp, slots, n + 1, "target");
+  if (!st && dense_logits) st = stats(s, smp, slots + n + 1, n, "draft q");
+  if (st) return st;
+  res->rows_read = n + 1;
+  res->n_accepted = 0;
+
+  int cur = -1; /* the node whose children are tried; -1 the root */
+  for (;;) {
+    const rowstat *pr = &s->rs[cur + 1];
+    int moved = 0, materialised = 0;
+    float R = 1.0f;
+    for (unsigned c = 0; c < n && !moved; c++) {
+      int par = parents ? parents[c] : (int)c - 1;
+      if (par != cur) continue;
+      if (greedy) {
+        if ((uint32_t)tok[c] == pr->arg) moved = 1, cur = (int)c;
+        continue;
+      }
+      float qsum;
+      if ((st = q_sum(s, q, c, &qsum))) return st;
+      float qx = q_prob(s, q, c, tok, is, qsum, tok[c]);
+      if (!(qx > 0))
+        return fail(s, HEED_E_INVALID, "draft token %d of node %u has probability 0 under its q", tok[c], c);
+      float px = materialised ? s->w[tok[c]] / R : prob_of(pr, is, (uint32_t)tok[c]);
+      float u = heed_spec_uniform(seed, step, c);
+      if (s->fault == HEED_SPEC_FAULT_IGNORE_Q) qx = 1.0f;
+      if (u * qx < px) {
+        moved = 1, cur = (int)c;
+        break;
+      }
+      if (!materialised) materialise(s, pr, is, s->w, s->csum), materialised = 1, R = csum_total(s);
+      if (s->fault != HEED_SPEC_FAULT_NO_RESIDUAL) subtract_q(s, q, c, tok, is, qsum, R);
+      R = csum_total(s);
+      if (!(R > 0)) { /* p <= q everywhere: p == q up to rounding; start again from p */
+        materialise(s, pr, is, s->w, s->csum);
+        R = csum_total(s);
+      }
+    }
+    if (moved) {
+      res->path[res->n_accepted++] = cur;
+      continue;
+    }
+    if (greedy) {
+      res->next_token = (int32_t)pr->arg;
+    } else {
+      if (!materialised) materialise(s, pr, is, s->w, s->csum);
+      res->next_token = draw_from_w(s, heed_spec_uniform(seed, step, DRAW_SAMPLE + (uint32_t)(cur + 1)));
+      if (res->next_token < 0) return fail(s, HEED_E_INTERNAL, "row %d has no mass to sample from", cur + 1);
+    }
+    return HEED_OK;
+  }
+}
+
+heed_status heed_spec_verify_tree(heed_spec *s, const heed_sampling *smp, uint64_t seed, uint64_t step,
+                                  const float *target, const int32_t *tokens, const int32_t *parents, unsigned n,
+                                  const heed_draft_q *q, heed_spec_result *res) {
+  if (!s) return HEED_E_INVALID;
+  heed_status st = enter(s);
+  if (st) return st;
+  if (!target || !res) return leave(s, fail(s, HEED_E_INVALID, "target and res must not be NULL"));
+  if (n < 1 || n > s->cfg.max_draft)
+    return leave(s, fail(s, HEED_E_RANGE, "%u draft tokens: this verifier takes 1..%u (max_draft)", n, s->cfg.max_draft));
+  if ((st = check_sampling(s, smp)) || (st = check_tokens(s, tokens, n, "draft"))) return leave(s, st);
+  if (parents && (st = check_parents(&s->err, parents, n))) return leave(s, st);
+  if (smp->temperature > 0 && (st = check_q(s, q, tokens, n))) return leave(s, st);
+  memset(res, 0, sizeof *res);
+  return leave(s, verify(s, smp, seed, step, target, tokens, parents, n, q, res));
+}
+
+heed_status heed_spec_verify_chain(heed_spec *s, const heed_sampling *smp, uint64_t seed, uint64_t step,
+                                   const float *target, const int32_t *draft, unsigned k, const heed_draft_q *q,
+                                   heed_spec_result *res) {
+  return heed_spec_verify_tree(s, smp, seed, step, target, draft, NULL, k, q, res);
+}
+
+/* One row, no draft. */
+static heed_status one_row(heed_spec *s, const heed_sampling *smp, const float *logits) {
+  unsigned n_base = penalty_base(s, smp);
+  penrow pen = {NULL, NULL, 0};
+  if (smp->repetition_penalty != 1.0f) build_pen(s, 0, s->pen_base, n_base, NULL, 0, &pen);
+  attach_row(s, 0, logits, &pen, smp->repetition_penalty);
+  unsigned slot = 0;
+  return stats(s, smp, &slot, 1, "logits");
+}
+
+heed_status heed_spec_sample(heed_spec *s, const heed_sampling *smp, uint64_t seed, uint64_t step,
+                             const float *logits, int32_t *token) {
+  if (!s) return HEED_E_INVALID;
+  heed_status st = enter(s);
+  if (st) return st;
+  if (!logits || !token) return leave(s, fail(s, HEED_E_INVALID, "logits and token must not be NULL"));
+  if ((st = check_sampling(s, smp)) || (st = one_row(s, smp, logits))) return leave(s, st);
+  const rowstat *r = &s->rs[0];
+  if (smp->temperature == 0) {
+    *token = (int32_t)r->arg;
+    return leave(s, HEED_OK);
+  }
+  materialise(s, r, 1.0f / smp->temperature, s->w, s->csum);
+  *token = draw_from_w(s, heed_spec_uniform(seed, step, DRAW_SAMPLE));
+  return leave(s, *token < 0 ? fail(s, HEED_E_INTERNAL, "the row has no mass to sample from") : HEED_OK);
+}
+
+heed_status heed_spec_probs(heed_spec *s, const heed_sampling *smp, const float *logits, float *probs) {
+  if (!s) return HEED_E_INVALID;
+  heed_status st = enter(s);
+  if (st) return st;
+  if (!logits || !probs) return leave(s, fail(s, HEED_E_INVALID, "logits and probs must not be NULL"));
+  if ((st = check_sampling(s, smp)) || (st = one_row(s, smp, logits))) return leave(s, st);
+  const rowstat *r = &s->rs[0];
+  if (smp->temperature == 0) {
+    memset(probs, 0, sizeof(float) * s->cfg.vocab);
+    probs[r->arg] = 1.0f;
+  } else {
+    materialise(s, r, 1.0f / smp->temperature, probs, NULL);
+  }
+  return leave(s, HEED_OK);
+}
+
+heed_status heed_spec_tree_mask(const int32_t *parents, unsigned n, uint8_t *mask, heed_error *err) {
+  if (!mask) return heed_err_set(err, HEED_E_INVALID, "heed_spec_tree_mask: mask is NULL");
+  if (n < 1 || n > HEED_SPEC_MAX_DRAFT)
+    return heed_err_set(err, HEED_E_RANGE, "heed_spec_tree_mask: %u nodes, outside 1..%d", n, HEED_SPEC_MAX_DRAFT);
+  heed_status st = check_parents(err, parents, n);
+  if (st) return st;
+  const unsigned w = n + 1;
+  memset(mask, 0, (size_t)w * w);
+  mask[0] = 1;
+  for (unsigned i = 0; i < n; i++) {
+    uint8_t *row = mask + (size_t)(i + 1) * w;
+    row[0] = 1;
+    for (int u = (int)i; u >= 0; u = parents[u]) row[u + 1] = 1;
+  }
+  return HEED_OK;
+}
+
+void heed_spec_set_fault(heed_spec *s, int fault) {
+  if (s) s->fault = fault;
+}
