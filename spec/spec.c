@@ -456,7 +456,7 @@ static float top_p_cut(heed_spec *s, const rowstat *r, float is, float top_p) {
     range_weights(s, r, is, 1.0f, a, b, w);
     for (size_t i = a; i < b; i++) {
       if (w[i] == 0) continue; /* -inf, or below exp's range: never inside the cut */
-      float x = row_value(r, (uint32_t)i);
+      float x = r->pen.n ? row_value(r, (uint32_t)i) : r->x[i];
       int k = bucket_of(x, r->m, is);
       s->hmass[k] += w[i], s->hcnt[k]++;
     }

@@ -6,13 +6,14 @@
 
 #include "bench/bench_attention.h"
 #include "bench/bench_kvquant.h"
+#include "bench/bench_spec.h"
 #include "heed/heed.h"
 
 static void usage(FILE *f) {
   fprintf(f,
           "usage: heed info [--json]\n"
-          "       heed bench probes|attention|all [--repeats N] [--ctx N,N,...] [--kv q8,q4|none] [--no-baseline]\n"
-          "                  [--backend cpu|opencl] [--json FILE]\n"
+          "       heed bench probes|attention|spec|all [--repeats N] [--ctx N,N,...] [--kv q8,q4|none] [--no-baseline]\n"
+          "                  [--backend cpu|opencl] [--json FILE] [--file SOURCE (spec: the text to edit)]\n"
           "       heed bench kvquant [--json FILE]   (attention error of each KV format)\n"
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
@@ -89,7 +90,7 @@ static int cmd_bench(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
-  const char *suite = argv[0], *json_path = NULL;
+  const char *suite = argv[0], *json_path = NULL, *spec_file = HEED_SOURCE_DIR "/spec/spec.c";
   heed_bench_options bo = {0};
   bo.progress = progress;
   unsigned ctx[16] = {4096, 16384, 65536, 98304};
@@ -119,6 +120,8 @@ static int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "heed bench: --kv %s: accepted: none, or up to 4 of q8, q4, e4m3, e5m2, comma-separated\n", argv[i]);
         return 2;
       }
+    } else if (strcmp(argv[i], "--file") == 0 && i + 1 < argc) {
+      spec_file = argv[++i];
     } else if (strcmp(argv[i], "--no-baseline") == 0) {
       baseline = 0;
     } else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc) {
@@ -144,8 +147,9 @@ static int cmd_bench(int argc, char **argv) {
   }
   int probes = strcmp(suite, "probes") == 0 || strcmp(suite, "all") == 0;
   int attention = strcmp(suite, "attention") == 0 || strcmp(suite, "all") == 0;
-  if (!probes && !attention) {
-    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, kvquant, all\n", suite);
+  int spec = strcmp(suite, "spec") == 0 || strcmp(suite, "all") == 0;
+  if (!probes && !attention && !spec) {
+    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, kvquant, spec, all\n", suite);
     return 2;
   }
   heed_runtime *rt;
@@ -156,10 +160,10 @@ static int cmd_bench(int argc, char **argv) {
     heed_runtime_close(rt);
     return fail("cannot set up the bench", &e);
   }
-  heed_bench_result res[64];
+  heed_bench_result res[96];
   int n = 0, rc = 0;
   if (probes) {
-    heed_status st = heed_bench_suite_probes(b, res, 64, &n);
+    heed_status st = heed_bench_suite_probes(b, res, 96, &n);
     if (st != HEED_OK) {
       fprintf(stderr, "heed bench: %s (%s)\n", heed_bench_last_error(b), heed_status_name(st));
       rc = 1;
@@ -167,7 +171,12 @@ static int cmd_bench(int argc, char **argv) {
   }
   if (attention && !rc) {
     int m = 0;
-    if (heed_bench_attention(rt, b, ctx, n_ctx, baseline, kv, n_kv, res + n, 64 - n, &m)) rc = 1;
+    if (heed_bench_attention(rt, b, ctx, n_ctx, baseline, kv, n_kv, res + n, 96 - n, &m)) rc = 1;
+    n += m;
+  }
+  if (spec && !rc) {
+    int m = 0;
+    if (heed_bench_spec(rt, b, res + n, 96 - n, &m)) rc = 1;
     n += m;
   }
   if (isatty(2)) fprintf(stderr, "\r\033[K");
@@ -176,6 +185,8 @@ static int cmd_bench(int argc, char **argv) {
   if (heed_runtime_backend(rt) != HEED_BACKEND_CPU) printf("device: %s\n", heed_runtime_backend_description(rt));
   heed_bench_write_table(res, n, stdout);
   heed_bench_attention_speedups(res, n, stdout);
+  heed_bench_spec_summary(res, n, stdout);
+  if (spec && !rc && heed_bench_spec_ngram(spec_file, stdout)) rc = 1;
   if (json_path) {
     FILE *f = fopen(json_path, "w");
     if (!f) {

@@ -113,8 +113,7 @@ heed_status heed_kv_cache_bytes(heed_runtime *rt, const heed_kv_cache_config *cf
  * that device's memory: pass storage NULL and storage_bytes 0; create
  * allocates heed_kv_cache_bytes there and destroy frees them. Such a cache is
  * read by attention on that runtime only, and a host cache by CPU runtimes
- * only; either mix-up is refused with a message. The opencl backend stores
- * f32, f16 and bf16 caches so far; a quantized one is refused at create. */
+ * only; either mix-up is refused with a message. */
 heed_status heed_kv_cache_create(heed_runtime *rt, const heed_kv_cache_config *cfg, void *storage,
                                  size_t storage_bytes, heed_kv_cache **out, heed_error *err);
 void heed_kv_cache_destroy(heed_kv_cache *c); /* NULL is fine; the storage stays the caller's */
