@@ -42,6 +42,14 @@ assert r[("q8 per token","random")]["nmse"] < r[("q4 group 32","random")]["nmse"
 assert r[("q4 K/channel 128 V/token 128","outliers")]["nmse"] < r[("q4 group 128","outliers")]["nmse"] / 5' "$tmp/q.json" \
   && ok || { bad "heed bench kvquant"; cat "$tmp/q.txt"; }
 
+"$heed" bench spec --repeats 1 --json "$tmp/s.json" >"$tmp/s.txt" 2>&1 && python3 -c '
+import json,sys; r=json.load(open(sys.argv[1]))["results"]; names=[x["name"] for x in r]
+assert len(names)==24 and "spec.v262144.k16.sample" in names and "spec.v151936.k8.topp0.95" in names, names
+for x in r: assert x["ms_median"]>0 and x["fraction"]>0 and x["limit_kind"]=="read_bandwidth", x' "$tmp/s.json" &&
+  grep -q "spec.v32000.k4.greedy .*x the time to read its logits once" "$tmp/s.txt" &&
+  grep -qE "^ +8 +[0-9]+ +[0-9]+ +[0-9]+ +[0-9.]+%" "$tmp/s.txt" &&
+  ok || { bad "heed bench spec"; cat "$tmp/s.txt"; }
+
 expect_fail() { # expect_fail "needle" env... -- args...
   local needle=$1; shift
   local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
@@ -58,6 +66,7 @@ expect_fail "--ctx 12,x" X=1 -- bench attention --ctx 12,x
 expect_fail "--kv q5" X=1 -- bench attention --kv q5
 expect_fail "--kv f16" X=1 -- bench attention --kv f16
 expect_fail "--backend vulkan" X=1 -- bench attention --backend vulkan
+expect_fail "cannot read /nonexistent/x.c" X=1 -- bench spec --file /nonexistent/x.c
 expect_fail "unknown command 'frobnicate'" X=1 -- frobnicate
 expect_fail "unknown argument '--yaml'" X=1 -- info --yaml
 

@@ -152,6 +152,14 @@ static int cmd_bench(int argc, char **argv) {
     fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, kvquant, spec, all\n", suite);
     return 2;
   }
+  if (spec) { /* before any timing: the code-editing text must be there */
+    FILE *sf = fopen(spec_file, "rb");
+    if (!sf) {
+      fprintf(stderr, "heed bench spec: cannot read %s (give a source file with --file)\n", spec_file);
+      return 1;
+    }
+    fclose(sf);
+  }
   heed_runtime *rt;
   heed_bench *b;
   heed_error e = {0};
