@@ -346,6 +346,11 @@ static size_t range_collect(const heed_spec *s, const rowstat *r, float thr, siz
 
 /* ---- phases A and C on the pool ---- */
 
+/* [a, end) of the chunk of `len` elements that starts at a. */
+static inline size_t chunk_end(const heed_spec *s, size_t a, size_t len) {
+  return a + len < s->cfg.vocab ? a + len : s->cfg.vocab;
+}
+
 typedef struct job {
   heed_spec *s;
   rowstat **rows;
@@ -358,9 +363,8 @@ static void task_max(void *ctx, size_t begin, size_t end, int worker) {
   job *J = ctx;
   heed_spec *s = J->s;
   for (size_t i = begin; i < end; i++) {
-    size_t r = i / s->n_pchunk, c = i % s->n_pchunk;
-    size_t a = c * PCHUNK, b = a + PCHUNK < s->cfg.vocab ? a + PCHUNK : s->cfg.vocab;
-    s->parts[i] = part_max(s, J->rows[r], a, b);
+    size_t a = (i % s->n_pchunk) * PCHUNK;
+    s->parts[i] = part_max(s, J->rows[i / s->n_pchunk], a, chunk_end(s, a, PCHUNK));
   }
 }
 
@@ -369,9 +373,8 @@ static void task_sumexp(void *ctx, size_t begin, size_t end, int worker) {
   job *J = ctx;
   heed_spec *s = J->s;
   for (size_t i = begin; i < end; i++) {
-    size_t r = i / s->n_pchunk, c = i % s->n_pchunk;
-    size_t a = c * PCHUNK, b = a + PCHUNK < s->cfg.vocab ? a + PCHUNK : s->cfg.vocab;
-    s->parts[i].z = range_sumexp(s, J->rows[r], J->is, a, b);
+    size_t a = (i % s->n_pchunk) * PCHUNK;
+    s->parts[i].z = range_sumexp(s, J->rows[i / s->n_pchunk], J->is, a, chunk_end(s, a, PCHUNK));
   }
 }
 
@@ -411,7 +414,7 @@ static void top_k_values(heed_spec *s, const rowstat *r, unsigned k) {
   unsigned n = 0;
   float thr = -INFINITY;
   for (size_t a = 0; a < s->cfg.vocab; a += SCHUNK) {
-    size_t b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+    size_t b = chunk_end(s, a, SCHUNK);
     size_t c = range_collect(s, r, thr, a, b, s->idx);
     for (size_t i = 0; i < c; i++) {
       float v = row_value(r, s->idx[i]);
@@ -452,7 +455,7 @@ static float top_p_cut(heed_spec *s, const rowstat *r, float is, float top_p) {
   memset(s->hcnt, 0, sizeof(uint32_t) * HB);
   float *w = s->w;
   for (size_t a = 0; a < s->cfg.vocab; a += SCHUNK) {
-    size_t b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+    size_t b = chunk_end(s, a, SCHUNK);
     range_weights(s, r, is, 1.0f, a, b, w);
     for (size_t i = a; i < b; i++) {
       if (w[i] == 0) continue; /* -inf, or below exp's range: never inside the cut */
@@ -592,7 +595,7 @@ static float csum_total(const heed_spec *s) {
 
 static void materialise(heed_spec *s, const rowstat *r, float is, float *w, float *csum) {
   for (unsigned c = 0; c < s->n_schunk; c++) {
-    size_t a = (size_t)c * SCHUNK, b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+    size_t a = (size_t)c * SCHUNK, b = chunk_end(s, a, SCHUNK);
     float z = range_weights(s, r, is, 1.0f / r->z, a, b, w);
     if (csum) csum[c] = z;
   }
@@ -600,7 +603,7 @@ static void materialise(heed_spec *s, const rowstat *r, float is, float *w, floa
 
 static void rechunk(heed_spec *s, uint32_t t) {
   unsigned c = t / SCHUNK;
-  size_t a = (size_t)c * SCHUNK, b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+  size_t a = (size_t)c * SCHUNK, b = chunk_end(s, a, SCHUNK);
   s->csum[c] = s->vresid(s->w + a, NULL, b - a, 1.0f, 0.0f);
 }
 
@@ -646,7 +649,7 @@ static void subtract_q(heed_spec *s, const heed_draft_q *q, unsigned node, const
   if (!q || q->kind == HEED_DRAFT_ONEHOT || q->kind == HEED_DRAFT_SPARSE) {
     if (R != 1.0f)
       for (unsigned c = 0; c < s->n_schunk; c++) {
-        size_t a = (size_t)c * SCHUNK, b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+        size_t a = (size_t)c * SCHUNK, b = chunk_end(s, a, SCHUNK);
         s->csum[c] = s->vresid(s->w + a, NULL, b - a, 1.0f / R, 0.0f);
       }
     if (!q || q->kind == HEED_DRAFT_ONEHOT) {
@@ -664,7 +667,7 @@ static void subtract_q(heed_spec *s, const heed_draft_q *q, unsigned node, const
     return;
   }
   for (unsigned c = 0; c < s->n_schunk; c++) {
-    size_t a = (size_t)c * SCHUNK, b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+    size_t a = (size_t)c * SCHUNK, b = chunk_end(s, a, SCHUNK);
     const float *qv;
     float qs;
     if (q->kind == HEED_DRAFT_DENSE_LOGITS) {
@@ -688,7 +691,7 @@ static int32_t draw_from_w(const heed_spec *s, float u) {
     cum += s->csum[c];
   }
   if (c == s->n_schunk) c = last, cum -= s->csum[last]; /* rounding ran past the end */
-  size_t a = (size_t)c * SCHUNK, b = a + SCHUNK < s->cfg.vocab ? a + SCHUNK : s->cfg.vocab;
+  size_t a = (size_t)c * SCHUNK, b = chunk_end(s, a, SCHUNK);
   int32_t pick = -1;
   for (size_t i = a; i < b; i++) {
     if (s->w[i] <= 0) continue;

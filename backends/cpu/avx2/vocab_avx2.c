@@ -134,10 +134,4 @@ static size_t vocab_collect_avx2(const float *x, size_t n, float thr, uint32_t *
   return c;
 }
 
-void heed_cpu_register_vocab_avx2(heed_kernel_table *t) {
-  HEED_SLOT_SET(t, VOCAB_MAX, F32, vocab_max_avx2, HEED_ISA_AVX2);
-  HEED_SLOT_SET(t, VOCAB_SUMEXP, F32, vocab_sumexp_avx2, HEED_ISA_AVX2);
-  HEED_SLOT_SET(t, VOCAB_WEIGHTS, F32, vocab_weights_avx2, HEED_ISA_AVX2);
-  HEED_SLOT_SET(t, VOCAB_RESIDUAL, F32, vocab_residual_avx2, HEED_ISA_AVX2);
-  HEED_SLOT_SET(t, VOCAB_COLLECT, F32, vocab_collect_avx2, HEED_ISA_AVX2);
-}
+void heed_cpu_register_vocab_avx2(heed_kernel_table *t) { HEED_VOCAB_REGISTER(t, avx2, HEED_ISA_AVX2); }

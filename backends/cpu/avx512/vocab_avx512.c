@@ -90,10 +90,4 @@ static size_t vocab_collect_avx512(const float *x, size_t n, float thr, uint32_t
   return c;
 }
 
-void heed_cpu_register_vocab_avx512(heed_kernel_table *t) {
-  HEED_SLOT_SET(t, VOCAB_MAX, F32, vocab_max_avx512, HEED_ISA_AVX512);
-  HEED_SLOT_SET(t, VOCAB_SUMEXP, F32, vocab_sumexp_avx512, HEED_ISA_AVX512);
-  HEED_SLOT_SET(t, VOCAB_WEIGHTS, F32, vocab_weights_avx512, HEED_ISA_AVX512);
-  HEED_SLOT_SET(t, VOCAB_RESIDUAL, F32, vocab_residual_avx512, HEED_ISA_AVX512);
-  HEED_SLOT_SET(t, VOCAB_COLLECT, F32, vocab_collect_avx512, HEED_ISA_AVX512);
-}
+void heed_cpu_register_vocab_avx512(heed_kernel_table *t) { HEED_VOCAB_REGISTER(t, avx512, HEED_ISA_AVX512); }

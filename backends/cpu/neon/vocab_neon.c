@@ -106,10 +106,4 @@ static size_t vocab_collect_neon(const float *x, size_t n, float thr, uint32_t *
   return c;
 }
 
-void heed_cpu_register_vocab_neon(heed_kernel_table *t) {
-  HEED_SLOT_SET(t, VOCAB_MAX, F32, vocab_max_neon, HEED_ISA_NEON);
-  HEED_SLOT_SET(t, VOCAB_SUMEXP, F32, vocab_sumexp_neon, HEED_ISA_NEON);
-  HEED_SLOT_SET(t, VOCAB_WEIGHTS, F32, vocab_weights_neon, HEED_ISA_NEON);
-  HEED_SLOT_SET(t, VOCAB_RESIDUAL, F32, vocab_residual_neon, HEED_ISA_NEON);
-  HEED_SLOT_SET(t, VOCAB_COLLECT, F32, vocab_collect_neon, HEED_ISA_NEON);
-}
+void heed_cpu_register_vocab_neon(heed_kernel_table *t) { HEED_VOCAB_REGISTER(t, neon, HEED_ISA_NEON); }

@@ -56,10 +56,4 @@ static size_t vocab_collect_ref(const float *x, size_t n, float thr, uint32_t *i
   return c;
 }
 
-void heed_cpu_register_vocab_ref(heed_kernel_table *t) {
-  HEED_SLOT_SET(t, VOCAB_MAX, F32, vocab_max_ref, HEED_ISA_SCALAR);
-  HEED_SLOT_SET(t, VOCAB_SUMEXP, F32, vocab_sumexp_ref, HEED_ISA_SCALAR);
-  HEED_SLOT_SET(t, VOCAB_WEIGHTS, F32, vocab_weights_ref, HEED_ISA_SCALAR);
-  HEED_SLOT_SET(t, VOCAB_RESIDUAL, F32, vocab_residual_ref, HEED_ISA_SCALAR);
-  HEED_SLOT_SET(t, VOCAB_COLLECT, F32, vocab_collect_ref, HEED_ISA_SCALAR);
-}
+void heed_cpu_register_vocab_ref(heed_kernel_table *t) { HEED_VOCAB_REGISTER(t, ref, HEED_ISA_SCALAR); }
