@@ -724,12 +724,12 @@ static unsigned penalty_base(heed_spec *s, const heed_sampling *smp) {
   return sort_unique(s->pen_base, smp->n_penalty_tokens);
 }
 
-static heed_status verify(heed_spec *s, const heed_sampling *smp, uint64_t seed, uint64_t step, const float *target,
-                          const int32_t *tok, const int32_t *parents, unsigned n, const heed_draft_q *q,
-                          heed_spec_result *res) {
+/* The rows a call may need, each with its penalty list, and their statistics:
+ * target row r = 0..n (the root, then node r - 1), then the dense-logit q rows. */
+static heed_status prepare(heed_spec *s, const heed_sampling *smp, const float *target, const int32_t *tok,
+                           const int32_t *parents, unsigned n, const heed_draft_q *q) {
   const unsigned V = s->cfg.vocab;
   const int greedy = smp->temperature == 0;
-  const float is = greedy ? 1.0f : 1.0f / smp->temperature;
   const int penal = smp->repetition_penalty != 1.0f;
   unsigned n_base = penalty_base(s, smp);
   /* Rows: target row r = 0..n (root, then node r-1); q rows for dense logits. */
@@ -754,8 +754,17 @@ static heed_status verify(heed_spec *s, const heed_sampling *smp, uint64_t seed,
     }
   heed_status st = stats(s, smp, slots, n + 1, "target");
   if (!st && dense_logits) st = stats(s, smp, slots + n + 1, n, "draft q");
+  return st;
+}
+
+/* Walks the tree from the root (n = 0: plain sampling of row 0). */
+static heed_status verify(heed_spec *s, const heed_sampling *smp, uint64_t seed, uint64_t step, const float *target,
+                          const int32_t *tok, const int32_t *parents, unsigned n, const heed_draft_q *q,
+                          heed_spec_result *res) {
+  const int greedy = smp->temperature == 0;
+  const float is = greedy ? 1.0f : 1.0f / smp->temperature;
+  heed_status st = prepare(s, smp, target, tok, parents, n, q);
   if (st) return st;
-  res->rows_read = n + 1;
   res->n_accepted = 0;
 
   int cur = -1; /* the node whose children are tried; -1 the root */
@@ -827,31 +836,17 @@ heed_status heed_spec_verify_chain(heed_spec *s, const heed_sampling *smp, uint6
   return heed_spec_verify_tree(s, smp, seed, step, target, draft, NULL, k, q, res);
 }
 
-/* One row, no draft. */
-static heed_status one_row(heed_spec *s, const heed_sampling *smp, const float *logits) {
-  unsigned n_base = penalty_base(s, smp);
-  penrow pen = {NULL, NULL, 0};
-  if (smp->repetition_penalty != 1.0f) build_pen(s, 0, s->pen_base, n_base, NULL, 0, &pen);
-  attach_row(s, 0, logits, &pen, smp->repetition_penalty);
-  unsigned slot = 0;
-  return stats(s, smp, &slot, 1, "logits");
-}
-
 heed_status heed_spec_sample(heed_spec *s, const heed_sampling *smp, uint64_t seed, uint64_t step,
                              const float *logits, int32_t *token) {
   if (!s) return HEED_E_INVALID;
   heed_status st = enter(s);
   if (st) return st;
   if (!logits || !token) return leave(s, fail(s, HEED_E_INVALID, "logits and token must not be NULL"));
-  if ((st = check_sampling(s, smp)) || (st = one_row(s, smp, logits))) return leave(s, st);
-  const rowstat *r = &s->rs[0];
-  if (smp->temperature == 0) {
-    *token = (int32_t)r->arg;
-    return leave(s, HEED_OK);
-  }
-  materialise(s, r, 1.0f / smp->temperature, s->w, s->csum);
-  *token = draw_from_w(s, heed_spec_uniform(seed, step, DRAW_SAMPLE));
-  return leave(s, *token < 0 ? fail(s, HEED_E_INTERNAL, "the row has no mass to sample from") : HEED_OK);
+  heed_spec_result res;
+  if ((st = check_sampling(s, smp)) || (st = verify(s, smp, seed, step, logits, NULL, NULL, 0, NULL, &res)))
+    return leave(s, st);
+  *token = res.next_token;
+  return leave(s, HEED_OK);
 }
 
 heed_status heed_spec_probs(heed_spec *s, const heed_sampling *smp, const float *logits, float *probs) {
@@ -859,7 +854,7 @@ heed_status heed_spec_probs(heed_spec *s, const heed_sampling *smp, const float 
   heed_status st = enter(s);
   if (st) return st;
   if (!logits || !probs) return leave(s, fail(s, HEED_E_INVALID, "logits and probs must not be NULL"));
-  if ((st = check_sampling(s, smp)) || (st = one_row(s, smp, logits))) return leave(s, st);
+  if ((st = check_sampling(s, smp)) || (st = prepare(s, smp, logits, NULL, NULL, 0, NULL))) return leave(s, st);
   const rowstat *r = &s->rs[0];
   if (smp->temperature == 0) {
     memset(probs, 0, sizeof(float) * s->cfg.vocab);

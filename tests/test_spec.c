@@ -365,6 +365,13 @@ static double chi2(const long *obs, const double *p, int n, long N, int *df) {
   return c;
 }
 
+/* Observed counts must pass the chi-square test against p. */
+static void assert_law(const long *obs, const double *p, int n, const char *what) {
+  int df;
+  double c = chi2(obs, p, n, TRIALS, &df);
+  cr_assert(c < chi2_crit(df), "%s: chi-square %.1f over %d df (limit %.1f)", what, c, df, chi2_crit(df));
+}
+
 static int draw_from(const double *p, int n, uint64_t *r) {
   double u = (tu_next(r) >> 11) * 0x1p-53, c = 0;
   for (int i = 0; i < n; i++) {
@@ -527,9 +534,7 @@ Test(spec, two_token_joint_distribution, .timeout = 120) {
     }
     obs[out[0] * V + out[1]]++;
   }
-  int df;
-  double c = chi2(obs, pj, V * V, TRIALS, &df);
-  cr_assert(c < chi2_crit(df), "joint law: chi-square %.1f over %d df (limit %.1f)", c, df, chi2_crit(df));
+  assert_law(obs, pj, V * V, "joint law");
   heed_spec_destroy(s);
   heed_runtime_close(rt);
 }
@@ -552,9 +557,7 @@ Test(spec, sampling_follows_the_transformed_distribution) {
     cr_assert_eq(heed_spec_sample(s, &sm, 3, (uint64_t)n, x, &t), HEED_OK);
     obs[t]++;
   }
-  int df;
-  double c = chi2(obs, p, V, TRIALS, &df);
-  cr_assert(c < chi2_crit(df), "chi-square %.1f over %d df", c, df);
+  assert_law(obs, p, V, "plain sampling");
   heed_spec_destroy(s);
   heed_runtime_close(rt);
 }

@@ -105,7 +105,6 @@ typedef struct heed_spec_result {
   int32_t path[HEED_SPEC_MAX_DRAFT];   /* the accepted nodes, in order (chain: 0..n_accepted-1) */
   int32_t next_token;                  /* the target's token after them: a correction, or the
                                           bonus token when a whole branch was accepted */
-  unsigned rows_read;                  /* target rows whose statistics were computed */
 } heed_spec_result;
 
 /* A verifier: the vocabulary-sized work space for one configuration, allocated
