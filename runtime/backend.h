@@ -2,9 +2,9 @@
  * Internal to libheed; the runtime opens one backend and holds its context.
  *
  * Required slots: open, close. Optional slots may be NULL: the backend does
- * not offer that operation, and the runtime answers HEED_E_UNSUPPORTED naming
- * the backend and the operation (later issues add attention, KV and sampling
- * slots here). */
+ * not offer that operation: the runtime answers HEED_E_UNSUPPORTED naming
+ * the backend and the operation, or (KV storage, vocabulary passes) the host
+ * does the work. */
 #ifndef HEED_RUNTIME_BACKEND_H
 #define HEED_RUNTIME_BACKEND_H
 
@@ -61,6 +61,51 @@ typedef struct heed_kv_put {
 /* The limits a device backend probes for the bench. */
 typedef enum heed_backend_probe { HEED_PROBE_READ, HEED_PROBE_FMA } heed_backend_probe;
 
+/* One chunk of a vocabulary row for heed_spec: its max, the max's first
+ * index, a NaN/+inf flag, and a sum of exp. */
+typedef struct heed_vocab_part {
+  float m;
+  uint32_t arg;
+  int bad;
+  float z;
+} heed_vocab_part;
+
+/* Host rows to put in a device vocabulary handle: x[i] (vocab floats) goes
+ * to slot slots[i], where tokens pen_pos[i][0..pen_n[i]) then take the
+ * values pen_val[i][...] (the repetition penalty applied). */
+typedef struct heed_vocab_load {
+  unsigned n;
+  const unsigned *slots;
+  const float *const *x;
+  const uint32_t *const *pen_pos;
+  const float *const *pen_val;
+  const unsigned *pen_n;
+} heed_vocab_load;
+
+/* A device's passes over vocabulary rows (spec/spec.c says what each is
+ * for). A handle holds `slots` rows of `vocab` floats in device memory.
+ *   max, sumexp: parts[i * n_chunks + c] for chunk c (`chunk` elements) of
+ *     slot slots[i]; max fills m, arg, bad; sumexp fills z, the sum over the
+ *     chunk of exp((v - m[i]) is) for v >= thr[i].
+ *   hist: one slot, by distance below m: bucket min((m - v) is bscale, nb - 1);
+ *     mass = 0 counts every value, mass = 1 counts the values whose
+ *     exp((v - m) is) is positive and sums that into mass_out[nb].
+ *   collect: the slot's values >= lo into vals (any order); *n is how many
+ *     there are, of which at most cap are stored. */
+typedef struct heed_vocab_ops {
+  heed_status (*open)(void *ctx, unsigned vocab, unsigned slots, void **h, heed_error *err);
+  void (*close)(void *ctx, void *h);
+  heed_status (*load)(void *ctx, void *h, const heed_vocab_load *ld, heed_error *err);
+  heed_status (*max)(void *ctx, void *h, const unsigned *slots, unsigned n, unsigned chunk, heed_vocab_part *parts,
+                     heed_error *err);
+  heed_status (*sumexp)(void *ctx, void *h, const unsigned *slots, const float *m, const float *thr, unsigned n,
+                        float is, unsigned chunk, heed_vocab_part *parts, heed_error *err);
+  heed_status (*hist)(void *ctx, void *h, unsigned slot, float m, float is, float bscale, unsigned nb, int mass,
+                      uint32_t *cnt, double *mass_out, heed_error *err);
+  heed_status (*collect)(void *ctx, void *h, unsigned slot, float lo, float *vals, size_t cap, size_t *n,
+                         heed_error *err);
+} heed_vocab_ops;
+
 typedef struct heed_backend_iface {
   heed_backend_kind kind;
   const char *name;
@@ -83,6 +128,9 @@ typedef struct heed_backend_iface {
   /* Optional: one measurement of the device's read bandwidth (GB/s) or
    * multiply-add peak (GFLOP/s), for the bench's device limits. */
   heed_status (*probe)(void *ctx, heed_backend_probe what, double *value, heed_error *err);
+  /* Optional: heed_spec's vocabulary passes on the device (absent: the
+   * host's kernels on the pool). */
+  const heed_vocab_ops *vocab;
 } heed_backend_iface;
 
 /* The open backend of a runtime and its context. */

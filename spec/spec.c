@@ -14,6 +14,13 @@
  * Repetition penalty without copying the row: the penalised tokens (sorted)
  * split every pass into plain segments, which go to the kernels, and single
  * tokens, whose penalised values are kept beside the list.
+ *
+ * On a backend with vocabulary ops (OpenCL) the rows are copied to the
+ * device, the penalised values written over them there, and A, B and C run
+ * as device passes: per-chunk max and sum of exp, and for the cuts a
+ * histogram by distance below the max (counts for top-k, mass for top-p)
+ * followed by collecting the values above the chosen bucket's edge. The
+ * host merges, decides and materialises the residual from its own rows.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -23,6 +30,7 @@
 #include "heed/kernels.h"
 #include "heed/pool.h"
 #include "heed/spec.h"
+#include "runtime/backend.h"
 #include "runtime/internal.h"
 #include "spec/spec_internal.h"
 
@@ -48,7 +56,7 @@ typedef struct rowstat {
   int bad;         /* a NaN or +inf in the row */
 } rowstat;
 
-typedef struct part { float m; uint32_t arg; int bad; float z; } part;
+typedef heed_vocab_part part; /* runtime/backend.h */
 
 struct heed_spec {
   heed_runtime *rt;
@@ -59,6 +67,8 @@ struct heed_spec {
   heed_vocab_weights_fn vweights;
   heed_vocab_residual_fn vresid;
   heed_vocab_collect_fn vcollect;
+  const heed_vocab_ops *dev; /* the backend's passes on its device; NULL: the kernels above on the pool */
+  void *dev_ctx, *dev_h;
   atomic_int busy;
   int fault;         /* spec_internal.h: a deliberate bug, for the tests that must catch it */
   heed_error err;
@@ -69,7 +79,7 @@ struct heed_spec {
   float *vals;       /* [vocab] values being sorted (top-k heap, top-p boundary bucket) */
   uint32_t *idx;     /* [vocab] collected indices */
   float *csum;       /* [n_schunk] per-chunk sums of w */
-  float *hmass;      /* [HB] */
+  double *hmass;     /* [HB] */
   uint32_t *hcnt;    /* [HB] */
   uint32_t *pen_base; /* [max_penalty_tokens] sorted distinct */
   uint32_t *pen_pos; /* [max_rows][pen_cap] */
@@ -122,7 +132,7 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   s->max_rows = cfg->max_draft + 1, s->pen_cap = cfg->max_penalty_tokens + cfg->max_draft;
   s->w = malloc(sizeof(float) * V), s->qw = malloc(sizeof(float) * V), s->vals = malloc(sizeof(float) * V);
   s->idx = malloc(sizeof(uint32_t) * V), s->csum = malloc(sizeof(float) * s->n_schunk);
-  s->hmass = malloc(sizeof(float) * HB), s->hcnt = malloc(sizeof(uint32_t) * HB);
+  s->hmass = malloc(sizeof(double) * HB), s->hcnt = malloc(sizeof(uint32_t) * HB);
   s->pen_base = malloc(sizeof(uint32_t) * (cfg->max_penalty_tokens + 1));
   s->pen_pos = malloc(sizeof(uint32_t) * ((size_t)s->max_rows * s->pen_cap + 1));
   s->pen_val = malloc(sizeof(float) * ((size_t)2 * s->max_rows * s->pen_cap + 1));
@@ -133,12 +143,22 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
     heed_spec_destroy(s);
     return heed_err_set(err, HEED_E_NOMEM, "heed_spec_create: out of memory for a vocab of %u", V);
   }
+  const heed_backend_iface *be = heed_runtime_backend_iface(rt, &s->dev_ctx);
+  if (be && be->vocab) { /* the rows go to the device: room for every slot of s->rs */
+    heed_status st = be->vocab->open(s->dev_ctx, V, 2 * s->max_rows, &s->dev_h, err);
+    if (st) {
+      heed_spec_destroy(s);
+      return st;
+    }
+    s->dev = be->vocab;
+  }
   *out = s;
   return HEED_OK;
 }
 
 void heed_spec_destroy(heed_spec *s) {
   if (!s) return;
+  if (s->dev) s->dev->close(s->dev_ctx, s->dev_h);
   free(s->w), free(s->qw), free(s->vals), free(s->idx), free(s->csum), free(s->hmass), free(s->hcnt);
   free(s->pen_base), free(s->pen_pos), free(s->pen_val), free(s->rs), free(s->parts);
   free(s);
@@ -408,9 +428,75 @@ static void heap_down(float *h, unsigned n, unsigned i) {
   }
 }
 
-/* The k largest values of the row (with repeats) into s->vals, sorted descending. */
-static void top_k_values(heed_spec *s, const rowstat *r, unsigned k) {
+/* The slot of a row (its index in s->rs), which is also its device slot. */
+static inline unsigned slot_of(const heed_spec *s, const rowstat *r) { return (unsigned)(r - s->rs); }
+
+static inline int bucket_of(float x, float m, float is) {
+  float d = (m - x) * is * (HB / HR);
+  return d < HB - 1 ? (int)d : HB - 1;
+}
+
+/* The lower edge of bucket k, a little below it (everything in k is >= it). */
+static inline float bucket_floor(int k, float m, float is) {
+  return k == HB - 1 ? -INFINITY : m - ((float)k + 1.01f) * (HR / HB) / is;
+}
+
+/* The row's values >= lo into s->vals (any order); how many in *n. */
+static heed_status collect_vals(heed_spec *s, const rowstat *r, float lo, size_t *n) {
+  if (s->dev) {
+    heed_status st = s->dev->collect(s->dev_ctx, s->dev_h, slot_of(s, r), lo, s->vals, s->cfg.vocab, n, &s->err);
+    if (st) return st;
+    if (*n > s->cfg.vocab) return fail(s, HEED_E_INTERNAL, "the device collected %zu values of %u", *n, s->cfg.vocab);
+    return HEED_OK;
+  }
+  size_t c = range_collect(s, r, lo, 0, s->cfg.vocab, s->idx);
+  for (size_t i = 0; i < c; i++) s->vals[i] = row_value(r, s->idx[i]);
+  *n = c;
+  return HEED_OK;
+}
+
+/* Histogram of the row by distance below its max into s->hcnt (and, with
+ * mass, s->hmass): every value counted, or (mass) those with a positive
+ * exp((x - m) is), their mass summed. */
+static heed_status histogram(heed_spec *s, const rowstat *r, float is, int mass) {
+  if (s->dev)
+    return s->dev->hist(s->dev_ctx, s->dev_h, slot_of(s, r), r->m, is, HB / HR, HB, mass, s->hcnt,
+                        mass ? s->hmass : NULL, &s->err);
+  memset(s->hcnt, 0, sizeof(uint32_t) * HB);
+  memset(s->hmass, 0, sizeof(double) * HB);
+  float *w = s->w;
+  for (size_t a = 0; a < s->cfg.vocab; a += SCHUNK) {
+    size_t b = chunk_end(s, a, SCHUNK);
+    range_weights(s, r, is, 1.0f, a, b, w);
+    for (size_t i = a; i < b; i++) {
+      if (mass && w[i] == 0) continue; /* -inf, or below exp's range: never inside a mass cut */
+      float x = r->pen.n ? row_value(r, (uint32_t)i) : r->x[i];
+      int k = bucket_of(x, r->m, is);
+      s->hmass[k] += w[i], s->hcnt[k]++;
+    }
+  }
+  return HEED_OK;
+}
+
+/* The k largest values of the row (with repeats) sorted descending at the
+ * start of s->vals; *n_sorted is how many sorted values there are (>= k),
+ * and *all_ties says whether they include every value tied with the k-th. */
+static heed_status top_k_values(heed_spec *s, const rowstat *r, unsigned k, float is, size_t *n_sorted,
+                                int *all_ties) {
   float *h = s->vals;
+  if (s->dev) { /* the bucket the k-th value is in, then everything from there up */
+    heed_status st = histogram(s, r, is, 0);
+    if (st) return st;
+    uint64_t cum = 0;
+    int kb = 0;
+    while (kb < HB - 1 && cum + s->hcnt[kb] < k) cum += s->hcnt[kb++];
+    size_t n;
+    if ((st = collect_vals(s, r, bucket_floor(kb, r->m, is), &n))) return st;
+    if (n < k) return fail(s, HEED_E_INTERNAL, "the device collected %zu values where top_k %u needs more", n, k);
+    qsort(h, n, sizeof *h, cmp_desc);
+    *n_sorted = n, *all_ties = 1; /* everything above a bucket edge below the k-th */
+    return HEED_OK;
+  }
   unsigned n = 0;
   float thr = -INFINITY;
   for (size_t a = 0; a < s->cfg.vocab; a += SCHUNK) {
@@ -430,12 +516,14 @@ static void top_k_values(heed_spec *s, const rowstat *r, unsigned k) {
     if (n == k) thr = h[0];
   }
   qsort(h, n, sizeof *h, cmp_desc);
+  *n_sorted = n, *all_ties = 0;
+  return HEED_OK;
 }
 
-/* Of sorted descending values v[0..n) (plus `extra` mass before them), the
+/* Of sorted descending values v[0..n) (plus `before` mass above them), the
  * value at which the cumulative mass first reaches target. */
-static float mass_cut(const float *v, size_t n, float m, float is, float before, float target) {
-  float cum = before;
+static float mass_cut(const float *v, size_t n, float m, float is, double before, double target) {
+  double cum = before;
   for (size_t i = 0; i < n; i++) {
     cum += expf((v[i] - m) * is);
     if (cum >= target) return v[i];
@@ -443,30 +531,14 @@ static float mass_cut(const float *v, size_t n, float m, float is, float before,
   return n ? v[n - 1] : -INFINITY;
 }
 
-static inline int bucket_of(float x, float m, float is) {
-  float d = (m - x) * is * (HB / HR);
-  return d < HB - 1 ? (int)d : HB - 1;
-}
-
 /* Top-p over the whole row: a histogram of mass by distance below the max,
  * then the one bucket the cut falls in, sorted. */
-static float top_p_cut(heed_spec *s, const rowstat *r, float is, float top_p) {
-  memset(s->hmass, 0, sizeof(float) * HB);
-  memset(s->hcnt, 0, sizeof(uint32_t) * HB);
-  float *w = s->w;
-  for (size_t a = 0; a < s->cfg.vocab; a += SCHUNK) {
-    size_t b = chunk_end(s, a, SCHUNK);
-    range_weights(s, r, is, 1.0f, a, b, w);
-    for (size_t i = a; i < b; i++) {
-      if (w[i] == 0) continue; /* -inf, or below exp's range: never inside the cut */
-      float x = r->pen.n ? row_value(r, (uint32_t)i) : r->x[i];
-      int k = bucket_of(x, r->m, is);
-      s->hmass[k] += w[i], s->hcnt[k]++;
-    }
-  }
-  float total = 0;
+static heed_status top_p_cut(heed_spec *s, const rowstat *r, float is, float top_p, float *thr) {
+  heed_status st = histogram(s, r, is, 1);
+  if (st) return st;
+  double total = 0;
   for (int k = 0; k < HB; k++) total += s->hmass[k];
-  float target = top_p * total, cum = 0;
+  double target = top_p * total, cum = 0;
   int kb = -1, last = 0;
   for (int k = 0; k < HB; k++) {
     if (!s->hcnt[k]) continue;
@@ -480,32 +552,40 @@ static float top_p_cut(heed_spec *s, const rowstat *r, float is, float top_p) {
   if (kb < 0) kb = last, cum -= s->hmass[last]; /* rounding kept the sum under target: the last bucket */
   /* The boundary bucket's values: everything a little below its lower edge
    * up, then exactly those that fall in it. */
-  float lo = kb == HB - 1 ? -INFINITY : r->m - ((float)kb + 1.01f) * (HR / HB) / is;
-  size_t c = range_collect(s, r, lo, 0, s->cfg.vocab, s->idx), n = 0;
+  size_t c, n = 0;
+  if ((st = collect_vals(s, r, bucket_floor(kb, r->m, is), &c))) return st;
   for (size_t i = 0; i < c; i++) {
-    float x = row_value(r, s->idx[i]);
-    if (bucket_of(x, r->m, is) == kb && w[s->idx[i]] > 0) s->vals[n++] = x;
+    float x = s->vals[i];
+    if (bucket_of(x, r->m, is) == kb && expf((x - r->m) * is) > 0) s->vals[n++] = x;
   }
   qsort(s->vals, n, sizeof(float), cmp_desc);
-  return mass_cut(s->vals, n, r->m, is, cum, target);
+  *thr = mass_cut(s->vals, n, r->m, is, cum, target);
+  return HEED_OK;
 }
 
-static void cut_row(heed_spec *s, rowstat *r, const heed_sampling *smp, float is) {
+static heed_status cut_row(heed_spec *s, rowstat *r, const heed_sampling *smp, float is) {
   float thr = -INFINITY;
+  heed_status st;
   if (smp->top_k && smp->top_k < s->cfg.vocab) {
-    top_k_values(s, r, smp->top_k);
+    size_t n_sorted = 0;
+    int all_ties = 0;
+    if ((st = top_k_values(s, r, smp->top_k, is, &n_sorted, &all_ties))) return st;
     thr = s->vals[smp->top_k - 1];
     if (smp->top_p < 1) {
       /* Ties with the k-th value are kept: count them in. */
-      size_t n_ge = range_collect(s, r, thr, 0, s->cfg.vocab, s->idx);
-      float z = 0;
+      size_t n_ge = smp->top_k;
+      if (all_ties)
+        while (n_ge < n_sorted && s->vals[n_ge] >= thr) n_ge++;
+      else
+        n_ge = range_collect(s, r, thr, 0, s->cfg.vocab, s->idx);
+      double z = 0;
       for (unsigned i = 0; i < smp->top_k; i++) z += expf((s->vals[i] - r->m) * is);
-      z += (float)(n_ge - smp->top_k) * expf((thr - r->m) * is);
+      z += (double)(n_ge - smp->top_k) * expf((thr - r->m) * is);
       float cut = mass_cut(s->vals, smp->top_k, r->m, is, 0, smp->top_p * z);
       if (cut > thr) thr = cut;
     }
   } else if (smp->top_p < 1) {
-    thr = top_p_cut(s, r, is, smp->top_p);
+    if ((st = top_p_cut(s, r, is, smp->top_p, &thr))) return st;
   }
   if (smp->min_p > 0) {
     float t = r->m + logf(smp->min_p) / is;
@@ -513,6 +593,7 @@ static void cut_row(heed_spec *s, rowstat *r, const heed_sampling *smp, float is
   }
   if (thr > r->m) thr = r->m; /* the max is always kept */
   r->thr = thr;
+  return HEED_OK;
 }
 
 /* ---- rows: set up, then the three phases ---- */
@@ -541,13 +622,38 @@ static void attach_row(heed_spec *s, unsigned slot, const float *x, const penrow
   for (unsigned j = 0; j < pen->n; j++) rs->pen.val[j] = penalised(x[pen->pos[j]], r);
 }
 
+/* Phase A into s->parts: on the device (after loading the rows), or on the pool. */
+static heed_status phase_max(heed_spec *s, const unsigned *slots, unsigned n, job *J) {
+  if (!s->dev) return run_pool(s, (size_t)n * s->n_pchunk, task_max, J);
+  const float *x[2 * (HEED_SPEC_MAX_DRAFT + 1)];
+  const uint32_t *pp[2 * (HEED_SPEC_MAX_DRAFT + 1)];
+  const float *pv[2 * (HEED_SPEC_MAX_DRAFT + 1)];
+  unsigned pn[2 * (HEED_SPEC_MAX_DRAFT + 1)];
+  for (unsigned i = 0; i < n; i++) {
+    const rowstat *r = &s->rs[slots[i]];
+    x[i] = r->x, pp[i] = r->pen.pos, pv[i] = r->pen.val, pn[i] = r->pen.n;
+  }
+  heed_vocab_load ld = {n, slots, x, pp, pv, pn};
+  heed_status st = s->dev->load(s->dev_ctx, s->dev_h, &ld, &s->err);
+  if (!st) st = s->dev->max(s->dev_ctx, s->dev_h, slots, n, PCHUNK, s->parts, &s->err);
+  return st;
+}
+
+/* Phase C: z of every chunk into s->parts. */
+static heed_status phase_sumexp(heed_spec *s, const unsigned *slots, unsigned n, job *J) {
+  if (!s->dev) return run_pool(s, (size_t)n * s->n_pchunk, task_sumexp, J);
+  float m[2 * (HEED_SPEC_MAX_DRAFT + 1)], thr[2 * (HEED_SPEC_MAX_DRAFT + 1)];
+  for (unsigned i = 0; i < n; i++) m[i] = J->rows[i]->m, thr[i] = J->rows[i]->thr;
+  return s->dev->sumexp(s->dev_ctx, s->dev_h, slots, m, thr, n, J->is, PCHUNK, s->parts, &s->err);
+}
+
 /* Phases A-C over rows rs[slots...]. Greedy stops after A. */
 static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned *slots, unsigned n, const char *what) {
   rowstat *rows[2 * (HEED_SPEC_MAX_DRAFT + 1)];
   for (unsigned i = 0; i < n; i++) rows[i] = &s->rs[slots[i]];
   float is = smp->temperature > 0 ? 1.0f / smp->temperature : 1.0f;
   job J = {s, rows, n, is};
-  heed_status st = run_pool(s, (size_t)n * s->n_pchunk, task_max, &J);
+  heed_status st = phase_max(s, slots, n, &J);
   if (st) return st;
   for (unsigned i = 0; i < n; i++) {
     rowstat *r = rows[i];
@@ -569,9 +675,9 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
                   slots[i] % s->max_rows);
   }
   if (smp->temperature == 0) return HEED_OK;
-  for (unsigned i = 0; i < n; i++) cut_row(s, rows[i], smp, is);
-  st = run_pool(s, (size_t)n * s->n_pchunk, task_sumexp, &J);
-  if (st) return st;
+  for (unsigned i = 0; i < n; i++)
+    if ((st = cut_row(s, rows[i], smp, is))) return st;
+  if ((st = phase_sumexp(s, slots, n, &J))) return st;
   for (unsigned i = 0; i < n; i++) {
     float z = 0;
     for (unsigned c = 0; c < s->n_pchunk; c++) z += s->parts[(size_t)i * s->n_pchunk + c].z;

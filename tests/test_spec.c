@@ -17,7 +17,31 @@
 
 static const int isas[] = {HEED_ISA_SCALAR, HEED_ISA_AVX2, HEED_ISA_AVX512, HEED_ISA_NEON};
 
+/* Where verification can run: each CPU ISA, and the OpenCL backend (the
+ * vocabulary passes on its device). */
+#define ON_OPENCL (-2)
+static const int variants[] = {HEED_ISA_SCALAR, HEED_ISA_AVX2, HEED_ISA_AVX512, HEED_ISA_NEON, ON_OPENCL};
+static const char *variant_name(int v) { return v == ON_OPENCL ? "opencl" : heed_isa_name((heed_isa)v); }
+
+/* The OpenCL runtime: the native suite must have one (setup installs PoCL);
+ * under qemu-aarch64 there is none, and NULL skips it. */
+static heed_runtime *open_cl_rt(void) {
+  heed_runtime_options o;
+  heed_runtime_options_init(&o);
+  o.flags = HEED_RUNTIME_IGNORE_ENV;
+  o.backend = HEED_BACKEND_OPENCL;
+  heed_runtime *rt = NULL;
+  heed_error e = {0};
+  heed_status st = heed_runtime_open(&o, &rt, &e);
+#if !defined(__x86_64__)
+  if (st == HEED_E_NOT_FOUND || st == HEED_E_UNSUPPORTED) return NULL;
+#endif
+  cr_assert_eq(st, HEED_OK, "the native suite runs on PoCL (scripts/setup.sh installs it): %s", e.msg);
+  return rt;
+}
+
 static heed_runtime *open_rt(int isa, int threads) {
+  if (isa == ON_OPENCL) return open_cl_rt();
   if (isa != HEED_ISA_AUTO &&
       (!heed_kernels_compiled((heed_isa)isa) || !heed_isa_runs_on((heed_isa)isa, heed_cpu_features_detect())))
     return NULL;
@@ -222,8 +246,8 @@ static heed_sampling samp(float T, unsigned k, float tp, float mp, float pen, co
 Test(spec, transforms_against_fp64) {
   static const unsigned vocabs[] = {2, 17, 1000, 40007};
   int32_t pt[40];
-  for (unsigned ii = 0; ii < sizeof isas / sizeof *isas; ii++) {
-    heed_runtime *rt = open_rt(isas[ii], 0);
+  for (unsigned ii = 0; ii < sizeof variants / sizeof *variants; ii++) {
+    heed_runtime *rt = open_rt(variants[ii], 0);
     if (!rt) continue;
     uint64_t r = 7 + ii;
     for (unsigned vi = 0; vi < sizeof vocabs / sizeof *vocabs; vi++) {
@@ -232,9 +256,10 @@ Test(spec, transforms_against_fp64) {
       float *x = malloc(V * 4), *p = malloc(V * 4);
       double *ref = malloc(V * 8);
       for (unsigned i = 0; i < 40; i++) pt[i] = (int32_t)(tu_next(&r) % V);
-      for (int adv = 0; adv < 2; adv++) {
-        for (unsigned i = 0; i < V; i++) x[i] = 8.0f * tu_uniform(&r);
-        if (adv) { /* ties, masked tokens, a dominant logit */
+      for (int adv = 0; adv < 3; adv++) {
+        /* adv 2: logits over 120 nats, so cuts land beyond the histograms' range */
+        for (unsigned i = 0; i < V; i++) x[i] = (adv == 2 ? 120.0f : 8.0f) * tu_uniform(&r);
+        if (adv == 1) { /* ties, masked tokens, a dominant logit */
           for (unsigned i = 0; i + 3 < V; i += 7) x[i + 1] = x[i];
           for (unsigned i = 2; i < V; i += 11) x[i] = -INFINITY;
           x[V / 2] = 60.0f;
@@ -245,6 +270,7 @@ Test(spec, transforms_against_fp64) {
             samp(0.8f, 0, 0.5f, 0, 1, NULL, 0),    samp(1.0f, 0, 1, 0.05f, 1, NULL, 0),
             samp(0.7f, 40, 0.95f, 0.01f, 1, NULL, 0), samp(1.0f, 0, 0.9f, 0, 1.5f, pt, 40),
             samp(0.9f, 3, 0.8f, 0, 0.7f, pt, 40),  samp(0, 0, 1, 0, 1.3f, pt, 40),
+            samp(1.0f, V / 2 + 1, 1, 0, 1, NULL, 0), samp(0.5f, V - 1, 0.999999f, 0, 1, NULL, 0),
         };
         for (unsigned ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
           heed_sampling *sm = &cases[ci];
@@ -256,9 +282,9 @@ Test(spec, transforms_against_fp64) {
             err = fmax(err, fabs(p[t] - ref[t]) / (ref[t] + 1e-7));
             tot += p[t];
             if (ref[t] == 0) cr_assert_eq(p[t], 0.0f, "%s V=%u case %u: token %u cut by the reference has p %g",
-                                          heed_isa_name((heed_isa)isas[ii]), V, ci, t, p[t]);
+                                          variant_name(variants[ii]), V, ci, t, p[t]);
           }
-          cr_assert(err < 2e-4, "%s V=%u adv=%d case %u: relative error %g", heed_isa_name((heed_isa)isas[ii]), V, adv,
+          cr_assert(err < 2e-4, "%s V=%u adv=%d case %u: relative error %g", variant_name(variants[ii]), V, adv,
                     ci, err);
           cr_assert(fabs(tot - 1) < 1e-4, "sum %g", tot);
         }
@@ -745,7 +771,7 @@ Test(spec, ngram_matches_brute_force) {
 
 /* ---- reproducibility ---- */
 
-/* Same seed, same tokens: across ISAs and thread counts. */
+/* Same seed, same tokens: across ISAs, thread counts and the OpenCL backend. */
 Test(spec, same_seed_same_tokens) {
   const unsigned V = 32000, K = 4;
   float *rows = malloc((size_t)(K + 1) * V * 4), *qrows = malloc((size_t)K * V * 4);
@@ -764,16 +790,16 @@ Test(spec, same_seed_same_tokens) {
   int32_t ref_tok[64], ref_next[16];
   unsigned ref_acc[16];
   int have = 0;
-  for (unsigned ii = 0; ii < sizeof isas / sizeof *isas; ii++)
-    for (int th = 1; th <= 2; th++) {
-      heed_runtime *rt = open_rt(isas[ii], th);
+  for (unsigned ii = 0; ii < sizeof variants / sizeof *variants; ii++)
+    for (int th = 1; th <= (variants[ii] == ON_OPENCL ? 1 : 2); th++) {
+      heed_runtime *rt = open_rt(variants[ii], th);
       if (!rt) continue;
       heed_spec *s = open_spec(rt, V, K);
       for (unsigned seed = 0; seed < 64; seed++) {
         int32_t t;
         cr_assert_eq(heed_spec_sample(s, &sm, seed, 5, rows, &t), HEED_OK, "%s", heed_spec_last_error(s));
         if (have) cr_assert_eq(t, ref_tok[seed], "%s, %d threads, seed %u: token %d, first run %d",
-                               heed_isa_name((heed_isa)isas[ii]), th, seed, t, ref_tok[seed]);
+                               variant_name(variants[ii]), th, seed, t, ref_tok[seed]);
         else ref_tok[seed] = t;
       }
       for (unsigned seed = 0; seed < 16; seed++) {
@@ -781,8 +807,8 @@ Test(spec, same_seed_same_tokens) {
         cr_assert_eq(heed_spec_verify_chain(s, &sm, seed, 9, rows, draft, K, &dq, &res), HEED_OK, "%s",
                      heed_spec_last_error(s));
         if (have) {
-          cr_assert_eq(res.n_accepted, ref_acc[seed], "%s seed %u", heed_isa_name((heed_isa)isas[ii]), seed);
-          cr_assert_eq(res.next_token, ref_next[seed], "%s seed %u", heed_isa_name((heed_isa)isas[ii]), seed);
+          cr_assert_eq(res.n_accepted, ref_acc[seed], "%s seed %u", variant_name(variants[ii]), seed);
+          cr_assert_eq(res.next_token, ref_next[seed], "%s seed %u", variant_name(variants[ii]), seed);
         } else {
           ref_acc[seed] = res.n_accepted, ref_next[seed] = res.next_token;
         }
@@ -796,6 +822,66 @@ Test(spec, same_seed_same_tokens) {
   for (unsigned i = 1; i < 64; i++) differ += ref_tok[i] != ref_tok[0];
   cr_assert(differ > 10);
   free(rows), free(qrows);
+}
+
+/* The device's passes: ties at the max go to the first index wherever the
+ * tied tokens sit (one work-item, two, two chunks), NaN/+inf are found and
+ * named, and a long row's distribution matches the CPU's under every cut. */
+Test(spec, opencl_passes_agree_with_the_cpu) {
+  heed_runtime *cl = open_cl_rt(), *cpu = open_rt(HEED_ISA_AUTO, 0);
+  if (!cl) {
+    heed_runtime_close(cpu);
+    return;
+  }
+  const unsigned V = 20000;
+  heed_spec *sc = open_spec(cl, V, 4), *sh = open_spec(cpu, V, 4);
+  float *x = malloc(V * 4);
+  uint64_t r = 5;
+  static const unsigned ties[][3] = {{8192 + 70, 8192 + 3, 8195}, {8192 + 3, 8192 + 67, 8195}, {100, 9000, 100},
+                                     {19999, 8191, 8191}, {64, 0, 0}};
+  heed_sampling greedy = samp(0, 0, 1, 0, 1, NULL, 0);
+  for (unsigned i = 0; i < sizeof ties / sizeof *ties; i++) {
+    for (unsigned t = 0; t < V; t++) x[t] = tu_uniform(&r);
+    x[ties[i][0]] = x[ties[i][1]] = 5.0f;
+    int32_t got;
+    cr_assert_eq(heed_spec_sample(sc, &greedy, 0, 0, x, &got), HEED_OK, "%s", heed_spec_last_error(sc));
+    cr_assert_eq(got, (int32_t)ties[i][2], "tie between %u and %u: %d", ties[i][0], ties[i][1], got);
+  }
+  x[12345] = NAN;
+  cr_assert_eq(heed_spec_sample(sc, &greedy, 0, 0, x, &(int32_t){0}), HEED_E_INVALID);
+  cr_assert(strstr(heed_spec_last_error(sc), "nan at token 12345"), "%s", heed_spec_last_error(sc));
+  x[12345] = INFINITY;
+  cr_assert_eq(heed_spec_sample(sc, &greedy, 0, 0, x, &(int32_t){0}), HEED_E_INVALID);
+  cr_assert(strstr(heed_spec_last_error(sc), "inf at token 12345"), "%s", heed_spec_last_error(sc));
+  for (unsigned t = 0; t < V; t++) x[t] = -INFINITY;
+  cr_assert_eq(heed_spec_sample(sc, &greedy, 0, 0, x, &(int32_t){0}), HEED_E_INVALID);
+  cr_assert(strstr(heed_spec_last_error(sc), "-inf everywhere"), "%s", heed_spec_last_error(sc));
+  heed_spec_destroy(sc), heed_spec_destroy(sh);
+
+  /* A 151936 row: both backends' probabilities, cut for cut. */
+  const unsigned W = 151936;
+  sc = open_spec(cl, W, 4), sh = open_spec(cpu, W, 4);
+  float *y = malloc((size_t)W * 4), *pc = malloc((size_t)W * 4), *ph = malloc((size_t)W * 4);
+  for (unsigned t = 0; t < W; t++) y[t] = 12.0f * tu_uniform(&r) * tu_uniform(&r);
+  int32_t pt[64];
+  for (unsigned i = 0; i < 64; i++) pt[i] = (int32_t)(tu_next(&r) % W);
+  heed_sampling cases[] = {samp(1, 0, 1, 0, 1, NULL, 0), samp(0.7f, 50, 1, 0, 1, NULL, 0),
+                           samp(1, 0, 0.9f, 0, 1, NULL, 0), samp(0.8f, 50, 0.95f, 0.02f, 1.2f, pt, 64),
+                           samp(1.1f, 0, 0.5f, 0, 1.3f, pt, 64)};
+  for (unsigned ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+    cr_assert_eq(heed_spec_probs(sc, &cases[ci], y, pc), HEED_OK, "%s", heed_spec_last_error(sc));
+    cr_assert_eq(heed_spec_probs(sh, &cases[ci], y, ph), HEED_OK, "%s", heed_spec_last_error(sh));
+    unsigned kept = 0;
+    for (unsigned t = 0; t < W; t++) {
+      cr_assert_eq(pc[t] > 0, ph[t] > 0, "case %u token %u: opencl p %g, cpu p %g", ci, t, pc[t], ph[t]);
+      cr_assert(fabsf(pc[t] - ph[t]) <= 1e-5f * ph[t] + 1e-12f, "case %u token %u: %g vs %g", ci, t, pc[t], ph[t]);
+      kept += ph[t] > 0;
+    }
+    cr_assert(ci == 0 || kept < W, "case %u cut nothing", ci);
+  }
+  free(x), free(y), free(pc), free(ph);
+  heed_spec_destroy(sc), heed_spec_destroy(sh);
+  heed_runtime_close(cl), heed_runtime_close(cpu);
 }
 
 /* ---- bad input ---- */

@@ -1,7 +1,8 @@
 /* backends/opencl/cl_backend.c - the OpenCL backend: one context and one
  * in-order queue on one device, heed's kernels (the .cl files in kernels/, embedded at
  * build time) specialised for the device's limits and cached as a binary on
- * disk, KV caches in device memory, and attention.
+ * disk, KV caches in device memory, attention, and heed_spec's vocabulary
+ * passes (kernels/spec.cl).
  *
  * Specialisation. The work-group size (WG) and the rows of one attention
  * work-group (ROWS) are build-time defines chosen from the device's limits;
@@ -56,6 +57,7 @@ typedef struct cl_ctx {
   int profiling;
   cl_program prog;
   cl_kernel k_put, k_part, k_merge, k_probe, k_fma;
+  cl_kernel k_scatter, k_vmax, k_vsum, k_vhist, k_vcol; /* spec.cl */
   size_t part_static;    /* local memory the attention kernel declares itself */
   heed_cl_build_info build;
   dbuf qb, out, lse, rec, info_b, tables, masks, omap, sinks, kin, vin, blocks, lay;
@@ -340,7 +342,8 @@ static void cl_close(void *ctx) {
   dbuf *bufs[] = {&c->qb, &c->out, &c->lse, &c->rec, &c->info_b, &c->tables, &c->masks, &c->omap, &c->sinks, &c->kin, &c->vin, &c->blocks, &c->lay,
                   &c->probe_src, &c->probe_sink};
   for (size_t i = 0; i < HEED_ARRAY_LEN(bufs); i++) dbuf_free(bufs[i]);
-  cl_kernel ks[] = {c->k_put, c->k_part, c->k_merge, c->k_probe, c->k_fma};
+  cl_kernel ks[] = {c->k_put,     c->k_part, c->k_merge, c->k_probe, c->k_fma,
+                    c->k_scatter, c->k_vmax, c->k_vsum,  c->k_vhist, c->k_vcol};
   for (size_t i = 0; i < HEED_ARRAY_LEN(ks); i++)
     if (ks[i]) clReleaseKernel(ks[i]);
   if (c->prog) clReleaseProgram(c->prog);
@@ -388,8 +391,10 @@ static heed_status cl_open(const heed_backend_open_args *a, void **out, heed_err
   struct {
     cl_kernel *k;
     const char *name;
-  } ks[] = {{&c->k_put, "kv_put"}, {&c->k_part, "attn_part"}, {&c->k_merge, "attn_merge"}, {&c->k_probe, "probe_read"},
-            {&c->k_fma, "probe_fma"}};
+  } ks[] = {{&c->k_put, "kv_put"},         {&c->k_part, "attn_part"},  {&c->k_merge, "attn_merge"},
+            {&c->k_probe, "probe_read"},   {&c->k_fma, "probe_fma"},   {&c->k_scatter, "spec_scatter"},
+            {&c->k_vmax, "spec_max"},      {&c->k_vsum, "spec_sumexp"}, {&c->k_vhist, "spec_hist"},
+            {&c->k_vcol, "spec_collect"}};
   for (size_t i = 0; i < HEED_ARRAY_LEN(ks); i++) {
     *ks[i].k = clCreateKernel(c->prog, ks[i].name, &rc);
     if (rc != CL_SUCCESS) {
@@ -699,6 +704,262 @@ static heed_status cl_attn_decode(void *ctx, const heed_attn_call *call) {
   return HEED_OK;
 }
 
+/* ---------- heed_spec's vocabulary passes (kernels/spec.cl) ---------- */
+
+#define HIST_MAX 2048u /* spec.cl's */
+
+/* A verifier's rows in device memory, and its own scratch (so two verifiers
+ * on one runtime never share state between their calls). */
+typedef struct cl_vocab {
+  cl_mem x; /* [slots][vocab] */
+  unsigned vocab, slots;
+  dbuf sl, pen_row, pen_pos, pen_val, pm, parg, pbad, rm, rthr, hcnt, hlo, hhi, col, count;
+} cl_vocab;
+
+static void vocab_close(void *ctx, void *h) {
+  (void)ctx;
+  cl_vocab *v = h;
+  if (!v) return;
+  if (v->x) clReleaseMemObject(v->x);
+  dbuf *bufs[] = {&v->sl, &v->pen_row, &v->pen_pos, &v->pen_val, &v->pm, &v->parg, &v->pbad, &v->rm, &v->rthr,
+                  &v->hcnt, &v->hlo, &v->hhi, &v->col, &v->count};
+  for (size_t i = 0; i < HEED_ARRAY_LEN(bufs); i++) dbuf_free(bufs[i]);
+  free(v);
+}
+
+static heed_status vocab_open(void *ctx, unsigned vocab, unsigned slots, void **out, heed_error *err) {
+  cl_ctx *c = ctx;
+  cl_ulong dev_local = 0, kl = 0, most = 0;
+  clGetDeviceInfo(c->dev, CL_DEVICE_LOCAL_MEM_SIZE, sizeof dev_local, &dev_local, NULL);
+  clGetKernelWorkGroupInfo(c->k_vhist, c->dev, CL_KERNEL_LOCAL_MEM_SIZE, sizeof kl, &kl, NULL);
+  if (kl > dev_local)
+    return heed_err_set(err, HEED_E_UNSUPPORTED,
+                        "opencl: the sampling histogram needs %llu bytes of local memory; '%s' has %llu",
+                        (unsigned long long)kl, c->info.device_name, (unsigned long long)dev_local);
+  size_t bytes = (size_t)vocab * slots * sizeof(float);
+  clGetDeviceInfo(c->dev, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof most, &most, NULL);
+  if (most && bytes > most)
+    return heed_err_set(err, HEED_E_NOMEM,
+                        "opencl: %u vocabulary rows of %u need %zu bytes in one buffer; '%s' allows %llu (lower max_draft)",
+                        slots, vocab, bytes, c->info.device_name, (unsigned long long)most);
+  cl_vocab *v = calloc(1, sizeof *v);
+  if (!v) return heed_err_set(err, HEED_E_NOMEM, "no memory for a vocabulary handle");
+  v->vocab = vocab, v->slots = slots;
+  cl_int rc;
+  v->x = clCreateBuffer(c->ctx, CL_MEM_READ_WRITE, bytes, NULL, &rc);
+  if (rc == CL_SUCCESS) { /* touch it: an allocation the device cannot back fails here */
+    float zero = 0;
+    rc = clEnqueueFillBuffer(c->q, v->x, &zero, sizeof zero, 0, bytes, 0, NULL, NULL);
+    if (rc == CL_SUCCESS) rc = clFinish(c->q);
+  }
+  if (rc != CL_SUCCESS) {
+    vocab_close(c, v);
+    return CL_FAIL(err, rc, "allocating %u vocabulary rows of %u (%zu bytes) on '%s'", slots, vocab, bytes,
+                   c->info.device_name);
+  }
+  *out = v;
+  return HEED_OK;
+}
+
+static heed_status vocab_load_locked(cl_ctx *c, cl_vocab *v, const heed_vocab_load *ld, heed_error *err) {
+  size_t row_b = (size_t)v->vocab * sizeof(float), n_pen = 0;
+  for (unsigned i = 0; i < ld->n; i++) {
+    cl_int rc = clEnqueueWriteBuffer(c->q, v->x, CL_FALSE, ld->slots[i] * row_b, row_b, ld->x[i], 0, NULL, NULL);
+    if (rc != CL_SUCCESS) {
+      clFinish(c->q); /* the caller's rows must not be read after we return */
+      return CL_FAIL(err, rc, "writing vocabulary row %u", i);
+    }
+    n_pen += ld->pen_n[i];
+  }
+  cl_int rc = clFinish(c->q);
+  if (rc != CL_SUCCESS) return CL_FAIL(err, rc, "writing %u vocabulary rows", ld->n);
+  if (!n_pen) return HEED_OK;
+  uint32_t *h = host_fit(c, n_pen * (2 * sizeof(uint32_t) + sizeof(float)));
+  if (!h) return heed_err_set(err, HEED_E_NOMEM, "no host memory for %zu penalised tokens", n_pen);
+  uint32_t *row = h, *pos = h + n_pen;
+  float *val = (float *)(h + 2 * n_pen);
+  size_t k = 0;
+  for (unsigned i = 0; i < ld->n; i++)
+    for (unsigned j = 0; j < ld->pen_n[i]; j++, k++)
+      row[k] = ld->slots[i], pos[k] = ld->pen_pos[i][j], val[k] = ld->pen_val[i][j];
+  heed_status st;
+  if ((st = upload(c, &v->pen_row, row, n_pen * 4, err)) || (st = upload(c, &v->pen_pos, pos, n_pen * 4, err)) ||
+      (st = upload(c, &v->pen_val, val, n_pen * 4, err)))
+    return st;
+  cl_uint V = v->vocab, n = (cl_uint)n_pen;
+  const void *vals[] = {&v->x, &V, &v->pen_row.m, &v->pen_pos.m, &v->pen_val.m, &n};
+  const size_t sizes[] = {sizeof(cl_mem), 4, sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), 4};
+  if ((st = set_args(c->k_scatter, err, "spec_scatter", 6, sizes, vals))) return st;
+  size_t local = c->wg, global = (n_pen + local - 1) / local * local;
+  rc = clEnqueueNDRangeKernel(c->q, c->k_scatter, 1, NULL, &global, &local, 0, NULL, NULL);
+  return rc == CL_SUCCESS ? HEED_OK : CL_FAIL(err, rc, "spec_scatter of %zu penalised tokens", n_pen);
+}
+
+static heed_status read_back(cl_ctx *c, dbuf *b, void *dst, size_t bytes, heed_error *err, const char *what) {
+  cl_int rc = clEnqueueReadBuffer(c->q, b->m, CL_TRUE, 0, bytes, dst, 0, NULL, NULL);
+  return rc == CL_SUCCESS ? HEED_OK : CL_FAIL(err, rc, "reading %s", what);
+}
+
+/* One pass of k over chunks x rows (work-groups of wg). */
+static heed_status run_rows(cl_ctx *c, cl_kernel k, const char *name, unsigned n_chunks, unsigned n, heed_error *err) {
+  size_t global[2] = {(size_t)c->wg * n_chunks, n}, local[2] = {c->wg, 1};
+  cl_int rc = clEnqueueNDRangeKernel(c->q, k, 2, NULL, global, local, 0, NULL, NULL);
+  return rc == CL_SUCCESS ? HEED_OK : CL_FAIL(err, rc, "%s over %u rows", name, n);
+}
+
+static heed_status vocab_max_locked(cl_ctx *c, cl_vocab *v, const unsigned *slots, unsigned n, unsigned chunk,
+                                    heed_vocab_part *parts, heed_error *err) {
+  unsigned nc = (v->vocab + chunk - 1) / chunk;
+  size_t np = (size_t)nc * n;
+  heed_status st;
+  if ((st = upload(c, &v->sl, slots, n * sizeof(unsigned), err)) || (st = dbuf_fit(c, &v->pm, np * 4, err)) ||
+      (st = dbuf_fit(c, &v->parg, np * 4, err)) || (st = dbuf_fit(c, &v->pbad, np * 4, err)))
+    return st;
+  cl_uint V = v->vocab, ch = chunk;
+  const void *vals[] = {&v->x, &V, &ch, &v->sl.m, &v->pm.m, &v->parg.m, &v->pbad.m};
+  const size_t sizes[] = {sizeof(cl_mem), 4, 4, sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem)};
+  if ((st = set_args(c->k_vmax, err, "spec_max", 7, sizes, vals)) || (st = run_rows(c, c->k_vmax, "spec_max", nc, n, err)))
+    return st;
+  uint32_t *h = host_fit(c, np * 12);
+  if (!h) return heed_err_set(err, HEED_E_NOMEM, "no host memory for %zu chunk maxima", np);
+  if ((st = read_back(c, &v->pm, h, np * 4, err, "chunk maxima")) ||
+      (st = read_back(c, &v->parg, h + np, np * 4, err, "chunk argmaxima")) ||
+      (st = read_back(c, &v->pbad, h + 2 * np, np * 4, err, "chunk flags")))
+    return st;
+  for (size_t i = 0; i < np; i++) {
+    memcpy(&parts[i].m, h + i, sizeof(float));
+    parts[i].arg = h[np + i], parts[i].bad = h[2 * np + i] != 0;
+  }
+  return HEED_OK;
+}
+
+static heed_status vocab_sumexp_locked(cl_ctx *c, cl_vocab *v, const unsigned *slots, const float *m, const float *thr,
+                                       unsigned n, float is, unsigned chunk, heed_vocab_part *parts, heed_error *err) {
+  unsigned nc = (v->vocab + chunk - 1) / chunk;
+  size_t np = (size_t)nc * n;
+  heed_status st;
+  if ((st = upload(c, &v->sl, slots, n * sizeof(unsigned), err)) || (st = upload(c, &v->rm, m, n * 4, err)) ||
+      (st = upload(c, &v->rthr, thr, n * 4, err)) || (st = dbuf_fit(c, &v->pm, np * 4, err)))
+    return st;
+  cl_uint V = v->vocab, ch = chunk;
+  cl_float fis = is;
+  const void *vals[] = {&v->x, &V, &ch, &v->sl.m, &v->rm.m, &v->rthr.m, &fis, &v->pm.m};
+  const size_t sizes[] = {sizeof(cl_mem), 4, 4, sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem), 4, sizeof(cl_mem)};
+  if ((st = set_args(c->k_vsum, err, "spec_sumexp", 8, sizes, vals)) ||
+      (st = run_rows(c, c->k_vsum, "spec_sumexp", nc, n, err)))
+    return st;
+  float *h = host_fit(c, np * 4);
+  if (!h) return heed_err_set(err, HEED_E_NOMEM, "no host memory for %zu chunk sums", np);
+  if ((st = read_back(c, &v->pm, h, np * 4, err, "chunk sums"))) return st;
+  for (size_t i = 0; i < np; i++) parts[i].z = h[i];
+  return HEED_OK;
+}
+
+static heed_status vocab_hist_locked(cl_ctx *c, cl_vocab *v, unsigned slot, float m, float is, float bscale, unsigned nb,
+                                     int mass, uint32_t *cnt, double *mass_out, heed_error *err) {
+  if (nb < 1 || nb > HIST_MAX)
+    return heed_err_set(err, HEED_E_INTERNAL, "opencl: a histogram of %u buckets (1..%u)", nb, HIST_MAX);
+  heed_status st;
+  dbuf *hb[3] = {&v->hcnt, &v->hlo, &v->hhi};
+  cl_uint zero = 0;
+  for (int i = 0; i < 3; i++) {
+    if ((st = dbuf_fit(c, hb[i], (size_t)nb * 4, err))) return st;
+    cl_int rc = clEnqueueFillBuffer(c->q, hb[i]->m, &zero, 4, 0, (size_t)nb * 4, 0, NULL, NULL);
+    if (rc != CL_SUCCESS) return CL_FAIL(err, rc, "clearing a histogram");
+  }
+  cl_uint V = v->vocab, sl = slot, unb = nb;
+  cl_int imass = mass;
+  cl_float fm = m, fis = is, fbs = bscale;
+  const void *vals[] = {&v->x, &V, &sl, &fm, &fis, &fbs, &unb, &imass, &v->hcnt.m, &v->hlo.m, &v->hhi.m};
+  const size_t sizes[] = {sizeof(cl_mem), 4, 4, 4, 4, 4, 4, 4, sizeof(cl_mem), sizeof(cl_mem), sizeof(cl_mem)};
+  if ((st = set_args(c->k_vhist, err, "spec_hist", 11, sizes, vals))) return st;
+  size_t groups = (v->vocab + 8191) / 8192, local = c->wg, global = groups * local;
+  cl_int rc = clEnqueueNDRangeKernel(c->q, c->k_vhist, 1, NULL, &global, &local, 0, NULL, NULL);
+  if (rc != CL_SUCCESS) return CL_FAIL(err, rc, "spec_hist over %u values", v->vocab);
+  uint32_t *h = host_fit(c, (size_t)3 * nb * 4);
+  if (!h) return heed_err_set(err, HEED_E_NOMEM, "no host memory for a histogram");
+  for (int i = 0; i < 3; i++)
+    if ((st = read_back(c, hb[i], h + (size_t)i * nb, (size_t)nb * 4, err, "a histogram"))) return st;
+  for (unsigned k = 0; k < nb; k++) {
+    cnt[k] = h[k];
+    if (mass_out) mass_out[k] = ldexp((double)(((uint64_t)h[2 * nb + k] << 32) | h[nb + k]), -40);
+  }
+  return HEED_OK;
+}
+
+static heed_status vocab_collect_locked(cl_ctx *c, cl_vocab *v, unsigned slot, float lo, float *vals_out, size_t cap,
+                                        size_t *n, heed_error *err) {
+  heed_status st;
+  if ((st = dbuf_fit(c, &v->col, cap * 4, err)) || (st = dbuf_fit(c, &v->count, 4, err))) return st;
+  cl_uint zero = 0;
+  cl_int rc = clEnqueueFillBuffer(c->q, v->count.m, &zero, 4, 0, 4, 0, NULL, NULL);
+  if (rc != CL_SUCCESS) return CL_FAIL(err, rc, "clearing a counter");
+  cl_uint V = v->vocab, sl = slot, ucap = (cl_uint)cap;
+  cl_float flo = lo;
+  const void *vals[] = {&v->x, &V, &sl, &flo, &v->col.m, &ucap, &v->count.m};
+  const size_t sizes[] = {sizeof(cl_mem), 4, 4, 4, sizeof(cl_mem), 4, sizeof(cl_mem)};
+  if ((st = set_args(c->k_vcol, err, "spec_collect", 7, sizes, vals))) return st;
+  size_t local = c->wg, global = (v->vocab + local - 1) / local * local;
+  if ((rc = clEnqueueNDRangeKernel(c->q, c->k_vcol, 1, NULL, &global, &local, 0, NULL, NULL)) != CL_SUCCESS)
+    return CL_FAIL(err, rc, "spec_collect over %u values", v->vocab);
+  cl_uint got = 0;
+  if ((st = read_back(c, &v->count, &got, 4, err, "a count"))) return st;
+  *n = got;
+  size_t keep = got < cap ? got : cap;
+  return keep ? read_back(c, &v->col, vals_out, keep * 4, err, "collected values") : HEED_OK;
+}
+
+/* The vocab ops, each under the runtime's one-call-at-a-time rule. */
+static heed_status vocab_load(void *ctx, void *h, const heed_vocab_load *ld, heed_error *err) {
+  heed_status st = enter(ctx, err, "loading vocabulary rows");
+  if (st) return st;
+  st = vocab_load_locked(ctx, h, ld, err);
+  leave(ctx);
+  return st;
+}
+static heed_status vocab_max(void *ctx, void *h, const unsigned *slots, unsigned n, unsigned chunk,
+                             heed_vocab_part *parts, heed_error *err) {
+  heed_status st = enter(ctx, err, "a vocabulary max");
+  if (st) return st;
+  st = vocab_max_locked(ctx, h, slots, n, chunk, parts, err);
+  leave(ctx);
+  return st;
+}
+static heed_status vocab_sumexp(void *ctx, void *h, const unsigned *slots, const float *m, const float *thr, unsigned n,
+                                float is, unsigned chunk, heed_vocab_part *parts, heed_error *err) {
+  heed_status st = enter(ctx, err, "a vocabulary sum");
+  if (st) return st;
+  st = vocab_sumexp_locked(ctx, h, slots, m, thr, n, is, chunk, parts, err);
+  leave(ctx);
+  return st;
+}
+static heed_status vocab_hist(void *ctx, void *h, unsigned slot, float m, float is, float bscale, unsigned nb, int mass,
+                              uint32_t *cnt, double *mass_out, heed_error *err) {
+  heed_status st = enter(ctx, err, "a vocabulary histogram");
+  if (st) return st;
+  st = vocab_hist_locked(ctx, h, slot, m, is, bscale, nb, mass, cnt, mass_out, err);
+  leave(ctx);
+  return st;
+}
+static heed_status vocab_collect(void *ctx, void *h, unsigned slot, float lo, float *vals, size_t cap, size_t *n,
+                                 heed_error *err) {
+  heed_status st = enter(ctx, err, "a vocabulary collect");
+  if (st) return st;
+  st = vocab_collect_locked(ctx, h, slot, lo, vals, cap, n, err);
+  leave(ctx);
+  return st;
+}
+
+static const heed_vocab_ops cl_vocab_ops = {
+    .open = vocab_open,
+    .close = vocab_close,
+    .load = vocab_load,
+    .max = vocab_max,
+    .sumexp = vocab_sumexp,
+    .hist = vocab_hist,
+    .collect = vocab_collect,
+};
+
 /* ---------- what tests and the bench ask ---------- */
 
 static cl_ctx *ctx_of(heed_runtime *rt) {
@@ -821,4 +1082,5 @@ const heed_backend_iface heed_backend_opencl_iface = {
     .kv_copy = cl_kv_copy,
     .kv_io = cl_kv_io,
     .probe = cl_probe,
+    .vocab = &cl_vocab_ops,
 };

@@ -41,8 +41,12 @@
  * apart the calls of one generation (for example the number of tokens
  * generated so far).
  *
- * Threads: a verifier runs its vocabulary passes on the runtime's pool; one
- * call at a time per verifier and per runtime (HEED_E_BUSY otherwise).
+ * Where it runs: on the CPU backend a verifier runs its vocabulary passes on
+ * the runtime's pool; on the OpenCL backend it copies the rows it reads to
+ * the device (room for 2 (max_draft + 1) rows is allocated at create) and
+ * runs the passes there (max, top-k/top-p selection, sum of exp). The
+ * decisions, and the one residual row a rejection needs, are on the host.
+ * One call at a time per verifier and per runtime (HEED_E_BUSY otherwise).
  */
 #ifndef HEED_SPEC_H
 #define HEED_SPEC_H
