@@ -12,11 +12,12 @@
     (t)->slot[HEED_OP_##op][HEED_DTYPE_##dt].name = #f;            \
   } while (0)
 
-/* The five vocabulary-row kernels of one ISA, named vocab_<op>_<suf>. */
+/* The vocabulary-row kernels of one ISA, named vocab_<op>_<suf>. */
 #define HEED_VOCAB_REGISTER(t, suf, level)                              \
   do {                                                                  \
     HEED_SLOT_SET(t, VOCAB_MAX, F32, vocab_max_##suf, level);           \
     HEED_SLOT_SET(t, VOCAB_SUMEXP, F32, vocab_sumexp_##suf, level);     \
+    HEED_SLOT_SET(t, VOCAB_SUMEXP_BOUND, F32, vocab_sumexp_bound_##suf, level); \
     HEED_SLOT_SET(t, VOCAB_WEIGHTS, F32, vocab_weights_##suf, level);   \
     HEED_SLOT_SET(t, VOCAB_RESIDUAL, F32, vocab_residual_##suf, level); \
     HEED_SLOT_SET(t, VOCAB_COLLECT, F32, vocab_collect_##suf, level);   \

@@ -33,6 +33,7 @@ extern "C" {
   X(SOFTMAX_ROW, "softmax_row")  \
   X(VOCAB_MAX, "vocab_max")      \
   X(VOCAB_SUMEXP, "vocab_sumexp") \
+  X(VOCAB_SUMEXP_BOUND, "vocab_sumexp_bound") \
   X(VOCAB_WEIGHTS, "vocab_weights") \
   X(VOCAB_RESIDUAL, "vocab_residual") \
   X(VOCAB_COLLECT, "vocab_collect")
@@ -85,10 +86,18 @@ typedef float (*heed_softmax_row_fn)(float *s, int n, float *m, float *l);
 /* Vocabulary-row kernels (f32 only) for sampling and speculative verification
  * (heed/spec.h). x: [n] logits; exp below is the kernel's own (relative error
  * under 2e-7; arguments below -87 give 0).
- *   vocab_max:      returns max x[i] and in *arg the first index holding it;
+ *   vocab_max:      returns max x[i] and in *arg (unless arg is NULL) the first index holding it;
  *                   sets *bad to 1 when some x[i] is NaN or +inf (else leaves it).
  *                   All -inf: returns -inf, *arg 0.
  *   vocab_sumexp:   sum over x[i] >= thr of exp((x[i] - m) * s).
+ *   vocab_sumexp_bound: the same sum from a cheap exp, for x[i] <= m: each
+ *                   term is within [1 - 3e-5, 1.0616] of the true one
+ *                   (Schraudolph's 2^y from the bits of (y + 127) 2^23,
+ *                   linear between powers of two; y below -126 counts
+ *                   2^-126), so for n <= 8192 the true sum S and the return r
+ *                   satisfy r / HEED_VOCAB_BOUND_HI - n 2^-126 <= S and
+ *                   S <= r * HEED_VOCAB_BOUND_LO_INV, the rounding of the sum
+ *                   (and of adding up to 512 such sums) included.
  *   vocab_weights:  w[i] = x[i] >= thr ? exp((x[i] - m) * s) * scale : 0; returns sum w.
  *   vocab_residual: w[i] = max(0, w[i] * ws - q[i] * qs) (q NULL: max(0, w[i] * ws));
  *                   returns sum w.
@@ -96,6 +105,9 @@ typedef float (*heed_softmax_row_fn)(float *s, int n, float *m, float *l);
  *                   returns how many. */
 typedef float (*heed_vocab_max_fn)(const float *x, size_t n, size_t *arg, int *bad);
 typedef float (*heed_vocab_sumexp_fn)(const float *x, size_t n, float m, float s, float thr);
+typedef heed_vocab_sumexp_fn heed_vocab_sumexp_bound_fn;
+#define HEED_VOCAB_BOUND_HI 1.0625f     /* vocab_sumexp_bound overstates by at most this factor */
+#define HEED_VOCAB_BOUND_LO_INV 1.0002f /* and understates by at most 1 / this */
 typedef float (*heed_vocab_weights_fn)(const float *x, size_t n, float m, float s, float thr, float scale,
                                        float *w);
 typedef float (*heed_vocab_residual_fn)(float *w, const float *q, size_t n, float ws, float qs);
@@ -149,6 +161,7 @@ static inline heed_softmax_row_fn heed_kernel_softmax_row(const heed_kernel_tabl
   }
 HEED_VOCAB_GETTER_(vocab_max, VOCAB_MAX)
 HEED_VOCAB_GETTER_(vocab_sumexp, VOCAB_SUMEXP)
+HEED_VOCAB_GETTER_(vocab_sumexp_bound, VOCAB_SUMEXP_BOUND)
 HEED_VOCAB_GETTER_(vocab_weights, VOCAB_WEIGHTS)
 HEED_VOCAB_GETTER_(vocab_residual, VOCAB_RESIDUAL)
 HEED_VOCAB_GETTER_(vocab_collect, VOCAB_COLLECT)

@@ -29,7 +29,33 @@ static inline __m256 exp2_neg(__m256 t) {
   return _mm256_andnot_ps(under, _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e)));
 }
 
+/* The max alone (arg NULL): no index tracking. */
+static float max_only_avx2(const float *x, size_t n, int *bad) {
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  __m256 m[4] = {_mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY)};
+  __m256 badv = _mm256_setzero_ps();
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int u = 0; u < 4; u++) {
+      __m256 a = _mm256_loadu_ps(x + i + 8 * u);
+      badv = _mm256_or_ps(badv, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));
+      m[u] = _mm256_max_ps(m[u], a); /* NaN lanes keep m: they are reported through bad */
+    }
+  __m256 mm = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(mm), _mm256_extractf128_ps(mm, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  float r = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+  int b = _mm256_movemask_ps(badv) != 0;
+  for (; i < n; i++) {
+    b |= isnan(x[i]) || x[i] == INFINITY;
+    if (x[i] > r) r = x[i];
+  }
+  if (b) *bad = 1;
+  return r;
+}
+
 static float vocab_max_avx2(const float *x, size_t n, size_t *arg, int *bad) {
+  if (!arg) return max_only_avx2(x, n, bad);
   __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, badv = _mm256_setzero_ps();
   const __m256 inf = _mm256_set1_ps(INFINITY);
   __m256i i0 = _mm256_setzero_si256(), i1 = i0;
@@ -81,6 +107,26 @@ static float vocab_sumexp_avx2(const float *x, size_t n, float m, float s, float
   float tot = hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
   for (; i < n; i++)
     if (x[i] >= thr) tot += expf((x[i] - m) * s);
+  return tot;
+}
+
+/* Schraudolph's exp (heed/kernels.h, vocab_sumexp_bound): the bits of
+ * max((x - m) s log2(e) 2^23 + 127 2^23, 2^23) as an integer. */
+static float vocab_sumexp_bound_avx2(const float *x, size_t n, float m, float s, float thr) {
+  const __m256 vm = _mm256_set1_ps(m), vk = _mm256_set1_ps(s * 1.44269504f * 8388608.0f),
+               vb = _mm256_set1_ps(127.0f * 8388608.0f), lo = _mm256_set1_ps(8388608.0f), vt = _mm256_set1_ps(thr);
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int u = 0; u < 4; u++) {
+      __m256 a = _mm256_loadu_ps(x + i + 8 * u);
+      __m256 y = _mm256_max_ps(_mm256_fmadd_ps(_mm256_sub_ps(a, vm), vk, vb), lo);
+      __m256 e = _mm256_castsi256_ps(_mm256_cvttps_epi32(y));
+      acc[u] = _mm256_add_ps(acc[u], _mm256_and_ps(e, _mm256_cmp_ps(a, vt, _CMP_GE_OQ)));
+    }
+  float tot = hsum256(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  for (; i < n; i++)
+    if (x[i] >= thr) tot += expf((x[i] - m) * s); /* exact terms are inside the bound too */
   return tot;
 }
 

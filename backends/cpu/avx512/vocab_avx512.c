@@ -7,6 +7,8 @@
 
 
 static float vocab_max_avx512(const float *x, size_t n, size_t *arg, int *bad) {
+  size_t unused;
+  if (!arg) arg = &unused; /* the index is tracked anyway */
   __m512 m0 = _mm512_set1_ps(-INFINITY);
   const __m512 inf = _mm512_set1_ps(INFINITY);
   __m512i i0 = _mm512_setzero_si512(), c0 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -42,6 +44,29 @@ static float vocab_sumexp_avx512(const float *x, size_t n, float m, float s, flo
     s0 = _mm512_mask_add_ps(s0, k, s0, exp_neg(_mm512_mul_ps(_mm512_sub_ps(a, vm), vs)));
   }
   return _mm512_reduce_add_ps(s0);
+}
+
+/* Schraudolph's exp (heed/kernels.h, vocab_sumexp_bound). */
+static float vocab_sumexp_bound_avx512(const float *x, size_t n, float m, float s, float thr) {
+  const __m512 vm = _mm512_set1_ps(m), vk = _mm512_set1_ps(s * 1.44269504f * 8388608.0f),
+               vb = _mm512_set1_ps(127.0f * 8388608.0f), lo = _mm512_set1_ps(8388608.0f), vt = _mm512_set1_ps(thr);
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+    __m512 ea = _mm512_castsi512_ps(_mm512_cvttps_epi32(_mm512_max_ps(_mm512_fmadd_ps(_mm512_sub_ps(a, vm), vk, vb), lo)));
+    __m512 eb = _mm512_castsi512_ps(_mm512_cvttps_epi32(_mm512_max_ps(_mm512_fmadd_ps(_mm512_sub_ps(b, vm), vk, vb), lo)));
+    s0 = _mm512_mask_add_ps(s0, _mm512_cmp_ps_mask(a, vt, _CMP_GE_OQ), s0, ea);
+    s1 = _mm512_mask_add_ps(s1, _mm512_cmp_ps_mask(b, vt, _CMP_GE_OQ), s1, eb);
+  }
+  for (; i < n; i += 16) {
+    __mmask16 k = tail_mask(n - i);
+    __m512 a = _mm512_maskz_loadu_ps(k, x + i);
+    k = _mm512_mask_cmp_ps_mask(k, a, vt, _CMP_GE_OQ);
+    __m512 e = _mm512_castsi512_ps(_mm512_cvttps_epi32(_mm512_max_ps(_mm512_fmadd_ps(_mm512_sub_ps(a, vm), vk, vb), lo)));
+    s0 = _mm512_mask_add_ps(s0, k, s0, e);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
 static float vocab_weights_avx512(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {

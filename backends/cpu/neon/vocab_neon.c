@@ -6,6 +6,8 @@
 #include "backends/cpu/neon/neon_common.h"
 
 static float vocab_max_neon(const float *x, size_t n, size_t *arg, int *bad) {
+  size_t unused;
+  if (!arg) arg = &unused; /* the index is tracked anyway */
   float32x4_t m0 = vdupq_n_f32(-INFINITY), m1 = m0;
   const float32x4_t inf = vdupq_n_f32(INFINITY);
   static const uint32_t lane[4] = {0, 1, 2, 3};
@@ -55,6 +57,28 @@ static float vocab_sumexp_neon(const float *x, size_t n, float m, float s, float
   float tot = vaddvq_f32(vaddq_f32(s0, s1));
   for (; i < n; i++)
     if (x[i] >= thr) tot += expf((x[i] - m) * s);
+  return tot;
+}
+
+/* Schraudolph's exp (heed/kernels.h, vocab_sumexp_bound). */
+static inline float32x4_t exp_bound(float32x4_t a, float32x4_t vm, float32x4_t vk, float32x4_t vb, float32x4_t lo) {
+  return vreinterpretq_f32_s32(vcvtq_s32_f32(vmaxq_f32(vfmaq_f32(vb, vsubq_f32(a, vm), vk), lo)));
+}
+
+static float vocab_sumexp_bound_neon(const float *x, size_t n, float m, float s, float thr) {
+  const float32x4_t vm = vdupq_n_f32(m), vk = vdupq_n_f32(s * 1.44269504f * 8388608.0f),
+                    vb = vdupq_n_f32(127.0f * 8388608.0f), lo = vdupq_n_f32(8388608.0f), vt = vdupq_n_f32(thr);
+  float32x4_t s0 = vdupq_n_f32(0), s1 = s0;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    float32x4_t a = vld1q_f32(x + i), b = vld1q_f32(x + i + 4);
+    uint32x4_t ka = vcgeq_f32(a, vt), kb = vcgeq_f32(b, vt);
+    s0 = vaddq_f32(s0, vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(exp_bound(a, vm, vk, vb, lo)), ka)));
+    s1 = vaddq_f32(s1, vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(exp_bound(b, vm, vk, vb, lo)), kb)));
+  }
+  float tot = vaddvq_f32(vaddq_f32(s0, s1));
+  for (; i < n; i++)
+    if (x[i] >= thr) tot += expf((x[i] - m) * s); /* exact terms are inside the bound too */
   return tot;
 }
 

@@ -3,10 +3,14 @@
  * fills the slots an ISA has nothing faster for. Eight partial sums, as the
  * SIMD kernels keep, so long rows do not lose precision to one running sum. */
 #include <math.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "backends/cpu/cpu_isa.h"
 
 static float vocab_max_ref(const float *x, size_t n, size_t *arg, int *bad) {
+  size_t unused;
+  if (!arg) arg = &unused; /* the index is tracked anyway */
   float m = -INFINITY;
   size_t a = 0;
   int b = 0;
@@ -27,6 +31,24 @@ static float vocab_sumexp_ref(const float *x, size_t n, float m, float s, float 
   float acc[8] = {0};
   for (size_t i = 0; i < n; i++)
     if (x[i] >= thr) acc[i & 7] += expf((x[i] - m) * s);
+  return sum8(acc);
+}
+
+/* Schraudolph's exp: the float whose bits are (y + 127) 2^23 is 2^floor(y)
+ * (1 + frac(y)), up to 1.0615 times 2^y; y is clamped at -126 (the smallest
+ * normal). (x - m) first, so the error does not grow with |m|. */
+static inline float exp_bound(float x, float m, float s) {
+  float y = (x - m) * (s * 1.44269504f * 8388608.0f) + 127.0f * 8388608.0f;
+  int32_t b = (int32_t)(y > 8388608.0f ? y : 8388608.0f);
+  float e;
+  memcpy(&e, &b, sizeof e);
+  return e;
+}
+
+static float vocab_sumexp_bound_ref(const float *x, size_t n, float m, float s, float thr) {
+  float acc[8] = {0};
+  for (size_t i = 0; i < n; i++)
+    if (x[i] >= thr) acc[i & 7] += exp_bound(x[i], m, s);
   return sum8(acc);
 }
 
