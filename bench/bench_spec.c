@@ -27,9 +27,14 @@ static void run_verify(void *ctx) {
   if (heed_spec_verify_chain(c->s, &c->smp, 1, step++, c->rows, c->draft, c->k, NULL, &res) != HEED_OK) c->failed = 1;
 }
 
-/* Logits like a model's: a spread of values, a likely token per row (the draft). */
-static void fill_rows(float *rows, unsigned V, unsigned k, int32_t *draft) {
+/* Logits like a model's: a spread of values (uniform in [-6, 2)) and one
+ * likely token per row, the draft, whose probability at T = 1 is p_draft.
+ * Verification reads a row only when the walk reaches it, so p_draft near 1
+ * (every draft accepted, every row read) is the worst case. */
+static void fill_rows(float *rows, unsigned V, unsigned k, int32_t *draft, double p_draft) {
   uint64_t r = 0x5eed;
+  const double rest = (V - 1) * (exp(2.0) - exp(-6.0)) / 8.0; /* the others' expected sum of exp */
+  const float top_logit = (float)log(p_draft / (1 - p_draft) * rest);
   for (unsigned i = 0; i <= k; i++) {
     float *x = rows + (size_t)i * V;
     for (unsigned t = 0; t < V; t++) {
@@ -37,7 +42,7 @@ static void fill_rows(float *rows, unsigned V, unsigned k, int32_t *draft) {
       x[t] = (float)((r >> 40) * 0x1p-24) * 8.0f - 6.0f;
     }
     unsigned top = (unsigned)((r >> 20) % V);
-    x[top] = 9.0f;
+    x[top] = top_logit;
     if (i < k) draft[i] = (int32_t)top;
   }
 }
@@ -58,17 +63,18 @@ int heed_bench_spec(heed_runtime *rt, heed_bench *b, heed_bench_result *out, int
       break;
     }
     for (unsigned ki = 0; ki < 3 && !rc; ki++)
-      for (int mode = 0; mode < 4 && !rc; mode++) {
-        /* greedy and plain sampling everywhere; the cuts at k = 8 only */
+      for (int mode = 0; mode < 5 && !rc; mode++) {
+        /* greedy and plain sampling everywhere, every draft accepted; the
+         * cuts, and drafts accepted with probability 0.6, at k = 8 only */
         if (mode >= 2 && ks[ki] != 8) continue;
         if (*n_out >= cap) break;
         spec_case c = {.s = s, .rows = rows, .k = ks[ki]};
-        fill_rows(rows, vocabs[vi], ks[ki], c.draft);
+        fill_rows(rows, vocabs[vi], ks[ki], c.draft, mode == 4 ? 0.6 : 0.998);
         heed_sampling_init(&c.smp);
-        static const char *modes[] = {"greedy", "sample", "topk50_topp0.95", "topp0.95"};
+        static const char *modes[] = {"greedy", "sample", "topk50_topp0.95", "topp0.95", "sample_accept0.6"};
         if (mode >= 1) c.smp.temperature = 1.0f;
         if (mode == 2) c.smp.top_k = 50;
-        if (mode >= 2) c.smp.top_p = 0.95f;
+        if (mode == 2 || mode == 3) c.smp.top_p = 0.95f;
         char name[64], shape[160];
         snprintf(name, sizeof name, "spec.v%u.k%u.%s", vocabs[vi], ks[ki], modes[mode]);
         snprintf(shape, sizeof shape, "{\"vocab\":%u,\"k\":%u,\"mode\":\"%s\"}", vocabs[vi], ks[ki], modes[mode]);

@@ -1,10 +1,15 @@
 /* spec/spec.c - sampling and speculative verification over vocabulary rows.
  *
- * A call runs in three passes over the rows it may need, then decides:
+ * A row's statistics come from three passes over it:
  *   A (parallel, rows x chunks): max, first argmax, non-finite check;
  *   B (per row): the cut threshold thr from top-k / top-p / min-p;
  *   C (parallel, rows x chunks): Z = sum over x >= thr of exp((x - m) / T);
  * after which p(x) = [x >= thr] exp((x - m) / T) / Z for any token in O(1).
+ * With no cut, A and C are one pass (each chunk's C runs while it is in
+ * cache). C uses the bound kernel (a cheap exp): Z is known within
+ * [zlo, zhi], and an acceptance test u q(x) < p(x) that the bounds cannot
+ * settle computes the exact Z. Long rows are done when the walk first needs
+ * them (need), so rows after a rejection are never read.
  * Decisions walk the chain or tree; a rejection materialises the residual
  * max(0, p - q) in one vocabulary buffer with per-chunk sums, and a token is
  * drawn from it by inverse CDF: a walk over the chunk sums, then inside one
@@ -52,8 +57,11 @@ typedef struct rowstat {
   float m;         /* max of the (penalised) row */
   uint32_t arg;    /* its first index */
   float thr;       /* kept: x >= thr */
-  float z;         /* sum of exp((x - m) s) over what is kept */
+  float z;         /* sum of exp((x - m) s) over what is kept: exact, or from the bound kernel */
+  float zlo, zhi;  /* the true sum is in [zlo, zhi] (zlo == zhi == z once exact) */
+  int zexact;
   int bad;         /* a NaN or +inf in the row */
+  int ready;       /* m, arg (greedy) or m, arg, thr, z (sampling) are this call's */
 } rowstat;
 
 typedef heed_vocab_part part; /* runtime/backend.h */
@@ -63,7 +71,7 @@ struct heed_spec {
   heed_pool *pool;
   heed_spec_config cfg;
   heed_vocab_max_fn vmax;
-  heed_vocab_sumexp_fn vsumexp;
+  heed_vocab_sumexp_fn vsumexp, vsumexp_bound;
   heed_vocab_weights_fn vweights;
   heed_vocab_residual_fn vresid;
   heed_vocab_collect_fn vcollect;
@@ -125,6 +133,7 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   if (!s) return heed_err_set(err, HEED_E_NOMEM, "heed_spec_create: out of memory");
   s->rt = rt, s->pool = heed_runtime_pool(rt), s->cfg = *cfg;
   s->vmax = heed_kernel_vocab_max(kt), s->vsumexp = heed_kernel_vocab_sumexp(kt);
+  s->vsumexp_bound = heed_kernel_vocab_sumexp_bound(kt);
   s->vweights = heed_kernel_vocab_weights(kt), s->vresid = heed_kernel_vocab_residual(kt);
   s->vcollect = heed_kernel_vocab_collect(kt);
   unsigned V = cfg->vocab;
@@ -306,15 +315,16 @@ static int next_piece(pieces *it, size_t *sa, size_t *sb, float *v) {
   return PIECE_RUN;
 }
 
-static part part_max(const heed_spec *s, const rowstat *r, size_t a, size_t b) {
+/* Max of [a, b), and its first index when want_arg (greedy: sampling has no use for it). */
+static part part_max(const heed_spec *s, const rowstat *r, size_t a, size_t b, int want_arg) {
   part p = {-INFINITY, (uint32_t)a, 0, 0};
   int bad = 0, k;
   size_t sa, sb = 0;
   float v = 0;
   for (pieces it = pieces_of(&r->pen, a, b); (k = next_piece(&it, &sa, &sb, &v));) {
     if (k == PIECE_RUN) {
-      size_t arg;
-      float m = s->vmax(r->x + sa, sb - sa, &arg, &bad);
+      size_t arg = 0;
+      float m = s->vmax(r->x + sa, sb - sa, want_arg ? &arg : NULL, &bad);
       if (m > p.m) p.m = m, p.arg = (uint32_t)(sa + arg);
     } else {
       bad |= isnan(v) || v == INFINITY;
@@ -325,13 +335,14 @@ static part part_max(const heed_spec *s, const rowstat *r, size_t a, size_t b) {
   return p;
 }
 
-static float range_sumexp(const heed_spec *s, const rowstat *r, float is, size_t a, size_t b) {
+/* Sum over [a, b) of exp((v - m) is) for v >= thr, by kernel f (exact or bound). */
+static float range_sumexp(heed_vocab_sumexp_fn f, const rowstat *r, float m, float thr, float is, size_t a, size_t b) {
   float z = 0, v = 0;
   size_t sa, sb = 0;
   int k;
   for (pieces it = pieces_of(&r->pen, a, b); (k = next_piece(&it, &sa, &sb, &v));) {
-    if (k == PIECE_RUN) z += s->vsumexp(r->x + sa, sb - sa, r->m, is, r->thr);
-    else if (v >= r->thr) z += expf((v - r->m) * is);
+    if (k == PIECE_RUN) z += f(r->x + sa, sb - sa, m, is, thr);
+    else if (v >= thr) z += expf((v - m) * is);
   }
   return z;
 }
@@ -376,6 +387,8 @@ typedef struct job {
   rowstat **rows;
   unsigned n_rows;
   float is;
+  int want_arg; /* greedy: phase A's argmax */
+  float *w, *csum; /* materialise: where the weights and chunk sums go */
 } job;
 
 static void task_max(void *ctx, size_t begin, size_t end, int worker) {
@@ -384,17 +397,43 @@ static void task_max(void *ctx, size_t begin, size_t end, int worker) {
   heed_spec *s = J->s;
   for (size_t i = begin; i < end; i++) {
     size_t a = (i % s->n_pchunk) * PCHUNK;
-    s->parts[i] = part_max(s, J->rows[i / s->n_pchunk], a, chunk_end(s, a, PCHUNK));
+    s->parts[i] = part_max(s, J->rows[i / s->n_pchunk], a, chunk_end(s, a, PCHUNK), J->want_arg);
   }
 }
 
-static void task_sumexp(void *ctx, size_t begin, size_t end, int worker) {
-  (void)worker;
+static void sumexp_with(void *ctx, size_t begin, size_t end, heed_vocab_sumexp_fn f) {
   job *J = ctx;
   heed_spec *s = J->s;
   for (size_t i = begin; i < end; i++) {
     size_t a = (i % s->n_pchunk) * PCHUNK;
-    s->parts[i].z = range_sumexp(s, J->rows[i / s->n_pchunk], J->is, a, chunk_end(s, a, PCHUNK));
+    const rowstat *r = J->rows[i / s->n_pchunk];
+    s->parts[i].z = range_sumexp(f, r, r->m, r->thr, J->is, a, chunk_end(s, a, PCHUNK));
+  }
+}
+
+/* Phase C, bounded (the cheap exp) and exact. */
+static void task_sumexp(void *ctx, size_t begin, size_t end, int worker) {
+  (void)worker;
+  sumexp_with(ctx, begin, end, ((job *)ctx)->s->vsumexp_bound);
+}
+static void task_sumexp_exact(void *ctx, size_t begin, size_t end, int worker) {
+  (void)worker;
+  sumexp_with(ctx, begin, end, ((job *)ctx)->s->vsumexp);
+}
+
+/* A and C in one pass when nothing is cut: each chunk's max, then its
+ * bounded sum of exp relative to that max while the chunk is still in cache
+ * (merged with the row's max afterwards). */
+static void task_maxsum(void *ctx, size_t begin, size_t end, int worker) {
+  (void)worker;
+  job *J = ctx;
+  heed_spec *s = J->s;
+  for (size_t i = begin; i < end; i++) {
+    size_t a = (i % s->n_pchunk) * PCHUNK, b = chunk_end(s, a, PCHUNK);
+    const rowstat *r = J->rows[i / s->n_pchunk];
+    part p = part_max(s, r, a, b, 0);
+    p.z = p.m == -INFINITY || p.bad ? 0.0f : range_sumexp(s->vsumexp_bound, r, p.m, -INFINITY, J->is, a, b);
+    s->parts[i] = p;
   }
 }
 
@@ -616,7 +655,7 @@ static void build_pen(heed_spec *s, unsigned row, const uint32_t *base, unsigned
 
 static void attach_row(heed_spec *s, unsigned slot, const float *x, const penrow *pen, float r) {
   rowstat *rs = &s->rs[slot];
-  rs->x = x;
+  rs->x = x, rs->ready = 0;
   rs->pen.pos = pen->pos, rs->pen.n = pen->n;
   rs->pen.val = s->pen_val + (size_t)slot * s->pen_cap;
   for (unsigned j = 0; j < pen->n; j++) rs->pen.val[j] = penalised(x[pen->pos[j]], r);
@@ -647,13 +686,33 @@ static heed_status phase_sumexp(heed_spec *s, const unsigned *slots, unsigned n,
   return s->dev->sumexp(s->dev_ctx, s->dev_h, slots, m, thr, n, J->is, PCHUNK, s->parts, &s->err);
 }
 
-/* Phases A-C over rows rs[slots...]. Greedy stops after A. */
+/* z from the chunk sums; bounded sums give the interval of heed/kernels.h
+ * (the n 2^-126 term is below float resolution: z >= 1, the max's own term). */
+static void set_z(rowstat *r, float z, int exact) {
+  r->z = z, r->zexact = exact;
+  r->zlo = exact ? z : z / HEED_VOCAB_BOUND_HI;
+  r->zhi = exact ? z : z * HEED_VOCAB_BOUND_LO_INV;
+}
+
+static float sum_parts(const heed_spec *s, unsigned row) {
+  float z = 0;
+  for (unsigned c = 0; c < s->n_pchunk; c++) z += s->parts[(size_t)row * s->n_pchunk + c].z;
+  return z;
+}
+
+static int has_cuts(const heed_spec *s, const heed_sampling *smp) {
+  return (smp->top_k && smp->top_k < s->cfg.vocab) || smp->top_p < 1 || smp->min_p > 0;
+}
+
+/* Phases A-C over rows rs[slots...]. Greedy stops after A; sampling with
+ * no cut runs A and C as one pass on the CPU. */
 static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned *slots, unsigned n, const char *what) {
   rowstat *rows[2 * (HEED_SPEC_MAX_DRAFT + 1)];
   for (unsigned i = 0; i < n; i++) rows[i] = &s->rs[slots[i]];
   float is = smp->temperature > 0 ? 1.0f / smp->temperature : 1.0f;
-  job J = {s, rows, n, is};
-  heed_status st = phase_max(s, slots, n, &J);
+  job J = {s, rows, n, is, smp->temperature == 0, NULL, NULL};
+  const int fused = !s->dev && smp->temperature > 0 && !has_cuts(s, smp);
+  heed_status st = fused ? run_pool(s, (size_t)n * s->n_pchunk, task_maxsum, &J) : phase_max(s, slots, n, &J);
   if (st) return st;
   for (unsigned i = 0; i < n; i++) {
     rowstat *r = rows[i];
@@ -673,23 +732,44 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
     if (r->m == -INFINITY)
       return fail(s, HEED_E_INVALID, "%s row %u is -inf everywhere: nothing can be sampled", what,
                   slots[i] % s->max_rows);
+    if (fused) {
+      float z = 0;
+      for (unsigned c = 0; c < s->n_pchunk; c++) {
+        const part *p = &s->parts[(size_t)i * s->n_pchunk + c];
+        if (p->m > -INFINITY) z += p->z * expf((p->m - r->m) * is);
+      }
+      set_z(r, z, 0);
+    }
+    r->ready = fused || smp->temperature == 0;
   }
-  if (smp->temperature == 0) return HEED_OK;
+  if (smp->temperature == 0 || fused) return HEED_OK;
   for (unsigned i = 0; i < n; i++)
     if ((st = cut_row(s, rows[i], smp, is))) return st;
   if ((st = phase_sumexp(s, slots, n, &J))) return st;
   for (unsigned i = 0; i < n; i++) {
-    float z = 0;
-    for (unsigned c = 0; c < s->n_pchunk; c++) z += s->parts[(size_t)i * s->n_pchunk + c].z;
-    rows[i]->z = z;
+    set_z(rows[i], sum_parts(s, i), s->dev != NULL); /* the device's sums are exact */
+    rows[i]->ready = 1;
   }
   return HEED_OK;
 }
 
-static inline float prob_of(const rowstat *r, float is, uint32_t t) {
-  float v = row_value(r, t);
-  return v >= r->thr ? expf((v - r->m) * is) / r->z : 0.0f;
+/* The exact z of a row whose statistics are ready (phase C again, exactly). */
+static heed_status need_exact(heed_spec *s, float is, unsigned slot) {
+  rowstat *r = &s->rs[slot];
+  if (r->zexact) return HEED_OK;
+  job J = {s, &r, 1, is, 0, NULL, NULL};
+  heed_status st = run_pool(s, s->n_pchunk, task_sumexp_exact, &J);
+  if (st) return st;
+  set_z(r, sum_parts(s, 0), 1);
+  return HEED_OK;
 }
+
+/* p(t) of row r is in [*lo, *hi]; both equal p(t) once r's z is exact. */
+static void p_bounds(const rowstat *r, float is, uint32_t t, float *lo, float *hi) {
+  float v = row_value(r, t), e = v >= r->thr ? expf((v - r->m) * is) : 0.0f;
+  *lo = e / r->zhi, *hi = e / r->zlo;
+}
+
 
 /* ---- the materialised distribution w and its chunk sums ---- */
 
@@ -699,11 +779,32 @@ static float csum_total(const heed_spec *s) {
   return t;
 }
 
-static void materialise(heed_spec *s, const rowstat *r, float is, float *w, float *csum) {
-  for (unsigned c = 0; c < s->n_schunk; c++) {
-    size_t a = (size_t)c * SCHUNK, b = chunk_end(s, a, SCHUNK);
-    float z = range_weights(s, r, is, 1.0f / r->z, a, b, w);
-    if (csum) csum[c] = z;
+static void task_materialise(void *ctx, size_t begin, size_t end, int worker) {
+  (void)worker;
+  job *J = ctx;
+  const rowstat *r = J->rows[0];
+  for (size_t c = begin; c < end; c++) {
+    size_t a = c * SCHUNK;
+    float z = range_weights(J->s, r, J->is, 1.0f / r->z, a, chunk_end(J->s, a, SCHUNK), J->w);
+    if (J->csum) J->csum[c] = z;
+  }
+}
+
+/* w = row r's weights (scaled by 1 / z), csum its chunk sums, on the pool. */
+static heed_status materialise(heed_spec *s, const rowstat *r, float is, float *w, float *csum) {
+  rowstat *rr = (rowstat *)r;
+  job J = {s, &rr, 1, is, 0, w, csum};
+  return run_pool(s, s->n_schunk, task_materialise, &J);
+}
+
+/* csum[c] = the exact sum of exp over sampling chunk c of row J->rows[0], on the pool. */
+static void task_csum(void *ctx, size_t begin, size_t end, int worker) {
+  (void)worker;
+  job *J = ctx;
+  const rowstat *r = J->rows[0];
+  for (size_t c = begin; c < end; c++) {
+    size_t a = c * SCHUNK;
+    J->s->csum[c] = range_sumexp(J->s->vsumexp, r, r->m, r->thr, J->is, a, chunk_end(J->s, a, SCHUNK));
   }
 }
 
@@ -713,16 +814,25 @@ static void rechunk(heed_spec *s, uint32_t t) {
   s->csum[c] = s->vresid(s->w + a, NULL, b - a, 1.0f, 0.0f);
 }
 
-/* Row of q for node c, as a probability of token t; 0 if c's q gives it none. */
-static float q_prob(heed_spec *s, const heed_draft_q *q, unsigned node, const int32_t *tok, float is, float qsum,
-                    int32_t t) {
-  if (!q || q->kind == HEED_DRAFT_ONEHOT) return t == tok[node] ? 1.0f : 0.0f;
-  if (q->kind == HEED_DRAFT_DENSE_LOGITS) return prob_of(&s->rs[s->max_rows + node], is, (uint32_t)t);
-  if (q->kind == HEED_DRAFT_DENSE_PROBS) return q->dense[(size_t)node * s->cfg.vocab + (size_t)t] / qsum;
+/* q of node c for token t, in [*lo, *hi] (equal but for dense logits whose
+ * z is not exact yet); 0 if c's q gives it none. */
+static void q_bounds(heed_spec *s, const heed_draft_q *q, unsigned node, const int32_t *tok, float is, float qsum,
+                     int32_t t, float *lo, float *hi) {
+  if (q && q->kind == HEED_DRAFT_DENSE_LOGITS) {
+    p_bounds(&s->rs[s->max_rows + node], is, (uint32_t)t, lo, hi);
+    return;
+  }
   float pr = 0;
-  for (unsigned j = 0; j < q->n_sparse; j++)
-    if (q->ids[(size_t)node * q->n_sparse + j] == t) pr += q->probs[(size_t)node * q->n_sparse + j];
-  return pr / qsum;
+  if (!q || q->kind == HEED_DRAFT_ONEHOT) {
+    pr = t == tok[node] ? 1.0f : 0.0f;
+  } else if (q->kind == HEED_DRAFT_DENSE_PROBS) {
+    pr = q->dense[(size_t)node * s->cfg.vocab + (size_t)t] / qsum;
+  } else {
+    for (unsigned j = 0; j < q->n_sparse; j++)
+      if (q->ids[(size_t)node * q->n_sparse + j] == t) pr += q->probs[(size_t)node * q->n_sparse + j];
+    pr /= qsum;
+  }
+  *lo = *hi = pr;
 }
 
 /* Sum of node's q (dense probs: checked; sparse: its listed mass); 1 otherwise. */
@@ -787,8 +897,10 @@ static void subtract_q(heed_spec *s, const heed_draft_q *q, unsigned node, const
   }
 }
 
-/* Inverse CDF over w: the chunk, then the token inside it. */
-static int32_t draw_from_w(const heed_spec *s, float u) {
+/* Inverse CDF over w: the chunk, then the token inside it. With r, w holds
+ * nothing yet and the chosen chunk's weights are made from row r (csum
+ * being r's unscaled chunk sums). */
+static int32_t draw_from_w(heed_spec *s, const rowstat *r, float is, float u) {
   float total = csum_total(s), target = u * total, cum = 0;
   unsigned c = 0, last = 0;
   for (; c < s->n_schunk; c++) {
@@ -798,6 +910,7 @@ static int32_t draw_from_w(const heed_spec *s, float u) {
   }
   if (c == s->n_schunk) c = last, cum -= s->csum[last]; /* rounding ran past the end */
   size_t a = (size_t)c * SCHUNK, b = chunk_end(s, a, SCHUNK);
+  if (r) range_weights(s, r, is, 1.0f, a, b, s->w);
   int32_t pick = -1;
   for (size_t i = a; i < b; i++) {
     if (s->w[i] <= 0) continue;
@@ -806,6 +919,17 @@ static int32_t draw_from_w(const heed_spec *s, float u) {
     if (cum > target) break;
   }
   return pick;
+}
+
+/* A token from row r's own distribution: the chunk sums on the pool, then
+ * the weights of the one chunk the draw lands in (no full-row store). */
+static heed_status draw_from_row(heed_spec *s, const rowstat *r, float is, float u, int32_t *tok) {
+  rowstat *rr = (rowstat *)r;
+  job J = {s, &rr, 1, is, 0, NULL, NULL};
+  heed_status st = run_pool(s, s->n_schunk, task_csum, &J);
+  if (st) return st;
+  *tok = draw_from_w(s, r, is, u);
+  return HEED_OK;
 }
 
 /* ---- verification ---- */
@@ -840,7 +964,7 @@ static heed_status prepare(heed_spec *s, const heed_sampling *smp, const float *
   unsigned n_base = penalty_base(s, smp);
   /* Rows: target row r = 0..n (root, then node r-1); q rows for dense logits. */
   unsigned slots[2 * (HEED_SPEC_MAX_DRAFT + 1)], ns = 0;
-  int32_t path[HEED_SPEC_MAX_DRAFT + 1];
+  int32_t path[HEED_SPEC_MAX_DRAFT + 1] = {0};
   for (unsigned r = 0; r <= n; r++) {
     unsigned np = 0;
     if (penal)
@@ -858,9 +982,18 @@ static heed_status prepare(heed_spec *s, const heed_sampling *smp, const float *
       attach_row(s, s->max_rows + c, q->dense + (size_t)c * V, &pr->pen, smp->repetition_penalty);
       slots[ns++] = s->max_rows + c;
     }
+  /* The CPU reads a long row when the walk reaches it (need); rows too short
+   * to share out on their own, and the device's, are all done at once. */
+  if (!s->dev && V >= 8 * PCHUNK) return HEED_OK;
   heed_status st = stats(s, smp, slots, n + 1, "target");
   if (!st && dense_logits) st = stats(s, smp, slots + n + 1, n, "draft q");
   return st;
+}
+
+/* The statistics of row `slot`, computed on first use. */
+static heed_status need(heed_spec *s, const heed_sampling *smp, unsigned slot) {
+  if (s->rs[slot].ready) return HEED_OK;
+  return stats(s, smp, &slot, 1, slot < s->max_rows ? "target" : "draft q");
 }
 
 /* Walks the tree from the root (n = 0: plain sampling of row 0). */
@@ -875,6 +1008,7 @@ static heed_status verify(heed_spec *s, const heed_sampling *smp, uint64_t seed,
 
   int cur = -1; /* the node whose children are tried; -1 the root */
   for (;;) {
+    if ((st = need(s, smp, (unsigned)(cur + 1)))) return st;
     const rowstat *pr = &s->rs[cur + 1];
     int moved = 0, materialised = 0;
     float R = 1.0f;
@@ -887,21 +1021,41 @@ static heed_status verify(heed_spec *s, const heed_sampling *smp, uint64_t seed,
       }
       float qsum;
       if ((st = q_sum(s, q, c, &qsum))) return st;
-      float qx = q_prob(s, q, c, tok, is, qsum, tok[c]);
-      if (!(qx > 0))
+      const int qlogits = q && q->kind == HEED_DRAFT_DENSE_LOGITS;
+      const unsigned qslot = s->max_rows + c;
+      if (qlogits && (st = need(s, smp, qslot))) return st;
+      /* Accept when u q(x) < p(x). p and q are known within the bounds of
+       * their sums; only a u that falls between the bounds needs the exact
+       * sums (about one test in twenty). */
+      float qlo, qhi, plo, phi;
+      q_bounds(s, q, c, tok, is, qsum, tok[c], &qlo, &qhi);
+      if (!(qhi > 0))
         return fail(s, HEED_E_INVALID, "draft token %d of node %u has probability 0 under its q", tok[c], c);
-      float px = materialised ? s->w[tok[c]] / R : prob_of(pr, is, (uint32_t)tok[c]);
+      if (materialised) plo = phi = s->w[tok[c]] / R;
+      else p_bounds(pr, is, (uint32_t)tok[c], &plo, &phi);
       float u = heed_spec_uniform(seed, step, c);
-      if (s->fault == HEED_SPEC_FAULT_IGNORE_Q) qx = 1.0f;
-      if (u * qx < px) {
+      if (s->fault == HEED_SPEC_FAULT_IGNORE_Q) qlo = qhi = 1.0f;
+      int accept = u * qhi < plo;
+      if (!accept && u * qlo < phi) { /* undecided: exact sums */
+        if ((!materialised && (st = need_exact(s, is, (unsigned)(cur + 1)))) || (qlogits && (st = need_exact(s, is, qslot))))
+          return st;
+        if (!materialised) p_bounds(pr, is, (uint32_t)tok[c], &plo, &phi);
+        if (qlogits && s->fault != HEED_SPEC_FAULT_IGNORE_Q) q_bounds(s, q, c, tok, is, qsum, tok[c], &qlo, &qhi);
+        accept = u * qlo < plo;
+      }
+      if (accept) {
         moved = 1, cur = (int)c;
         break;
       }
-      if (!materialised) materialise(s, pr, is, s->w, s->csum), materialised = 1, R = csum_total(s);
+      if (qlogits && (st = need_exact(s, is, qslot))) return st; /* the residual subtracts q itself */
+      if (!materialised) {
+        if ((st = materialise(s, pr, is, s->w, s->csum))) return st;
+        materialised = 1, R = csum_total(s);
+      }
       if (s->fault != HEED_SPEC_FAULT_NO_RESIDUAL) subtract_q(s, q, c, tok, is, qsum, R);
       R = csum_total(s);
       if (!(R > 0)) { /* p <= q everywhere: p == q up to rounding; start again from p */
-        materialise(s, pr, is, s->w, s->csum);
+        if ((st = materialise(s, pr, is, s->w, s->csum))) return st;
         R = csum_total(s);
       }
     }
@@ -912,8 +1066,9 @@ static heed_status verify(heed_spec *s, const heed_sampling *smp, uint64_t seed,
     if (greedy) {
       res->next_token = (int32_t)pr->arg;
     } else {
-      if (!materialised) materialise(s, pr, is, s->w, s->csum);
-      res->next_token = draw_from_w(s, heed_spec_uniform(seed, step, DRAW_SAMPLE + (uint32_t)(cur + 1)));
+      float u = heed_spec_uniform(seed, step, DRAW_SAMPLE + (uint32_t)(cur + 1));
+      if (materialised) res->next_token = draw_from_w(s, NULL, is, u);
+      else if ((st = draw_from_row(s, pr, is, u, &res->next_token))) return st;
       if (res->next_token < 0) return fail(s, HEED_E_INTERNAL, "row %d has no mass to sample from", cur + 1);
     }
     return HEED_OK;
@@ -960,15 +1115,17 @@ heed_status heed_spec_probs(heed_spec *s, const heed_sampling *smp, const float 
   heed_status st = enter(s);
   if (st) return st;
   if (!logits || !probs) return leave(s, fail(s, HEED_E_INVALID, "logits and probs must not be NULL"));
-  if ((st = check_sampling(s, smp)) || (st = prepare(s, smp, logits, NULL, NULL, 0, NULL))) return leave(s, st);
+  if ((st = check_sampling(s, smp)) || (st = prepare(s, smp, logits, NULL, NULL, 0, NULL)) || (st = need(s, smp, 0)) ||
+      (smp->temperature > 0 && (st = need_exact(s, 1.0f / smp->temperature, 0))))
+    return leave(s, st);
   const rowstat *r = &s->rs[0];
   if (smp->temperature == 0) {
     memset(probs, 0, sizeof(float) * s->cfg.vocab);
     probs[r->arg] = 1.0f;
   } else {
-    materialise(s, r, 1.0f / smp->temperature, probs, NULL);
+    st = materialise(s, r, 1.0f / smp->temperature, probs, NULL);
   }
-  return leave(s, HEED_OK);
+  return leave(s, st);
 }
 
 heed_status heed_spec_tree_mask(const int32_t *parents, unsigned n, uint8_t *mask, heed_error *err) {

@@ -44,7 +44,7 @@ assert r[("q4 K/channel 128 V/token 128","outliers")]["nmse"] < r[("q4 group 128
 
 "$heed" bench spec --repeats 1 --json "$tmp/s.json" >"$tmp/s.txt" 2>&1 && python3 -c '
 import json,sys; r=json.load(open(sys.argv[1]))["results"]; names=[x["name"] for x in r]
-assert len(names)==24 and "spec.v262144.k16.sample" in names and "spec.v151936.k8.topp0.95" in names, names
+assert len(names)==27 and "spec.v32000.k8.sample_accept0.6" in names and "spec.v262144.k16.sample" in names and "spec.v151936.k8.topp0.95" in names, names
 for x in r: assert x["ms_median"]>0 and x["fraction"]>0 and x["limit_kind"]=="read_bandwidth", x' "$tmp/s.json" &&
   grep -q "spec.v32000.k4.greedy .*x the time to read its logits once" "$tmp/s.txt" &&
   grep -qE "^ +8 +[0-9]+ +[0-9]+ +[0-9]+ +[0-9.]+%" "$tmp/s.txt" &&

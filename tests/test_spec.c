@@ -139,6 +139,17 @@ Test(spec, vocab_kernels_against_fp64) {
           if (x[i] >= thr) ref += exp(((double)x[i] - m) * s);
         float z = heed_kernel_vocab_sumexp(&t)(x, n, m, s, thr);
         cr_assert(fabs(z - ref) <= 2e-6 * ref + 1e-30, "%s n=%zu sumexp %.9g want %.9g", nm, n, z, ref);
+        /* The cheap sum brackets the true one (heed/kernels.h). */
+        float zb = heed_kernel_vocab_sumexp_bound(&t)(x, n, m, s, thr);
+        cr_assert(zb / HEED_VOCAB_BOUND_HI - n * 0x1p-126 <= ref && ref <= zb * HEED_VOCAB_BOUND_LO_INV,
+                  "%s n=%zu sumexp_bound %.9g does not bracket %.9g", nm, n, zb, ref);
+        for (size_t i = 0; i < n && i < 64; i++) { /* and each term on its own (32 copies: the SIMD path) */
+          float same[32];
+          for (int j = 0; j < 32; j++) same[j] = x[i];
+          double e = exp(((double)x[i] - m) * s);
+          float b = heed_kernel_vocab_sumexp_bound(&t)(same, 32, m, s, -INFINITY) / 32;
+          if (e > 0x1p-126) cr_assert(b >= e * (1 - 3e-5) && b <= e * 1.0616, "%s term %.9g for %.9g", nm, b, e);
+        }
         float zw = heed_kernel_vocab_weights(&t)(x, n, m, s, thr, 0.5f, w);
         cr_assert(fabs(zw - 0.5 * ref) <= 2e-6 * ref + 1e-30, "%s n=%zu weights sum %.9g want %.9g", nm, n, zw, 0.5 * ref);
         for (size_t i = 0; i < n; i++) {
@@ -773,7 +784,7 @@ Test(spec, ngram_matches_brute_force) {
 
 /* Same seed, same tokens: across ISAs, thread counts and the OpenCL backend. */
 Test(spec, same_seed_same_tokens) {
-  const unsigned V = 32000, K = 4;
+  const unsigned V = 70000, K = 4; /* long enough that the CPU reads rows lazily, and the device all at once */
   float *rows = malloc((size_t)(K + 1) * V * 4), *qrows = malloc((size_t)K * V * 4);
   uint64_t r = 31;
   for (size_t i = 0; i < (size_t)(K + 1) * V; i++) rows[i] = 5.0f * tu_uniform(&r);
@@ -909,8 +920,17 @@ Test(spec, bad_input_is_named) {
   d[1] = -3;
   EXPECT(heed_spec_verify_chain(s, &sm, 0, 0, &rows[0][0], d, 3, NULL, &res), HEED_E_RANGE, "is -3");
   d[1] = 2;
+  rows[0][7] = NAN;
+  EXPECT(heed_spec_verify_chain(s, &sm, 0, 0, &rows[0][0], d, 3, NULL, &res), HEED_E_INVALID, "row 0 has nan at token 7");
+  rows[0][7] = 0;
+  /* A row is checked when the walk reaches it: greedy drafts that match rows 0 and 1 reach row 2. */
+  heed_sampling gr = samp(0, 0, 1, 0, 1, NULL, 0);
+  int32_t gd[3] = {0, 0, 0};
+  for (int i = 0; i < 2; i++)
+    for (int t = 1; t < V; t++)
+      if (rows[i][t] > rows[i][gd[i]]) gd[i] = t;
   rows[2][7] = NAN;
-  EXPECT(heed_spec_verify_chain(s, &sm, 0, 0, &rows[0][0], d, 3, NULL, &res), HEED_E_INVALID, "row 2 has nan at token 7");
+  EXPECT(heed_spec_verify_chain(s, &gr, 0, 0, &rows[0][0], gd, 3, NULL, &res), HEED_E_INVALID, "row 2 has nan at token 7");
   rows[2][7] = INFINITY;
   EXPECT(heed_spec_sample(s, &sm, 0, 0, rows[2], &d[4]), HEED_E_INVALID, "inf at token 7");
   rows[2][7] = 0;

@@ -41,6 +41,13 @@
  * apart the calls of one generation (for example the number of tokens
  * generated so far).
  *
+ * Rows are read as the walk reaches them: on the CPU, with a vocab of 65536
+ * or more, a row after the first rejection is never read, so its NaN or
+ * +inf is not seen (every row that is used is checked). Sampling decides
+ * u q(x) < p(x) from bounds on the softmax's sum (a cheap exp); only a u
+ * that falls between the bounds, about one test in twenty, takes the exact
+ * sum, so the decisions are those of exact arithmetic.
+ *
  * Where it runs: on the CPU backend a verifier runs its vocabulary passes on
  * the runtime's pool; on the OpenCL backend it copies the rows it reads to
  * the device (room for 2 (max_draft + 1) rows is allocated at create) and
