@@ -784,28 +784,19 @@ static void task_materialise(void *ctx, size_t begin, size_t end, int worker) {
   job *J = ctx;
   const rowstat *r = J->rows[0];
   for (size_t c = begin; c < end; c++) {
-    size_t a = c * SCHUNK;
-    float z = range_weights(J->s, r, J->is, 1.0f / r->z, a, chunk_end(J->s, a, SCHUNK), J->w);
+    size_t a = c * SCHUNK, b = chunk_end(J->s, a, SCHUNK);
+    float z = J->w ? range_weights(J->s, r, J->is, 1.0f / r->z, a, b, J->w)
+                   : range_sumexp(J->s->vsumexp, r, r->m, r->thr, J->is, a, b) / r->z;
     if (J->csum) J->csum[c] = z;
   }
 }
 
-/* w = row r's weights (scaled by 1 / z), csum its chunk sums, on the pool. */
+/* w = row r's weights (scaled by 1 / z), csum its chunk sums, on the pool;
+ * w NULL: the chunk sums alone. */
 static heed_status materialise(heed_spec *s, const rowstat *r, float is, float *w, float *csum) {
   rowstat *rr = (rowstat *)r;
   job J = {s, &rr, 1, is, 0, w, csum};
   return run_pool(s, s->n_schunk, task_materialise, &J);
-}
-
-/* csum[c] = the exact sum of exp over sampling chunk c of row J->rows[0], on the pool. */
-static void task_csum(void *ctx, size_t begin, size_t end, int worker) {
-  (void)worker;
-  job *J = ctx;
-  const rowstat *r = J->rows[0];
-  for (size_t c = begin; c < end; c++) {
-    size_t a = c * SCHUNK;
-    J->s->csum[c] = range_sumexp(J->s->vsumexp, r, r->m, r->thr, J->is, a, chunk_end(J->s, a, SCHUNK));
-  }
 }
 
 static void rechunk(heed_spec *s, uint32_t t) {
@@ -899,7 +890,7 @@ static void subtract_q(heed_spec *s, const heed_draft_q *q, unsigned node, const
 
 /* Inverse CDF over w: the chunk, then the token inside it. With r, w holds
  * nothing yet and the chosen chunk's weights are made from row r (csum
- * being r's unscaled chunk sums). */
+ * being r's chunk sums, materialise with w NULL). */
 static int32_t draw_from_w(heed_spec *s, const rowstat *r, float is, float u) {
   float total = csum_total(s), target = u * total, cum = 0;
   unsigned c = 0, last = 0;
@@ -910,7 +901,7 @@ static int32_t draw_from_w(heed_spec *s, const rowstat *r, float is, float u) {
   }
   if (c == s->n_schunk) c = last, cum -= s->csum[last]; /* rounding ran past the end */
   size_t a = (size_t)c * SCHUNK, b = chunk_end(s, a, SCHUNK);
-  if (r) range_weights(s, r, is, 1.0f, a, b, s->w);
+  if (r) range_weights(s, r, is, 1.0f / r->z, a, b, s->w);
   int32_t pick = -1;
   for (size_t i = a; i < b; i++) {
     if (s->w[i] <= 0) continue;
@@ -924,9 +915,7 @@ static int32_t draw_from_w(heed_spec *s, const rowstat *r, float is, float u) {
 /* A token from row r's own distribution: the chunk sums on the pool, then
  * the weights of the one chunk the draw lands in (no full-row store). */
 static heed_status draw_from_row(heed_spec *s, const rowstat *r, float is, float u, int32_t *tok) {
-  rowstat *rr = (rowstat *)r;
-  job J = {s, &rr, 1, is, 0, NULL, NULL};
-  heed_status st = run_pool(s, s->n_schunk, task_csum, &J);
+  heed_status st = materialise(s, r, is, NULL, s->csum);
   if (st) return st;
   *tok = draw_from_w(s, r, is, u);
   return HEED_OK;

@@ -77,6 +77,16 @@ static heed_status enter(cl_ctx *c, heed_error *err, const char *what) {
 }
 static void leave(cl_ctx *c) { atomic_store(&c->busy, 0); }
 
+/* The body of an entry point: `call` (a *_locked function) between enter and leave. */
+#define LOCKED(ctx, err, what, call)            \
+  do {                                          \
+    heed_status st_ = enter((ctx), (err), what); \
+    if (st_ != HEED_OK) return st_;             \
+    st_ = (call);                               \
+    leave(ctx);                                 \
+    return st_;                                 \
+  } while (0)
+
 typedef struct cl_kv {
   cl_mem buf;
 } cl_kv;
@@ -480,11 +490,7 @@ static heed_status set_args(cl_kernel k, heed_error *err, const char *name, unsi
 
 static heed_status kv_put_locked(cl_ctx *c, cl_kv *kv, const heed_kv_put *p, heed_error *err);
 static heed_status cl_kv_put(void *ctx, void *dev, const heed_kv_put *p, heed_error *err) {
-  heed_status st = enter(ctx, err, "append");
-  if (st != HEED_OK) return st;
-  st = kv_put_locked(ctx, dev, p, err);
-  leave(ctx);
-  return st;
+  LOCKED(ctx, err, "append", kv_put_locked(ctx, dev, p, err));
 }
 
 static heed_status kv_put_locked(cl_ctx *c, cl_kv *kv, const heed_kv_put *p, heed_error *err) {
@@ -911,43 +917,23 @@ static heed_status vocab_collect_locked(cl_ctx *c, cl_vocab *v, unsigned slot, f
 
 /* The vocab ops, each under the runtime's one-call-at-a-time rule. */
 static heed_status vocab_load(void *ctx, void *h, const heed_vocab_load *ld, heed_error *err) {
-  heed_status st = enter(ctx, err, "loading vocabulary rows");
-  if (st) return st;
-  st = vocab_load_locked(ctx, h, ld, err);
-  leave(ctx);
-  return st;
+  LOCKED(ctx, err, "loading vocabulary rows", vocab_load_locked(ctx, h, ld, err));
 }
 static heed_status vocab_max(void *ctx, void *h, const unsigned *slots, unsigned n, unsigned chunk,
                              heed_vocab_part *parts, heed_error *err) {
-  heed_status st = enter(ctx, err, "a vocabulary max");
-  if (st) return st;
-  st = vocab_max_locked(ctx, h, slots, n, chunk, parts, err);
-  leave(ctx);
-  return st;
+  LOCKED(ctx, err, "a vocabulary max", vocab_max_locked(ctx, h, slots, n, chunk, parts, err));
 }
 static heed_status vocab_sumexp(void *ctx, void *h, const unsigned *slots, const float *m, const float *thr, unsigned n,
                                 float is, unsigned chunk, heed_vocab_part *parts, heed_error *err) {
-  heed_status st = enter(ctx, err, "a vocabulary sum");
-  if (st) return st;
-  st = vocab_sumexp_locked(ctx, h, slots, m, thr, n, is, chunk, parts, err);
-  leave(ctx);
-  return st;
+  LOCKED(ctx, err, "a vocabulary sum", vocab_sumexp_locked(ctx, h, slots, m, thr, n, is, chunk, parts, err));
 }
 static heed_status vocab_hist(void *ctx, void *h, unsigned slot, float m, float is, float bscale, unsigned nb, int mass,
                               uint32_t *cnt, double *mass_out, heed_error *err) {
-  heed_status st = enter(ctx, err, "a vocabulary histogram");
-  if (st) return st;
-  st = vocab_hist_locked(ctx, h, slot, m, is, bscale, nb, mass, cnt, mass_out, err);
-  leave(ctx);
-  return st;
+  LOCKED(ctx, err, "a vocabulary histogram", vocab_hist_locked(ctx, h, slot, m, is, bscale, nb, mass, cnt, mass_out, err));
 }
 static heed_status vocab_collect(void *ctx, void *h, unsigned slot, float lo, float *vals, size_t cap, size_t *n,
                                  heed_error *err) {
-  heed_status st = enter(ctx, err, "a vocabulary collect");
-  if (st) return st;
-  st = vocab_collect_locked(ctx, h, slot, lo, vals, cap, n, err);
-  leave(ctx);
-  return st;
+  LOCKED(ctx, err, "a vocabulary collect", vocab_collect_locked(ctx, h, slot, lo, vals, cap, n, err));
 }
 
 static const heed_vocab_ops cl_vocab_ops = {
@@ -1021,11 +1007,7 @@ static heed_status timed_run(cl_ctx *c, cl_kernel k, size_t items, double *sec, 
  * 256 MiB (or half the largest allocation), allocated and filled once. */
 static heed_status probe_locked(cl_ctx *c, heed_backend_probe what, double *value, heed_error *err);
 static heed_status cl_probe(void *ctx, heed_backend_probe what, double *value, heed_error *err) {
-  heed_status st = enter(ctx, err, "probe");
-  if (st != HEED_OK) return st;
-  st = probe_locked(ctx, what, value, err);
-  leave(ctx);
-  return st;
+  LOCKED(ctx, err, "probe", probe_locked(ctx, what, value, err));
 }
 
 static heed_status probe_locked(cl_ctx *c, heed_backend_probe what, double *value, heed_error *err) {
