@@ -11,9 +11,10 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 "$heed" info --json >"$tmp/info.json" && python3 -c '
 import json,sys; d=json.load(open(sys.argv[1]))
 for k in ("machine","caches","numa","cpu_features","opencl_devices","candidates","choice","tile_plans","corrections"): assert k in d, k
-assert d["choice"]["backend"]=="cpu"' "$tmp/info.json" && ok || bad "heed info --json is not the documented JSON"
+gpu=any(x["type"]!="cpu" for x in d["opencl_devices"])  # a GPU outranks the cores; PoCL never does
+assert d["choice"]["backend"]==("opencl" if gpu else "cpu"), d["choice"]' "$tmp/info.json" && ok || bad "heed info --json is not the documented JSON"
 
-HEED_DEBUG=1 "$heed" info 2>"$tmp/dbg" >/dev/null && grep -q '^heed: backend cpu' "$tmp/dbg" && ok || bad "HEED_DEBUG=1 logs the choice"
+HEED_DEBUG=1 "$heed" info 2>"$tmp/dbg" >/dev/null && grep -q '^heed: backend \(cpu\|opencl\)' "$tmp/dbg" && ok || bad "HEED_DEBUG=1 logs the choice"
 
 "$heed" bench probes --repeats 3 --json "$tmp/p.json" >"$tmp/p.txt" 2>&1 && python3 -c '
 import json,sys; d=json.load(open(sys.argv[1])); r=d["results"]; assert "heed_info" in d and len(r)==6
@@ -23,7 +24,7 @@ for x in r:
   assert x["limit_kind"] in ("read_bandwidth","fma_peak") and x["fraction"]>0 and x["ms_min"]<=x["ms_median"]<=x["ms_max"]
   assert isinstance(x["shape"],dict)' "$tmp/p.json" && ok || { bad "heed bench probes --json"; cat "$tmp/p.txt"; }
 
-"$heed" bench attention --ctx 1024 --repeats 1 --kv q8 --json "$tmp/a.json" >"$tmp/a.txt" 2>&1 && python3 -c '
+"$heed" bench attention --backend cpu --ctx 1024 --repeats 1 --kv q8 --json "$tmp/a.json" >"$tmp/a.txt" 2>&1 && python3 -c '
 import json,sys; r=json.load(open(sys.argv[1]))["results"]; names=[x["name"] for x in r]
 assert names==["decode.ctx1024","decode.ctx1024.onednn","prefill.f16","prefill.bf16","prefill.onednn",
                "decode.ctx1024.q8","prefill.f16.q8"], names
