@@ -105,6 +105,75 @@ static void fill_row(float *x, size_t n, uint64_t *r, int adversarial) {
   if (n > 7) x[3] = -1e30f;               /* exp underflows to 0 */
 }
 
+/* vocab_maxsum_bound: the max and a bracket of the sum in one read, on rows
+ * that make the SIMD kernels move their reference max (a rise of more than
+ * 40/s within a block), at every length around the vector widths and blocks,
+ * with large offsets, a spike in the scalar tail, -inf blocks first, and NaN
+ * or +inf anywhere. */
+static void maxsum_row(float *x, size_t n, int kind, uint64_t *r) {
+  for (size_t i = 0; i < n; i++) {
+    float u = 6.0f * tu_uniform(r);
+    switch (kind) {
+    case 0: x[i] = u; break;
+    case 1: x[i] = 0.5f * (float)i + u; break;                  /* rises ~90 nats a block */
+    case 2: x[i] = -0.5f * (float)i + u; break;                 /* falls */
+    case 3: x[i] = 10000.0f + u; break;                         /* large logits */
+    case 4: x[i] = i < n / 2 ? -INFINITY : u; break;            /* nothing, then values */
+    case 5: x[i] = i % 5 ? u : -INFINITY; break;
+    default: x[i] = (i / 256) % 2 ? u + 80.0f : u - 80.0f; break; /* blocks that jump both ways */
+    }
+  }
+  if (kind == 5 && n > 2) x[n - 1] = 200.0f; /* a spike in the last (tail) element */
+}
+
+Test(spec, vocab_maxsum_bound_one_read) {
+  static const size_t ns[] = {1, 3, 7, 8, 9, 15, 16, 17, 33, 255, 256, 257, 300, 1000, 4099, 8191, 8192};
+  for (unsigned ii = 0; ii < sizeof isas / sizeof *isas; ii++) {
+    heed_kernel_table t;
+    if (!heed_kernels_compiled((heed_isa)isas[ii]) || !heed_isa_runs_on((heed_isa)isas[ii], heed_cpu_features_detect()))
+      continue;
+    cr_assert_eq(heed_kernels_build((heed_isa)isas[ii], &t, NULL), HEED_OK);
+    heed_vocab_maxsum_bound_fn f = heed_kernel_vocab_maxsum_bound(&t);
+    const char *nm = heed_isa_name((heed_isa)isas[ii]);
+    uint64_t r = 4242 + ii;
+    float *x = malloc(8192 * sizeof *x);
+    for (unsigned li = 0; li < sizeof ns / sizeof *ns; li++)
+      for (int kind = 0; kind < 7; kind++)
+        for (int si = 0; si < 2; si++) {
+          const size_t n = ns[li];
+          const float s = si ? 3.0f : 0.7f;
+          maxsum_row(x, n, kind, &r);
+          double M = -INFINITY, ref = 0;
+          for (size_t i = 0; i < n; i++) /* (not fmax: aarch64 gcc 12 fails to vectorise it) */
+            if (x[i] > M) M = x[i];
+          int bad = 0;
+          float z = -1, m = f(x, n, s, &z, &bad);
+          cr_assert_eq(bad, 0, "%s n=%zu kind %d: bad set on a finite row", nm, n, kind);
+          cr_assert_eq(m, (float)M, "%s n=%zu kind %d: max %.9g want %.9g", nm, n, kind, m, M);
+          if (M == -INFINITY) {
+            cr_assert_eq(z, 0.0f, "%s n=%zu: all -inf gives z %g", nm, n, z);
+            continue;
+          }
+          for (size_t i = 0; i < n; i++) ref += exp(((double)x[i] - M) * s);
+          cr_assert(z / HEED_VOCAB_BOUND_HI - n * 0x1p-126 <= ref && ref <= z * HEED_VOCAB_BOUND_LO_INV,
+                    "%s n=%zu kind %d s %g: %.9g does not bracket %.9g", nm, n, kind, s, z, ref);
+        }
+    /* NaN or +inf at the start, in the vector body, in a later block and in the tail */
+    static const size_t at[] = {0, 5, 17, 300, 1002};
+    for (unsigned ai = 0; ai < sizeof at / sizeof *at; ai++)
+      for (int inf = 0; inf < 2; inf++) {
+        const size_t n = 1003;
+        maxsum_row(x, n, 0, &r);
+        x[at[ai]] = inf ? INFINITY : NAN;
+        int bad = 0;
+        float z;
+        f(x, n, 1.0f, &z, &bad);
+        cr_assert_eq(bad, 1, "%s: %s at %zu not reported", nm, inf ? "+inf" : "NaN", at[ai]);
+      }
+    free(x);
+  }
+}
+
 Test(spec, vocab_kernels_against_fp64) {
   for (unsigned ii = 0; ii < sizeof isas / sizeof *isas; ii++) {
     heed_kernel_table t;

@@ -18,6 +18,7 @@
     HEED_SLOT_SET(t, VOCAB_MAX, F32, vocab_max_##suf, level);           \
     HEED_SLOT_SET(t, VOCAB_SUMEXP, F32, vocab_sumexp_##suf, level);     \
     HEED_SLOT_SET(t, VOCAB_SUMEXP_BOUND, F32, vocab_sumexp_bound_##suf, level); \
+    HEED_SLOT_SET(t, VOCAB_MAXSUM_BOUND, F32, vocab_maxsum_bound_##suf, level); \
     HEED_SLOT_SET(t, VOCAB_WEIGHTS, F32, vocab_weights_##suf, level);   \
     HEED_SLOT_SET(t, VOCAB_RESIDUAL, F32, vocab_residual_##suf, level); \
     HEED_SLOT_SET(t, VOCAB_COLLECT, F32, vocab_collect_##suf, level);   \

@@ -34,6 +34,7 @@ extern "C" {
   X(VOCAB_MAX, "vocab_max")      \
   X(VOCAB_SUMEXP, "vocab_sumexp") \
   X(VOCAB_SUMEXP_BOUND, "vocab_sumexp_bound") \
+  X(VOCAB_MAXSUM_BOUND, "vocab_maxsum_bound") \
   X(VOCAB_WEIGHTS, "vocab_weights") \
   X(VOCAB_RESIDUAL, "vocab_residual") \
   X(VOCAB_COLLECT, "vocab_collect")
@@ -98,6 +99,15 @@ typedef float (*heed_softmax_row_fn)(float *s, int n, float *m, float *l);
  *                   satisfy r / HEED_VOCAB_BOUND_HI - n 2^-126 <= S and
  *                   S <= r * HEED_VOCAB_BOUND_LO_INV, the rounding of the sum
  *                   (and of adding up to 512 such sums) included.
+ *   vocab_maxsum_bound: vocab_max (no arg) and vocab_sumexp_bound (thr -inf)
+ *                   in one read, for n <= 8192: returns the max M, sets *bad
+ *                   as vocab_max, and *z to a sum with the same bracket of
+ *                   sum exp((x[i] - M) * s). The SIMD kernels sum against a
+ *                   reference max that moves only when a block of the row
+ *                   rises more than 40/s above it (that block is summed
+ *                   again), then rescale once by expf: terms above the
+ *                   reference stay far from overflow and the bracket holds.
+ *                   All -inf: returns -inf, *z 0.
  *   vocab_weights:  w[i] = x[i] >= thr ? exp((x[i] - m) * s) * scale : 0; returns sum w.
  *   vocab_residual: w[i] = max(0, w[i] * ws - q[i] * qs) (q NULL: max(0, w[i] * ws));
  *                   returns sum w.
@@ -106,6 +116,7 @@ typedef float (*heed_softmax_row_fn)(float *s, int n, float *m, float *l);
 typedef float (*heed_vocab_max_fn)(const float *x, size_t n, size_t *arg, int *bad);
 typedef float (*heed_vocab_sumexp_fn)(const float *x, size_t n, float m, float s, float thr);
 typedef heed_vocab_sumexp_fn heed_vocab_sumexp_bound_fn;
+typedef float (*heed_vocab_maxsum_bound_fn)(const float *x, size_t n, float s, float *z, int *bad);
 #define HEED_VOCAB_BOUND_HI 1.0625f     /* vocab_sumexp_bound overstates by at most this factor */
 #define HEED_VOCAB_BOUND_LO_INV 1.0002f /* and understates by at most 1 / this */
 typedef float (*heed_vocab_weights_fn)(const float *x, size_t n, float m, float s, float thr, float scale,
@@ -162,6 +173,7 @@ static inline heed_softmax_row_fn heed_kernel_softmax_row(const heed_kernel_tabl
 HEED_VOCAB_GETTER_(vocab_max, VOCAB_MAX)
 HEED_VOCAB_GETTER_(vocab_sumexp, VOCAB_SUMEXP)
 HEED_VOCAB_GETTER_(vocab_sumexp_bound, VOCAB_SUMEXP_BOUND)
+HEED_VOCAB_GETTER_(vocab_maxsum_bound, VOCAB_MAXSUM_BOUND)
 HEED_VOCAB_GETTER_(vocab_weights, VOCAB_WEIGHTS)
 HEED_VOCAB_GETTER_(vocab_residual, VOCAB_RESIDUAL)
 HEED_VOCAB_GETTER_(vocab_collect, VOCAB_COLLECT)

@@ -130,6 +130,78 @@ static float vocab_sumexp_bound_avx2(const float *x, size_t n, float m, float s,
   return tot;
 }
 
+/* One read (heed/kernels.h, vocab_maxsum_bound): blocks of MS_BLOCK
+ * elements; each block's lane maxima and its Schraudolph sum against the
+ * reference r are taken in the same loop. A block whose max rises more than
+ * MS_RISE/s above r (the first block too: r starts at -inf) moves r to it,
+ * rescales what is summed by expf and sums the block again, from L1. Terms
+ * stay below e^MS_RISE, so (y + 127) 2^23 stays under 2^31. */
+#define MS_BLOCK 256
+#define MS_RISE 40.0f
+
+static inline __m256 bound_terms(__m256 a, __m256 vr, __m256 vk, __m256 vb, __m256 lo) {
+  return _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_max_ps(_mm256_fmadd_ps(_mm256_sub_ps(a, vr), vk, vb), lo)));
+}
+
+/* The sum of block [i, e) against r: vectors, then exact tail terms. */
+static float block_bound_avx2(const float *x, size_t i, size_t e, float r, float s) {
+  const __m256 vr = _mm256_set1_ps(r), vk = _mm256_set1_ps(s * 1.44269504f * 8388608.0f),
+               vb = _mm256_set1_ps(127.0f * 8388608.0f), lo = _mm256_set1_ps(8388608.0f);
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+  for (; i + 16 <= e; i += 16) {
+    a0 = _mm256_add_ps(a0, bound_terms(_mm256_loadu_ps(x + i), vr, vk, vb, lo));
+    a1 = _mm256_add_ps(a1, bound_terms(_mm256_loadu_ps(x + i + 8), vr, vk, vb, lo));
+  }
+  if (i + 8 <= e) a0 = _mm256_add_ps(a0, bound_terms(_mm256_loadu_ps(x + i), vr, vk, vb, lo)), i += 8;
+  float t = hsum256(_mm256_add_ps(a0, a1));
+  for (; i < e; i++) t += expf((x[i] - r) * s); /* exact terms are inside the bound too */
+  return t;
+}
+
+static float vocab_maxsum_bound_avx2(const float *x, size_t n, float s, float *z, int *bad) {
+  const __m256 vk = _mm256_set1_ps(s * 1.44269504f * 8388608.0f), vb = _mm256_set1_ps(127.0f * 8388608.0f),
+               lo = _mm256_set1_ps(8388608.0f), inf = _mm256_set1_ps(INFINITY);
+  __m256 badv = _mm256_setzero_ps();
+  float r = -INFINITY, M = -INFINITY, tot = 0.0f;
+  int b = 0;
+  for (size_t i = 0; i < n; i += MS_BLOCK) {
+    const size_t e = i + MS_BLOCK < n ? i + MS_BLOCK : n;
+    const __m256 vr = _mm256_set1_ps(r);
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, a0 = _mm256_setzero_ps(), a1 = a0;
+    size_t j = i;
+    for (; j + 16 <= e; j += 16) {
+      __m256 p = _mm256_loadu_ps(x + j), q = _mm256_loadu_ps(x + j + 8);
+      badv = _mm256_or_ps(badv, _mm256_or_ps(_mm256_cmp_ps(p, inf, _CMP_NLT_UQ), _mm256_cmp_ps(q, inf, _CMP_NLT_UQ)));
+      m0 = _mm256_max_ps(m0, p), m1 = _mm256_max_ps(m1, q); /* NaN lanes keep m: reported through bad */
+      a0 = _mm256_add_ps(a0, bound_terms(p, vr, vk, vb, lo));
+      a1 = _mm256_add_ps(a1, bound_terms(q, vr, vk, vb, lo));
+    }
+    __m256 mm = _mm256_max_ps(m0, m1);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mm), _mm256_extractf128_ps(mm, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    float bm = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+    for (size_t t = j; t < e; t++) {
+      b |= isnan(x[t]) || x[t] == INFINITY;
+      if (x[t] > bm) bm = x[t];
+    }
+    if (bm == -INFINITY) continue; /* nothing here has weight */
+    if (bm > M) M = bm;
+    float zb;
+    if (r == -INFINITY || (bm - r) * s > MS_RISE) {
+      if (r != -INFINITY) tot *= expf((r - bm) * s);
+      r = bm;
+      zb = block_bound_avx2(x, i, e, r, s);
+    } else {
+      zb = hsum256(_mm256_add_ps(a0, a1));
+      for (; j < e; j++) zb += expf((x[j] - r) * s);
+    }
+    tot += zb;
+  }
+  if (b || _mm256_movemask_ps(badv)) *bad = 1;
+  *z = M == -INFINITY ? 0.0f : tot * expf((r - M) * s);
+  return M;
+}
+
 static float vocab_weights_avx2(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {
   const __m256 vm = _mm256_set1_ps(m), vs = _mm256_set1_ps(s * 1.44269504f), vt = _mm256_set1_ps(thr),
                vc = _mm256_set1_ps(scale);

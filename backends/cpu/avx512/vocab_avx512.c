@@ -69,6 +69,60 @@ static float vocab_sumexp_bound_avx512(const float *x, size_t n, float m, float 
   return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
+/* One read (heed/kernels.h, vocab_maxsum_bound); the scheme of
+ * vocab_avx2.c's: blocks of MS_BLOCK summed against a reference max that
+ * moves, with a second sum of the block from L1, only when a block rises
+ * more than MS_RISE/s above it. Masked tails. */
+#define MS_BLOCK 256
+#define MS_RISE 40.0f
+
+static inline __m512 bound_terms(__m512 a, __m512 vr, __m512 vk, __m512 vb, __m512 lo) {
+  return _mm512_castsi512_ps(_mm512_cvttps_epi32(_mm512_max_ps(_mm512_fmadd_ps(_mm512_sub_ps(a, vr), vk, vb), lo)));
+}
+
+static float vocab_maxsum_bound_avx512(const float *x, size_t n, float s, float *z, int *bad) {
+  const __m512 vk = _mm512_set1_ps(s * 1.44269504f * 8388608.0f), vb = _mm512_set1_ps(127.0f * 8388608.0f),
+               lo = _mm512_set1_ps(8388608.0f), inf = _mm512_set1_ps(INFINITY), ninf = _mm512_set1_ps(-INFINITY);
+  __mmask16 badm = 0;
+  float r = -INFINITY, M = -INFINITY, tot = 0.0f;
+  for (size_t i = 0; i < n; i += MS_BLOCK) {
+    const size_t e = i + MS_BLOCK < n ? i + MS_BLOCK : n;
+    __m512 vr = _mm512_set1_ps(r), m0 = ninf, m1 = ninf, a0 = _mm512_setzero_ps(), a1 = a0;
+    size_t j = i;
+    for (; j + 32 <= e; j += 32) {
+      __m512 p = _mm512_loadu_ps(x + j), q = _mm512_loadu_ps(x + j + 16);
+      badm |= _mm512_cmp_ps_mask(p, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(q, inf, _CMP_NLT_UQ);
+      m0 = _mm512_mask_mov_ps(m0, _mm512_cmp_ps_mask(p, m0, _CMP_GT_OQ), p); /* NaN lanes keep m */
+      m1 = _mm512_mask_mov_ps(m1, _mm512_cmp_ps_mask(q, m1, _CMP_GT_OQ), q);
+      a0 = _mm512_add_ps(a0, bound_terms(p, vr, vk, vb, lo));
+      a1 = _mm512_add_ps(a1, bound_terms(q, vr, vk, vb, lo));
+    }
+    for (; j < e; j += 16) {
+      __mmask16 k = tail_mask(e - j);
+      __m512 p = _mm512_mask_loadu_ps(ninf, k, x + j);
+      badm |= _mm512_mask_cmp_ps_mask(k, p, inf, _CMP_NLT_UQ);
+      m0 = _mm512_mask_mov_ps(m0, _mm512_cmp_ps_mask(p, m0, _CMP_GT_OQ), p);
+      a0 = _mm512_mask_add_ps(a0, k, a0, bound_terms(p, vr, vk, vb, lo));
+    }
+    float bm = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    if (bm == -INFINITY) continue; /* nothing here has weight */
+    if (bm > M) M = bm;
+    if (r == -INFINITY || (bm - r) * s > MS_RISE) {
+      if (r != -INFINITY) tot *= expf((r - bm) * s);
+      r = bm;
+      vr = _mm512_set1_ps(r), a0 = _mm512_setzero_ps(), a1 = a0;
+      for (j = i; j < e; j += 16) {
+        __mmask16 k = tail_mask(e - j);
+        a0 = _mm512_mask_add_ps(a0, k, a0, bound_terms(_mm512_maskz_loadu_ps(k, x + j), vr, vk, vb, lo));
+      }
+    }
+    tot += _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  }
+  if (badm) *bad = 1;
+  *z = M == -INFINITY ? 0.0f : tot * expf((r - M) * s);
+  return M;
+}
+
 static float vocab_weights_avx512(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {
   const __m512 vm = _mm512_set1_ps(m), vs = _mm512_set1_ps(s), vt = _mm512_set1_ps(thr),
                vc = _mm512_set1_ps(scale);

@@ -82,6 +82,67 @@ static float vocab_sumexp_bound_neon(const float *x, size_t n, float m, float s,
   return tot;
 }
 
+/* One read (heed/kernels.h, vocab_maxsum_bound); the scheme of
+ * vocab_avx2.c's: blocks of MS_BLOCK summed against a reference max that
+ * moves, with a second sum of the block from L1, only when a block rises
+ * more than MS_RISE/s above it. */
+#define MS_BLOCK 256
+#define MS_RISE 40.0f
+
+static float block_bound_neon(const float *x, size_t i, size_t e, float r, float s) {
+  const float32x4_t vr = vdupq_n_f32(r), vk = vdupq_n_f32(s * 1.44269504f * 8388608.0f),
+                    vb = vdupq_n_f32(127.0f * 8388608.0f), lo = vdupq_n_f32(8388608.0f);
+  float32x4_t a0 = vdupq_n_f32(0), a1 = a0;
+  for (; i + 8 <= e; i += 8) {
+    a0 = vaddq_f32(a0, exp_bound(vld1q_f32(x + i), vr, vk, vb, lo));
+    a1 = vaddq_f32(a1, exp_bound(vld1q_f32(x + i + 4), vr, vk, vb, lo));
+  }
+  float t = vaddvq_f32(vaddq_f32(a0, a1));
+  for (; i < e; i++) t += expf((x[i] - r) * s); /* exact terms are inside the bound too */
+  return t;
+}
+
+static float vocab_maxsum_bound_neon(const float *x, size_t n, float s, float *z, int *bad) {
+  const float32x4_t vk = vdupq_n_f32(s * 1.44269504f * 8388608.0f), vb = vdupq_n_f32(127.0f * 8388608.0f),
+                    lo = vdupq_n_f32(8388608.0f), inf = vdupq_n_f32(INFINITY);
+  uint32x4_t badv = vdupq_n_u32(0);
+  float r = -INFINITY, M = -INFINITY, tot = 0.0f;
+  int b = 0;
+  for (size_t i = 0; i < n; i += MS_BLOCK) {
+    const size_t e = i + MS_BLOCK < n ? i + MS_BLOCK : n;
+    const float32x4_t vr = vdupq_n_f32(r);
+    float32x4_t m0 = vdupq_n_f32(-INFINITY), m1 = m0, a0 = vdupq_n_f32(0), a1 = a0;
+    size_t j = i;
+    for (; j + 8 <= e; j += 8) {
+      float32x4_t p = vld1q_f32(x + j), q = vld1q_f32(x + j + 4);
+      badv = vorrq_u32(badv, vmvnq_u32(vandq_u32(vcltq_f32(p, inf), vcltq_f32(q, inf)))); /* NaN or +inf */
+      m0 = vbslq_f32(vcgtq_f32(p, m0), p, m0), m1 = vbslq_f32(vcgtq_f32(q, m1), q, m1); /* NaN lanes keep m */
+      a0 = vaddq_f32(a0, exp_bound(p, vr, vk, vb, lo));
+      a1 = vaddq_f32(a1, exp_bound(q, vr, vk, vb, lo));
+    }
+    float bm = vmaxvq_f32(vmaxq_f32(m0, m1));
+    for (size_t t = j; t < e; t++) {
+      b |= isnan(x[t]) || x[t] == INFINITY;
+      if (x[t] > bm) bm = x[t];
+    }
+    if (bm == -INFINITY) continue; /* nothing here has weight */
+    if (bm > M) M = bm;
+    float zb;
+    if (r == -INFINITY || (bm - r) * s > MS_RISE) {
+      if (r != -INFINITY) tot *= expf((r - bm) * s);
+      r = bm;
+      zb = block_bound_neon(x, i, e, r, s);
+    } else {
+      zb = vaddvq_f32(vaddq_f32(a0, a1));
+      for (; j < e; j++) zb += expf((x[j] - r) * s);
+    }
+    tot += zb;
+  }
+  if (b || vmaxvq_u32(badv)) *bad = 1;
+  *z = M == -INFINITY ? 0.0f : tot * expf((r - M) * s);
+  return M;
+}
+
 static float vocab_weights_neon(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {
   const float32x4_t vm = vdupq_n_f32(m), vs = vdupq_n_f32(s), vt = vdupq_n_f32(thr);
   float32x4_t s0 = vdupq_n_f32(0), s1 = s0;

@@ -52,6 +52,15 @@ static float vocab_sumexp_bound_ref(const float *x, size_t n, float m, float s, 
   return sum8(acc);
 }
 
+/* Two reads (max, then the sum against it): the reference the one-read
+ * SIMD kernels are held to. */
+static float vocab_maxsum_bound_ref(const float *x, size_t n, float s, float *z, int *bad) {
+  size_t arg;
+  float m = vocab_max_ref(x, n, &arg, bad);
+  *z = m == -INFINITY ? 0.0f : vocab_sumexp_bound_ref(x, n, m, s, -INFINITY);
+  return m;
+}
+
 static float vocab_weights_ref(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {
   float acc[8] = {0};
   for (size_t i = 0; i < n; i++) {
