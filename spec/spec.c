@@ -72,6 +72,7 @@ struct heed_spec {
   heed_spec_config cfg;
   heed_vocab_max_fn vmax;
   heed_vocab_sumexp_fn vsumexp, vsumexp_bound;
+  heed_vocab_maxsum_bound_fn vmaxsum;
   heed_vocab_weights_fn vweights;
   heed_vocab_residual_fn vresid;
   heed_vocab_collect_fn vcollect;
@@ -87,8 +88,9 @@ struct heed_spec {
   float *vals;       /* [vocab] values being sorted (top-k heap, top-p boundary bucket) */
   uint32_t *idx;     /* [vocab] collected indices */
   float *csum;       /* [n_schunk] per-chunk sums of w */
-  double *hmass;     /* [HB] */
-  uint32_t *hcnt;    /* [HB] */
+  double *hmass;     /* [n_workers][4][HB]: four copies per pool worker, merged into the first */
+  uint32_t *hcnt;    /* [n_workers][4][HB] */
+  int n_workers;
   uint32_t *pen_base; /* [max_penalty_tokens] sorted distinct */
   uint32_t *pen_pos; /* [max_rows][pen_cap] */
   float *pen_val;    /* [2 * max_rows][pen_cap] */
@@ -134,6 +136,7 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   s->rt = rt, s->pool = heed_runtime_pool(rt), s->cfg = *cfg;
   s->vmax = heed_kernel_vocab_max(kt), s->vsumexp = heed_kernel_vocab_sumexp(kt);
   s->vsumexp_bound = heed_kernel_vocab_sumexp_bound(kt);
+  s->vmaxsum = heed_kernel_vocab_maxsum_bound(kt);
   s->vweights = heed_kernel_vocab_weights(kt), s->vresid = heed_kernel_vocab_residual(kt);
   s->vcollect = heed_kernel_vocab_collect(kt);
   unsigned V = cfg->vocab;
@@ -141,7 +144,8 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   s->max_rows = cfg->max_draft + 1, s->pen_cap = cfg->max_penalty_tokens + cfg->max_draft;
   s->w = malloc(sizeof(float) * V), s->qw = malloc(sizeof(float) * V), s->vals = malloc(sizeof(float) * V);
   s->idx = malloc(sizeof(uint32_t) * V), s->csum = malloc(sizeof(float) * s->n_schunk);
-  s->hmass = malloc(sizeof(double) * HB), s->hcnt = malloc(sizeof(uint32_t) * HB);
+  s->n_workers = heed_pool_n_workers(s->pool) > 0 ? heed_pool_n_workers(s->pool) : 1;
+  s->hmass = malloc(sizeof(double) * 4 * HB * s->n_workers), s->hcnt = malloc(sizeof(uint32_t) * 4 * HB * s->n_workers);
   s->pen_base = malloc(sizeof(uint32_t) * (cfg->max_penalty_tokens + 1));
   s->pen_pos = malloc(sizeof(uint32_t) * ((size_t)s->max_rows * s->pen_cap + 1));
   s->pen_val = malloc(sizeof(float) * ((size_t)2 * s->max_rows * s->pen_cap + 1));
@@ -431,8 +435,31 @@ static void task_maxsum(void *ctx, size_t begin, size_t end, int worker) {
   for (size_t i = begin; i < end; i++) {
     size_t a = (i % s->n_pchunk) * PCHUNK, b = chunk_end(s, a, PCHUNK);
     const rowstat *r = J->rows[i / s->n_pchunk];
-    part p = part_max(s, r, a, b, 0);
-    p.z = p.m == -INFINITY || p.bad ? 0.0f : range_sumexp(s->vsumexp_bound, r, p.m, -INFINITY, J->is, a, b);
+    /* one read: runs by the kernel's own online max and bounded sum, a
+     * penalised value by expf; each piece joins at the larger max, in double
+     * so that however many pieces there are, the joins add no rounding the
+     * bracket has to cover */
+    part p = {-INFINITY, (uint32_t)a, 0, 0};
+    double z = 0;
+    size_t sa, sb = 0;
+    float v = 0;
+    int k;
+    for (pieces it = pieces_of(&r->pen, a, b); (k = next_piece(&it, &sa, &sb, &v));) {
+      float m, zp = 1.0f;
+      if (k == PIECE_RUN)
+        m = s->vmaxsum(r->x + sa, sb - sa, J->is, &zp, &p.bad);
+      else {
+        p.bad |= isnan(v) || v == INFINITY;
+        m = v;
+      }
+      if (m == -INFINITY || p.bad) continue;
+      if (m > p.m) {
+        z = (p.m == -INFINITY ? 0.0 : z * exp((double)(p.m - m) * J->is)) + zp;
+        p.m = m;
+      } else
+        z += zp * exp((double)(m - p.m) * J->is);
+    }
+    p.z = p.bad ? 0.0f : (float)z;
     s->parts[i] = p;
   }
 }
@@ -494,6 +521,43 @@ static heed_status collect_vals(heed_spec *s, const rowstat *r, float lo, size_t
   return HEED_OK;
 }
 
+/* One chunk of a row into the worker's own histogram (job: rows[0] the row,
+ * want_arg the mass flag); the weights go to the chunk's part of s->w. */
+static void task_hist(void *ctx, size_t begin, size_t end, int worker) {
+  job *J = ctx;
+  heed_spec *s = J->s;
+  const rowstat *r = J->rows[0];
+  const int mass = J->want_arg;
+  uint32_t *hc = s->hcnt + (size_t)worker * 4 * HB;
+  double *hm = s->hmass + (size_t)worker * 4 * HB;
+  float *w = s->w;
+  for (size_t c = begin; c < end; c++) {
+    size_t a = c * PCHUNK, b = chunk_end(s, a, PCHUNK);
+    if (mass) range_weights(s, r, J->is, 1.0f, a, b, w);
+    /* the buckets first (a loop the compiler vectorises), then the counts
+     * and masses: a loop of loads and adds alone */
+    uint32_t *kk = s->idx;
+    if (r->pen.n)
+      for (size_t i = a; i < b; i++) kk[i] = (uint32_t)bucket_of(row_value(r, (uint32_t)i), r->m, J->is);
+    else
+      for (size_t i = a; i < b; i++) kk[i] = (uint32_t)bucket_of(r->x[i], r->m, J->is);
+    if (!mass)
+      for (size_t i = a; i < b; i++) hc[kk[i]]++;
+    else { /* four interleaved copies: a bucket that repeats within a few
+            * values does not wait on its own store */
+      size_t i = a;
+      for (; i + 4 <= b; i += 4)
+        for (int l = 0; l < 4; l++) {
+          const float x = w[i + l];
+          const uint32_t k = kk[i + l] + (uint32_t)l * HB;
+          hc[k] += x != 0; /* -inf, or below exp's range: never inside a mass cut */
+          hm[k] += x;
+        }
+      for (; i < b; i++) hc[kk[i]] += w[i] != 0, hm[kk[i]] += w[i];
+    }
+  }
+}
+
 /* Histogram of the row by distance below its max into s->hcnt (and, with
  * mass, s->hmass): every value counted, or (mass) those with a positive
  * exp((x - m) is), their mass summed. */
@@ -501,19 +565,14 @@ static heed_status histogram(heed_spec *s, const rowstat *r, float is, int mass)
   if (s->dev)
     return s->dev->hist(s->dev_ctx, s->dev_h, slot_of(s, r), r->m, is, HB / HR, HB, mass, s->hcnt,
                         mass ? s->hmass : NULL, &s->err);
-  memset(s->hcnt, 0, sizeof(uint32_t) * HB);
-  memset(s->hmass, 0, sizeof(double) * HB);
-  float *w = s->w;
-  for (size_t a = 0; a < s->cfg.vocab; a += SCHUNK) {
-    size_t b = chunk_end(s, a, SCHUNK);
-    range_weights(s, r, is, 1.0f, a, b, w);
-    for (size_t i = a; i < b; i++) {
-      if (mass && w[i] == 0) continue; /* -inf, or below exp's range: never inside a mass cut */
-      float x = r->pen.n ? row_value(r, (uint32_t)i) : r->x[i];
-      int k = bucket_of(x, r->m, is);
-      s->hmass[k] += w[i], s->hcnt[k]++;
-    }
-  }
+  memset(s->hcnt, 0, sizeof(uint32_t) * 4 * HB * s->n_workers);
+  memset(s->hmass, 0, sizeof(double) * 4 * HB * s->n_workers);
+  rowstat *rr = (rowstat *)r;
+  job J = {s, &rr, 1, is, mass, NULL, NULL};
+  heed_status st = run_pool(s, s->n_pchunk, task_hist, &J);
+  if (st) return st;
+  for (int t = 1; t < 4 * s->n_workers; t++)
+    for (int k = 0; k < HB; k++) s->hcnt[k] += s->hcnt[(size_t)t * HB + k], s->hmass[k] += s->hmass[(size_t)t * HB + k];
   return HEED_OK;
 }
 
