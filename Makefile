@@ -47,7 +47,7 @@ test-arm64: setup
 
 # Probes, then decode (4k..96k) and prefill beside them, with the oneDNN baseline.
 bench: build
-	$(BUILD)/heed bench all --json $(BUILD)/bench.json
+	$(BUILD)/heed bench all --json $(BUILD)/bench.json --plot $(BUILD)/bench.png
 
 install: build
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))

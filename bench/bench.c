@@ -290,7 +290,7 @@ heed_status heed_bench_suite_probes(heed_bench *b, heed_bench_result *out, int c
 
 heed_status heed_bench_write_json(heed_runtime *rt, const heed_bench_result *r, int n, FILE *f) {
   if (!rt || !f || (n > 0 && !r) || n < 0) return HEED_E_INVALID;
-  fprintf(f, "{\"heed_info\":");
+  fprintf(f, "{\"schema\":\"heed-bench/1\",\"heed_info\":");
   heed_runtime_write_json(rt, f);
   fprintf(f, ",\"results\":[");
   for (int i = 0; i < n; i++) {
@@ -316,7 +316,7 @@ heed_status heed_bench_write_json(heed_runtime *rt, const heed_bench_result *r, 
 }
 
 void heed_bench_write_table(const heed_bench_result *r, int n, FILE *f) {
-  fprintf(f, "%-22s %-7s %10s %21s %12s %18s %9s\n", "case", "isa", "ms median", "[min .. max]", "achieved",
+  fprintf(f, "%-22s %-7s %10s %21s %12s %18s %9s\n", "case", "runs on", "ms median", "[min .. max]", "achieved",
           "limit (median)", "fraction");
   for (int i = 0; i < n; i++) {
     const heed_bench_result *x = &r[i];
@@ -324,6 +324,8 @@ void heed_bench_write_table(const heed_bench_result *r, int n, FILE *f) {
     snprintf(range, sizeof range, "[%.3f .. %.3f]", x->ms_min, x->ms_max);
     snprintf(ach, sizeof ach, "%.1f %s", x->achieved_value, heed_limit_unit(x->limit_kind));
     snprintf(lim, sizeof lim, "%.1f %s", x->limit_value, heed_limit_unit(x->limit_kind));
-    fprintf(f, "%-22s %-7s %10.3f %21s %12s %18s %9.3f\n", x->name, x->isa, x->ms_median, range, ach, lim, x->fraction);
+    /* the ISA on the CPU, else the backend (opencl) or the baseline library */
+    const char *where = strcmp(x->backend, "cpu") == 0 ? x->isa : x->backend;
+    fprintf(f, "%-22s %-7s %10.3f %21s %12s %18s %9.3f\n", x->name, where, x->ms_median, range, ach, lim, x->fraction);
   }
 }

@@ -18,10 +18,12 @@
 typedef struct heed_cl_unfused heed_cl_unfused;
 #endif
 
-#define H_Q 32
-#define H_KV 8
+/* the shape of this run (heed_bench_attention's argument) */
+static heed_bench_shape S;
+#define H_Q S.q_heads
+#define H_KV S.kv_heads
 #define G (H_Q / H_KV)
-#define D 128
+#define D S.head_dim
 #define PREFIX 3584
 #define NQ 512
 
@@ -31,8 +33,9 @@ typedef struct attn_bench {
   /* decode: one f16 cache of the longest context; shorter ones are prefix views */
   heed_kv_cache *c;
   void *storage;
-  const uint32_t *blocks;
-  unsigned ctx;
+  const uint32_t *blocks;        /* sequence 0's (prefill) */
+  const uint32_t *bblk[HEED_BENCH_MAX_BATCH]; /* each decode sequence's */
+  unsigned ctx, batch;
   float *q, *out, *lse;
   void *ws;
   size_t ws_bytes;
@@ -42,6 +45,7 @@ typedef struct attn_bench {
   heed_cl_unfused *unf; /* the CLBlast baseline (opencl backend) */
   /* prefill */
   unsigned n_q, q_start;
+  char shape_json[160]; /* the model's members of every case's shape object */
   /* where it runs: an ISA or "opencl", and the limits beside each case (the device's on a device backend) */
   const char *isa;
   heed_limit_kind lim_bw, lim_fl;
@@ -53,11 +57,13 @@ static float urand(void) {
   return (float)((rng >> 40) * 0x1p-24 * 2.0 - 1.0);
 }
 
-/* Fills a cache with n random tokens (and the f32 copy for the baseline). */
-static int fill_cache(heed_runtime *rt, heed_dtype dt, unsigned n, heed_kv_cache **c, void **storage, float *k32,
+/* Fills a cache with n_seqs sequences of the same n random tokens (and
+ * sequence 0's f32 copy for the baseline); their block tables into a. */
+static int fill_cache(attn_bench *a, heed_dtype dt, unsigned n, unsigned n_seqs, heed_kv_cache **c, void **storage, float *k32,
                       float *v32, unsigned max_ctx) {
+  heed_runtime *rt = a->rt;
   heed_kv_cache_config cfg = {.n_kv_heads = H_KV, .dk = D, .dv = D, .k_dtype = dt, .v_dtype = dt, .block_len = 0, .n_blocks = 1,
-                              .max_seqs = 1, .max_seq_len = n};
+                              .max_seqs = n_seqs, .max_seq_len = n};
   unsigned bl = 0;
   size_t bytes = 0;
   heed_error e = {0};
@@ -65,7 +71,7 @@ static int fill_cache(heed_runtime *rt, heed_dtype dt, unsigned n, heed_kv_cache
     fprintf(stderr, "heed bench attention: cannot size the KV cache\n");
     return -1;
   }
-  cfg.n_blocks = (n + bl - 1) / bl;
+  cfg.n_blocks = n_seqs * ((n + bl - 1) / bl);
   heed_kv_cache_bytes(rt, &cfg, &bytes, NULL);
   *storage = NULL; /* a device backend allocates the cache in its memory */
   int on_device = heed_runtime_backend(rt) == HEED_BACKEND_OPENCL;
@@ -74,14 +80,19 @@ static int fill_cache(heed_runtime *rt, heed_dtype dt, unsigned n, heed_kv_cache
     fprintf(stderr, "heed bench attention: %s\n", e.msg);
     return -1;
   }
-  int seq;
-  heed_kv_seq_new(*c, &seq);
+  int seq[HEED_BENCH_MAX_BATCH];
+  for (unsigned b = 0; b < n_seqs; b++) heed_kv_seq_new(*c, &seq[b]);
   const unsigned chunk = 1024;
   float *k = malloc((size_t)chunk * H_KV * D * 4), *v = malloc((size_t)chunk * H_KV * D * 4);
   for (unsigned t0 = 0; t0 < n; t0 += chunk) {
     unsigned m = n - t0 < chunk ? n - t0 : chunk;
     for (size_t i = 0; i < (size_t)m * H_KV * D; i++) k[i] = urand(), v[i] = urand();
-    heed_kv_seq_append(*c, seq, m, k, v);
+    for (unsigned b = 0; b < n_seqs; b++)
+      if (heed_kv_seq_append(*c, seq[b], m, k, v) != HEED_OK) {
+        fprintf(stderr, "heed bench attention: filling the KV cache: %s\n", heed_kv_cache_last_error(*c));
+        free(k), free(v);
+        return -1;
+      }
     if (k32)
       for (unsigned t = 0; t < m; t++)
         for (unsigned h = 0; h < H_KV; h++) {
@@ -91,12 +102,17 @@ static int fill_cache(heed_runtime *rt, heed_dtype dt, unsigned n, heed_kv_cache
   }
   free(k);
   free(v);
+  unsigned nb;
+  heed_kv_seq_blocks(*c, seq[0], &a->blocks, &nb);
+  for (unsigned b = 0; b < n_seqs; b++) heed_kv_seq_blocks(*c, seq[b], &a->bblk[b], &nb);
   return 0;
 }
 
 static heed_status decode_once(attn_bench *a) {
-  heed_attn_decode_seq s = {.kv = {.seq = -1, .blocks = a->blocks, .n_tokens = a->ctx}, .n_q = 1};
-  return heed_attn_decode(a->rt, a->c, &a->p, &s, 1, a->q, a->out, a->lse, a->ws, a->ws_bytes);
+  heed_attn_decode_seq s[HEED_BENCH_MAX_BATCH];
+  for (unsigned b = 0; b < a->batch; b++)
+    s[b] = (heed_attn_decode_seq){.kv = {.seq = -1, .blocks = a->bblk[b], .n_tokens = a->ctx}, .n_q = 1};
+  return heed_attn_decode(a->rt, a->c, &a->p, s, a->batch, a->q, a->out, a->lse, a->ws, a->ws_bytes);
 }
 static void run_decode(void *ctx) { decode_once(ctx); }
 
@@ -111,14 +127,24 @@ static void softmax_rows(float *s, unsigned rows, unsigned n, size_t lds) {
   }
 }
 
+/* the soft-cap, as heed applies it, on n scores */
+static void softcap_scores(float *x, size_t n) {
+  if (S.softcap > 0)
+    for (size_t j = 0; j < n; j++) x[j] = S.softcap * tanhf(x[j] / S.softcap);
+}
+
 static void run_decode_onednn(void *ctx) {
   attn_bench *a = ctx;
-  for (unsigned g = 0; g < H_KV; g++) {
-    const float *K = a->k32 + (size_t)g * a->max_ctx * D, *V = a->v32 + (size_t)g * a->max_ctx * D;
-    dnnl_sgemm('N', 'T', G, a->ctx, D, a->p.scale, a->q + g * G * D, D, K, D, 0.0f, a->s, a->ctx);
-    softmax_rows(a->s, G, a->ctx, a->ctx);
-    dnnl_sgemm('N', 'N', G, D, a->ctx, 1.0f, a->s, a->ctx, V, D, 0.0f, a->bout + g * G * D, D);
-  }
+  /* a sliding window: the last `window` keys only */
+  const unsigned k0 = S.window && a->ctx > S.window ? a->ctx - S.window : 0, n = a->ctx - k0;
+  for (unsigned b = 0; b < a->batch; b++) /* every sequence of the batch reads the one f32 copy */
+    for (unsigned g = 0; g < H_KV; g++) {
+      const float *K = a->k32 + ((size_t)g * a->max_ctx + k0) * D, *V = a->v32 + ((size_t)g * a->max_ctx + k0) * D;
+      dnnl_sgemm('N', 'T', G, n, D, a->p.scale, a->q + g * G * D, D, K, D, 0.0f, a->s, n);
+      softcap_scores(a->s, (size_t)G * n);
+      softmax_rows(a->s, G, n, n);
+      dnnl_sgemm('N', 'N', G, D, n, 1.0f, a->s, n, V, D, 0.0f, a->bout + g * G * D, D);
+    }
 }
 
 static heed_status prefill_once(attn_bench *a) {
@@ -141,8 +167,13 @@ static void run_prefill_onednn(void *ctx) {
     unsigned g = h / G;
     const float *K = a->k32 + (size_t)g * a->max_ctx * D, *V = a->v32 + (size_t)g * a->max_ctx * D;
     dnnl_sgemm('N', 'T', a->n_q, L, D, a->p.scale, a->q + h * D, H_Q * D, K, D, 0.0f, a->s, L);
-    for (unsigned i = 0; i < a->n_q; i++) /* causal mask, after the fact */
-      for (unsigned j = a->q_start + i + 1; j < L; j++) a->s[(size_t)i * L + j] = -INFINITY;
+    softcap_scores(a->s, (size_t)a->n_q * L);
+    for (unsigned i = 0; i < a->n_q; i++) { /* causal mask and window, after the fact */
+      const unsigned pos = a->q_start + i;
+      for (unsigned j = pos + 1; j < L; j++) a->s[(size_t)i * L + j] = -INFINITY;
+      if (S.window && pos + 1 > S.window)
+        for (unsigned j = 0; j + S.window <= pos; j++) a->s[(size_t)i * L + j] = -INFINITY;
+    }
     softmax_rows(a->s, a->n_q, L, L);
     dnnl_sgemm('N', 'N', a->n_q, D, L, 1.0f, a->s, L, V, D, 0.0f, a->bout + h * D, H_Q * D);
   }
@@ -193,18 +224,17 @@ static int quant_cases(attn_bench *a, heed_bench *b, heed_dtype dt, const unsign
                        heed_bench_result *out, int cap, int *n_out) {
   heed_kv_cache *keep = a->c;
   void *keep_st = a->storage;
-  const uint32_t *keep_blocks = a->blocks;
+  const uint32_t *keep_blocks = a->blocks, *keep_b[HEED_BENCH_MAX_BATCH];
+  memcpy(keep_b, a->bblk, sizeof keep_b);
   heed_kv_cache *c2 = NULL;
   void *st2 = NULL;
   const char *fmt = heed_dtype_name(dt), *isa = a->isa;
-  fprintf(stderr, "heed bench attention: filling a %u-token %s KV cache\n", a->max_ctx, fmt);
-  if (fill_cache(a->rt, dt, a->max_ctx, &c2, &st2, NULL, NULL, 0)) return -1;
-  unsigned nb;
+  fprintf(stderr, "heed bench attention: filling %u x %u tokens of %s KV cache\n", a->batch, a->max_ctx, fmt);
+  if (fill_cache(a, dt, a->max_ctx, a->batch, &c2, &st2, NULL, NULL, 0)) return -1;
   a->c = c2;
-  heed_kv_seq_blocks(c2, 0, &a->blocks, &nb);
   const heed_kv_cache_config *cfg = heed_kv_cache_get_config(c2);
   double per_token = (double)heed_kv_cache_block_bytes(c2) / cfg->block_len;
-  char shape[200], name[64];
+  char shape[256], name[64];
   int rc = 0;
   for (int i = 0; i < n_ctx && !rc; i++) {
     a->ctx = ctxs[i];
@@ -213,19 +243,17 @@ static int quant_cases(attn_bench *a, heed_bench *b, heed_dtype dt, const unsign
               cfg->block_len);
       continue;
     }
-    snprintf(shape, sizeof shape,
-             "{\"batch\":1,\"n_q\":1,\"q_heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"ctx\":%u,\"k_group\":%u,\"v_group\":%u}", H_Q,
-             H_KV, D, a->ctx, cfg->k_group, cfg->v_group);
+    snprintf(shape, sizeof shape, "{%s,\"batch\":%u,\"n_q\":1,\"ctx\":%u,\"k_group\":%u,\"v_group\":%u}", a->shape_json,
+             a->batch, a->ctx, cfg->k_group, cfg->v_group);
     snprintf(name, sizeof name, "decode.ctx%u.%s", a->ctx, fmt);
-    heed_bench_case c = {name, NULL, isa, fmt, shape, a->lim_bw, per_token * a->ctx, run_decode, a};
+    heed_bench_case c = {name, NULL, isa, fmt, shape, a->lim_bw, per_token * a->ctx * a->batch, run_decode, a};
     rc = check(a, decode_once(a), name);
     if (!rc) rc = add(b, &c, out, cap, n_out);
   }
   if (!rc) {
     a->q_start = PREFIX;
     a->n_q = NQ;
-    snprintf(shape, sizeof shape, "{\"n_q\":%d,\"prefix\":%d,\"q_heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"causal\":true}", NQ,
-             PREFIX, H_Q, H_KV, D);
+    snprintf(shape, sizeof shape, "{%s,\"n_q\":%d,\"prefix\":%d,\"causal\":true}", a->shape_json, NQ, PREFIX);
     snprintf(name, sizeof name, "prefill.f16.%s", fmt);
     heed_bench_case c = {name, NULL, isa, fmt, shape, a->lim_fl, flops, run_prefill, a};
     rc = check(a, prefill_once(a), name);
@@ -234,20 +262,44 @@ static int quant_cases(attn_bench *a, heed_bench *b, heed_dtype dt, const unsign
   a->c = keep;
   a->storage = keep_st;
   a->blocks = keep_blocks;
+  memcpy(a->bblk, keep_b, sizeof keep_b);
   heed_kv_cache_destroy(c2);
   heed_mem_free(st2);
   return rc;
 }
 
-int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, int n_ctx, int baseline,
-                         const heed_dtype *kv, int n_kv, heed_bench_result *out, int cap, int *n_out) {
+size_t heed_bench_attention_bytes(const heed_bench_shape *sh, const unsigned *ctxs, int n_ctx, unsigned batch, int baseline,
+                                  const heed_dtype *kv, int n_kv) {
+  size_t max_ctx = PREFIX + NQ;
+  for (int i = 0; i < n_ctx; i++) max_ctx = ctxs[i] > max_ctx ? ctxs[i] : max_ctx;
+  const size_t row = (size_t)sh->kv_heads * sh->head_dim * 2; /* K and V elements of one token */
+  size_t f16 = (size_t)batch * max_ctx * row * 2, quant = 0;
+  for (int i = 0; i < n_kv; i++) { /* each format's cache lives while it runs: the largest one counts (with scales) */
+    size_t b = (size_t)batch * max_ctx * row * (heed_dtype_is_quant(kv[i]) ? 5 : 8) / 4;
+    if (b > quant) quant = b;
+  }
+  size_t base = baseline ? max_ctx * row * 4 + (size_t)NQ * max_ctx * 4 : 0; /* f32 K/V and the score matrix */
+  return f16 + quant + base + (size_t)NQ * sh->q_heads * sh->head_dim * 4 * 4;
+}
+
+int heed_bench_attention(heed_runtime *rt, heed_bench *b, const heed_bench_shape *shape, const unsigned *ctxs, int n_ctx,
+                         unsigned batch, int baseline, const heed_dtype *kv, int n_kv, heed_bench_result *out, int cap,
+                         int *n_out) {
   attn_bench a;
   memset(&a, 0, sizeof a);
+  S = *shape;
   a.rt = rt;
-  a.p = (heed_attn_params){.n_q_heads = H_Q, .n_kv_heads = H_KV, .dk = D, .dv = D, .scale = 1.0f / sqrtf(D)};
+  a.batch = batch ? batch : 1;
+  heed_bench_shape_json(&S, a.shape_json, sizeof a.shape_json);
+  a.p = (heed_attn_params){.n_q_heads = H_Q, .n_kv_heads = H_KV, .dk = D, .dv = D, .scale = 1.0f / sqrtf((float)D),
+                           .window = S.window, .softcap = S.softcap};
   *n_out = 0;
   const int dev = heed_runtime_backend(rt) == HEED_BACKEND_OPENCL;
   const char *base_name = dev ? "clblast" : "onednn";
+  if (baseline && dev && (S.window || S.softcap > 0)) { /* the CLBlast twin computes full, uncapped attention */
+    fprintf(stderr, "heed bench attention: no CLBlast baseline for %s (it has no sliding window or soft-cap)\n", S.name);
+    baseline = 0;
+  }
   unsigned max_ctx = PREFIX + NQ;
   for (int i = 0; i < n_ctx; i++) max_ctx = ctxs[i] > max_ctx ? ctxs[i] : max_ctx;
   a.max_ctx = max_ctx;
@@ -260,85 +312,95 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, 
     if (!a.k32 || !a.v32 || !a.s || !a.bout || !a.ref) {
       fprintf(stderr, "heed bench attention: the %s baseline needs %.1f GiB of f32 K/V\n", base_name,
               2.0 * H_KV * max_ctx * D * 4 / (1 << 30));
+      free(a.k32), free(a.v32), free(a.s), free(a.bout), free(a.ref);
       return -1;
     }
   }
-  fprintf(stderr, "heed bench attention: filling a %u-token f16 KV cache (32/8 heads, d=128)\n", max_ctx);
-  if (fill_cache(rt, HEED_DTYPE_F16, max_ctx, &a.c, &a.storage, a.k32, a.v32, max_ctx)) return -1;
+  fprintf(stderr, "heed bench attention: filling %u x %u tokens of f16 KV cache (%s: %u/%u heads, d=%u)\n", a.batch, max_ctx,
+          S.name, H_Q, H_KV, D);
+  if (fill_cache(&a, HEED_DTYPE_F16, max_ctx, a.batch, &a.c, &a.storage, a.k32, a.v32, max_ctx)) return -1;
 #ifdef HEED_HAVE_OPENCL
   if (baseline && dev && !(a.unf = heed_cl_unfused_open(rt, a.k32, a.v32, H_Q, H_KV, max_ctx, D, NQ))) return -1;
 #endif
-  unsigned nb;
-  heed_kv_seq_blocks(a.c, 0, &a.blocks, &nb);
-  a.q = malloc((size_t)NQ * H_Q * D * 4);
-  a.out = malloc((size_t)NQ * H_Q * D * 4);
-  a.lse = malloc((size_t)NQ * H_Q * 4);
-  for (size_t i = 0; i < (size_t)NQ * H_Q * D; i++) a.q[i] = urand();
-  heed_attn_decode_seq one = {.kv = {.seq = 0}, .n_q = 1};
-  size_t wd, wp;
-  heed_attn_decode_workspace(rt, &a.p, &one, 1, &wd);
+  const size_t nq_rows = NQ > a.batch ? NQ : a.batch;
+  a.q = malloc(nq_rows * H_Q * D * 4);
+  a.out = malloc(nq_rows * H_Q * D * 4);
+  a.lse = malloc(nq_rows * H_Q * 4);
+  for (size_t i = 0; i < nq_rows * H_Q * D; i++) a.q[i] = urand();
+  heed_attn_decode_seq many[HEED_BENCH_MAX_BATCH];
+  for (unsigned i = 0; i < a.batch; i++) many[i] = (heed_attn_decode_seq){.kv = {.seq = (int)i}, .n_q = 1};
+  size_t wd = 0, wp = 0;
+  heed_attn_decode_workspace(rt, &a.p, many, a.batch, &wd);
   heed_attn_prefill_workspace(rt, &a.p, NQ, &wp);
   a.ws_bytes = wd > wp ? wd : wp;
-  a.ws = malloc(a.ws_bytes);
+  a.ws = malloc(a.ws_bytes ? a.ws_bytes : 1);
   /* On a device backend the limits are the device's, probed by its own kernels. */
   const char *isa = a.isa = dev ? "opencl" : heed_isa_name(heed_runtime_isa(rt));
   const heed_limit_kind lim_bw = a.lim_bw = dev ? HEED_LIMIT_DEVICE_READ_BANDWIDTH : HEED_LIMIT_READ_BANDWIDTH,
                         lim_fl = a.lim_fl = dev ? HEED_LIMIT_DEVICE_FMA_PEAK : HEED_LIMIT_FMA_PEAK;
-  char shape[160];
+  char shape_s[256];
   int rc = 0;
   for (int i = 0; i < n_ctx && !rc; i++) {
     a.ctx = ctxs[i];
-    double bytes = (double)a.ctx * H_KV * 2 * D * 2;
-    snprintf(shape, sizeof shape, "{\"batch\":1,\"n_q\":1,\"q_heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"ctx\":%u}", H_Q,
-             H_KV, D, a.ctx);
+    /* bytes of K and V read: the window's keys only */
+    const unsigned seen = S.window && a.ctx > S.window ? S.window : a.ctx;
+    double bytes = (double)a.batch * seen * H_KV * 2 * D * 2;
+    snprintf(shape_s, sizeof shape_s, "{%s,\"batch\":%u,\"n_q\":1,\"ctx\":%u}", a.shape_json, a.batch, a.ctx);
     char name[64];
     snprintf(name, sizeof name, "decode.ctx%u", a.ctx);
-    heed_bench_case c = {name, NULL, isa, "f16", shape, lim_bw, bytes, run_decode, &a};
+    heed_bench_case c = {name, NULL, isa, "f16", shape_s, lim_bw, bytes, run_decode, &a};
     rc = check(&a, decode_once(&a), name);
     if (!rc) rc = add(b, &c, out, cap, n_out);
     if (baseline && !rc) {
       snprintf(name, sizeof name, "decode.ctx%u.%s", a.ctx, base_name);
-      heed_bench_case cb = {name, base_name, base_name, "f32", shape, lim_bw, 2 * bytes, dev ? run_decode_clblast : run_decode_onednn,
+      heed_bench_case cb = {name, base_name, base_name, "f32", shape_s, lim_bw, 2 * bytes, dev ? run_decode_clblast : run_decode_onednn,
                             &a};
       rc = baseline_checked(&a, cb.run, a.out, (size_t)H_Q * D, name);
       if (!rc) rc = add(b, &cb, out, cap, n_out);
     }
   }
-  /* prefill: 512 queries after a 3584-token prefix, causal; flops of unmasked pairs only */
+  /* prefill: 512 queries after a 3584-token prefix, causal; flops of the pairs that are seen only */
   a.q_start = PREFIX;
   a.n_q = NQ;
-  double pairs = (double)NQ * PREFIX + (double)NQ * (NQ + 1) / 2;
+  double pairs = 0;
+  for (unsigned i = 0; i < NQ; i++) {
+    const unsigned pos = PREFIX + i;
+    pairs += S.window && pos + 1 > S.window ? S.window : pos + 1;
+  }
   double flops = pairs * H_Q * (2.0 * D + 2.0 * D);
-  snprintf(shape, sizeof shape, "{\"n_q\":%d,\"prefix\":%d,\"q_heads\":%d,\"kv_heads\":%d,\"head_dim\":%d,\"causal\":true}",
-           NQ, PREFIX, H_Q, H_KV, D);
+  snprintf(shape_s, sizeof shape_s, "{%s,\"n_q\":%d,\"prefix\":%d,\"causal\":true}", a.shape_json, NQ, PREFIX);
   for (int dt = HEED_DTYPE_F16; dt <= HEED_DTYPE_BF16 && !rc; dt++) {
     heed_kv_cache *keep = a.c;
     void *keep_st = a.storage;
-    const uint32_t *keep_blocks = a.blocks;
+    const uint32_t *keep_blocks = a.blocks, *keep_b[HEED_BENCH_MAX_BATCH];
+    memcpy(keep_b, a.bblk, sizeof keep_b);
     heed_kv_cache *c2 = NULL;
     void *st2 = NULL;
     if (dt == HEED_DTYPE_BF16) {
-      if (fill_cache(rt, HEED_DTYPE_BF16, PREFIX + NQ, &c2, &st2, NULL, NULL, 0)) return -1;
+      if (fill_cache(&a, HEED_DTYPE_BF16, PREFIX + NQ, 1, &c2, &st2, NULL, NULL, 0)) {
+        rc = -1;
+        break;
+      }
       a.c = c2;
       a.storage = st2;
-      heed_kv_seq_blocks(c2, 0, &a.blocks, &nb);
     }
     char name[64];
     snprintf(name, sizeof name, "prefill.%s", heed_dtype_name((heed_dtype)dt));
-    heed_bench_case c = {name, NULL, isa, heed_dtype_name((heed_dtype)dt), shape, lim_fl, flops, run_prefill, &a};
+    heed_bench_case c = {name, NULL, isa, heed_dtype_name((heed_dtype)dt), shape_s, lim_fl, flops, run_prefill, &a};
     rc = check(&a, prefill_once(&a), name);
     if (!rc && dt == HEED_DTYPE_F16 && a.ref) memcpy(a.ref, a.out, (size_t)NQ * H_Q * D * sizeof(float));
     if (!rc) rc = add(b, &c, out, cap, n_out);
     a.c = keep;
     a.storage = keep_st;
     a.blocks = keep_blocks;
+    memcpy(a.bblk, keep_b, sizeof keep_b);
     heed_kv_cache_destroy(c2);
     heed_mem_free(st2);
   }
   if (baseline && !rc) {
     char name[64];
     snprintf(name, sizeof name, "prefill.%s", base_name);
-    heed_bench_case cb = {name, base_name, base_name, "f32", shape, lim_fl, flops, dev ? run_clblast : run_prefill_onednn, &a};
+    heed_bench_case cb = {name, base_name, base_name, "f32", shape_s, lim_fl, flops, dev ? run_clblast : run_prefill_onednn, &a};
     rc = baseline_checked(&a, cb.run, a.ref, (size_t)NQ * H_Q * D, name);
     if (!rc) rc = add(b, &cb, out, cap, n_out);
   }

@@ -4,14 +4,23 @@
 
 #include <stdio.h>
 
+#include "bench/bench_shapes.h"
 #include "heed/bench.h"
 
-/* Decode (1 sequence, 1 query, 32/8 heads, d=128, f16 KV) at each context in
- * ctxs, then prefill (512 queries after a 3584-token prefix, causal, f16 and
- * bf16 KV); with baseline != 0 the unfused oneDNN twin of each; then decode
- * and prefill through a cache of each quantized format in kv (K and V). 0 or -1. */
-int heed_bench_attention(heed_runtime *rt, heed_bench *b, const unsigned *ctxs, int n_ctx, int baseline,
-                         const heed_dtype *kv, int n_kv, heed_bench_result *out, int cap, int *n_out);
+#define HEED_BENCH_MAX_BATCH 64
+
+/* Decode (batch sequences, 1 query each, f16 KV, the shape's heads, head
+ * dim, window and soft-cap) at each context in ctxs, then prefill (512
+ * queries after a 3584-token prefix, causal, f16 and bf16 KV); with baseline
+ * != 0 the unfused twin of each (oneDNN on the CPU, CLBlast on a device);
+ * then decode and prefill through a cache of each quantized format in kv
+ * (K and V). 0 or -1. */
+int heed_bench_attention(heed_runtime *rt, heed_bench *b, const heed_bench_shape *shape, const unsigned *ctxs, int n_ctx,
+                         unsigned batch, int baseline, const heed_dtype *kv, int n_kv, heed_bench_result *out, int cap,
+                         int *n_out);
+/* The memory those cases need, in bytes (the KV caches, the baseline's f32 copy). */
+size_t heed_bench_attention_bytes(const heed_bench_shape *shape, const unsigned *ctxs, int n_ctx, unsigned batch,
+                                  int baseline, const heed_dtype *kv, int n_kv);
 void heed_bench_attention_speedups(const heed_bench_result *r, int n, FILE *f);
 
 #endif

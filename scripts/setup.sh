@@ -20,7 +20,7 @@ native=(
   cmake gcc make pkg-config
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
   libclblast-dev libhwloc-dev hwloc libdnnl-dev libcriterion-dev
-  gnuplot-nox
+  gnuplot-nox libcjson-dev python3 python3-jsonschema
 )
 arm64=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-user-binfmt

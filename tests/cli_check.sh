@@ -51,6 +51,50 @@ for x in r: assert x["ms_median"]>0 and x["fraction"]>0 and x["limit_kind"]=="re
   grep -qE "^ +8 +[0-9]+ +[0-9]+ +[0-9]+ +[0-9.]+%" "$tmp/s.txt" &&
   ok || { bad "heed bench spec"; cat "$tmp/s.txt"; }
 
+# Every JSON the tool writes follows bench/schema.json.
+schema=$(dirname "$0")/../bench/schema.json
+for j in p a s; do
+  python3 -c '
+import json,sys,jsonschema; jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))' "$tmp/$j.json" "$schema" \
+    && ok || bad "$j.json does not follow bench/schema.json"
+done
+
+# A named shape with a sliding window, a batch, and the plot: the oneDNN baseline
+# (window applied) must agree with heed before it is timed.
+"$heed" bench attention --backend cpu --shape gemma-3-270m --batch 2 --ctx 1024 --kv none --repeats 1 \
+    --json "$tmp/g.json" --plot "$tmp/g.png" >"$tmp/g.txt" 2>&1 && python3 -c '
+import json,sys,struct,zlib,jsonschema
+d=json.load(open(sys.argv[1])); jsonschema.validate(d, json.load(open(sys.argv[3])))
+r={x["name"]:x for x in d["results"]}
+sh=r["decode.ctx1024"]["shape"]
+assert (sh["model"],sh["q_heads"],sh["kv_heads"],sh["head_dim"],sh["window"],sh["batch"])==("Gemma-3-270M",4,1,256,512,2), sh
+assert "decode.ctx1024.onednn" in r and "prefill.onednn" in r, list(r)
+# decode is charged the window: 2 sequences x 512 keys x 1 head x (K+V) x 256 x 2 bytes
+x=r["decode.ctx1024"]; assert abs(x["achieved_value"]*x["ms_median"]*1e6 - 2*512*2*256*2) < 2*512*2*256*2*1e-3, x
+# the plot is a PNG: signature, chunks with good CRCs, IHDR first, IEND last, image data that inflates
+b=open(sys.argv[2],"rb").read(); assert b[:8]==b"\x89PNG\r\n\x1a\n"
+i=8; kinds=[]; idat=b""
+while i < len(b):
+  n,=struct.unpack(">I",b[i:i+4]); k=b[i+4:i+8]; c=b[i+8:i+8+n]; crc,=struct.unpack(">I",b[i+8+n:i+12+n])
+  assert zlib.crc32(k+c)&0xffffffff==crc, k; kinds.append(k); idat+=c if k==b"IDAT" else b""; i+=12+n
+assert kinds[0]==b"IHDR" and kinds[-1]==b"IEND" and b"IDAT" in kinds, kinds
+w,h=struct.unpack(">II",b[16:24]); assert w>=800 and h>=400, (w,h); assert len(zlib.decompress(idat)) > w*h' \
+  "$tmp/g.json" "$tmp/g.png" "$schema" && ok || { bad "heed bench attention --shape gemma-3-270m --batch 2 --plot"; cat "$tmp/g.txt"; }
+
+# --compare: an identical file passes, a planted 2x regression is flagged (exit 1)
+"$heed" bench compare "$tmp/g.json" "$tmp/g.json" >"$tmp/c.txt" 2>&1 && grep -q "0 regressions" "$tmp/c.txt" && ok ||
+  { bad "heed bench compare of a file with itself"; cat "$tmp/c.txt"; }
+python3 -c '
+import json,sys; d=json.load(open(sys.argv[1])); d["results"][0]["ms_median"]*=2; json.dump(d,open(sys.argv[2],"w"))' \
+  "$tmp/g.json" "$tmp/g2.json"
+"$heed" bench compare "$tmp/g.json" "$tmp/g2.json" >"$tmp/c.txt" 2>&1; rc=$?
+[ $rc = 1 ] && grep -q "decode.ctx1024 .* 2.000  REGRESSION" "$tmp/c.txt" && grep -q "1 regression beyond 10%" "$tmp/c.txt" && ok ||
+  { bad "heed bench compare: a 2x regression is flagged with exit 1 (rc $rc)"; cat "$tmp/c.txt"; }
+"$heed" bench compare "$tmp/g2.json" "$tmp/g.json" >"$tmp/c.txt" 2>&1 && grep -q "0.500  faster" "$tmp/c.txt" && ok ||
+  { bad "heed bench compare: 2x faster is not a regression"; cat "$tmp/c.txt"; }
+echo '{"schema":"heed-bench/1","results":[{"name":"x"}]}' >"$tmp/bad.json"
+echo 'not json' >"$tmp/notjson.json"
+
 expect_fail() { # expect_fail "needle" env... -- args...
   local needle=$1; shift
   local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
@@ -70,6 +114,22 @@ expect_fail "--backend vulkan" X=1 -- bench attention --backend vulkan
 expect_fail "cannot read /nonexistent/x.c" X=1 -- bench spec --file /nonexistent/x.c
 expect_fail "unknown command 'frobnicate'" X=1 -- frobnicate
 expect_fail "unknown argument '--yaml'" X=1 -- info --yaml
+
+expect_fail "unknown shape 'Llama-9'; named shapes: Llama-3.1-8B" X=1 -- bench attention --shape Llama-9
+expect_fail "q=30 is not a multiple of kv=8" X=1 -- bench attention --shape q=30,kv=8,d=128
+expect_fail "needs q, kv and d" X=1 -- bench attention --shape q=32,d=128
+expect_fail "unknown key 'heads'" X=1 -- bench attention --shape heads=32,kv=8,d=128
+expect_fail "d=0 is out of range" X=1 -- bench attention --shape q=32,kv=8,d=0
+expect_fail "--batch 0" X=1 -- bench attention --batch 0
+expect_fail "--isa sse9" X=1 -- bench attention --isa sse9
+expect_fail "needs 946.1 GiB" X=1 -- bench attention --ctx 16000000 --batch 8
+expect_fail "notjson.json is not JSON (a parse error at byte 0)" X=1 -- bench compare "$tmp/notjson.json" "$tmp/g.json"
+expect_fail "is not a heed bench result" X=1 -- bench compare "$tmp/q.json" "$tmp/g.json"
+expect_fail "results[0] lacks a field" X=1 -- bench compare "$tmp/bad.json" "$tmp/g.json"
+expect_fail "cannot read /nonexistent/old.json" X=1 -- bench probes --compare /nonexistent/old.json
+expect_fail "no case of this run is in the earlier file" X=1 -- bench compare "$tmp/g.json" "$tmp/p.json"
+expect_fail "--threshold -1" X=1 -- bench compare "$tmp/g.json" "$tmp/g.json" --threshold -1
+expect_fail "--plot: the plots are of the attention suite" X=1 -- bench probes --plot "$tmp/x.png"
 
 echo "cli: $passes passed, $fails failed"
 [ $fails -eq 0 ]

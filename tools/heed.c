@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include "bench/bench_attention.h"
+#include "bench/bench_report.h"
+#include "bench/bench_shapes.h"
 #include "bench/bench_kvquant.h"
 #include "bench/bench_spec.h"
 #include "heed/heed.h"
@@ -12,8 +14,12 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: heed info [--json]\n"
-          "       heed bench probes|attention|spec|all [--repeats N] [--ctx N,N,...] [--kv q8,q4|none] [--no-baseline]\n"
-          "                  [--backend cpu|opencl] [--json FILE] [--file SOURCE (spec: the text to edit)]\n"
+          "       heed bench probes|attention|spec|all [--repeats N] [--ctx N,N,...] [--kv q8,q4,e4m3,e5m2|none]\n"
+          "                  [--shape NAME|q=32,kv=8,d=128[,window=N][,softcap=X]] [--batch N] [--no-baseline]\n"
+          "                  [--backend auto|cpu|opencl] [--isa scalar|avx2|avx512|neon] [--json FILE] [--plot FILE.png]\n"
+          "                  [--compare OLD.json [--threshold 0.10]] [--file SOURCE (spec: the text to edit)]\n"
+          "       heed bench compare OLD.json NEW.json [--threshold 0.10]   (exit 1 on a regression)\n"
+          "       heed bench shapes   (the named shapes)\n"
           "       heed bench kvquant [--json FILE]   (attention error of each KV format)\n"
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
@@ -85,12 +91,73 @@ static int parse_kv(const char *arg, heed_dtype *kv, int cap) {
   return n ? n : -1;
 }
 
+static int parse_threshold(const char *a, double *t) {
+  char *end;
+  double v = strtod(a, &end);
+  if (*end || !(v > 0 && v <= 10)) {
+    fprintf(stderr, "heed bench: --threshold %s: accepted: a fraction above 0 and at most 10 (0.10: flag 10%% slower)\n", a);
+    return -1;
+  }
+  *t = v;
+  return 0;
+}
+
+/* heed bench compare OLD NEW: no timing, two files. */
+static int cmd_compare(int argc, char **argv) {
+  double threshold = 0.10;
+  const char *paths[2] = {NULL, NULL};
+  int np = 0;
+  for (int i = 0; i < argc; i++) {
+    if (strcmp(argv[i], "--threshold") == 0 && i + 1 < argc) {
+      if (parse_threshold(argv[++i], &threshold)) return 2;
+    } else if (argv[i][0] != '-' && np < 2) {
+      paths[np++] = argv[i];
+    } else {
+      fprintf(stderr, "heed bench compare: unexpected argument '%s'\n", argv[i]);
+      return 2;
+    }
+  }
+  if (np != 2) {
+    fprintf(stderr, "usage: heed bench compare OLD.json NEW.json [--threshold 0.10]\n");
+    return 2;
+  }
+  heed_bench_result *r[2] = {NULL, NULL};
+  int n[2];
+  char msg[512];
+  for (int k = 0; k < 2; k++)
+    if (heed_bench_load_json(paths[k], &r[k], &n[k], msg, sizeof msg)) {
+      fprintf(stderr, "heed bench compare: %s\n", msg);
+      free(r[0]);
+      return 1;
+    }
+  int reg = heed_bench_compare(r[0], n[0], r[1], n[1], threshold, stdout, msg, sizeof msg);
+  if (reg < 0) fprintf(stderr, "heed bench compare: %s and %s: %s\n", paths[0], paths[1], msg);
+  free(r[0]), free(r[1]);
+  return reg != 0;
+}
+
 static int cmd_bench(int argc, char **argv) {
   if (argc < 1) {
     usage(stderr);
     return 2;
   }
+  if (strcmp(argv[0], "shapes") == 0) {
+    int ns;
+    const heed_bench_shape *sh = heed_bench_shapes(&ns);
+    printf("%-14s %7s %8s %8s %7s %8s\n", "shape", "q heads", "kv heads", "head dim", "window", "softcap");
+    for (int i = 0; i < ns; i++)
+      printf("%-14s %7u %8u %8u %7u %8g\n", sh[i].name, sh[i].q_heads, sh[i].kv_heads, sh[i].head_dim, sh[i].window,
+             (double)sh[i].softcap);
+    return 0;
+  }
+  if (strcmp(argv[0], "compare") == 0) return cmd_compare(argc - 1, argv + 1);
   const char *suite = argv[0], *json_path = NULL, *spec_file = HEED_SOURCE_DIR "/spec/spec.c";
+  const char *plot_path = NULL, *compare_path = NULL;
+  double threshold = 0.10;
+  heed_bench_shape shape;
+  char msg[512];
+  heed_bench_shape_parse("Llama-3.1-8B", &shape, msg, sizeof msg);
+  unsigned batch = 1;
   heed_bench_options bo = {0};
   bo.progress = progress;
   unsigned ctx[16] = {4096, 16384, 65536, 98304};
@@ -122,6 +189,32 @@ static int cmd_bench(int argc, char **argv) {
       }
     } else if (strcmp(argv[i], "--file") == 0 && i + 1 < argc) {
       spec_file = argv[++i];
+    } else if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
+      if (heed_bench_shape_parse(argv[++i], &shape, msg, sizeof msg)) {
+        fprintf(stderr, "heed bench: %s\n", msg);
+        return 2;
+      }
+    } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
+      char *end;
+      long v = strtol(argv[++i], &end, 10);
+      if (*end || v < 1 || v > HEED_BENCH_MAX_BATCH) {
+        fprintf(stderr, "heed bench: --batch %s: accepted: 1..%d sequences\n", argv[i], HEED_BENCH_MAX_BATCH);
+        return 2;
+      }
+      batch = (unsigned)v;
+    } else if (strcmp(argv[i], "--isa") == 0 && i + 1 < argc) {
+      heed_isa isa;
+      if (heed_isa_parse(argv[++i], &isa) != 0) {
+        fprintf(stderr, "heed bench: --isa %s: accepted: scalar, avx2, avx512, neon\n", argv[i]);
+        return 2;
+      }
+      ro.isa = isa;
+    } else if (strcmp(argv[i], "--plot") == 0 && i + 1 < argc) {
+      plot_path = argv[++i];
+    } else if (strcmp(argv[i], "--compare") == 0 && i + 1 < argc) {
+      compare_path = argv[++i];
+    } else if (strcmp(argv[i], "--threshold") == 0 && i + 1 < argc) {
+      if (parse_threshold(argv[++i], &threshold)) return 2;
     } else if (strcmp(argv[i], "--no-baseline") == 0) {
       baseline = 0;
     } else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc) {
@@ -160,10 +253,40 @@ static int cmd_bench(int argc, char **argv) {
     }
     fclose(sf);
   }
+  heed_bench_result *old = NULL;
+  int n_old = 0;
+  if (compare_path && heed_bench_load_json(compare_path, &old, &n_old, msg, sizeof msg)) { /* before any timing */
+    fprintf(stderr, "heed bench --compare: %s\n", msg);
+    return 1;
+  }
+  if (plot_path && !attention) {
+    fprintf(stderr, "heed bench --plot: the plots are of the attention suite's decode cases; run attention or all\n");
+    free(old);
+    return 2;
+  }
   heed_runtime *rt;
   heed_bench *b;
   heed_error e = {0};
-  if (heed_runtime_open(&ro, &rt, &e) != HEED_OK) return fail("cannot open the runtime", &e);
+  if (heed_runtime_open(&ro, &rt, &e) != HEED_OK) {
+    free(old);
+    return fail("cannot open the runtime", &e);
+  }
+  if (attention) { /* the caches must fit: say how much they need before filling them */
+    size_t need = heed_bench_attention_bytes(&shape, ctx, n_ctx, batch, baseline, kv, n_kv);
+    const heed_topology_summary *ts = heed_topology_get_summary(heed_runtime_topology(rt));
+    unsigned max_ctx = 0;
+    for (int i = 0; i < n_ctx; i++) max_ctx = ctx[i] > max_ctx ? ctx[i] : max_ctx;
+    if ((double)need > 0.8 * (double)ts->mem_bytes) {
+      fprintf(stderr,
+              "heed bench attention: a context of %u tokens x batch %u of %s needs %.1f GiB (KV caches%s); this machine has "
+              "%.1f GiB, of which heed bench uses at most 80%%. Use a smaller --ctx or --batch%s.\n",
+              max_ctx, batch, shape.name, need / 1073741824.0, baseline ? " and the baseline's f32 copy" : "",
+              ts->mem_bytes / 1073741824.0, baseline ? ", or --no-baseline" : "");
+      heed_runtime_close(rt);
+      free(old);
+      return 1;
+    }
+  }
   if (heed_bench_create(rt, &bo, &b, &e) != HEED_OK) {
     heed_runtime_close(rt);
     return fail("cannot set up the bench", &e);
@@ -179,7 +302,7 @@ static int cmd_bench(int argc, char **argv) {
   }
   if (attention && !rc) {
     int m = 0;
-    if (heed_bench_attention(rt, b, ctx, n_ctx, baseline, kv, n_kv, res + n, 96 - n, &m)) rc = 1;
+    if (heed_bench_attention(rt, b, &shape, ctx, n_ctx, batch, baseline, kv, n_kv, res + n, 96 - n, &m)) rc = 1;
     n += m;
   }
   if (spec && !rc) {
@@ -206,6 +329,25 @@ static int cmd_bench(int argc, char **argv) {
       printf("wrote %s\n", json_path);
     }
   }
+  if (plot_path && !rc) {
+    char title[160];
+    snprintf(title, sizeof title, "heed bench, %s on %s, batch %u", shape.name, heed_runtime_backend(rt) == HEED_BACKEND_CPU ?
+             heed_isa_name(heed_runtime_isa(rt)) : heed_backend_name(heed_runtime_backend(rt)), batch);
+    for (char *c = title; *c; c++)
+      if (*c == '\'' || *c == '\\') *c = ' ';
+    if (heed_bench_plot(res, n, title, plot_path, msg, sizeof msg)) {
+      fprintf(stderr, "heed bench --plot: %s\n", msg);
+      rc = 1;
+    } else {
+      printf("wrote %s\n", plot_path);
+    }
+  }
+  if (old && !rc) {
+    int reg = heed_bench_compare(old, n_old, res, n, threshold, stdout, msg, sizeof msg);
+    if (reg < 0) fprintf(stderr, "heed bench --compare %s: %s\n", compare_path, msg);
+    if (reg != 0) rc = 1;
+  }
+  free(old);
   heed_bench_destroy(b);
   heed_runtime_close(rt);
   return rc;
