@@ -268,18 +268,29 @@ static int quant_cases(attn_bench *a, heed_bench *b, heed_dtype dt, const unsign
   return rc;
 }
 
-size_t heed_bench_attention_bytes(const heed_bench_shape *sh, const unsigned *ctxs, int n_ctx, unsigned batch, int baseline,
-                                  const heed_dtype *kv, int n_kv) {
-  size_t max_ctx = PREFIX + NQ;
+/* the bytes of a cache of n_seqs x n tokens of dt, as the runtime would size it */
+static size_t cache_bytes(heed_runtime *rt, const heed_bench_shape *sh, heed_dtype dt, unsigned n, unsigned n_seqs) {
+  heed_kv_cache_config cfg = {.n_kv_heads = sh->kv_heads, .dk = sh->head_dim, .dv = sh->head_dim, .k_dtype = dt, .v_dtype = dt,
+                              .n_blocks = 1, .max_seqs = n_seqs, .max_seq_len = n};
+  size_t bytes = 0;
+  unsigned bl = 0;
+  if (heed_kv_cache_bytes(rt, &cfg, &bytes, &bl) != HEED_OK || !bl) return 0;
+  cfg.n_blocks = n_seqs * ((n + bl - 1) / bl);
+  return heed_kv_cache_bytes(rt, &cfg, &bytes, NULL) == HEED_OK ? bytes : 0;
+}
+
+size_t heed_bench_attention_bytes(heed_runtime *rt, const heed_bench_shape *sh, const unsigned *ctxs, int n_ctx, unsigned batch,
+                                  int baseline, const heed_dtype *kv, int n_kv) {
+  unsigned max_ctx = PREFIX + NQ;
   for (int i = 0; i < n_ctx; i++) max_ctx = ctxs[i] > max_ctx ? ctxs[i] : max_ctx;
-  const size_t row = (size_t)sh->kv_heads * sh->head_dim * 2; /* K and V elements of one token */
-  size_t f16 = (size_t)batch * max_ctx * row * 2, quant = 0;
-  for (int i = 0; i < n_kv; i++) { /* each format's cache lives while it runs: the largest one counts (with scales) */
-    size_t b = (size_t)batch * max_ctx * row * (heed_dtype_is_quant(kv[i]) ? 5 : 8) / 4;
+  size_t quant = 0; /* each format's cache lives while it runs beside the f16 one: the largest counts */
+  for (int i = 0; i < n_kv; i++) {
+    size_t b = cache_bytes(rt, sh, kv[i], max_ctx, batch);
     if (b > quant) quant = b;
   }
-  size_t base = baseline ? max_ctx * row * 4 + (size_t)NQ * max_ctx * 4 : 0; /* f32 K/V and the score matrix */
-  return f16 + quant + base + (size_t)NQ * sh->q_heads * sh->head_dim * 4 * 4;
+  const size_t row = (size_t)sh->kv_heads * sh->head_dim * 2; /* K and V elements of one token */
+  size_t base = baseline ? (size_t)max_ctx * row * 4 + (size_t)NQ * max_ctx * 4 : 0; /* f32 K/V and the score matrix */
+  return cache_bytes(rt, sh, HEED_DTYPE_F16, max_ctx, batch) + quant + base + (size_t)NQ * sh->q_heads * sh->head_dim * 4 * 4;
 }
 
 int heed_bench_attention(heed_runtime *rt, heed_bench *b, const heed_bench_shape *shape, const unsigned *ctxs, int n_ctx,

@@ -18,8 +18,9 @@
 int heed_bench_attention(heed_runtime *rt, heed_bench *b, const heed_bench_shape *shape, const unsigned *ctxs, int n_ctx,
                          unsigned batch, int baseline, const heed_dtype *kv, int n_kv, heed_bench_result *out, int cap,
                          int *n_out);
-/* The memory those cases need, in bytes (the KV caches, the baseline's f32 copy). */
-size_t heed_bench_attention_bytes(const heed_bench_shape *shape, const unsigned *ctxs, int n_ctx, unsigned batch,
+/* The memory those cases need, in bytes (the KV caches as the runtime sizes
+ * them, the baseline's f32 copy). */
+size_t heed_bench_attention_bytes(heed_runtime *rt, const heed_bench_shape *shape, const unsigned *ctxs, int n_ctx, unsigned batch,
                                   int baseline, const heed_dtype *kv, int n_kv);
 void heed_bench_attention_speedups(const heed_bench_result *r, int n, FILE *f);
 

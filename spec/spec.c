@@ -91,6 +91,7 @@ struct heed_spec {
   double *hmass;     /* [n_workers][4][HB]: four copies per pool worker, merged into the first */
   uint32_t *hcnt;    /* [n_workers][4][HB] */
   int n_workers;
+  unsigned *hist_seen, hist_call; /* [n_workers]: the histogram call each worker's copies belong to */
   uint32_t *pen_base; /* [max_penalty_tokens] sorted distinct */
   uint32_t *pen_pos; /* [max_rows][pen_cap] */
   float *pen_val;    /* [2 * max_rows][pen_cap] */
@@ -146,12 +147,13 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   s->idx = malloc(sizeof(uint32_t) * V), s->csum = malloc(sizeof(float) * s->n_schunk);
   s->n_workers = heed_pool_n_workers(s->pool) > 0 ? heed_pool_n_workers(s->pool) : 1;
   s->hmass = malloc(sizeof(double) * 4 * HB * s->n_workers), s->hcnt = malloc(sizeof(uint32_t) * 4 * HB * s->n_workers);
+  s->hist_seen = calloc((size_t)s->n_workers, sizeof(unsigned));
   s->pen_base = malloc(sizeof(uint32_t) * (cfg->max_penalty_tokens + 1));
   s->pen_pos = malloc(sizeof(uint32_t) * ((size_t)s->max_rows * s->pen_cap + 1));
   s->pen_val = malloc(sizeof(float) * ((size_t)2 * s->max_rows * s->pen_cap + 1));
   s->rs = calloc((size_t)2 * s->max_rows, sizeof(rowstat));
   s->parts = malloc(sizeof(part) * (size_t)2 * s->max_rows * s->n_pchunk);
-  if (!s->w || !s->qw || !s->vals || !s->idx || !s->csum || !s->hmass || !s->hcnt || !s->pen_base || !s->pen_pos ||
+  if (!s->w || !s->qw || !s->vals || !s->idx || !s->csum || !s->hmass || !s->hcnt || !s->hist_seen || !s->pen_base || !s->pen_pos ||
       !s->pen_val || !s->rs || !s->parts) {
     heed_spec_destroy(s);
     return heed_err_set(err, HEED_E_NOMEM, "heed_spec_create: out of memory for a vocab of %u", V);
@@ -172,7 +174,7 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
 void heed_spec_destroy(heed_spec *s) {
   if (!s) return;
   if (s->dev) s->dev->close(s->dev_ctx, s->dev_h);
-  free(s->w), free(s->qw), free(s->vals), free(s->idx), free(s->csum), free(s->hmass), free(s->hcnt);
+  free(s->w), free(s->qw), free(s->vals), free(s->idx), free(s->csum), free(s->hmass), free(s->hcnt), free(s->hist_seen);
   free(s->pen_base), free(s->pen_pos), free(s->pen_val), free(s->rs), free(s->parts);
   free(s);
 }
@@ -393,6 +395,7 @@ typedef struct job {
   float is;
   int want_arg; /* greedy: phase A's argmax */
   float *w, *csum; /* materialise: where the weights and chunk sums go */
+  int mass;        /* histogram: sum the mass too */
 } job;
 
 static void task_max(void *ctx, size_t begin, size_t end, int worker) {
@@ -522,14 +525,21 @@ static heed_status collect_vals(heed_spec *s, const rowstat *r, float lo, size_t
 }
 
 /* One chunk of a row into the worker's own histogram (job: rows[0] the row,
- * want_arg the mass flag); the weights go to the chunk's part of s->w. */
+ * mass); the weights go to the chunk's part of s->w. A worker clears its
+ * copies the first time it runs in a call (hist_call), in parallel, and only
+ * the workers that ran are merged. */
 static void task_hist(void *ctx, size_t begin, size_t end, int worker) {
   job *J = ctx;
   heed_spec *s = J->s;
   const rowstat *r = J->rows[0];
-  const int mass = J->want_arg;
+  const int mass = J->mass;
   uint32_t *hc = s->hcnt + (size_t)worker * 4 * HB;
   double *hm = s->hmass + (size_t)worker * 4 * HB;
+  if (s->hist_seen[worker] != s->hist_call) {
+    memset(hc, 0, sizeof(uint32_t) * 4 * HB);
+    memset(hm, 0, sizeof(double) * 4 * HB);
+    s->hist_seen[worker] = s->hist_call;
+  }
   float *w = s->w;
   for (size_t c = begin; c < end; c++) {
     size_t a = c * PCHUNK, b = chunk_end(s, a, PCHUNK);
@@ -565,14 +575,26 @@ static heed_status histogram(heed_spec *s, const rowstat *r, float is, int mass)
   if (s->dev)
     return s->dev->hist(s->dev_ctx, s->dev_h, slot_of(s, r), r->m, is, HB / HR, HB, mass, s->hcnt,
                         mass ? s->hmass : NULL, &s->err);
-  memset(s->hcnt, 0, sizeof(uint32_t) * 4 * HB * s->n_workers);
-  memset(s->hmass, 0, sizeof(double) * 4 * HB * s->n_workers);
   rowstat *rr = (rowstat *)r;
-  job J = {s, &rr, 1, is, mass, NULL, NULL};
+  job J = {.s = s, .rows = &rr, .n_rows = 1, .is = is, .mass = mass};
+  if (++s->hist_call == 0) { /* wrapped: no worker may look current */
+    memset(s->hist_seen, 0, sizeof(unsigned) * s->n_workers);
+    s->hist_call = 1;
+  }
+  s->hist_seen[0] = 0; /* worker 0's copies are the result: always cleared */
   heed_status st = run_pool(s, s->n_pchunk, task_hist, &J);
   if (st) return st;
-  for (int t = 1; t < 4 * s->n_workers; t++)
+  if (s->hist_seen[0] != s->hist_call) { /* worker 0 ran nothing */
+    memset(s->hcnt, 0, sizeof(uint32_t) * 4 * HB);
+    memset(s->hmass, 0, sizeof(double) * 4 * HB);
+  }
+  for (int t = 1; t < 4 * s->n_workers; t++) {
+    if (t % 4 == 0 && s->hist_seen[t / 4] != s->hist_call) { /* a worker that did not run */
+      t += 3;
+      continue;
+    }
     for (int k = 0; k < HB; k++) s->hcnt[k] += s->hcnt[(size_t)t * HB + k], s->hmass[k] += s->hmass[(size_t)t * HB + k];
+  }
   return HEED_OK;
 }
 
@@ -769,7 +791,7 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
   rowstat *rows[2 * (HEED_SPEC_MAX_DRAFT + 1)];
   for (unsigned i = 0; i < n; i++) rows[i] = &s->rs[slots[i]];
   float is = smp->temperature > 0 ? 1.0f / smp->temperature : 1.0f;
-  job J = {s, rows, n, is, smp->temperature == 0, NULL, NULL};
+  job J = {.s = s, .rows = rows, .n_rows = n, .is = is, .want_arg = smp->temperature == 0};
   const int fused = !s->dev && smp->temperature > 0 && !has_cuts(s, smp);
   heed_status st = fused ? run_pool(s, (size_t)n * s->n_pchunk, task_maxsum, &J) : phase_max(s, slots, n, &J);
   if (st) return st;
@@ -816,7 +838,7 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
 static heed_status need_exact(heed_spec *s, float is, unsigned slot) {
   rowstat *r = &s->rs[slot];
   if (r->zexact) return HEED_OK;
-  job J = {s, &r, 1, is, 0, NULL, NULL};
+  job J = {.s = s, .rows = &r, .n_rows = 1, .is = is};
   heed_status st = run_pool(s, s->n_pchunk, task_sumexp_exact, &J);
   if (st) return st;
   set_z(r, sum_parts(s, 0), 1);
@@ -854,7 +876,7 @@ static void task_materialise(void *ctx, size_t begin, size_t end, int worker) {
  * w NULL: the chunk sums alone. */
 static heed_status materialise(heed_spec *s, const rowstat *r, float is, float *w, float *csum) {
   rowstat *rr = (rowstat *)r;
-  job J = {s, &rr, 1, is, 0, w, csum};
+  job J = {.s = s, .rows = &rr, .n_rows = 1, .is = is, .w = w, .csum = csum};
   return run_pool(s, s->n_schunk, task_materialise, &J);
 }
 

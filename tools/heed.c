@@ -272,7 +272,7 @@ static int cmd_bench(int argc, char **argv) {
     return fail("cannot open the runtime", &e);
   }
   if (attention) { /* the caches must fit: say how much they need before filling them */
-    size_t need = heed_bench_attention_bytes(&shape, ctx, n_ctx, batch, baseline, kv, n_kv);
+    size_t need = heed_bench_attention_bytes(rt, &shape, ctx, n_ctx, batch, baseline, kv, n_kv);
     const heed_topology_summary *ts = heed_topology_get_summary(heed_runtime_topology(rt));
     unsigned max_ctx = 0;
     for (int i = 0; i < n_ctx; i++) max_ctx = ctx[i] > max_ctx ? ctx[i] : max_ctx;
