@@ -306,10 +306,19 @@ heed_status heed_bench_write_json(heed_runtime *rt, const heed_bench_result *r, 
     fprintf(f,
             ",\"shape\":%s,\"repeats\":%d,\"ms_median\":%.6g,\"ms_min\":%.6g,\"ms_max\":%.6g,\"limit_kind\":\"%s\","
             "\"limit_value\":%.6g,\"limit_min\":%.6g,\"limit_max\":%.6g,\"achieved_value\":%.6g,\"unit\":\"%s\","
-            "\"fraction\":%.4f}",
+            "\"fraction\":%.4f",
             x->shape_json, x->repeats, x->ms_median, x->ms_min, x->ms_max, heed_limit_name(x->limit_kind),
             x->limit_value, x->limit_min, x->limit_max, x->achieved_value, heed_limit_unit(x->limit_kind),
             x->fraction);
+    fprintf(f, ",\"versus\":[");
+    for (int v = 0; v < x->n_versus && v < HEED_BENCH_MAX_VERSUS; v++) {
+      fprintf(f, "%s{\"kind\":", v ? "," : "");
+      heed_json_str(f, x->versus[v].kind);
+      fprintf(f, ",\"case\":");
+      heed_json_str(f, x->versus[v].name);
+      fprintf(f, ",\"speedup\":%.4g}", x->versus[v].speedup);
+    }
+    fprintf(f, "]}");
   }
   fprintf(f, "\n]}\n");
   return HEED_OK;

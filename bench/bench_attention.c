@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bench/bench_attention.h"
 #include "heed/heed.h"
@@ -49,7 +50,16 @@ typedef struct attn_bench {
   /* where it runs: an ISA or "opencl", and the limits beside each case (the device's on a device backend) */
   const char *isa;
   heed_limit_kind lim_bw, lim_fl;
+  /* the same cases on the portable reference (scalar) kernels: a second CPU
+   * runtime on the same cache (its layout does not depend on the ISA) */
+  heed_runtime *ref_rt;
+  void *ref_ws;
+  size_t ref_ws_bytes;
+  float *ref_out;
 } attn_bench;
+
+/* A reference case is timed when one call of it takes at most this long. */
+#define REF_BUDGET_MS 300.0
 
 static uint64_t rng = 12345;
 static float urand(void) {
@@ -116,6 +126,14 @@ static heed_status decode_once(attn_bench *a) {
 }
 static void run_decode(void *ctx) { decode_once(ctx); }
 
+static heed_status decode_ref(attn_bench *a) {
+  heed_attn_decode_seq s[HEED_BENCH_MAX_BATCH];
+  for (unsigned b = 0; b < a->batch; b++)
+    s[b] = (heed_attn_decode_seq){.kv = {.seq = -1, .blocks = a->bblk[b], .n_tokens = a->ctx}, .n_q = 1};
+  return heed_attn_decode(a->ref_rt, a->c, &a->p, s, a->batch, a->q, a->ref_out, NULL, a->ref_ws, a->ref_ws_bytes);
+}
+static void run_decode_ref(void *ctx) { decode_ref(ctx); }
+
 /* softmax over each row of s [rows][n] (what a user writes around two sgemms) */
 static void softmax_rows(float *s, unsigned rows, unsigned n, size_t lds) {
   for (unsigned r = 0; r < rows; r++) {
@@ -152,6 +170,12 @@ static heed_status prefill_once(attn_bench *a) {
   return heed_attn_prefill(a->rt, a->c, &a->p, s, a->q_start, a->n_q, a->q, a->out, NULL, a->ws, a->ws_bytes);
 }
 static void run_prefill(void *ctx) { prefill_once(ctx); }
+
+static heed_status prefill_ref(attn_bench *a) {
+  heed_attn_seq s = {.seq = -1, .blocks = a->blocks, .n_tokens = a->q_start + a->n_q};
+  return heed_attn_prefill(a->ref_rt, a->c, &a->p, s, a->q_start, a->n_q, a->q, a->ref_out, NULL, a->ref_ws, a->ref_ws_bytes);
+}
+static void run_prefill_ref(void *ctx) { prefill_ref(ctx); }
 
 /* A case is timed only after one checked call: a failing call must not time as 0 ms. */
 static int check(attn_bench *a, heed_status st, const char *what) {
@@ -218,6 +242,63 @@ static int add(heed_bench *b, const heed_bench_case *c, heed_bench_result *out, 
   return 0;
 }
 
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+/* Case c (just run, its output in a->out) on the reference (scalar) kernels,
+ * named c's name + ".reference": when one call would fit REF_BUDGET_MS, it is
+ * checked against c's output, then timed; else a note says what it would take. */
+static int reference_case(attn_bench *a, heed_bench *b, const heed_bench_case *c, int prefill, heed_bench_result *out, int cap,
+                          int *n) {
+  if (!a->ref_rt) return 0;
+  const size_t m = (size_t)(prefill ? a->n_q : a->batch) * H_Q * D;
+  char name[80];
+  snprintf(name, sizeof name, "%s.reference", c->name);
+  /* First the cost of one call, from a small piece of it (the last 16
+   * queries of prefill; decode over the first 1024 tokens), run twice. */
+  const unsigned keep_ctx = a->ctx, keep_start = a->q_start, keep_nq = a->n_q;
+  double scale = 1, est = 0;
+  if (prefill && a->n_q > 16)
+    scale = a->n_q / 16.0, a->q_start += a->n_q - 16, a->n_q = 16;
+  else if (!prefill) { /* a whole number of blocks: a quantized view holds full blocks only */
+    const unsigned bl = heed_kv_cache_get_config(a->c)->block_len, small = 1024 / bl ? 1024 / bl * bl : bl;
+    if (a->ctx > small) scale = (double)a->ctx / small, a->ctx = small;
+  }
+  for (int k = 0; k < 2; k++) {
+    double t0 = now_ms();
+    heed_status st = prefill ? prefill_ref(a) : decode_ref(a);
+    est = (now_ms() - t0) * scale;
+    if (check(a, st, name)) return -1;
+  }
+  a->ctx = keep_ctx, a->q_start = keep_start, a->n_q = keep_nq;
+  if (est > REF_BUDGET_MS) {
+    fprintf(stderr, "heed bench attention: %s not timed: one call of the reference (scalar) kernels would take about %.0f ms"
+            " (budget %.0f)\n", name, est, REF_BUDGET_MS);
+    return 0;
+  }
+  for (size_t i = 0; i < m; i++) a->ref_out[i] = NAN;
+  if (check(a, prefill ? prefill_ref(a) : decode_ref(a), name)) return -1;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < m; i++) {
+    double d = (double)a->ref_out[i] - a->out[i];
+    num += d * d, den += (double)a->out[i] * a->out[i];
+  }
+  /* the same cache and queries, f32 accumulation in another order: ~1e-6 */
+  if (!(sqrt(num / den) <= 1e-3)) {
+    fprintf(stderr, "heed bench attention: %s: the reference kernel's output differs from %s's by %.3g (relative L2)\n", name,
+            a->isa, sqrt(num / den));
+    return -1;
+  }
+  heed_bench_case r = *c;
+  r.name = name;
+  r.isa = "scalar";
+  r.run = prefill ? run_prefill_ref : run_decode_ref;
+  return add(b, &r, out, cap, n);
+}
+
 /* Decode at each context and prefill through a cache of format dt (K and V),
  * named "<f16 case>.<format>"; bytes are the codes and scales read. */
 static int quant_cases(attn_bench *a, heed_bench *b, heed_dtype dt, const unsigned *ctxs, int n_ctx, double flops,
@@ -249,6 +330,7 @@ static int quant_cases(attn_bench *a, heed_bench *b, heed_dtype dt, const unsign
     heed_bench_case c = {name, NULL, isa, fmt, shape, a->lim_bw, per_token * a->ctx * a->batch, run_decode, a};
     rc = check(a, decode_once(a), name);
     if (!rc) rc = add(b, &c, out, cap, n_out);
+    if (!rc) rc = reference_case(a, b, &c, 0, out, cap, n_out);
   }
   if (!rc) {
     a->q_start = PREFIX;
@@ -258,6 +340,7 @@ static int quant_cases(attn_bench *a, heed_bench *b, heed_dtype dt, const unsign
     heed_bench_case c = {name, NULL, isa, fmt, shape, a->lim_fl, flops, run_prefill, a};
     rc = check(a, prefill_once(a), name);
     if (!rc) rc = add(b, &c, out, cap, n_out);
+    if (!rc) rc = reference_case(a, b, &c, 1, out, cap, n_out);
   }
   a->c = keep;
   a->storage = keep_st;
@@ -345,6 +428,25 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const heed_bench_shape
   heed_attn_prefill_workspace(rt, &a.p, NQ, &wp);
   a.ws_bytes = wd > wp ? wd : wp;
   a.ws = malloc(a.ws_bytes ? a.ws_bytes : 1);
+  if (baseline && !dev && heed_runtime_isa(rt) != HEED_ISA_SCALAR) { /* the reference kernels, on as many threads */
+    heed_runtime_options ro;
+    heed_runtime_options_init(&ro);
+    ro.backend = HEED_BACKEND_CPU;
+    ro.isa = HEED_ISA_SCALAR;
+    ro.n_threads = heed_runtime_n_threads(rt);
+    ro.flags = HEED_RUNTIME_IGNORE_ENV | HEED_RUNTIME_NO_OPENCL;
+    heed_error e = {0};
+    if (heed_runtime_open(&ro, &a.ref_rt, &e) != HEED_OK) {
+      fprintf(stderr, "heed bench attention: no reference (scalar) runtime: %s\n", e.msg);
+      a.ref_rt = NULL;
+    } else {
+      heed_attn_decode_workspace(a.ref_rt, &a.p, many, a.batch, &wd);
+      heed_attn_prefill_workspace(a.ref_rt, &a.p, NQ, &wp);
+      a.ref_ws_bytes = wd > wp ? wd : wp;
+      a.ref_ws = malloc(a.ref_ws_bytes ? a.ref_ws_bytes : 1);
+      a.ref_out = malloc(nq_rows * H_Q * D * 4);
+    }
+  }
   /* On a device backend the limits are the device's, probed by its own kernels. */
   const char *isa = a.isa = dev ? "opencl" : heed_isa_name(heed_runtime_isa(rt));
   const heed_limit_kind lim_bw = a.lim_bw = dev ? HEED_LIMIT_DEVICE_READ_BANDWIDTH : HEED_LIMIT_READ_BANDWIDTH,
@@ -362,6 +464,7 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const heed_bench_shape
     heed_bench_case c = {name, NULL, isa, "f16", shape_s, lim_bw, bytes, run_decode, &a};
     rc = check(&a, decode_once(&a), name);
     if (!rc) rc = add(b, &c, out, cap, n_out);
+    if (!rc) rc = reference_case(&a, b, &c, 0, out, cap, n_out);
     if (baseline && !rc) {
       snprintf(name, sizeof name, "decode.ctx%u.%s", a.ctx, base_name);
       heed_bench_case cb = {name, base_name, base_name, "f32", shape_s, lim_bw, 2 * bytes, dev ? run_decode_clblast : run_decode_onednn,
@@ -401,6 +504,7 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const heed_bench_shape
     rc = check(&a, prefill_once(&a), name);
     if (!rc && dt == HEED_DTYPE_F16 && a.ref) memcpy(a.ref, a.out, (size_t)NQ * H_Q * D * sizeof(float));
     if (!rc) rc = add(b, &c, out, cap, n_out);
+    if (!rc) rc = reference_case(&a, b, &c, 1, out, cap, n_out);
     a.c = keep;
     a.storage = keep_st;
     a.blocks = keep_blocks;
@@ -416,8 +520,11 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const heed_bench_shape
     if (!rc) rc = add(b, &cb, out, cap, n_out);
   }
   for (int i = 0; i < n_kv && !rc; i++) rc = quant_cases(&a, b, kv[i], ctxs, n_ctx, flops, out, cap, n_out);
+  if (!rc) heed_bench_attention_link(out, *n_out);
   heed_kv_cache_destroy(a.c);
   heed_mem_free(a.storage);
+  heed_runtime_close(a.ref_rt);
+  free(a.ref_ws), free(a.ref_out);
   free(a.q), free(a.out), free(a.lse), free(a.ws), free(a.k32), free(a.v32), free(a.s), free(a.bout), free(a.ref);
 #ifdef HEED_HAVE_OPENCL
   heed_cl_unfused_close(a.unf);
@@ -425,36 +532,77 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const heed_bench_shape
   return rc;
 }
 
-/* Prints heed's speed-up over each case's baseline twin (same name +
- * ".onednn" or ".clblast"), and each quantized case's time as a fraction of
- * its f16 twin's. */
-void heed_bench_attention_speedups(const heed_bench_result *r, int n, FILE *f) {
+static int ends_with(const char *s, const char *tail) {
+  size_t n = strlen(s), m = strlen(tail);
+  return n >= m && strcmp(s + n - m, tail) == 0;
+}
+
+static const heed_bench_result *find(const heed_bench_result *r, int n, const char *name) {
+  for (int j = 0; j < n; j++)
+    if (strcmp(r[j].name, name) == 0) return &r[j];
+  return NULL;
+}
+
+static void versus(heed_bench_result *x, const char *kind, const heed_bench_result *other) {
+  if (!other || x->n_versus >= HEED_BENCH_MAX_VERSUS || !(x->ms_median > 0)) return;
+  heed_bench_versus *v = &x->versus[x->n_versus++];
+  snprintf(v->kind, sizeof v->kind, "%s", kind);
+  snprintf(v->name, sizeof v->name, "%s", other->name);
+  v->speedup = other->ms_median / x->ms_median;
+}
+
+/* Links each heed case to its twins of the same run: the unfused baseline
+ * (decode.ctxN[.fmt] -> decode.ctxN.onednn|clblast; prefill.* ->
+ * prefill.onednn|clblast), the reference kernels (name + ".reference") and,
+ * for a quantized format, its f16 twin (the name without ".fmt"). */
+void heed_bench_attention_link(heed_bench_result *r, int n) {
   for (int i = 0; i < n; i++) {
-    char twin[80];
-    const char *base = r[i].name, *dot = strrchr(base, '.');
-    if (strstr(base, ".onednn") || strstr(base, ".clblast")) continue;
-    heed_dtype dt;
-    if (dot && heed_dtype_parse(dot + 1, &dt) == 0 && heed_dtype_is_quant(dt)) {
-      snprintf(twin, sizeof twin, "%.*s", (int)(dot - base), base);
-      for (int j = 0; j < n; j++)
-        if (strcmp(r[j].name, twin) == 0)
-          fprintf(f, "%-22s %5.2fx the f16 time (%.3f ms vs %.3f ms, medians, same run)\n", base,
-                  r[i].ms_median / r[j].ms_median, r[i].ms_median, r[j].ms_median);
-      continue;
+    heed_bench_result *x = &r[i];
+    x->n_versus = 0;
+    if (strcmp(x->backend, "onednn") == 0 || strcmp(x->backend, "clblast") == 0 || ends_with(x->name, ".reference")) continue;
+    const int prefill = strncmp(x->name, "prefill.", 8) == 0;
+    if (!prefill && strncmp(x->name, "decode.", 7) != 0) continue;
+    char twin[96], stem[64];
+    /* decode.ctxN[.fmt]: the stem is decode.ctxN */
+    snprintf(stem, sizeof stem, "%s", x->name);
+    if (!prefill) {
+      char *dot = strchr(stem + 7, '.');
+      if (dot) *dot = 0;
     }
     for (int k = 0; k < 2; k++) {
-      const char *lib = k ? "clblast" : "onednn";
-      if (strncmp(base, "prefill.", 8) == 0)
-        snprintf(twin, sizeof twin, "prefill.%s", lib);
-      else
-        snprintf(twin, sizeof twin, "%s.%s", base, lib);
-      for (int j = 0; j < n; j++)
-        if (strcmp(r[j].name, twin) == 0)
-        {
-          double x = r[j].ms_median / r[i].ms_median; /* > 1: heed is faster */
-          fprintf(f, "%-22s %5.2fx %s than the unfused %s baseline (%.3f ms vs %.3f ms, medians)\n", base, x >= 1 ? x : 1 / x,
-                  x >= 1 ? "faster" : "slower", k ? "CLBlast" : "oneDNN", r[i].ms_median, r[j].ms_median);
-        }
+      snprintf(twin, sizeof twin, "%s.%s", prefill ? "prefill" : stem, k ? "clblast" : "onednn");
+      versus(x, "baseline", find(r, n, twin));
+    }
+    snprintf(twin, sizeof twin, "%s.reference", x->name);
+    versus(x, "reference", find(r, n, twin));
+    const char *dot = strrchr(x->name, '.');
+    heed_dtype dt;
+    if (dot && heed_dtype_parse(dot + 1, &dt) == 0 && heed_dtype_is_quant(dt)) {
+      snprintf(twin, sizeof twin, "%.*s", (int)(dot - x->name), x->name);
+      versus(x, "f16", find(r, n, twin));
     }
   }
+}
+
+/* Prints each heed case's versus entries (heed_bench_attention_link). */
+void heed_bench_attention_speedups(const heed_bench_result *r, int n, FILE *f) {
+  for (int i = 0; i < n; i++)
+    for (int v = 0; v < r[i].n_versus; v++) {
+      const heed_bench_versus *x = &r[i].versus[v];
+      const heed_bench_result *o = find(r, n, x->name);
+      if (!o) continue;
+      if (strcmp(x->kind, "f16") == 0) {
+        fprintf(f, "%-22s %5.2fx the f16 time (%.3f ms vs %.3f ms, medians, same run)\n", r[i].name, 1 / x->speedup,
+                r[i].ms_median, o->ms_median);
+        continue;
+      }
+      const double s = x->speedup; /* > 1: heed is faster */
+      char what[48];
+      if (strcmp(x->kind, "reference") == 0)
+        snprintf(what, sizeof what, "the reference (scalar) kernels");
+      else
+        snprintf(what, sizeof what, "the unfused %s baseline", strcmp(o->backend, "clblast") == 0 ? "CLBlast" : "oneDNN");
+      fprintf(f, "%-22s %5.2fx %s than %s (%.3f ms vs %.3f ms, medians)\n", r[i].name, s >= 1 ? s : 1 / s,
+              s >= 1 ? "faster" : "slower", what, r[i].ms_median, o->ms_median);
+    }
 }

@@ -22,6 +22,9 @@ int heed_bench_attention(heed_runtime *rt, heed_bench *b, const heed_bench_shape
  * them, the baseline's f32 copy). */
 size_t heed_bench_attention_bytes(heed_runtime *rt, const heed_bench_shape *shape, const unsigned *ctxs, int n_ctx, unsigned batch,
                                   int baseline, const heed_dtype *kv, int n_kv);
+/* Fills each heed case's versus[] with its twins of the same run: the
+ * unfused baseline, the reference kernels, and a format's f16 twin. */
+void heed_bench_attention_link(heed_bench_result *r, int n);
 void heed_bench_attention_speedups(const heed_bench_result *r, int n, FILE *f);
 
 #endif

@@ -160,8 +160,11 @@ static int shape_ctx(const char *shape, double *ctx) {
 
 /* the line a decode case belongs to: its KV format, or the baseline library */
 static void line_of(const heed_bench_result *r, char *dst, size_t cap) {
+  size_t n = strlen(r->name);
   if (strcmp(r->backend, "onednn") == 0 || strcmp(r->backend, "clblast") == 0)
     snprintf(dst, cap, "%s (unfused, f32)", r->backend);
+  else if (n > 10 && strcmp(r->name + n - 10, ".reference") == 0)
+    snprintf(dst, cap, "%s, reference (scalar)", r->dtype);
   else
     snprintf(dst, cap, "%s", r->dtype);
 }
@@ -178,6 +181,8 @@ int heed_bench_plot(const heed_bench_result *r, int n, const char *title, const 
   for (int i = 0; i < n; i++) {
     double ctx;
     if (strncmp(r[i].name, "decode.", 7) != 0 || !shape_ctx(r[i].shape_json, &ctx)) continue;
+    size_t len = strlen(r[i].name); /* of the reference kernels, f16's line only */
+    if (len > 10 && strcmp(r[i].name + len - 10, ".reference") == 0 && strcmp(r[i].dtype, "f16") != 0) continue;
     char l[48];
     line_of(&r[i], l, sizeof l);
     int k = 0;

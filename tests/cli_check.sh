@@ -25,13 +25,26 @@ for x in r:
   assert isinstance(x["shape"],dict)' "$tmp/p.json" && ok || { bad "heed bench probes --json"; cat "$tmp/p.txt"; }
 
 "$heed" bench attention --backend cpu --ctx 1024 --repeats 1 --kv q8 --json "$tmp/a.json" >"$tmp/a.txt" 2>&1 && python3 -c '
-import json,sys; r=json.load(open(sys.argv[1]))["results"]; names=[x["name"] for x in r]
-assert names==["decode.ctx1024","decode.ctx1024.onednn","prefill.f16","prefill.bf16","prefill.onednn",
-               "decode.ctx1024.q8","prefill.f16.q8"], names
-assert r[5]["dtype"]=="q8" and r[5]["shape"]["k_group"]==32
+import json,sys; r=json.load(open(sys.argv[1]))["results"]; by={x["name"]:x for x in r}
+# with a SIMD ISA each decode case has a twin on the reference (scalar) kernels; prefill only where one call is cheap
+ref=r[0]["isa"]!="scalar"; R=lambda n: [n+".reference"] if ref else []
+names=[x["name"] for x in r if not (x["name"].startswith("prefill.") and x["name"].endswith(".reference"))]
+assert names==["decode.ctx1024"]+R("decode.ctx1024")+["decode.ctx1024.onednn","prefill.f16","prefill.bf16","prefill.onednn",
+               "decode.ctx1024.q8"]+R("decode.ctx1024.q8")+["prefill.f16.q8"], names
+q8=by["decode.ctx1024.q8"]; assert q8["dtype"]=="q8" and q8["shape"]["k_group"]==32
 for x in r: assert x["ms_median"]>0 and x["fraction"]>0, x
-assert r[0]["limit_kind"]=="read_bandwidth" and r[2]["limit_kind"]=="fma_peak" and r[0]["shape"]["ctx"]==1024' "$tmp/a.json" &&
+assert r[0]["limit_kind"]=="read_bandwidth" and by["prefill.f16"]["limit_kind"]=="fma_peak" and r[0]["shape"]["ctx"]==1024
+# each case names its twins and the speed-up over them: the other median over its own
+v={x["name"]:{(e["kind"],e["case"]):e["speedup"] for e in x["versus"]} for x in r}
+def twin(n,kind,o):
+  s=v[n][(kind,o)]; assert abs(s-by[o]["ms_median"]/by[n]["ms_median"]) <= 1e-3*s, (n,kind,o,s)
+twin("decode.ctx1024","baseline","decode.ctx1024.onednn"); twin("prefill.f16","baseline","prefill.onednn")
+twin("prefill.bf16","baseline","prefill.onednn"); twin("decode.ctx1024.q8","baseline","decode.ctx1024.onednn")
+twin("decode.ctx1024.q8","f16","decode.ctx1024"); twin("prefill.f16.q8","f16","prefill.f16")
+if ref: twin("decode.ctx1024","reference","decode.ctx1024.reference"); twin("decode.ctx1024.q8","reference","decode.ctx1024.q8.reference")
+assert len(v["decode.ctx1024"])==1+ref and v["decode.ctx1024.onednn"]=={} and v["prefill.onednn"]=={}' "$tmp/a.json" &&
   grep -q "faster than the unfused oneDNN baseline" "$tmp/a.txt" && grep -q "decode.ctx1024.q8 .*x the f16 time" "$tmp/a.txt" &&
+  { grep -q "isa scalar" "$tmp/a.txt" || grep -q "decode.ctx1024 .*faster than the reference (scalar) kernels" "$tmp/a.txt"; } &&
   ok || { bad "heed bench attention"; cat "$tmp/a.txt"; }
 
 "$heed" bench kvquant --json "$tmp/q.json" >"$tmp/q.txt" 2>&1 && python3 -c '

@@ -70,6 +70,15 @@ typedef struct heed_bench_case {
   void *ctx;
 } heed_bench_case;
 
+/* One case against another of the same run: speedup = other's median / this
+ * case's median (> 1: this case is faster). */
+#define HEED_BENCH_MAX_VERSUS 3
+typedef struct heed_bench_versus {
+  char kind[12];   /* "baseline" (oneDNN/CLBlast unfused), "reference" (the scalar kernels), "f16" (a format's f16 twin) */
+  char name[64];   /* the other case */
+  double speedup;
+} heed_bench_versus;
+
 typedef struct heed_bench_result {
   char name[64];
   char backend[16];
@@ -83,6 +92,8 @@ typedef struct heed_bench_result {
   double limit_min, limit_max;
   double achieved_value;             /* work / ms_median, in the limit's unit */
   double fraction;                   /* achieved_value / limit_value */
+  int n_versus;                      /* filled by the suite that ran the case (attention), else 0 */
+  heed_bench_versus versus[HEED_BENCH_MAX_VERSUS];
 } heed_bench_result;
 
 /* rt is borrowed and must outlive the bench. Allocates the probe buffer once. */
