@@ -6,15 +6,19 @@
  *   C (parallel, rows x chunks): Z = sum over x >= thr of exp((x - m) / T);
  * after which p(x) = [x >= thr] exp((x - m) / T) / Z for any token in O(1).
  * With no cut, A and C are one pass (each chunk's C runs while it is in
- * cache). C uses the bound kernel (a cheap exp): Z is known within
- * [zlo, zhi], and an acceptance test u q(x) < p(x) that the bounds cannot
- * settle computes the exact Z. Long rows are done when the walk first needs
- * them (need), so rows after a rejection are never read.
- * Decisions walk the chain or tree; a rejection materialises the residual
- * max(0, p - q) in one vocabulary buffer with per-chunk sums, and a token is
- * drawn from it by inverse CDF: a walk over the chunk sums, then inside one
- * chunk. Chunks are fixed (SCHUNK elements), so neither the thread count nor
- * the ISA changes which sums are added in which order, only rounding.
+ * cache). C uses the bound kernel (a cheap exp): each chunk's sum, and so Z,
+ * is known within an interval; an acceptance test u q(x) < p(x) that the
+ * intervals cannot settle makes the widest chunk sums exact (refine), 1, 2,
+ * 4, ... at a time, until they do. Long rows are done when the walk first
+ * needs them (need), so rows after a rejection are never read.
+ * Decisions walk the chain or tree. A token from a row's own distribution
+ * (the bonus token) is drawn in two steps: its chunk (PCHUNK tokens) by
+ * inverse CDF over the chunk sums, settled by their intervals or refined as
+ * above, then the token inside that chunk; the row is not read again. A
+ * rejection materialises the residual max(0, p - q) in one vocabulary
+ * buffer with per-chunk sums (SCHUNK), and a token is drawn from it by
+ * inverse CDF. Chunks are fixed, so neither the thread count nor the ISA
+ * changes which sums are added in which order, only rounding.
  *
  * Repetition penalty without copying the row: the penalised tokens (sorted)
  * split every pass into plain segments, which go to the kernels, and single
@@ -39,11 +43,12 @@
 #include "runtime/internal.h"
 #include "spec/spec_internal.h"
 
-#define PCHUNK 8192u   /* elements per parallel task */
+#define PCHUNK HEED_SPEC_CHUNK /* elements per parallel task, and per chunk of a draw */
 #define SCHUNK 1024u   /* elements per sampling chunk */
 #define HB 2048        /* top-p histogram buckets ... */
 #define HR 32.0f       /* ... over this many nats below the max */
-#define DRAW_SAMPLE 0x10000u /* draw index of the token sampled at row r: DRAW_SAMPLE + r */
+#define DRAW_SAMPLE HEED_SPEC_DRAW_CHUNK  /* draw index of the chunk sampled at row r: DRAW_SAMPLE + r, */
+#define DRAW_WITHIN HEED_SPEC_DRAW_WITHIN /* and of the token inside it: DRAW_WITHIN + r */
 
 typedef struct penrow {
   const uint32_t *pos; /* [n] sorted, distinct */
@@ -97,6 +102,9 @@ struct heed_spec {
   float *pen_val;    /* [2 * max_rows][pen_cap] */
   rowstat *rs;       /* [2 * max_rows]: target rows, then dense-logit q rows */
   part *parts;       /* [2 * max_rows][n_pchunk] */
+  float *cz;         /* [2 * max_rows][n_pchunk]: each slot's chunk sums of exp((x - m) / T), */
+  uint8_t *cx;       /* [2 * max_rows][n_pchunk]: exact, or from the bound kernel */
+  uint32_t *pick;    /* [n_pchunk] chunks being made exact */
 };
 
 static heed_status fail(heed_spec *s, heed_status st, const char *fmt, ...) HEED_PRINTF(3, 4);
@@ -153,8 +161,11 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   s->pen_val = malloc(sizeof(float) * ((size_t)2 * s->max_rows * s->pen_cap + 1));
   s->rs = calloc((size_t)2 * s->max_rows, sizeof(rowstat));
   s->parts = malloc(sizeof(part) * (size_t)2 * s->max_rows * s->n_pchunk);
+  s->cz = malloc(sizeof(float) * (size_t)2 * s->max_rows * s->n_pchunk);
+  s->cx = malloc((size_t)2 * s->max_rows * s->n_pchunk);
+  s->pick = malloc(sizeof(uint32_t) * s->n_pchunk);
   if (!s->w || !s->qw || !s->vals || !s->idx || !s->csum || !s->hmass || !s->hcnt || !s->hist_seen || !s->pen_base || !s->pen_pos ||
-      !s->pen_val || !s->rs || !s->parts) {
+      !s->pen_val || !s->rs || !s->parts || !s->cz || !s->cx || !s->pick) {
     heed_spec_destroy(s);
     return heed_err_set(err, HEED_E_NOMEM, "heed_spec_create: out of memory for a vocab of %u", V);
   }
@@ -176,6 +187,7 @@ void heed_spec_destroy(heed_spec *s) {
   if (s->dev) s->dev->close(s->dev_ctx, s->dev_h);
   free(s->w), free(s->qw), free(s->vals), free(s->idx), free(s->csum), free(s->hmass), free(s->hcnt), free(s->hist_seen);
   free(s->pen_base), free(s->pen_pos), free(s->pen_val), free(s->rs), free(s->parts);
+  free(s->cz), free(s->cx), free(s->pick);
   free(s);
 }
 
@@ -396,6 +408,8 @@ typedef struct job {
   int want_arg; /* greedy: phase A's argmax */
   float *w, *csum; /* materialise: where the weights and chunk sums go */
   int mass;        /* histogram: sum the mass too */
+  unsigned slot;   /* refine: the row's slot, and */
+  const uint32_t *chunks; /* the chunks whose sums are made exact */
 } job;
 
 static void task_max(void *ctx, size_t begin, size_t end, int worker) {
@@ -418,14 +432,10 @@ static void sumexp_with(void *ctx, size_t begin, size_t end, heed_vocab_sumexp_f
   }
 }
 
-/* Phase C, bounded (the cheap exp) and exact. */
+/* Phase C, bounded (the cheap exp); refine makes chunks exact. */
 static void task_sumexp(void *ctx, size_t begin, size_t end, int worker) {
   (void)worker;
   sumexp_with(ctx, begin, end, ((job *)ctx)->s->vsumexp_bound);
-}
-static void task_sumexp_exact(void *ctx, size_t begin, size_t end, int worker) {
-  (void)worker;
-  sumexp_with(ctx, begin, end, ((job *)ctx)->s->vsumexp);
 }
 
 /* A and C in one pass when nothing is cut: each chunk's max, then its
@@ -767,18 +777,36 @@ static heed_status phase_sumexp(heed_spec *s, const unsigned *slots, unsigned n,
   return s->dev->sumexp(s->dev_ctx, s->dev_h, slots, m, thr, n, J->is, PCHUNK, s->parts, &s->err);
 }
 
-/* z from the chunk sums; bounded sums give the interval of heed/kernels.h
- * (the n 2^-126 term is below float resolution: z >= 1, the max's own term). */
-static void set_z(rowstat *r, float z, int exact) {
-  r->z = z, r->zexact = exact;
-  r->zlo = exact ? z : z / HEED_VOCAB_BOUND_HI;
-  r->zhi = exact ? z : z * HEED_VOCAB_BOUND_LO_INV;
+/* Row r's z and its interval from its chunk sums: an exact chunk counts as
+ * itself, a bounded one within the interval of heed/kernels.h (the n 2^-126
+ * term is below float resolution: z >= 1, the max's own term). Summed in
+ * double and widened by an ulp, so the float interval holds the sum. */
+static void set_z(heed_spec *s, rowstat *r) {
+  const float *cz = s->cz + (size_t)slot_of(s, r) * s->n_pchunk;
+  const uint8_t *cx = s->cx + (size_t)slot_of(s, r) * s->n_pchunk;
+  double z = 0, lo = 0, hi = 0;
+  int exact = 1;
+  for (unsigned c = 0; c < s->n_pchunk; c++) {
+    z += cz[c];
+    if (cx[c]) lo += cz[c], hi += cz[c];
+    else lo += cz[c] / (double)HEED_VOCAB_BOUND_HI, hi += cz[c] * (double)HEED_VOCAB_BOUND_LO_INV, exact = 0;
+  }
+  r->z = (float)z, r->zexact = exact;
+  r->zlo = exact ? r->z : nextafterf((float)lo, 0.0f);
+  r->zhi = exact ? r->z : nextafterf((float)hi, INFINITY);
 }
 
-static float sum_parts(const heed_spec *s, unsigned row) {
-  float z = 0;
-  for (unsigned c = 0; c < s->n_pchunk; c++) z += s->parts[(size_t)row * s->n_pchunk + c].z;
-  return z;
+/* Slot's chunk sums from s->parts (row `row` of the last pass), relative to
+ * the row's max m: rescaled when a chunk's sum is against its own max. */
+static void keep_chunks(heed_spec *s, unsigned slot, unsigned row, float is, int rescale, int exact) {
+  const rowstat *r = &s->rs[slot];
+  float *cz = s->cz + (size_t)slot * s->n_pchunk;
+  uint8_t *cx = s->cx + (size_t)slot * s->n_pchunk;
+  for (unsigned c = 0; c < s->n_pchunk; c++) {
+    const part *p = &s->parts[(size_t)row * s->n_pchunk + c];
+    cz[c] = !rescale ? p->z : p->m > -INFINITY ? p->z * expf((p->m - r->m) * is) : 0.0f;
+    cx[c] = exact || cz[c] == 0; /* an empty chunk's 0 is exact */
+  }
 }
 
 static int has_cuts(const heed_spec *s, const heed_sampling *smp) {
@@ -814,12 +842,8 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
       return fail(s, HEED_E_INVALID, "%s row %u is -inf everywhere: nothing can be sampled", what,
                   slots[i] % s->max_rows);
     if (fused) {
-      float z = 0;
-      for (unsigned c = 0; c < s->n_pchunk; c++) {
-        const part *p = &s->parts[(size_t)i * s->n_pchunk + c];
-        if (p->m > -INFINITY) z += p->z * expf((p->m - r->m) * is);
-      }
-      set_z(r, z, 0);
+      keep_chunks(s, slots[i], i, is, 1, 0);
+      set_z(s, r);
     }
     r->ready = fused || smp->temperature == 0;
   }
@@ -828,21 +852,58 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
     if ((st = cut_row(s, rows[i], smp, is))) return st;
   if ((st = phase_sumexp(s, slots, n, &J))) return st;
   for (unsigned i = 0; i < n; i++) {
-    set_z(rows[i], sum_parts(s, i), s->dev != NULL); /* the device's sums are exact */
+    keep_chunks(s, slots[i], i, is, 0, s->dev != NULL); /* the device's sums are exact */
+    set_z(s, rows[i]);
     rows[i]->ready = 1;
   }
   return HEED_OK;
 }
 
-/* The exact z of a row whose statistics are ready (phase C again, exactly). */
-static heed_status need_exact(heed_spec *s, float is, unsigned slot) {
+static void task_chunk_exact(void *ctx, size_t begin, size_t end, int worker) {
+  (void)worker;
+  job *J = ctx;
+  heed_spec *s = J->s;
+  const rowstat *r = J->rows[0];
+  for (size_t i = begin; i < end; i++) {
+    size_t c = J->chunks[i], a = c * PCHUNK;
+    s->cz[(size_t)J->slot * s->n_pchunk + c] = range_sumexp(s->vsumexp, r, r->m, r->thr, J->is, a, chunk_end(s, a, PCHUNK));
+    s->cx[(size_t)J->slot * s->n_pchunk + c] = 1;
+  }
+}
+
+/* Makes the sums of up to k more chunks of a ready row exact (phase C
+ * again, exactly, on those chunks): the bounded chunks with the largest
+ * sums, whose intervals are the widest. Returns how many it made exact. */
+static heed_status refine(heed_spec *s, float is, unsigned slot, unsigned k, unsigned *done) {
   rowstat *r = &s->rs[slot];
-  if (r->zexact) return HEED_OK;
-  job J = {.s = s, .rows = &r, .n_rows = 1, .is = is};
-  heed_status st = run_pool(s, s->n_pchunk, task_sumexp_exact, &J);
+  const float *cz = s->cz + (size_t)slot * s->n_pchunk;
+  const uint8_t *cx = s->cx + (size_t)slot * s->n_pchunk;
+  unsigned n = 0;
+  for (unsigned c = 0; c < s->n_pchunk; c++)
+    if (!cx[c]) s->pick[n++] = c;
+  if (k < n) /* the k largest first: a partial selection sort (n_pchunk is small) */
+    for (unsigned i = 0; i < k; i++) {
+      unsigned best = i;
+      for (unsigned j = i + 1; j < n; j++)
+        if (cz[s->pick[j]] > cz[s->pick[best]]) best = j;
+      uint32_t t = s->pick[i];
+      s->pick[i] = s->pick[best], s->pick[best] = t;
+    }
+  else
+    k = n;
+  if (done) *done = k;
+  if (!k) return HEED_OK;
+  job J = {.s = s, .rows = &r, .n_rows = 1, .is = is, .slot = slot, .chunks = s->pick};
+  heed_status st = k == 1 ? (task_chunk_exact(&J, 0, 1, 0), HEED_OK) : run_pool(s, k, task_chunk_exact, &J);
   if (st) return st;
-  set_z(r, sum_parts(s, 0), 1);
+  set_z(s, r);
   return HEED_OK;
+}
+
+/* The exact z of a row whose statistics are ready. */
+static heed_status need_exact(heed_spec *s, float is, unsigned slot) {
+  if (s->rs[slot].zexact) return HEED_OK;
+  return refine(s, is, slot, s->n_pchunk, NULL);
 }
 
 /* p(t) of row r is in [*lo, *hi]; both equal p(t) once r's z is exact. */
@@ -866,14 +927,12 @@ static void task_materialise(void *ctx, size_t begin, size_t end, int worker) {
   const rowstat *r = J->rows[0];
   for (size_t c = begin; c < end; c++) {
     size_t a = c * SCHUNK, b = chunk_end(J->s, a, SCHUNK);
-    float z = J->w ? range_weights(J->s, r, J->is, 1.0f / r->z, a, b, J->w)
-                   : range_sumexp(J->s->vsumexp, r, r->m, r->thr, J->is, a, b) / r->z;
+    float z = range_weights(J->s, r, J->is, 1.0f / r->z, a, b, J->w);
     if (J->csum) J->csum[c] = z;
   }
 }
 
-/* w = row r's weights (scaled by 1 / z), csum its chunk sums, on the pool;
- * w NULL: the chunk sums alone. */
+/* w = row r's weights (scaled by 1 / z), csum (if given) its chunk sums, on the pool. */
 static heed_status materialise(heed_spec *s, const rowstat *r, float is, float *w, float *csum) {
   rowstat *rr = (rowstat *)r;
   job J = {.s = s, .rows = &rr, .n_rows = 1, .is = is, .w = w, .csum = csum};
@@ -969,10 +1028,8 @@ static void subtract_q(heed_spec *s, const heed_draft_q *q, unsigned node, const
   }
 }
 
-/* Inverse CDF over w: the chunk, then the token inside it. With r, w holds
- * nothing yet and the chosen chunk's weights are made from row r (csum
- * being r's chunk sums, materialise with w NULL). */
-static int32_t draw_from_w(heed_spec *s, const rowstat *r, float is, float u) {
+/* Inverse CDF over the materialised w: the chunk, then the token inside it. */
+static int32_t draw_from_w(heed_spec *s, float u) {
   float total = csum_total(s), target = u * total, cum = 0;
   unsigned c = 0, last = 0;
   for (; c < s->n_schunk; c++) {
@@ -982,7 +1039,6 @@ static int32_t draw_from_w(heed_spec *s, const rowstat *r, float is, float u) {
   }
   if (c == s->n_schunk) c = last, cum -= s->csum[last]; /* rounding ran past the end */
   size_t a = (size_t)c * SCHUNK, b = chunk_end(s, a, SCHUNK);
-  if (r) range_weights(s, r, is, 1.0f / r->z, a, b, s->w);
   int32_t pick = -1;
   for (size_t i = a; i < b; i++) {
     if (s->w[i] <= 0) continue;
@@ -993,12 +1049,60 @@ static int32_t draw_from_w(heed_spec *s, const rowstat *r, float is, float u) {
   return pick;
 }
 
-/* A token from row r's own distribution: the chunk sums on the pool, then
- * the weights of the one chunk the draw lands in (no full-row store). */
-static heed_status draw_from_row(heed_spec *s, const rowstat *r, float is, float u, int32_t *tok) {
-  heed_status st = materialise(s, r, is, NULL, s->csum);
-  if (st) return st;
-  *tok = draw_from_w(s, r, is, u);
+/* A token from row `slot`'s own distribution in two draws: its chunk by u,
+ * inverse CDF over the exact chunk sums c_j (the first j with
+ * (1 - u) C(<=j) > u C(>j), C the sums up to and after j, which is
+ * C(<=j) > u Z without Z), then the token inside it by u2 over the chunk's
+ * weights. Bounded chunk sums settle the first draw wherever their
+ * intervals leave one j possible; else the widest are made exact (1, 2, 4,
+ * ... at a time) until one is left, so the chunk is the one the exact sums
+ * give, on every backend, without reading the whole row again. */
+static heed_status draw_from_row(heed_spec *s, unsigned slot, float is, float u, float u2, int32_t *tok) {
+  const unsigned n = s->n_pchunk;
+  const float *cz = s->cz + (size_t)slot * n;
+  const uint8_t *cx = s->cx + (size_t)slot * n;
+  const int trust = s->fault == HEED_SPEC_FAULT_BOUNDED_DRAW; /* the bug the tests must catch */
+  const double v = u, HI = trust ? 1.0 : HEED_VOCAB_BOUND_HI, LI = trust ? 1.0 : HEED_VOCAB_BOUND_LO_INV;
+  if (s->fault == HEED_SPEC_FAULT_SAME_U) u2 = u;
+  unsigned j = n;
+  for (unsigned k = 1;; k *= 2) {
+    double alo = 0, ahi = 0, blo = 0, bhi = 0; /* C(>j): all, then less each chunk passed */
+    for (unsigned c = 0; c < n; c++) blo += cx[c] ? cz[c] : cz[c] / HI, bhi += cx[c] ? cz[c] : cz[c] * LI;
+    unsigned first_maybe = n, first_sure = n, last = n;
+    for (unsigned c = 0; c < n; c++) {
+      const double lo = cx[c] ? cz[c] : cz[c] / HI, hi = cx[c] ? cz[c] : cz[c] * LI;
+      alo += lo, ahi += hi, blo -= lo, bhi -= hi;
+      if (cz[c] > 0) last = c;
+      if (first_maybe == n && (1 - v) * ahi - v * (blo > 0 ? blo : 0) > 0) first_maybe = c;
+      if ((1 - v) * alo - v * (bhi > 0 ? bhi : 0) > 0) {
+        first_sure = c;
+        break;
+      }
+    }
+    unsigned done = 0;
+    if ((first_maybe == first_sure && first_sure < n) || (trust && first_sure < n)) {
+      j = first_sure;
+      break;
+    }
+    heed_status st = refine(s, is, slot, k, &done);
+    if (st) return st;
+    if (!done) { /* all exact: rounding ran past the end (u near 1), or settled */
+      j = first_sure < n ? first_sure : last;
+      break;
+    }
+  }
+  if (j >= n) return fail(s, HEED_E_INTERNAL, "row %u has no mass to sample from", slot);
+  const rowstat *r = &s->rs[slot];
+  size_t a = (size_t)j * PCHUNK, b = chunk_end(s, a, PCHUNK);
+  float cj = range_weights(s, r, is, 1.0f, a, b, s->w), target = u2 * cj, cum = 0;
+  int32_t pick = -1;
+  for (size_t i = a; i < b; i++) {
+    if (s->w[i] <= 0) continue;
+    pick = (int32_t)i;
+    cum += s->w[i];
+    if (cum > target) break;
+  }
+  *tok = pick;
   return HEED_OK;
 }
 
@@ -1106,12 +1210,17 @@ static heed_status verify(heed_spec *s, const heed_sampling *smp, uint64_t seed,
       float u = heed_spec_uniform(seed, step, c);
       if (s->fault == HEED_SPEC_FAULT_IGNORE_Q) qlo = qhi = 1.0f;
       int accept = u * qhi < plo;
-      if (!accept && u * qlo < phi) { /* undecided: exact sums */
-        if ((!materialised && (st = need_exact(s, is, (unsigned)(cur + 1)))) || (qlogits && (st = need_exact(s, is, qslot))))
+      /* Undecided: make the widest chunk sums exact, 1, 2, 4, ... at a time,
+       * until the intervals settle it (one chunk, when a few tokens hold most
+       * of the mass); once both sums are exact, plo == phi and qlo == qhi. */
+      for (unsigned k = 1; !accept && u * qlo < phi; k *= 2) {
+        unsigned dp = 0, dq = 0;
+        if ((!materialised && (st = refine(s, is, (unsigned)(cur + 1), k, &dp))) || (qlogits && (st = refine(s, is, qslot, k, &dq))))
           return st;
+        if (!dp && !dq) break; /* exact already: bounds equal, the test below is the last word */
         if (!materialised) p_bounds(pr, is, (uint32_t)tok[c], &plo, &phi);
         if (qlogits && s->fault != HEED_SPEC_FAULT_IGNORE_Q) q_bounds(s, q, c, tok, is, qsum, tok[c], &qlo, &qhi);
-        accept = u * qlo < plo;
+        accept = u * qhi < plo;
       }
       if (accept) {
         moved = 1, cur = (int)c;
@@ -1137,8 +1246,10 @@ static heed_status verify(heed_spec *s, const heed_sampling *smp, uint64_t seed,
       res->next_token = (int32_t)pr->arg;
     } else {
       float u = heed_spec_uniform(seed, step, DRAW_SAMPLE + (uint32_t)(cur + 1));
-      if (materialised) res->next_token = draw_from_w(s, NULL, is, u);
-      else if ((st = draw_from_row(s, pr, is, u, &res->next_token))) return st;
+      if (materialised) res->next_token = draw_from_w(s, u);
+      else if ((st = draw_from_row(s, (unsigned)(cur + 1), is, u, heed_spec_uniform(seed, step, DRAW_WITHIN + (uint32_t)(cur + 1)),
+                                   &res->next_token)))
+        return st;
       if (res->next_token < 0) return fail(s, HEED_E_INTERNAL, "row %d has no mass to sample from", cur + 1);
     }
     return HEED_OK;

@@ -668,6 +668,96 @@ Test(spec, sampling_follows_the_transformed_distribution) {
   heed_runtime_close(rt);
 }
 
+/* A long row's token, drawn as spec_internal.h says, against the same draw
+ * from fp64 probabilities: the chunk by u over the chunk masses, the token
+ * by u2 inside it. The verifier picks the chunk from bounded sums, made
+ * exact only where they leave a doubt, so this is where a wrong bracket or
+ * an unrefined decision would show. Returns how many draws differ (draws
+ * within 1e-5 of a boundary, where rounding may decide, are not counted). */
+static unsigned long_row_mismatches(heed_runtime *rt, const float *x, unsigned V, const heed_sampling *sm, unsigned n_seeds,
+                                    int fault, unsigned *n_checked) {
+  heed_spec *s = open_spec(rt, V, 1);
+  heed_spec_set_fault(s, fault);
+  double *p = malloc(sizeof(double) * V);
+  ref_probs(x, V, sm, NULL, 0, p);
+  const unsigned nc = (V + HEED_SPEC_CHUNK - 1) / HEED_SPEC_CHUNK;
+  double cm[16] = {0};
+  for (unsigned t = 0; t < V; t++) cm[t / HEED_SPEC_CHUNK] += p[t];
+  unsigned bad = 0, checked = 0;
+  for (unsigned seed = 0; seed < n_seeds; seed++) {
+    int32_t tok;
+    cr_assert_eq(heed_spec_sample(s, sm, seed, 3, x, &tok), HEED_OK, "%s", heed_spec_last_error(s));
+    cr_assert(tok >= 0 && (unsigned)tok < V && p[tok] > 0, "seed %u: token %d has p %g", seed, tok, tok >= 0 ? p[tok] : -1);
+    const double u = heed_spec_uniform(seed, 3, HEED_SPEC_DRAW_CHUNK), u2 = heed_spec_uniform(seed, 3, HEED_SPEC_DRAW_WITHIN);
+    double c = 0, near = 1;
+    unsigned j = nc - 1;
+    for (unsigned k = 0; k < nc; k++) {
+      c += cm[k];
+      near = fmin(near, fabs(c - u));
+      if (c > u) {
+        j = k;
+        break;
+      }
+    }
+    unsigned a = j * HEED_SPEC_CHUNK, b = a + HEED_SPEC_CHUNK < V ? a + HEED_SPEC_CHUNK : V, want = b - 1;
+    c = 0;
+    for (unsigned t = a; t < b; t++) {
+      c += p[t] / cm[j];
+      near = fmin(near, fabs(c - u2));
+      if (c > u2) {
+        want = t;
+        break;
+      }
+    }
+    if (near < 1e-5) continue;
+    checked++;
+    bad += (unsigned)tok != want;
+  }
+  heed_spec_destroy(s);
+  free(p);
+  *n_checked = checked;
+  return bad;
+}
+
+Test(spec, long_rows_draw_what_exact_sums_draw, .timeout = 240) {
+  const unsigned V = 9 * HEED_SPEC_CHUNK + 77; /* ten chunks, the last short; read lazily, on the pool */
+  float *x = malloc(sizeof(float) * V);
+  int32_t pt[3] = {8191, 8192, 40000};
+  const heed_sampling plain = samp(1, 0, 1, 0, 1, NULL, 0), cut = samp(0.7f, 5000, 0.9f, 0, 1.3f, pt, 3);
+  for (int kind = 0; kind < 4; kind++) {
+    uint64_t r = 500 + (uint64_t)kind;
+    for (unsigned t = 0; t < V; t++) {
+      const double g = tu_uniform(&r);
+      /* 0: chunks of about equal mass, each about flat, every other one led
+       * by a token ln(2) / 2 above the rest: chunks are summed against their
+       * own max, so the cheap exp errs by 0 in one chunk and by 6% in the
+       * next (bounded sums move each boundary by ~0.3% of the mass), and
+       * the intervals of the sums leave every boundary in doubt */
+      x[t] = kind == 0 ? (float)(0.02 * g + (t % HEED_SPEC_CHUNK || !(t / HEED_SPEC_CHUNK % 2) ? 0 : 0.34657))
+           : kind == 1 ? (float)(90 * g - 80)            /* from -80 to 10: chunk masses far apart */
+           : kind == 2 ? (float)(8 * g - 6)              /* a model's spread ... */
+                       : (float)(3 * g);                 /* (cut, penalised) */
+    }
+    if (kind == 2) x[12345] = 14.0f, x[8191] = 12.5f, x[8192] = 12.5f, x[V - 1] = 13.0f; /* ... and a few heavy tokens */
+    const heed_sampling *sm = kind == 3 ? &cut : &plain;
+    for (unsigned ii = 0; ii < sizeof variants / sizeof *variants; ii++) {
+      heed_runtime *rt = open_rt(variants[ii], 2);
+      if (!rt) continue;
+      unsigned checked, bad = long_row_mismatches(rt, x, V, sm, kind == 0 ? 300 : 100, 0, &checked);
+      cr_assert(checked > (kind == 0 ? 250u : 80u), "%s row %d: only %u draws checked", variant_name(variants[ii]), kind, checked);
+      cr_assert_eq(bad, 0, "%s row %d: %u of %u draws differ from the fp64 draw", variant_name(variants[ii]), kind, bad, checked);
+      if (kind == 0 && variants[ii] != ON_OPENCL) { /* the bugs this test exists for */
+        unsigned c2, b1 = long_row_mismatches(rt, x, V, sm, 1500, HEED_SPEC_FAULT_BOUNDED_DRAW, &c2); /* ~1.4% differ */
+        cr_assert(b1 >= 5, "%s: chunks picked from bounded sums went unnoticed (%u of %u differ)", variant_name(variants[ii]), b1, c2);
+        unsigned b2 = long_row_mismatches(rt, x, V, sm, 100, HEED_SPEC_FAULT_SAME_U, &c2);
+        cr_assert(b2 > c2 / 2, "%s: one uniform for chunk and token went unnoticed (%u of %u differ)", variant_name(variants[ii]), b2, c2);
+      }
+      heed_runtime_close(rt);
+    }
+  }
+  free(x);
+}
+
 /* ---- trees ---- */
 
 Test(spec, tree_mask_shape) {
