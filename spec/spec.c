@@ -45,6 +45,8 @@
 
 #define PCHUNK HEED_SPEC_CHUNK /* elements per parallel task, and per chunk of a draw */
 #define SCHUNK 1024u   /* elements per sampling chunk */
+#define KEEP_MAX 4096u /* a cut that keeps at most this many tokens is summed from them, exactly */
+#define TOPK_FAST 1024u /* top-k up to this k from candidates */
 #define HB 2048        /* top-p histogram buckets ... */
 #define HR 32.0f       /* ... over this many nats below the max */
 #define DRAW_SAMPLE HEED_SPEC_DRAW_CHUNK  /* draw index of the chunk sampled at row r: DRAW_SAMPLE + r, */
@@ -105,6 +107,9 @@ struct heed_spec {
   float *cz;         /* [2 * max_rows][n_pchunk]: each slot's chunk sums of exp((x - m) / T), */
   uint8_t *cx;       /* [2 * max_rows][n_pchunk]: exact, or from the bound kernel */
   uint32_t *pick;    /* [n_pchunk] chunks being made exact */
+  uint32_t *ccount;  /* [n_pchunk] candidates each chunk holds (its region of vals / idx) */
+  struct kept { float v; uint32_t t; } *keep; /* [KEEP_MAX] a cut's kept tokens */
+  unsigned n_cut_cand, n_cut_hist; /* spec_internal.h */
 };
 
 static heed_status fail(heed_spec *s, heed_status st, const char *fmt, ...) HEED_PRINTF(3, 4);
@@ -164,7 +169,10 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   s->cz = malloc(sizeof(float) * (size_t)2 * s->max_rows * s->n_pchunk);
   s->cx = malloc((size_t)2 * s->max_rows * s->n_pchunk);
   s->pick = malloc(sizeof(uint32_t) * s->n_pchunk);
-  if (!s->w || !s->qw || !s->vals || !s->idx || !s->csum || !s->hmass || !s->hcnt || !s->hist_seen || !s->pen_base || !s->pen_pos ||
+  s->ccount = malloc(sizeof(uint32_t) * s->n_pchunk);
+  s->keep = malloc(sizeof *s->keep * KEEP_MAX);
+  if (!s->ccount || !s->keep ||
+      !s->w || !s->qw || !s->vals || !s->idx || !s->csum || !s->hmass || !s->hcnt || !s->hist_seen || !s->pen_base || !s->pen_pos ||
       !s->pen_val || !s->rs || !s->parts || !s->cz || !s->cx || !s->pick) {
     heed_spec_destroy(s);
     return heed_err_set(err, HEED_E_NOMEM, "heed_spec_create: out of memory for a vocab of %u", V);
@@ -187,7 +195,7 @@ void heed_spec_destroy(heed_spec *s) {
   if (s->dev) s->dev->close(s->dev_ctx, s->dev_h);
   free(s->w), free(s->qw), free(s->vals), free(s->idx), free(s->csum), free(s->hmass), free(s->hcnt), free(s->hist_seen);
   free(s->pen_base), free(s->pen_pos), free(s->pen_val), free(s->rs), free(s->parts);
-  free(s->cz), free(s->cx), free(s->pick);
+  free(s->cz), free(s->cx), free(s->pick), free(s->ccount), free(s->keep);
   free(s);
 }
 
@@ -410,6 +418,8 @@ typedef struct job {
   int mass;        /* histogram: sum the mass too */
   unsigned slot;   /* refine: the row's slot, and */
   const uint32_t *chunks; /* the chunks whose sums are made exact */
+  float cand;      /* candidates: the values >= cand */
+  int collect;     /* phase A collects them too (one row) */
 } job;
 
 static void task_max(void *ctx, size_t begin, size_t end, int worker) {
@@ -419,6 +429,12 @@ static void task_max(void *ctx, size_t begin, size_t end, int worker) {
   for (size_t i = begin; i < end; i++) {
     size_t a = (i % s->n_pchunk) * PCHUNK;
     s->parts[i] = part_max(s, J->rows[i / s->n_pchunk], a, chunk_end(s, a, PCHUNK), J->want_arg);
+    if (J->collect) { /* while the chunk is in cache (one row: its chunks' regions of vals / idx) */
+      const rowstat *r = J->rows[0];
+      uint32_t *t = s->idx + a, n = (uint32_t)range_collect(s, r, J->cand, a, chunk_end(s, a, PCHUNK), t);
+      for (uint32_t k = 0; k < n; k++) s->vals[a + k] = row_value(r, t[k]);
+      s->ccount[i] = n;
+    }
   }
 }
 
@@ -693,6 +709,176 @@ static heed_status top_p_cut(heed_spec *s, const rowstat *r, float is, float top
   return HEED_OK;
 }
 
+/* ---- cuts from a few candidates (the CPU): each chunk's top k, or its
+ * values above a bound the cut cannot be below; merged, the kept tokens
+ * are few, and their sum of exp is exact without another pass ---- */
+
+static void set_z(heed_spec *s, rowstat *r);
+static heed_status refine(heed_spec *s, float is, unsigned slot, unsigned k, unsigned *done);
+
+/* Chunk c's values >= J->cand into its region of s->vals / s->idx, their
+ * number into s->ccount[c]. */
+static void task_cand(void *ctx, size_t begin, size_t end, int worker) {
+  (void)worker;
+  job *J = ctx;
+  heed_spec *s = J->s;
+  const rowstat *r = J->rows[0];
+  for (size_t c = begin; c < end; c++) {
+    const size_t a = c * PCHUNK;
+    uint32_t *t = s->idx + a, n = (uint32_t)range_collect(s, r, J->cand, a, chunk_end(s, a, PCHUNK), t);
+    for (uint32_t i = 0; i < n; i++) s->vals[a + i] = row_value(r, t[i]);
+    s->ccount[c] = n;
+  }
+}
+
+/* A value with, by a sample of the row, about 2k + 8 V / S values above
+ * it: the j-th largest of S = 4096 values, 64 runs of 64 spread evenly
+ * (runs: a few cache lines each, not one miss per value). A guess: the
+ * caller checks how many are really above it. */
+static float topk_guess(heed_spec *s, const rowstat *r, unsigned k) {
+  const unsigned V = s->cfg.vocab, S = V < 4096 ? V : 4096, runs = S / 64 ? S / 64 : 1, len = S / runs;
+  const unsigned j = (unsigned)ceil(2.0 * k * S / V) + 8;
+  if (j >= S) return -INFINITY;
+  float *h = s->w; /* free until a rejection */
+  unsigned n = 0;
+  for (unsigned run = 0; run < runs; run++) {
+    const uint32_t base = (uint32_t)((uint64_t)run * V / runs);
+    for (unsigned i = 0; i < len; i++) {
+      const float v = r->pen.n ? row_value(r, base + i) : r->x[base + i];
+      if (n < j) {
+        h[n++] = v;
+        if (n == j)
+          for (unsigned l = j / 2 + 1; l-- > 0;) heap_down(h, j, l);
+      } else if (v > h[0]) {
+        h[0] = v;
+        heap_down(h, j, 0);
+      }
+    }
+  }
+  return h[0];
+}
+
+static int cmp_kept_desc(const void *a, const void *b) {
+  const float x = ((const struct kept *)a)->v, y = ((const struct kept *)b)->v;
+  if (x != y) return x > y ? -1 : 1;
+  const uint32_t p = ((const struct kept *)a)->t, q = ((const struct kept *)b)->t;
+  return (p > q) - (p < q);
+}
+
+/* Adds chunk c's region entries >= thr to s->keep; 0 when they overflow it. */
+static int keep_region(heed_spec *s, size_t c, float thr, size_t *n) {
+  const float *h = s->vals + c * PCHUNK;
+  const uint32_t *t = s->idx + c * PCHUNK;
+  for (uint32_t i = 0; i < s->ccount[c]; i++)
+    if (h[i] >= thr) {
+      if (*n == KEEP_MAX) return 0;
+      s->keep[*n].v = h[i], s->keep[(*n)++].t = t[i];
+    }
+  return 1;
+}
+
+/* Row r's cut from candidates, when the kept tokens are at most KEEP_MAX:
+ * sets r->thr, and the chunk sums and z exactly from the kept tokens.
+ * *done 0: nothing set (too many candidates, or a cut this does not do);
+ * the caller cuts by the histogram and sums by phase C. */
+static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_sampling *smp, float is, const float *collected,
+                                       int *done) {
+  *done = 0;
+  const unsigned V = s->cfg.vocab, slot = slot_of(s, r);
+  const int topk = smp->top_k && smp->top_k < V, topp = smp->top_p < 1;
+  if (s->dev || (!topk && !topp) || (topk && smp->top_k > TOPK_FAST)) return HEED_OK;
+  const float pmin = smp->min_p > 0 ? r->m + logf(smp->min_p) / is : -INFINITY;
+  job J = {.s = s, .rows = &r, .n_rows = 1, .is = is};
+  if (collected) {
+    J.cand = *collected; /* by phase A */
+  } else if (topk) {
+    J.cand = topk_guess(s, r, smp->top_k); /* checked below: at least k values above it, at most KEEP_MAX */
+  } else {
+    /* Top-p keeps x >= t for some t, the largest with mass(x >= t) >=
+     * p Z; mass(x < t) < V exp((t - m) / T), so t_c with V exp((t_c - m)
+     * / T) <= (1 - p) Z_lo has mass(x >= t_c) >= p Z: the cut is >= t_c. */
+    J.cand = r->m + logf((1.0f - smp->top_p) * r->zlo / (float)V) / is;
+    if (!(J.cand > pmin)) J.cand = pmin;
+    J.cand = nextafterf(J.cand, -INFINITY); /* the rounding of the line above */
+  }
+  heed_status st = collected ? HEED_OK : run_pool(s, s->n_pchunk, task_cand, &J);
+  if (st) return st;
+  size_t n = 0;
+  float thr = -INFINITY;
+  for (unsigned c = 0; c < s->n_pchunk; c++)
+    if (!keep_region(s, c, -INFINITY, &n)) return HEED_OK; /* too many: the histogram's turn */
+  if (topk) {
+    /* the k-th largest candidate (every value >= it is a candidate), by a heap of k */
+    const unsigned k = smp->top_k;
+    if (n < k) return HEED_OK; /* the guess was too high */
+    float *h = s->w;
+    for (unsigned i = 0; i < k; i++) h[i] = s->keep[i].v;
+    for (unsigned l = k / 2 + 1; l-- > 0;) heap_down(h, k, l);
+    for (size_t i = k; i < n; i++)
+      if (s->keep[i].v > h[0]) h[0] = s->keep[i].v, heap_down(h, k, 0);
+    thr = h[0];
+    size_t m = 0; /* the kept: ties with the k-th too */
+    for (size_t i = 0; i < n; i++)
+      if (s->keep[i].v >= thr) s->keep[m++] = s->keep[i];
+    n = m;
+    qsort(s->keep, n, sizeof *s->keep, cmp_kept_desc);
+    if (topp) { /* top-p over the top k: its mass is all here */
+      double z = 0;
+      for (size_t i = 0; i < n; i++) z += expf((s->keep[i].v - r->m) * is);
+      double cum = 0;
+      for (size_t i = 0; i < n; i++) {
+        cum += expf((s->keep[i].v - r->m) * is);
+        if (cum >= smp->top_p * z) {
+          thr = s->keep[i].v > thr ? s->keep[i].v : thr;
+          break;
+        }
+      }
+    }
+  } else {
+    qsort(s->keep, n, sizeof *s->keep, cmp_kept_desc);
+    /* The first prefix whose mass reaches p Z, Z the whole row's: within
+     * its interval, made exact (the widest chunks first) where it leaves
+     * more than one prefix possible. With min-p above t_c the candidates
+     * may all fall short of p Z: the cut is below them, min-p's then. */
+    double all = 0;
+    for (size_t i = 0; i < n; i++) all += expf((s->keep[i].v - r->m) * is);
+    for (unsigned k = 1; all >= smp->top_p * (double)r->zlo || r->zexact; k *= 2) {
+      const double lo = smp->top_p * (double)r->zlo, hi = smp->top_p * (double)r->zhi;
+      double cum = 0;
+      size_t maybe = n, sure = n;
+      for (size_t i = 0; i < n; i++) {
+        cum += expf((s->keep[i].v - r->m) * is);
+        if (maybe == n && cum >= lo) maybe = i;
+        if (cum >= hi) {
+          sure = i;
+          break;
+        }
+      }
+      unsigned more = 0;
+      if (maybe == sure && sure < n) {
+        thr = s->keep[sure].v;
+        break;
+      }
+      if ((st = refine(s, is, slot, k, &more))) return st;
+      if (!more) break; /* exact, and the candidates' mass is under p Z: the cut is below them */
+    }
+  }
+  if (pmin > thr) thr = pmin;
+  if (thr > r->m) thr = r->m; /* the max is always kept */
+  /* Below the candidates (their mass short of p Z, min-p not binding: by
+   * rounding only) the kept tokens are not all here: the histogram's turn. */
+  if (!topk && thr < J.cand) return HEED_OK;
+  r->thr = thr;
+  /* the chunk sums and z, exactly, from the kept tokens */
+  float *cz = s->cz + (size_t)slot * s->n_pchunk;
+  uint8_t *cx = s->cx + (size_t)slot * s->n_pchunk;
+  for (unsigned c = 0; c < s->n_pchunk; c++) cz[c] = 0, cx[c] = 1;
+  for (size_t i = 0; i < n && s->keep[i].v >= thr; i++) cz[s->keep[i].t / PCHUNK] += expf((s->keep[i].v - r->m) * is);
+  set_z(s, r);
+  *done = 1;
+  return HEED_OK;
+}
+
 static heed_status cut_row(heed_spec *s, rowstat *r, const heed_sampling *smp, float is) {
   float thr = -INFINITY;
   heed_status st;
@@ -820,7 +1006,13 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
   for (unsigned i = 0; i < n; i++) rows[i] = &s->rs[slots[i]];
   float is = smp->temperature > 0 ? 1.0f / smp->temperature : 1.0f;
   job J = {.s = s, .rows = rows, .n_rows = n, .is = is, .want_arg = smp->temperature == 0};
-  const int fused = !s->dev && smp->temperature > 0 && !has_cuts(s, smp);
+  /* one read for max and bounded sums: sampling with no cut, or top-p by
+   * candidates (its bound needs the row's z) */
+  const int cuts = has_cuts(s, smp), topk = smp->top_k && smp->top_k < s->cfg.vocab;
+  const int fused = !s->dev && smp->temperature > 0 && (!cuts || (smp->top_p < 1 && !topk));
+  /* top-k on one row: phase A collects the candidates above a guess too */
+  J.collect = !s->dev && smp->temperature > 0 && topk && smp->top_k <= TOPK_FAST && n == 1;
+  if (J.collect) J.cand = topk_guess(s, rows[0], smp->top_k);
   heed_status st = fused ? run_pool(s, (size_t)n * s->n_pchunk, task_maxsum, &J) : phase_max(s, slots, n, &J);
   if (st) return st;
   for (unsigned i = 0; i < n; i++) {
@@ -845,14 +1037,25 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
       keep_chunks(s, slots[i], i, is, 1, 0);
       set_z(s, r);
     }
-    r->ready = fused || smp->temperature == 0;
+    r->ready = (fused && !cuts) || smp->temperature == 0;
   }
-  if (smp->temperature == 0 || fused) return HEED_OK;
-  for (unsigned i = 0; i < n; i++)
-    if ((st = cut_row(s, rows[i], smp, is))) return st;
-  if ((st = phase_sumexp(s, slots, n, &J))) return st;
+  if (smp->temperature == 0 || (fused && !cuts)) return HEED_OK;
+  /* The cuts: from a few candidates, exactly, where they allow; else by
+   * the histogram, then phase C over the rows that still need it. */
+  unsigned left[2 * (HEED_SPEC_MAX_DRAFT + 1)], nl = 0;
   for (unsigned i = 0; i < n; i++) {
-    keep_chunks(s, slots[i], i, is, 0, s->dev != NULL); /* the device's sums are exact */
+    int done = 0;
+    if ((st = cut_from_candidates(s, rows[i], smp, is, J.collect ? &J.cand : NULL, &done))) return st;
+    if (!done && (st = cut_row(s, rows[i], smp, is))) return st;
+    if (smp->top_p < 1 || topk) s->n_cut_cand += done != 0, s->n_cut_hist += !done;
+    if (done) rows[i]->ready = 1;
+    else rows[nl] = rows[i], left[nl++] = slots[i];
+  }
+  if (!nl) return HEED_OK;
+  J.n_rows = nl;
+  if ((st = phase_sumexp(s, left, nl, &J))) return st;
+  for (unsigned i = 0; i < nl; i++) {
+    keep_chunks(s, left[i], i, is, 0, s->dev != NULL); /* the device's sums are exact */
     set_z(s, rows[i]);
     rows[i]->ready = 1;
   }
@@ -1324,6 +1527,11 @@ heed_status heed_spec_tree_mask(const int32_t *parents, unsigned n, uint8_t *mas
     for (int u = (int)i; u >= 0; u = parents[u]) row[u + 1] = 1;
   }
   return HEED_OK;
+}
+
+void heed_spec_cut_counts(const heed_spec *s, unsigned *from_candidates, unsigned *by_histogram) {
+  if (from_candidates) *from_candidates = s ? s->n_cut_cand : 0;
+  if (by_histogram) *by_histogram = s ? s->n_cut_hist : 0;
 }
 
 void heed_spec_set_fault(heed_spec *s, int fault) {

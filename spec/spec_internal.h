@@ -25,5 +25,8 @@ enum {
 #define HEED_SPEC_DRAW_CHUNK 0x10000u
 #define HEED_SPEC_DRAW_WITHIN 0x20000u
 void heed_spec_set_fault(heed_spec *s, int fault);
+/* How many rows' cuts (top-k / top-p) were found from a few candidates,
+ * and how many by the histogram, since the verifier was created. */
+void heed_spec_cut_counts(const heed_spec *s, unsigned *from_candidates, unsigned *by_histogram);
 
 #endif

@@ -675,7 +675,7 @@ Test(spec, sampling_follows_the_transformed_distribution) {
  * an unrefined decision would show. Returns how many draws differ (draws
  * within 1e-5 of a boundary, where rounding may decide, are not counted). */
 static unsigned long_row_mismatches(heed_runtime *rt, const float *x, unsigned V, const heed_sampling *sm, unsigned n_seeds,
-                                    int fault, unsigned *n_checked) {
+                                    int fault, unsigned *n_checked, unsigned *n_cand, unsigned *n_hist) {
   heed_spec *s = open_spec(rt, V, 1);
   heed_spec_set_fault(s, fault);
   double *p = malloc(sizeof(double) * V);
@@ -713,6 +713,7 @@ static unsigned long_row_mismatches(heed_runtime *rt, const float *x, unsigned V
     checked++;
     bad += (unsigned)tok != want;
   }
+  if (n_cand) heed_spec_cut_counts(s, n_cand, n_hist);
   heed_spec_destroy(s);
   free(p);
   *n_checked = checked;
@@ -723,9 +724,23 @@ Test(spec, long_rows_draw_what_exact_sums_draw, .timeout = 240) {
   const unsigned V = 9 * HEED_SPEC_CHUNK + 77; /* ten chunks, the last short; read lazily, on the pool */
   float *x = malloc(sizeof(float) * V);
   int32_t pt[3] = {8191, 8192, 40000};
-  const heed_sampling plain = samp(1, 0, 1, 0, 1, NULL, 0), cut = samp(0.7f, 5000, 0.9f, 0, 1.3f, pt, 3);
-  for (int kind = 0; kind < 4; kind++) {
-    uint64_t r = 500 + (uint64_t)kind;
+  const heed_sampling plain = samp(1, 0, 1, 0, 1, NULL, 0), cut = samp(0.7f, 5000, 0.9f, 0, 1.3f, pt, 3),
+                      k50 = samp(0.9f, 50, 0.9f, 0, 1.2f, pt, 3), topp = samp(1.1f, 0, 0.8f, 0.01f, 1, NULL, 0),
+                      k20 = samp(1, 20, 1, 0, 1, NULL, 0), topp_flat = samp(1, 0, 0.5f, 0, 1, NULL, 0);
+  /* Rows, the sampling, and how the cut is found: 1 from a few candidates,
+   * 0 by the histogram (too many candidates, a k past the fast path, or a
+   * guess the row fools), -1 no cut. */
+  static const struct { int data; int smp; int cand; } kinds[] = {
+      {0, 0, -1}, {1, 0, -1}, {2, 0, -1}, {3, 1, 0}, /* no cut; top-k 5000 */
+      {4, 2, 1},                                     /* top-k 50 with ties at the 50th, top-p, penalties */
+      {2, 3, 1},                                     /* top-p with min-p on a model's spread */
+      {5, 4, 0},                                     /* top-k where the guess samples only the largest */
+      {0, 5, 0},                                     /* top-p over a flat row: thousands kept */
+  };
+  const heed_sampling *smps[] = {&plain, &cut, &k50, &topp, &k20, &topp_flat};
+  for (unsigned kind = 0; kind < sizeof kinds / sizeof *kinds; kind++) {
+    const int d = kinds[kind].data;
+    uint64_t r = 500 + (uint64_t)d;
     for (unsigned t = 0; t < V; t++) {
       const double g = tu_uniform(&r);
       /* 0: chunks of about equal mass, each about flat, every other one led
@@ -733,23 +748,36 @@ Test(spec, long_rows_draw_what_exact_sums_draw, .timeout = 240) {
        * own max, so the cheap exp errs by 0 in one chunk and by 6% in the
        * next (bounded sums move each boundary by ~0.3% of the mass), and
        * the intervals of the sums leave every boundary in doubt */
-      x[t] = kind == 0 ? (float)(0.02 * g + (t % HEED_SPEC_CHUNK || !(t / HEED_SPEC_CHUNK % 2) ? 0 : 0.34657))
-           : kind == 1 ? (float)(90 * g - 80)            /* from -80 to 10: chunk masses far apart */
-           : kind == 2 ? (float)(8 * g - 6)              /* a model's spread ... */
-                       : (float)(3 * g);                 /* (cut, penalised) */
+      x[t] = d == 0 ? (float)(0.02 * g + (t % HEED_SPEC_CHUNK || !(t / HEED_SPEC_CHUNK % 2) ? 0 : 0.34657))
+           : d == 1 ? (float)(90 * g - 80)            /* from -80 to 10: chunk masses far apart */
+           : d == 2 ? (float)(8 * g - 6)              /* a model's spread ... */
+           : d == 3 ? (float)(3 * g)                  /* (cut, penalised) */
+           : d == 4 ? (float)(4 * g)                  /* (60 tokens tied at the 50th largest, below) */
+                    : (float)(g - 10);                /* (the largest where the guess looks, below) */
     }
-    if (kind == 2) x[12345] = 14.0f, x[8191] = 12.5f, x[8192] = 12.5f, x[V - 1] = 13.0f; /* ... and a few heavy tokens */
-    const heed_sampling *sm = kind == 3 ? &cut : &plain;
+    if (d == 2) x[12345] = 14.0f, x[8191] = 12.5f, x[8192] = 12.5f, x[V - 1] = 13.0f; /* ... and a few heavy tokens */
+    if (d == 4)
+      for (unsigned i = 0; i < 60; i++) x[(i * 7919u + 11) % V] = 3.999f; /* 8 above: the 50th is one of them */
+    if (d == 5) /* the guess reads 64 runs of 64 spread evenly: its values are the row's largest */
+      for (unsigned run = 0; run < 64; run++)
+        for (unsigned i = 0; i < 64; i++) x[(size_t)run * V / 64 + i] = 5.0f + 0.001f * (float)(run * 64 + i);
+    const heed_sampling *sm = smps[kinds[kind].smp];
     for (unsigned ii = 0; ii < sizeof variants / sizeof *variants; ii++) {
       heed_runtime *rt = open_rt(variants[ii], 2);
       if (!rt) continue;
-      unsigned checked, bad = long_row_mismatches(rt, x, V, sm, kind == 0 ? 300 : 100, 0, &checked);
-      cr_assert(checked > (kind == 0 ? 250u : 80u), "%s row %d: only %u draws checked", variant_name(variants[ii]), kind, checked);
-      cr_assert_eq(bad, 0, "%s row %d: %u of %u draws differ from the fp64 draw", variant_name(variants[ii]), kind, bad, checked);
+      unsigned cand1 = 0, hist1 = 0;
+      unsigned checked, bad = long_row_mismatches(rt, x, V, sm, kind == 0 ? 300 : 100, 0, &checked, &cand1, &hist1);
+      cr_assert(checked > (kind == 0 ? 250u : 80u), "%s row %u: only %u draws checked", variant_name(variants[ii]), kind, checked);
+      cr_assert_eq(bad, 0, "%s row %u: %u of %u draws differ from the fp64 draw", variant_name(variants[ii]), kind, bad, checked);
+      if (variants[ii] != ON_OPENCL) { /* the path the cut took (the device has its own) */
+        const int want = kinds[kind].cand;
+        cr_assert(want < 0 ? cand1 + hist1 == 0 : want ? cand1 > 0 && hist1 == 0 : hist1 > 0 && cand1 == 0,
+                  "%s row %u: cuts from candidates %u, by histogram %u", variant_name(variants[ii]), kind, cand1, hist1);
+      }
       if (kind == 0 && variants[ii] != ON_OPENCL) { /* the bugs this test exists for */
-        unsigned c2, b1 = long_row_mismatches(rt, x, V, sm, 1500, HEED_SPEC_FAULT_BOUNDED_DRAW, &c2); /* ~1.4% differ */
+        unsigned c2, b1 = long_row_mismatches(rt, x, V, sm, 1500, HEED_SPEC_FAULT_BOUNDED_DRAW, &c2, NULL, NULL); /* ~1.4% differ */
         cr_assert(b1 >= 5, "%s: chunks picked from bounded sums went unnoticed (%u of %u differ)", variant_name(variants[ii]), b1, c2);
-        unsigned b2 = long_row_mismatches(rt, x, V, sm, 100, HEED_SPEC_FAULT_SAME_U, &c2);
+        unsigned b2 = long_row_mismatches(rt, x, V, sm, 100, HEED_SPEC_FAULT_SAME_U, &c2, NULL, NULL);
         cr_assert(b2 > c2 / 2, "%s: one uniform for chunk and token went unnoticed (%u of %u differ)", variant_name(variants[ii]), b2, c2);
       }
       heed_runtime_close(rt);
