@@ -6,7 +6,13 @@
  *   C (parallel, rows x chunks): Z = sum over x >= thr of exp((x - m) / T);
  * after which p(x) = [x >= thr] exp((x - m) / T) / Z for any token in O(1).
  * With no cut, A and C are one pass (each chunk's C runs while it is in
- * cache). C uses the bound kernel (a cheap exp): each chunk's sum, and so Z,
+ * cache). Top-k (k <= 1024) and top-p run that pass too, keeping each
+ * block's max (256 tokens), and B finds the cut from the few tokens of the
+ * blocks whose max reaches a bound the cut cannot be below (top-k: the k-th
+ * largest block max; top-p: V exp((t - m) / T) <= (1 - p) Z); Z is then
+ * summed exactly from the kept tokens, and C is skipped. More than
+ * KEEP_MAX candidates (a flat row, ties by the thousand) fall back to a
+ * histogram of the row and C. C uses the bound kernel (a cheap exp): each chunk's sum, and so Z,
  * is known within an interval; an acceptance test u q(x) < p(x) that the
  * intervals cannot settle makes the widest chunk sums exact (refine), 1, 2,
  * 4, ... at a time, until they do. Long rows are done when the walk first
@@ -107,10 +113,14 @@ struct heed_spec {
   float *cz;         /* [2 * max_rows][n_pchunk]: each slot's chunk sums of exp((x - m) / T), */
   uint8_t *cx;       /* [2 * max_rows][n_pchunk]: exact, or from the bound kernel */
   uint32_t *pick;    /* [n_pchunk] chunks being made exact */
-  uint32_t *ccount;  /* [n_pchunk] candidates each chunk holds (its region of vals / idx) */
+  float *bmax;       /* [2 * max_rows][n_blk]: each slot's block maxima (a cut's candidates are where they are high) */
+  unsigned n_blk;
   struct kept { float v; uint32_t t; } *keep; /* [KEEP_MAX] a cut's kept tokens */
   unsigned n_cut_cand, n_cut_hist; /* spec_internal.h */
 };
+
+/* The slot of a row (its index in s->rs), which is also its device slot. */
+static inline unsigned slot_of(const heed_spec *s, const rowstat *r) { return (unsigned)(r - s->rs); }
 
 static heed_status fail(heed_spec *s, heed_status st, const char *fmt, ...) HEED_PRINTF(3, 4);
 static heed_status fail(heed_spec *s, heed_status st, const char *fmt, ...) {
@@ -169,9 +179,10 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   s->cz = malloc(sizeof(float) * (size_t)2 * s->max_rows * s->n_pchunk);
   s->cx = malloc((size_t)2 * s->max_rows * s->n_pchunk);
   s->pick = malloc(sizeof(uint32_t) * s->n_pchunk);
-  s->ccount = malloc(sizeof(uint32_t) * s->n_pchunk);
+  s->n_blk = (V + HEED_VOCAB_BLOCK - 1) / HEED_VOCAB_BLOCK;
+  s->bmax = malloc(sizeof(float) * (size_t)2 * s->max_rows * s->n_blk);
   s->keep = malloc(sizeof *s->keep * KEEP_MAX);
-  if (!s->ccount || !s->keep ||
+  if (!s->bmax || !s->keep ||
       !s->w || !s->qw || !s->vals || !s->idx || !s->csum || !s->hmass || !s->hcnt || !s->hist_seen || !s->pen_base || !s->pen_pos ||
       !s->pen_val || !s->rs || !s->parts || !s->cz || !s->cx || !s->pick) {
     heed_spec_destroy(s);
@@ -195,7 +206,7 @@ void heed_spec_destroy(heed_spec *s) {
   if (s->dev) s->dev->close(s->dev_ctx, s->dev_h);
   free(s->w), free(s->qw), free(s->vals), free(s->idx), free(s->csum), free(s->hmass), free(s->hcnt), free(s->hist_seen);
   free(s->pen_base), free(s->pen_pos), free(s->pen_val), free(s->rs), free(s->parts);
-  free(s->cz), free(s->cx), free(s->pick), free(s->ccount), free(s->keep);
+  free(s->cz), free(s->cx), free(s->pick), free(s->bmax), free(s->keep);
   free(s);
 }
 
@@ -418,8 +429,7 @@ typedef struct job {
   int mass;        /* histogram: sum the mass too */
   unsigned slot;   /* refine: the row's slot, and */
   const uint32_t *chunks; /* the chunks whose sums are made exact */
-  float cand;      /* candidates: the values >= cand */
-  int collect;     /* phase A collects them too (one row) */
+  int want_bmax;   /* the fused pass keeps each block's max (s->bmax) */
 } job;
 
 static void task_max(void *ctx, size_t begin, size_t end, int worker) {
@@ -429,12 +439,6 @@ static void task_max(void *ctx, size_t begin, size_t end, int worker) {
   for (size_t i = begin; i < end; i++) {
     size_t a = (i % s->n_pchunk) * PCHUNK;
     s->parts[i] = part_max(s, J->rows[i / s->n_pchunk], a, chunk_end(s, a, PCHUNK), J->want_arg);
-    if (J->collect) { /* while the chunk is in cache (one row: its chunks' regions of vals / idx) */
-      const rowstat *r = J->rows[0];
-      uint32_t *t = s->idx + a, n = (uint32_t)range_collect(s, r, J->cand, a, chunk_end(s, a, PCHUNK), t);
-      for (uint32_t k = 0; k < n; k++) s->vals[a + k] = row_value(r, t[k]);
-      s->ccount[i] = n;
-    }
   }
 }
 
@@ -471,12 +475,13 @@ static void task_maxsum(void *ctx, size_t begin, size_t end, int worker) {
     part p = {-INFINITY, (uint32_t)a, 0, 0};
     double z = 0;
     size_t sa, sb = 0;
-    float v = 0;
-    int k;
+    float v = 0, *bm = s->bmax + (size_t)slot_of(s, r) * s->n_blk + a / HEED_VOCAB_BLOCK;
+    int k, whole = 0;
     for (pieces it = pieces_of(&r->pen, a, b); (k = next_piece(&it, &sa, &sb, &v));) {
+      whole = k == PIECE_RUN && sa == a && sb == b;
       float m, zp = 1.0f;
-      if (k == PIECE_RUN)
-        m = s->vmaxsum(r->x + sa, sb - sa, J->is, &zp, &p.bad);
+      if (k == PIECE_RUN) /* the block maxima from the kernel when the run is the whole chunk */
+        m = s->vmaxsum(r->x + sa, sb - sa, J->is, &zp, &p.bad, J->want_bmax && sa == a && sb == b ? bm : NULL);
       else {
         p.bad |= isnan(v) || v == INFINITY;
         m = v;
@@ -490,6 +495,9 @@ static void task_maxsum(void *ctx, size_t begin, size_t end, int worker) {
     }
     p.z = p.bad ? 0.0f : (float)z;
     s->parts[i] = p;
+    if (J->want_bmax && !whole) /* penalised tokens split the chunk: its blocks' maxima again, from cache */
+      for (size_t ba = a; ba < b; ba += HEED_VOCAB_BLOCK)
+        bm[(ba - a) / HEED_VOCAB_BLOCK] = part_max(s, r, ba, ba + HEED_VOCAB_BLOCK < b ? ba + HEED_VOCAB_BLOCK : b, 0).m;
   }
 }
 
@@ -523,8 +531,6 @@ static void heap_down(float *h, unsigned n, unsigned i) {
   }
 }
 
-/* The slot of a row (its index in s->rs), which is also its device slot. */
-static inline unsigned slot_of(const heed_spec *s, const rowstat *r) { return (unsigned)(r - s->rs); }
 
 static inline int bucket_of(float x, float m, float is) {
   float d = (m - x) * is * (HB / HR);
@@ -716,48 +722,6 @@ static heed_status top_p_cut(heed_spec *s, const rowstat *r, float is, float top
 static void set_z(heed_spec *s, rowstat *r);
 static heed_status refine(heed_spec *s, float is, unsigned slot, unsigned k, unsigned *done);
 
-/* Chunk c's values >= J->cand into its region of s->vals / s->idx, their
- * number into s->ccount[c]. */
-static void task_cand(void *ctx, size_t begin, size_t end, int worker) {
-  (void)worker;
-  job *J = ctx;
-  heed_spec *s = J->s;
-  const rowstat *r = J->rows[0];
-  for (size_t c = begin; c < end; c++) {
-    const size_t a = c * PCHUNK;
-    uint32_t *t = s->idx + a, n = (uint32_t)range_collect(s, r, J->cand, a, chunk_end(s, a, PCHUNK), t);
-    for (uint32_t i = 0; i < n; i++) s->vals[a + i] = row_value(r, t[i]);
-    s->ccount[c] = n;
-  }
-}
-
-/* A value with, by a sample of the row, about 2k + 8 V / S values above
- * it: the j-th largest of S = 4096 values, 64 runs of 64 spread evenly
- * (runs: a few cache lines each, not one miss per value). A guess: the
- * caller checks how many are really above it. */
-static float topk_guess(heed_spec *s, const rowstat *r, unsigned k) {
-  const unsigned V = s->cfg.vocab, S = V < 4096 ? V : 4096, runs = S / 64 ? S / 64 : 1, len = S / runs;
-  const unsigned j = (unsigned)ceil(2.0 * k * S / V) + 8;
-  if (j >= S) return -INFINITY;
-  float *h = s->w; /* free until a rejection */
-  unsigned n = 0;
-  for (unsigned run = 0; run < runs; run++) {
-    const uint32_t base = (uint32_t)((uint64_t)run * V / runs);
-    for (unsigned i = 0; i < len; i++) {
-      const float v = r->pen.n ? row_value(r, base + i) : r->x[base + i];
-      if (n < j) {
-        h[n++] = v;
-        if (n == j)
-          for (unsigned l = j / 2 + 1; l-- > 0;) heap_down(h, j, l);
-      } else if (v > h[0]) {
-        h[0] = v;
-        heap_down(h, j, 0);
-      }
-    }
-  }
-  return h[0];
-}
-
 static int cmp_kept_desc(const void *a, const void *b) {
   const float x = ((const struct kept *)a)->v, y = ((const struct kept *)b)->v;
   if (x != y) return x > y ? -1 : 1;
@@ -765,15 +729,44 @@ static int cmp_kept_desc(const void *a, const void *b) {
   return (p > q) - (p < q);
 }
 
-/* Adds chunk c's region entries >= thr to s->keep; 0 when they overflow it. */
-static int keep_region(heed_spec *s, size_t c, float thr, size_t *n) {
-  const float *h = s->vals + c * PCHUNK;
-  const uint32_t *t = s->idx + c * PCHUNK;
-  for (uint32_t i = 0; i < s->ccount[c]; i++)
-    if (h[i] >= thr) {
-      if (*n == KEEP_MAX) return 0;
-      s->keep[*n].v = h[i], s->keep[(*n)++].t = t[i];
+/* The k-th largest of v[0..n) (1 <= k <= n; no NaN), reordering v:
+ * quickselect, the median of three as pivot. */
+static float kth_largest(float *v, size_t n, size_t k) {
+  size_t lo = 0, hi = n - 1, want = k - 1; /* v[want] once v is partly sorted descending */
+  while (lo < hi) {
+    const size_t mid = lo + (hi - lo) / 2;
+    float a = v[lo], b = v[mid], c = v[hi];
+    const float p = a > b ? (b > c ? b : a > c ? c : a) : (a > c ? a : b > c ? c : b);
+    size_t i = lo, j = hi;
+    while (i <= j) { /* descending: > p left, < p right */
+      while (v[i] > p) i++;
+      while (v[j] < p) j--;
+      if (i <= j) {
+        float t = v[i];
+        v[i] = v[j], v[j] = t, i++;
+        if (j == 0) break;
+        j--;
+      }
     }
+    if (want <= j && j != (size_t)-1) hi = j;
+    else if (want >= i) lo = i;
+    else return v[want];
+  }
+  return v[want];
+}
+
+/* The tokens >= t of the blocks whose max is >= t into s->keep (every
+ * token >= t is in one); 0 when there are more than KEEP_MAX. */
+static int gather(heed_spec *s, const rowstat *r, float t, size_t *n) {
+  const float *bm = s->bmax + (size_t)slot_of(s, r) * s->n_blk;
+  uint32_t *got = s->idx;
+  *n = 0;
+  for (unsigned b = 0; b < s->n_blk; b++) {
+    if (!(bm[b] >= t)) continue;
+    const size_t a = (size_t)b * HEED_VOCAB_BLOCK, m = range_collect(s, r, t, a, chunk_end(s, a, HEED_VOCAB_BLOCK), got);
+    if (*n + m > KEEP_MAX) return 0;
+    for (size_t i = 0; i < m; i++) s->keep[*n].v = row_value(r, got[i]), s->keep[(*n)++].t = got[i];
+  }
   return 1;
 }
 
@@ -781,36 +774,37 @@ static int keep_region(heed_spec *s, size_t c, float thr, size_t *n) {
  * sets r->thr, and the chunk sums and z exactly from the kept tokens.
  * *done 0: nothing set (too many candidates, or a cut this does not do);
  * the caller cuts by the histogram and sums by phase C. */
-static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_sampling *smp, float is, const float *collected,
-                                       int *done) {
+static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_sampling *smp, float is, int *done) {
   *done = 0;
   const unsigned V = s->cfg.vocab, slot = slot_of(s, r);
   const int topk = smp->top_k && smp->top_k < V, topp = smp->top_p < 1;
   if (s->dev || (!topk && !topp) || (topk && smp->top_k > TOPK_FAST)) return HEED_OK;
   const float pmin = smp->min_p > 0 ? r->m + logf(smp->min_p) / is : -INFINITY;
-  job J = {.s = s, .rows = &r, .n_rows = 1, .is = is};
-  if (collected) {
-    J.cand = *collected; /* by phase A */
-  } else if (topk) {
-    J.cand = topk_guess(s, r, smp->top_k); /* checked below: at least k values above it, at most KEEP_MAX */
+  float cand;
+  if (topk) {
+    /* The k-th largest block max: k blocks hold a token >= it, so the k-th
+     * largest token is >= it too. */
+    const unsigned k = smp->top_k;
+    if (k > s->n_blk) return HEED_OK;
+    float *h = s->w; /* free until a rejection */
+    memcpy(h, s->bmax + (size_t)slot * s->n_blk, sizeof(float) * s->n_blk);
+    cand = kth_largest(h, s->n_blk, k);
   } else {
     /* Top-p keeps x >= t for some t, the largest with mass(x >= t) >=
      * p Z; mass(x < t) < V exp((t - m) / T), so t_c with V exp((t_c - m)
      * / T) <= (1 - p) Z_lo has mass(x >= t_c) >= p Z: the cut is >= t_c. */
-    J.cand = r->m + logf((1.0f - smp->top_p) * r->zlo / (float)V) / is;
-    if (!(J.cand > pmin)) J.cand = pmin;
-    J.cand = nextafterf(J.cand, -INFINITY); /* the rounding of the line above */
+    cand = r->m + logf((1.0f - smp->top_p) * r->zlo / (float)V) / is;
+    if (!(cand > pmin)) cand = pmin;
+    cand = nextafterf(cand, -INFINITY); /* the rounding of the line above */
   }
-  heed_status st = collected ? HEED_OK : run_pool(s, s->n_pchunk, task_cand, &J);
-  if (st) return st;
   size_t n = 0;
+  if (!gather(s, r, cand, &n)) return HEED_OK; /* too many: the histogram's turn */
+  heed_status st = HEED_OK;
   float thr = -INFINITY;
-  for (unsigned c = 0; c < s->n_pchunk; c++)
-    if (!keep_region(s, c, -INFINITY, &n)) return HEED_OK; /* too many: the histogram's turn */
   if (topk) {
     /* the k-th largest candidate (every value >= it is a candidate), by a heap of k */
     const unsigned k = smp->top_k;
-    if (n < k) return HEED_OK; /* the guess was too high */
+    if (n < k) return fail(s, HEED_E_INTERNAL, "top-k %u: only %zu tokens above the %u-th block max", k, n, k);
     float *h = s->w;
     for (unsigned i = 0; i < k; i++) h[i] = s->keep[i].v;
     for (unsigned l = k / 2 + 1; l-- > 0;) heap_down(h, k, l);
@@ -867,7 +861,7 @@ static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_samp
   if (thr > r->m) thr = r->m; /* the max is always kept */
   /* Below the candidates (their mass short of p Z, min-p not binding: by
    * rounding only) the kept tokens are not all here: the histogram's turn. */
-  if (!topk && thr < J.cand) return HEED_OK;
+  if (!topk && thr < cand) return HEED_OK;
   r->thr = thr;
   /* the chunk sums and z, exactly, from the kept tokens */
   float *cz = s->cz + (size_t)slot * s->n_pchunk;
@@ -1009,10 +1003,8 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
   /* one read for max and bounded sums: sampling with no cut, or top-p by
    * candidates (its bound needs the row's z) */
   const int cuts = has_cuts(s, smp), topk = smp->top_k && smp->top_k < s->cfg.vocab;
-  const int fused = !s->dev && smp->temperature > 0 && (!cuts || (smp->top_p < 1 && !topk));
-  /* top-k on one row: phase A collects the candidates above a guess too */
-  J.collect = !s->dev && smp->temperature > 0 && topk && smp->top_k <= TOPK_FAST && n == 1;
-  if (J.collect) J.cand = topk_guess(s, rows[0], smp->top_k);
+  const int fused = !s->dev && smp->temperature > 0 && (!cuts || smp->top_p < 1 || (topk && smp->top_k <= TOPK_FAST));
+  J.want_bmax = fused && cuts; /* where the cut's candidates can be */
   heed_status st = fused ? run_pool(s, (size_t)n * s->n_pchunk, task_maxsum, &J) : phase_max(s, slots, n, &J);
   if (st) return st;
   for (unsigned i = 0; i < n; i++) {
@@ -1045,7 +1037,7 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
   unsigned left[2 * (HEED_SPEC_MAX_DRAFT + 1)], nl = 0;
   for (unsigned i = 0; i < n; i++) {
     int done = 0;
-    if ((st = cut_from_candidates(s, rows[i], smp, is, J.collect ? &J.cand : NULL, &done))) return st;
+    if ((st = cut_from_candidates(s, rows[i], smp, is, &done))) return st;
     if (!done && (st = cut_row(s, rows[i], smp, is))) return st;
     if (smp->top_p < 1 || topk) s->n_cut_cand += done != 0, s->n_cut_hist += !done;
     if (done) rows[i]->ready = 1;

@@ -107,7 +107,11 @@ typedef float (*heed_softmax_row_fn)(float *s, int n, float *m, float *l);
  *                   rises more than 40/s above it (that block is summed
  *                   again), then rescale once by expf: terms above the
  *                   reference stay far from overflow and the bracket holds.
- *                   All -inf: returns -inf, *z 0.
+ *                   All -inf: returns -inf, *z 0. bmax, if not NULL, gets
+ *                   the max of each block x[256 b .. 256 b + 255] (the last
+ *                   shorter), ceil(n / 256) of them (-inf for a block of
+ *                   -inf only; unspecified where the block has a NaN, which
+ *                   sets *bad): a cut knows where its candidates can be.
  *   vocab_weights:  w[i] = x[i] >= thr ? exp((x[i] - m) * s) * scale : 0; returns sum w.
  *   vocab_residual: w[i] = max(0, w[i] * ws - q[i] * qs) (q NULL: max(0, w[i] * ws));
  *                   returns sum w.
@@ -116,7 +120,8 @@ typedef float (*heed_softmax_row_fn)(float *s, int n, float *m, float *l);
 typedef float (*heed_vocab_max_fn)(const float *x, size_t n, size_t *arg, int *bad);
 typedef float (*heed_vocab_sumexp_fn)(const float *x, size_t n, float m, float s, float thr);
 typedef heed_vocab_sumexp_fn heed_vocab_sumexp_bound_fn;
-typedef float (*heed_vocab_maxsum_bound_fn)(const float *x, size_t n, float s, float *z, int *bad);
+typedef float (*heed_vocab_maxsum_bound_fn)(const float *x, size_t n, float s, float *z, int *bad, float *bmax);
+#define HEED_VOCAB_BLOCK 256 /* vocab_maxsum_bound's bmax: one max per this many values */
 #define HEED_VOCAB_BOUND_HI 1.0625f     /* vocab_sumexp_bound overstates by at most this factor */
 #define HEED_VOCAB_BOUND_LO_INV 1.0002f /* and understates by at most 1 / this */
 typedef float (*heed_vocab_weights_fn)(const float *x, size_t n, float m, float s, float thr, float scale,

@@ -136,7 +136,7 @@ static float vocab_sumexp_bound_avx2(const float *x, size_t n, float m, float s,
  * MS_RISE/s above r (the first block too: r starts at -inf) moves r to it,
  * rescales what is summed by expf and sums the block again, from L1. Terms
  * stay below e^MS_RISE, so (y + 127) 2^23 stays under 2^31. */
-#define MS_BLOCK 256
+#define MS_BLOCK HEED_VOCAB_BLOCK
 #define MS_RISE 40.0f
 
 static inline __m256 bound_terms(__m256 a, __m256 vr, __m256 vk, __m256 vb, __m256 lo) {
@@ -158,7 +158,7 @@ static float block_bound_avx2(const float *x, size_t i, size_t e, float r, float
   return t;
 }
 
-static float vocab_maxsum_bound_avx2(const float *x, size_t n, float s, float *z, int *bad) {
+static float vocab_maxsum_bound_avx2(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
   const __m256 vk = _mm256_set1_ps(s * 1.44269504f * 8388608.0f), vb = _mm256_set1_ps(127.0f * 8388608.0f),
                lo = _mm256_set1_ps(8388608.0f), inf = _mm256_set1_ps(INFINITY);
   __m256 badv = _mm256_setzero_ps();
@@ -184,6 +184,7 @@ static float vocab_maxsum_bound_avx2(const float *x, size_t n, float s, float *z
       b |= isnan(x[t]) || x[t] == INFINITY;
       if (x[t] > bm) bm = x[t];
     }
+    if (bmax) bmax[i / MS_BLOCK] = bm;
     if (bm == -INFINITY) continue; /* nothing here has weight */
     if (bm > M) M = bm;
     float zb;

@@ -73,14 +73,14 @@ static float vocab_sumexp_bound_avx512(const float *x, size_t n, float m, float 
  * vocab_avx2.c's: blocks of MS_BLOCK summed against a reference max that
  * moves, with a second sum of the block from L1, only when a block rises
  * more than MS_RISE/s above it. Masked tails. */
-#define MS_BLOCK 256
+#define MS_BLOCK HEED_VOCAB_BLOCK
 #define MS_RISE 40.0f
 
 static inline __m512 bound_terms(__m512 a, __m512 vr, __m512 vk, __m512 vb, __m512 lo) {
   return _mm512_castsi512_ps(_mm512_cvttps_epi32(_mm512_max_ps(_mm512_fmadd_ps(_mm512_sub_ps(a, vr), vk, vb), lo)));
 }
 
-static float vocab_maxsum_bound_avx512(const float *x, size_t n, float s, float *z, int *bad) {
+static float vocab_maxsum_bound_avx512(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
   const __m512 vk = _mm512_set1_ps(s * 1.44269504f * 8388608.0f), vb = _mm512_set1_ps(127.0f * 8388608.0f),
                lo = _mm512_set1_ps(8388608.0f), inf = _mm512_set1_ps(INFINITY), ninf = _mm512_set1_ps(-INFINITY);
   __mmask16 badm = 0;
@@ -105,6 +105,7 @@ static float vocab_maxsum_bound_avx512(const float *x, size_t n, float s, float 
       a0 = _mm512_mask_add_ps(a0, k, a0, bound_terms(p, vr, vk, vb, lo));
     }
     float bm = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    if (bmax) bmax[i / MS_BLOCK] = bm;
     if (bm == -INFINITY) continue; /* nothing here has weight */
     if (bm > M) M = bm;
     if (r == -INFINITY || (bm - r) * s > MS_RISE) {

@@ -86,7 +86,7 @@ static float vocab_sumexp_bound_neon(const float *x, size_t n, float m, float s,
  * vocab_avx2.c's: blocks of MS_BLOCK summed against a reference max that
  * moves, with a second sum of the block from L1, only when a block rises
  * more than MS_RISE/s above it. */
-#define MS_BLOCK 256
+#define MS_BLOCK HEED_VOCAB_BLOCK
 #define MS_RISE 40.0f
 
 static float block_bound_neon(const float *x, size_t i, size_t e, float r, float s) {
@@ -102,7 +102,7 @@ static float block_bound_neon(const float *x, size_t i, size_t e, float r, float
   return t;
 }
 
-static float vocab_maxsum_bound_neon(const float *x, size_t n, float s, float *z, int *bad) {
+static float vocab_maxsum_bound_neon(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
   const float32x4_t vk = vdupq_n_f32(s * 1.44269504f * 8388608.0f), vb = vdupq_n_f32(127.0f * 8388608.0f),
                     lo = vdupq_n_f32(8388608.0f), inf = vdupq_n_f32(INFINITY);
   uint32x4_t badv = vdupq_n_u32(0);
@@ -125,6 +125,7 @@ static float vocab_maxsum_bound_neon(const float *x, size_t n, float s, float *z
       b |= isnan(x[t]) || x[t] == INFINITY;
       if (x[t] > bm) bm = x[t];
     }
+    if (bmax) bmax[i / MS_BLOCK] = bm;
     if (bm == -INFINITY) continue; /* nothing here has weight */
     if (bm > M) M = bm;
     float zb;

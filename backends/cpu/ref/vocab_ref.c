@@ -54,9 +54,15 @@ static float vocab_sumexp_bound_ref(const float *x, size_t n, float m, float s, 
 
 /* Two reads (max, then the sum against it): the reference the one-read
  * SIMD kernels are held to. */
-static float vocab_maxsum_bound_ref(const float *x, size_t n, float s, float *z, int *bad) {
+static float vocab_maxsum_bound_ref(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
   size_t arg;
   float m = vocab_max_ref(x, n, &arg, bad);
+  if (bmax)
+    for (size_t i = 0; i < n; i += HEED_VOCAB_BLOCK) {
+      float b = -INFINITY;
+      for (size_t j = i; j < n && j < i + HEED_VOCAB_BLOCK; j++) b = x[j] > b ? x[j] : b;
+      bmax[i / HEED_VOCAB_BLOCK] = b;
+    }
   *z = m == -INFINITY ? 0.0f : vocab_sumexp_bound_ref(x, n, m, s, -INFINITY);
   return m;
 }
