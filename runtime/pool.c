@@ -2,7 +2,18 @@
  *
  * Workers wait for a new generation number: a short spin (a decode step is
  * tens of microseconds, a futex wake is several), then a condition variable.
- * The caller runs worker 0's share itself. */
+ * The caller runs worker 0's share itself.
+ *
+ * A DYNAMIC job is over when its items are done, not when every worker has
+ * checked in: a worker that sleeps, or that the OS has put aside for
+ * another process, does not hold up a job the others finished (with 16
+ * workers on a shared machine that cost milliseconds on 50-microsecond
+ * jobs). Such a worker may wake into a job that is over, or into the next
+ * one: the generation is odd while the caller rewrites the job, a worker
+ * counts itself active before it reads the job and backs off if the
+ * generation moved, and the caller waits for the active ones to leave
+ * before it rewrites (sequentially consistent: one of the two sees the
+ * other). STATIC gives each worker its own range, so it waits for all. */
 #include <errno.h>
 #include <hwloc.h>
 #include <pthread.h>
@@ -34,8 +45,10 @@ struct heed_pool {
   pthread_t *threads;   /* [n-1]: workers 1..n-1 */
   pthread_mutex_t mu;
   pthread_cond_t cv_work, cv_done;
-  atomic_ulong gen;     /* bumped for each job and for shutdown */
-  atomic_int remaining; /* workers 1..n-1 still on the current job */
+  atomic_ulong gen;     /* even: a job (or shutdown) is posted; odd: the caller is rewriting it */
+  atomic_int remaining; /* STATIC: workers 1..n-1 still on their ranges */
+  atomic_int active;    /* workers inside the current job's fields */
+  atomic_size_t done;   /* DYNAMIC: items finished */
   atomic_int busy;      /* a parallel_for is running */
   atomic_int started;   /* workers past their pinning */
   atomic_int n_pinned;
@@ -69,6 +82,11 @@ static void run_share(heed_pool *p, int w) {
       if (b >= p->n_items) break;
       size_t e = b + p->chunk < p->n_items ? b + p->chunk : p->n_items;
       p->task(p->ctx, b, e, w);
+      if (atomic_fetch_add_explicit(&p->done, e - b, memory_order_acq_rel) + (e - b) == p->n_items && w) {
+        pthread_mutex_lock(&p->mu); /* the last items: the caller may be waiting */
+        pthread_cond_signal(&p->cv_done);
+        pthread_mutex_unlock(&p->mu);
+      }
     }
   }
   tls_running = outer;
@@ -103,25 +121,33 @@ static void *worker_main(void *argv) {
   atomic_fetch_add(&p->started, 1);
   for (;;) {
     int spins = 0;
-    while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen && spins < SPIN_ITERS + YIELD_ITERS) {
+    unsigned long g;
+    while (((g = atomic_load(&p->gen)) == seen || (g & 1)) && spins < SPIN_ITERS + YIELD_ITERS) {
       if (spins++ < SPIN_ITERS)
         CPU_RELAX();
       else
         sched_yield();
     }
-    if (atomic_load_explicit(&p->gen, memory_order_acquire) == seen) {
+    if ((g = atomic_load(&p->gen)) == seen || (g & 1)) {
       pthread_mutex_lock(&p->mu);
-      while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv_work, &p->mu);
+      while (((g = atomic_load(&p->gen)) == seen || (g & 1)) && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv_work, &p->mu);
       pthread_mutex_unlock(&p->mu);
     }
-    seen = atomic_load_explicit(&p->gen, memory_order_acquire);
     if (atomic_load(&p->stop)) break;
+    atomic_fetch_add(&p->active, 1);
+    if (atomic_load(&p->gen) != g) { /* the caller is rewriting the job: look again */
+      atomic_fetch_sub(&p->active, 1);
+      continue;
+    }
+    seen = g;
+    const int stat = p->sched == HEED_SCHEDULE_STATIC;
     run_share(p, a.id);
-    if (atomic_fetch_sub_explicit(&p->remaining, 1, memory_order_acq_rel) == 1) {
+    if (stat && atomic_fetch_sub_explicit(&p->remaining, 1, memory_order_acq_rel) == 1) {
       pthread_mutex_lock(&p->mu);
       pthread_cond_signal(&p->cv_done);
       pthread_mutex_unlock(&p->mu);
     }
+    atomic_fetch_sub(&p->active, 1);
   }
   return NULL;
 }
@@ -176,7 +202,7 @@ void heed_pool_destroy(heed_pool *p) {
   if (!p) return;
   pthread_mutex_lock(&p->mu);
   atomic_store(&p->stop, 1);
-  atomic_fetch_add(&p->gen, 1);
+  atomic_fetch_add(&p->gen, 2);
   pthread_cond_broadcast(&p->cv_work);
   pthread_mutex_unlock(&p->mu);
   for (int i = 1; i < p->n; i++) pthread_join(p->threads[i - 1], NULL);
@@ -215,33 +241,42 @@ heed_status heed_pool_parallel_for(heed_pool *p, size_t n, heed_schedule sched, 
     atomic_store(&p->busy, 0);
     return HEED_OK;
   }
+  if (p->n > 1) { /* odd: no worker enters; those still in the last job leave (they are running) */
+    atomic_fetch_add(&p->gen, 1);
+    while (atomic_load(&p->active) > 0) CPU_RELAX();
+  }
   p->task = task;
   p->ctx = ctx;
   p->n_items = n;
   p->sched = sched;
   p->chunk = chunk ? chunk : 1;
   atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+  atomic_store_explicit(&p->done, 0, memory_order_relaxed);
   if (p->n > 1) {
     atomic_store_explicit(&p->remaining, p->n - 1, memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    atomic_fetch_add(&p->gen, 1); /* even: posted */
     pthread_cond_broadcast(&p->cv_work);
     pthread_mutex_unlock(&p->mu);
   }
   run_share(p, 0);
-  if (p->n > 1) {
+  if (p->n > 1) { /* STATIC: every worker's range; DYNAMIC: every item */
+    atomic_int *wr = &p->remaining;
+    const int stat = sched == HEED_SCHEDULE_STATIC;
+#define POOL_OPEN() (stat ? atomic_load_explicit(wr, memory_order_acquire) > 0 : atomic_load_explicit(&p->done, memory_order_acquire) < n)
     int spins = 0;
-    while (atomic_load_explicit(&p->remaining, memory_order_acquire) > 0 && spins < SPIN_ITERS + YIELD_ITERS) {
+    while (POOL_OPEN() && spins < SPIN_ITERS + YIELD_ITERS) {
       if (spins++ < SPIN_ITERS)
         CPU_RELAX();
       else
         sched_yield();
     }
-    if (atomic_load_explicit(&p->remaining, memory_order_acquire) > 0) {
+    if (POOL_OPEN()) {
       pthread_mutex_lock(&p->mu);
-      while (atomic_load(&p->remaining) > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+      while (POOL_OPEN()) pthread_cond_wait(&p->cv_done, &p->mu);
       pthread_mutex_unlock(&p->mu);
     }
+#undef POOL_OPEN
   }
   atomic_store_explicit(&p->busy, 0, memory_order_release);
   return HEED_OK;

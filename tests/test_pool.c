@@ -209,3 +209,28 @@ Test(pool, bad_arguments) {
   heed_pool_destroy(p);
   heed_pool_destroy(NULL);
 }
+
+/* A DYNAMIC job ends when its items are done, so a worker that was asleep
+ * or put aside may wake into a job that is over, or into the next one while
+ * the caller rewrites it. Many small jobs on more workers than this machine
+ * has cores (late workers are the rule), STATIC ones between them: every
+ * index runs exactly once, and nothing runs after parallel_for returns (a
+ * late task would write into the next job's counts). */
+Test(pool, late_workers_never_run_a_finished_job, .timeout = 120) {
+  heed_pool *p = NULL;
+  heed_error e = {0};
+  cr_assert_eq(heed_pool_create(NULL, 8, 0, &p, &e), HEED_OK, "%s", e.msg);
+  atomic_int count[64];
+  for (int it = 0; it < 20000; it++) {
+    const size_t n = 1 + (size_t)(it % 37);
+    for (int i = 0; i < 64; i++) atomic_store(&count[i], 0);
+    hits h = {.count = count, .n_workers = 8};
+    cr_assert_eq(heed_pool_parallel_for(p, n, it % 5 ? HEED_SCHEDULE_DYNAMIC : HEED_SCHEDULE_STATIC, 1 + (size_t)(it % 3),
+                                        count_task, &h),
+                 HEED_OK);
+    for (size_t i = 0; i < 64; i++)
+      if (atomic_load(&count[i]) != (i < n)) cr_assert_fail("job %d (n=%zu): index %zu ran %d times", it, n, i, atomic_load(&count[i]));
+    cr_assert_eq(atomic_load(&h.bad_worker), 0);
+  }
+  heed_pool_destroy(p);
+}
