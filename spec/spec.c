@@ -1223,6 +1223,19 @@ static void subtract_q(heed_spec *s, const heed_draft_q *q, unsigned node, const
   }
 }
 
+/* The first token of w[a, b) with weight whose running sum (from cum)
+ * exceeds target; the last with weight if rounding keeps it under. */
+static int32_t walk(const float *w, size_t a, size_t b, float cum, float target) {
+  int32_t pick = -1;
+  for (size_t i = a; i < b; i++) {
+    if (w[i] <= 0) continue;
+    pick = (int32_t)i;
+    cum += w[i];
+    if (cum > target) break;
+  }
+  return pick;
+}
+
 /* Inverse CDF over the materialised w: the chunk, then the token inside it. */
 static int32_t draw_from_w(heed_spec *s, float u) {
   float total = csum_total(s), target = u * total, cum = 0;
@@ -1233,15 +1246,8 @@ static int32_t draw_from_w(heed_spec *s, float u) {
     cum += s->csum[c];
   }
   if (c == s->n_schunk) c = last, cum -= s->csum[last]; /* rounding ran past the end */
-  size_t a = (size_t)c * SCHUNK, b = chunk_end(s, a, SCHUNK);
-  int32_t pick = -1;
-  for (size_t i = a; i < b; i++) {
-    if (s->w[i] <= 0) continue;
-    pick = (int32_t)i;
-    cum += s->w[i];
-    if (cum > target) break;
-  }
-  return pick;
+  size_t a = (size_t)c * SCHUNK;
+  return walk(s->w, a, chunk_end(s, a, SCHUNK), cum, target);
 }
 
 /* A token from row `slot`'s own distribution in two draws: its chunk by u,
@@ -1289,15 +1295,8 @@ static heed_status draw_from_row(heed_spec *s, unsigned slot, float is, float u,
   if (j >= n) return fail(s, HEED_E_INTERNAL, "row %u has no mass to sample from", slot);
   const rowstat *r = &s->rs[slot];
   size_t a = (size_t)j * PCHUNK, b = chunk_end(s, a, PCHUNK);
-  float cj = range_weights(s, r, is, 1.0f, a, b, s->w), target = u2 * cj, cum = 0;
-  int32_t pick = -1;
-  for (size_t i = a; i < b; i++) {
-    if (s->w[i] <= 0) continue;
-    pick = (int32_t)i;
-    cum += s->w[i];
-    if (cum > target) break;
-  }
-  *tok = pick;
+  const float cj = range_weights(s, r, is, 1.0f, a, b, s->w);
+  *tok = walk(s->w, a, b, 0.0f, u2 * cj);
   return HEED_OK;
 }
 
