@@ -51,6 +51,7 @@
 
 #define PCHUNK HEED_SPEC_CHUNK /* elements per parallel task, and per chunk of a draw */
 #define SCHUNK 1024u   /* elements per sampling chunk */
+#define LAZY_VOCAB 65536u /* rows at least this long are read when the walk reaches them */
 #define KEEP_MAX 4096u /* a cut that keeps at most this many tokens is summed from them, exactly */
 #define TOPK_FAST 1024u /* top-k up to this k from candidates */
 #define HB 2048        /* top-p histogram buckets ... */
@@ -1352,7 +1353,7 @@ static heed_status prepare(heed_spec *s, const heed_sampling *smp, const float *
     }
   /* The CPU reads a long row when the walk reaches it (need); rows too short
    * to share out on their own, and the device's, are all done at once. */
-  if (!s->dev && V >= 8 * PCHUNK) return HEED_OK;
+  if (!s->dev && V >= LAZY_VOCAB) return HEED_OK;
   heed_status st = stats(s, smp, slots, n + 1, "target");
   if (!st && dense_logits) st = stats(s, smp, slots + n + 1, n, "draft q");
   return st;
