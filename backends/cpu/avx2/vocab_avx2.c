@@ -54,39 +54,28 @@ static float max_only_avx2(const float *x, size_t n, int *bad) {
   return r;
 }
 
+/* With the first argmax: blocks of 256 by the max alone; a block whose max
+ * beats the best so far is scanned again, from L1, for the first index of
+ * it. The best rises a few times in a row, so the index costs nothing
+ * per value (a running argmax would: two blends and a compare per vector). */
 static float vocab_max_avx2(const float *x, size_t n, size_t *arg, int *bad) {
   if (!arg) return max_only_avx2(x, n, bad);
-  __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, badv = _mm256_setzero_ps();
-  const __m256 inf = _mm256_set1_ps(INFINITY);
-  __m256i i0 = _mm256_setzero_si256(), i1 = i0;
-  __m256i c0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), c1 = _mm256_add_epi32(c0, _mm256_set1_epi32(8));
-  const __m256i step = _mm256_set1_epi32(16);
-  size_t i = 0;
-  for (; i + 16 <= n && i + 16 <= 0x7fffffffu; i += 16) {
-    __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + i + 8);
-    badv = _mm256_or_ps(badv, _mm256_or_ps(_mm256_cmp_ps(a, inf, _CMP_NLT_UQ), _mm256_cmp_ps(b, inf, _CMP_NLT_UQ)));
-    __m256 ga = _mm256_cmp_ps(a, m0, _CMP_GT_OQ), gb = _mm256_cmp_ps(b, m1, _CMP_GT_OQ);
-    m0 = _mm256_blendv_ps(m0, a, ga), m1 = _mm256_blendv_ps(m1, b, gb);
-    i0 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(i0), _mm256_castsi256_ps(c0), ga));
-    i1 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(i1), _mm256_castsi256_ps(c1), gb));
-    c0 = _mm256_add_epi32(c0, step), c1 = _mm256_add_epi32(c1, step);
-  }
-  float mv[16];
-  int32_t iv[16];
-  _mm256_storeu_ps(mv, m0), _mm256_storeu_ps(mv + 8, m1);
-  _mm256_storeu_si256((__m256i *)iv, i0), _mm256_storeu_si256((__m256i *)(iv + 8), i1);
-  float m = -INFINITY;
+  float best = -INFINITY;
   size_t a = 0;
-  for (int l = 0; l < 16; l++)
-    if (mv[l] > m || (mv[l] == m && mv[l] != -INFINITY && (size_t)iv[l] < a)) m = mv[l], a = (size_t)iv[l];
-  int b = _mm256_movemask_ps(badv) != 0;
-  for (; i < n; i++) {
-    b |= isnan(x[i]) || x[i] == INFINITY;
-    if (x[i] > m) m = x[i], a = i;
+  for (size_t i = 0; i < n; i += 256) {
+    const size_t e = i + 256 < n ? i + 256 : n;
+    const float bm = max_only_avx2(x + i, e - i, bad);
+    if (bm > best) {
+      best = bm;
+      for (size_t j = i; j < e; j++)
+        if (x[j] == bm) {
+          a = j;
+          break;
+        }
+    }
   }
-  if (b) *bad = 1;
-  *arg = m == -INFINITY ? 0 : a;
-  return m;
+  *arg = best == -INFINITY ? 0 : a;
+  return best;
 }
 
 static float vocab_sumexp_avx2(const float *x, size_t n, float m, float s, float thr) {
