@@ -507,7 +507,9 @@ static heed_status run_pool(heed_spec *s, size_t n, heed_pool_task task, job *J)
     task(J, 0, n, 0);
     return HEED_OK;
   }
-  heed_status st = heed_pool_parallel_for(s->pool, n, HEED_SCHEDULE_DYNAMIC, 1, task, J);
+  /* runs of a few chunks: each worker streams a longer stretch of the row */
+  const size_t grain = n / (2 * (size_t)s->n_workers) > 1 ? n / (2 * (size_t)s->n_workers) : 1;
+  heed_status st = heed_pool_parallel_for(s->pool, n, HEED_SCHEDULE_DYNAMIC, grain, task, J);
   if (st == HEED_E_BUSY) return fail(s, st, "the runtime's pool is running another call");
   if (st) return fail(s, st, "the pool failed: %s", heed_pool_last_error(s->pool));
   return HEED_OK;
