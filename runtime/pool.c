@@ -19,17 +19,23 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "heed/pool.h"
 #include "runtime/internal.h"
 
-/* Waiting: SPIN_ITERS pauses (a few microseconds), then YIELD_ITERS
- * sched_yield calls, which hand the core to a thread we may be waiting for
- * when the machine is oversubscribed, then a condition variable. */
-#define SPIN_ITERS 2000
+/* Waiting: SPIN_NS of pauses (a time, not a count: a pause is 3 cycles on
+ * one core and 140 on another, and 2000 of them were under 2 microseconds
+ * on Zen 1, so workers slept between the jobs of one call and each job paid
+ * a futex wake), then YIELD_ITERS sched_yield calls, which hand the core to
+ * a thread we may be waiting for when the machine is oversubscribed, then a
+ * condition variable. */
+#define SPIN_NS 50000
 #define YIELD_ITERS 64
+
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CPU_RELAX() __builtin_ia32_pause()
@@ -38,6 +44,29 @@
 #else
 #define CPU_RELAX() ((void)0)
 #endif
+
+static uint64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* One step of a wait; returns 0 once the spinning and yielding are over. */
+static inline int wait_step(int *spins, uint64_t *t0) {
+  if (*spins < 0) { /* yielding */
+    if (*spins <= -YIELD_ITERS) return 0;
+    (*spins)--;
+    sched_yield();
+    return 1;
+  }
+  if ((++*spins & 63) == 0) { /* the clock every 64 pauses */
+    uint64_t t = now_ns();
+    if (!*t0) *t0 = t;
+    else if (t - *t0 > SPIN_NS) *spins = -1;
+  }
+  CPU_RELAX();
+  return 1;
+}
 
 struct heed_pool {
   int n;
@@ -125,12 +154,9 @@ static void *worker_main(void *argv) {
   atomic_fetch_add(&p->started, 1);
   for (;;) {
     int spins = 0;
+    uint64_t t0 = 0;
     unsigned long g;
-    while (((g = atomic_load(&p->gen)) == seen || (g & 1)) && spins < SPIN_ITERS + YIELD_ITERS) {
-      if (spins++ < SPIN_ITERS)
-        CPU_RELAX();
-      else
-        sched_yield();
+    while (((g = atomic_load(&p->gen)) == seen || (g & 1)) && wait_step(&spins, &t0)) {
     }
     if ((g = atomic_load(&p->gen)) == seen || (g & 1)) {
       pthread_mutex_lock(&p->mu);
@@ -270,11 +296,8 @@ heed_status heed_pool_parallel_for(heed_pool *p, size_t n, heed_schedule sched, 
     const int stat = sched == HEED_SCHEDULE_STATIC;
 #define POOL_OPEN() (stat ? atomic_load_explicit(wr, memory_order_acquire) > 0 : atomic_load_explicit(&p->done, memory_order_acquire) < n)
     int spins = 0;
-    while (POOL_OPEN() && spins < SPIN_ITERS + YIELD_ITERS) {
-      if (spins++ < SPIN_ITERS)
-        CPU_RELAX();
-      else
-        sched_yield();
+    uint64_t t0 = 0;
+    while (POOL_OPEN() && wait_step(&spins, &t0)) {
     }
     if (POOL_OPEN()) {
       pthread_mutex_lock(&p->mu);
