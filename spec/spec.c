@@ -118,6 +118,8 @@ struct heed_spec {
   unsigned n_blk;
   struct kept { float v; uint32_t t; } *keep; /* [KEEP_MAX] a cut's kept tokens */
   unsigned n_cut_cand, n_cut_hist; /* spec_internal.h */
+  unsigned chain_rows; /* this call's target rows when the drafts are a chain (need reads ahead), else 0 */
+  int pairs;           /* spec_internal.h: -1 auto */
 };
 
 /* The slot of a row (its index in s->rs), which is also its device slot. */
@@ -158,7 +160,7 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   const heed_kernel_table *kt = heed_runtime_kernels(rt);
   heed_spec *s = calloc(1, sizeof *s);
   if (!s) return heed_err_set(err, HEED_E_NOMEM, "heed_spec_create: out of memory");
-  s->rt = rt, s->pool = heed_runtime_pool(rt), s->cfg = *cfg;
+  s->rt = rt, s->pool = heed_runtime_pool(rt), s->cfg = *cfg, s->pairs = -1;
   s->vmax = heed_kernel_vocab_max(kt), s->vsumexp = heed_kernel_vocab_sumexp(kt);
   s->vsumexp_bound = heed_kernel_vocab_sumexp_bound(kt);
   s->vmaxsum = heed_kernel_vocab_maxsum_bound(kt);
@@ -1333,6 +1335,7 @@ static heed_status prepare(heed_spec *s, const heed_sampling *smp, const float *
   const int greedy = smp->temperature == 0;
   const int penal = smp->repetition_penalty != 1.0f;
   unsigned n_base = penalty_base(s, smp);
+  s->chain_rows = parents ? 0 : n + 1; /* rows attached below, this call's */
   /* Rows: target row r = 0..n (root, then node r-1); q rows for dense logits. */
   unsigned slots[2 * (HEED_SPEC_MAX_DRAFT + 1)], ns = 0;
   int32_t path[HEED_SPEC_MAX_DRAFT + 1] = {0};
@@ -1364,7 +1367,13 @@ static heed_status prepare(heed_spec *s, const heed_sampling *smp, const float *
 /* The statistics of row `slot`, computed on first use. */
 static heed_status need(heed_spec *s, const heed_sampling *smp, unsigned slot) {
   if (s->rs[slot].ready) return HEED_OK;
-  return stats(s, smp, &slot, 1, slot < s->max_rows ? "target" : "draft q");
+  /* A chain's next target row with it, when one row is too short to give
+   * every worker two chunks: one pool job instead of two (the row is read
+   * in vain only when this one rejects). */
+  unsigned two[2] = {slot, slot + 1};
+  const int pair = s->chain_rows && slot + 1 < s->chain_rows && !s->rs[slot + 1].ready &&
+                   (s->pairs < 0 ? s->n_pchunk < 2u * (unsigned)s->n_workers : s->pairs);
+  return stats(s, smp, two, pair ? 2 : 1, slot < s->max_rows ? "target" : "draft q");
 }
 
 /* Walks the tree from the root (n = 0: plain sampling of row 0). */
@@ -1526,6 +1535,10 @@ heed_status heed_spec_tree_mask(const int32_t *parents, unsigned n, uint8_t *mas
 void heed_spec_cut_counts(const heed_spec *s, unsigned *from_candidates, unsigned *by_histogram) {
   if (from_candidates) *from_candidates = s ? s->n_cut_cand : 0;
   if (by_histogram) *by_histogram = s ? s->n_cut_hist : 0;
+}
+
+void heed_spec_set_pairs(heed_spec *s, int mode) {
+  if (s) s->pairs = mode < 0 ? -1 : mode != 0;
 }
 
 void heed_spec_set_fault(heed_spec *s, int fault) {

@@ -28,5 +28,9 @@ void heed_spec_set_fault(heed_spec *s, int fault);
 /* How many rows' cuts (top-k / top-p) were found from a few candidates,
  * and how many by the histogram, since the verifier was created. */
 void heed_spec_cut_counts(const heed_spec *s, unsigned *from_candidates, unsigned *by_histogram);
+/* Whether a chain's long rows are read two at a time: -1 as the pool's size
+ * says (the default), 0 never, 1 always (the tests, on a machine too small
+ * to choose it). */
+void heed_spec_set_pairs(heed_spec *s, int mode);
 
 #endif

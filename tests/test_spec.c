@@ -976,7 +976,8 @@ Test(spec, ngram_matches_brute_force) {
 
 /* ---- reproducibility ---- */
 
-/* Same seed, same tokens: across ISAs, thread counts and the OpenCL backend. */
+/* Same seed, same tokens: across ISAs, thread counts, rows read one or two
+ * at a time, and the OpenCL backend. */
 Test(spec, same_seed_same_tokens) {
   const unsigned V = 70000, K = 4; /* long enough that the CPU reads rows lazily, and the device all at once */
   float *rows = malloc((size_t)(K + 1) * V * 4), *qrows = malloc((size_t)K * V * 4);
@@ -996,10 +997,12 @@ Test(spec, same_seed_same_tokens) {
   unsigned ref_acc[16];
   int have = 0;
   for (unsigned ii = 0; ii < sizeof variants / sizeof *variants; ii++)
-    for (int th = 1; th <= (variants[ii] == ON_OPENCL ? 1 : 2); th++) {
+    for (int cfg = 0; cfg < (variants[ii] == ON_OPENCL ? 1 : 3); cfg++) { /* 1 thread, 2, 2 reading rows in pairs */
+      const int th = cfg ? 2 : 1;
       heed_runtime *rt = open_rt(variants[ii], th);
       if (!rt) continue;
       heed_spec *s = open_spec(rt, V, K);
+      if (cfg == 2) heed_spec_set_pairs(s, 1);
       for (unsigned seed = 0; seed < 64; seed++) {
         int32_t t;
         cr_assert_eq(heed_spec_sample(s, &sm, seed, 5, rows, &t), HEED_OK, "%s", heed_spec_last_error(s));
