@@ -16,7 +16,9 @@
  * is known within an interval; an acceptance test u q(x) < p(x) that the
  * intervals cannot settle makes the widest chunk sums exact (refine), 1, 2,
  * 4, ... at a time, until they do. Long rows are done when the walk first
- * needs them (need), so rows after a rejection are never read.
+ * needs them (need), so rows after a rejection are not read (but one, where
+ * a chain's rows are read in pairs: on a pool with many workers, where one
+ * row gives each fewer than two chunks).
  * Decisions walk the chain or tree. A token from a row's own distribution
  * (the bonus token) is drawn in two steps: its chunk (PCHUNK tokens) by
  * inverse CDF over the chunk sums, settled by their intervals or refined as
