@@ -44,7 +44,7 @@ struct heed_bench {
   double task_flops[MAX_WORKERS];
 };
 
-static double now_ms(void) {
+double heed_bench_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
@@ -69,9 +69,9 @@ static void fma_task(void *ctx, size_t b, size_t e, int w) {
 /* All workers read the whole buffer once; returns GB/s. */
 static double read_all(heed_bench *b, heed_probe_read_fn fn) {
   b->task_read = fn;
-  double t0 = now_ms();
+  double t0 = heed_bench_now_ms();
   heed_pool_parallel_for(b->pool, b->n_floats, HEED_SCHEDULE_STATIC, 0, read_task, b);
-  double ms = now_ms() - t0;
+  double ms = heed_bench_now_ms() - t0;
   return (double)b->n_floats * sizeof(float) / (ms * 1e6);
 }
 
@@ -79,9 +79,9 @@ static double read_all(heed_bench *b, heed_probe_read_fn fn) {
 static double fma_all(heed_bench *b, heed_probe_fma_fn fn) {
   b->task_fma = fn;
   memset(b->task_flops, 0, sizeof b->task_flops);
-  double t0 = now_ms();
+  double t0 = heed_bench_now_ms();
   heed_pool_parallel_for(b->pool, (size_t)b->n_workers, HEED_SCHEDULE_STATIC, 0, fma_task, b);
-  double ms = now_ms() - t0;
+  double ms = heed_bench_now_ms() - t0;
   double flops = 0;
   for (int w = 0; w < b->n_workers; w++) flops += b->task_flops[w];
   return flops / (ms * 1e6);
@@ -135,9 +135,9 @@ heed_status heed_bench_create(heed_runtime *rt, const heed_bench_options *opt, h
   heed_pool_parallel_for(b->pool, b->n_floats, HEED_SCHEDULE_STATIC, 0, touch_task, b);
   read_all(b, b->read); /* warm: page tables, frequency */
   /* Size the FMA probe to about 30 ms. */
-  double t0 = now_ms();
+  double t0 = heed_bench_now_ms();
   b->fma(1u << 16, &b->sink[0]);
-  double ms = now_ms() - t0;
+  double ms = heed_bench_now_ms() - t0;
   b->fma_iters = (uint64_t)((1u << 16) * (30.0 / (ms > 1e-3 ? ms : 1e-3)));
   if (b->fma_iters < 1024) b->fma_iters = 1024;
   *out = b;
@@ -200,9 +200,9 @@ heed_status heed_bench_run_case(heed_bench *b, const heed_bench_case *c, heed_be
   r->repeats = b->o.repeats;
 
   /* Warm up once and find how many runs make one timed sample. */
-  double t0 = now_ms();
+  double t0 = heed_bench_now_ms();
   c->run(c->ctx);
-  double once = now_ms() - t0;
+  double once = heed_bench_now_ms() - t0;
   int inner = once >= b->o.min_run_ms ? 1 : (int)ceil(b->o.min_run_ms / (once > 1e-4 ? once : 1e-4));
   if (inner > 1000000) inner = 1000000;
 
@@ -210,9 +210,9 @@ heed_status heed_bench_run_case(heed_bench *b, const heed_bench_case *c, heed_be
   for (int i = 0; i < b->o.repeats; i++) {
     heed_status st = heed_bench_probe(b, c->limit, &lim[i]);
     if (st != HEED_OK) return st;
-    t0 = now_ms();
+    t0 = heed_bench_now_ms();
     for (int j = 0; j < inner; j++) c->run(c->ctx);
-    ms[i] = (now_ms() - t0) / inner;
+    ms[i] = (heed_bench_now_ms() - t0) / inner;
   }
   r->ms_median = median(ms, b->o.repeats);
   r->ms_min = ms[0];

@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench/bench_attention.h"
 #include "heed/heed.h"
@@ -118,21 +117,17 @@ static int fill_cache(attn_bench *a, heed_dtype dt, unsigned n, unsigned n_seqs,
   return 0;
 }
 
-static heed_status decode_once(attn_bench *a) {
+/* One decode call on heed's runtime, or (ref) on the reference one into ref_out. */
+static heed_status decode_on(attn_bench *a, int ref) {
   heed_attn_decode_seq s[HEED_BENCH_MAX_BATCH];
   for (unsigned b = 0; b < a->batch; b++)
     s[b] = (heed_attn_decode_seq){.kv = {.seq = -1, .blocks = a->bblk[b], .n_tokens = a->ctx}, .n_q = 1};
-  return heed_attn_decode(a->rt, a->c, &a->p, s, a->batch, a->q, a->out, a->lse, a->ws, a->ws_bytes);
+  return ref ? heed_attn_decode(a->ref_rt, a->c, &a->p, s, a->batch, a->q, a->ref_out, NULL, a->ref_ws, a->ref_ws_bytes)
+             : heed_attn_decode(a->rt, a->c, &a->p, s, a->batch, a->q, a->out, a->lse, a->ws, a->ws_bytes);
 }
-static void run_decode(void *ctx) { decode_once(ctx); }
-
-static heed_status decode_ref(attn_bench *a) {
-  heed_attn_decode_seq s[HEED_BENCH_MAX_BATCH];
-  for (unsigned b = 0; b < a->batch; b++)
-    s[b] = (heed_attn_decode_seq){.kv = {.seq = -1, .blocks = a->bblk[b], .n_tokens = a->ctx}, .n_q = 1};
-  return heed_attn_decode(a->ref_rt, a->c, &a->p, s, a->batch, a->q, a->ref_out, NULL, a->ref_ws, a->ref_ws_bytes);
-}
-static void run_decode_ref(void *ctx) { decode_ref(ctx); }
+static heed_status decode_once(attn_bench *a) { return decode_on(a, 0); }
+static void run_decode(void *ctx) { decode_on(ctx, 0); }
+static void run_decode_ref(void *ctx) { decode_on(ctx, 1); }
 
 /* softmax over each row of s [rows][n] (what a user writes around two sgemms) */
 static void softmax_rows(float *s, unsigned rows, unsigned n, size_t lds) {
@@ -165,17 +160,25 @@ static void run_decode_onednn(void *ctx) {
     }
 }
 
-static heed_status prefill_once(attn_bench *a) {
+/* One prefill call, on heed's runtime or (ref) the reference one. */
+static heed_status prefill_on(attn_bench *a, int ref) {
   heed_attn_seq s = {.seq = -1, .blocks = a->blocks, .n_tokens = a->q_start + a->n_q};
-  return heed_attn_prefill(a->rt, a->c, &a->p, s, a->q_start, a->n_q, a->q, a->out, NULL, a->ws, a->ws_bytes);
+  return heed_attn_prefill(ref ? a->ref_rt : a->rt, a->c, &a->p, s, a->q_start, a->n_q, a->q, ref ? a->ref_out : a->out,
+                           NULL, ref ? a->ref_ws : a->ws, ref ? a->ref_ws_bytes : a->ws_bytes);
 }
-static void run_prefill(void *ctx) { prefill_once(ctx); }
+static heed_status prefill_once(attn_bench *a) { return prefill_on(a, 0); }
+static void run_prefill(void *ctx) { prefill_on(ctx, 0); }
+static void run_prefill_ref(void *ctx) { prefill_on(ctx, 1); }
 
-static heed_status prefill_ref(attn_bench *a) {
-  heed_attn_seq s = {.seq = -1, .blocks = a->blocks, .n_tokens = a->q_start + a->n_q};
-  return heed_attn_prefill(a->ref_rt, a->c, &a->p, s, a->q_start, a->n_q, a->q, a->ref_out, NULL, a->ref_ws, a->ref_ws_bytes);
+/* ||got - want|| / ||want|| over n values, in double. */
+static double rel_l2(const float *got, const float *want, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; i++) {
+    const double d = (double)got[i] - want[i];
+    num += d * d, den += (double)want[i] * want[i];
+  }
+  return sqrt(num / den);
 }
-static void run_prefill_ref(void *ctx) { prefill_ref(ctx); }
 
 /* A case is timed only after one checked call: a failing call must not time as 0 ms. */
 static int check(attn_bench *a, heed_status st, const char *what) {
@@ -223,9 +226,7 @@ static void run_decode_clblast(void *ctx) {
 static int baseline_checked(attn_bench *a, void (*run)(void *), const float *want, size_t n, const char *name) {
   for (size_t i = 0; i < n; i++) a->bout[i] = NAN;
   run(a);
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; i++) num += ((double)a->bout[i] - want[i]) * ((double)a->bout[i] - want[i]), den += (double)want[i] * want[i];
-  double rel = sqrt(num / den);
+  const double rel = rel_l2(a->bout, want, n);
   if (rel <= 2e-2) return 0;
   fprintf(stderr, "heed bench attention: %s: the baseline's output differs from heed's by %.3g (relative L2); not timed\n", name,
           rel);
@@ -240,12 +241,6 @@ static int add(heed_bench *b, const heed_bench_case *c, heed_bench_result *out, 
   }
   (*n)++;
   return 0;
-}
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
 /* Case c (just run, its output in a->out) on the reference (scalar) kernels,
@@ -268,9 +263,9 @@ static int reference_case(attn_bench *a, heed_bench *b, const heed_bench_case *c
     if (a->ctx > small) scale = (double)a->ctx / small, a->ctx = small;
   }
   for (int k = 0; k < 2; k++) {
-    double t0 = now_ms();
-    heed_status st = prefill ? prefill_ref(a) : decode_ref(a);
-    est = (now_ms() - t0) * scale;
+    double t0 = heed_bench_now_ms();
+    heed_status st = prefill ? prefill_on(a, 1) : decode_on(a, 1);
+    est = (heed_bench_now_ms() - t0) * scale;
     if (check(a, st, name)) return -1;
   }
   a->ctx = keep_ctx, a->q_start = keep_start, a->n_q = keep_nq;
@@ -280,16 +275,12 @@ static int reference_case(attn_bench *a, heed_bench *b, const heed_bench_case *c
     return 0;
   }
   for (size_t i = 0; i < m; i++) a->ref_out[i] = NAN;
-  if (check(a, prefill ? prefill_ref(a) : decode_ref(a), name)) return -1;
-  double num = 0, den = 0;
-  for (size_t i = 0; i < m; i++) {
-    double d = (double)a->ref_out[i] - a->out[i];
-    num += d * d, den += (double)a->out[i] * a->out[i];
-  }
+  if (check(a, prefill ? prefill_on(a, 1) : decode_on(a, 1), name)) return -1;
   /* the same cache and queries, f32 accumulation in another order: ~1e-6 */
-  if (!(sqrt(num / den) <= 1e-3)) {
+  const double rel = rel_l2(a->ref_out, a->out, m);
+  if (!(rel <= 1e-3)) {
     fprintf(stderr, "heed bench attention: %s: the reference kernel's output differs from %s's by %.3g (relative L2)\n", name,
-            a->isa, sqrt(num / den));
+            a->isa, rel);
     return -1;
   }
   heed_bench_case r = *c;

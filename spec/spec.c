@@ -809,15 +809,12 @@ static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_samp
   heed_status st = HEED_OK;
   float thr = -INFINITY;
   if (topk) {
-    /* the k-th largest candidate (every value >= it is a candidate), by a heap of k */
+    /* the k-th largest candidate (every value >= it is a candidate) */
     const unsigned k = smp->top_k;
     if (n < k) return fail(s, HEED_E_INTERNAL, "top-k %u: only %zu tokens above the %u-th block max", k, n, k);
     float *h = s->w;
-    for (unsigned i = 0; i < k; i++) h[i] = s->keep[i].v;
-    for (unsigned l = k / 2 + 1; l-- > 0;) heap_down(h, k, l);
-    for (size_t i = k; i < n; i++)
-      if (s->keep[i].v > h[0]) h[0] = s->keep[i].v, heap_down(h, k, 0);
-    thr = h[0];
+    for (size_t i = 0; i < n; i++) h[i] = s->keep[i].v;
+    thr = kth_largest(h, n, k);
     size_t m = 0; /* the kept: ties with the k-th too */
     for (size_t i = 0; i < n; i++)
       if (s->keep[i].v >= thr) s->keep[m++] = s->keep[i];

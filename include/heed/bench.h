@@ -110,6 +110,8 @@ heed_status heed_bench_run_case(heed_bench *b, const heed_bench_case *c, heed_be
  * its limit. Fills up to cap results; *n_out gets how many. */
 heed_status heed_bench_suite_probes(heed_bench *b, heed_bench_result *out, int cap, int *n_out);
 const char *heed_bench_last_error(const heed_bench *b);
+/* The monotonic clock the bench times cases with, in milliseconds. */
+double heed_bench_now_ms(void);
 
 /* {"heed_info": <runtime JSON>, "results": [ ... ]} */
 heed_status heed_bench_write_json(heed_runtime *rt, const heed_bench_result *r, int n, FILE *f);

@@ -4,6 +4,7 @@
 
 #include "backends/cpu/avx2/avx2_common.h"
 #include "backends/cpu/cpu_isa.h"
+#include "backends/cpu/vocab_maxsum.h"
 
 /* 2^t for t <= 0 (0 below -125): n = round(t) by the 1.5 * 2^23 trick, whose
  * low bits then hold n for the exponent; 2^(t - n) by its degree-6 Taylor
@@ -119,15 +120,9 @@ static float vocab_sumexp_bound_avx2(const float *x, size_t n, float m, float s,
   return tot;
 }
 
-/* One read (heed/kernels.h, vocab_maxsum_bound): blocks of MS_BLOCK
- * elements; each block's lane maxima and its Schraudolph sum against the
- * reference r are taken in the same loop. A block whose max rises more than
- * MS_RISE/s above r (the first block too: r starts at -inf) moves r to it,
- * rescales what is summed by expf and sums the block again, from L1. Terms
- * stay below e^MS_RISE, so (y + 127) 2^23 stays under 2^31. */
-#define MS_BLOCK HEED_VOCAB_BLOCK
-#define MS_RISE 40.0f
-
+/* One read (heed/kernels.h, vocab_maxsum_bound): each block's lane maxima
+ * and its Schraudolph sum against the reference r in the same loop; the
+ * rest is ms_block's (vocab_maxsum.h). */
 static inline __m256 bound_terms(__m256 a, __m256 vr, __m256 vk, __m256 vb, __m256 lo) {
   return _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_max_ps(_mm256_fmadd_ps(_mm256_sub_ps(a, vr), vk, vb), lo)));
 }
@@ -151,11 +146,11 @@ static float vocab_maxsum_bound_avx2(const float *x, size_t n, float s, float *z
   const __m256 vk = _mm256_set1_ps(s * 1.44269504f * 8388608.0f), vb = _mm256_set1_ps(127.0f * 8388608.0f),
                lo = _mm256_set1_ps(8388608.0f), inf = _mm256_set1_ps(INFINITY);
   __m256 badv = _mm256_setzero_ps();
-  float r = -INFINITY, M = -INFINITY, tot = 0.0f;
+  ms_run u = {-INFINITY, -INFINITY, 0.0f};
   int b = 0;
   for (size_t i = 0; i < n; i += MS_BLOCK) {
     const size_t e = i + MS_BLOCK < n ? i + MS_BLOCK : n;
-    const __m256 vr = _mm256_set1_ps(r);
+    const __m256 vr = _mm256_set1_ps(u.r);
     __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, a0 = _mm256_setzero_ps(), a1 = a0;
     size_t j = i;
     for (; j + 16 <= e; j += 16) {
@@ -168,28 +163,11 @@ static float vocab_maxsum_bound_avx2(const float *x, size_t n, float s, float *z
     __m256 mm = _mm256_max_ps(m0, m1);
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(mm), _mm256_extractf128_ps(mm, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    float bm = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
-    for (size_t t = j; t < e; t++) {
-      b |= isnan(x[t]) || x[t] == INFINITY;
-      if (x[t] > bm) bm = x[t];
-    }
-    if (bmax) bmax[i / MS_BLOCK] = bm;
-    if (bm == -INFINITY) continue; /* nothing here has weight */
-    if (bm > M) M = bm;
-    float zb;
-    if (r == -INFINITY || (bm - r) * s > MS_RISE) {
-      if (r != -INFINITY) tot *= expf((r - bm) * s);
-      r = bm;
-      zb = block_bound_avx2(x, i, e, r, s);
-    } else {
-      zb = hsum256(_mm256_add_ps(a0, a1));
-      for (; j < e; j++) zb += expf((x[j] - r) * s);
-    }
-    tot += zb;
+    ms_block(&u, x, i, j, e, _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1))), hsum256(_mm256_add_ps(a0, a1)), s, &b,
+             bmax, block_bound_avx2);
   }
   if (b || _mm256_movemask_ps(badv)) *bad = 1;
-  *z = M == -INFINITY ? 0.0f : tot * expf((r - M) * s);
-  return M;
+  return ms_finish(&u, s, z);
 }
 
 static float vocab_weights_avx2(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {

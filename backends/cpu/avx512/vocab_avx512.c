@@ -4,6 +4,7 @@
 
 #include "backends/cpu/avx512/avx512_common.h"
 #include "backends/cpu/cpu_isa.h"
+#include "backends/cpu/vocab_maxsum.h"
 
 
 static float vocab_max_avx512(const float *x, size_t n, size_t *arg, int *bad) {
@@ -69,25 +70,36 @@ static float vocab_sumexp_bound_avx512(const float *x, size_t n, float m, float 
   return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
-/* One read (heed/kernels.h, vocab_maxsum_bound); the scheme of
- * vocab_avx2.c's: blocks of MS_BLOCK summed against a reference max that
- * moves, with a second sum of the block from L1, only when a block rises
- * more than MS_RISE/s above it. Masked tails. */
-#define MS_BLOCK HEED_VOCAB_BLOCK
-#define MS_RISE 40.0f
+/* One read (heed/kernels.h, vocab_maxsum_bound): each block's lane maxima
+ * and bounded sum in one loop, masked tails; the rest is ms_block's
+ * (vocab_maxsum.h). */
 
 static inline __m512 bound_terms(__m512 a, __m512 vr, __m512 vk, __m512 vb, __m512 lo) {
   return _mm512_castsi512_ps(_mm512_cvttps_epi32(_mm512_max_ps(_mm512_fmadd_ps(_mm512_sub_ps(a, vr), vk, vb), lo)));
+}
+
+/* The sum of block [i, e) against r, again (masked tail). */
+static float block_bound_avx512(const float *x, size_t i, size_t e, float r, float s) {
+  const __m512 vr = _mm512_set1_ps(r), vk = _mm512_set1_ps(s * 1.44269504f * 8388608.0f),
+               vb = _mm512_set1_ps(127.0f * 8388608.0f), lo = _mm512_set1_ps(8388608.0f);
+  __m512 a0 = _mm512_setzero_ps();
+  for (; i < e; i += 16) {
+    __mmask16 k = tail_mask(e - i);
+    a0 = _mm512_mask_add_ps(a0, k, a0, bound_terms(_mm512_maskz_loadu_ps(k, x + i), vr, vk, vb, lo));
+  }
+  return _mm512_reduce_add_ps(a0);
 }
 
 static float vocab_maxsum_bound_avx512(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
   const __m512 vk = _mm512_set1_ps(s * 1.44269504f * 8388608.0f), vb = _mm512_set1_ps(127.0f * 8388608.0f),
                lo = _mm512_set1_ps(8388608.0f), inf = _mm512_set1_ps(INFINITY), ninf = _mm512_set1_ps(-INFINITY);
   __mmask16 badm = 0;
-  float r = -INFINITY, M = -INFINITY, tot = 0.0f;
+  ms_run u = {-INFINITY, -INFINITY, 0.0f};
+  int b = 0;
   for (size_t i = 0; i < n; i += MS_BLOCK) {
     const size_t e = i + MS_BLOCK < n ? i + MS_BLOCK : n;
-    __m512 vr = _mm512_set1_ps(r), m0 = ninf, m1 = ninf, a0 = _mm512_setzero_ps(), a1 = a0;
+    const __m512 vr = _mm512_set1_ps(u.r);
+    __m512 m0 = ninf, m1 = ninf, a0 = _mm512_setzero_ps(), a1 = a0;
     size_t j = i;
     for (; j + 32 <= e; j += 32) {
       __m512 p = _mm512_loadu_ps(x + j), q = _mm512_loadu_ps(x + j + 16);
@@ -104,24 +116,12 @@ static float vocab_maxsum_bound_avx512(const float *x, size_t n, float s, float 
       m0 = _mm512_mask_mov_ps(m0, _mm512_cmp_ps_mask(p, m0, _CMP_GT_OQ), p);
       a0 = _mm512_mask_add_ps(a0, k, a0, bound_terms(p, vr, vk, vb, lo));
     }
-    float bm = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
-    if (bmax) bmax[i / MS_BLOCK] = bm;
-    if (bm == -INFINITY) continue; /* nothing here has weight */
-    if (bm > M) M = bm;
-    if (r == -INFINITY || (bm - r) * s > MS_RISE) {
-      if (r != -INFINITY) tot *= expf((r - bm) * s);
-      r = bm;
-      vr = _mm512_set1_ps(r), a0 = _mm512_setzero_ps(), a1 = a0;
-      for (j = i; j < e; j += 16) {
-        __mmask16 k = tail_mask(e - j);
-        a0 = _mm512_mask_add_ps(a0, k, a0, bound_terms(_mm512_maskz_loadu_ps(k, x + j), vr, vk, vb, lo));
-      }
-    }
-    tot += _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    /* masked tails: nothing is left for ms_block's scalar part */
+    ms_block(&u, x, i, e, e, _mm512_reduce_max_ps(_mm512_max_ps(m0, m1)), _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)), s,
+             &b, bmax, block_bound_avx512);
   }
-  if (badm) *bad = 1;
-  *z = M == -INFINITY ? 0.0f : tot * expf((r - M) * s);
-  return M;
+  if (badm || b) *bad = 1;
+  return ms_finish(&u, s, z);
 }
 
 static float vocab_weights_avx512(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {

@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "backends/cpu/cpu_isa.h"
+#include "backends/cpu/vocab_maxsum.h"
 #include "backends/cpu/neon/neon_common.h"
 
 static float vocab_max_neon(const float *x, size_t n, size_t *arg, int *bad) {
@@ -82,12 +83,8 @@ static float vocab_sumexp_bound_neon(const float *x, size_t n, float m, float s,
   return tot;
 }
 
-/* One read (heed/kernels.h, vocab_maxsum_bound); the scheme of
- * vocab_avx2.c's: blocks of MS_BLOCK summed against a reference max that
- * moves, with a second sum of the block from L1, only when a block rises
- * more than MS_RISE/s above it. */
-#define MS_BLOCK HEED_VOCAB_BLOCK
-#define MS_RISE 40.0f
+/* One read (heed/kernels.h, vocab_maxsum_bound): each block's lane maxima
+ * and bounded sum in one loop; the rest is ms_block's (vocab_maxsum.h). */
 
 static float block_bound_neon(const float *x, size_t i, size_t e, float r, float s) {
   const float32x4_t vr = vdupq_n_f32(r), vk = vdupq_n_f32(s * 1.44269504f * 8388608.0f),
@@ -106,11 +103,11 @@ static float vocab_maxsum_bound_neon(const float *x, size_t n, float s, float *z
   const float32x4_t vk = vdupq_n_f32(s * 1.44269504f * 8388608.0f), vb = vdupq_n_f32(127.0f * 8388608.0f),
                     lo = vdupq_n_f32(8388608.0f), inf = vdupq_n_f32(INFINITY);
   uint32x4_t badv = vdupq_n_u32(0);
-  float r = -INFINITY, M = -INFINITY, tot = 0.0f;
+  ms_run u = {-INFINITY, -INFINITY, 0.0f};
   int b = 0;
   for (size_t i = 0; i < n; i += MS_BLOCK) {
     const size_t e = i + MS_BLOCK < n ? i + MS_BLOCK : n;
-    const float32x4_t vr = vdupq_n_f32(r);
+    const float32x4_t vr = vdupq_n_f32(u.r);
     float32x4_t m0 = vdupq_n_f32(-INFINITY), m1 = m0, a0 = vdupq_n_f32(0), a1 = a0;
     size_t j = i;
     for (; j + 8 <= e; j += 8) {
@@ -120,28 +117,10 @@ static float vocab_maxsum_bound_neon(const float *x, size_t n, float s, float *z
       a0 = vaddq_f32(a0, exp_bound(p, vr, vk, vb, lo));
       a1 = vaddq_f32(a1, exp_bound(q, vr, vk, vb, lo));
     }
-    float bm = vmaxvq_f32(vmaxq_f32(m0, m1));
-    for (size_t t = j; t < e; t++) {
-      b |= isnan(x[t]) || x[t] == INFINITY;
-      if (x[t] > bm) bm = x[t];
-    }
-    if (bmax) bmax[i / MS_BLOCK] = bm;
-    if (bm == -INFINITY) continue; /* nothing here has weight */
-    if (bm > M) M = bm;
-    float zb;
-    if (r == -INFINITY || (bm - r) * s > MS_RISE) {
-      if (r != -INFINITY) tot *= expf((r - bm) * s);
-      r = bm;
-      zb = block_bound_neon(x, i, e, r, s);
-    } else {
-      zb = vaddvq_f32(vaddq_f32(a0, a1));
-      for (; j < e; j++) zb += expf((x[j] - r) * s);
-    }
-    tot += zb;
+    ms_block(&u, x, i, j, e, vmaxvq_f32(vmaxq_f32(m0, m1)), vaddvq_f32(vaddq_f32(a0, a1)), s, &b, bmax, block_bound_neon);
   }
   if (b || vmaxvq_u32(badv)) *bad = 1;
-  *z = M == -INFINITY ? 0.0f : tot * expf((r - M) * s);
-  return M;
+  return ms_finish(&u, s, z);
 }
 
 static float vocab_weights_neon(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {
