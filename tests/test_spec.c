@@ -108,8 +108,9 @@ static void fill_row(float *x, size_t n, uint64_t *r, int adversarial) {
 /* vocab_maxsum_bound: the max and a bracket of the sum in one read, on rows
  * that make the SIMD kernels move their reference max (a rise of more than
  * 40/s within a block), at every length around the vector widths and blocks,
- * with large offsets, a spike in the scalar tail, -inf blocks first, and NaN
- * or +inf anywhere. */
+ * with large offsets (up to |max| s past what a float reference can place),
+ * a spike in the scalar tail, -inf blocks first, NaN or +inf anywhere, and
+ * finite rows whose plain sum overflows (the SIMD NaN check). */
 static void maxsum_row(float *x, size_t n, int kind, uint64_t *r) {
   for (size_t i = 0; i < n; i++) {
     float u = 6.0f * tu_uniform(r);
@@ -120,6 +121,8 @@ static void maxsum_row(float *x, size_t n, int kind, uint64_t *r) {
     case 3: x[i] = 10000.0f + u; break;                         /* large logits */
     case 4: x[i] = i < n / 2 ? -INFINITY : u; break;            /* nothing, then values */
     case 5: x[i] = i % 5 ? u : -INFINITY; break;
+    case 7: x[i] = 2e7f + 2.0f * (float)(i % 7); break;         /* |max| s 1e7..6e7: a reference nats off the max */
+    case 8: x[i] = 3e12f + 262144.0f * (float)(i % 7); break;   /* past what a float reference can place: the fallback */
     default: x[i] = (i / 256) % 2 ? u + 80.0f : u - 80.0f; break; /* blocks that jump both ways */
     }
   }
@@ -138,7 +141,7 @@ Test(spec, vocab_maxsum_bound_one_read) {
     uint64_t r = 4242 + ii;
     float *x = malloc(8192 * sizeof *x);
     for (unsigned li = 0; li < sizeof ns / sizeof *ns; li++)
-      for (int kind = 0; kind < 7; kind++)
+      for (int kind = 0; kind < 9; kind++)
         for (int si = 0; si < 2; si++) {
           const size_t n = ns[li];
           const float s = si ? 3.0f : 0.7f;
@@ -180,6 +183,22 @@ Test(spec, vocab_maxsum_bound_one_read) {
         f(x, n, 1.0f, &z, &bad, NULL);
         cr_assert_eq(bad, 1, "%s: %s at %zu not reported", nm, inf ? "+inf" : "NaN", at[ai]);
       }
+    /* finite, but their plain sum overflows: not bad, and bracketed */
+    for (int neg = 0; neg < 2; neg++) {
+      const size_t n = 4099;
+      double M = -INFINITY, ref = 0;
+      for (size_t i = 0; i < n; i++) {
+        x[i] = (neg && i % 2 ? -3e37f : 3e37f) * (1.0f + 0.01f * tu_uniform(&r));
+        M = x[i] > M ? x[i] : M;
+      }
+      for (size_t i = 0; i < n; i++) ref += exp(((double)x[i] - M) * 1e-36);
+      int bad = 0;
+      float z, m = f(x, n, 1e-36f, &z, &bad, NULL);
+      cr_assert_eq(bad, 0, "%s: a finite row whose sum overflows reported bad", nm);
+      cr_assert_eq(m, (float)M, "%s: max %.9g want %.9g on huge values", nm, m, M);
+      cr_assert(z / HEED_VOCAB_BOUND_HI - n * 0x1p-126 <= ref && ref <= z * HEED_VOCAB_BOUND_LO_INV,
+                "%s: huge values, %.9g does not bracket %.9g", nm, z, ref);
+    }
     free(x);
   }
 }

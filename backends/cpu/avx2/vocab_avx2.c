@@ -66,13 +66,20 @@ static float vocab_max_avx2(const float *x, size_t n, size_t *arg, int *bad) {
   for (size_t i = 0; i < n; i += 256) {
     const size_t e = i + 256 < n ? i + 256 : n;
     const float bm = max_only_avx2(x + i, e - i, bad);
-    if (bm > best) {
+    if (bm > best) { /* the first index of bm: eight at a time */
       best = bm;
-      for (size_t j = i; j < e; j++)
-        if (x[j] == bm) {
-          a = j;
-          break;
-        }
+      const __m256 vb = _mm256_set1_ps(bm);
+      size_t j = i;
+      unsigned hit = 0;
+      for (; j + 8 <= e && !(hit = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + j), vb, _CMP_EQ_OQ))); j += 8) {
+      }
+      if (hit) a = j + (unsigned)__builtin_ctz(hit);
+      else
+        for (; j < e; j++)
+          if (x[j] == bm) {
+            a = j;
+            break;
+          }
     }
   }
   *arg = best == -INFINITY ? 0 : a;
@@ -121,53 +128,60 @@ static float vocab_sumexp_bound_avx2(const float *x, size_t n, float m, float s,
 }
 
 /* One read (heed/kernels.h, vocab_maxsum_bound): each block's lane maxima
- * and its Schraudolph sum against the reference r in the same loop; the
- * rest is ms_block's (vocab_maxsum.h). */
-static inline __m256 bound_terms(__m256 a, __m256 vr, __m256 vk, __m256 vb, __m256 lo) {
-  return _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_max_ps(_mm256_fmadd_ps(_mm256_sub_ps(a, vr), vk, vb), lo)));
+ * and its Schraudolph sum against the reference in the same loop (one FMA
+ * a term, vocab_maxsum.h); NaN and +inf by a plain sum of the values, which
+ * either makes NaN or +inf (confirmed by a scalar look: a finite row can
+ * overflow it); the rest is ms_block's. */
+static inline __m256 bound_terms(__m256 a, __m256 vk, __m256 vc, __m256 lo) {
+  return _mm256_castsi256_ps(_mm256_cvttps_epi32(_mm256_max_ps(_mm256_fmadd_ps(a, vk, vc), lo)));
 }
 
-/* The sum of block [i, e) against r: vectors, then exact tail terms. */
-static float block_bound_avx2(const float *x, size_t i, size_t e, float r, float s) {
-  const __m256 vr = _mm256_set1_ps(r), vk = _mm256_set1_ps(s * 1.44269504f * 8388608.0f),
-               vb = _mm256_set1_ps(127.0f * 8388608.0f), lo = _mm256_set1_ps(8388608.0f);
+/* The sum of block [i, e) against u's reference: vectors, then exact tail terms. */
+static float block_bound_avx2(const float *x, size_t i, size_t e, const ms_run *u) {
+  const __m256 vk = _mm256_set1_ps(u->K), vc = _mm256_set1_ps(u->c), lo = _mm256_set1_ps(8388608.0f);
   __m256 a0 = _mm256_setzero_ps(), a1 = a0;
   for (; i + 16 <= e; i += 16) {
-    a0 = _mm256_add_ps(a0, bound_terms(_mm256_loadu_ps(x + i), vr, vk, vb, lo));
-    a1 = _mm256_add_ps(a1, bound_terms(_mm256_loadu_ps(x + i + 8), vr, vk, vb, lo));
+    a0 = _mm256_add_ps(a0, bound_terms(_mm256_loadu_ps(x + i), vk, vc, lo));
+    a1 = _mm256_add_ps(a1, bound_terms(_mm256_loadu_ps(x + i + 8), vk, vc, lo));
   }
-  if (i + 8 <= e) a0 = _mm256_add_ps(a0, bound_terms(_mm256_loadu_ps(x + i), vr, vk, vb, lo)), i += 8;
+  if (i + 8 <= e) a0 = _mm256_add_ps(a0, bound_terms(_mm256_loadu_ps(x + i), vk, vc, lo)), i += 8;
   float t = hsum256(_mm256_add_ps(a0, a1));
-  for (; i < e; i++) t += expf((x[i] - r) * s); /* exact terms are inside the bound too */
+  for (; i < e; i++) t += ms_term(u, x[i]);
   return t;
 }
 
 static float vocab_maxsum_bound_avx2(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
-  const __m256 vk = _mm256_set1_ps(s * 1.44269504f * 8388608.0f), vb = _mm256_set1_ps(127.0f * 8388608.0f),
-               lo = _mm256_set1_ps(8388608.0f), inf = _mm256_set1_ps(INFINITY);
-  __m256 badv = _mm256_setzero_ps();
-  ms_run u = {-INFINITY, -INFINITY, 0.0f};
+  const __m256 lo = _mm256_set1_ps(8388608.0f);
+  __m256 sv = _mm256_setzero_ps(); /* the values' sum: NaN or +inf if one is */
+  ms_run u = ms_start(s);
+  const __m256 vk = _mm256_set1_ps(u.K);
+  const size_t pe = n > MS_PREFETCH ? n - MS_PREFETCH : 0; /* prefetch inside the row only */
   int b = 0;
   for (size_t i = 0; i < n; i += MS_BLOCK) {
     const size_t e = i + MS_BLOCK < n ? i + MS_BLOCK : n;
-    const __m256 vr = _mm256_set1_ps(u.r);
+    const __m256 vc = _mm256_set1_ps(u.c);
     __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, a0 = _mm256_setzero_ps(), a1 = a0;
     size_t j = i;
     for (; j + 16 <= e; j += 16) {
+      if (j < pe) _mm_prefetch((const char *)(x + j + MS_PREFETCH), _MM_HINT_T0);
       __m256 p = _mm256_loadu_ps(x + j), q = _mm256_loadu_ps(x + j + 8);
-      badv = _mm256_or_ps(badv, _mm256_or_ps(_mm256_cmp_ps(p, inf, _CMP_NLT_UQ), _mm256_cmp_ps(q, inf, _CMP_NLT_UQ)));
-      m0 = _mm256_max_ps(m0, p), m1 = _mm256_max_ps(m1, q); /* NaN lanes keep m: reported through bad */
-      a0 = _mm256_add_ps(a0, bound_terms(p, vr, vk, vb, lo));
-      a1 = _mm256_add_ps(a1, bound_terms(q, vr, vk, vb, lo));
+      sv = _mm256_add_ps(sv, _mm256_add_ps(p, q));
+      m0 = _mm256_max_ps(m0, p), m1 = _mm256_max_ps(m1, q);
+      a0 = _mm256_add_ps(a0, bound_terms(p, vk, vc, lo));
+      a1 = _mm256_add_ps(a1, bound_terms(q, vk, vc, lo));
     }
     __m256 mm = _mm256_max_ps(m0, m1);
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(mm), _mm256_extractf128_ps(mm, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    ms_block(&u, x, i, j, e, _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1))), hsum256(_mm256_add_ps(a0, a1)), s, &b,
-             bmax, block_bound_avx2);
+    if (!ms_block(&u, x, i, j, e, _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1))), hsum256(_mm256_add_ps(a0, a1)),
+                  &b, bmax, block_bound_avx2))
+      return heed_cpu_vocab_maxsum_bound_ref(x, n, s, z, bad, bmax);
   }
-  if (b || _mm256_movemask_ps(badv)) *bad = 1;
-  return ms_finish(&u, s, z);
+  const float c = hsum256(sv);
+  if (isnan(c) || c == INFINITY) /* or a finite row's sum overflowed: look */
+    for (size_t i = 0; i < n && !b; i++) b = isnan(x[i]) || x[i] == INFINITY;
+  if (b) *bad = 1;
+  return ms_finish(&u, z);
 }
 
 static float vocab_weights_avx2(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {

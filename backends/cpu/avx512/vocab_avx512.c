@@ -71,57 +71,64 @@ static float vocab_sumexp_bound_avx512(const float *x, size_t n, float m, float 
 }
 
 /* One read (heed/kernels.h, vocab_maxsum_bound): each block's lane maxima
- * and bounded sum in one loop, masked tails; the rest is ms_block's
- * (vocab_maxsum.h). */
+ * and bounded sum in one loop (one FMA a term, vocab_maxsum.h), masked
+ * tails; NaN and +inf by a plain sum of the values, which either makes NaN
+ * or +inf (confirmed by a scalar look: a finite row can overflow it); the
+ * rest is ms_block's. */
 
-static inline __m512 bound_terms(__m512 a, __m512 vr, __m512 vk, __m512 vb, __m512 lo) {
-  return _mm512_castsi512_ps(_mm512_cvttps_epi32(_mm512_max_ps(_mm512_fmadd_ps(_mm512_sub_ps(a, vr), vk, vb), lo)));
+static inline __m512 bound_terms(__m512 a, __m512 vk, __m512 vc, __m512 lo) {
+  return _mm512_castsi512_ps(_mm512_cvttps_epi32(_mm512_max_ps(_mm512_fmadd_ps(a, vk, vc), lo)));
 }
 
-/* The sum of block [i, e) against r, again (masked tail). */
-static float block_bound_avx512(const float *x, size_t i, size_t e, float r, float s) {
-  const __m512 vr = _mm512_set1_ps(r), vk = _mm512_set1_ps(s * 1.44269504f * 8388608.0f),
-               vb = _mm512_set1_ps(127.0f * 8388608.0f), lo = _mm512_set1_ps(8388608.0f);
+/* The sum of block [i, e) against u's reference, again (masked tail). */
+static float block_bound_avx512(const float *x, size_t i, size_t e, const ms_run *u) {
+  const __m512 vk = _mm512_set1_ps(u->K), vc = _mm512_set1_ps(u->c), lo = _mm512_set1_ps(8388608.0f);
   __m512 a0 = _mm512_setzero_ps();
   for (; i < e; i += 16) {
     __mmask16 k = tail_mask(e - i);
-    a0 = _mm512_mask_add_ps(a0, k, a0, bound_terms(_mm512_maskz_loadu_ps(k, x + i), vr, vk, vb, lo));
+    a0 = _mm512_mask_add_ps(a0, k, a0, bound_terms(_mm512_maskz_loadu_ps(k, x + i), vk, vc, lo));
   }
   return _mm512_reduce_add_ps(a0);
 }
 
 static float vocab_maxsum_bound_avx512(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
-  const __m512 vk = _mm512_set1_ps(s * 1.44269504f * 8388608.0f), vb = _mm512_set1_ps(127.0f * 8388608.0f),
-               lo = _mm512_set1_ps(8388608.0f), inf = _mm512_set1_ps(INFINITY), ninf = _mm512_set1_ps(-INFINITY);
-  __mmask16 badm = 0;
-  ms_run u = {-INFINITY, -INFINITY, 0.0f};
+  const __m512 lo = _mm512_set1_ps(8388608.0f), ninf = _mm512_set1_ps(-INFINITY);
+  __m512 sv = _mm512_setzero_ps(); /* the values' sum: NaN or +inf if one is */
+  ms_run u = ms_start(s);
+  const __m512 vk = _mm512_set1_ps(u.K);
+  const size_t pe = n > MS_PREFETCH ? n - MS_PREFETCH : 0; /* prefetch inside the row only */
   int b = 0;
   for (size_t i = 0; i < n; i += MS_BLOCK) {
     const size_t e = i + MS_BLOCK < n ? i + MS_BLOCK : n;
-    const __m512 vr = _mm512_set1_ps(u.r);
+    const __m512 vc = _mm512_set1_ps(u.c);
     __m512 m0 = ninf, m1 = ninf, a0 = _mm512_setzero_ps(), a1 = a0;
     size_t j = i;
     for (; j + 32 <= e; j += 32) {
+      if (j < pe) _mm_prefetch((const char *)(x + j + MS_PREFETCH), _MM_HINT_T0),
+                  _mm_prefetch((const char *)(x + j + MS_PREFETCH + 16), _MM_HINT_T0);
       __m512 p = _mm512_loadu_ps(x + j), q = _mm512_loadu_ps(x + j + 16);
-      badm |= _mm512_cmp_ps_mask(p, inf, _CMP_NLT_UQ) | _mm512_cmp_ps_mask(q, inf, _CMP_NLT_UQ);
-      m0 = _mm512_mask_mov_ps(m0, _mm512_cmp_ps_mask(p, m0, _CMP_GT_OQ), p); /* NaN lanes keep m */
-      m1 = _mm512_mask_mov_ps(m1, _mm512_cmp_ps_mask(q, m1, _CMP_GT_OQ), q);
-      a0 = _mm512_add_ps(a0, bound_terms(p, vr, vk, vb, lo));
-      a1 = _mm512_add_ps(a1, bound_terms(q, vr, vk, vb, lo));
+      sv = _mm512_add_ps(sv, _mm512_add_ps(p, q));
+      m0 = _mm512_max_ps(m0, p), m1 = _mm512_max_ps(m1, q); /* a NaN: any max (the sum reports it) */
+      a0 = _mm512_add_ps(a0, bound_terms(p, vk, vc, lo));
+      a1 = _mm512_add_ps(a1, bound_terms(q, vk, vc, lo));
     }
     for (; j < e; j += 16) {
       __mmask16 k = tail_mask(e - j);
       __m512 p = _mm512_mask_loadu_ps(ninf, k, x + j);
-      badm |= _mm512_mask_cmp_ps_mask(k, p, inf, _CMP_NLT_UQ);
-      m0 = _mm512_mask_mov_ps(m0, _mm512_cmp_ps_mask(p, m0, _CMP_GT_OQ), p);
-      a0 = _mm512_mask_add_ps(a0, k, a0, bound_terms(p, vr, vk, vb, lo));
+      sv = _mm512_mask_add_ps(sv, k, sv, p);
+      m0 = _mm512_max_ps(m0, p);
+      a0 = _mm512_mask_add_ps(a0, k, a0, bound_terms(p, vk, vc, lo));
     }
     /* masked tails: nothing is left for ms_block's scalar part */
-    ms_block(&u, x, i, e, e, _mm512_reduce_max_ps(_mm512_max_ps(m0, m1)), _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)), s,
-             &b, bmax, block_bound_avx512);
+    if (!ms_block(&u, x, i, e, e, _mm512_reduce_max_ps(_mm512_max_ps(m0, m1)), _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)),
+                  &b, bmax, block_bound_avx512))
+      return heed_cpu_vocab_maxsum_bound_ref(x, n, s, z, bad, bmax);
   }
-  if (badm || b) *bad = 1;
-  return ms_finish(&u, s, z);
+  const float c = _mm512_reduce_add_ps(sv);
+  if (isnan(c) || c == INFINITY) /* or a finite row's sum overflowed: look */
+    for (size_t i = 0; i < n && !b; i++) b = isnan(x[i]) || x[i] == INFINITY;
+  if (b) *bad = 1;
+  return ms_finish(&u, z);
 }
 
 static float vocab_weights_avx512(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {

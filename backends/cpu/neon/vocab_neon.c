@@ -84,43 +84,51 @@ static float vocab_sumexp_bound_neon(const float *x, size_t n, float m, float s,
 }
 
 /* One read (heed/kernels.h, vocab_maxsum_bound): each block's lane maxima
- * and bounded sum in one loop; the rest is ms_block's (vocab_maxsum.h). */
+ * and bounded sum in one loop (one FMA a term, vocab_maxsum.h); the rest is
+ * ms_block's. NEON's max keeps a NaN, so a block's max is NaN or +inf when
+ * one of its values is: no test per value. */
 
-static float block_bound_neon(const float *x, size_t i, size_t e, float r, float s) {
-  const float32x4_t vr = vdupq_n_f32(r), vk = vdupq_n_f32(s * 1.44269504f * 8388608.0f),
-                    vb = vdupq_n_f32(127.0f * 8388608.0f), lo = vdupq_n_f32(8388608.0f);
+static inline float32x4_t bound_terms(float32x4_t a, float32x4_t vk, float32x4_t vc, float32x4_t lo) {
+  return vreinterpretq_f32_s32(vcvtq_s32_f32(vmaxq_f32(vfmaq_f32(vc, a, vk), lo)));
+}
+
+static float block_bound_neon(const float *x, size_t i, size_t e, const ms_run *u) {
+  const float32x4_t vk = vdupq_n_f32(u->K), vc = vdupq_n_f32(u->c), lo = vdupq_n_f32(8388608.0f);
   float32x4_t a0 = vdupq_n_f32(0), a1 = a0;
   for (; i + 8 <= e; i += 8) {
-    a0 = vaddq_f32(a0, exp_bound(vld1q_f32(x + i), vr, vk, vb, lo));
-    a1 = vaddq_f32(a1, exp_bound(vld1q_f32(x + i + 4), vr, vk, vb, lo));
+    a0 = vaddq_f32(a0, bound_terms(vld1q_f32(x + i), vk, vc, lo));
+    a1 = vaddq_f32(a1, bound_terms(vld1q_f32(x + i + 4), vk, vc, lo));
   }
   float t = vaddvq_f32(vaddq_f32(a0, a1));
-  for (; i < e; i++) t += expf((x[i] - r) * s); /* exact terms are inside the bound too */
+  for (; i < e; i++) t += ms_term(u, x[i]);
   return t;
 }
 
 static float vocab_maxsum_bound_neon(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
-  const float32x4_t vk = vdupq_n_f32(s * 1.44269504f * 8388608.0f), vb = vdupq_n_f32(127.0f * 8388608.0f),
-                    lo = vdupq_n_f32(8388608.0f), inf = vdupq_n_f32(INFINITY);
-  uint32x4_t badv = vdupq_n_u32(0);
-  ms_run u = {-INFINITY, -INFINITY, 0.0f};
+  const float32x4_t lo = vdupq_n_f32(8388608.0f);
+  ms_run u = ms_start(s);
+  const float32x4_t vk = vdupq_n_f32(u.K);
+  const size_t pe = n > MS_PREFETCH ? n - MS_PREFETCH : 0; /* prefetch inside the row only */
   int b = 0;
   for (size_t i = 0; i < n; i += MS_BLOCK) {
     const size_t e = i + MS_BLOCK < n ? i + MS_BLOCK : n;
-    const float32x4_t vr = vdupq_n_f32(u.r);
+    const float32x4_t vc = vdupq_n_f32(u.c);
     float32x4_t m0 = vdupq_n_f32(-INFINITY), m1 = m0, a0 = vdupq_n_f32(0), a1 = a0;
     size_t j = i;
     for (; j + 8 <= e; j += 8) {
+      if (j < pe && !(j & 15)) __builtin_prefetch(x + j + MS_PREFETCH);
       float32x4_t p = vld1q_f32(x + j), q = vld1q_f32(x + j + 4);
-      badv = vorrq_u32(badv, vmvnq_u32(vandq_u32(vcltq_f32(p, inf), vcltq_f32(q, inf)))); /* NaN or +inf */
-      m0 = vbslq_f32(vcgtq_f32(p, m0), p, m0), m1 = vbslq_f32(vcgtq_f32(q, m1), q, m1); /* NaN lanes keep m */
-      a0 = vaddq_f32(a0, exp_bound(p, vr, vk, vb, lo));
-      a1 = vaddq_f32(a1, exp_bound(q, vr, vk, vb, lo));
+      m0 = vmaxq_f32(m0, p), m1 = vmaxq_f32(m1, q);
+      a0 = vaddq_f32(a0, bound_terms(p, vk, vc, lo));
+      a1 = vaddq_f32(a1, bound_terms(q, vk, vc, lo));
     }
-    ms_block(&u, x, i, j, e, vmaxvq_f32(vmaxq_f32(m0, m1)), vaddvq_f32(vaddq_f32(a0, a1)), s, &b, bmax, block_bound_neon);
+    const float bm = vmaxvq_f32(vmaxq_f32(m0, m1)); /* NaN if a value was */
+    if (!(bm < INFINITY)) b = 1;                    /* NaN or +inf */
+    if (!ms_block(&u, x, i, j, e, bm, vaddvq_f32(vaddq_f32(a0, a1)), &b, bmax, block_bound_neon))
+      return heed_cpu_vocab_maxsum_bound_ref(x, n, s, z, bad, bmax);
   }
-  if (b || vmaxvq_u32(badv)) *bad = 1;
-  return ms_finish(&u, s, z);
+  if (b) *bad = 1;
+  return ms_finish(&u, z);
 }
 
 static float vocab_weights_neon(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {

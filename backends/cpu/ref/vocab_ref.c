@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backends/cpu/cpu_isa.h"
+#include "backends/cpu/vocab_maxsum.h"
 
 static float vocab_max_ref(const float *x, size_t n, size_t *arg, int *bad) {
   size_t unused;
@@ -53,8 +54,9 @@ static float vocab_sumexp_bound_ref(const float *x, size_t n, float m, float s, 
 }
 
 /* Two reads (max, then the sum against it): the reference the one-read
- * SIMD kernels are held to. */
-static float vocab_maxsum_bound_ref(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
+ * SIMD kernels are held to, and what they hand a row to when a float
+ * cannot place their reference (vocab_maxsum.h). */
+float heed_cpu_vocab_maxsum_bound_ref(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
   size_t arg;
   float m = vocab_max_ref(x, n, &arg, bad);
   if (bmax)
@@ -65,6 +67,10 @@ static float vocab_maxsum_bound_ref(const float *x, size_t n, float s, float *z,
     }
   *z = m == -INFINITY ? 0.0f : vocab_sumexp_bound_ref(x, n, m, s, -INFINITY);
   return m;
+}
+
+static float vocab_maxsum_bound_ref(const float *x, size_t n, float s, float *z, int *bad, float *bmax) {
+  return heed_cpu_vocab_maxsum_bound_ref(x, n, s, z, bad, bmax);
 }
 
 static float vocab_weights_ref(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {
