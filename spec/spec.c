@@ -20,9 +20,11 @@
  * a chain's rows are read in pairs: on a pool with many workers, where one
  * row gives each fewer than two chunks).
  * Decisions walk the chain or tree. A token from a row's own distribution
- * (the bonus token) is drawn in two steps: its chunk (PCHUNK tokens) by
+ * (the bonus token) is drawn in three steps: its chunk (PCHUNK tokens) by
  * inverse CDF over the chunk sums, settled by their intervals or refined as
- * above, then the token inside that chunk; the row is not read again. A
+ * above, then its block (256 tokens) the same way over the chunk's bounded
+ * block sums, then the token inside that block; the row is not read again,
+ * and exact exps are taken of a block or two, not of the chunk. A
  * rejection materialises the residual max(0, p - q) in one vocabulary
  * buffer with per-chunk sums (SCHUNK), and a token is drawn from it by
  * inverse CDF. Chunks are fixed, so neither the thread count nor the ISA
@@ -59,7 +61,9 @@
 #define HB 2048        /* top-p histogram buckets ... */
 #define HR 32.0f       /* ... over this many nats below the max */
 #define DRAW_SAMPLE HEED_SPEC_DRAW_CHUNK  /* draw index of the chunk sampled at row r: DRAW_SAMPLE + r, */
-#define DRAW_WITHIN HEED_SPEC_DRAW_WITHIN /* and of the token inside it: DRAW_WITHIN + r */
+#define DRAW_WITHIN HEED_SPEC_DRAW_WITHIN /* of the block inside it: DRAW_WITHIN + r, */
+#define DRAW_TOKEN HEED_SPEC_DRAW_TOKEN   /* and of the token inside that: DRAW_TOKEN + r */
+_Static_assert(PCHUNK % HEED_SPEC_BLOCK == 0, "a draw's chunk is whole blocks");
 
 typedef struct penrow {
   const uint32_t *pos; /* [n] sorted, distinct */
@@ -1254,53 +1258,103 @@ static int32_t draw_from_w(heed_spec *s, float u) {
   return walk(s->w, a, chunk_end(s, a, SCHUNK), cum, target);
 }
 
-/* A token from row `slot`'s own distribution in two draws: its chunk by u,
- * inverse CDF over the exact chunk sums c_j (the first j with
- * (1 - u) C(<=j) > u C(>j), C the sums up to and after j, which is
- * C(<=j) > u Z without Z), then the token inside it by u2 over the chunk's
- * weights. Bounded chunk sums settle the first draw wherever their
- * intervals leave one j possible; else the widest are made exact (1, 2, 4,
- * ... at a time) until one is left, so the chunk is the one the exact sums
- * give, on every backend, without reading the whole row again. */
-static heed_status draw_from_row(heed_spec *s, unsigned slot, float is, float u, float u2, int32_t *tok) {
+/* Inverse CDF over sums z[0..n) known within intervals (ex[i]: z[i] is
+ * exact; else the true sum is in [z / HI - tiny, z LI]): the first j with
+ * (1 - u) C(<=j) > u C(>j), C the sums up to and after j (which is C(<=j) >
+ * u Z, without Z). *sure: the first j for which it holds at every point of
+ * the intervals; *maybe: the first for which it holds at some; the draw is
+ * settled when they agree. *last: the last j with mass. n when none. */
+static void icdf_bounds(const float *z, const uint8_t *ex, unsigned n, double u, double HI, double LI, double tiny,
+                        unsigned *maybe, unsigned *sure, unsigned *last) {
+  double alo = 0, ahi = 0, blo = 0, bhi = 0; /* C(>j): all, then less each one passed */
+  for (unsigned c = 0; c < n; c++) {
+    const double lo = ex[c] ? z[c] : z[c] / HI - tiny;
+    blo += lo > 0 ? lo : 0, bhi += ex[c] ? z[c] : z[c] * LI;
+  }
+  *maybe = *sure = *last = n;
+  for (unsigned c = 0; c < n; c++) {
+    const double l0 = ex[c] ? z[c] : z[c] / HI - tiny, lo = l0 > 0 ? l0 : 0, hi = ex[c] ? z[c] : z[c] * LI;
+    alo += lo, ahi += hi, blo -= lo, bhi -= hi;
+    if (z[c] > 0) *last = c;
+    if (*maybe == n && (1 - u) * ahi - u * (blo > 0 ? blo : 0) > 0) *maybe = c;
+    if ((1 - u) * alo - u * (bhi > 0 ? bhi : 0) > 0) {
+      *sure = c;
+      return;
+    }
+  }
+}
+
+/* A token from row `slot`'s own distribution in three draws
+ * (spec_internal.h): its chunk by u over the chunk sums, its block (256
+ * tokens) by u2 over the chunk's block sums, its token by u3 over the
+ * block's weights. Bounded sums settle the first two wherever their
+ * intervals leave one choice; else the widest are made exact (1, 2, 4, ...
+ * at a time) until one is left, so the choice is the one the exact sums
+ * give, on every backend, without reading the whole row again, and with
+ * exact exps for a block or two of the chunk instead of all of it. */
+static heed_status draw_from_row(heed_spec *s, unsigned slot, float is, float u, float u2, float u3, int32_t *tok) {
   const unsigned n = s->n_pchunk;
   const float *cz = s->cz + (size_t)slot * n;
   const uint8_t *cx = s->cx + (size_t)slot * n;
-  const int trust = s->fault == HEED_SPEC_FAULT_BOUNDED_DRAW; /* the bug the tests must catch */
-  const double v = u, HI = trust ? 1.0 : HEED_VOCAB_BOUND_HI, LI = trust ? 1.0 : HEED_VOCAB_BOUND_LO_INV;
+  const int trust = s->fault == HEED_SPEC_FAULT_BOUNDED_DRAW; /* the bugs the tests must catch */
+  const double HI = trust ? 1.0 : HEED_VOCAB_BOUND_HI, LI = trust ? 1.0 : HEED_VOCAB_BOUND_LO_INV;
   if (s->fault == HEED_SPEC_FAULT_SAME_U) u2 = u;
-  unsigned j = n;
+  unsigned j = n, maybe, sure, last;
   for (unsigned k = 1;; k *= 2) {
-    double alo = 0, ahi = 0, blo = 0, bhi = 0; /* C(>j): all, then less each chunk passed */
-    for (unsigned c = 0; c < n; c++) blo += cx[c] ? cz[c] : cz[c] / HI, bhi += cx[c] ? cz[c] : cz[c] * LI;
-    unsigned first_maybe = n, first_sure = n, last = n;
-    for (unsigned c = 0; c < n; c++) {
-      const double lo = cx[c] ? cz[c] : cz[c] / HI, hi = cx[c] ? cz[c] : cz[c] * LI;
-      alo += lo, ahi += hi, blo -= lo, bhi -= hi;
-      if (cz[c] > 0) last = c;
-      if (first_maybe == n && (1 - v) * ahi - v * (blo > 0 ? blo : 0) > 0) first_maybe = c;
-      if ((1 - v) * alo - v * (bhi > 0 ? bhi : 0) > 0) {
-        first_sure = c;
-        break;
-      }
-    }
+    icdf_bounds(cz, cx, n, u, HI, LI, 0.0, &maybe, &sure, &last);
     unsigned done = 0;
-    if ((first_maybe == first_sure && first_sure < n) || (trust && first_sure < n)) {
-      j = first_sure;
+    if ((maybe == sure && sure < n) || (trust && sure < n)) {
+      j = sure;
       break;
     }
     heed_status st = refine(s, is, slot, k, &done);
     if (st) return st;
     if (!done) { /* all exact: rounding ran past the end (u near 1), or settled */
-      j = first_sure < n ? first_sure : last;
+      j = sure < n ? sure : last;
       break;
     }
   }
   if (j >= n) return fail(s, HEED_E_INTERNAL, "row %u has no mass to sample from", slot);
+  /* The block: bounded sums of the chunk's blocks (the cheap exp), made
+   * exact the widest first where they leave a doubt. */
   const rowstat *r = &s->rs[slot];
-  size_t a = (size_t)j * PCHUNK, b = chunk_end(s, a, PCHUNK);
-  const float cj = range_weights(s, r, is, 1.0f, a, b, s->w);
-  *tok = walk(s->w, a, b, 0.0f, u2 * cj);
+  const size_t a = (size_t)j * PCHUNK, b = chunk_end(s, a, PCHUNK);
+  const int btrust = s->fault == HEED_SPEC_FAULT_BOUNDED_BLOCK;
+  float bz[PCHUNK / HEED_SPEC_BLOCK];
+  uint8_t bx[PCHUNK / HEED_SPEC_BLOCK];
+  unsigned nb = 0;
+  for (size_t ba = a; ba < b; ba += HEED_SPEC_BLOCK, nb++) {
+    bz[nb] = range_sumexp(s->vsumexp_bound, r, r->m, r->thr, is, ba, chunk_end(s, ba, HEED_SPEC_BLOCK));
+    bx[nb] = bz[nb] == 0; /* nothing kept (an empty block's 0 is exact) */
+  }
+  unsigned kb = nb;
+  for (unsigned k = 1;; k *= 2) {
+    icdf_bounds(bz, bx, nb, u2, btrust ? 1.0 : HEED_VOCAB_BOUND_HI, btrust ? 1.0 : HEED_VOCAB_BOUND_LO_INV,
+                btrust ? 0.0 : HEED_SPEC_BLOCK * 0x1p-126, &maybe, &sure, &last);
+    if ((maybe == sure && sure < nb) || (btrust && sure < nb)) {
+      kb = sure;
+      break;
+    }
+    unsigned more = 0;
+    for (unsigned m = 0; m < k; m++) { /* the k widest: the largest bounded sums */
+      unsigned w = nb;
+      for (unsigned c = 0; c < nb; c++)
+        if (!bx[c] && (w == nb || bz[c] > bz[w])) w = c;
+      if (w == nb) break;
+      const size_t ba = a + (size_t)w * HEED_SPEC_BLOCK;
+      bz[w] = range_sumexp(s->vsumexp, r, r->m, r->thr, is, ba, chunk_end(s, ba, HEED_SPEC_BLOCK)), bx[w] = 1, more++;
+    }
+    if (!more) { /* all exact */
+      kb = sure < nb ? sure : last;
+      break;
+    }
+  }
+  if (kb >= nb) return fail(s, HEED_E_INTERNAL, "row %u has no mass in chunk %u", slot, j);
+  /* The token: the block's weights, walked by u3. */
+  const size_t ka = a + (size_t)kb * HEED_SPEC_BLOCK, kz = chunk_end(s, ka, HEED_SPEC_BLOCK);
+  const float cb = range_weights(s, r, is, 1.0f, ka, kz, s->w);
+  *tok = walk(s->w, ka, kz, 0.0f, u3 * cb);
+  if (*tok < 0) return fail(s, HEED_E_INTERNAL, "row %u has no weight in block %u of chunk %u", slot, kb, j);
   return HEED_OK;
 }
 
@@ -1453,7 +1507,7 @@ static heed_status verify(heed_spec *s, const heed_sampling *smp, uint64_t seed,
       float u = heed_spec_uniform(seed, step, DRAW_SAMPLE + (uint32_t)(cur + 1));
       if (materialised) res->next_token = draw_from_w(s, u);
       else if ((st = draw_from_row(s, (unsigned)(cur + 1), is, u, heed_spec_uniform(seed, step, DRAW_WITHIN + (uint32_t)(cur + 1)),
-                                   &res->next_token)))
+                                   heed_spec_uniform(seed, step, DRAW_TOKEN + (uint32_t)(cur + 1)), &res->next_token)))
         return st;
       if (res->next_token < 0) return fail(s, HEED_E_INTERNAL, "row %d has no mass to sample from", cur + 1);
     }

@@ -698,10 +698,11 @@ Test(spec, sampling_follows_the_transformed_distribution) {
 }
 
 /* A long row's token, drawn as spec_internal.h says, against the same draw
- * from fp64 probabilities: the chunk by u over the chunk masses, the token
- * by u2 inside it. The verifier picks the chunk from bounded sums, made
- * exact only where they leave a doubt, so this is where a wrong bracket or
- * an unrefined decision would show. Returns how many draws differ (draws
+ * from fp64 probabilities: the chunk by u over the chunk masses, the block
+ * by u2 inside it, the token by u3 inside that. The verifier picks the
+ * chunk and the block from bounded sums, made exact only where they leave a
+ * doubt, so this is where a wrong bracket or an unrefined decision would
+ * show. Returns how many draws differ (draws
  * within 1e-5 of a boundary, where rounding may decide, are not counted). */
 static unsigned long_row_mismatches(heed_runtime *rt, const float *x, unsigned V, const heed_sampling *sm, unsigned n_seeds,
                                     int fault, unsigned *n_checked, unsigned *n_cand, unsigned *n_hist) {
@@ -717,7 +718,8 @@ static unsigned long_row_mismatches(heed_runtime *rt, const float *x, unsigned V
     int32_t tok;
     cr_assert_eq(heed_spec_sample(s, sm, seed, 3, x, &tok), HEED_OK, "%s", heed_spec_last_error(s));
     cr_assert(tok >= 0 && (unsigned)tok < V && p[tok] > 0, "seed %u: token %d has p %g", seed, tok, tok >= 0 ? p[tok] : -1);
-    const double u = heed_spec_uniform(seed, 3, HEED_SPEC_DRAW_CHUNK), u2 = heed_spec_uniform(seed, 3, HEED_SPEC_DRAW_WITHIN);
+    const double u = heed_spec_uniform(seed, 3, HEED_SPEC_DRAW_CHUNK), u2 = heed_spec_uniform(seed, 3, HEED_SPEC_DRAW_WITHIN),
+                 u3 = heed_spec_uniform(seed, 3, HEED_SPEC_DRAW_TOKEN);
     double c = 0, near = 1;
     unsigned j = nc - 1;
     for (unsigned k = 0; k < nc; k++) {
@@ -728,12 +730,26 @@ static unsigned long_row_mismatches(heed_runtime *rt, const float *x, unsigned V
         break;
       }
     }
-    unsigned a = j * HEED_SPEC_CHUNK, b = a + HEED_SPEC_CHUNK < V ? a + HEED_SPEC_CHUNK : V, want = b - 1;
+    /* the block inside the chunk by u2, the token inside the block by u3 */
+    const unsigned a = j * HEED_SPEC_CHUNK, b = a + HEED_SPEC_CHUNK < V ? a + HEED_SPEC_CHUNK : V;
+    unsigned ba = a, bb = a + HEED_SPEC_BLOCK < b ? a + HEED_SPEC_BLOCK : b, want = b - 1;
     c = 0;
-    for (unsigned t = a; t < b; t++) {
-      c += p[t] / cm[j];
+    for (unsigned k = a; k < b; k += HEED_SPEC_BLOCK) {
+      const unsigned e = k + HEED_SPEC_BLOCK < b ? k + HEED_SPEC_BLOCK : b;
+      double mk = 0;
+      for (unsigned t = k; t < e; t++) mk += p[t];
+      c += mk / cm[j];
       near = fmin(near, fabs(c - u2));
-      if (c > u2) {
+      ba = k, bb = e;
+      if (c > u2) break;
+    }
+    double mb = 0;
+    for (unsigned t = ba; t < bb; t++) mb += p[t];
+    c = 0;
+    for (unsigned t = ba; t < bb; t++) {
+      c += p[t] / mb;
+      near = fmin(near, fabs(c - u3));
+      if (c > u3) {
         want = t;
         break;
       }
@@ -765,6 +781,7 @@ Test(spec, long_rows_draw_what_exact_sums_draw, .timeout = 240) {
       {2, 3, 1},                                     /* top-p with min-p on a model's spread */
       {5, 4, 0},                                     /* top-k 20 tied with half the row */
       {0, 5, 0},                                     /* top-p over a flat row: thousands kept */
+      {6, 0, -1},                                    /* blocks whose bounded sums err by 0 and by 6% */
   };
   const heed_sampling *smps[] = {&plain, &cut, &k50, &topp, &k20, &topp_flat};
   for (unsigned kind = 0; kind < sizeof kinds / sizeof *kinds; kind++) {
@@ -782,8 +799,12 @@ Test(spec, long_rows_draw_what_exact_sums_draw, .timeout = 240) {
            : d == 2 ? (float)(8 * g - 6)              /* a model's spread ... */
            : d == 3 ? (float)(3 * g)                  /* (cut, penalised) */
            : d == 4 ? (float)(4 * g)                  /* (60 tokens tied at the 50th largest, below) */
-                    : (float)(g > 0 ? 1.0 : g);       /* half the row tied at the max */
+           : d == 5 ? (float)(g > 0 ? 1.0 : g)        /* half the row tied at the max */
+                    /* 6: every other block ln(2) / 2 higher, under a max of 1: (x - m) log2(e) is near
+                     * an integer in one block and half-way in the next */
+                    : (float)(0.01 * g + (t / HEED_SPEC_BLOCK % 2 ? 0.34657 : 0));
     }
+    if (d == 6) x[0] = 1.0f;
     if (d == 2) x[12345] = 14.0f, x[8191] = 12.5f, x[8192] = 12.5f, x[V - 1] = 13.0f; /* ... and a few heavy tokens */
     if (d == 4)
       for (unsigned i = 0; i < 60; i++) x[(i * 7919u + 11) % V] = 3.999f; /* 8 above: the 50th is one of them */
@@ -804,7 +825,11 @@ Test(spec, long_rows_draw_what_exact_sums_draw, .timeout = 240) {
         unsigned c2, b1 = long_row_mismatches(rt, x, V, sm, 1500, HEED_SPEC_FAULT_BOUNDED_DRAW, &c2, NULL, NULL); /* ~1.4% differ */
         cr_assert(b1 >= 5, "%s: chunks picked from bounded sums went unnoticed (%u of %u differ)", variant_name(variants[ii]), b1, c2);
         unsigned b2 = long_row_mismatches(rt, x, V, sm, 100, HEED_SPEC_FAULT_SAME_U, &c2, NULL, NULL);
-        cr_assert(b2 > c2 / 2, "%s: one uniform for chunk and token went unnoticed (%u of %u differ)", variant_name(variants[ii]), b2, c2);
+        cr_assert(b2 > c2 / 2, "%s: one uniform for chunk and block went unnoticed (%u of %u differ)", variant_name(variants[ii]), b2, c2);
+      }
+      if (d == 6 && variants[ii] != ON_OPENCL) {
+        unsigned c2, b1 = long_row_mismatches(rt, x, V, sm, 1500, HEED_SPEC_FAULT_BOUNDED_BLOCK, &c2, NULL, NULL);
+        cr_assert(b1 >= 5, "%s: blocks picked from bounded sums went unnoticed (%u of %u differ)", variant_name(variants[ii]), b1, c2);
       }
       heed_runtime_close(rt);
     }
