@@ -122,7 +122,12 @@ struct heed_spec {
   uint32_t *pick;    /* [n_pchunk] chunks being made exact */
   float *bmax;       /* [2 * max_rows][n_blk]: each slot's block maxima (a cut's candidates are where they are high) */
   unsigned n_blk;
-  struct kept { float v; uint32_t t; } *keep; /* [KEEP_MAX] a cut's kept tokens */
+  struct cutbuf {    /* [n_workers]: a cut's work space, one per pool worker (rows are cut in parallel) */
+    struct kept { float v; uint32_t t; } *keep; /* [KEEP_MAX] the kept tokens */
+    float *h;        /* [max(n_blk, KEEP_MAX)] values being selected from */
+    uint32_t *got;   /* [HEED_VOCAB_BLOCK] one block's collected indices */
+    uint32_t *pick;  /* [n_pchunk] chunks being made exact */
+  } *cb;
   unsigned n_cut_cand, n_cut_hist; /* spec_internal.h */
   unsigned chain_rows; /* this call's target rows when the drafts are a chain (need reads ahead), else 0 */
   int pairs;           /* spec_internal.h: -1 auto */
@@ -190,8 +195,15 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   s->pick = malloc(sizeof(uint32_t) * s->n_pchunk);
   s->n_blk = (V + HEED_VOCAB_BLOCK - 1) / HEED_VOCAB_BLOCK;
   s->bmax = malloc(sizeof(float) * (size_t)2 * s->max_rows * s->n_blk);
-  s->keep = malloc(sizeof *s->keep * KEEP_MAX);
-  if (!s->bmax || !s->keep ||
+  s->cb = calloc((size_t)s->n_workers, sizeof *s->cb);
+  int cb_ok = s->cb != NULL;
+  for (int w = 0; cb_ok && w < s->n_workers; w++) {
+    struct cutbuf *c = &s->cb[w];
+    c->keep = malloc(sizeof *c->keep * KEEP_MAX), c->h = malloc(sizeof(float) * (s->n_blk > KEEP_MAX ? s->n_blk : KEEP_MAX));
+    c->got = malloc(sizeof(uint32_t) * HEED_VOCAB_BLOCK), c->pick = malloc(sizeof(uint32_t) * s->n_pchunk);
+    cb_ok = c->keep && c->h && c->got && c->pick;
+  }
+  if (!s->bmax || !cb_ok ||
       !s->w || !s->qw || !s->vals || !s->idx || !s->csum || !s->hmass || !s->hcnt || !s->hist_seen || !s->pen_base || !s->pen_pos ||
       !s->pen_val || !s->rs || !s->parts || !s->cz || !s->cx || !s->pick) {
     heed_spec_destroy(s);
@@ -215,7 +227,9 @@ void heed_spec_destroy(heed_spec *s) {
   if (s->dev) s->dev->close(s->dev_ctx, s->dev_h);
   free(s->w), free(s->qw), free(s->vals), free(s->idx), free(s->csum), free(s->hmass), free(s->hcnt), free(s->hist_seen);
   free(s->pen_base), free(s->pen_pos), free(s->pen_val), free(s->rs), free(s->parts);
-  free(s->cz), free(s->cx), free(s->pick), free(s->bmax), free(s->keep);
+  free(s->cz), free(s->cx), free(s->pick), free(s->bmax);
+  for (int w = 0; s->cb && w < s->n_workers; w++) free(s->cb[w].keep), free(s->cb[w].h), free(s->cb[w].got), free(s->cb[w].pick);
+  free(s->cb);
   free(s);
 }
 
@@ -439,6 +453,9 @@ typedef struct job {
   unsigned slot;   /* refine: the row's slot, and */
   const uint32_t *chunks; /* the chunks whose sums are made exact */
   int want_bmax;   /* the fused pass keeps each block's max (s->bmax) */
+  const heed_sampling *smp; /* cuts: the sampling, and per row */
+  int *done;                /* whether its cut was found from candidates */
+  heed_status *st;          /* and how that went */
 } job;
 
 static void task_max(void *ctx, size_t begin, size_t end, int worker) {
@@ -732,12 +749,28 @@ static heed_status top_p_cut(heed_spec *s, const rowstat *r, float is, float top
 
 static void set_z(heed_spec *s, rowstat *r);
 static heed_status refine(heed_spec *s, float is, unsigned slot, unsigned k, unsigned *done);
+static heed_status refine_in(heed_spec *s, float is, unsigned slot, unsigned k, unsigned *done, uint32_t *pick);
 
 static int cmp_kept_desc(const void *a, const void *b) {
   const float x = ((const struct kept *)a)->v, y = ((const struct kept *)b)->v;
   if (x != y) return x > y ? -1 : 1;
   const uint32_t p = ((const struct kept *)a)->t, q = ((const struct kept *)b)->t;
   return (p > q) - (p < q);
+}
+
+/* Kept tokens by value descending, then token: insertion for the few of
+ * a top-k (qsort's calls cost more there), qsort past that. */
+static void sort_kept(struct kept *k, size_t n) {
+  if (n > 64) {
+    qsort(k, n, sizeof *k, cmp_kept_desc);
+    return;
+  }
+  for (size_t i = 1; i < n; i++) {
+    const struct kept x = k[i];
+    size_t j = i;
+    for (; j > 0 && cmp_kept_desc(&x, &k[j - 1]) < 0; j--) k[j] = k[j - 1];
+    k[j] = x;
+  }
 }
 
 /* The k-th largest of v[0..n) (1 <= k <= n; no NaN), reordering v:
@@ -766,17 +799,17 @@ static float kth_largest(float *v, size_t n, size_t k) {
   return v[want];
 }
 
-/* The tokens >= t of the blocks whose max is >= t into s->keep (every
+/* The tokens >= t of the blocks whose max is >= t into cb->keep (every
  * token >= t is in one); 0 when there are more than KEEP_MAX. */
-static int gather(heed_spec *s, const rowstat *r, float t, size_t *n) {
+static int gather(const heed_spec *s, const rowstat *r, float t, struct cutbuf *cb, size_t *n) {
   const float *bm = s->bmax + (size_t)slot_of(s, r) * s->n_blk;
-  uint32_t *got = s->idx;
+  uint32_t *got = cb->got;
   *n = 0;
   for (unsigned b = 0; b < s->n_blk; b++) {
     if (!(bm[b] >= t)) continue;
     const size_t a = (size_t)b * HEED_VOCAB_BLOCK, m = range_collect(s, r, t, a, chunk_end(s, a, HEED_VOCAB_BLOCK), got);
     if (*n + m > KEEP_MAX) return 0;
-    for (size_t i = 0; i < m; i++) s->keep[*n].v = row_value(r, got[i]), s->keep[(*n)++].t = got[i];
+    for (size_t i = 0; i < m; i++) cb->keep[*n].v = row_value(r, got[i]), cb->keep[(*n)++].t = got[i];
   }
   return 1;
 }
@@ -785,7 +818,8 @@ static int gather(heed_spec *s, const rowstat *r, float t, size_t *n) {
  * sets r->thr, and the chunk sums and z exactly from the kept tokens.
  * *done 0: nothing set (too many candidates, or a cut this does not do);
  * the caller cuts by the histogram and sums by phase C. */
-static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_sampling *smp, float is, int *done) {
+static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_sampling *smp, float is, struct cutbuf *cb,
+                                       int *done) {
   *done = 0;
   const unsigned V = s->cfg.vocab, slot = slot_of(s, r);
   const int topk = smp->top_k && smp->top_k < V, topp = smp->top_p < 1;
@@ -797,7 +831,7 @@ static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_samp
      * largest token is >= it too. */
     const unsigned k = smp->top_k;
     if (k > s->n_blk) return HEED_OK;
-    float *h = s->w; /* free until a rejection */
+    float *h = cb->h;
     memcpy(h, s->bmax + (size_t)slot * s->n_blk, sizeof(float) * s->n_blk);
     cand = kth_largest(h, s->n_blk, k);
   } else {
@@ -809,47 +843,47 @@ static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_samp
     cand = nextafterf(cand, -INFINITY); /* the rounding of the line above */
   }
   size_t n = 0;
-  if (!gather(s, r, cand, &n)) return HEED_OK; /* too many: the histogram's turn */
+  if (!gather(s, r, cand, cb, &n)) return HEED_OK; /* too many: the histogram's turn */
   heed_status st = HEED_OK;
   float thr = -INFINITY;
   if (topk) {
     /* the k-th largest candidate (every value >= it is a candidate) */
     const unsigned k = smp->top_k;
     if (n < k) return fail(s, HEED_E_INTERNAL, "top-k %u: only %zu tokens above the %u-th block max", k, n, k);
-    float *h = s->w;
-    for (size_t i = 0; i < n; i++) h[i] = s->keep[i].v;
+    float *h = cb->h;
+    for (size_t i = 0; i < n; i++) h[i] = cb->keep[i].v;
     thr = kth_largest(h, n, k);
     size_t m = 0; /* the kept: ties with the k-th too */
     for (size_t i = 0; i < n; i++)
-      if (s->keep[i].v >= thr) s->keep[m++] = s->keep[i];
+      if (cb->keep[i].v >= thr) cb->keep[m++] = cb->keep[i];
     n = m;
-    qsort(s->keep, n, sizeof *s->keep, cmp_kept_desc);
+    sort_kept(cb->keep, n);
     if (topp) { /* top-p over the top k: its mass is all here */
       double z = 0;
-      for (size_t i = 0; i < n; i++) z += expf((s->keep[i].v - r->m) * is);
+      for (size_t i = 0; i < n; i++) z += expf((cb->keep[i].v - r->m) * is);
       double cum = 0;
       for (size_t i = 0; i < n; i++) {
-        cum += expf((s->keep[i].v - r->m) * is);
+        cum += expf((cb->keep[i].v - r->m) * is);
         if (cum >= smp->top_p * z) {
-          thr = s->keep[i].v > thr ? s->keep[i].v : thr;
+          thr = cb->keep[i].v > thr ? cb->keep[i].v : thr;
           break;
         }
       }
     }
   } else {
-    qsort(s->keep, n, sizeof *s->keep, cmp_kept_desc);
+    sort_kept(cb->keep, n);
     /* The first prefix whose mass reaches p Z, Z the whole row's: within
      * its interval, made exact (the widest chunks first) where it leaves
      * more than one prefix possible. With min-p above t_c the candidates
      * may all fall short of p Z: the cut is below them, min-p's then. */
     double all = 0;
-    for (size_t i = 0; i < n; i++) all += expf((s->keep[i].v - r->m) * is);
+    for (size_t i = 0; i < n; i++) all += expf((cb->keep[i].v - r->m) * is);
     for (unsigned k = 1; all >= smp->top_p * (double)r->zlo || r->zexact; k *= 2) {
       const double lo = smp->top_p * (double)r->zlo, hi = smp->top_p * (double)r->zhi;
       double cum = 0;
       size_t maybe = n, sure = n;
       for (size_t i = 0; i < n; i++) {
-        cum += expf((s->keep[i].v - r->m) * is);
+        cum += expf((cb->keep[i].v - r->m) * is);
         if (maybe == n && cum >= lo) maybe = i;
         if (cum >= hi) {
           sure = i;
@@ -858,10 +892,10 @@ static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_samp
       }
       unsigned more = 0;
       if (maybe == sure && sure < n) {
-        thr = s->keep[sure].v;
+        thr = cb->keep[sure].v;
         break;
       }
-      if ((st = refine(s, is, slot, k, &more))) return st;
+      if ((st = refine_in(s, is, slot, k, &more, cb->pick))) return st;
       if (!more) break; /* exact, and the candidates' mass is under p Z: the cut is below them */
     }
   }
@@ -875,10 +909,18 @@ static heed_status cut_from_candidates(heed_spec *s, rowstat *r, const heed_samp
   float *cz = s->cz + (size_t)slot * s->n_pchunk;
   uint8_t *cx = s->cx + (size_t)slot * s->n_pchunk;
   for (unsigned c = 0; c < s->n_pchunk; c++) cz[c] = 0, cx[c] = 1;
-  for (size_t i = 0; i < n && s->keep[i].v >= thr; i++) cz[s->keep[i].t / PCHUNK] += expf((s->keep[i].v - r->m) * is);
+  for (size_t i = 0; i < n && cb->keep[i].v >= thr; i++) cz[cb->keep[i].t / PCHUNK] += expf((cb->keep[i].v - r->m) * is);
   set_z(s, r);
   *done = 1;
   return HEED_OK;
+}
+
+/* Rows [begin, end) of a job: each one's cut from candidates, in the
+ * worker's own work space. */
+static void task_cut(void *ctx, size_t begin, size_t end, int worker) {
+  job *J = ctx;
+  for (size_t i = begin; i < end; i++)
+    J->st[i] = cut_from_candidates(J->s, J->rows[i], J->smp, J->is, &J->s->cb[worker], &J->done[i]);
 }
 
 static heed_status cut_row(heed_spec *s, rowstat *r, const heed_sampling *smp, float is) {
@@ -1043,9 +1085,20 @@ static heed_status stats(heed_spec *s, const heed_sampling *smp, const unsigned 
   /* The cuts: from a few candidates, exactly, where they allow; else by
    * the histogram, then phase C over the rows that still need it. */
   unsigned left[2 * (HEED_SPEC_MAX_DRAFT + 1)], nl = 0;
+  int dn[2 * (HEED_SPEC_MAX_DRAFT + 1)] = {0};
+  heed_status cst[2 * (HEED_SPEC_MAX_DRAFT + 1)] = {0};
+  J.smp = smp, J.done = dn, J.st = cst;
+  /* Rows read all at once are cut side by side (each cut's refine then
+   * runs inline: one row is under run_pool's threshold); the histogram's
+   * rows after, one at a time. */
+  if (!s->dev && n > 1 && s->cfg.vocab < LAZY_VOCAB) {
+    if ((st = run_pool(s, n, task_cut, &J))) return st;
+  } else {
+    task_cut(&J, 0, n, 0);
+  }
   for (unsigned i = 0; i < n; i++) {
-    int done = 0;
-    if ((st = cut_from_candidates(s, rows[i], smp, is, &done))) return st;
+    const int done = dn[i];
+    if (cst[i]) return cst[i];
     if (!done && (st = cut_row(s, rows[i], smp, is))) return st;
     if (smp->top_p < 1 || topk) s->n_cut_cand += done != 0, s->n_cut_hist += !done;
     if (done) rows[i]->ready = 1;
@@ -1078,25 +1131,30 @@ static void task_chunk_exact(void *ctx, size_t begin, size_t end, int worker) {
  * again, exactly, on those chunks): the bounded chunks with the largest
  * sums, whose intervals are the widest. Returns how many it made exact. */
 static heed_status refine(heed_spec *s, float is, unsigned slot, unsigned k, unsigned *done) {
+  return refine_in(s, is, slot, k, done, s->pick);
+}
+
+/* refine with its own chunk list (a cut running beside others). */
+static heed_status refine_in(heed_spec *s, float is, unsigned slot, unsigned k, unsigned *done, uint32_t *pick) {
   rowstat *r = &s->rs[slot];
   const float *cz = s->cz + (size_t)slot * s->n_pchunk;
   const uint8_t *cx = s->cx + (size_t)slot * s->n_pchunk;
   unsigned n = 0;
   for (unsigned c = 0; c < s->n_pchunk; c++)
-    if (!cx[c]) s->pick[n++] = c;
+    if (!cx[c]) pick[n++] = c;
   if (k < n) /* the k largest first: a partial selection sort (n_pchunk is small) */
     for (unsigned i = 0; i < k; i++) {
       unsigned best = i;
       for (unsigned j = i + 1; j < n; j++)
-        if (cz[s->pick[j]] > cz[s->pick[best]]) best = j;
-      uint32_t t = s->pick[i];
-      s->pick[i] = s->pick[best], s->pick[best] = t;
+        if (cz[pick[j]] > cz[pick[best]]) best = j;
+      uint32_t t = pick[i];
+      pick[i] = pick[best], pick[best] = t;
     }
   else
     k = n;
   if (done) *done = k;
   if (!k) return HEED_OK;
-  job J = {.s = s, .rows = &r, .n_rows = 1, .is = is, .slot = slot, .chunks = s->pick};
+  job J = {.s = s, .rows = &r, .n_rows = 1, .is = is, .slot = slot, .chunks = pick};
   heed_status st = k == 1 ? (task_chunk_exact(&J, 0, 1, 0), HEED_OK) : run_pool(s, k, task_chunk_exact, &J);
   if (st) return st;
   set_z(s, r);

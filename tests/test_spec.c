@@ -1022,8 +1022,12 @@ Test(spec, ngram_matches_brute_force) {
 
 /* Same seed, same tokens: across ISAs, thread counts, rows read one or two
  * at a time, and the OpenCL backend. */
-Test(spec, same_seed_same_tokens) {
-  const unsigned V = 70000, K = 4; /* long enough that the CPU reads rows lazily, and the device all at once */
+/* The same tokens on every backend, thread count and row schedule: rows of
+ * V 70000 (read lazily on the CPU, all at once on the device) under top-p,
+ * and of V 40000 (read all at once, their cuts found side by side on the
+ * pool) under top-k 50 and top-p. */
+static void same_tokens(unsigned V, int topk) {
+  enum { K = 4 };
   float *rows = malloc((size_t)(K + 1) * V * 4), *qrows = malloc((size_t)K * V * 4);
   uint64_t r = 31;
   for (size_t i = 0; i < (size_t)(K + 1) * V; i++) rows[i] = 5.0f * tu_uniform(&r);
@@ -1035,7 +1039,8 @@ Test(spec, same_seed_same_tokens) {
       if (qrows[(size_t)i * V + t] > qrows[(size_t)i * V + best]) best = t;
     draft[i] = (int32_t)best;
   }
-  heed_sampling sm = samp(0.8f, 0, 0.95f, 0, 1.1f, draft, 2);
+  const int32_t pen[2] = {7, 11}; /* under top-k, a penalised draft could leave its q's top 50 */
+  heed_sampling sm = samp(0.8f, topk ? 50 : 0, 0.95f, 0, 1.1f, topk ? pen : draft, 2);
   heed_draft_q dq = {.kind = HEED_DRAFT_DENSE_LOGITS, .dense = qrows};
   int32_t ref_tok[64], ref_next[16];
   unsigned ref_acc[16];
@@ -1050,7 +1055,7 @@ Test(spec, same_seed_same_tokens) {
       for (unsigned seed = 0; seed < 64; seed++) {
         int32_t t;
         cr_assert_eq(heed_spec_sample(s, &sm, seed, 5, rows, &t), HEED_OK, "%s", heed_spec_last_error(s));
-        if (have) cr_assert_eq(t, ref_tok[seed], "%s, %d threads, seed %u: token %d, first run %d",
+        if (have) cr_assert_eq(t, ref_tok[seed], "V %u %s, %d threads, seed %u: token %d, first run %d", V,
                                variant_name(variants[ii]), th, seed, t, ref_tok[seed]);
         else ref_tok[seed] = t;
       }
@@ -1059,8 +1064,8 @@ Test(spec, same_seed_same_tokens) {
         cr_assert_eq(heed_spec_verify_chain(s, &sm, seed, 9, rows, draft, K, &dq, &res), HEED_OK, "%s",
                      heed_spec_last_error(s));
         if (have) {
-          cr_assert_eq(res.n_accepted, ref_acc[seed], "%s seed %u", variant_name(variants[ii]), seed);
-          cr_assert_eq(res.next_token, ref_next[seed], "%s seed %u", variant_name(variants[ii]), seed);
+          cr_assert_eq(res.n_accepted, ref_acc[seed], "V %u %s, %d threads, seed %u", V, variant_name(variants[ii]), th, seed);
+          cr_assert_eq(res.next_token, ref_next[seed], "V %u %s, %d threads, seed %u", V, variant_name(variants[ii]), th, seed);
         } else {
           ref_acc[seed] = res.n_accepted, ref_next[seed] = res.next_token;
         }
@@ -1074,6 +1079,11 @@ Test(spec, same_seed_same_tokens) {
   for (unsigned i = 1; i < 64; i++) differ += ref_tok[i] != ref_tok[0];
   cr_assert(differ > 10);
   free(rows), free(qrows);
+}
+
+Test(spec, same_seed_same_tokens) {
+  same_tokens(70000, 0);
+  same_tokens(40000, 1);
 }
 
 /* The device's passes: ties at the max go to the first index wherever the
