@@ -79,8 +79,14 @@ static inline int ms_block(ms_run *u, const float *x, size_t i, size_t tail, siz
   return 1;
 }
 
-/* The row's max, and *z its sum against it. */
-static inline float ms_finish(const ms_run *u, float *z) {
+/* The row's max, and *z its sum against it. sum: the plain sum of the
+ * row's values (NaN or +inf when one of them is, or when a finite row's sum
+ * overflows: then the row is looked at), or 0 where the ISA's max finds
+ * them; b: what ms_block found. */
+static inline float ms_finish(const ms_run *u, const float *x, size_t n, float sum, int b, int *bad, float *z) {
+  if (isnan(sum) || sum == INFINITY)
+    for (size_t i = 0; i < n && !b; i++) b = isnan(x[i]) || x[i] == INFINITY;
+  if (b) *bad = 1;
   *z = u->M == -INFINITY ? 0.0f : (float)((double)u->tot * exp2((u->rk - (double)u->M * u->K) * 0x1p-23));
   return u->M;
 }

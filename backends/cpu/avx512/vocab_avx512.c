@@ -124,11 +124,7 @@ static float vocab_maxsum_bound_avx512(const float *x, size_t n, float s, float 
                   &b, bmax, block_bound_avx512))
       return heed_cpu_vocab_maxsum_bound_ref(x, n, s, z, bad, bmax);
   }
-  const float c = _mm512_reduce_add_ps(sv);
-  if (isnan(c) || c == INFINITY) /* or a finite row's sum overflowed: look */
-    for (size_t i = 0; i < n && !b; i++) b = isnan(x[i]) || x[i] == INFINITY;
-  if (b) *bad = 1;
-  return ms_finish(&u, z);
+  return ms_finish(&u, x, n, _mm512_reduce_add_ps(sv), b, bad, z);
 }
 
 static float vocab_weights_avx512(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {

@@ -127,8 +127,7 @@ static float vocab_maxsum_bound_neon(const float *x, size_t n, float s, float *z
     if (!ms_block(&u, x, i, j, e, bm, vaddvq_f32(vaddq_f32(a0, a1)), &b, bmax, block_bound_neon))
       return heed_cpu_vocab_maxsum_bound_ref(x, n, s, z, bad, bmax);
   }
-  if (b) *bad = 1;
-  return ms_finish(&u, z);
+  return ms_finish(&u, x, n, 0.0f, b, bad, z);
 }
 
 static float vocab_weights_neon(const float *x, size_t n, float m, float s, float thr, float scale, float *w) {
