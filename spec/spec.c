@@ -119,7 +119,6 @@ struct heed_spec {
   part *parts;       /* [2 * max_rows][n_pchunk] */
   float *cz;         /* [2 * max_rows][n_pchunk]: each slot's chunk sums of exp((x - m) / T), */
   uint8_t *cx;       /* [2 * max_rows][n_pchunk]: exact, or from the bound kernel */
-  uint32_t *pick;    /* [n_pchunk] chunks being made exact */
   float *bmax;       /* [2 * max_rows][n_blk]: each slot's block maxima (a cut's candidates are where they are high) */
   unsigned n_blk;
   struct cutbuf {    /* [n_workers]: a cut's work space, one per pool worker (rows are cut in parallel) */
@@ -192,7 +191,6 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   s->parts = malloc(sizeof(part) * (size_t)2 * s->max_rows * s->n_pchunk);
   s->cz = malloc(sizeof(float) * (size_t)2 * s->max_rows * s->n_pchunk);
   s->cx = malloc((size_t)2 * s->max_rows * s->n_pchunk);
-  s->pick = malloc(sizeof(uint32_t) * s->n_pchunk);
   s->n_blk = (V + HEED_VOCAB_BLOCK - 1) / HEED_VOCAB_BLOCK;
   s->bmax = malloc(sizeof(float) * (size_t)2 * s->max_rows * s->n_blk);
   s->cb = calloc((size_t)s->n_workers, sizeof *s->cb);
@@ -205,7 +203,7 @@ heed_status heed_spec_create(heed_runtime *rt, const heed_spec_config *cfg, heed
   }
   if (!s->bmax || !cb_ok ||
       !s->w || !s->qw || !s->vals || !s->idx || !s->csum || !s->hmass || !s->hcnt || !s->hist_seen || !s->pen_base || !s->pen_pos ||
-      !s->pen_val || !s->rs || !s->parts || !s->cz || !s->cx || !s->pick) {
+      !s->pen_val || !s->rs || !s->parts || !s->cz || !s->cx) {
     heed_spec_destroy(s);
     return heed_err_set(err, HEED_E_NOMEM, "heed_spec_create: out of memory for a vocab of %u", V);
   }
@@ -227,7 +225,7 @@ void heed_spec_destroy(heed_spec *s) {
   if (s->dev) s->dev->close(s->dev_ctx, s->dev_h);
   free(s->w), free(s->qw), free(s->vals), free(s->idx), free(s->csum), free(s->hmass), free(s->hcnt), free(s->hist_seen);
   free(s->pen_base), free(s->pen_pos), free(s->pen_val), free(s->rs), free(s->parts);
-  free(s->cz), free(s->cx), free(s->pick), free(s->bmax);
+  free(s->cz), free(s->cx), free(s->bmax);
   for (int w = 0; s->cb && w < s->n_workers; w++) free(s->cb[w].keep), free(s->cb[w].h), free(s->cb[w].got), free(s->cb[w].pick);
   free(s->cb);
   free(s);
@@ -1131,7 +1129,7 @@ static void task_chunk_exact(void *ctx, size_t begin, size_t end, int worker) {
  * again, exactly, on those chunks): the bounded chunks with the largest
  * sums, whose intervals are the widest. Returns how many it made exact. */
 static heed_status refine(heed_spec *s, float is, unsigned slot, unsigned k, unsigned *done) {
-  return refine_in(s, is, slot, k, done, s->pick);
+  return refine_in(s, is, slot, k, done, s->cb[0].pick); /* the caller's thread: worker 0's */
 }
 
 /* refine with its own chunk list (a cut running beside others). */
@@ -1350,64 +1348,86 @@ static void icdf_bounds(const float *z, const uint8_t *ex, unsigned n, double u,
  * at a time) until one is left, so the choice is the one the exact sums
  * give, on every backend, without reading the whole row again, and with
  * exact exps for a block or two of the chunk instead of all of it. */
+/* Makes up to k more of the sums exact; *done: how many it did. */
+typedef heed_status (*exact_fn)(void *ctx, unsigned k, unsigned *done);
+
+/* The inverse CDF by u over sums z[0..n) (icdf_bounds), settled: while the
+ * intervals leave more than one choice, more sums are made exact (1, 2, 4,
+ * ... at a time), so the choice is the one the exact sums give. trust: the
+ * bounded sums taken as exact (a fault). *pick: n when nothing has mass. */
+static heed_status settle(const float *z, const uint8_t *ex, unsigned n, double u, int trust, double tiny, exact_fn f,
+                          void *ctx, unsigned *pick) {
+  const double HI = trust ? 1.0 : HEED_VOCAB_BOUND_HI, LI = trust ? 1.0 : HEED_VOCAB_BOUND_LO_INV;
+  for (unsigned k = 1;; k *= 2) {
+    unsigned maybe, sure, last, done = 0;
+    icdf_bounds(z, ex, n, u, HI, LI, trust ? 0.0 : tiny, &maybe, &sure, &last);
+    if (sure < n && (maybe == sure || trust)) {
+      *pick = sure;
+      return HEED_OK;
+    }
+    heed_status st = f(ctx, k, &done);
+    if (st) return st;
+    if (!done) { /* all exact: rounding ran past the end (u near 1) */
+      *pick = sure < n ? sure : last;
+      return HEED_OK;
+    }
+  }
+}
+
+/* The chunks of a row: refine. */
+typedef struct chunk_sums { heed_spec *s; float is; unsigned slot; } chunk_sums;
+static heed_status chunks_exact(void *ctx, unsigned k, unsigned *done) {
+  chunk_sums *c = ctx;
+  return refine(c->s, c->is, c->slot, k, done);
+}
+
+/* The blocks of a chunk [a, ...): the k largest bounded sums, exactly. */
+typedef struct block_sums {
+  const heed_spec *s;
+  const rowstat *r;
+  float is;
+  size_t a;
+  unsigned n;
+  float z[PCHUNK / HEED_SPEC_BLOCK];
+  uint8_t ex[PCHUNK / HEED_SPEC_BLOCK];
+} block_sums;
+static heed_status blocks_exact(void *ctx, unsigned k, unsigned *done) {
+  block_sums *B = ctx;
+  *done = 0;
+  for (; *done < k; ++*done) {
+    unsigned w = B->n;
+    for (unsigned c = 0; c < B->n; c++)
+      if (!B->ex[c] && (w == B->n || B->z[c] > B->z[w])) w = c;
+    if (w == B->n) break;
+    const size_t ba = B->a + (size_t)w * HEED_SPEC_BLOCK;
+    B->z[w] = range_sumexp(B->s->vsumexp, B->r, B->r->m, B->r->thr, B->is, ba, chunk_end(B->s, ba, HEED_SPEC_BLOCK));
+    B->ex[w] = 1;
+  }
+  return HEED_OK;
+}
+
 static heed_status draw_from_row(heed_spec *s, unsigned slot, float is, float u, float u2, float u3, int32_t *tok) {
   const unsigned n = s->n_pchunk;
-  const float *cz = s->cz + (size_t)slot * n;
-  const uint8_t *cx = s->cx + (size_t)slot * n;
-  const int trust = s->fault == HEED_SPEC_FAULT_BOUNDED_DRAW; /* the bugs the tests must catch */
-  const double HI = trust ? 1.0 : HEED_VOCAB_BOUND_HI, LI = trust ? 1.0 : HEED_VOCAB_BOUND_LO_INV;
-  if (s->fault == HEED_SPEC_FAULT_SAME_U) u2 = u;
-  unsigned j = n, maybe, sure, last;
-  for (unsigned k = 1;; k *= 2) {
-    icdf_bounds(cz, cx, n, u, HI, LI, 0.0, &maybe, &sure, &last);
-    unsigned done = 0;
-    if ((maybe == sure && sure < n) || (trust && sure < n)) {
-      j = sure;
-      break;
-    }
-    heed_status st = refine(s, is, slot, k, &done);
-    if (st) return st;
-    if (!done) { /* all exact: rounding ran past the end (u near 1), or settled */
-      j = sure < n ? sure : last;
-      break;
-    }
-  }
+  if (s->fault == HEED_SPEC_FAULT_SAME_U) u2 = u; /* the bugs the tests must catch: this and the two trusts */
+  unsigned j;
+  chunk_sums C = {s, is, slot};
+  heed_status st = settle(s->cz + (size_t)slot * n, s->cx + (size_t)slot * n, n, u, s->fault == HEED_SPEC_FAULT_BOUNDED_DRAW,
+                          0.0, chunks_exact, &C, &j);
+  if (st) return st;
   if (j >= n) return fail(s, HEED_E_INTERNAL, "row %u has no mass to sample from", slot);
-  /* The block: bounded sums of the chunk's blocks (the cheap exp), made
-   * exact the widest first where they leave a doubt. */
+  /* The block, from bounded sums of the chunk's blocks (the cheap exp). */
   const rowstat *r = &s->rs[slot];
   const size_t a = (size_t)j * PCHUNK, b = chunk_end(s, a, PCHUNK);
-  const int btrust = s->fault == HEED_SPEC_FAULT_BOUNDED_BLOCK;
-  float bz[PCHUNK / HEED_SPEC_BLOCK];
-  uint8_t bx[PCHUNK / HEED_SPEC_BLOCK];
-  unsigned nb = 0;
-  for (size_t ba = a; ba < b; ba += HEED_SPEC_BLOCK, nb++) {
-    bz[nb] = range_sumexp(s->vsumexp_bound, r, r->m, r->thr, is, ba, chunk_end(s, ba, HEED_SPEC_BLOCK));
-    bx[nb] = bz[nb] == 0; /* nothing kept (an empty block's 0 is exact) */
+  block_sums B = {.s = s, .r = r, .is = is, .a = a};
+  for (size_t ba = a; ba < b; ba += HEED_SPEC_BLOCK, B.n++) {
+    B.z[B.n] = range_sumexp(s->vsumexp_bound, r, r->m, r->thr, is, ba, chunk_end(s, ba, HEED_SPEC_BLOCK));
+    B.ex[B.n] = B.z[B.n] == 0; /* nothing kept (an empty block's 0 is exact) */
   }
-  unsigned kb = nb;
-  for (unsigned k = 1;; k *= 2) {
-    icdf_bounds(bz, bx, nb, u2, btrust ? 1.0 : HEED_VOCAB_BOUND_HI, btrust ? 1.0 : HEED_VOCAB_BOUND_LO_INV,
-                btrust ? 0.0 : HEED_SPEC_BLOCK * 0x1p-126, &maybe, &sure, &last);
-    if ((maybe == sure && sure < nb) || (btrust && sure < nb)) {
-      kb = sure;
-      break;
-    }
-    unsigned more = 0;
-    for (unsigned m = 0; m < k; m++) { /* the k widest: the largest bounded sums */
-      unsigned w = nb;
-      for (unsigned c = 0; c < nb; c++)
-        if (!bx[c] && (w == nb || bz[c] > bz[w])) w = c;
-      if (w == nb) break;
-      const size_t ba = a + (size_t)w * HEED_SPEC_BLOCK;
-      bz[w] = range_sumexp(s->vsumexp, r, r->m, r->thr, is, ba, chunk_end(s, ba, HEED_SPEC_BLOCK)), bx[w] = 1, more++;
-    }
-    if (!more) { /* all exact */
-      kb = sure < nb ? sure : last;
-      break;
-    }
-  }
-  if (kb >= nb) return fail(s, HEED_E_INTERNAL, "row %u has no mass in chunk %u", slot, j);
+  unsigned kb;
+  if ((st = settle(B.z, B.ex, B.n, u2, s->fault == HEED_SPEC_FAULT_BOUNDED_BLOCK, HEED_SPEC_BLOCK * 0x1p-126,
+                   blocks_exact, &B, &kb)))
+    return st;
+  if (kb >= B.n) return fail(s, HEED_E_INTERNAL, "row %u has no mass in chunk %u", slot, j);
   /* The token: the block's weights, walked by u3. */
   const size_t ka = a + (size_t)kb * HEED_SPEC_BLOCK, kz = chunk_end(s, ka, HEED_SPEC_BLOCK);
   const float cb = range_weights(s, r, is, 1.0f, ka, kz, s->w);
