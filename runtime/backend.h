@@ -112,7 +112,9 @@ typedef struct heed_backend_iface {
   heed_status (*open)(const heed_backend_open_args *args, void **ctx, heed_error *err);
   void (*close)(void *ctx);
   /* Optional: one line for `heed info` ("avx2 kernels on 2 workers"). */
-  void (*describe)(void *ctx, char *buf, size_t cap);
+  /* One line on the open backend, written like snprintf: returns the
+   * length of the whole text (buf NULL, cap 0 asks for it). */
+  int (*describe)(void *ctx, char *buf, size_t cap);
   /* Optional: attention (absent: HEED_E_UNSUPPORTED). */
   heed_status (*attn_prefill)(void *ctx, const heed_attn_call *call);
   heed_status (*attn_decode)(void *ctx, const heed_attn_call *call);

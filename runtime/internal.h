@@ -20,8 +20,14 @@ heed_status heed_err_vset(heed_error *e, heed_status status, const char *fmt, va
 heed_status heed_err_copy(heed_error *dst, const heed_error *src);
 void heed_err_clear(heed_error *e);
 
-/* snprintf that always terminates and never warns about truncation. */
-void heed_strlcpy(char *dst, const char *src, size_t cap);
+/* No text heed builds is cut silently. These copy or format into a fixed
+ * buffer, always terminated; a text that does not fit ends in "..." (at a
+ * UTF-8 character boundary), and they return 1 when it was cut, else 0.
+ * Buffers are sized so that realistic texts fit: names of up to
+ * HEED_NAME_MAX bytes, paths through PATH_MAX. */
+int heed_strlcpy(char *dst, const char *src, size_t cap);
+int heed_fmt(char *buf, size_t cap, const char *fmt, ...) HEED_PRINTF(3, 4);
+int heed_vfmt(char *buf, size_t cap, const char *fmt, va_list ap);
 
 #define HEED_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 

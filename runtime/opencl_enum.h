@@ -20,6 +20,11 @@ heed_status heed_opencl_enumerate(hwloc_topology_t hw, heed_cl_device_info **out
  * (NULL: the whole machine). */
 void heed_topology_place_device(void *hw, hwloc_obj_t near, heed_cl_device_info *d);
 
+/* A string property of an OpenCL device (CL_DEVICE_NAME, ...) of any length,
+ * kept whole when it fits in cap, else as its start and "..."; "" when the
+ * device does not answer. d is a cl_device_id. */
+void heed_cl_device_string(void *d, unsigned what, char *buf, size_t cap);
+
 /* "CL_OUT_OF_RESOURCES" for -5; "CL_UNKNOWN_ERROR" otherwise. */
 const char *heed_cl_error_name(int code);
 

@@ -256,7 +256,7 @@ heed_status heed_topology_load(const heed_topology_options *opt, heed_topology *
   heed_topology_summary *s = &t->sum;
   s->is_this_system = hwloc_topology_is_thissystem(t->hw);
   if (opt->xml_path)
-    snprintf(s->source, sizeof s->source, "recording %s", opt->xml_path);
+    heed_fmt(s->source, sizeof s->source, "recording %s", opt->xml_path);
   else
     snprintf(s->source, sizeof s->source, "this machine (hwloc %s)", HWLOC_VERSION);
   int np = hwloc_get_nbobjs_by_type(t->hw, HWLOC_OBJ_PACKAGE);

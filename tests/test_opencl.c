@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "backends/opencl/cl_backend.h"
+#include "runtime/internal.h"
 #include "heed/attention.h"
 #include "heed/bench.h"
 #include "test_util.h"
@@ -54,6 +55,36 @@ static void fresh_cache_dir(char *dir, size_t cap) {
 static int file_exists(const char *p) {
   struct stat st;
   return stat(p, &st) == 0 && st.st_size > 0;
+}
+
+/* A description is as long as its device name needs (a 167-character one
+ * was cut at "kernels from the bina" on PoCL over a Zen 5). */
+Test(opencl, a_long_device_name_is_described_whole) {
+  heed_cl_device_info d = {0};
+  for (int i = 0; i < 230; i++) d.device_name[i] = (char)('a' + i % 26);
+  heed_strlcpy(d.platform_name, "Portable Computing Language", sizeof d.platform_name);
+  heed_strlcpy(d.driver_version, "3.1+debian", sizeof d.driver_version);
+  char buf[1024];
+  int n = heed_cl_describe(&d, 64, 16, 1 << 20, "from the binary cache", buf, sizeof buf);
+  cr_assert_eq((size_t)n, strlen(buf));
+  cr_assert(n > 300, "%d", n);
+  cr_assert(strstr(buf, d.device_name), "%s", buf);
+  const char *tail = "kernels from the binary cache";
+  cr_assert_str_eq(buf + n - strlen(tail), tail);
+  cr_assert_eq(heed_cl_describe(&d, 64, 16, 1 << 20, "from the binary cache", NULL, 0), n, "sized without a buffer");
+  /* The runtime keeps the backend's whole description, however long. */
+  heed_runtime *rt = open_cl();
+  if (!rt) cr_skip_test("no OpenCL device");
+  heed_cl_build_info b;
+  cr_assert_eq(heed_cl_runtime_build_info(rt, &b), HEED_OK);
+  const heed_cl_device_info *di = NULL;
+  const heed_topology *t = heed_runtime_topology(rt);
+  for (unsigned i = 0; i < heed_topology_n_cl_devices(t); i++)
+    if (strcmp(heed_topology_get_cl_device(t, i)->device_name, b.device) == 0) di = heed_topology_get_cl_device(t, i);
+  cr_assert_not_null(di);
+  n = heed_cl_describe(di, b.wg, b.rows, b.local_mem, b.from_cache ? "from the binary cache" : "compiled", buf, sizeof buf);
+  cr_assert_str_eq(heed_runtime_backend_description(rt), buf);
+  heed_runtime_close(rt);
 }
 
 Test(opencl, second_start_loads_the_binary_cache) {

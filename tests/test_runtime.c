@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "heed/runtime.h"
 
@@ -120,6 +121,58 @@ Test(runtime, laptop_igpu_outranks_the_cpu) {
   cr_assert_eq(heed_runtime_get_candidate(rt, 1)->score, heed_kernels_compiled(HEED_ISA_AVX2) ? 120 : 100);
   cr_assert_eq(heed_runtime_n_threads(rt), 12);
   heed_runtime_close(rt);
+}
+
+/* A recorded machine whose OpenCL device name is long: name, candidate,
+ * choice and `heed info` carry it whole; past HEED_NAME_MAX it ends in "...". */
+static heed_runtime *open_with_device_name(const char *name, char *xml_path, size_t cap) {
+  FILE *in = fopen(DATA("laptop-intel-igpu.xml"), "r");
+  cr_assert_not_null(in);
+  snprintf(xml_path, cap, "/tmp/heed-test-longname-%d.xml", (int)getpid());
+  FILE *out = fopen(xml_path, "w");
+  cr_assert_not_null(out);
+  char line[4096];
+  while (fgets(line, sizeof line, in)) {
+    if (strstr(line, "name=\"GPUModel\""))
+      fprintf(out, "          <info name=\"GPUModel\" value=\"%s\" />\n", name);
+    else
+      fputs(line, out);
+  }
+  fclose(in);
+  fclose(out);
+  heed_runtime_options o = replay(xml_path, laptop_avx2);
+  return open_ok(&o);
+}
+
+Test(runtime, long_device_names_are_never_cut_silently) {
+  char name[400], xml[128];
+  for (int i = 0; i < 230; i++) name[i] = (char)('A' + i % 26);
+  name[230] = '\0';
+  heed_runtime *rt = open_with_device_name(name, xml, sizeof xml);
+  const heed_topology *t = heed_runtime_topology(rt);
+  cr_assert_str_eq(heed_topology_get_cl_device(t, 0)->device_name, name);
+  cr_assert(strstr(heed_runtime_get_candidate(rt, 0)->why, name), "%s", heed_runtime_get_candidate(rt, 0)->why);
+  cr_assert(strstr(heed_runtime_get_candidate(rt, 0)->why, ">= 4 GiB"), "%s", heed_runtime_get_candidate(rt, 0)->why);
+  cr_assert(strstr(heed_runtime_choice_reason(rt), name), "%s", heed_runtime_choice_reason(rt));
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  heed_runtime_write_text(rt, f);
+  fclose(f);
+  cr_assert(strstr(buf, name), "heed info lacks the whole name");
+  free(buf);
+  heed_runtime_close(rt);
+  /* Past HEED_NAME_MAX bytes: the start of the name and "...", said everywhere alike. */
+  for (int i = 230; i < 300; i++) name[i] = (char)('a' + i % 26);
+  name[300] = '\0';
+  rt = open_with_device_name(name, xml, sizeof xml);
+  const char *kept = heed_topology_get_cl_device(heed_runtime_topology(rt), 0)->device_name;
+  cr_assert_eq(strlen(kept), HEED_NAME_MAX - 1);
+  cr_assert(strncmp(kept, name, HEED_NAME_MAX - 4) == 0);
+  cr_assert_str_eq(kept + HEED_NAME_MAX - 4, "...");
+  cr_assert(strstr(heed_runtime_get_candidate(rt, 0)->why, kept), "%s", heed_runtime_get_candidate(rt, 0)->why);
+  heed_runtime_close(rt);
+  remove(xml);
 }
 
 Test(runtime, arm_board_takes_neon_where_built) {

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "heed/status.h"
+#include "runtime/internal.h"
 
 static const int all[] = {
 #define X(name, value, msg) value,
@@ -35,4 +36,29 @@ Test(status, unknown_values_are_named_as_such) {
   cr_assert_str_eq(heed_status_name(12345), "HEED_E_UNKNOWN");
   cr_assert_str_eq(heed_status_str(-9999), "unknown status");
   cr_assert_str_eq(heed_status_name(1), "HEED_E_UNKNOWN");
+}
+
+/* No text heed builds is cut silently: what does not fit ends in "...", at a
+ * UTF-8 character boundary, and the call says so. */
+Test(status, a_text_that_does_not_fit_is_marked_cut) {
+  char b[8];
+  cr_assert_eq(heed_strlcpy(b, "abcdefg", sizeof b), 0);
+  cr_assert_str_eq(b, "abcdefg");
+  cr_assert_eq(heed_strlcpy(b, "abcdefgh", sizeof b), 1);
+  cr_assert_str_eq(b, "abcd...");
+  cr_assert_eq(heed_strlcpy(b, "ab\xc3\xa9\xc3\xa9\xc3\xa9", sizeof b), 1); /* ab + three e-acute */
+  cr_assert_str_eq(b, "ab\xc3\xa9...", "a character is never split");
+  cr_assert_eq(heed_fmt(b, sizeof b, "%d", 1234567), 0);
+  cr_assert_str_eq(b, "1234567");
+  cr_assert_eq(heed_fmt(b, sizeof b, "%d", 12345678), 1);
+  cr_assert_str_eq(b, "1234...");
+  heed_error e;
+  char name[1200];
+  memset(name, 'n', sizeof name - 1);
+  name[sizeof name - 1] = '\0';
+  heed_err_set(&e, HEED_E_INVALID, "device '%.300s' refused", name);
+  cr_assert(strstr(e.msg, "' refused"), "a message with a 300-byte name fits whole: %s", e.msg);
+  heed_err_set(&e, HEED_E_INVALID, "device '%s' refused", name);
+  cr_assert_eq(strlen(e.msg), HEED_ERROR_MSG_MAX - 1);
+  cr_assert_str_eq(e.msg + HEED_ERROR_MSG_MAX - 4, "...", "a longer one says it was cut");
 }

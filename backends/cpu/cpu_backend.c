@@ -21,10 +21,10 @@ static heed_status cpu_open(const heed_backend_open_args *a, void **ctx, heed_er
 
 static void cpu_close(void *ctx) { free(ctx); }
 
-static void cpu_describe(void *ctx, char *buf, size_t cap) {
+static int cpu_describe(void *ctx, char *buf, size_t cap) {
   cpu_ctx *c = ctx;
   int n = heed_pool_n_workers(c->pool);
-  snprintf(buf, cap, "%s kernels on %d worker%s (the caller and %d pool thread%s, %d pinned)",
+  return snprintf(buf, cap, "%s kernels on %d worker%s (the caller and %d pool thread%s, %d pinned)",
            heed_isa_name(c->kernels->isa), n, n == 1 ? "" : "s", n - 1, n == 2 ? "" : "s", heed_pool_n_pinned(c->pool));
 }
 

@@ -149,20 +149,22 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
   return h ^ 0xff; /* separates fields: ("ab","c") != ("a","bc") */
 }
 
+/* The binary cache's folder, or "" when there is none: no home, or a path
+ * too long for buf (a cut path would name another folder). */
 static void cache_dir(char *buf, size_t cap) {
   const char *x = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+  int n = -1;
   if (x && x[0] == '/')
-    snprintf(buf, cap, "%s/heed", x);
+    n = snprintf(buf, cap, "%s/heed", x);
   else if (home && home[0])
-    snprintf(buf, cap, "%s/.cache/heed", home);
-  else
-    buf[0] = '\0';
+    n = snprintf(buf, cap, "%s/.cache/heed", home);
+  if (n < 0 || (size_t)n >= cap) buf[0] = '\0';
 }
 
 /* mkdir -p; failures show up when the file is written. */
 static void make_dirs(const char *dir) {
-  char tmp[512];
-  heed_strlcpy(tmp, dir, sizeof tmp);
+  char tmp[PATH_MAX];
+  if (heed_strlcpy(tmp, dir, sizeof tmp)) return;
   for (char *p = tmp + 1; *p; p++)
     if (*p == '/') {
       *p = '\0';
@@ -199,8 +201,8 @@ static void save_binary(cl_ctx *c, cl_program prog, const char *path) {
   unsigned char *bin = malloc(n);
   if (!bin) return;
   if (clGetProgramInfo(prog, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL) == CL_SUCCESS) {
-    char tmp[560];
-    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    char tmp[PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid()); /* fits: path is under PATH_MAX */
     FILE *f = fopen(tmp, "wb");
     if (f) {
       int ok = fwrite(bin, 1, n, f) == n;
@@ -240,10 +242,10 @@ static cl_program load_binary(cl_ctx *c, const char *path, const char *opts) {
 /* src built with opts, through the cache. */
 static heed_status build(cl_ctx *c, const char *src, size_t len, const char *opts, cl_program *out, int *from_cache,
                          char *path, size_t path_cap, heed_error *err) {
-  char dir[400];
+  char dir[PATH_MAX - 32]; /* room for "/opencl-<16 hex>.bin" */
   cache_dir(dir, sizeof dir);
   uint64_t h = 0xcbf29ce484222325ull;
-  char plat[128] = "";
+  char plat[HEED_NAME_MAX] = ""; /* hashed: a cut version only makes the key coarser, never wrong */
   clGetPlatformInfo(c->plat, CL_PLATFORM_VERSION, sizeof plat, plat, NULL);
   plat[sizeof plat - 1] = '\0';
   h = fnv1a(h, plat, strlen(plat));
@@ -296,9 +298,8 @@ static heed_status find_device(cl_ctx *c, const heed_cl_device_info *d, heed_err
     return heed_err_set(err, HEED_E_NOT_FOUND, "opencl: device '%s' (index %d) is not on this machine", d->device_name,
                         d->device_index);
   c->dev = devs[d->device_index];
-  char name[128] = "";
-  clGetDeviceInfo(c->dev, CL_DEVICE_NAME, sizeof name, name, NULL);
-  name[sizeof name - 1] = '\0';
+  char name[HEED_NAME_MAX]; /* kept as the topology keeps it, so long names compare alike */
+  heed_cl_device_string(c->dev, CL_DEVICE_NAME, name, sizeof name);
   if (strcmp(name, d->device_name) != 0)
     return heed_err_set(err, HEED_E_NOT_FOUND, "opencl: the topology lists '%s' but this machine has '%s' there (a replayed "
                         "recording?)", d->device_name, name);
@@ -431,11 +432,16 @@ fail:
   return st;
 }
 
-static void cl_describe(void *ctx, char *buf, size_t cap) {
+int heed_cl_describe(const heed_cl_device_info *d, unsigned wg, unsigned rows, size_t local_mem, const char *kernels,
+                     char *buf, size_t cap) {
+  return snprintf(buf, cap, "opencl on '%s' (%s, driver %s): work-groups of %u, %u rows, %zu KiB local; kernels %s",
+                  d->device_name, d->platform_name, d->driver_version, wg, rows, local_mem / 1024, kernels);
+}
+
+static int cl_describe(void *ctx, char *buf, size_t cap) {
   cl_ctx *c = ctx;
-  snprintf(buf, cap, "opencl on '%s' (%s, driver %s): work-groups of %u, %u rows, %zu KiB local; kernels %s", c->info.device_name,
-           c->info.platform_name, c->info.driver_version, c->wg, c->rows, c->local_mem / 1024,
-           c->build.from_cache ? "from the binary cache" : "compiled");
+  return heed_cl_describe(&c->info, c->wg, c->rows, c->local_mem,
+                          c->build.from_cache ? "from the binary cache" : "compiled", buf, cap);
 }
 
 /* ---------- KV cache in device memory ---------- */
@@ -978,7 +984,7 @@ heed_status heed_cl_build_source(heed_runtime *rt, const char *src, int *from_ca
   cl_ctx *c = ctx_of(rt);
   if (!c || !src || !from_cache) return heed_err_set(err, HEED_E_INVALID, "heed_cl_build_source: no opencl runtime or source");
   cl_program prog = NULL;
-  char path[512];
+  char path[PATH_MAX];
   heed_status st = build(c, src, strlen(src), c->build.options, &prog, from_cache, path, sizeof path, err);
   if (prog) clReleaseProgram(prog);
   return st;

@@ -3,6 +3,7 @@
 #ifndef HEED_CL_BACKEND_H
 #define HEED_CL_BACKEND_H
 
+#include <limits.h>
 #include <stddef.h>
 
 #include "heed/runtime.h"
@@ -11,12 +12,18 @@
 /* How the backend's program came to be and what it was specialised for. */
 typedef struct heed_cl_build_info {
   int from_cache;          /* 1: loaded from the binary cache; 0: compiled from source */
-  char cache_path[512];    /* the binary's file; "" when there is no cache directory */
+  char cache_path[PATH_MAX]; /* the binary's file; "" when there is no cache directory (or its path is too long) */
   char options[200];       /* build options (the specialisation defines) */
   unsigned wg, rows;       /* work-group size; rows (query x head) per attention work-group */
   size_t local_mem;        /* local memory heed plans with (the device's, or HEED_OPENCL_LOCAL_MEM) */
-  char device[128];
+  char device[HEED_NAME_MAX];
 } heed_cl_build_info;
+
+/* The backend's one-line description of device d (what
+ * heed_runtime_backend_description shows), written like snprintf: the
+ * return value is the whole text's length, whatever cap is. */
+int heed_cl_describe(const heed_cl_device_info *d, unsigned wg, unsigned rows, size_t local_mem, const char *kernels,
+                     char *buf, size_t cap);
 
 /* The open OpenCL backend's build; HEED_E_INVALID when rt runs another backend. */
 heed_status heed_cl_runtime_build_info(heed_runtime *rt, heed_cl_build_info *out);

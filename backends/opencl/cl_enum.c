@@ -52,10 +52,21 @@ const char *heed_cl_error_name(int code) {
   return "CL_UNKNOWN_ERROR";
 }
 
-static void dev_str(cl_device_id d, cl_device_info what, char *buf, size_t cap) {
-  if (clGetDeviceInfo(d, what, cap, buf, NULL) != CL_SUCCESS) buf[0] = '\0';
-  buf[cap - 1] = '\0';
+void heed_cl_device_string(void *dv, unsigned what, char *buf, size_t cap) {
+  cl_device_id d = dv;
+  size_t n = 0;
+  buf[0] = '\0';
+  if (clGetDeviceInfo(d, what, 0, NULL, &n) != CL_SUCCESS || !n) return;
+  char *full = malloc(n + 1);
+  if (!full) return;
+  if (clGetDeviceInfo(d, what, n, full, NULL) == CL_SUCCESS) {
+    full[n] = '\0';
+    heed_strlcpy(buf, full, cap);
+  }
+  free(full);
 }
+
+static void dev_str(cl_device_id d, cl_device_info what, char *buf, size_t cap) { heed_cl_device_string(d, what, buf, cap); }
 
 static void fill_device(hwloc_topology_t hw, cl_device_id dev, heed_cl_device_info *d) {
   cl_device_type ty = 0;
@@ -129,9 +140,16 @@ heed_status heed_opencl_enumerate(hwloc_topology_t hw, heed_cl_device_info **out
   }
   unsigned k = 0;
   for (cl_uint p = 0; p < np && k < total; p++) {
-    char pname[96] = "";
-    clGetPlatformInfo(plats[p], CL_PLATFORM_NAME, sizeof pname, pname, NULL);
-    pname[sizeof pname - 1] = '\0';
+    char pname[HEED_NAME_MAX] = "";
+    size_t pn = 0;
+    if (clGetPlatformInfo(plats[p], CL_PLATFORM_NAME, 0, NULL, &pn) == CL_SUCCESS && pn) {
+      char *full = malloc(pn + 1);
+      if (full && clGetPlatformInfo(plats[p], CL_PLATFORM_NAME, pn, full, NULL) == CL_SUCCESS) {
+        full[pn] = '\0';
+        heed_strlcpy(pname, full, sizeof pname);
+      }
+      free(full);
+    }
     cl_uint nd = 0;
     if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, 0, NULL, &nd) != CL_SUCCESS || !nd) continue;
     if (nd > total - k) nd = total - k;

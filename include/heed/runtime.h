@@ -9,7 +9,7 @@
  * environment (unless HEED_RUNTIME_IGNORE_ENV is set); an option the caller
  * set wins over the environment:
  *   HEED_BACKEND=cpu|opencl   HEED_ISA=scalar|avx2|avx512|neon
- *   HEED_THREADS=N (1..PUs)   HEED_DEBUG=1 (log the choice and why to stderr)
+ *   HEED_THREADS=N (1..PUs)   HEED_DEBUG=1 (log the choice and why to stderr; 0 or empty: off, other values refused)
  *   HEED_OPENCL_LOCAL_MEM=BYTES (plan OpenCL kernels for at most this much local
  *   memory: tuning, and trying a smaller device's limits)
  * A value that is unknown, or that this machine or build cannot honour, makes
@@ -105,7 +105,7 @@ typedef struct heed_backend_candidate {
   int cl_device;        /* index into the topology's OpenCL devices; -1 for cpu */
   int score;            /* higher wins; 0: never picked automatically */
   int built;            /* the backend is in this build of libheed */
-  char why[256];        /* how the score came about */
+  char why[512];        /* how the score came about */
 } heed_backend_candidate;
 
 unsigned heed_runtime_n_candidates(const heed_runtime *rt);

@@ -39,8 +39,10 @@ const char *heed_status_name(int status);
 /* "invalid argument"; "unknown status" for a value not in the list. Static storage. */
 const char *heed_status_str(int status);
 
-/* Error report filled by constructors (which have no context to keep it in). */
-#define HEED_ERROR_MSG_MAX 320
+/* Error report filled by constructors (which have no context to keep it in).
+ * Room for a message naming a few device names (HEED_NAME_MAX) and a path; a
+ * longer one ends in "..." rather than being cut silently. */
+#define HEED_ERROR_MSG_MAX 1024
 typedef struct heed_error {
   heed_status status;
   char msg[HEED_ERROR_MSG_MAX]; /* names the bad value and what is accepted */

@@ -50,7 +50,7 @@ typedef struct heed_topology_summary {
   unsigned cache_line;     /* bytes; 64 when hwloc does not say */
   int is_this_system;      /* 0 for a replayed recording */
   char cpu_model[96];      /* from hwloc's CPUModel info, "" when absent */
-  char source[160];        /* "this machine (hwloc 2.9.0)" or the XML path */
+  char source[1024];       /* "this machine (hwloc 2.9.0)" or "recording PATH" */
   char opencl_note[160];   /* why OpenCL enumeration found nothing or failed, "" otherwise */
 } heed_topology_summary;
 
@@ -71,14 +71,18 @@ typedef enum heed_cl_device_type {
 
 /* An OpenCL device, found through the ICD loader (this machine) or read from
  * the recording's hwloc OpenCL OS devices (replay). */
+/* Room for a device, platform or vendor name. A longer name (OpenCL sets no
+ * limit) is kept as its first HEED_NAME_MAX - 4 bytes and "...". */
+#define HEED_NAME_MAX 256
+
 typedef struct heed_cl_device_info {
   int platform_index;        /* position in clGetPlatformIDs' list */
   int device_index;          /* position in that platform's device list */
-  char platform_name[96];
-  char device_name[128];
-  char vendor[96];
-  char version[64];          /* CL_DEVICE_VERSION, "" when replayed */
-  char driver_version[64];   /* CL_DRIVER_VERSION, "" when replayed */
+  char platform_name[HEED_NAME_MAX];
+  char device_name[HEED_NAME_MAX];
+  char vendor[HEED_NAME_MAX];
+  char version[HEED_NAME_MAX];        /* CL_DEVICE_VERSION, "" when replayed */
+  char driver_version[HEED_NAME_MAX]; /* CL_DRIVER_VERSION, "" when replayed */
   heed_cl_device_type type;
   unsigned compute_units;
   uint64_t global_mem_bytes;
