@@ -13,6 +13,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "heed/attention.h"
+
 static const heed_bench_shape named[] = {
     {"Llama-3.1-8B", 32, 8, 128, 0, 0.0f},
     {"Qwen2.5-7B", 28, 4, 128, 0, 0.0f},
@@ -53,9 +55,10 @@ int heed_bench_shape_parse(const char *arg, heed_bench_shape *out, char *msg, si
     if (off > 0 && (size_t)off < cap) snprintf(msg + off, cap - (size_t)off, "; or a spec q=32,kv=8,d=128[,window=N][,softcap=X]");
     return -1;
   }
-  /* key=value pairs, comma-separated */
-  int have_q = 0, have_kv = 0, have_d = 0;
-  for (const char *p = arg; *p;) {
+  /* key=value pairs, comma-separated, each key once */
+  static const char *const keys[] = {"q", "kv", "d", "window", "softcap"};
+  int seen[5] = {0};
+  for (const char *p = arg;;) {
     const char *end = strchr(p, ','), *eq = strchr(p, '=');
     size_t len = end ? (size_t)(end - p) : strlen(p);
     if (!eq || eq >= p + len) {
@@ -64,16 +67,27 @@ int heed_bench_shape_parse(const char *arg, heed_bench_shape *out, char *msg, si
     }
     size_t kl = (size_t)(eq - p), vl = len - kl - 1;
     const char *v = eq + 1;
+    int key = -1;
+    for (int k = 0; k < 5; k++)
+      if (strlen(keys[k]) == kl && strncmp(p, keys[k], kl) == 0) key = k;
+    if (key < 0) {
+      snprintf(msg, cap, "shape spec '%s': unknown key '%.*s'; accepted: q, kv, d, window, softcap", arg, (int)kl, p);
+      return -1;
+    }
+    if (seen[key]++) {
+      snprintf(msg, cap, "shape spec '%s': key '%s' is given twice", arg, keys[key]);
+      return -1;
+    }
     int bad = 0;
-    if (kl == 1 && p[0] == 'q')
-      bad = parse_uint(v, vl, 1, 256, &out->q_heads), have_q = 1;
-    else if (kl == 2 && strncmp(p, "kv", 2) == 0)
-      bad = parse_uint(v, vl, 1, 256, &out->kv_heads), have_kv = 1;
-    else if (kl == 1 && p[0] == 'd')
-      bad = parse_uint(v, vl, 1, 1024, &out->head_dim), have_d = 1;
-    else if (kl == 6 && strncmp(p, "window", 6) == 0)
+    if (key == 0)
+      bad = parse_uint(v, vl, 1, 256, &out->q_heads);
+    else if (key == 1)
+      bad = parse_uint(v, vl, 1, 256, &out->kv_heads);
+    else if (key == 2)
+      bad = parse_uint(v, vl, HEED_HEAD_DIM_MIN, HEED_HEAD_DIM_MAX, &out->head_dim) || out->head_dim % 16;
+    else if (key == 3)
       bad = parse_uint(v, vl, 0, 1u << 24, &out->window);
-    else if (kl == 7 && strncmp(p, "softcap", 7) == 0) {
+    else {
       char tmp[32], *e;
       if (vl == 0 || vl >= sizeof tmp) {
         bad = 1;
@@ -84,18 +98,18 @@ int heed_bench_shape_parse(const char *arg, heed_bench_shape *out, char *msg, si
         bad = *e || errno || !(x >= 0 && x <= 1e4);
         out->softcap = (float)x;
       }
-    } else {
-      snprintf(msg, cap, "shape spec '%s': unknown key '%.*s'; accepted: q, kv, d, window, softcap", arg, (int)kl, p);
-      return -1;
     }
     if (bad) {
-      snprintf(msg, cap, "shape spec '%s': %.*s=%.*s is out of range (q, kv 1..256; d 1..1024; window 0..16777216; softcap 0..10000)",
-               arg, (int)kl, p, (int)vl, v);
+      snprintf(msg, cap,
+               "shape spec '%s': %.*s=%.*s is out of range (q, kv 1..256; d a multiple of 16 in %d..%d, heed's head "
+               "dims; window 0..16777216; softcap 0..10000)",
+               arg, (int)kl, p, (int)vl, v, HEED_HEAD_DIM_MIN, HEED_HEAD_DIM_MAX);
       return -1;
     }
-    p += len;
-    if (*p == ',') p++;
+    if (!end) break;
+    p = end + 1;
   }
+  int have_q = seen[0], have_kv = seen[1], have_d = seen[2];
   if (!have_q || !have_kv || !have_d) {
     snprintf(msg, cap, "shape spec '%s' needs q, kv and d (e.g. q=32,kv=8,d=128)", arg);
     return -1;

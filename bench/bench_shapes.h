@@ -16,7 +16,8 @@ typedef struct heed_bench_shape {
 /* The named shapes, in the order `heed bench --shape list` prints them. */
 const heed_bench_shape *heed_bench_shapes(int *n);
 
-/* NAME (case-insensitive), or a custom spec "q=32,kv=8,d=128[,window=4096][,softcap=50]".
+/* NAME (case-insensitive), or a custom spec "q=32,kv=8,d=128[,window=4096][,softcap=50]":
+ * each key once, d a head dim heed's kernels take (a multiple of 16 in 32..256).
  * 0 on success; otherwise -1 with why in msg. */
 int heed_bench_shape_parse(const char *arg, heed_bench_shape *out, char *msg, size_t cap);
 

@@ -15,6 +15,7 @@ gpu=any(x["type"]!="cpu" for x in d["opencl_devices"])  # a GPU outranks the cor
 assert d["choice"]["backend"]==("opencl" if gpu else "cpu"), d["choice"]' "$tmp/info.json" && ok || bad "heed info --json is not the documented JSON"
 
 HEED_DEBUG=1 "$heed" info 2>"$tmp/dbg" >/dev/null && grep -q '^heed: backend \(cpu\|opencl\)' "$tmp/dbg" && ok || bad "HEED_DEBUG=1 logs the choice"
+HEED_DEBUG=0 "$heed" info 2>"$tmp/dbg" >/dev/null && ! grep -q '^heed:' "$tmp/dbg" && ok || bad "HEED_DEBUG=0 logs nothing"
 
 "$heed" bench probes --repeats 3 --json "$tmp/p.json" >"$tmp/p.txt" 2>&1 && python3 -c '
 import json,sys; d=json.load(open(sys.argv[1])); r=d["results"]; assert "heed_info" in d and len(r)==6
@@ -117,6 +118,8 @@ expect_fail() { # expect_fail "needle" env... -- args...
 expect_fail "HEED_BACKEND=gpu: unknown backend" HEED_BACKEND=gpu -- info
 expect_fail "HEED_ISA=sse9" HEED_ISA=sse9 -- info
 expect_fail "HEED_THREADS=0" HEED_THREADS=0 -- info
+expect_fail "HEED_DEBUG=yes: accepted: 1" HEED_DEBUG=yes -- info
+expect_fail "HEED_DEBUG=2: accepted: 1" HEED_DEBUG=2 -- info
 expect_fail "HEED_THREADS=99999" HEED_THREADS=99999 -- info
 expect_fail "unknown suite 'nope'" X=1 -- bench nope
 expect_fail "--repeats 0" X=1 -- bench probes --repeats 0
@@ -133,6 +136,19 @@ expect_fail "q=30 is not a multiple of kv=8" X=1 -- bench attention --shape q=30
 expect_fail "needs q, kv and d" X=1 -- bench attention --shape q=32,d=128
 expect_fail "unknown key 'heads'" X=1 -- bench attention --shape heads=32,kv=8,d=128
 expect_fail "d=0 is out of range" X=1 -- bench attention --shape q=32,kv=8,d=0
+expect_fail "d=100 is out of range (q, kv 1..256; d a multiple of 16 in 32..256" X=1 -- bench attention --shape q=32,kv=8,d=100
+expect_fail "d=272 is out of range" X=1 -- bench attention --shape q=32,kv=8,d=272
+expect_fail "key 'q' is given twice" X=1 -- bench attention --shape q=32,q=64,kv=8,d=128
+expect_fail "'' is not key=value" X=1 -- bench attention --shape q=32,kv=8,d=128,
+# One rule for every list: empty items, and items given twice, are refused alike.
+expect_fail "--ctx 4096,,8192: item 2 is empty" X=1 -- bench attention --ctx 4096,,8192
+expect_fail "--kv q8,,q4: item 2 is empty" X=1 -- bench attention --kv q8,,q4
+expect_fail "--ctx ,4096: item 1 is empty" X=1 -- bench attention --ctx ,4096
+expect_fail "--kv q8,: item 2 is empty" X=1 -- bench attention --kv q8,
+expect_fail "--ctx 4096,4096: 4096 is listed twice" X=1 -- bench attention --ctx 4096,4096
+expect_fail "--kv q4,q4: q4 is listed twice" X=1 -- bench attention --kv q4,q4
+expect_fail "--ctx 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17: more than 16 items" X=1 -- bench attention \
+  --ctx 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17
 expect_fail "--batch 0" X=1 -- bench attention --batch 0
 expect_fail "--isa sse9" X=1 -- bench attention --isa sse9
 expect_fail "a context of 16000000 tokens x batch 8 of Llama-3.1-8B needs 900.3 GiB" X=1 -- bench attention --ctx 16000000 --batch 8
@@ -143,6 +159,19 @@ expect_fail "cannot read /nonexistent/old.json" X=1 -- bench probes --compare /n
 expect_fail "no case of this run is in the earlier file" X=1 -- bench compare "$tmp/g.json" "$tmp/p.json"
 expect_fail "--threshold -1" X=1 -- bench compare "$tmp/g.json" "$tmp/g.json" --threshold -1
 expect_fail "--plot: the plots are of the attention suite" X=1 -- bench probes --plot "$tmp/x.png"
+
+# Output paths are opened before anything is measured: a bad one fails at once,
+# with no case run (no "[1/N]" progress line) and the path named.
+expect_fail_early() { # expect_fail_early "needle" -- args...
+  local needle=$1; shift 2
+  if timeout 60 "$heed" "$@" >"$tmp/o" 2>&1; then bad "'heed $*' should fail"; return; fi
+  grep -qF -- "$needle" "$tmp/o" && ! grep -q '^\[1/' "$tmp/o" && ok ||
+    { bad "'heed $*' should say '$needle' before measuring anything"; cat "$tmp/o"; }
+}
+expect_fail_early "--json /nonexistent/dir/x.json: cannot write" -- bench probes --repeats 1 --json /nonexistent/dir/x.json
+expect_fail_early "--plot /nonexistent/dir/x.png: cannot write" -- bench attention --ctx 256 --kv none --repeats 1 \
+  --no-baseline --plot /nonexistent/dir/x.png
+expect_fail_early "--json /nonexistent/dir/q.json: cannot write" -- bench kvquant --json /nonexistent/dir/q.json
 
 echo "cli: $passes passed, $fails failed"
 [ $fails -eq 0 ]

@@ -1,4 +1,5 @@
 /* tools/heed.c - the `heed` command line: info, bench. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include "bench/bench_kvquant.h"
 #include "bench/bench_spec.h"
 #include "heed/heed.h"
+#include "tools/cli_parse.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -65,32 +67,6 @@ static void progress(void *user, const char *name, int i, int n) {
   fflush(stderr);
 }
 
-static int parse_ctx(const char *arg, unsigned *ctx, int cap) {
-  int n = 0;
-  const char *p = arg;
-  while (*p) {
-    char *end;
-    unsigned long v = strtoul(p, &end, 10);
-    if (end == p || v < 1 || v > (1u << 24) || n == cap || (*end && *end != ',')) return -1;
-    ctx[n++] = (unsigned)v;
-    p = *end ? end + 1 : end;
-  }
-  return n;
-}
-
-/* "q8,q4" -> formats; "none" -> 0 of them. -1 for a name that is not a quantized format. */
-static int parse_kv(const char *arg, heed_dtype *kv, int cap) {
-  if (strcmp(arg, "none") == 0) return 0;
-  int n = 0;
-  char buf[128];
-  snprintf(buf, sizeof buf, "%s", arg);
-  for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
-    if (n == cap || heed_dtype_parse(tok, &kv[n]) != 0 || !heed_dtype_is_quant(kv[n])) return -1;
-    n++;
-  }
-  return n ? n : -1;
-}
-
 static int parse_threshold(const char *a, double *t) {
   char *end;
   double v = strtod(a, &end);
@@ -136,6 +112,13 @@ static int cmd_compare(int argc, char **argv) {
   return reg != 0;
 }
 
+/* Opens an output file for writing; NULL (with the path and the reason on stderr) when it cannot. */
+static FILE *open_output(const char *opt, const char *path) {
+  FILE *f = fopen(path, "w");
+  if (!f) fprintf(stderr, "heed bench: %s %s: cannot write: %s\n", opt, path, strerror(errno));
+  return f;
+}
+
 static int cmd_bench(int argc, char **argv) {
   if (argc < 1) {
     usage(stderr);
@@ -160,9 +143,9 @@ static int cmd_bench(int argc, char **argv) {
   unsigned batch = 1;
   heed_bench_options bo = {0};
   bo.progress = progress;
-  unsigned ctx[16] = {4096, 16384, 65536, 98304, 131072};
+  unsigned ctx[HEED_CLI_MAX_CTX] = {4096, 16384, 65536, 98304, 131072};
   int n_ctx = 5, baseline = 1;
-  heed_dtype kv[4] = {HEED_DTYPE_Q8, HEED_DTYPE_Q4};
+  heed_dtype kv[HEED_CLI_MAX_KV] = {HEED_DTYPE_Q8, HEED_DTYPE_Q4};
   int n_kv = 2;
   heed_runtime_options ro;
   heed_runtime_options_init(&ro);
@@ -178,13 +161,13 @@ static int cmd_bench(int argc, char **argv) {
       }
       bo.repeats = (int)v;
     } else if (strcmp(argv[i], "--ctx") == 0 && i + 1 < argc) {
-      if ((n_ctx = parse_ctx(argv[++i], ctx, 16)) < 1) {
-        fprintf(stderr, "heed bench: --ctx %s: accepted: up to 16 comma-separated token counts, 1..16777216\n", argv[i]);
+      if ((n_ctx = heed_cli_parse_ctx(argv[++i], ctx, HEED_CLI_MAX_CTX, msg, sizeof msg)) < 1) {
+        fprintf(stderr, "heed bench: %s\n", msg);
         return 2;
       }
     } else if (strcmp(argv[i], "--kv") == 0 && i + 1 < argc) {
-      if ((n_kv = parse_kv(argv[++i], kv, 4)) < 0) {
-        fprintf(stderr, "heed bench: --kv %s: accepted: none, or up to 4 of q8, q4, e4m3, e5m2, comma-separated\n", argv[i]);
+      if ((n_kv = heed_cli_parse_kv(argv[++i], kv, HEED_CLI_MAX_KV, msg, sizeof msg)) < 0) {
+        fprintf(stderr, "heed bench: %s\n", msg);
         return 2;
       }
     } else if (strcmp(argv[i], "--file") == 0 && i + 1 < argc) {
@@ -229,11 +212,8 @@ static int cmd_bench(int argc, char **argv) {
     }
   }
   if (strcmp(suite, "kvquant") == 0) { /* an accuracy report: no timing, no limits */
-    FILE *f = json_path ? fopen(json_path, "w") : NULL;
-    if (json_path && !f) {
-      fprintf(stderr, "heed bench: cannot write %s\n", json_path);
-      return 1;
-    }
+    FILE *f = NULL;
+    if (json_path && !(f = open_output("--json", json_path))) return 1;
     int rc = heed_bench_kvquant(f) ? 1 : 0;
     if (f) fclose(f), printf("wrote %s\n", json_path);
     return rc;
@@ -243,6 +223,10 @@ static int cmd_bench(int argc, char **argv) {
   int spec = strcmp(suite, "spec") == 0 || strcmp(suite, "all") == 0;
   if (!probes && !attention && !spec) {
     fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, kvquant, spec, all\n", suite);
+    return 2;
+  }
+  if (plot_path && !attention) {
+    fprintf(stderr, "heed bench --plot: the plots are of the attention suite's decode cases; run attention or all\n");
     return 2;
   }
   if (spec) { /* before any timing: the code-editing text must be there */
@@ -259,17 +243,20 @@ static int cmd_bench(int argc, char **argv) {
     fprintf(stderr, "heed bench --compare: %s\n", msg);
     return 1;
   }
-  if (plot_path && !attention) {
-    fprintf(stderr, "heed bench --plot: the plots are of the attention suite's decode cases; run attention or all\n");
-    free(old);
-    return 2;
-  }
-  heed_runtime *rt;
-  heed_bench *b;
+  /* Output files are opened before anything is measured: a path that cannot
+   * be written fails now, not after the run with its results lost. Files of a
+   * run that fails are removed. */
+  FILE *json = NULL, *plot = NULL;
+  heed_runtime *rt = NULL;
+  heed_bench *b = NULL;
+  int n = 0, rc = 1;
+  if ((json_path && !(json = open_output("--json", json_path))) || (plot_path && !(plot = open_output("--plot", plot_path))))
+    goto done;
+  if (plot) fclose(plot); /* gnuplot writes it */
   heed_error e = {0};
   if (heed_runtime_open(&ro, &rt, &e) != HEED_OK) {
-    free(old);
-    return fail("cannot open the runtime", &e);
+    fail("cannot open the runtime", &e);
+    goto done;
   }
   if (attention) { /* the caches must fit: say how much they need before filling them */
     size_t need = heed_bench_attention_bytes(rt, &shape, ctx, n_ctx, batch, baseline, kv, n_kv);
@@ -282,17 +269,15 @@ static int cmd_bench(int argc, char **argv) {
               "%.1f GiB, of which heed bench uses at most 80%%. Use a smaller --ctx or --batch%s.\n",
               max_ctx, batch, shape.name, need / 1073741824.0, baseline ? " and the baseline's f32 copy" : "",
               ts->mem_bytes / 1073741824.0, baseline ? ", or --no-baseline" : "");
-      heed_runtime_close(rt);
-      free(old);
-      return 1;
+      goto done;
     }
   }
   if (heed_bench_create(rt, &bo, &b, &e) != HEED_OK) {
-    heed_runtime_close(rt);
-    return fail("cannot set up the bench", &e);
+    fail("cannot set up the bench", &e);
+    goto done;
   }
   heed_bench_result res[160];
-  int n = 0, rc = 0;
+  rc = 0;
   if (probes) {
     heed_status st = heed_bench_suite_probes(b, res, 160, &n);
     if (st != HEED_OK) {
@@ -318,18 +303,18 @@ static int cmd_bench(int argc, char **argv) {
   heed_bench_attention_speedups(res, n, stdout);
   heed_bench_spec_summary(res, n, stdout);
   if (spec && !rc && heed_bench_spec_ngram(spec_file, stdout)) rc = 1;
-  if (json_path) {
-    FILE *f = fopen(json_path, "w");
-    if (!f) {
-      fprintf(stderr, "heed bench: cannot write %s\n", json_path);
+  if (json) { /* what was measured is kept, even when a later case failed */
+    heed_bench_write_json(rt, res, n, json);
+    if (fclose(json) != 0) {
+      fprintf(stderr, "heed bench: --json %s: cannot write: %s\n", json_path, strerror(errno));
       rc = 1;
     } else {
-      heed_bench_write_json(rt, res, n, f);
-      fclose(f);
       printf("wrote %s\n", json_path);
     }
+    json = NULL;
+    json_path = NULL; /* kept */
   }
-  if (plot_path && !rc) {
+  if (plot && !rc) {
     char title[160];
     snprintf(title, sizeof title, "heed bench, %s on %s, batch %u", shape.name, heed_runtime_backend(rt) == HEED_BACKEND_CPU ?
              heed_isa_name(heed_runtime_isa(rt)) : heed_backend_name(heed_runtime_backend(rt)), batch);
@@ -340,6 +325,7 @@ static int cmd_bench(int argc, char **argv) {
       rc = 1;
     } else {
       printf("wrote %s\n", plot_path);
+      plot = NULL; /* kept */
     }
   }
   if (old && !rc) {
@@ -347,6 +333,9 @@ static int cmd_bench(int argc, char **argv) {
     if (reg < 0) fprintf(stderr, "heed bench --compare %s: %s\n", compare_path, msg);
     if (reg != 0) rc = 1;
   }
+done:
+  if (json) fclose(json), remove(json_path);
+  if (plot) remove(plot_path);
   free(old);
   heed_bench_destroy(b);
   heed_runtime_close(rt);
