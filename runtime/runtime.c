@@ -23,10 +23,10 @@ struct heed_runtime {
   heed_pool *pool;
   const heed_backend_iface *be; /* the open backend */
   void *be_ctx;
-  char be_desc[160];
+  char *be_desc;            /* malloc'd, as long as the backend's description */
   heed_backend_candidate cand[MAX_CANDIDATES];
   unsigned n_cand;
-  char reason[600];
+  char reason[2048];
   char settings[200];       /* where each setting came from */
   int debug;
   heed_log_fn log;
@@ -65,10 +65,10 @@ void heed_runtime_options_init(heed_runtime_options *o) {
 static void logf_(heed_runtime *rt, const char *fmt, ...) HEED_PRINTF(2, 3);
 static void logf_(heed_runtime *rt, const char *fmt, ...) {
   if (!rt->debug) return;
-  char line[700];
+  char line[4096];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
+  heed_vfmt(line, sizeof line, fmt, ap);
   va_end(ap);
   if (rt->log)
     rt->log(rt->log_user, line);
@@ -82,7 +82,7 @@ static void appendf(char *buf, size_t cap, const char *fmt, ...) {
   if (used + 1 >= cap) return;
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(buf + used, cap - used, fmt, ap);
+  heed_vfmt(buf + used, cap - used, fmt, ap);
   va_end(ap);
 }
 
@@ -112,7 +112,7 @@ static void rank(heed_runtime *rt) {
   c->cl_device = -1;
   c->score = 100 + isa_bonus[isa];
   c->built = 1;
-  snprintf(c->why, sizeof c->why, "cpu with %s kernels on %u cores: 100 + %d for the isa", heed_isa_name(isa),
+  heed_fmt(c->why, sizeof c->why, "cpu with %s kernels on %u cores: 100 + %d for the isa", heed_isa_name(isa),
            heed_topology_get_summary(rt->topo)->n_cores, isa_bonus[isa]);
   unsigned n = heed_topology_n_cl_devices(rt->topo);
   for (unsigned i = 0; i < n && rt->n_cand < MAX_CANDIDATES; i++) {
@@ -126,11 +126,11 @@ static void rank(heed_runtime *rt) {
       int cu = d->compute_units > 100 ? 100 : (int)d->compute_units;
       int mem = d->global_mem_bytes >= (4ull << 30) ? 20 : 0;
       c->score = 200 + cu + mem;
-      snprintf(c->why, sizeof c->why, "opencl %s '%.96s': 200 + %d for compute units + %d for >= 4 GiB",
+      heed_fmt(c->why, sizeof c->why, "opencl %s '%s': 200 + %d for compute units + %d for >= 4 GiB",
                heed_cl_device_type_name(d->type), d->device_name, cu, mem);
     } else {
       c->score = 0;
-      snprintf(c->why, sizeof c->why, "opencl %s device '%.96s': used only when asked for (HEED_BACKEND=opencl)",
+      heed_fmt(c->why, sizeof c->why, "opencl %s device '%s': used only when asked for (HEED_BACKEND=opencl)",
                heed_cl_device_type_name(d->type), d->device_name);
     }
   }
@@ -179,7 +179,11 @@ static heed_status read_settings(const heed_runtime_options *o, settings *s, int
   if (o->flags & HEED_RUNTIME_IGNORE_ENV) return HEED_OK;
 
   const char *v = getenv("HEED_DEBUG");
-  if (v && v[0] && strcmp(v, "0") != 0) *debug = 1;
+  if (v && v[0]) {
+    if (strcmp(v, "1") != 0 && strcmp(v, "0") != 0)
+      return heed_err_set(err, HEED_E_INVALID, "HEED_DEBUG=%s: accepted: 1 (log the choice to stderr), 0 or empty (off)", v);
+    *debug |= v[0] == '1';
+  }
   v = getenv("HEED_BACKEND");
   if (v && v[0] && s->backend == HEED_BACKEND_AUTO) {
     if (heed_backend_parse(v, &s->backend) != HEED_OK)
@@ -212,7 +216,7 @@ static heed_status choose_backend(heed_runtime *rt, const settings *s, const hee
   rt->cl_device = -1;
   if (s->backend == HEED_BACKEND_CPU) {
     rt->backend = HEED_BACKEND_CPU;
-    snprintf(rt->reason, sizeof rt->reason, "cpu: asked for by %s", s->backend_src);
+    heed_fmt(rt->reason, sizeof rt->reason, "cpu: asked for by %s", s->backend_src);
     return HEED_OK;
   }
   unsigned ncl = heed_topology_n_cl_devices(rt->topo);
@@ -240,7 +244,7 @@ static heed_status choose_backend(heed_runtime *rt, const settings *s, const hee
                           s->backend_src, dev, d->device_name);
     rt->backend = HEED_BACKEND_OPENCL;
     rt->cl_device = dev;
-    snprintf(rt->reason, sizeof rt->reason, "opencl on device %d '%s': asked for by %s", dev, d->device_name,
+    heed_fmt(rt->reason, sizeof rt->reason, "opencl on device %d '%s': asked for by %s", dev, d->device_name,
              s->backend_src);
     return HEED_OK;
   }
@@ -336,11 +340,17 @@ heed_status heed_runtime_open(const heed_runtime_options *opt, heed_runtime **ou
     rt->be = NULL;
     goto fail;
   }
+  /* The description is as long as it needs to be: sized by a first call. */
+  size_t need = rt->be->describe ? (size_t)rt->be->describe(rt->be_ctx, NULL, 0) + 1 : strlen(rt->be->name) + 1;
+  if (!(rt->be_desc = malloc(need))) {
+    st = heed_err_set(err, HEED_E_NOMEM, "no memory for the backend's description (%zu bytes)", need);
+    goto fail;
+  }
   if (rt->be->describe)
-    rt->be->describe(rt->be_ctx, rt->be_desc, sizeof rt->be_desc);
+    rt->be->describe(rt->be_ctx, rt->be_desc, need);
   else
-    heed_strlcpy(rt->be_desc, rt->be->name, sizeof rt->be_desc);
-  snprintf(rt->settings, sizeof rt->settings, "backend from %s, isa from %s, threads from %s",
+    memcpy(rt->be_desc, rt->be->name, need);
+  heed_fmt(rt->settings, sizeof rt->settings, "backend from %s, isa from %s, threads from %s",
            s.backend == HEED_BACKEND_AUTO ? "ranking" : s.backend_src, s.isa == HEED_ISA_AUTO ? "detection" : s.isa_src,
            s.n_threads ? s.threads_src : "core count");
 
@@ -373,6 +383,7 @@ void heed_runtime_close(heed_runtime *rt) {
   if (rt->be) rt->be->close(rt->be_ctx);
   heed_pool_destroy(rt->pool);
   heed_topology_destroy(rt->topo);
+  free(rt->be_desc);
   free(rt);
 }
 
@@ -384,7 +395,7 @@ heed_isa heed_runtime_isa(const heed_runtime *rt) { return rt ? rt->isa : HEED_I
 int heed_runtime_n_threads(const heed_runtime *rt) { return rt ? rt->n_threads : 0; }
 heed_cpu_features heed_runtime_cpu_features(const heed_runtime *rt) { return rt ? rt->features : 0; }
 const char *heed_runtime_choice_reason(const heed_runtime *rt) { return rt ? rt->reason : ""; }
-const char *heed_runtime_backend_description(const heed_runtime *rt) { return rt ? rt->be_desc : ""; }
+const char *heed_runtime_backend_description(const heed_runtime *rt) { return rt && rt->be_desc ? rt->be_desc : ""; }
 const heed_backend_iface *heed_runtime_backend_iface(const heed_runtime *rt, void **ctx) {
   if (ctx) *ctx = rt ? rt->be_ctx : NULL;
   return rt ? rt->be : NULL;
