@@ -259,6 +259,14 @@ static heed_status check_sampling(heed_spec *s, const heed_sampling *smp) {
   return HEED_OK;
 }
 
+/* The parameters a call runs with: a temperature below the minimum is greedy. */
+static const heed_sampling *effective(const heed_sampling *smp, heed_sampling *buf) {
+  if (!(smp->temperature > 0 && smp->temperature < HEED_SPEC_MIN_TEMPERATURE)) return smp;
+  *buf = *smp;
+  buf->temperature = 0;
+  return buf;
+}
+
 static heed_status check_tokens(heed_spec *s, const int32_t *tok, unsigned n, const char *what) {
   if (!tok) return fail(s, HEED_E_INVALID, "%s tokens are NULL", what);
   for (unsigned i = 0; i < n; i++)
@@ -1603,6 +1611,8 @@ heed_status heed_spec_verify_tree(heed_spec *s, const heed_sampling *smp, uint64
   if (n < 1 || n > s->cfg.max_draft)
     return leave(s, fail(s, HEED_E_RANGE, "%u draft tokens: this verifier takes 1..%u (max_draft)", n, s->cfg.max_draft));
   if ((st = check_sampling(s, smp)) || (st = check_tokens(s, tokens, n, "draft"))) return leave(s, st);
+  heed_sampling eff;
+  smp = effective(smp, &eff);
   if (parents && (st = check_parents(&s->err, parents, n))) return leave(s, st);
   if (smp->temperature > 0 && (st = check_q(s, q, tokens, n))) return leave(s, st);
   memset(res, 0, sizeof *res);
@@ -1622,7 +1632,8 @@ heed_status heed_spec_sample(heed_spec *s, const heed_sampling *smp, uint64_t se
   if (st) return st;
   if (!logits || !token) return leave(s, fail(s, HEED_E_INVALID, "logits and token must not be NULL"));
   heed_spec_result res;
-  if ((st = check_sampling(s, smp)) || (st = verify(s, smp, seed, step, logits, NULL, NULL, 0, NULL, &res)))
+  heed_sampling eff;
+  if ((st = check_sampling(s, smp)) || (st = verify(s, effective(smp, &eff), seed, step, logits, NULL, NULL, 0, NULL, &res)))
     return leave(s, st);
   *token = res.next_token;
   return leave(s, HEED_OK);
@@ -1633,7 +1644,10 @@ heed_status heed_spec_probs(heed_spec *s, const heed_sampling *smp, const float 
   heed_status st = enter(s);
   if (st) return st;
   if (!logits || !probs) return leave(s, fail(s, HEED_E_INVALID, "logits and probs must not be NULL"));
-  if ((st = check_sampling(s, smp)) || (st = prepare(s, smp, logits, NULL, NULL, 0, NULL)) || (st = need(s, smp, 0)) ||
+  heed_sampling eff;
+  if ((st = check_sampling(s, smp))) return leave(s, st);
+  smp = effective(smp, &eff);
+  if ((st = prepare(s, smp, logits, NULL, NULL, 0, NULL)) || (st = need(s, smp, 0)) ||
       (smp->temperature > 0 && (st = need_exact(s, 1.0f / smp->temperature, 0))))
     return leave(s, st);
   const rowstat *r = &s->rs[0];

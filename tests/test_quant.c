@@ -73,15 +73,16 @@ Test(quant, e5m2_every_code_and_rounding) {
 }
 
 static void group_bounds(int q4, unsigned group, float spread, int outlier) {
-  size_t n = 512;
+  enum { N = 1024 }; /* at least three groups of the largest size, 256: the lone 1 sits in the third */
+  size_t n = N;
   float *x = malloc(n * 4), *y = malloc(n * 4);
   uint64_t s = 11 + group + (uint64_t)q4;
   for (size_t i = 0; i < n; i++) x[i] = tu_uniform(&s) * spread;
   if (outlier) x[group + 5] = 40.0f * spread; /* an outlier channel in the second group */
   if (outlier > 1) memset(x, 0, group * sizeof(float)), x[2 * group] = 1.0f; /* an all-zero group, and a lone 1 */
-  int8_t c8[512];
-  uint8_t c4[256];
-  heed_f16 sc[32], mn[32];
+  int8_t c8[N];
+  uint8_t c4[N / 2];
+  heed_f16 sc[N / 16], mn[N / 16];
   heed_error e = {0};
   if (q4) {
     cr_assert_eq(heed_q4_quantize(x, n, group, c4, sc, mn, &e), HEED_OK, "%s", e.msg);

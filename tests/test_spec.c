@@ -528,10 +528,12 @@ static double first_token_chi2(heed_runtime *rt, int qkind, int tree, const heed
   heed_spec *s = open_spec(rt, V, 8);
   heed_spec_set_fault(s, fault);
   uint64_t r = 1000 + (uint64_t)qkind * 10 + (uint64_t)tree;
-  float tgt[4][V], qlog[V], qd[4][V];
+  /* target rows: one per node and the root's (the 4-node tree reads 5) */
+  float tgt[5][V], qlog[V], qd[4][V];
   for (int i = 0; i < 4; i++)
     for (int t = 0; t < V; t++) tgt[i][t] = 2.0f * tu_uniform(&r);
   for (int t = 0; t < V; t++) qlog[t] = 2.0f * tu_uniform(&r);
+  for (int t = 0; t < V; t++) tgt[4][t] = 2.0f * tu_uniform(&r);
   double p[V], q[V];
   ref_probs(tgt[0], V, sm, NULL, 0, p);
   /* q: the draft's distribution (transformed like p for logits; sparse: its top 4). */
@@ -1231,4 +1233,74 @@ Test(spec, bad_input_is_named) {
   cr_assert(strstr(e.msg, "max_draft 65"), "%s", e.msg);
   heed_spec_destroy(s);
   heed_runtime_close(rt);
+}
+
+#define TU_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* A temperature below HEED_SPEC_MIN_TEMPERATURE is greedy on every backend
+ * (T = 1e-40 made 1/T +inf: NaN probabilities, HEED_E_INTERNAL from sample,
+ * and next token 11 instead of 5 from verify_chain). Just above the minimum,
+ * sampling runs and stays finite. Long rows (V 40000) take the fused and
+ * lazily read paths, short ones (V 12) the rest. */
+Test(spec, tiny_temperatures_are_greedy_on_every_backend) {
+  static const unsigned vocabs[] = {12, 40000};
+  static const float tiny[] = {1e-40f, 1e-38f, 2.9e-38f, 1e-7f, 0.99e-6f};
+  for (size_t vi = 0; vi < TU_LEN(variants); vi++) {
+    heed_runtime *rt = open_rt(variants[vi], 0);
+    if (!rt) continue;
+    for (size_t ui = 0; ui < TU_LEN(vocabs); ui++) {
+      const unsigned V = vocabs[ui];
+      heed_spec *s = open_spec(rt, V, 4);
+      float *rows = malloc(sizeof(float) * 3 * V), *probs = malloc(sizeof(float) * V);
+      uint64_t r = 7 + V;
+      const int32_t arg[3] = {5, 2, 7};
+      for (int i = 0; i < 3; i++) {
+        for (unsigned t = 0; t < V; t++) rows[i * V + t] = 4 * tu_uniform(&r); /* in [-4, 4) */
+        rows[i * V + arg[i]] = 4.5f;
+      }
+      const int32_t accept1[2] = {5, 3}, reject0[1] = {11};
+      heed_sampling g = samp(0, 0, 1, 0, 1, NULL, 0);
+      heed_spec_result want_a, want_r, got;
+      cr_assert_eq(heed_spec_verify_chain(s, &g, 1, 0, rows, accept1, 2, NULL, &want_a), HEED_OK);
+      cr_assert_eq(heed_spec_verify_chain(s, &g, 1, 0, rows, reject0, 1, NULL, &want_r), HEED_OK);
+      cr_assert_eq(want_a.n_accepted, 1);
+      cr_assert_eq(want_a.next_token, 2);
+      cr_assert_eq(want_r.n_accepted, 0);
+      cr_assert_eq(want_r.next_token, 5);
+      for (size_t ti = 0; ti < TU_LEN(tiny); ti++) {
+        const char *where = variant_name(variants[vi]);
+        heed_sampling t = samp(tiny[ti], 0, 1, 0, 1, NULL, 0);
+        cr_assert_eq(heed_spec_probs(s, &t, rows, probs), HEED_OK, "%s V %u T %g: %s", where, V, (double)tiny[ti],
+                     heed_spec_last_error(s));
+        for (unsigned k = 0; k < V; k++)
+          cr_assert_eq(probs[k], k == 5 ? 1.0f : 0.0f, "%s V %u T %g: p[%u] = %g", where, V, (double)tiny[ti], k,
+                       (double)probs[k]);
+        int32_t tok = -1;
+        cr_assert_eq(heed_spec_sample(s, &t, 3, 1, rows, &tok), HEED_OK, "%s: %s", where, heed_spec_last_error(s));
+        cr_assert_eq(tok, 5, "%s V %u T %g", where, V, (double)tiny[ti]);
+        cr_assert_eq(heed_spec_verify_chain(s, &t, 1, 0, rows, accept1, 2, NULL, &got), HEED_OK);
+        cr_assert(got.n_accepted == want_a.n_accepted && got.next_token == want_a.next_token, "%s V %u T %g: %u, %d",
+                  where, V, (double)tiny[ti], got.n_accepted, got.next_token);
+        cr_assert_eq(heed_spec_verify_chain(s, &t, 1, 0, rows, reject0, 1, NULL, &got), HEED_OK);
+        cr_assert(got.n_accepted == 0 && got.next_token == 5, "%s V %u T %g: %u, %d", where, V, (double)tiny[ti],
+                  got.n_accepted, got.next_token);
+      }
+      /* Just above the minimum it samples: every other logit is 0.5 or more below, e^(-0.5/2e-6) = 0. */
+      heed_sampling t = samp(2e-6f, 0, 1, 0, 1, NULL, 0);
+      cr_assert_eq(heed_spec_probs(s, &t, rows, probs), HEED_OK, "%s", heed_spec_last_error(s));
+      double sum = 0;
+      for (unsigned k = 0; k < V; k++) {
+        cr_assert(isfinite(probs[k]));
+        sum += probs[k];
+      }
+      cr_assert_float_eq(sum, 1.0, 1e-6);
+      cr_assert_eq(probs[5], 1.0f);
+      int32_t tok = -1;
+      cr_assert_eq(heed_spec_sample(s, &t, 3, 1, rows, &tok), HEED_OK, "%s", heed_spec_last_error(s));
+      cr_assert_eq(tok, 5);
+      free(rows), free(probs);
+      heed_spec_destroy(s);
+    }
+    heed_runtime_close(rt);
+  }
 }

@@ -71,8 +71,16 @@ extern "C" {
 #define HEED_SPEC_MAX_DRAFT 64      /* the most draft tokens (chain or tree nodes) a call takes */
 #define HEED_SPEC_VOCAB_MAX (1u << 22)
 
+/* Temperatures above 0 and below this are greedy, exactly as 0 is. At such a
+ * T, logits one float step apart (about 1e-6 near 10) are already e^1 or
+ * more apart after the division, so a draw is the argmax but for exact ties
+ * (which greedy gives to the lowest id), and 1/T (+inf below about 2.9e-38)
+ * and the scaled logits stay far from float's range. */
+#define HEED_SPEC_MIN_TEMPERATURE 1e-6f
+
 typedef struct heed_sampling {
-  float temperature;               /* 0: greedy; else > 0 and finite */
+  float temperature;               /* 0: greedy; (0, HEED_SPEC_MIN_TEMPERATURE): greedy too;
+                                      else > 0 and finite */
   unsigned top_k;                  /* 0: off; else 1..vocab */
   float top_p;                     /* 1: off; else in (0, 1] */
   float min_p;                     /* 0: off; else in [0, 1) */
