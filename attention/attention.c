@@ -176,22 +176,38 @@ static heed_status dispatch(heed_runtime *rt, const heed_attn_call *call, int de
   return st;
 }
 
+/* Attention's refusals are kept by the runtime (heed_runtime_last_error), not
+ * by the cache: a cache is only read here, by several runtimes at once. */
+static heed_status refused(heed_runtime *rt, heed_status st, const heed_error *e) {
+  if (st != HEED_OK) heed_runtime_set_error(rt, e);
+  return st;
+}
+
+/* Queries are finite: a NaN or inf would give NaN or 0 rows that differ by backend. */
+static heed_status check_queries(const float *q, size_t rows, const heed_attn_params *p, heed_error *e) {
+  const size_t per_row = (size_t)p->n_q_heads * p->dk;
+  for (size_t i = 0; i < rows * per_row; i++)
+    if (!isfinite(q[i]))
+      return heed_err_set(e, HEED_E_INVALID, "attention: query %zu, head %zu, dim %zu is %g; accepted: finite",
+                          i / per_row, i % per_row / p->dk, i % p->dk, q[i]);
+  return HEED_OK;
+}
+
 heed_status heed_attn_prefill_workspace(heed_runtime *rt, const heed_attn_params *p, unsigned n_q, size_t *bytes) {
-  heed_status st = check_params(rt, NULL, p, NULL);
-  if (st != HEED_OK) return st;
-  if (!bytes) return HEED_E_INVALID;
+  heed_error e = {0};
+  heed_status st = check_params(rt, NULL, p, &e);
+  if (st != HEED_OK) return refused(rt, st, &e);
+  if (!bytes) return refused(rt, heed_err_set(&e, HEED_E_INVALID, "prefill workspace: bytes is NULL"), &e);
   (void)n_q;
   unsigned R = prefill_qtile(rt, p) * (p->n_q_heads / p->n_kv_heads);
   *bytes = (size_t)heed_runtime_n_threads(rt) * scratch_floats(R, p, 1) * sizeof(float);
   return HEED_OK;
 }
 
-heed_status heed_attn_prefill(heed_runtime *rt, const heed_kv_cache *c, const heed_attn_params *p, heed_attn_seq s,
-                              unsigned q_start, unsigned n_q, const float *q, float *out, float *lse, void *ws,
-                              size_t ws_bytes) {
-  if (!c) return heed_err_set(NULL, HEED_E_INVALID, "attention: cache is NULL");
-  heed_kv_cache *cm = (heed_kv_cache *)c; /* only its error message is written */
-  heed_error *e = &cm->err;
+static heed_status prefill(heed_runtime *rt, const heed_kv_cache *c, const heed_attn_params *p, heed_attn_seq s,
+                           unsigned q_start, unsigned n_q, const float *q, float *out, float *lse, void *ws, size_t ws_bytes,
+                           heed_error *e) {
+  if (!c) return heed_err_set(e, HEED_E_INVALID, "attention: cache is NULL");
   heed_status st = check_params(rt, c, p, e);
   if (st != HEED_OK) return st;
   const uint32_t *blocks = NULL;
@@ -202,6 +218,7 @@ heed_status heed_attn_prefill(heed_runtime *rt, const heed_kv_cache *c, const he
     return heed_err_set(e, HEED_E_RANGE, "prefill: queries at positions %u..%u, but the sequence holds %u tokens", q_start,
                         q_start + n_q - 1, len);
   if (!q || !out) return heed_err_set(e, HEED_E_INVALID, "prefill: q or out is NULL");
+  if ((st = check_queries(q, n_q, p, e)) != HEED_OK) return st;
   size_t need;
   heed_attn_prefill_workspace(rt, p, n_q, &need);
   if (!ws || ws_bytes < need)
@@ -214,25 +231,37 @@ heed_status heed_attn_prefill(heed_runtime *rt, const heed_kv_cache *c, const he
   return dispatch(rt, &call, 0, e);
 }
 
+heed_status heed_attn_prefill(heed_runtime *rt, const heed_kv_cache *c, const heed_attn_params *p, heed_attn_seq s,
+                              unsigned q_start, unsigned n_q, const float *q, float *out, float *lse, void *ws,
+                              size_t ws_bytes) {
+  heed_error e = {0};
+  return refused(rt, prefill(rt, c, p, s, q_start, n_q, q, out, lse, ws, ws_bytes, &e), &e);
+}
+
 heed_status heed_attn_decode_workspace(heed_runtime *rt, const heed_attn_params *p, const heed_attn_decode_seq *seqs,
                                        unsigned n_seqs, size_t *bytes) {
-  heed_status st = check_params(rt, NULL, p, NULL);
-  if (st != HEED_OK) return st;
-  if (!bytes || (n_seqs && !seqs)) return HEED_E_INVALID;
+  heed_error e = {0};
+  heed_status st = check_params(rt, NULL, p, &e);
+  if (st != HEED_OK) return refused(rt, st, &e);
+  if (!bytes || (n_seqs && !seqs))
+    return refused(rt, heed_err_set(&e, HEED_E_INVALID, "decode workspace: bytes or seqs is NULL"), &e);
   unsigned G = p->n_q_heads / p->n_kv_heads;
   for (unsigned i = 0; i < n_seqs; i++)
-    if (seqs[i].n_q < 1 || seqs[i].n_q > HEED_MAX_DECODE_QUERIES) return HEED_E_INVALID;
+    if (seqs[i].n_q < 1 || seqs[i].n_q > HEED_MAX_DECODE_QUERIES)
+      return refused(rt,
+                     heed_err_set(&e, HEED_E_INVALID, "decode workspace: sequence %u has n_q=%u; accepted: 1..%d", i,
+                                  seqs[i].n_q, HEED_MAX_DECODE_QUERIES),
+                     &e);
   size_t partial = decode_partial_floats(p, seqs, n_seqs, decode_max_splits(rt, p, n_seqs));
   *bytes = (size_t)heed_runtime_n_threads(rt) * decode_scratch_floats(G, p) * sizeof(float) + partial * sizeof(float) +
            (3 * (size_t)n_seqs + 1) * sizeof(unsigned) + (size_t)n_seqs * sizeof(size_t) + 64;
   return HEED_OK;
 }
 
-heed_status heed_attn_decode(heed_runtime *rt, const heed_kv_cache *c, const heed_attn_params *p,
-                             const heed_attn_decode_seq *seqs, unsigned n_seqs, const float *q, float *out, float *lse,
-                             void *ws, size_t ws_bytes) {
-  if (!c) return heed_err_set(NULL, HEED_E_INVALID, "attention: cache is NULL");
-  heed_error *e = &((heed_kv_cache *)c)->err;
+static heed_status decode(heed_runtime *rt, const heed_kv_cache *c, const heed_attn_params *p,
+                          const heed_attn_decode_seq *seqs, unsigned n_seqs, const float *q, float *out, float *lse,
+                          void *ws, size_t ws_bytes, heed_error *e) {
+  if (!c) return heed_err_set(e, HEED_E_INVALID, "attention: cache is NULL");
   heed_status st = check_params(rt, c, p, e);
   if (st != HEED_OK) return st;
   if (n_seqs == 0) return HEED_OK;
@@ -250,6 +279,7 @@ heed_status heed_attn_decode(heed_runtime *rt, const heed_kv_cache *c, const hee
                           nq, len);
     rows += nq;
   }
+  if ((st = check_queries(q, rows, p, e)) != HEED_OK) return st;
   size_t need;
   heed_attn_decode_workspace(rt, p, seqs, n_seqs, &need);
   if (!ws || ws_bytes < need)
@@ -259,6 +289,13 @@ heed_status heed_attn_decode(heed_runtime *rt, const heed_kv_cache *c, const hee
                          .max_splits = decode_max_splits(rt, p, n_seqs), .q = q, .out = out, .lse = lse, .ws = ws,
                          .ws_bytes = ws_bytes};
   return dispatch(rt, &call, 1, e);
+}
+
+heed_status heed_attn_decode(heed_runtime *rt, const heed_kv_cache *c, const heed_attn_params *p,
+                             const heed_attn_decode_seq *seqs, unsigned n_seqs, const float *q, float *out, float *lse,
+                             void *ws, size_t ws_bytes) {
+  heed_error e = {0};
+  return refused(rt, decode(rt, c, p, seqs, n_seqs, q, out, lse, ws, ws_bytes, &e), &e);
 }
 
 /* ---------- the tiled driver ---------- */

@@ -100,8 +100,12 @@ static size_t total_bytes(const heed_kv_cache *c) { return c->res_off + c->res_b
 heed_status heed_kv_cache_bytes(heed_runtime *rt, const heed_kv_cache_config *cfg, size_t *bytes, unsigned *block_len) {
   heed_kv_cache c;
   memset(&c, 0, sizeof c);
-  heed_status st = check_config(rt, cfg, &c.cfg, NULL);
-  if (st != HEED_OK) return st;
+  heed_error e = {0};
+  heed_status st = check_config(rt, cfg, &c.cfg, &e);
+  if (st != HEED_OK) {
+    heed_runtime_set_error(rt, &e); /* where heed_runtime_last_error finds it */
+    return st;
+  }
   layout(&c);
   if (bytes) *bytes = total_bytes(&c);
   if (block_len) *block_len = c.cfg.block_len;
@@ -494,6 +498,42 @@ static void copy_residual(heed_kv_cache *c, int from, int to, unsigned rows) {
   }
 }
 
+/* The smallest magnitude that a value stored as t (the residual's type for a
+ * quantized side) would turn into inf: round-to-nearest-even takes f16 from
+ * 65520 up, and bf16 from 0x7f7f8000 up, to inf. */
+static float overflow_at(heed_dtype t) {
+  if (t == HEED_DTYPE_F16) return 65520.0f;
+  if (t == HEED_DTYPE_BF16) {
+    uint32_t u = 0x7f7f8000u;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+  }
+  return INFINITY;
+}
+
+/* Refuses a K or V value that is NaN, inf, or beyond what the cache stores
+ * finitely (f16: a magnitude of 65520 or more); the first one is named. */
+static heed_status check_values(heed_kv_cache *c, int seq, unsigned t0, const char *side, heed_dtype stored, unsigned n,
+                                unsigned d_head, const float *x) {
+  const heed_kv_cache_config *g = &c->cfg;
+  const float lim = overflow_at(stored);
+  const size_t per_token = (size_t)g->n_kv_heads * d_head;
+  for (size_t i = 0; i < (size_t)n * per_token; i++)
+    if (!(fabsf(x[i]) < lim)) {
+      unsigned t = (unsigned)(i / per_token), h = (unsigned)(i % per_token / d_head), d = (unsigned)(i % d_head);
+      if (!isfinite(x[i]))
+        return heed_err_set(&c->err, HEED_E_INVALID, "append to sequence %d: %s of token %u (position %u), head %u, dim %u is %g",
+                            seq, side, t, t0 + t, h, d, x[i]);
+      return heed_err_set(&c->err, HEED_E_RANGE,
+                          "append to sequence %d: %s of token %u (position %u), head %u, dim %u is %g, beyond what this "
+                          "cache stores as %s (magnitudes below %g; the largest is %g)",
+                          seq, side, t, t0 + t, h, d, x[i], heed_dtype_name(stored), lim,
+                          stored == HEED_DTYPE_F16 ? 65504.0 : 3.3895313892515355e38);
+    }
+  return HEED_OK;
+}
+
 heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const float *k, const float *v) {
   if (!c) return HEED_E_INVALID;
   kv_seq *s = NULL;
@@ -505,19 +545,10 @@ heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const floa
   if ((uint64_t)s->len + n > g->max_seq_len)
     return heed_err_set(&c->err, HEED_E_RANGE, "append of %u tokens to sequence %d (holding %u): beyond max_seq_len=%u", n,
                         seq, s->len, g->max_seq_len);
-  /* Nothing is written unless every value is finite. */
-  for (unsigned t = 0; t < n; t++)
-    for (unsigned h = 0; h < g->n_kv_heads; h++) {
-      const float *kr = k + ((size_t)t * g->n_kv_heads + h) * g->dk, *vr = v + ((size_t)t * g->n_kv_heads + h) * g->dv;
-      for (unsigned d = 0; d < g->dk; d++)
-        if (!isfinite(kr[d]))
-          return heed_err_set(&c->err, HEED_E_INVALID, "append to sequence %d: K of token %u (position %u), head %u, dim %u is %g",
-                              seq, t, s->len + t, h, d, kr[d]);
-      for (unsigned d = 0; d < g->dv; d++)
-        if (!isfinite(vr[d]))
-          return heed_err_set(&c->err, HEED_E_INVALID, "append to sequence %d: V of token %u (position %u), head %u, dim %u is %g",
-                              seq, t, s->len + t, h, d, vr[d]);
-    }
+  /* Nothing is written unless every value is finite and fits the storage. */
+  if ((st = check_values(c, seq, s->len, "K", c->res_kt, n, g->dk, k)) != HEED_OK ||
+      (st = check_values(c, seq, s->len, "V", c->res_vt, n, g->dv, v)) != HEED_OK)
+    return st;
   unsigned bl = g->block_len, new_len = s->len + n;
   unsigned need_blocks = kv_n_full(c, new_len);
   int cow = !c->quant && s->len % bl != 0 && c->refs[s->blocks[s->n_blocks - 1]] > 1;

@@ -137,6 +137,8 @@ typedef struct heed_backend_iface {
 
 /* The open backend of a runtime and its context. */
 const heed_backend_iface *heed_runtime_backend_iface(const heed_runtime *rt, void **ctx);
+/* Keeps e as the runtime's last error (heed_runtime_last_error); safe from any thread. */
+void heed_runtime_set_error(heed_runtime *rt, const heed_error *e);
 
 /* The CPU backend's context, which the portable attention driver runs on. */
 typedef struct heed_cpu_ctx {

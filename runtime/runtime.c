@@ -1,6 +1,7 @@
 /* runtime/runtime.c - open once: read the machine, rank the backends, apply
  * overrides, build the kernel table, start the pool. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +32,8 @@ struct heed_runtime {
   int debug;
   heed_log_fn log;
   void *log_user;
-  heed_error err;
+  heed_error err;            /* the last refusal of a call on this runtime, under err_lock */
+  pthread_mutex_t err_lock;  /* calls on several threads may fail at once (one gets HEED_E_BUSY) */
 };
 
 static const char *backend_names[] = {
@@ -303,6 +305,7 @@ heed_status heed_runtime_open(const heed_runtime_options *opt, heed_runtime **ou
 
   heed_runtime *rt = calloc(1, sizeof *rt);
   if (!rt) return heed_err_set(err, HEED_E_NOMEM, "no memory for the runtime");
+  pthread_mutex_init(&rt->err_lock, NULL);
   rt->log = o->log;
   rt->log_user = o->log_user;
   settings s;
@@ -384,6 +387,7 @@ void heed_runtime_close(heed_runtime *rt) {
   heed_pool_destroy(rt->pool);
   heed_topology_destroy(rt->topo);
   free(rt->be_desc);
+  pthread_mutex_destroy(&rt->err_lock);
   free(rt);
 }
 
@@ -400,7 +404,22 @@ const heed_backend_iface *heed_runtime_backend_iface(const heed_runtime *rt, voi
   if (ctx) *ctx = rt ? rt->be_ctx : NULL;
   return rt ? rt->be : NULL;
 }
-const char *heed_runtime_last_error(const heed_runtime *rt) { return rt ? rt->err.msg : ""; }
+void heed_runtime_set_error(heed_runtime *rt, const heed_error *e) {
+  if (!rt || !e) return;
+  pthread_mutex_lock(&rt->err_lock);
+  rt->err = *e;
+  pthread_mutex_unlock(&rt->err_lock);
+}
+
+const char *heed_runtime_last_error(const heed_runtime *rt) {
+  static _Thread_local char msg[HEED_ERROR_MSG_MAX]; /* the caller's copy: another thread may fail meanwhile */
+  if (!rt) return "";
+  heed_runtime *m = (heed_runtime *)rt; /* the lock only */
+  pthread_mutex_lock(&m->err_lock);
+  memcpy(msg, rt->err.msg, sizeof msg);
+  pthread_mutex_unlock(&m->err_lock);
+  return msg;
+}
 unsigned heed_runtime_n_candidates(const heed_runtime *rt) { return rt ? rt->n_cand : 0; }
 const heed_backend_candidate *heed_runtime_get_candidate(const heed_runtime *rt, unsigned i) {
   return rt && i < rt->n_cand ? &rt->cand[i] : NULL;
@@ -409,7 +428,10 @@ const heed_backend_candidate *heed_runtime_get_candidate(const heed_runtime *rt,
 heed_status heed_runtime_tile_plan(heed_runtime *rt, unsigned dk, unsigned dv, heed_dtype kv, heed_tile_plan *out) {
   if (!rt) return HEED_E_INVALID;
   const heed_topology_summary *s = heed_topology_get_summary(rt->topo);
-  return heed_tile_plan_make(s->l1d_per_core, s->l2_per_core, dk, dv, kv, out, &rt->err);
+  heed_error e = {0};
+  heed_status st = heed_tile_plan_make(s->l1d_per_core, s->l2_per_core, dk, dv, kv, out, &e);
+  if (st != HEED_OK) heed_runtime_set_error(rt, &e);
+  return st;
 }
 
 const char *heed_runtime_settings(const heed_runtime *rt) { return rt ? rt->settings : ""; }

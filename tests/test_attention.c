@@ -269,7 +269,7 @@ static void check_prefill(fx *f, const heed_attn_params *p, unsigned L, float qs
   void *ws = malloc(wsb);
   heed_attn_seq s = {.seq = 0};
   heed_status st = heed_attn_prefill(f->rt, f->c, p, s, 0, L, q, out, lse, ws, wsb);
-  cr_assert_eq(st, HEED_OK, "%s: %s", what, heed_kv_cache_last_error(f->c));
+  cr_assert_eq(st, HEED_OK, "%s: %s", what, heed_runtime_last_error(f->rt));
   oracle(f, 0, p, L, 0, L, q, NULL, 0, want, wl);
   err_stats e = compare(out, want, (size_t)L * H * p->dv, lse, wl, (size_t)L * H);
   cr_assert(e.max_abs <= tol && e.nmse <= TOL_NMSE && e.max_lse <= 1e-4, "%s [%s K %s V %s]: max abs %.3g nmse %.3g lse %.3g",
@@ -422,7 +422,7 @@ static void check_decode(fx *f, const heed_attn_params *p, const dcase *cs, unsi
   cr_assert_eq(heed_attn_decode_workspace(f->rt, p, ds, n, &wsb), HEED_OK);
   void *ws = malloc(wsb);
   cr_assert_eq(heed_attn_decode(f->rt, f->c, p, ds, n, q, out, lse, ws, wsb), HEED_OK, "%s: %s", what,
-               heed_kv_cache_last_error(f->c));
+               heed_runtime_last_error(f->rt));
   unsigned r0 = 0;
   for (unsigned i = 0; i < n; i++) {
     unsigned L = cs[i].ctx + cs[i].n_q, nq = cs[i].n_q;
@@ -535,8 +535,8 @@ Test(attention, bad_input_leaves_the_output_alone) {
 #define EXPECT(call, status, needle)                                                                            \
   do {                                                                                                          \
     heed_status st_ = (call);                                                                                   \
-    cr_assert_eq(st_, status, "got %s: %s", heed_status_name(st_), heed_kv_cache_last_error(f.c));             \
-    cr_assert(strstr(heed_kv_cache_last_error(f.c), needle), "'%s' lacks '%s'", heed_kv_cache_last_error(f.c), needle); \
+    cr_assert_eq(st_, status, "got %s: %s", heed_status_name(st_), heed_runtime_last_error(f.rt));             \
+    cr_assert(strstr(heed_runtime_last_error(f.rt), needle), "'%s' lacks '%s'", heed_runtime_last_error(f.rt), needle); \
     for (int i_ = 0; i_ < 20 * 4 * 64; i_++) cr_assert_eq(out[i_], 42.0f, "output written on error");       \
   } while (0)
   heed_attn_params bad = p;
@@ -674,9 +674,9 @@ Test(attention, quantized_blocks_residual_fork_truncate) {
       void *ws = malloc(wsb);
       float q[4 * 64] = {0}, out[4 * 96];
       cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &ext, 1, q, out, NULL, ws, wsb), HEED_E_INVALID);
-      cr_assert(strstr(heed_kv_cache_last_error(f.c), "n_tokens=40"), "%s", heed_kv_cache_last_error(f.c));
+      cr_assert(strstr(heed_runtime_last_error(f.rt), "n_tokens=40"), "%s", heed_runtime_last_error(f.rt));
       ext.kv.n_tokens = 48;
-      cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &ext, 1, q, out, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(f.c));
+      cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &ext, 1, q, out, NULL, ws, wsb), HEED_OK, "%s", heed_runtime_last_error(f.rt));
       free(ws);
       fx_close(&f);
     }
@@ -807,4 +807,101 @@ Test(attention, quantized_accuracy_against_f32) {
     free(k), free(v), free(q), free(out), free(want), free(wl), free(ws);
     fx_close(&f);
   }
+}
+
+/* What a cache cannot hold and queries that are not finite are refused, the
+ * same on every target: all or nothing, the message naming token (query),
+ * head and dim, found where the documentation says (the cache's last error
+ * for its own calls, the runtime's for attention). An f16 cache stored
+ * 70000 as inf (decode gave NaN on the CPU, 0 with lse -inf on OpenCL), and
+ * a q8 or q4 cache read it and the rest of its channel group back as 0. */
+Test(attention, out_of_range_values_and_queries_are_refused_alike) {
+  static const heed_dtype types[] = {HEED_DTYPE_F32, HEED_DTYPE_F16, HEED_DTYPE_BF16, HEED_DTYPE_Q8, HEED_DTYPE_Q4,
+                                     HEED_DTYPE_E4M3, HEED_DTYPE_E5M2};
+  for (int ti = 0; ti < N_TARGETS; ti++)
+    for (size_t di = 0; di < sizeof types / sizeof types[0]; di++) {
+      fx f;
+      if (!fx_open(&f, targets[ti], types[di], 2, 64, 64, 16)) continue;
+      const char *where = fx_name(&f);
+      const char *tn = heed_dtype_name(types[di]);
+      fx_seq0(&f, 20, 1.0f);
+      heed_dtype stored = res_type(types[di]);
+      float k[2 * 2 * 64] = {0}, v[2 * 2 * 64] = {0}; /* two tokens */
+      if (stored != HEED_DTYPE_F32) {
+        const float top = stored == HEED_DTYPE_F16 ? 65504.0f : tu_f32_from_bits(0x7f7f0000u);
+        const float over = stored == HEED_DTYPE_F16 ? 65520.0f : tu_f32_from_bits(0x7f7f8000u); /* rounds to inf */
+        k[(1 * 2 + 1) * 64 + 3] = over; /* token 1, head 1, dim 3 */
+        cr_assert_eq(heed_kv_seq_append(f.c, 0, 2, k, v), HEED_E_RANGE, "%s %s", where, tn);
+        const char *m = heed_kv_cache_last_error(f.c);
+        cr_assert(strstr(m, "K of token 1 (position 21), head 1, dim 3"), "%s %s: %s", where, tn, m);
+        cr_assert(strstr(m, heed_dtype_name(stored)), "%s %s: %s", where, tn, m);
+        cr_assert_eq(heed_kv_seq_len(f.c, 0), 20, "%s %s: nothing appended", where, tn);
+        k[(1 * 2 + 1) * 64 + 3] = 0;
+        v[5] = -over;
+        cr_assert_eq(heed_kv_seq_append(f.c, 0, 2, k, v), HEED_E_RANGE, "%s %s", where, tn);
+        cr_assert(strstr(heed_kv_cache_last_error(f.c), "V of token 0 (position 20), head 0, dim 5"), "%s %s: %s", where, tn,
+                  heed_kv_cache_last_error(f.c));
+        /* The largest finite value is stored as itself. */
+        v[5] = -top;
+        cr_assert_eq(heed_kv_seq_append(f.c, 0, 2, k, v), HEED_OK, "%s %s: %s", where, tn, heed_kv_cache_last_error(f.c));
+        float rk[2 * 64], rv[2 * 64];
+        cr_assert_eq(heed_kv_seq_read(f.c, 0, 20, 1, rk, rv), HEED_OK);
+        cr_assert_eq(rv[5], -top, "%s %s: %g", where, tn, (double)rv[5]);
+        cr_assert_eq(heed_kv_seq_truncate(f.c, 0, 20), HEED_OK);
+      }
+      k[7] = NAN;
+      cr_assert_eq(heed_kv_seq_append(f.c, 0, 1, k, v), HEED_E_INVALID, "%s %s", where, tn);
+      k[7] = 0;
+      /* Queries: a NaN or inf is named; the output is left alone. */
+      heed_attn_params p = params(4, 2, 64, 64);
+      heed_attn_decode_seq d = {.kv = {.seq = 0}, .n_q = 2};
+      size_t dwb, pwb;
+      cr_assert_eq(heed_attn_decode_workspace(f.rt, &p, &d, 1, &dwb), HEED_OK);
+      cr_assert_eq(heed_attn_prefill_workspace(f.rt, &p, 4, &pwb), HEED_OK);
+      void *ws = malloc(dwb > pwb ? dwb : pwb);
+      float *q = rand_q(&f.rng, 4 * 4 * 64, 1.0f), out[4 * 4 * 64];
+      for (int i = 0; i < 4 * 4 * 64; i++) out[i] = 42.0f;
+      q[(1 * 4 + 2) * 64 + 5] = NAN; /* query 1, head 2, dim 5 */
+      cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &d, 1, q, out, NULL, ws, dwb), HEED_E_INVALID, "%s %s", where, tn);
+      cr_assert(strstr(heed_runtime_last_error(f.rt), "query 1, head 2, dim 5 is nan"), "%s %s: %s", where, tn,
+                heed_runtime_last_error(f.rt));
+      q[(1 * 4 + 2) * 64 + 5] = 0;
+      q[(3 * 4 + 1) * 64] = -INFINITY;
+      heed_attn_seq s = {.seq = 0};
+      cr_assert_eq(heed_attn_prefill(f.rt, f.c, &p, s, 10, 4, q, out, NULL, ws, pwb), HEED_E_INVALID, "%s %s", where, tn);
+      cr_assert(strstr(heed_runtime_last_error(f.rt), "query 3, head 1, dim 0 is -inf"), "%s %s: %s", where, tn,
+                heed_runtime_last_error(f.rt));
+      for (int i = 0; i < 4 * 4 * 64; i++) cr_assert_eq(out[i], 42.0f, "%s %s: output written on error", where, tn);
+      q[(3 * 4 + 1) * 64] = 0;
+      cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &d, 1, q, out, NULL, ws, dwb), HEED_OK, "%s %s: %s", where, tn,
+                   heed_runtime_last_error(f.rt));
+      for (int i = 0; i < 2 * 4 * 64; i++) cr_assert(isfinite(out[i]), "%s %s", where, tn);
+      free(ws), free(q);
+      fx_close(&f);
+    }
+}
+
+/* Every refusal of a call that takes the runtime leaves its message there. */
+Test(attention, refusals_are_found_in_the_runtime) {
+  fx f;
+  cr_assert(fx_open(&f, HEED_ISA_SCALAR, HEED_DTYPE_F16, 2, 64, 64, 16));
+  heed_kv_cache_config bad = f.cfg;
+  bad.dk = 72;
+  size_t bytes;
+  cr_assert_eq(heed_kv_cache_bytes(f.rt, &bad, &bytes, NULL), HEED_E_INVALID);
+  cr_assert(strstr(heed_runtime_last_error(f.rt), "72"), "heed_kv_cache_bytes: '%s'", heed_runtime_last_error(f.rt));
+  heed_attn_params p = params(4, 2, 64, 64);
+  p.n_q_heads = 3;
+  cr_assert_eq(heed_attn_prefill_workspace(f.rt, &p, 4, &bytes), HEED_E_INVALID);
+  cr_assert(strstr(heed_runtime_last_error(f.rt), "n_q_heads=3"), "'%s'", heed_runtime_last_error(f.rt));
+  p = params(4, 2, 64, 64);
+  heed_attn_decode_seq d = {.kv = {.seq = 0}, .n_q = 0};
+  cr_assert_eq(heed_attn_decode_workspace(f.rt, &p, &d, 1, &bytes), HEED_E_INVALID);
+  cr_assert(strstr(heed_runtime_last_error(f.rt), "n_q=0"), "'%s'", heed_runtime_last_error(f.rt));
+  cr_assert_eq(heed_attn_prefill_workspace(f.rt, &p, 4, NULL), HEED_E_INVALID);
+  cr_assert(strstr(heed_runtime_last_error(f.rt), "bytes is NULL"), "'%s'", heed_runtime_last_error(f.rt));
+  heed_tile_plan tp;
+  cr_assert_eq(heed_runtime_tile_plan(f.rt, 0, 64, HEED_DTYPE_F16, &tp), HEED_E_INVALID);
+  cr_assert(strstr(heed_runtime_last_error(f.rt), "dk=0"), "'%s'", heed_runtime_last_error(f.rt));
+  fx_close(&f);
 }

@@ -177,11 +177,11 @@ static void same_as_cpu(heed_runtime *rt, heed_kv_cache *c, const char *what) {
   heed_attn_prefill_workspace(cpu, &p, L, &wp);
   void *ws = malloc(wd > wp ? wd : wp);
   size_t wsb = wd > wp ? wd : wp;
-  cr_assert_eq(heed_attn_decode(rt, c, &p, &d, 1, q, o1, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_attn_decode(rt, c, &p, &d, 1, q, o1, NULL, ws, wsb), HEED_OK, "%s", heed_runtime_last_error(rt));
   cr_assert_eq(heed_attn_decode(cpu, hc, &p, &d, 1, q, o2, NULL, ws, wsb), HEED_OK);
   for (size_t i = 0; i < (size_t)NQ * H * dv; i++) cr_assert_float_eq(o1[i], o2[i], 2e-5, "%s: decode element %zu: %g vs %g", what, i, o1[i], o2[i]);
   heed_attn_seq sq = {.seq = s};
-  cr_assert_eq(heed_attn_prefill(rt, c, &p, sq, 0, L, q, o1, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_attn_prefill(rt, c, &p, sq, 0, L, q, o1, NULL, ws, wsb), HEED_OK, "%s", heed_runtime_last_error(rt));
   cr_assert_eq(heed_attn_prefill(cpu, hc, &p, sq, 0, L, q, o2, NULL, ws, wsb), HEED_OK);
   for (size_t i = 0; i < (size_t)L * H * dv; i++) cr_assert_float_eq(o1[i], o2[i], 2e-5, "%s: prefill element %zu: %g vs %g", what, i, o1[i], o2[i]);
   free(k), free(v), free(q), free(o1), free(o2), free(ws), free(host);
@@ -260,9 +260,9 @@ Test(opencl, caches_and_runtimes_are_not_mixed_up) {
   heed_attn_decode_workspace(cpu, &p, &d, 1, &wsb);
   void *ws = malloc(wsb);
   cr_assert_eq(heed_attn_decode(rt, hc, &p, &d, 1, q, out, NULL, ws, wsb), HEED_E_INVALID);
-  cr_assert(strstr(heed_kv_cache_last_error(hc), "host memory"), "%s", heed_kv_cache_last_error(hc));
+  cr_assert(strstr(heed_runtime_last_error(rt), "host memory"), "%s", heed_runtime_last_error(rt));
   cr_assert_eq(heed_attn_decode(cpu, c, &p, &d, 1, q, out, NULL, ws, wsb), HEED_E_INVALID);
-  cr_assert(strstr(heed_kv_cache_last_error(c), "another runtime"), "%s", heed_kv_cache_last_error(c));
+  cr_assert(strstr(heed_runtime_last_error(cpu), "another runtime"), "%s", heed_runtime_last_error(cpu));
   cr_assert_eq(out[0], 42.0f, "a refused call writes nothing");
   /* storage access out of range */
   char b[16];
@@ -378,7 +378,7 @@ Test(opencl, one_layout_on_both_backends) {
     heed_attn_decode_workspace(cpu, &p, &own, 1, &wsb);
     void *ws = malloc(wsb);
     cr_assert_eq(heed_attn_decode(cpu, hc, &p, &own, 1, q, o1, NULL, ws, wsb), HEED_OK);
-    cr_assert_eq(heed_attn_decode(rt, dc2, &p, &ext, 1, q, o2, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(dc2));
+    cr_assert_eq(heed_attn_decode(rt, dc2, &p, &ext, 1, q, o2, NULL, ws, wsb), HEED_OK, "%s", heed_runtime_last_error(rt));
     for (int i = 0; i < 3 * 4 * 64; i++) cr_assert_float_eq(o1[i], o2[i], 2e-6, "element %d: %g vs %g", i, o1[i], o2[i]);
     free(ws);
     if (quant) { /* raw writes into the residual region reach what append and read use */
@@ -477,14 +477,14 @@ Test(opencl, the_clblast_baseline_computes_the_same_attention) {
   heed_attn_prefill_workspace(rt, &p, NQ, &wsb);
   void *ws = malloc(wsb);
   heed_attn_seq sq = {.seq = s};
-  cr_assert_eq(heed_attn_prefill(rt, c, &p, sq, Q0, NQ, q, o1, NULL, ws, wsb), HEED_OK, "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_attn_prefill(rt, c, &p, sq, Q0, NQ, q, o1, NULL, ws, wsb), HEED_OK, "%s", heed_runtime_last_error(rt));
   cr_assert_eq(heed_cl_unfused_run(u, Q0, NQ, p.scale, q, o2), 0);
   for (int i = 0; i < NQ * H * D; i++) cr_assert_float_eq(o1[i], o2[i], 1e-5, "prefill element %d: %g vs %g", i, o1[i], o2[i]);
   heed_attn_decode_seq d = {.kv = {.seq = s}, .n_q = 1};
   size_t wdb;
   heed_attn_decode_workspace(rt, &p, &d, 1, &wdb);
   void *wd = malloc(wdb);
-  cr_assert_eq(heed_attn_decode(rt, c, &p, &d, 1, q, o1, NULL, wd, wdb), HEED_OK, "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_attn_decode(rt, c, &p, &d, 1, q, o1, NULL, wd, wdb), HEED_OK, "%s", heed_runtime_last_error(rt));
   cr_assert_eq(heed_cl_unfused_run(u, L - 1, 1, p.scale, q, o2), 0);
   for (int i = 0; i < H * D; i++) cr_assert_float_eq(o1[i], o2[i], 1e-5, "decode element %d: %g vs %g", i, o1[i], o2[i]);
   /* more queries than it was opened for: refused, not overrun */

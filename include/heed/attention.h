@@ -53,6 +53,8 @@
  *   p - k < window                          (when window > 0)
  *   tree_mask[i][j]                         (decode with a tree: for the in-flight tokens)
  * A row that sees no key and has no sink gets output 0 and lse -inf.
+ * Queries must be finite: a NaN or inf is refused (HEED_E_INVALID, naming
+ * query, head and dim) before anything is written, on every backend.
  * Scores are scale * q.k, then cap * tanh(s / cap) when softcap > 0.
  *
  * Work space is the caller's too: heed_attn_*_workspace says how much. Nothing
@@ -117,6 +119,10 @@ heed_status heed_kv_cache_bytes(heed_runtime *rt, const heed_kv_cache_config *cf
 heed_status heed_kv_cache_create(heed_runtime *rt, const heed_kv_cache_config *cfg, void *storage,
                                  size_t storage_bytes, heed_kv_cache **out, heed_error *err);
 void heed_kv_cache_destroy(heed_kv_cache *c); /* NULL is fine; the storage stays the caller's */
+/* The message of the last failed call on this cache (append, fork, truncate,
+ * free, read, storage access). Attention only reads a cache: its refusals,
+ * and those of heed_kv_cache_bytes, are kept by the runtime
+ * (heed_runtime_last_error). */
 const char *heed_kv_cache_last_error(const heed_kv_cache *c);
 /* The configuration in force (block_len filled in). Borrowed. */
 const heed_kv_cache_config *heed_kv_cache_get_config(const heed_kv_cache *c);
@@ -136,7 +142,12 @@ heed_status heed_kv_cache_storage_write(heed_kv_cache *c, size_t offset, size_t 
 heed_status heed_kv_seq_new(heed_kv_cache *c, int *seq);
 /* Appends n tokens. k: [n][n_kv_heads][dk] f32, v: [n][n_kv_heads][dv] f32,
  * converted to the cache's dtype (quantized caches: f16 into the residual,
- * each block quantized when it fills). Either all n are appended or none. */
+ * each block quantized when it fills). Either all n are appended or none: a
+ * NaN or inf (HEED_E_INVALID), or a value the cache would store as inf
+ * (HEED_E_RANGE: a magnitude of 65520 or more where values are stored as f16
+ * first, which is every quantized side too; 0x1.ff0p127 and up for bf16),
+ * refuses the whole append, the message naming token, head and dim. The
+ * same on every backend. */
 heed_status heed_kv_seq_append(heed_kv_cache *c, int seq, unsigned n, const float *k, const float *v);
 /* A new sequence sharing src's tokens (no copy); *dst is its id. */
 heed_status heed_kv_seq_fork(heed_kv_cache *c, int src, int *dst);
