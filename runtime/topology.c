@@ -6,6 +6,8 @@
  * recorded, never used silently. */
 #include <errno.h>
 #include <hwloc.h>
+#include <libxml/parser.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -227,6 +229,39 @@ static heed_status fill_numa(heed_topology *t, heed_error *err) {
   return HEED_OK;
 }
 
+/* hwloc 2.9's XML loader dereferences NULL on malformed documents (21 bytes,
+ * '<topologyversion="2.0', crash it), so a recording is read by libxml2
+ * first, without network access, and refused unless it is well-formed XML
+ * whose root is hwloc's <topology>. That keeps malformed files away from
+ * hwloc; it does not make a hostile well-formed one safe, so recordings
+ * stay trusted input (topology.h). */
+static pthread_once_t xml_once = PTHREAD_ONCE_INIT;
+static void xml_init(void) { xmlInitParser(); }
+
+static heed_status check_xml(const char *path, const char *what, heed_error *err) {
+  pthread_once(&xml_once, xml_init);
+  xmlParserCtxtPtr ctx = xmlNewParserCtxt();
+  if (!ctx) return heed_err_set(err, HEED_E_NOMEM, "no memory to read %s '%s'", what, path);
+  xmlDocPtr doc = xmlCtxtReadFile(ctx, path, NULL, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+  heed_status st = HEED_OK;
+  if (!doc) {
+    const xmlError *x = xmlCtxtGetLastError(ctx);
+    char why[256];
+    heed_strlcpy(why, x && x->message ? x->message : "unreadable", sizeof why);
+    for (char *p = why + strlen(why); p > why && (p[-1] == '\n' || p[-1] == ' '); p--) p[-1] = '\0';
+    st = heed_err_set(err, HEED_E_TOPOLOGY, "%s '%s' is not well-formed XML (line %d: %s); hwloc is not given it", what,
+                      path, x ? x->line : 0, why);
+  } else {
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    if (!root || strcmp((const char *)root->name, "topology") != 0)
+      st = heed_err_set(err, HEED_E_TOPOLOGY, "%s '%s' is XML whose root is <%s>, not hwloc's <topology>", what, path,
+                        root ? (const char *)root->name : "");
+    xmlFreeDoc(doc);
+  }
+  xmlFreeParserCtxt(ctx);
+  return st;
+}
+
 heed_status heed_topology_load(const heed_topology_options *opt, heed_topology **out, heed_error *err) {
   if (!out) return heed_err_set(err, HEED_E_INVALID, "heed_topology_load: out is NULL");
   *out = NULL;
@@ -234,6 +269,12 @@ heed_status heed_topology_load(const heed_topology_options *opt, heed_topology *
   if (!opt) opt = &def;
   if (opt->xml_path && access(opt->xml_path, R_OK) != 0)
     return heed_err_set(err, HEED_E_IO, "cannot read hwloc XML '%s': %s", opt->xml_path, strerror(errno));
+  heed_status cx = HEED_OK;
+  if (opt->xml_path)
+    cx = check_xml(opt->xml_path, "the hwloc XML", err);
+  else if (getenv("HWLOC_XMLFILE") && getenv("HWLOC_XMLFILE")[0]) /* hwloc loads it in place of this machine */
+    cx = check_xml(getenv("HWLOC_XMLFILE"), "HWLOC_XMLFILE", err);
+  if (cx != HEED_OK) return cx;
 
   heed_topology *t = calloc(1, sizeof *t);
   if (!t) return heed_err_set(err, HEED_E_NOMEM, "no memory for the topology");

@@ -160,6 +160,13 @@ expect_fail "no case of this run is in the earlier file" X=1 -- bench compare "$
 expect_fail "--threshold -1" X=1 -- bench compare "$tmp/g.json" "$tmp/g.json" --threshold -1
 expect_fail "--plot: the plots are of the attention suite" X=1 -- bench probes --plot "$tmp/x.png"
 
+# A malformed recording named by hwloc's HWLOC_XMLFILE is refused, not handed to
+# hwloc (whose XML loader crashed on it: exit 139).
+printf '<topologyversion="2.0' >"$tmp/bad.xml"
+HWLOC_XMLFILE="$tmp/bad.xml" "$heed" info >"$tmp/o" 2>&1; rc=$?
+[ $rc = 1 ] && grep -q "HWLOC_XMLFILE '$tmp/bad.xml' is not well-formed XML" "$tmp/o" && ok ||
+  { bad "HWLOC_XMLFILE=bad.xml heed info: rc $rc (want 1 and a message)"; cat "$tmp/o"; }
+
 # Output paths are opened before anything is measured: a bad one fails at once,
 # with no case run (no "[1/N]" progress line) and the path named.
 expect_fail_early() { # expect_fail_early "needle" -- args...

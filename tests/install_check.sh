@@ -25,7 +25,7 @@ libdir=$(pkg-config --variable=libdir heed)
 cc -std=c11 "$work/use.c" -o "$work/use_shared" $(pkg-config --cflags --libs heed) -Wl,-rpath,"$libdir"
 "$work/use_shared" | grep -q '^heed 0.1.0 on cpu/'
 # Static libheed beside the system's shared hwloc and OpenCL (as README shows).
-cc -std=c11 "$work/use.c" -o "$work/use_static" $(pkg-config --cflags heed) "$libdir/libheed.a" $(pkg-config --libs hwloc OpenCL) -lpthread -lm
+cc -std=c11 "$work/use.c" -o "$work/use_static" $(pkg-config --cflags heed) "$libdir/libheed.a" $(pkg-config --libs hwloc libxml-2.0 OpenCL) -lpthread -lm
 "$work/use_static" | grep -q '^heed 0.1.0 on cpu/'
 mkdir -p "$work/cm"
 cat >"$work/cm/CMakeLists.txt" <<'CM'

@@ -208,6 +208,49 @@ Test(topology, bad_input_is_refused_with_the_path) {
   cr_assert_null(heed_topology_get_summary(NULL));
 }
 
+/* hwloc 2.9 crashes (NULL dereference in hwloc_topology_load) on malformed
+ * XML such as these 21 bytes; heed refuses them before hwloc sees them, given
+ * as a path or through hwloc's own HWLOC_XMLFILE. */
+static void write_file(char *path, const char *text) {
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+}
+
+Test(topology, malformed_xml_never_reaches_hwloc) {
+  static const char *bad[][2] = {
+      {"<topologyversion=\"2.0", "not well-formed XML"},
+      {"<topology version=\"2.0\"><object type=\"Machine\">", "not well-formed XML"},
+      {"<?xml version=\"1.0\"?><machine/>", "root is <machine>, not hwloc's <topology>"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char path[] = "/tmp/heed-badxml-XXXXXX";
+    write_file(path, bad[i][0]);
+    heed_topology *t = (heed_topology *)0x1;
+    heed_error e = {0};
+    heed_topology_options o = {.xml_path = path, .no_opencl = 1};
+    cr_assert_eq(heed_topology_load(&o, &t, &e), HEED_E_TOPOLOGY, "%s", bad[i][0]);
+    cr_assert_null(t);
+    cr_assert(strstr(e.msg, bad[i][1]) && strstr(e.msg, path), "%s", e.msg);
+    /* The same file named by HWLOC_XMLFILE, for a load of "this machine". */
+    setenv("HWLOC_XMLFILE", path, 1);
+    heed_topology_options none = {.no_opencl = 1};
+    cr_assert_eq(heed_topology_load(&none, &t, &e), HEED_E_TOPOLOGY, "%s", bad[i][0]);
+    cr_assert(strstr(e.msg, "HWLOC_XMLFILE") && strstr(e.msg, bad[i][1]), "%s", e.msg);
+    unsetenv("HWLOC_XMLFILE");
+    unlink(path);
+  }
+  /* A good recording still loads, by path and through HWLOC_XMLFILE. */
+  setenv("HWLOC_XMLFILE", DATA("vm-2core-bogus.xml"), 1);
+  heed_topology_options none = {.no_opencl = 1};
+  heed_topology *t = NULL;
+  heed_error e = {0};
+  cr_assert_eq(heed_topology_load(&none, &t, &e), HEED_OK, "%s", e.msg);
+  heed_topology_destroy(t);
+  unsetenv("HWLOC_XMLFILE");
+}
+
 Test(topology, opencl_devices_through_the_icd_loader) {
   heed_topology *t;
   heed_topology_options o = {0};

@@ -70,7 +70,7 @@ typedef struct heed_runtime_options {
   heed_log_fn log;           /* where debug lines go; NULL: stderr */
   void *log_user;
   /* Replaying a recorded machine (tests, what-if planning): */
-  const char *topology_xml;  /* hwloc XML to load instead of this machine */
+  const char *topology_xml;  /* hwloc XML to load instead of this machine: trusted input (topology.h) */
   uint64_t os_mem_bytes;     /* see heed_topology_options */
   int cpu_features_given;    /* nonzero: use cpu_features instead of detecting */
   heed_cpu_features cpu_features;

@@ -24,7 +24,12 @@ typedef struct heed_topology heed_topology;
 
 typedef struct heed_topology_options {
   /* NULL: discover this machine. Otherwise a recorded hwloc XML file (as
-   * `lstopo --of xml` writes it), replayed without touching the hardware. */
+   * `lstopo --of xml` writes it), replayed without touching the hardware.
+   * Trusted input: hwloc's XML loader is not hardened (2.9 crashes on some
+   * malformed files). heed refuses a file that is not well-formed XML with a
+   * <topology> root before hwloc reads it (HEED_E_TOPOLOGY), and does the
+   * same for the file hwloc's own HWLOC_XMLFILE names; a well-formed but
+   * hostile recording is still hwloc's to read. */
   const char *xml_path;
   /* Total memory the OS reports, which hwloc's figure is checked against.
    * 0: ask the OS when the topology is this machine; skip the check for a
