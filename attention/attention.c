@@ -13,6 +13,7 @@
 #include "backends/cpu/kv_elem.h"
 #include "runtime/backend.h"
 #include "runtime/internal.h"
+#include "runtime/pool_internal.h"
 
 #define SCOLS 256      /* keys per score tile at most */
 #define MAX_ROWS_PREFILL 64
@@ -672,6 +673,10 @@ heed_status heed_cpu_attn_decode(void *ctx, const heed_attn_call *call) {
   job_init(&J, x, call);
   const heed_attn_params *p = call->p;
   unsigned W = (unsigned)heed_pool_n_workers(x->pool), n = call->n_seqs;
+  /* Hold the pool before the workspace is written: a refused call writes nothing,
+   * and no other call can take the pool between the two passes. */
+  heed_status st = heed_pool_hold(x->pool);
+  if (st != HEED_OK) return st;
   /* Workspace: [W][scratch] | partials | item_off[n+1] row_off[n] splits[n] | part_off[n] */
   J.scratch = call->ws;
   J.scratch_stride = decode_scratch_floats(J.G, p);
@@ -698,7 +703,9 @@ heed_status heed_cpu_attn_decode(void *ctx, const heed_attn_call *call) {
     poff += (size_t)p->n_kv_heads * J.splits[i] * item_floats(p, call->seqs[i].n_q);
   }
   J.item_off[n] = items;
-  heed_status st = heed_pool_parallel_for(x->pool, items, HEED_SCHEDULE_DYNAMIC, 1, decode_item, &J);
-  if (st != HEED_OK) return st;
-  return heed_pool_parallel_for(x->pool, (size_t)n * p->n_kv_heads, HEED_SCHEDULE_DYNAMIC, 1, decode_merge, &J);
+  st = heed_pool_parallel_for(x->pool, items, HEED_SCHEDULE_DYNAMIC, 1, decode_item, &J);
+  if (st == HEED_OK)
+    st = heed_pool_parallel_for(x->pool, (size_t)n * p->n_kv_heads, HEED_SCHEDULE_DYNAMIC, 1, decode_merge, &J);
+  heed_pool_release(x->pool);
+  return st;
 }

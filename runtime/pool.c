@@ -26,6 +26,7 @@
 
 #include "heed/pool.h"
 #include "runtime/internal.h"
+#include "runtime/pool_internal.h"
 
 /* Waiting: SPIN_NS of pauses (a time, not a count: a pause is 3 cycles on
  * one core and 140 on another, and 2000 of them were under 2 microseconds
@@ -102,6 +103,7 @@ typedef struct worker_arg {
 } worker_arg;
 
 static _Thread_local const heed_pool *tls_running; /* the pool whose task this thread runs */
+static _Thread_local const heed_pool *tls_held;    /* the pool this thread holds (heed_pool_hold) */
 
 static void run_share(heed_pool *p, int w) {
   const heed_pool *outer = tls_running;
@@ -247,7 +249,17 @@ void heed_pool_destroy(heed_pool *p) {
 int heed_pool_n_workers(const heed_pool *p) { return p ? p->n : 0; }
 int heed_pool_n_pinned(const heed_pool *p) { return p ? atomic_load(&((heed_pool *)p)->n_pinned) : 0; }
 const char *heed_pool_pin_note(const heed_pool *p) { return p ? p->pin_note : ""; }
-const char *heed_pool_last_error(const heed_pool *p) { return p ? p->err.msg : ""; }
+/* p->err is written under p->mu by any thread whose call is refused (two at
+ * once when both find the pool busy), so the reader takes a copy under it. */
+const char *heed_pool_last_error(const heed_pool *p) {
+  static _Thread_local char msg[HEED_ERROR_MSG_MAX]; /* this thread's copy */
+  if (!p) return "";
+  heed_pool *m = (heed_pool *)p; /* the lock only */
+  pthread_mutex_lock(&m->mu);
+  memcpy(msg, p->err.msg, sizeof msg);
+  pthread_mutex_unlock(&m->mu);
+  return msg;
+}
 
 static heed_status pool_fail(heed_pool *p, heed_status st, const char *fmt, const char *a) {
   pthread_mutex_lock(&p->mu);
@@ -264,12 +276,13 @@ heed_status heed_pool_parallel_for(heed_pool *p, size_t n, heed_schedule sched, 
     return pool_fail(p, HEED_E_INVALID, "heed_pool_parallel_for: schedule %s; accepted: STATIC, DYNAMIC",
                      "is not a heed_schedule");
   int expect = 0;
-  if (!atomic_compare_exchange_strong(&p->busy, &expect, 1))
+  const int held = tls_held == p && tls_running != p; /* this thread holds it: busy is already ours */
+  if (!held && !atomic_compare_exchange_strong(&p->busy, &expect, 1))
     return pool_fail(p, HEED_E_BUSY,
                      "heed_pool_parallel_for: called %s while this pool runs another parallel_for",
                      tls_running == p ? "from inside one of its own tasks" : "from a second thread");
   if (n == 0) {
-    atomic_store(&p->busy, 0);
+    if (!held) atomic_store(&p->busy, 0);
     return HEED_OK;
   }
   if (p->n > 1) { /* odd: no worker enters; those still in the last job leave (they are running) */
@@ -306,6 +319,26 @@ heed_status heed_pool_parallel_for(heed_pool *p, size_t n, heed_schedule sched, 
     }
 #undef POOL_OPEN
   }
-  atomic_store_explicit(&p->busy, 0, memory_order_release);
+  if (!held) atomic_store_explicit(&p->busy, 0, memory_order_release);
   return HEED_OK;
+}
+
+heed_status heed_pool_hold(heed_pool *p) {
+  if (!p) return HEED_E_INVALID;
+  int expect = 0;
+  if (tls_running == p)
+    return pool_fail(p, HEED_E_BUSY, "heed_pool_hold: called %s while this pool runs another parallel_for",
+                     "from inside one of its own tasks");
+  if (tls_held) return pool_fail(p, HEED_E_BUSY, "heed_pool_hold: %s", "this thread already holds a pool");
+  if (!atomic_compare_exchange_strong(&p->busy, &expect, 1))
+    return pool_fail(p, HEED_E_BUSY, "heed_pool_hold: called %s while this pool runs another parallel_for",
+                     "from a second thread");
+  tls_held = p;
+  return HEED_OK;
+}
+
+void heed_pool_release(heed_pool *p) {
+  if (!p || tls_held != p) return;
+  tls_held = NULL;
+  atomic_store_explicit(&p->busy, 0, memory_order_release);
 }

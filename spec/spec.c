@@ -1448,8 +1448,8 @@ static heed_status draw_from_row(heed_spec *s, unsigned slot, float is, float u,
 
 static heed_status enter(heed_spec *s) {
   int expect = 0;
-  if (!atomic_compare_exchange_strong(&s->busy, &expect, 1))
-    return fail(s, HEED_E_BUSY, "this verifier is running another call");
+  /* A refused call leaves s->err alone: the call that runs owns it (and may be writing it now). */
+  if (!atomic_compare_exchange_strong(&s->busy, &expect, 1)) return HEED_E_BUSY;
   heed_err_clear(&s->err);
   return HEED_OK;
 }

@@ -48,7 +48,9 @@ const char *heed_pool_pin_note(const heed_pool *pool);
 heed_status heed_pool_parallel_for(heed_pool *pool, size_t n, heed_schedule sched, size_t chunk,
                                    heed_pool_task task, void *ctx);
 
-/* The message of the last failed call on this pool. Borrowed. */
+/* The message of the last failed call on this pool. The text is this
+ * thread's copy, valid until its next call of this function; when calls on
+ * several threads fail at once, it is one of their messages. */
 const char *heed_pool_last_error(const heed_pool *pool);
 
 #ifdef __cplusplus

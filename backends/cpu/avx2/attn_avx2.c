@@ -101,7 +101,7 @@ static void pv_core_##SUF(const float *p, int ldp, int R, const void *v, int ldv
 
 /* Many-rows path: a run converted into an L1 buffer. */
 #define ATTN_CVT16(SUF)                                                     \
-  static inline void cvt16_##SUF(const uint8_t *run, float *y) {            \
+  static inline __attribute__((unused)) void cvt16_##SUF(const uint8_t *run, float *y) { \
     __m256 x0, x1;                                                          \
     ld16_##SUF(run, &x0, &x1);                                              \
     _mm256_storeu_ps(y, x0), _mm256_storeu_ps(y + 8, x1);                   \

@@ -68,7 +68,7 @@ static void pv_core_##SUF(const float *p, int ldp, int R, const void *v, int ldv
 
 /* Many-rows path: a run converted into an L1 buffer. */
 #define ATTN_CVT16(SUF)                                          \
-  static inline void cvt16_##SUF(const uint8_t *run, float *y) { \
+  static inline __attribute__((unused)) void cvt16_##SUF(const uint8_t *run, float *y) { \
     float32x4_t x[4];                                            \
     ld16_##SUF(run, x);                                          \
     for (int i = 0; i < 4; i++) vst1q_f32(y + 4 * i, x[i]);      \
