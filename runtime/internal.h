@@ -19,6 +19,10 @@ heed_status heed_err_vset(heed_error *e, heed_status status, const char *fmt, va
 /* Copies one error into another (dst may be NULL) and returns its status. */
 heed_status heed_err_copy(heed_error *dst, const heed_error *src);
 void heed_err_clear(heed_error *e);
+/* A context's last error message, copied under its lock into this thread's
+ * buffer (another thread may fail meanwhile); valid until this thread's next
+ * *_last_error call. mu is a pthread_mutex_t. */
+const char *heed_err_msg_copy(const heed_error *e, void *mu);
 
 /* No text heed builds is cut silently. These copy or format into a fixed
  * buffer, always terminated; a text that does not fit ends in "..." (at a

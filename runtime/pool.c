@@ -252,13 +252,7 @@ const char *heed_pool_pin_note(const heed_pool *p) { return p ? p->pin_note : ""
 /* p->err is written under p->mu by any thread whose call is refused (two at
  * once when both find the pool busy), so the reader takes a copy under it. */
 const char *heed_pool_last_error(const heed_pool *p) {
-  static _Thread_local char msg[HEED_ERROR_MSG_MAX]; /* this thread's copy */
-  if (!p) return "";
-  heed_pool *m = (heed_pool *)p; /* the lock only */
-  pthread_mutex_lock(&m->mu);
-  memcpy(msg, p->err.msg, sizeof msg);
-  pthread_mutex_unlock(&m->mu);
-  return msg;
+  return p ? heed_err_msg_copy(&p->err, &((heed_pool *)p)->mu) : ""; /* the cast: the lock only */
 }
 
 static heed_status pool_fail(heed_pool *p, heed_status st, const char *fmt, const char *a) {

@@ -412,13 +412,7 @@ void heed_runtime_set_error(heed_runtime *rt, const heed_error *e) {
 }
 
 const char *heed_runtime_last_error(const heed_runtime *rt) {
-  static _Thread_local char msg[HEED_ERROR_MSG_MAX]; /* the caller's copy: another thread may fail meanwhile */
-  if (!rt) return "";
-  heed_runtime *m = (heed_runtime *)rt; /* the lock only */
-  pthread_mutex_lock(&m->err_lock);
-  memcpy(msg, rt->err.msg, sizeof msg);
-  pthread_mutex_unlock(&m->err_lock);
-  return msg;
+  return rt ? heed_err_msg_copy(&rt->err, &((heed_runtime *)rt)->err_lock) : ""; /* the cast: the lock only */
 }
 unsigned heed_runtime_n_candidates(const heed_runtime *rt) { return rt ? rt->n_cand : 0; }
 const heed_backend_candidate *heed_runtime_get_candidate(const heed_runtime *rt, unsigned i) {

@@ -1,4 +1,5 @@
 /* runtime/status.c - status names and messages, generated from HEED_STATUS_LIST. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -76,6 +77,14 @@ heed_status heed_err_set(heed_error *e, heed_status status, const char *fmt, ...
 heed_status heed_err_copy(heed_error *dst, const heed_error *src) {
   if (dst && dst != src) *dst = *src;
   return src->status;
+}
+
+const char *heed_err_msg_copy(const heed_error *e, void *mu) {
+  static _Thread_local char msg[HEED_ERROR_MSG_MAX];
+  pthread_mutex_lock(mu);
+  memcpy(msg, e->msg, sizeof msg);
+  pthread_mutex_unlock(mu);
+  return msg;
 }
 
 void heed_err_clear(heed_error *e) {
