@@ -49,7 +49,7 @@ heed_status heed_pool_parallel_for(heed_pool *pool, size_t n, heed_schedule sche
                                    heed_pool_task task, void *ctx);
 
 /* The message of the last failed call on this pool. The text is this
- * thread's copy, valid until its next call of this function; when calls on
+ * thread's copy, valid until its next call of a *_last_error function; when calls on
  * several threads fail at once, it is one of their messages. */
 const char *heed_pool_last_error(const heed_pool *pool);
 

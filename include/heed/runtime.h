@@ -99,7 +99,7 @@ const char *heed_runtime_choice_reason(const heed_runtime *rt);
 /* The message of the last failed call on this runtime, "" if none: the
  * refusals of calls that take the runtime (attention and its workspace
  * sizes, heed_kv_cache_bytes, heed_runtime_tile_plan) are kept here. The
- * text is this thread's copy, valid until its next call of this function;
+ * text is this thread's copy, valid until its next call of a *_last_error function;
  * when calls on several threads fail at once, it is one of their messages. */
 const char *heed_runtime_last_error(const heed_runtime *rt);
 
