@@ -8,7 +8,7 @@ CMAKE_FLAGS ?=
 WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 HOST_ARCH := $(shell uname -m)
 
-.PHONY: all setup configure build run test test-native test-arm64 bench install clean
+.PHONY: all setup configure build run test test-native test-arm64 test-asan test-tsan fuzz check bench install clean
 
 all: build
 
@@ -47,6 +47,21 @@ test-arm64: setup
 	@cmake --build $(BUILD_ARM64) -j $(JOBS)
 	cd $(BUILD_ARM64) && ctest --output-on-failure
 
+# The checked builds, each in a build folder of its own (build-asan, build-tsan,
+# build-fuzz); `make check` runs the suite and all three, as .ci/run does.
+# ASan + UBSan over the whole suite; any report from heed's code fails it,
+# leaks found when a test's process exits included (tests/lsan.supp: third parties).
+test-asan: setup
+	@bash scripts/test-asan.sh
+# ThreadSanitizer over a stress program (Criterion cannot start under TSan).
+test-tsan: setup
+	@bash scripts/test-tsan.sh
+# libFuzzer targets (clang, ASan + UBSan), FUZZ_SECONDS (default 30) each.
+fuzz: setup
+	@bash scripts/fuzz.sh
+check:
+	@MAKE="$(MAKE)" bash scripts/run-suites.sh test test-asan test-tsan fuzz
+
 # Probes, then decode (4k..96k) and prefill beside them, with the oneDNN baseline.
 bench: build
 	$(BUILD)/heed bench all --json $(BUILD)/bench.json --plot $(BUILD)/bench.png
@@ -55,4 +70,4 @@ install: build
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ARM64)
+	rm -rf $(BUILD) $(BUILD_ARM64) build-asan build-tsan build-fuzz

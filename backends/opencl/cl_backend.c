@@ -350,6 +350,10 @@ static heed_status need_tile(const cl_ctx *c, unsigned dk, unsigned dv, unsigned
 static void cl_close(void *ctx) {
   cl_ctx *c = ctx;
   if (!c) return;
+  /* Work still queued (an append's kv_put, say) finishes before close
+   * returns: the driver's threads must not run it while the process exits
+   * (PoCL crashed in LLVM at exit, found by make test-asan with a cold cache). */
+  if (c->q) clFinish(c->q);
   dbuf *bufs[] = {&c->qb, &c->out, &c->lse, &c->rec, &c->info_b, &c->tables, &c->masks, &c->omap, &c->sinks, &c->kin, &c->vin, &c->blocks, &c->lay,
                   &c->probe_src, &c->probe_sink};
   for (size_t i = 0; i < HEED_ARRAY_LEN(bufs); i++) dbuf_free(bufs[i]);
