@@ -82,7 +82,10 @@ static void layout(heed_kv_cache *c) {
   c->k_aux = aux_bytes(g->k_dtype, bl / g->k_group * g->dk);
   c->v_aux = aux_bytes(g->v_dtype, bl * (g->dv / g->v_group));
   c->block_bytes = ALIGN64(c->aux_off + H * (c->k_aux + c->v_aux));
-  c->max_blocks_per_seq = (g->max_seq_len + g->block_len - 1) / g->block_len;
+  /* In 64 bits: max_seq_len near 2^32 wrapped to a tiny table (found by fuzz_kv_config). A
+   * sequence holds at most every block of the pool, so its table needs no more. */
+  uint64_t per_seq = ((uint64_t)g->max_seq_len + g->block_len - 1) / g->block_len;
+  c->max_blocks_per_seq = (unsigned)(per_seq < g->n_blocks ? per_seq : g->n_blocks);
   c->res_off = c->block_bytes * g->n_blocks;
   /* the residual keeps a float type as it is and holds a quantized one in f16 */
   c->res_kt = heed_dtype_is_quant(g->k_dtype) ? HEED_DTYPE_F16 : g->k_dtype;

@@ -249,3 +249,37 @@ Test(kv_cache, bad_configs_name_the_value, .init = setup, .fini = teardown) {
   cr_assert(strstr(e.msg, "64-byte aligned"));
   free(st);
 }
+
+/* max_seq_len near 2^32: the block table's length was computed in 32 bits and
+ * wrapped to 0 or 1 entries, and appends wrote past it (found by fuzz_kv_config,
+ * fuzz/corpus/kv_config/crash-max-seq-len-wrap). A table never needs more
+ * entries than the pool has blocks. */
+Test(kv_cache, max_seq_len_near_2_to_the_32, .init = setup, .fini = teardown) {
+  static const heed_dtype types[] = {HEED_DTYPE_F16, HEED_DTYPE_Q8};
+  for (int i = 0; i < 2; i++) {
+    heed_kv_cache_config cfg = {.n_kv_heads = 1, .dk = 32, .dv = 32, .k_dtype = types[i], .v_dtype = types[i],
+                                .block_len = 16, .n_blocks = 4, .max_seqs = 2, .max_seq_len = 0xffffffffu};
+    size_t bytes;
+    cr_assert_eq(heed_kv_cache_bytes(rt, &cfg, &bytes, NULL), HEED_OK);
+    void *st = aligned_alloc(64, bytes);
+    heed_kv_cache *c;
+    heed_error e = {0};
+    cr_assert_eq(heed_kv_cache_create(rt, &cfg, st, bytes, &c, &e), HEED_OK, "%s", e.msg);
+    int a, b;
+    cr_assert_eq(heed_kv_seq_new(c, &a), HEED_OK);
+    cr_assert_eq(heed_kv_seq_new(c, &b), HEED_OK);
+    float k[80 * 32], v[80 * 32];
+    fill(k, 80 * 32, 1.0f);
+    fill(v, 80 * 32, -1.0f);
+    const unsigned fits = i ? 64 + 15 : 64; /* a quantized cache keeps its last 15 in the residual */
+    cr_assert_eq(heed_kv_seq_append(c, a, fits, k, v), HEED_OK, "%s", heed_kv_cache_last_error(c));
+    cr_assert_eq(heed_kv_seq_append(c, a, 1, k, v), HEED_E_NOMEM, "the pool is full");
+    cr_assert_eq(heed_kv_seq_len(c, a), fits);
+    float rk[80 * 32], rv[80 * 32];
+    cr_assert_eq(heed_kv_seq_read(c, a, 0, fits, rk, rv), HEED_OK);
+    for (unsigned j = 0; j < fits * 32; j++) cr_assert(fabsf(rk[j] - k[j]) <= 0.02f * fabsf(k[j]) + 0.1f, "%u", j);
+    cr_assert_eq(heed_kv_seq_append(c, b, 1, k, v), i ? HEED_OK : HEED_E_NOMEM);
+    heed_kv_cache_destroy(c);
+    free(st);
+  }
+}
