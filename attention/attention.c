@@ -113,7 +113,7 @@ heed_status kv_resolve_seq(const heed_kv_cache *c, heed_attn_seq s, const uint32
   if (!s.blocks) return heed_err_set(e, HEED_E_INVALID, "attention: seq < 0 needs a block table");
   if (s.n_tokens > c->cfg.max_seq_len)
     return heed_err_set(e, HEED_E_RANGE, "attention: n_tokens=%u beyond max_seq_len=%u", s.n_tokens, c->cfg.max_seq_len);
-  unsigned nb = (s.n_tokens + c->cfg.block_len - 1) / c->cfg.block_len;
+  unsigned nb = kv_blocks_for(s.n_tokens, c->cfg.block_len);
   for (unsigned i = 0; i < nb; i++)
     if (s.blocks[i] >= c->cfg.n_blocks)
       return heed_err_set(e, HEED_E_RANGE, "attention: block table entry %u is %u; the cache has blocks 0..%u", i,
@@ -614,7 +614,7 @@ static void decode_item(void *ctx, size_t b, size_t e, int w) {
     float *O = J->partial + J->part_off[i] + (size_t)local * rs.R * (p->dv + 2), *M = O + (size_t)rs.R * p->dv, *L = M + rs.R;
     memset(O, 0, (size_t)rs.R * p->dv * sizeof(float));
     for (unsigned r = 0; r < rs.R; r++) M[r] = -INFINITY, L[r] = 0;
-    unsigned nb = (len + J->bl - 1) / J->bl;
+    unsigned nb = kv_blocks_for(len, J->bl);
     unsigned kb = (unsigned)((size_t)nb * sp / ns) * J->bl, ke = (unsigned)((size_t)nb * (sp + 1) / ns) * J->bl;
     if (ke > len) ke = len;
     unsigned lo, hi;
@@ -693,7 +693,7 @@ heed_status heed_cpu_attn_decode(void *ctx, const heed_attn_call *call) {
     const uint32_t *blocks = NULL;
     unsigned len = 0;
     kv_resolve_seq(J.c, call->seqs[i].kv, &blocks, &len, NULL);
-    unsigned nb = (len + J.bl - 1) / J.bl;
+    unsigned nb = kv_blocks_for(len, J.bl);
     J.splits[i] = call->max_splits < nb ? call->max_splits : (nb ? nb : 1);
     J.item_off[i] = items;
     J.row_off[i] = rows;

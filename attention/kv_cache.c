@@ -84,8 +84,8 @@ static void layout(heed_kv_cache *c) {
   c->block_bytes = ALIGN64(c->aux_off + H * (c->k_aux + c->v_aux));
   /* In 64 bits: max_seq_len near 2^32 wrapped to a tiny table (found by fuzz_kv_config). A
    * sequence holds at most every block of the pool, so its table needs no more. */
-  uint64_t per_seq = ((uint64_t)g->max_seq_len + g->block_len - 1) / g->block_len;
-  c->max_blocks_per_seq = (unsigned)(per_seq < g->n_blocks ? per_seq : g->n_blocks);
+  unsigned per_seq = kv_blocks_for(g->max_seq_len, g->block_len);
+  c->max_blocks_per_seq = per_seq < g->n_blocks ? per_seq : g->n_blocks;
   c->res_off = c->block_bytes * g->n_blocks;
   /* the residual keeps a float type as it is and holds a quantized one in f16 */
   c->res_kt = heed_dtype_is_quant(g->k_dtype) ? HEED_DTYPE_F16 : g->k_dtype;
@@ -398,7 +398,7 @@ static void store_token(const heed_kv_cache *c, char *kbase, char *vbase, heed_d
 
 /* The reference quantizers define the codes; x: [n] in the order the codes
  * go to `put` (element e of the list -> (run, index)). */
-static void quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, char *ka) {
+static heed_status quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, char *ka, heed_error *e) {
   const heed_kv_cache_config *g = &c->cfg;
   const unsigned bl = g->block_len, dk = g->dk, kg = g->k_group, B = heed_run_bytes(g->k_dtype);
   float *x = c->tmp;
@@ -408,18 +408,19 @@ static void quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, char *ka)
     for (unsigned t = 0; t < bl; t++)
       for (unsigned d = 0; d < dk; d++)
         st1(g->k_dtype, (uint8_t *)HEED_K_RUN(kc, B, dk, t, d), (int)(t % 16), k_value(c, res, t, d), 0);
-    return;
+    return HEED_OK;
   }
   if (g->k_dtype == HEED_DTYPE_E4M3 || g->k_dtype == HEED_DTYPE_E5M2) {
     for (unsigned t = 0; t < bl; t++)
       for (unsigned d = 0; d < dk; d++) x[(size_t)t * dk + d] = k_value(c, res, t, d);
     float scale;
-    heed_fp8_quantize(g->k_dtype == HEED_DTYPE_E5M2, x, (size_t)bl * dk, codes, &scale, NULL);
+    heed_status st = heed_fp8_quantize(g->k_dtype == HEED_DTYPE_E5M2, x, (size_t)bl * dk, codes, &scale, e);
+    if (st != HEED_OK) return st;
     for (unsigned t = 0; t < bl; t++)
       for (unsigned d = 0; d < dk; d++)
         st1(g->k_dtype, (uint8_t *)HEED_K_RUN(kc, B, dk, t, d), (int)(t % 16), 0, codes[(size_t)t * dk + d]);
     memcpy(ka, &scale, sizeof scale);
-    return;
+    return HEED_OK;
   }
   /* q8/q4: per channel over k_group tokens (KIVI) */
   heed_f16 *sc = (heed_f16 *)ka, *mn = sc + (size_t)bl / kg * dk;
@@ -427,19 +428,19 @@ static void quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, char *ka)
     for (unsigned d = 0; d < dk; d++) {
       for (unsigned i = 0; i < kg; i++) x[i] = k_value(c, res, t0 + i, d);
       size_t at = (size_t)(t0 / kg) * dk + d;
-      if (g->k_dtype == HEED_DTYPE_Q8)
-        heed_q8_quantize(x, kg, kg, (int8_t *)codes, sc + at, NULL);
-      else
-        heed_q4_quantize(x, kg, kg, codes, sc + at, mn + at, NULL);
+      heed_status st = g->k_dtype == HEED_DTYPE_Q8 ? heed_q8_quantize(x, kg, kg, (int8_t *)codes, sc + at, e)
+                                                   : heed_q4_quantize(x, kg, kg, codes, sc + at, mn + at, e);
+      if (st != HEED_OK) return st;
       for (unsigned i = 0; i < kg; i++) {
         unsigned code = g->k_dtype == HEED_DTYPE_Q8 ? codes[i] : i % 2 ? codes[i / 2] >> 4 : codes[i / 2] & 15u;
         unsigned t = t0 + i;
         st1(g->k_dtype, (uint8_t *)HEED_K_RUN(kc, B, dk, t, d), (int)(t % 16), 0, code);
       }
     }
+  return HEED_OK;
 }
 
-static void quantize_v(heed_kv_cache *c, const kv_view *res, char *vc, char *va) {
+static heed_status quantize_v(heed_kv_cache *c, const kv_view *res, char *vc, char *va, heed_error *e) {
   const heed_kv_cache_config *g = &c->cfg;
   const unsigned bl = g->block_len, dv = g->dv, vg = g->v_group, ng = dv / vg, B = heed_run_bytes(g->v_dtype);
   float *x = c->tmp;
@@ -450,27 +451,31 @@ static void quantize_v(heed_kv_cache *c, const kv_view *res, char *vc, char *va)
     for (unsigned t = 0; t < bl; t++)
       for (unsigned col = 0; col < dv; col++) x[(size_t)t * dv + col] = v_value(c, res, t, col);
     float scale = 1;
-    if (fp8) heed_fp8_quantize(g->v_dtype == HEED_DTYPE_E5M2, x, (size_t)bl * dv, codes, &scale, NULL);
+    if (fp8) {
+      heed_status st = heed_fp8_quantize(g->v_dtype == HEED_DTYPE_E5M2, x, (size_t)bl * dv, codes, &scale, e);
+      if (st != HEED_OK) return st;
+    }
     for (unsigned t = 0; t < bl; t++)
       for (unsigned col = 0; col < dv; col++)
         st1(g->v_dtype, (uint8_t *)HEED_V_RUN(vc, B, dv, t, col), (int)(col % 16), x[(size_t)t * dv + col],
             fp8 ? codes[(size_t)t * dv + col] : 0);
     if (fp8) memcpy(va, &scale, sizeof scale);
-    return;
+    return HEED_OK;
   }
   /* q8/q4: per token over v_group channels */
   heed_f16 *sc = (heed_f16 *)va, *mn = sc + (size_t)bl * ng;
   for (unsigned t = 0; t < bl; t++) {
     for (unsigned col = 0; col < dv; col++) x[col] = v_value(c, res, t, col);
-    if (g->v_dtype == HEED_DTYPE_Q8)
-      heed_q8_quantize(x, dv, vg, (int8_t *)codes, sc + (size_t)t * ng, NULL);
-    else
-      heed_q4_quantize(x, dv, vg, codes, sc + (size_t)t * ng, mn + (size_t)t * ng, NULL);
+    heed_status st = g->v_dtype == HEED_DTYPE_Q8
+                         ? heed_q8_quantize(x, dv, vg, (int8_t *)codes, sc + (size_t)t * ng, e)
+                         : heed_q4_quantize(x, dv, vg, codes, sc + (size_t)t * ng, mn + (size_t)t * ng, e);
+    if (st != HEED_OK) return st;
     for (unsigned col = 0; col < dv; col++) {
       unsigned code = g->v_dtype == HEED_DTYPE_Q8 ? codes[col] : col % 2 ? codes[col / 2] >> 4 : codes[col / 2] & 15u;
       st1(g->v_dtype, (uint8_t *)HEED_V_RUN(vc, B, dv, t, col), (int)(col % 16), 0, code);
     }
   }
+  return HEED_OK;
 }
 
 /* The full residual of seq becomes pool block b: quantized once, by the
@@ -481,9 +486,13 @@ static heed_status seal_residual(heed_kv_cache *c, int seq, uint32_t b) {
   for (unsigned h = 0; h < c->cfg.n_kv_heads; h++) {
     kv_view res;
     kv_view_of(c, NULL, 0, seq, 0, h, &res);
-    quantize_k(c, &res, blk + h * c->k_head, blk + c->aux_off + h * c->k_aux);
-    quantize_v(c, &res, blk + c->v_off + h * c->v_head,
-               blk + c->aux_off + c->cfg.n_kv_heads * c->k_aux + h * c->v_aux);
+    heed_error e = {0};
+    /* Appends refuse what the residual cannot hold, so a refusal here is heed's bug: say so, write no stale codes. */
+    if (quantize_k(c, &res, blk + h * c->k_head, blk + c->aux_off + h * c->k_aux, &e) != HEED_OK ||
+        quantize_v(c, &res, blk + c->v_off + h * c->v_head, blk + c->aux_off + c->cfg.n_kv_heads * c->k_aux + h * c->v_aux,
+                   &e) != HEED_OK)
+      return heed_err_set(&c->err, HEED_E_INTERNAL, "quantizing sequence %d's full residual (head %u) into block %u: %s",
+                          seq, h, (unsigned)b, e.msg);
   }
   if (!c->dev) return HEED_OK;
   return c->dev_be->kv_io(c->dev_ctx, c->dev, 1, (size_t)b * c->block_bytes, c->block_bytes, blk, &c->err);
@@ -688,6 +697,14 @@ heed_status heed_kv_seq_fork(heed_kv_cache *c, int src, int *dst) {
   return HEED_OK;
 }
 
+/* A quantized value back into an f16 residual: codes of a block whose values
+ * reach 65504 can decode a little past it (the scale is rounded to f16 too),
+ * which f16 would store as inf (found by fuzz_kv_ops). The value appended was
+ * at most 65504, so that is what it goes back as. */
+static float fit_f16(heed_dtype res, float x) {
+  return res == HEED_DTYPE_F16 && fabsf(x) > 65504.0f ? copysignf(65504.0f, x) : x;
+}
+
 heed_status heed_kv_seq_truncate(heed_kv_cache *c, int seq, unsigned len) {
   if (!c) return HEED_E_INVALID;
   kv_seq *s = NULL;
@@ -706,8 +723,8 @@ heed_status heed_kv_seq_truncate(heed_kv_cache *c, int seq, unsigned len) {
       kv_view_block(c, blk, h, &w);
       kv_view_of(c, NULL, 0, seq, 0, h, &res);
       for (unsigned row = 0; row < len % bl; row++) {
-        for (unsigned d = 0; d < c->cfg.dk; d++) c->tmp[d] = k_value(c, &w, row, d);
-        for (unsigned d = 0; d < c->cfg.dv; d++) c->tmp[c->cfg.dk + d] = v_value(c, &w, row, d);
+        for (unsigned d = 0; d < c->cfg.dk; d++) c->tmp[d] = fit_f16(c->res_kt, k_value(c, &w, row, d));
+        for (unsigned d = 0; d < c->cfg.dv; d++) c->tmp[c->cfg.dk + d] = fit_f16(c->res_vt, v_value(c, &w, row, d));
         store_token(c, (char *)res.k, (char *)res.v, c->res_kt, c->res_vt, row, c->tmp, c->tmp + c->cfg.dk);
       }
     }

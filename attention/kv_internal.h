@@ -67,9 +67,13 @@ void kv_view_of(const heed_kv_cache *c, const uint32_t *blocks, unsigned n_full,
                 kv_view *out);
 /* The same for a pool block whose bytes are at blk (the storage, or a copy). */
 void kv_view_block(const heed_kv_cache *c, const char *blk, unsigned head, kv_view *out);
+/* Blocks of bl tokens that len tokens take, rounded up in 64 bits (len may be
+ * near 2^32 when max_seq_len is; 32 bits wrapped to 0, found by fuzzing). */
+static inline unsigned kv_blocks_for(unsigned len, unsigned bl) { return (unsigned)(((uint64_t)len + bl - 1) / bl); }
+
 /* Full (pool) blocks of a sequence of len tokens: all of them for a float cache. */
 static inline unsigned kv_n_full(const heed_kv_cache *c, unsigned len) {
-  return c->quant ? len / c->cfg.block_len : (len + c->cfg.block_len - 1) / c->cfg.block_len;
+  return c->quant ? len / c->cfg.block_len : kv_blocks_for(len, c->cfg.block_len);
 }
 
 /* The tokens a view reads: its block table and length, checked against the

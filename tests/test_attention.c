@@ -905,3 +905,48 @@ Test(attention, refusals_are_found_in_the_runtime) {
   cr_assert(strstr(heed_runtime_last_error(f.rt), "dk=0"), "'%s'", heed_runtime_last_error(f.rt));
   fx_close(&f);
 }
+
+/* A q8/q4 block holding 65504 decodes a little past it (127 * f16(65504 / 127)
+ * = 65532); truncating into that block put it back into the f16 residual as
+ * inf (attention then NaN), and the refill kept stale codes (found by
+ * fuzz_kv_ops, fuzz/corpus/kv_ops/crash-q8-truncate-f16-inf). */
+Test(attention, truncate_into_a_block_at_the_f16_limit) {
+  static const heed_dtype types[] = {HEED_DTYPE_Q8, HEED_DTYPE_Q4, HEED_DTYPE_E4M3};
+  for (int ti = 0; ti < N_TARGETS; ti++)
+    for (int di = 0; di < 3; di++) {
+      fx f;
+      if (!fx_open(&f, targets[ti], types[di], 1, 32, 32, 16)) continue;
+      const char *where = fx_name(&f), *tn = heed_dtype_name(types[di]);
+      int s;
+      cr_assert_eq(heed_kv_seq_new(f.c, &s), HEED_OK);
+      float k[16 * 32], v[16 * 32];
+      for (int i = 0; i < 16 * 32; i++) k[i] = v[i] = (float)(i % 7) - 3.0f;
+      for (int t = 0; t < 16; t++) k[t * 32 + 3] = v[t * 32 + 3] = t % 2 ? 65504.0f : -65504.0f;
+      cr_assert_eq(heed_kv_seq_append(f.c, s, 16, k, v), HEED_OK, "%s %s: %s", where, tn, heed_kv_cache_last_error(f.c));
+      cr_assert_eq(heed_kv_seq_truncate(f.c, s, 9), HEED_OK, "%s %s: %s", where, tn, heed_kv_cache_last_error(f.c));
+      cr_assert_eq(heed_kv_seq_append(f.c, s, 7, k + 9 * 32, v + 9 * 32), HEED_OK, "%s %s: %s", where, tn,
+                   heed_kv_cache_last_error(f.c));
+      float rk[16 * 32], rv[16 * 32];
+      cr_assert_eq(heed_kv_seq_read(f.c, s, 0, 16, rk, rv), HEED_OK);
+      for (int i = 0; i < 16 * 32; i++) {
+        /* twice quantized: within two steps of the block's range (2 * 131008 / 15 for q4) */
+        float tol = types[di] == HEED_DTYPE_Q4 ? 17500.0f : 1100.0f;
+        cr_assert(isfinite(rk[i]) && fabsf(rk[i] - k[i]) <= tol, "%s %s: K %d = %g, appended %g", where, tn, i,
+                  (double)rk[i], (double)k[i]);
+        cr_assert(isfinite(rv[i]) && fabsf(rv[i] - v[i]) <= tol, "%s %s: V %d = %g, appended %g", where, tn, i,
+                  (double)rv[i], (double)v[i]);
+      }
+      heed_attn_params p = params(1, 1, 32, 32);
+      p.scale = 1e-6f;
+      heed_attn_decode_seq d = {.kv = {.seq = s}, .n_q = 1};
+      size_t wsb;
+      cr_assert_eq(heed_attn_decode_workspace(f.rt, &p, &d, 1, &wsb), HEED_OK);
+      void *ws = malloc(wsb);
+      float q[32], out[32];
+      for (int i = 0; i < 32; i++) q[i] = 1.0f;
+      cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &d, 1, q, out, NULL, ws, wsb), HEED_OK, "%s", heed_runtime_last_error(f.rt));
+      for (int i = 0; i < 32; i++) cr_assert(isfinite(out[i]), "%s %s: out[%d] = %g", where, tn, i, (double)out[i]);
+      free(ws);
+      fx_close(&f);
+    }
+}
