@@ -184,13 +184,18 @@ static heed_status refused(heed_runtime *rt, heed_status st, const heed_error *e
   return st;
 }
 
-/* Queries are finite: a NaN or inf would give NaN or 0 rows that differ by backend. */
+/* Queries are finite, and so are they times the scale (the kernels scale q
+ * first): a NaN or inf would give NaN or empty rows that differ by backend. */
 static heed_status check_queries(const float *q, size_t rows, const heed_attn_params *p, heed_error *e) {
   const size_t per_row = (size_t)p->n_q_heads * p->dk;
   for (size_t i = 0; i < rows * per_row; i++)
-    if (!isfinite(q[i]))
-      return heed_err_set(e, HEED_E_INVALID, "attention: query %zu, head %zu, dim %zu is %g; accepted: finite",
-                          i / per_row, i % per_row / p->dk, i % p->dk, q[i]);
+    if (!isfinite(q[i] * p->scale)) {
+      if (!isfinite(q[i]))
+        return heed_err_set(e, HEED_E_INVALID, "attention: query %zu, head %zu, dim %zu is %g; accepted: finite",
+                            i / per_row, i % per_row / p->dk, i % p->dk, q[i]);
+      return heed_err_set(e, HEED_E_RANGE, "attention: query %zu, head %zu, dim %zu is %g, and times scale=%g it is %g",
+                          i / per_row, i % per_row / p->dk, i % p->dk, q[i], p->scale, q[i] * p->scale);
+    }
   return HEED_OK;
 }
 

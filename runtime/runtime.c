@@ -1,5 +1,6 @@
 /* runtime/runtime.c - open once: read the machine, rank the backends, apply
  * overrides, build the kernel table, start the pool. */
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -205,7 +206,7 @@ static heed_status read_settings(const heed_runtime_options *o, settings *s, int
     char *end;
     errno = 0;
     long n = strtol(v, &end, 10);
-    if (errno || *end || end == v || n < 1 || n > 1 << 20)
+    if (errno || *end || end == v || !isdigit((unsigned char)v[0]) || n < 1 || n > 1 << 20) /* no sign, no space */
       return heed_err_set(err, HEED_E_INVALID, "HEED_THREADS=%s: accepted: a whole number from 1 to the PUs of this machine", v);
     s->n_threads = (int)n;
     s->threads_src = "HEED_THREADS";

@@ -121,6 +121,8 @@ expect_fail "HEED_THREADS=0" HEED_THREADS=0 -- info
 expect_fail "HEED_DEBUG=yes: accepted: 1" HEED_DEBUG=yes -- info
 expect_fail "HEED_DEBUG=2: accepted: 1" HEED_DEBUG=2 -- info
 expect_fail "HEED_THREADS=99999" HEED_THREADS=99999 -- info
+expect_fail "HEED_THREADS=+2" "HEED_THREADS=+2" -- info
+expect_fail "HEED_THREADS= 2" "HEED_THREADS= 2" -- info
 expect_fail "unknown suite 'nope'" X=1 -- bench nope
 expect_fail "--repeats 0" X=1 -- bench probes --repeats 0
 expect_fail "--ctx 12,x" X=1 -- bench attention --ctx 12,x

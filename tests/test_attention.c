@@ -871,8 +871,15 @@ Test(attention, out_of_range_values_and_queries_are_refused_alike) {
       cr_assert_eq(heed_attn_prefill(f.rt, f.c, &p, s, 10, 4, q, out, NULL, ws, pwb), HEED_E_INVALID, "%s %s", where, tn);
       cr_assert(strstr(heed_runtime_last_error(f.rt), "query 3, head 1, dim 0 is -inf"), "%s %s: %s", where, tn,
                 heed_runtime_last_error(f.rt));
-      for (int i = 0; i < 4 * 4 * 64; i++) cr_assert_eq(out[i], 42.0f, "%s %s: output written on error", where, tn);
       q[(3 * 4 + 1) * 64] = 0;
+      /* A finite query that the scale takes past float (it gave an empty row: 0, lse -inf). */
+      heed_attn_params big = p;
+      big.scale = 1e38f;
+      q[(0 * 4 + 3) * 64 + 9] = 10.0f;
+      cr_assert_eq(heed_attn_decode(f.rt, f.c, &big, &d, 1, q, out, NULL, ws, dwb), HEED_E_RANGE, "%s %s", where, tn);
+      cr_assert(strstr(heed_runtime_last_error(f.rt), "query 0, head 3, dim 9 is 10, and times scale=1e+38 it is inf"),
+                "%s %s: %s", where, tn, heed_runtime_last_error(f.rt));
+      for (int i = 0; i < 4 * 4 * 64; i++) cr_assert_eq(out[i], 42.0f, "%s %s: output written on error", where, tn);
       cr_assert_eq(heed_attn_decode(f.rt, f.c, &p, &d, 1, q, out, NULL, ws, dwb), HEED_OK, "%s %s: %s", where, tn,
                    heed_runtime_last_error(f.rt));
       for (int i = 0; i < 2 * 4 * 64; i++) cr_assert(isfinite(out[i]), "%s %s", where, tn);

@@ -54,7 +54,9 @@
  *   tree_mask[i][j]                         (decode with a tree: for the in-flight tokens)
  * A row that sees no key and has no sink gets output 0 and lse -inf.
  * Queries must be finite: a NaN or inf is refused (HEED_E_INVALID, naming
- * query, head and dim) before anything is written, on every backend.
+ * query, head and dim) before anything is written, on every backend, and so
+ * is a query whose product with scale overflows (HEED_E_RANGE). A q.k that
+ * overflows float (keys near FLT_MAX in an f32 cache) is not checked.
  * Scores are scale * q.k, then cap * tanh(s / cap) when softcap > 0.
  *
  * Work space is the caller's too: heed_attn_*_workspace says how much. Nothing
