@@ -21,6 +21,7 @@ native=(
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
   libclblast-dev libhwloc-dev hwloc libxml2-dev libdnnl-dev libcriterion-dev
   gnuplot-nox libcjson-dev python3 python3-jsonschema
+  clang libclang-rt-14-dev llvm
 )
 arm64=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-user-binfmt
