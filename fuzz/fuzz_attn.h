@@ -117,6 +117,21 @@ static inline void fa_view_free(fa_view *v) {
 }
 
 /* Params: mostly valid for the cache; *valid says whether they are. */
+/* Queries attention takes: finite, and finite times the scale (attention.h). */
+static inline int fa_q_ok(const float *q, size_t n, float scale) {
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite(q[i] * scale)) return 0;
+  return 1;
+}
+
+/* A refused call wrote nothing: out and lse still hold the sentinel. */
+static inline void fa_untouched(const char *what, heed_status st, const float *out, size_t on, const float *lse, size_t ln) {
+  for (size_t i = 0; i < sizeof(float) * on; i++)
+    FZ_CHECK(((const uint8_t *)out)[i] == FA_SENTINEL, "refused %s (%d) wrote out byte %zu", what, st, i);
+  for (size_t i = 0; lse && i < sizeof(float) * ln; i++)
+    FZ_CHECK(((const uint8_t *)lse)[i] == FA_SENTINEL, "refused %s (%d) wrote lse byte %zu", what, st, i);
+}
+
 static inline void fa_params_pick(fz_in *in, const fa_cache *x, heed_attn_params *p, float *sinks, int *valid) {
   static const unsigned groups[] = {1, 1, 2, 4, 3, 8, 1, 0};
   static const float scales[] = {1.0f, 1.0f, 0.25f, 2.0f, 8.0f, -1.0f, 1e-3f};
@@ -311,8 +326,7 @@ static inline void fa_prefill(fz_in *in, fa_cache *x) {
   float *lse_arg = lse;
   int overlap = 0;
   if (lse && ln && on && fz_u8(in) >= 248) lse_arg = out, overlap = 1; /* lse inside out */
-  int qfinite = fz_all_finite(q, qn);
-  for (size_t i_ = 0; qfinite && i_ < qn; i_++) qfinite = isfinite(q[i_] * p.scale); /* q times the scale too */
+  int qfinite = fa_q_ok(q, qn, p.scale);
   int expect = pvalid && v.ok && (n_q == 0 || ((uint64_t)q_start + n_q <= len && qfinite && ws_ok && !overlap));
   heed_status st = heed_attn_prefill(x->rt, x->c, &p, v.s, q_start, n_q, q, out, lse_arg, ws, ws_bytes);
   FZ_CHECK((st == HEED_OK) == expect,
@@ -321,11 +335,7 @@ static inline void fa_prefill(fz_in *in, fa_cache *x) {
   FZ_CHECK(st != HEED_E_INTERNAL, "prefill: internal error");
   fz_stat(st == HEED_OK ? "prefill ok" : "prefill refused");
   if (st != HEED_OK) {
-    for (size_t i = 0; i < sizeof(float) * on; i++)
-      FZ_CHECK(((uint8_t *)out)[i] == FA_SENTINEL, "refused prefill (%d) wrote out byte %zu", st, i);
-    if (lse)
-      for (size_t i = 0; i < sizeof(float) * ln; i++)
-        FZ_CHECK(((uint8_t *)lse)[i] == FA_SENTINEL, "refused prefill (%d) wrote lse byte %zu", st, i);
+    fa_untouched("prefill", st, out, on, lse, ln);
   } else if (n_q) {
     float vmax = fa_check_rows("prefill", x, &p, &v, q_start, n_q, NULL, q, out, lse_arg);
     fa_prefill_call call = {x, &p, v.s, q_start, n_q, q};
@@ -389,8 +399,7 @@ static inline void fa_decode(fz_in *in, fa_cache *x) {
   float *lse_arg = lse;
   int overlap = 0;
   if (lse && ln && on && fz_u8(in) >= 248) lse_arg = out, overlap = 1;
-  int qfinite = fz_all_finite(q, qn);
-  for (size_t i_ = 0; qfinite && i_ < qn; i_++) qfinite = isfinite(q[i_] * p.scale); /* q times the scale too */
+  int qfinite = fa_q_ok(q, qn, p.scale);
   int expect = pvalid && (ns == 0 || (all_ok && qfinite && ws_ok && !overlap));
   heed_status st = heed_attn_decode(x->rt, x->c, &p, ds, ns, q, out, lse_arg, ws, ws_bytes);
   FZ_CHECK((st == HEED_OK) == expect, "decode: status %d, expected %s (params %d, %u seqs ok %d, ws %d, overlap %d, q finite %d): %s / %s",
@@ -398,11 +407,7 @@ static inline void fa_decode(fz_in *in, fa_cache *x) {
   FZ_CHECK(st != HEED_E_INTERNAL, "decode: internal error");
   fz_stat(st == HEED_OK ? "decode ok" : "decode refused");
   if (st != HEED_OK) {
-    for (size_t i = 0; i < sizeof(float) * on; i++)
-      FZ_CHECK(((uint8_t *)out)[i] == FA_SENTINEL, "refused decode (%d) wrote out byte %zu", st, i);
-    if (lse)
-      for (size_t i = 0; i < sizeof(float) * ln; i++)
-        FZ_CHECK(((uint8_t *)lse)[i] == FA_SENTINEL, "refused decode (%d) wrote lse byte %zu", st, i);
+    fa_untouched("decode", st, out, on, lse, ln);
   } else if (ns) {
     size_t row = 0;
     float vmax = 0;
