@@ -1,4 +1,5 @@
 /* attention/kv_cache.c - the paged KV cache (layout in heed/attention.h). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -510,18 +511,17 @@ static void copy_residual(heed_kv_cache *c, int from, int to, unsigned rows) {
   }
 }
 
-/* The smallest magnitude that a value stored as t (the residual's type for a
- * quantized side) would turn into inf: round-to-nearest-even takes f16 from
- * 65520 up, and bf16 from 0x7f7f8000 up, to inf. */
-static float overflow_at(heed_dtype t) {
-  if (t == HEED_DTYPE_F16) return 65520.0f;
-  if (t == HEED_DTYPE_BF16) {
-    uint32_t u = 0x7f7f8000u;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-  }
-  return INFINITY;
+/* What values stored as t (the residual's type for a quantized side) can
+ * be: the largest finite magnitude, and the smallest that round-to-nearest-
+ * even turns into inf (half a step above it). */
+typedef struct {
+  float largest, overflow;
+} kv_range;
+
+static kv_range range_of(heed_dtype t) {
+  if (t == HEED_DTYPE_F16) return (kv_range){65504.0f, 65520.0f};
+  if (t == HEED_DTYPE_BF16) return (kv_range){0x1.fep127f, 0x1.ffp127f};
+  return (kv_range){FLT_MAX, INFINITY};
 }
 
 /* Refuses a K or V value that is NaN, inf, or beyond what the cache stores
@@ -529,10 +529,10 @@ static float overflow_at(heed_dtype t) {
 static heed_status check_values(heed_kv_cache *c, int seq, unsigned t0, const char *side, heed_dtype stored, unsigned n,
                                 unsigned d_head, const float *x) {
   const heed_kv_cache_config *g = &c->cfg;
-  const float lim = overflow_at(stored);
+  const kv_range r = range_of(stored);
   const size_t per_token = (size_t)g->n_kv_heads * d_head;
   for (size_t i = 0; i < (size_t)n * per_token; i++)
-    if (!(fabsf(x[i]) < lim)) {
+    if (!(fabsf(x[i]) < r.overflow)) {
       unsigned t = (unsigned)(i / per_token), h = (unsigned)(i % per_token / d_head), d = (unsigned)(i % d_head);
       if (!isfinite(x[i]))
         return heed_err_set(&c->err, HEED_E_INVALID, "append to sequence %d: %s of token %u (position %u), head %u, dim %u is %g",
@@ -540,8 +540,7 @@ static heed_status check_values(heed_kv_cache *c, int seq, unsigned t0, const ch
       return heed_err_set(&c->err, HEED_E_RANGE,
                           "append to sequence %d: %s of token %u (position %u), head %u, dim %u is %g, beyond what this "
                           "cache stores as %s (magnitudes below %g; the largest is %g)",
-                          seq, side, t, t0 + t, h, d, x[i], heed_dtype_name(stored), lim,
-                          stored == HEED_DTYPE_F16 ? 65504.0 : 3.3895313892515355e38);
+                          seq, side, t, t0 + t, h, d, x[i], heed_dtype_name(stored), r.overflow, r.largest);
     }
   return HEED_OK;
 }
@@ -697,12 +696,13 @@ heed_status heed_kv_seq_fork(heed_kv_cache *c, int src, int *dst) {
   return HEED_OK;
 }
 
-/* A quantized value back into an f16 residual: codes of a block whose values
- * reach 65504 can decode a little past it (the scale is rounded to f16 too),
- * which f16 would store as inf (found by fuzz_kv_ops). The value appended was
- * at most 65504, so that is what it goes back as. */
-static float fit_f16(heed_dtype res, float x) {
-  return res == HEED_DTYPE_F16 && fabsf(x) > 65504.0f ? copysignf(65504.0f, x) : x;
+/* A quantized value back into its residual: codes of a block whose values
+ * reach the residual's largest (f16: 65504) can decode a little past it (the
+ * scale is rounded too), which the residual would store as inf (found by
+ * fuzz_kv_ops). The value appended was at most that, so it goes back as that. */
+static float fit(heed_dtype res, float x) {
+  const float m = range_of(res).largest;
+  return fabsf(x) > m ? copysignf(m, x) : x;
 }
 
 heed_status heed_kv_seq_truncate(heed_kv_cache *c, int seq, unsigned len) {
@@ -723,8 +723,8 @@ heed_status heed_kv_seq_truncate(heed_kv_cache *c, int seq, unsigned len) {
       kv_view_block(c, blk, h, &w);
       kv_view_of(c, NULL, 0, seq, 0, h, &res);
       for (unsigned row = 0; row < len % bl; row++) {
-        for (unsigned d = 0; d < c->cfg.dk; d++) c->tmp[d] = fit_f16(c->res_kt, k_value(c, &w, row, d));
-        for (unsigned d = 0; d < c->cfg.dv; d++) c->tmp[c->cfg.dk + d] = fit_f16(c->res_vt, v_value(c, &w, row, d));
+        for (unsigned d = 0; d < c->cfg.dk; d++) c->tmp[d] = fit(c->res_kt, k_value(c, &w, row, d));
+        for (unsigned d = 0; d < c->cfg.dv; d++) c->tmp[c->cfg.dk + d] = fit(c->res_vt, v_value(c, &w, row, d));
         store_token(c, (char *)res.k, (char *)res.v, c->res_kt, c->res_vt, row, c->tmp, c->tmp + c->cfg.dk);
       }
     }

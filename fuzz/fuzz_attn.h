@@ -117,6 +117,21 @@ static inline void fa_view_free(fa_view *v) {
 }
 
 /* Params: mostly valid for the cache; *valid says whether they are. */
+/* A call's queries (filled from the input), and out and lse (lse only
+ * sometimes) holding the sentinel, for `rows` query rows. */
+static inline void fa_io(fz_in *in, size_t rows, const heed_attn_params *p, float **q, size_t *qn, float **out, size_t *on,
+                         float **lse, size_t *ln) {
+  const size_t Hq = p->n_q_heads ? p->n_q_heads : 1;
+  *qn = rows * Hq * p->dk, *on = rows * Hq * p->dv, *ln = rows * Hq;
+  *q = malloc(sizeof(float) * (*qn ? *qn : 1));
+  *out = malloc(sizeof(float) * (*on ? *on : 1));
+  *lse = fz_bool(in) ? malloc(sizeof(float) * (*ln ? *ln : 1)) : NULL;
+  fz_fill f = fz_fill_read(in, 1);
+  fz_fill_apply(&f, *q, *qn);
+  memset(*out, FA_SENTINEL, sizeof(float) * (*on ? *on : 1));
+  if (*lse) memset(*lse, FA_SENTINEL, sizeof(float) * (*ln ? *ln : 1));
+}
+
 /* Queries attention takes: finite, and finite times the scale (attention.h). */
 static inline int fa_q_ok(const float *q, size_t n, float scale) {
   for (size_t i = 0; i < n; i++)
@@ -308,14 +323,9 @@ static inline void fa_prefill(fz_in *in, fa_cache *x) {
   unsigned q_start = fz_range(in, 0, len), n_q = fz_range(in, 1, FA_MAX_PREFILL_Q);
   if (n_q > len - q_start && fz_u8(in) < 240) n_q = len - q_start; /* mostly in range */
   if (fz_u8(in) >= 250) n_q = 0;
-  const unsigned Hq = p.n_q_heads ? p.n_q_heads : 1;
-  size_t qn = (size_t)n_q * Hq * p.dk, on = (size_t)n_q * Hq * p.dv, ln = (size_t)n_q * Hq;
-  float *q = malloc(sizeof(float) * (qn ? qn : 1)), *out = malloc(sizeof(float) * (on ? on : 1)),
-        *lse = fz_bool(in) ? malloc(sizeof(float) * (ln ? ln : 1)) : NULL;
-  fz_fill f = fz_fill_read(in, 1);
-  fz_fill_apply(&f, q, qn);
-  memset(out, FA_SENTINEL, sizeof(float) * (on ? on : 1));
-  if (lse) memset(lse, FA_SENTINEL, sizeof(float) * (ln ? ln : 1));
+  size_t qn, on, ln;
+  float *q, *out, *lse;
+  fa_io(in, n_q, &p, &q, &qn, &out, &on, &lse, &ln);
   size_t need = 0;
   int need_ok = heed_attn_prefill_workspace(x->rt, &p, n_q, &need) == HEED_OK;
   FZ_CHECK(need_ok == pvalid || !pvalid, "prefill_workspace refused valid params");
@@ -382,14 +392,9 @@ static inline void fa_decode(fz_in *in, fa_cache *x) {
     all_ok &= v[i].ok && nq >= 1 && nq <= HEED_MAX_DECODE_QUERIES && nq <= len;
     rows += nq;
   }
-  const unsigned Hq = p.n_q_heads ? p.n_q_heads : 1;
-  size_t qn = rows * Hq * p.dk, on = rows * Hq * p.dv, ln = rows * Hq;
-  float *q = malloc(sizeof(float) * (qn ? qn : 1)), *out = malloc(sizeof(float) * (on ? on : 1)),
-        *lse = fz_bool(in) ? malloc(sizeof(float) * (ln ? ln : 1)) : NULL;
-  fz_fill f = fz_fill_read(in, 1);
-  fz_fill_apply(&f, q, qn);
-  memset(out, FA_SENTINEL, sizeof(float) * (on ? on : 1));
-  if (lse) memset(lse, FA_SENTINEL, sizeof(float) * (ln ? ln : 1));
+  size_t qn, on, ln;
+  float *q, *out, *lse;
+  fa_io(in, rows, &p, &q, &qn, &out, &on, &lse, &ln);
   size_t need = 0;
   int need_ok = heed_attn_decode_workspace(x->rt, &p, ds, ns, &need) == HEED_OK;
   void *ws;

@@ -247,12 +247,13 @@ static int cmd_bench(int argc, char **argv) {
    * be written fails now, not after the run with its results lost. Files of a
    * run that fails are removed. */
   FILE *json = NULL, *plot = NULL;
+  int plot_pending = 0; /* the --plot file is created and not written yet: removed if the run fails */
   heed_runtime *rt = NULL;
   heed_bench *b = NULL;
   int n = 0, rc = 1;
   if ((json_path && !(json = open_output("--json", json_path))) || (plot_path && !(plot = open_output("--plot", plot_path))))
     goto done;
-  if (plot) fclose(plot); /* gnuplot writes it */
+  if (plot) fclose(plot), plot_pending = 1; /* gnuplot writes it */
   heed_error e = {0};
   if (heed_runtime_open(&ro, &rt, &e) != HEED_OK) {
     fail("cannot open the runtime", &e);
@@ -314,7 +315,7 @@ static int cmd_bench(int argc, char **argv) {
     json = NULL;
     json_path = NULL; /* kept */
   }
-  if (plot && !rc) {
+  if (plot_pending && !rc) {
     char title[160];
     snprintf(title, sizeof title, "heed bench, %s on %s, batch %u", shape.name, heed_runtime_backend(rt) == HEED_BACKEND_CPU ?
              heed_isa_name(heed_runtime_isa(rt)) : heed_backend_name(heed_runtime_backend(rt)), batch);
@@ -325,7 +326,7 @@ static int cmd_bench(int argc, char **argv) {
       rc = 1;
     } else {
       printf("wrote %s\n", plot_path);
-      plot = NULL; /* kept */
+      plot_pending = 0; /* kept */
     }
   }
   if (old && !rc) {
@@ -335,7 +336,7 @@ static int cmd_bench(int argc, char **argv) {
   }
 done:
   if (json) fclose(json), remove(json_path);
-  if (plot) remove(plot_path);
+  if (plot_pending) remove(plot_path);
   free(old);
   heed_bench_destroy(b);
   heed_runtime_close(rt);
