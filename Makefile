@@ -12,8 +12,13 @@ HOST_ARCH := $(shell uname -m)
 
 all: build
 
+# Debian packages, the test venv (~/.cache/heed/venv) and the two real models
+# (~/.cache/heed/models). A model that cannot be downloaded is recorded in
+# FETCH_FAILED there: the tests that need it skip, printing why.
 setup:
 	@bash scripts/setup.sh
+	@bash scripts/setup-python.sh
+	@bash scripts/fetch-models.sh
 
 configure: setup
 	@cmake -S . -B $(BUILD) -DHEED_WERROR=$(WERROR) $(CMAKE_FLAGS) >/dev/null

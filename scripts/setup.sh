@@ -20,12 +20,12 @@ native=(
   cmake gcc make pkg-config
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
   libclblast-dev libhwloc-dev hwloc libxml2-dev libdnnl-dev libcriterion-dev
-  gnuplot-nox libcjson-dev python3 python3-jsonschema
+  gnuplot-nox libcjson-dev libpcre2-dev python3 python3-venv python3-jsonschema
   clang libclang-rt-14-dev llvm
 )
 arm64=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user qemu-user-binfmt
-  libc6:arm64 libhwloc-dev:arm64 libxml2-dev:arm64 ocl-icd-opencl-dev:arm64 libffi8:arm64 libgit2-1.5:arm64
+  libc6:arm64 libhwloc-dev:arm64 libxml2-dev:arm64 libpcre2-dev:arm64 libcjson-dev:arm64 ocl-icd-opencl-dev:arm64 libffi8:arm64 libgit2-1.5:arm64
 )
 arm64_private=(libcriterion3:arm64 libnanomsg5:arm64)
 deps=.deps/arm64
