@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh                 each target for FUZZ_SECONDS (default 30) seconds,
 #                                   starting from its committed corpus (fuzz/corpus/<target>/)
 #   scripts/fuzz.sh --regress       only run every committed corpus file once (no fuzzing)
-#   scripts/fuzz.sh [--regress] kv_ops spec    some targets only (parse kv_config kv_ops attention spec)
+#   scripts/fuzz.sh [--regress] kv_ops spec    some targets only (parse kv_config kv_ops attention spec gguf)
 #
 # The committed corpus is copied into a scratch corpus under build-fuzz/fuzz-work/
 # first and never written to. Fails if a target crashes (sanitizer report,
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(parse kv_config kv_ops attention spec)
+ALL=(parse kv_config kv_ops attention spec gguf)
 BUILD=${FUZZ_BUILD:-build-fuzz}
 SECS=${FUZZ_SECONDS:-30}
 JOBS=${JOBS:-2}
@@ -86,7 +86,11 @@ for t in "${targets[@]}"; do
   [[ -d $seeds ]] && cp -r "$seeds"/. "$dir/corpus/"
   echo "fuzz_$t: fuzzing for ${SECS}s from $(find "$dir/corpus" -type f | wc -l) seeds"
   set +e
-  timeout $((SECS + 300)) "$exe" "${LIBFUZZER_OPTS[@]}" "${GROW_OPTS[@]}" -max_total_time="$SECS" -artifact_prefix="$dir/artifacts/" \
+  grow=("${GROW_OPTS[@]}")
+  case $t in
+  gguf) grow=(-max_len=8192 -len_control=0) ;; # inputs are whole files; seeds up to 4 KB
+  esac
+  timeout $((SECS + 300)) "$exe" "${LIBFUZZER_OPTS[@]}" "${grow[@]}" -max_total_time="$SECS" -artifact_prefix="$dir/artifacts/" \
     "$dir/corpus" >"$dir/log" 2>&1
   rc=$?
   set -e

@@ -182,5 +182,26 @@ expect_fail_early "--plot /nonexistent/dir/x.png: cannot write" -- bench attenti
   --no-baseline --plot /nonexistent/dir/x.png
 expect_fail_early "--json /nonexistent/dir/q.json: cannot write" -- bench kvquant --json /nonexistent/dir/q.json
 
+# heed model info/dump on the tiny GGUFs of the fuzz seeds (the real models: tests/gguf_oracle.py).
+seeds=$(cd "$(dirname "$0")/../fuzz/corpus/gguf" && pwd)
+"$heed" model info "$seeds/seed-qwen2" >"$tmp/o" 2>&1 && grep -q '^architecture  qwen2' "$tmp/o" &&
+  grep -q '^  q4 ' "$tmp/o" && ok || { bad "heed model info"; cat "$tmp/o"; }
+"$heed" model info --json "$seeds/seed-gemma3" >"$tmp/m.json" && python3 -c '
+import json,sys; d=json.load(open(sys.argv[1])); c=d["config"]
+assert d["architecture"]=="gemma3" and c["n_layer"]==2 and c["head_dim_k"]==32 and c["sliding_window"]==16, c
+assert [x["dtype"] for x in d["kv_cache"]["per_token"]]==["f32","f16","bf16","q8","q4","e4m3","e5m2"]
+assert d["tokenizer"]["special"]["eos"]=={"id":1,"text":"t1"}, d["tokenizer"]' "$tmp/m.json" && ok || bad "heed model info --json"
+"$heed" model dump "$seeds/seed-types" >"$tmp/d.json" && python3 -c '
+import json,sys; d=json.load(open(sys.argv[1])); m={x["key"]:x for x in d["metadata"]}
+assert m["arr.nested"]["value"]=={"elem_type":"arr","items":[{"elem_type":"i32","items":[1,2]},{"elem_type":"i32","items":[3]}]}
+assert m["f64"]["value"]==1e-300 and m["i8"]["value"]==-7 and [t["name"] for t in d["tensors"]]==["f32","f16","q8_0","q4_k"]' \
+  "$tmp/d.json" && ok || bad "heed model dump"
+"$heed" model info "$tmp/absent.gguf" >"$tmp/o" 2>&1; rc=$?
+[ $rc = 1 ] && grep -q "absent.gguf: cannot open" "$tmp/o" && ok || bad "heed model info on a missing file: rc $rc"
+"$heed" model dump "$seeds/seed-split-part" >"$tmp/o" 2>&1; rc=$?
+[ $rc = 1 ] && grep -q "key 'split.count'" "$tmp/o" && ok || bad "heed model dump on a lone split part: rc $rc"
+"$heed" model info >"$tmp/o" 2>&1; rc=$?
+[ $rc = 2 ] && grep -q "usage: heed model info" "$tmp/o" && ok || bad "heed model info without a file: rc $rc"
+
 echo "cli: $passes passed, $fails failed"
 [ $fails -eq 0 ]

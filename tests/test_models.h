@@ -24,7 +24,7 @@ static inline int tm_model_path(const char *file, char *buf, size_t cap, const c
   else
     snprintf(buf, cap, "%s/.cache/heed/models/%s", home ? home : "", file);
   if (access(buf, R_OK) == 0) return 1;
-  static char reason[512];
+  static char reason[1280]; /* a path of up to 1024 bytes and the advice */
   char failed[1024];
   snprintf(failed, sizeof failed, "%.*s/FETCH_FAILED", (int)(strrchr(buf, '/') - buf), buf);
   FILE *f = fopen(failed, "r");

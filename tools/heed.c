@@ -1,4 +1,4 @@
-/* tools/heed.c - the `heed` command line: info, bench. */
+/* tools/heed.c - the `heed` command line: info, bench, model. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +12,7 @@
 #include "bench/bench_spec.h"
 #include "heed/heed.h"
 #include "tools/cli_parse.h"
+#include "tools/commands.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -23,6 +24,8 @@ static void usage(FILE *f) {
           "       heed bench compare OLD.json NEW.json [--threshold 0.10]   (exit 1 on a regression)\n"
           "       heed bench shapes   (the named shapes)\n"
           "       heed bench kvquant [--json FILE]   (attention error of each KV format)\n"
+          "       heed model info FILE.gguf [--json]   (architecture, tensors, tokenizer, KV-cache bytes per token)\n"
+          "       heed model dump FILE.gguf            (every key and tensor of a GGUF file, as JSON)\n"
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
 }
@@ -363,6 +366,7 @@ int main(int argc, char **argv) {
     }
     return cmd_bench(argc - 2, argv + 2);
   }
+  if (strcmp(argv[1], "model") == 0) return heed_cmd_model(argc - 2, argv + 2);
   if (strcmp(argv[1], "version") == 0) {
     printf("heed %s\n", HEED_VERSION_STRING);
     return 0;

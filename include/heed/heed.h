@@ -15,6 +15,8 @@
 #include "heed/quant.h"
 #include "heed/bench.h"
 #include "heed/spec.h"
+#include "heed/gguf.h"
+#include "heed/model.h"
 
 #define HEED_VERSION_MAJOR 0
 #define HEED_VERSION_MINOR 1
