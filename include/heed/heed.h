@@ -17,6 +17,8 @@
 #include "heed/spec.h"
 #include "heed/gguf.h"
 #include "heed/model.h"
+#include "heed/template.h"
+#include "heed/chat.h"
 
 #define HEED_VERSION_MAJOR 0
 #define HEED_VERSION_MINOR 1
