@@ -17,6 +17,7 @@
 #include "heed/spec.h"
 #include "heed/gguf.h"
 #include "heed/model.h"
+#include "heed/tokenizer.h"
 #include "heed/template.h"
 #include "heed/chat.h"
 
