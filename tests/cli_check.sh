@@ -203,5 +203,51 @@ assert m["f64"]["value"]==1e-300 and m["i8"]["value"]==-7 and [t["name"] for t i
 "$heed" model info >"$tmp/o" 2>&1; rc=$?
 [ $rc = 2 ] && grep -q "usage: heed model info" "$tmp/o" && ok || bad "heed model info without a file: rc $rc"
 
+# heed tokenize: usage and refusals (the tiny seeds have no usable tokenizer), then
+# the real models when setup could fetch them (chat_prompt_check.py compares them
+# with jinja2 and `tokenizers`).
+"$heed" tokenize "$seeds/seed-qwen2" -p hi >"$tmp/o" 2>&1; rc=$?
+[ $rc = 1 ] && grep -q "gpt2 tokenizer without 'tokenizer.ggml.merges'" "$tmp/o" && ok || bad "heed tokenize, no merges: rc $rc"
+"$heed" tokenize "$seeds/seed-types" -p hi >"$tmp/o" 2>&1; rc=$?
+[ $rc = 1 ] && grep -q "no key 'tokenizer.ggml.model'" "$tmp/o" && ok || bad "heed tokenize, no tokenizer: rc $rc"
+for args in "X" "X -p a -f b" "X -p a --chat-template chatml" "X --chat r.json --parse-special" "X -p a --json --ids" "X -p"; do
+  "$heed" tokenize $args >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 2 ] && grep -q "usage: heed tokenize" "$tmp/o" && ok || bad "heed tokenize $args: rc $rc, expected a usage error"
+done
+models=${HEED_MODELS:-$HOME/.cache/heed/models}
+qwen=$models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+gemma=$models/gemma-3-270m-q4_k_m.gguf
+if [ -f "$qwen" ] && [ -f "$gemma" ]; then
+  # control text stays text unless --parse-special
+  [ "$("$heed" tokenize "$qwen" -p 'a<|im_start|>b' --ids)" = "[64, 27, 91, 318, 4906, 91, 29, 65]" ] && ok ||
+    bad "heed tokenize without --parse-special"
+  [ "$("$heed" tokenize "$qwen" -p 'a<|im_start|>b' --ids --parse-special)" = "[64, 151644, 65]" ] && ok ||
+    bad "heed tokenize --parse-special"
+  # Gemma adds <bos> (add_bos_token), not with --no-add-special; pieces in the text listing
+  [ "$("$heed" tokenize "$gemma" -p 'Hello world' --ids)" = "[2, 9259, 1902]" ] && ok || bad "heed tokenize gemma bos"
+  [ "$("$heed" tokenize "$gemma" -p 'Hello world' --ids --no-add-special)" = "[9259, 1902]" ] && ok ||
+    bad "heed tokenize --no-add-special"
+  printf 'x\ty\n' | "$heed" tokenize "$gemma" -f - >"$tmp/o" && grep -q "'\\\\t'" "$tmp/o" && grep -q '^5 tokens$' "$tmp/o" &&
+    ok || { bad "heed tokenize -f -"; cat "$tmp/o"; }
+  echo '{"messages":[{"role":"user","content":"hi"}]}' >"$tmp/req.json"
+  "$heed" tokenize "$gemma" --chat "$tmp/req.json" --chat-template chatml --json >"$tmp/o" && python3 -c '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["template"]=="chatml" and d["text"]=="<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", d' "$tmp/o" &&
+    ok || bad "heed tokenize --chat-template chatml"
+  "$heed" tokenize "$gemma" --chat "$tmp/req.json" --chat-template gguf >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 1 ] && grep -q "has no chat template" "$tmp/o" && ok || bad "heed tokenize --chat-template gguf on gemma: rc $rc"
+  "$heed" tokenize "$qwen" --chat "$tmp/req.json" --chat-template mistral >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 1 ] && grep -q "unknown built-in chat template 'mistral'; known: chatml, gemma, llama3" "$tmp/o" && ok ||
+    bad "heed tokenize --chat-template mistral: rc $rc"
+  echo '{"messages":[{"role":"user","content":"hi"},{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{bad"}}]}]}' >"$tmp/req.json"
+  "$heed" tokenize "$qwen" --chat "$tmp/req.json" >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 1 ] && grep -q "messages\[1\].tool_calls\[0\].function.arguments is not valid JSON" "$tmp/o" && ok ||
+    { bad "heed tokenize --chat, bad arguments: rc $rc"; cat "$tmp/o"; }
+  "$heed" tokenize "$qwen" --chat "$tmp/absent.json" >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 1 ] && grep -q "cannot read '$tmp/absent.json'" "$tmp/o" && ok || bad "heed tokenize --chat on a missing file: rc $rc"
+else
+  echo "cli: heed tokenize on the real models SKIPPED: $qwen or $gemma is absent $(cat "$models/FETCH_FAILED" 2>/dev/null)"
+fi
+
 echo "cli: $passes passed, $fails failed"
 [ $fails -eq 0 ]

@@ -40,9 +40,15 @@ Intended differences, so not compared as such:
 Exits 0 when every record matches, 1 on a mismatch, 77 (skip) when no model is
 there. Usage: tokenizer_oracle.py --driver build/tests/tokenize_driver [--only qwen|gemma]
 
+The benchmark (not a test): tokenizer_oracle.py --bench [FILE] --heed build/heed
+times `heed tokenize --bench` and the oracle (Hugging Face's `tokenizers`, Rust,
+one thread) on the same text on CPU 0, both models, and checks that the ids agree.
+FILE defaults to 500 KB of this machine's source code (C headers, then Python),
+written to build/tokenize-bench.txt.
 """
 import argparse
 import glob
+import json
 import heapq
 import os
 import struct
@@ -454,12 +460,73 @@ def context(orc, data, a, b, k):
     return f"heed   {a[lo:k + 4]} {da}\n      oracle {b[lo:k + 4]} {db}"
 
 
+def bench_text(path):
+    """500 KB of source code: /usr/include's top-level headers, then Python's library, in name order."""
+    names = sorted(glob.glob("/usr/include/*.h")) + sorted(glob.glob("/usr/lib/python3*/*.py"))
+    data = b""
+    for n in names:
+        with open(n, "rb") as f:
+            data += f.read()
+        if len(data) >= 500_000:
+            break
+    with open(path, "wb") as f:
+        f.write(data[:500_000])
+
+
+def bench(args, mdir):
+    import statistics
+    os.sched_setaffinity(0, {0})
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    path = args.bench
+    if path == "-":
+        path = os.path.join(os.path.dirname(os.path.abspath(args.heed)), "tokenize-bench.txt")
+        bench_text(path)
+    data = open(path, "rb").read()
+    text = data.decode("utf-8", "replace")
+    print(f"tokenizer bench: {path}, {len(data)} bytes, CPU 0 only, "
+          f"{open('/proc/cpuinfo').read().split('model name')[1].split(':')[1].splitlines()[0].strip()}")
+    for name, fname in MODELS.items():
+        if args.only and name != args.only:
+            continue
+        model = os.path.join(mdir, fname)
+        if not os.path.exists(model):
+            print(f"{name}: SKIPPED: {model} is absent")
+            continue
+        v = Vocab(model)
+        orc = Oracle(v.model, v)
+        orc.tok.encode_special_tokens = True
+        h = subprocess.run(["taskset", "-c", "0", args.heed, "tokenize", model, "-f", path, "--no-add-special",
+                            "--bench", "7"], capture_output=True, text=True, check=True).stdout.strip()
+        ids = json.loads(subprocess.run([args.heed, "tokenize", model, "-f", path, "--no-add-special", "--ids"],
+                                        capture_output=True, text=True, check=True).stdout)
+        want = orc.tok.encode(text, add_special_tokens=False).ids
+        times = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            orc.tok.encode(text, add_special_tokens=False)
+            times.append((time.perf_counter() - t0) * 1e3)
+        med = statistics.median(times)
+        print(f"{name}: heed    {h}")
+        print(f"{name}: tokenizers (HF, Rust, one thread) median {med:.2f} ms: {len(data) / 1e3 / med:.1f} MB/s, "
+              f"{len(want)} tokens; ids {'equal' if ids == want else 'DIFFER'}")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--driver", required=True)
+    ap.add_argument("--driver")
     ap.add_argument("--only", choices=list(MODELS))
+    ap.add_argument("--bench", nargs="?", const="-", help="FILE (default: 500 KB of source, generated)")
+    ap.add_argument("--heed", help="the heed tool, for --bench")
     args = ap.parse_args()
     mdir = os.environ.get("HEED_MODELS") or os.path.expanduser("~/.cache/heed/models")
+    if args.bench:
+        if not args.heed:
+            ap.error("--bench needs --heed build/heed")
+        bench(args, mdir)
+        return 0
+    if not args.driver:
+        ap.error("--driver is needed")
     recs, srcs = corpus()
     total_bytes = sum(len(d) for _, d in recs)
     print(f"tokenizer oracle: {len(recs)} records, {total_bytes / 1e6:.2f} MB, from {len(srcs)} files")

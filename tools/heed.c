@@ -1,4 +1,4 @@
-/* tools/heed.c - the `heed` command line: info, bench, model. */
+/* tools/heed.c - the `heed` command line: info, bench, model, tokenize. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +26,8 @@ static void usage(FILE *f) {
           "       heed bench kvquant [--json FILE]   (attention error of each KV format)\n"
           "       heed model info FILE.gguf [--json]   (architecture, tensors, tokenizer, KV-cache bytes per token)\n"
           "       heed model dump FILE.gguf            (every key and tensor of a GGUF file, as JSON)\n"
+          "       heed tokenize FILE.gguf (-p TEXT | -f FILE | --chat REQUEST.json) [--json | --ids]\n"
+          "                     [--parse-special] [--no-add-special] [--chat-template gguf|chatml|gemma|llama3] [--bench [N]]\n"
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
 }
@@ -367,6 +369,7 @@ int main(int argc, char **argv) {
     return cmd_bench(argc - 2, argv + 2);
   }
   if (strcmp(argv[1], "model") == 0) return heed_cmd_model(argc - 2, argv + 2);
+  if (strcmp(argv[1], "tokenize") == 0) return heed_cmd_tokenize(argc - 2, argv + 2);
   if (strcmp(argv[1], "version") == 0) {
     printf("heed %s\n", HEED_VERSION_STRING);
     return 0;

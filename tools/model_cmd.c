@@ -41,7 +41,7 @@ static size_t utf8_len(const unsigned char *s, size_t n) {
   return len;
 }
 
-static void heed_cli_json_str(FILE *f, const char *p, uint64_t n) {
+void heed_cli_json_str(FILE *f, const char *p, uint64_t n) {
   const unsigned char *s = (const unsigned char *)p;
   putc('"', f);
   for (uint64_t i = 0; i < n;) {

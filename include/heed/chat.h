@@ -26,8 +26,10 @@
 
 #include <stddef.h>
 
+#include "heed/gguf.h"
 #include "heed/status.h"
 #include "heed/template.h"
+#include "heed/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -55,6 +57,42 @@ heed_status heed_chat_builtin(const char *name, const char **source, heed_error 
  * else (NULL too) "chatml". Static storage. */
 const char *heed_chat_builtin_for_arch(const char *arch);
 
+/* ---------- a model's chat format ---------- */
+
+/* What a model needs to turn a chat request into prompt tokens: its template
+ * (the GGUF's tokenizer.chat_template, or a built-in), compiled once, and the
+ * trusted variables apply_chat_template passes (bos_token, eos_token,
+ * unk_token, pad_token: the texts of the tokenizer's special tokens, those
+ * the model has). Immutable once opened: any number of threads may render
+ * with it at once. */
+typedef struct heed_chat heed_chat;
+
+/* Opens g's chat format for tokenizer tok (made from g; borrowed: it must
+ * outlive the heed_chat). name NULL: the GGUF's own template, or, when the
+ * file has none, the built-in heed_chat_builtin_for_arch gives for its
+ * general.architecture. name "gguf": the file's template, HEED_E_NOT_FOUND
+ * when it has none. Another name: that built-in (HEED_E_INVALID listing the
+ * known ones when there is no such). A template that does not compile fails
+ * with the parser's error, prefixed with where it came from. g may be closed
+ * afterwards. */
+heed_status heed_chat_open(const heed_gguf *g, const heed_tokenizer *tok, const char *name, heed_chat **out,
+                           heed_error *err);
+void heed_chat_free(heed_chat *c); /* NULL is fine */
+
+/* "gguf" for the model's own template, else the built-in's name. Static or
+ * owned by c. */
+const char *heed_chat_name(const heed_chat *c);
+
+/* Renders request_json (the body of a /v1/chat/completions request, as for
+ * heed_chat_render) with c's template and trusted variables, then tokenizes
+ * the text as Hugging Face does for a rendered chat (no BOS or EOS added: the
+ * template writes them), matching control tokens only in the template's own
+ * text (heed_tokenizer_encode_spans with HEED_TOKENIZE_PARSE_SPECIAL), so no
+ * message can inject "<|im_start|>". text may be NULL when only the ids are
+ * wanted; ids are appended to. opt as for heed_template_render. On failure
+ * text is zeroed and ids are left as they were. */
+heed_status heed_chat_prompt(const heed_chat *c, const char *request_json, size_t len, const heed_template_options *opt,
+                             heed_template_text *text, heed_tokens *ids, heed_error *err);
 
 #ifdef __cplusplus
 }
