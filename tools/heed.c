@@ -9,6 +9,7 @@
 #include "bench/bench_report.h"
 #include "bench/bench_shapes.h"
 #include "bench/bench_kvquant.h"
+#include "bench/bench_weights.h"
 #include "bench/bench_spec.h"
 #include "heed/heed.h"
 #include "tools/cli_parse.h"
@@ -24,10 +25,12 @@ static void usage(FILE *f) {
           "       heed bench compare OLD.json NEW.json [--threshold 0.10]   (exit 1 on a regression)\n"
           "       heed bench shapes   (the named shapes)\n"
           "       heed bench kvquant [--json FILE]   (attention error of each KV format)\n"
+          "       heed bench weights [--quick] [--repeats N] [--json FILE]   (weight products beside the probed limits)\n"
           "       heed model info FILE.gguf [--json]   (architecture, tensors, tokenizer, KV-cache bytes per token)\n"
           "       heed model dump FILE.gguf            (every key and tensor of a GGUF file, as JSON)\n"
           "       heed tokenize FILE.gguf (-p TEXT | -f FILE | --chat REQUEST.json) [--json | --ids]\n"
           "                     [--parse-special] [--no-add-special] [--chat-template gguf|chatml|gemma|llama3] [--bench [N]]\n"
+
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
 }
@@ -129,6 +132,7 @@ static int cmd_bench(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
+  if (strcmp(argv[0], "weights") == 0) return heed_bench_weights_main(argc, argv);
   if (strcmp(argv[0], "shapes") == 0) {
     int ns;
     const heed_bench_shape *sh = heed_bench_shapes(&ns);
@@ -227,7 +231,7 @@ static int cmd_bench(int argc, char **argv) {
   int attention = strcmp(suite, "attention") == 0 || strcmp(suite, "all") == 0;
   int spec = strcmp(suite, "spec") == 0 || strcmp(suite, "all") == 0;
   if (!probes && !attention && !spec) {
-    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, kvquant, spec, all\n", suite);
+    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, kvquant, spec, weights, all\n", suite);
     return 2;
   }
   if (plot_path && !attention) {

@@ -20,6 +20,7 @@
 #include "heed/tokenizer.h"
 #include "heed/template.h"
 #include "heed/chat.h"
+#include "heed/weights.h"
 
 #define HEED_VERSION_MAJOR 0
 #define HEED_VERSION_MINOR 1

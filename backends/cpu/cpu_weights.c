@@ -1,0 +1,258 @@
+/* backends/cpu/cpu_weights.c - heed/weights.h: the weight formats, and the
+ * matrix products on the runtime's pool with the weight-kernel table of its
+ * ISA level. The tables are built once per level (reference entries first,
+ * then each configuration on the way to the level) and only read after. */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "backends/cpu/weights_kernels.h"
+#include "heed/weights.h"
+#include "runtime/backend.h"
+#include "runtime/internal.h"
+
+#ifndef HEED_HAVE_ISA_AVX2
+#define HEED_HAVE_ISA_AVX2 0
+#endif
+#ifndef HEED_HAVE_ISA_AVX512
+#define HEED_HAVE_ISA_AVX512 0
+#endif
+#ifndef HEED_HAVE_ISA_NEON
+#define HEED_HAVE_ISA_NEON 0
+#endif
+
+/* ---------- the tables ---------- */
+
+enum { T_SCALAR, T_AVX2, T_AVX512, T_AVX512_VNNI, T_NEON, T_NEON_DOT, T_COUNT };
+static heed_weights_table tables[T_COUNT];
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
+
+static void build(heed_weights_table *t, heed_isa isa, int dot) {
+  memset(t, 0, sizeof *t);
+  t->isa = isa;
+  t->dot = dot;
+  heed_weights_register_ref(t);
+#if HEED_HAVE_ISA_AVX2
+  if (isa == HEED_ISA_AVX2 || isa == HEED_ISA_AVX512) heed_weights_register_avx2(t);
+#endif
+#if HEED_HAVE_ISA_AVX512
+  if (isa == HEED_ISA_AVX512) heed_weights_register_avx512(t);
+  if (isa == HEED_ISA_AVX512 && dot) heed_weights_register_avx512vnni(t);
+#endif
+#if HEED_HAVE_ISA_NEON
+  if (isa == HEED_ISA_NEON) heed_weights_register_neon(t);
+  if (isa == HEED_ISA_NEON && dot) heed_weights_register_neon_dotprod(t);
+#endif
+}
+
+static void build_all(void) {
+  build(&tables[T_SCALAR], HEED_ISA_SCALAR, 0);
+  build(&tables[T_AVX2], HEED_ISA_AVX2, 0);
+  build(&tables[T_AVX512], HEED_ISA_AVX512, 0);
+  build(&tables[T_AVX512_VNNI], HEED_ISA_AVX512, 1);
+  build(&tables[T_NEON], HEED_ISA_NEON, 0);
+  build(&tables[T_NEON_DOT], HEED_ISA_NEON, 1);
+}
+
+const heed_weights_table *heed_weights_table_get(heed_isa isa, heed_cpu_features f) {
+  if (!heed_kernels_compiled(isa)) return NULL;
+  pthread_once(&tables_once, build_all);
+  switch (isa) {
+    case HEED_ISA_SCALAR: return &tables[T_SCALAR];
+    case HEED_ISA_AVX2: return &tables[T_AVX2];
+    case HEED_ISA_AVX512: return &tables[HEED_CPU_HAS(f, AVX512_VNNI) ? T_AVX512_VNNI : T_AVX512];
+    case HEED_ISA_NEON: return &tables[HEED_CPU_HAS(f, DOTPROD) ? T_NEON_DOT : T_NEON];
+    default: return NULL;
+  }
+}
+
+/* ---------- formats ---------- */
+
+int heed_weights_supported(int type) { return type >= 0 && type < HEED_WTYPE_SLOTS && heed_weights_ref_dequant(type); }
+
+size_t heed_weights_row_bytes(int type, size_t n) {
+  uint32_t be, bb;
+  if (!heed_weights_supported(type) || !heed_wtype_block(type, &be, &bb) || n % be) return 0;
+  return n / be * bb;
+}
+
+static const char *type_name(int type) {
+  const char *s = heed_ggml_type_name(type);
+  return s ? s : "(not a ggml type)";
+}
+
+heed_status heed_weights_dequant(int type, const void *src, size_t n, float *dst, heed_error *err) {
+  uint32_t be, bb;
+  if (!heed_weights_supported(type) || !heed_wtype_block(type, &be, &bb))
+    return heed_err_set(err, HEED_E_UNSUPPORTED,
+                        "weights: type %d (%s) has no kernels in heed; supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, "
+                        "Q5_1, Q8_0, Q4_K, Q5_K, Q6_K",
+                        type, type_name(type));
+  if (n % be)
+    return heed_err_set(err, HEED_E_INVALID, "weights: %zu %s weights are not whole blocks of %u", n, type_name(type),
+                        be);
+  if (n && (!src || !dst)) return heed_err_set(err, HEED_E_INVALID, "weights: src or dst is NULL");
+  const heed_wdequant_fn deq = heed_weights_ref_dequant(type);
+  for (size_t b = 0; b < n / be; b++) deq((const uint8_t *)src + b * bb, dst + b * be);
+  return HEED_OK;
+}
+
+heed_status heed_matrix_from_tensor(const heed_gguf_tensor *t, heed_matrix *m, heed_error *err) {
+  if (!t || !m) return heed_err_set(err, HEED_E_INVALID, "matrix: tensor or matrix is NULL");
+  if (!heed_weights_supported((int)t->type))
+    return heed_err_set(err, HEED_E_UNSUPPORTED, "matrix: tensor '%s' is %s; heed has no kernels for that type", t->name,
+                        type_name((int)t->type));
+  if (t->n_dims != 2)
+    return heed_err_set(err, HEED_E_INVALID, "matrix: tensor '%s' has %u dimensions; a matrix has 2", t->name,
+                        t->n_dims);
+  const size_t rb = heed_weights_row_bytes((int)t->type, (size_t)t->ne[0]);
+  if (!rb)
+    return heed_err_set(err, HEED_E_INVALID, "matrix: tensor '%s': %llu columns are not whole %s blocks", t->name,
+                        (unsigned long long)t->ne[0], type_name((int)t->type));
+  m->type = (int)t->type;
+  m->data = t->data;
+  m->rows = (size_t)t->ne[1];
+  m->cols = (size_t)t->ne[0];
+  m->row_bytes = rb;
+  return HEED_OK;
+}
+
+/* ---------- products ---------- */
+
+static int is_quant(int type) {
+  uint32_t be, bb;
+  return heed_wtype_block(type, &be, &bb) && be > 1;
+}
+
+/* Bytes of one token's quantized activations, rounded to 64 so each starts aligned. */
+static size_t act_stride(size_t cols) { return (cols / HEED_QA_BLOCK * sizeof(heed_qa_block) + 63) & ~(size_t)63; }
+
+size_t heed_matmul_workspace(const heed_matrix *w, size_t n_tok) {
+  if (!w || !is_quant(w->type) || w->cols % HEED_QA_BLOCK) return 0;
+  return n_tok * act_stride(w->cols);
+}
+
+/* Prefill tiles: RB weight rows (a few KiB, kept in L1/L2) by TB tokens. */
+#define MM_RB 16
+#define MM_TB 64
+/* Decode: rows handed out in groups this big (a static split streams each worker's part once). */
+#define MV_RG 8
+
+typedef struct mm_ctx {
+  const heed_weights_table *t;
+  const heed_matrix *w;
+  size_t n_tok;
+  const float *x;
+  size_t ldx;
+  float *y;
+  size_t ldy;
+  const void *act; /* quantized activations, or x */
+  size_t astride;  /* bytes between tokens in act */
+  size_t n_tb;     /* token tiles */
+} mm_ctx;
+
+static void quant_task(void *vc, size_t begin, size_t end, int worker) {
+  (void)worker;
+  const mm_ctx *c = (const mm_ctx *)vc;
+  for (size_t t = begin; t < end; t++)
+    c->t->quant(c->x + t * c->ldx, c->w->cols, (heed_qa_block *)((uint8_t *)c->act + t * c->astride));
+}
+
+static void mv_task(void *vc, size_t begin, size_t end, int worker) {
+  (void)worker;
+  const mm_ctx *c = (const mm_ctx *)vc;
+  const size_t r0 = begin * MV_RG, r1 = end * MV_RG < c->w->rows ? end * MV_RG : c->w->rows;
+  c->t->k[c->w->type].vec((const uint8_t *)c->w->data + r0 * c->w->row_bytes, c->w->row_bytes, r1 - r0, c->w->cols,
+                          c->act, c->astride, 1, c->y + r0, c->ldy);
+}
+
+static void mm_task(void *vc, size_t begin, size_t end, int worker) {
+  (void)worker;
+  const mm_ctx *c = (const mm_ctx *)vc;
+  for (size_t i = begin; i < end; i++) {
+    const size_t r0 = i / c->n_tb * MM_RB, t0 = i % c->n_tb * MM_TB;
+    const size_t nr = c->w->rows - r0 < MM_RB ? c->w->rows - r0 : MM_RB;
+    const size_t nt = c->n_tok - t0 < MM_TB ? c->n_tok - t0 : MM_TB;
+    const heed_wkernel *k = &c->t->k[c->w->type];
+    (nt == 1 ? k->vec : k->mat)((const uint8_t *)c->w->data + r0 * c->w->row_bytes, c->w->row_bytes, nr, c->w->cols,
+                                (const uint8_t *)c->act + t0 * c->astride, c->astride, nt, c->y + t0 * c->ldy + r0,
+                                c->ldy);
+  }
+}
+
+static heed_status matmul_check(heed_runtime *rt, const heed_matrix *w, size_t n_tok, const float *x, size_t ldx,
+                                float *y, size_t ldy, void *work, size_t work_bytes, heed_error *e) {
+  if (!rt) return heed_err_set(e, HEED_E_INVALID, "matmul: runtime is NULL");
+  if (!w) return heed_err_set(e, HEED_E_INVALID, "matmul: matrix is NULL");
+  if (!heed_weights_supported(w->type))
+    return heed_err_set(e, HEED_E_UNSUPPORTED, "matmul: weights of type %d (%s); heed has no kernels for it", w->type,
+                        type_name(w->type));
+  const size_t rb = heed_weights_row_bytes(w->type, w->cols);
+  if (!rb || w->cols == 0)
+    return heed_err_set(e, HEED_E_INVALID, "matmul: cols=%zu is not a positive multiple of the %s block", w->cols,
+                        type_name(w->type));
+  if (w->row_bytes != rb)
+    return heed_err_set(e, HEED_E_INVALID, "matmul: row_bytes=%zu; %zu %s weights take %zu", w->row_bytes, w->cols,
+                        type_name(w->type), rb);
+  if (n_tok == 0 || w->rows == 0) return HEED_OK;
+  if (!w->data || !x || !y) return heed_err_set(e, HEED_E_INVALID, "matmul: weights, x or y is NULL");
+  if (ldx < w->cols) return heed_err_set(e, HEED_E_INVALID, "matmul: ldx=%zu < cols=%zu", ldx, w->cols);
+  if (ldy < w->rows) return heed_err_set(e, HEED_E_INVALID, "matmul: ldy=%zu < rows=%zu", ldy, w->rows);
+  const size_t need = heed_matmul_workspace(w, n_tok);
+  if (need && (!work || work_bytes < need))
+    return heed_err_set(e, HEED_E_TOO_SMALL, "matmul: work space of %zu bytes; %zu tokens of %zu columns need %zu",
+                        work ? work_bytes : 0, n_tok, w->cols, need);
+  if (need && ((uintptr_t)work & 63))
+    return heed_err_set(e, HEED_E_INVALID, "matmul: work space at %p is not 64-byte aligned", work);
+  for (size_t t = 0; t < n_tok; t++)
+    for (size_t c = 0; c < w->cols; c++)
+      if (!isfinite(x[t * ldx + c]))
+        return heed_err_set(e, HEED_E_INVALID, "matmul: activation of token %zu, column %zu is %g; accepted: finite", t,
+                            c, x[t * ldx + c]);
+  return HEED_OK;
+}
+
+heed_status heed_matmul(heed_runtime *rt, const heed_matrix *w, size_t n_tok, const float *x, size_t ldx, float *y,
+                        size_t ldy, void *work, size_t work_bytes) {
+  heed_error e = {0};
+  heed_status st = matmul_check(rt, w, n_tok, x, ldx, y, ldy, work, work_bytes, &e);
+  if (st != HEED_OK || n_tok == 0 || w->rows == 0) {
+    if (st != HEED_OK) heed_runtime_set_error(rt, &e);
+    return st;
+  }
+  const heed_weights_table *t = heed_weights_table_get(heed_runtime_isa(rt), heed_runtime_cpu_features(rt));
+  if (!t) {
+    st = heed_err_set(&e, HEED_E_UNSUPPORTED, "matmul: isa %s is not compiled into this libheed",
+                      heed_isa_name(heed_runtime_isa(rt)));
+    heed_runtime_set_error(rt, &e);
+    return st;
+  }
+  heed_pool *pool = heed_runtime_pool(rt);
+  mm_ctx c = {.t = t, .w = w, .n_tok = n_tok, .x = x, .ldx = ldx, .y = y, .ldy = ldy};
+  if (is_quant(w->type)) {
+    c.act = work;
+    c.astride = act_stride(w->cols);
+    if (n_tok >= 8) st = heed_pool_parallel_for(pool, n_tok, HEED_SCHEDULE_STATIC, 0, quant_task, &c);
+    else quant_task(&c, 0, n_tok, 0);
+  } else {
+    c.act = x;
+    c.astride = ldx * sizeof(float);
+  }
+  if (st == HEED_OK) {
+    if (n_tok == 1) {
+      st = heed_pool_parallel_for(pool, (w->rows + MV_RG - 1) / MV_RG, HEED_SCHEDULE_STATIC, 0, mv_task, &c);
+    } else {
+      c.n_tb = (n_tok + MM_TB - 1) / MM_TB;
+      st = heed_pool_parallel_for(pool, (w->rows + MM_RB - 1) / MM_RB * c.n_tb, HEED_SCHEDULE_DYNAMIC, 1, mm_task, &c);
+    }
+  }
+  if (st == HEED_E_BUSY) {
+    heed_err_set(&e, st, "matmul: the runtime's pool is running another call");
+    heed_runtime_set_error(rt, &e);
+  } else if (st != HEED_OK) {
+    heed_err_set(&e, st, "matmul: %s", heed_pool_last_error(pool));
+    heed_runtime_set_error(rt, &e);
+  }
+  return st;
+}

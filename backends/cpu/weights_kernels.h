@@ -1,0 +1,102 @@
+/* backends/cpu/weights_kernels.h - the weight-kernel table: one entry per
+ * ggml weight type (heed/weights.h), built per ISA level BLIS-style: the
+ * reference kernels (ref/weights_ref.c) fill every entry, each ISA file
+ * overrides what it has. Internal to libheed (tests include it too).
+ *
+ * Activations for the quantized formats are quantized per token to blocks of
+ * 32: d = max|x| / 127, q = nearbyint(x * (1 / d)) (0 when d is 0), the same
+ * bits on every ISA; s[h] = sum of q over the block's half h (16 values): a
+ * format with a code offset or a min subtracts them instead of widening its
+ * codes to signed. */
+#ifndef HEED_WEIGHTS_KERNELS_H
+#define HEED_WEIGHTS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "heed/cpu.h"
+#include "heed/weights.h"
+
+#define HEED_QA_BLOCK 32 /* activations per quantized block */
+
+/* One block of 32 quantized activations: 40 bytes. */
+typedef struct heed_qa_block {
+  float d;        /* scale: x ~ d * q */
+  int16_t s[2];   /* sum of q[0..16), q[16..32) */
+  int8_t q[32];   /* codes in -127..127 */
+} heed_qa_block;
+
+/* x: [n] f32, n a multiple of 32, finite; a: [n / 32] blocks. */
+typedef void (*heed_wquant_fn)(const float *x, size_t n, heed_qa_block *a);
+
+/* The product kernel of one weight type, for rows [0, n_rows) of w (row r at
+ * w + r * row_bytes, `cols` weights each) and n_tok activation rows:
+ *   y[t * ldy + r] = sum_c W[r][c] * X[t][c]
+ * act: the quantized formats read [n_tok] runs of cols / 32 heed_qa_block,
+ * act_stride bytes apart; F32/F16/BF16 read f32 rows act_stride bytes apart.
+ * A kernel may be called with any n_rows >= 1 and n_tok >= 1; the `vec` slot
+ * is called with n_tok == 1 only (decode: stream the weights), `mat` with
+ * n_tok >= 2 (prefill: reuse each decoded block across tokens). */
+typedef void (*heed_wmm_fn)(const void *w, size_t row_bytes, size_t n_rows, size_t cols, const void *act,
+                            size_t act_stride, size_t n_tok, float *y, size_t ldy);
+
+#define HEED_WTYPE_SLOTS 31 /* ggml type ids 0..30 (BF16 is 30) */
+
+typedef struct heed_wkernel {
+  heed_wmm_fn vec, mat;      /* NULL: the type has no kernel (unsupported) */
+  const char *vec_name, *mat_name;
+} heed_wkernel;
+
+typedef struct heed_weights_table {
+  heed_isa isa;
+  int dot;                   /* int8 dot-product kernels: avx512_vnni (vpdpbusd), arm64 dotprod (sdot) */
+  heed_wquant_fn quant;
+  const char *quant_name;
+  heed_wkernel k[HEED_WTYPE_SLOTS]; /* [ggml type] */
+} heed_weights_table;
+
+#define HEED_WSLOT_SET(t, TYPE, vf, mf)              \
+  do {                                               \
+    (t)->k[HEED_GGML_##TYPE].vec = (vf);             \
+    (t)->k[HEED_GGML_##TYPE].vec_name = #vf;         \
+    (t)->k[HEED_GGML_##TYPE].mat = (mf);             \
+    (t)->k[HEED_GGML_##TYPE].mat_name = #mf;         \
+  } while (0)
+
+/* The table for an ISA level on a CPU with features f (built once, then
+ * shared; read-only). NULL when the level is not compiled in. */
+const heed_weights_table *heed_weights_table_get(heed_isa isa, heed_cpu_features f);
+
+/* Each fills the entries it has a kernel for, over what is there. */
+void heed_weights_register_ref(heed_weights_table *t);
+void heed_weights_register_avx2(heed_weights_table *t);
+void heed_weights_register_avx512(heed_weights_table *t);
+void heed_weights_register_avx512vnni(heed_weights_table *t);
+void heed_weights_register_neon(heed_weights_table *t);
+void heed_weights_register_neon_dotprod(heed_weights_table *t);
+
+/* Elements and bytes of one block of ggml type t (from HEED_GGML_TYPE_LIST);
+ * 0 when t is not in the list. Kept here so backends need not call model/. */
+static inline int heed_wtype_block(int t, uint32_t *elems, uint32_t *bytes) {
+  switch (t) {
+#define HEED_X_(N, v, s, e, b) \
+  case v:                     \
+    *elems = e, *bytes = b;   \
+    return 1;
+    HEED_GGML_TYPE_LIST(HEED_X_)
+#undef HEED_X_
+    default: *elems = 1, *bytes = 0; return 0;
+  }
+}
+
+/* The reference dequantizer of one block of type t (dst: block_elems floats);
+ * NULL for a type heed has no kernels for. */
+typedef void (*heed_wdequant_fn)(const void *blk, float *dst);
+heed_wdequant_fn heed_weights_ref_dequant(int type);
+/* The magnitudes the error bound of heed/weights.h sums, per weight: |W| for
+ * the formats whose value is one product, |d * u| + |d * offset| for a code
+ * offset (Q4_0, Q5_0, Q6_K's 32) and |d * sc * u| + |dmin * m| for a min
+ * (Q4_1, Q5_1, Q4_K, Q5_K): the parts a kernel may sum apart. */
+void heed_weights_ref_magnitude(int type, const void *blk, float *dst);
+
+#endif
