@@ -14,6 +14,7 @@
 
 #include "heed/dtype.h"
 #include "heed/gguf.h"
+#include "heed/runtime.h"
 #include "heed/status.h"
 
 #ifdef __cplusplus
@@ -74,6 +75,100 @@ int heed_model_layer_is_swa(const heed_model_config *cfg, uint32_t il);
  * layer counts a token, local (sliding-window) layers too.
  * HEED_E_UNSUPPORTED when heed's cache does not take the head dims. */
 heed_status heed_model_kv_bytes_per_token(const heed_model_config *cfg, heed_dtype dtype, double *bytes, heed_error *err);
+
+
+/* ---------- running a model ----------
+ *
+ * heed_model_open maps a GGUF file, reads its configuration, finds every
+ * tensor its architecture needs (a missing one, or one of the wrong shape, is
+ * an error naming it), builds its tokenizer, and sizes every buffer once:
+ * nothing is allocated while it runs. The weights stay in the file's mapping.
+ * The KV cache is heed's paged cache (heed/attention.h), one per layer, in the
+ * dtype chosen at open; the model's sequences (heed_model_seq_*) act on every
+ * layer's cache at once, so a sequence forks, shares blocks and truncates as
+ * a whole.
+ *
+ * The forward pass (model/forward.c) reads like the math, per layer:
+ *   h = norm(x); q, k, v = h Wq (+ bq), h Wk (+ bk), h Wv (+ bv)
+ *   q, k = norm_head(q), norm_head(k)         qwen3, gemma3
+ *   q, k = rope(q, pos), rope(k, pos)         NEOX halves (qwen2, qwen3, gemma3), pairs (llama)
+ *   append k, v; o = attention(q, cache)      window on gemma3's local layers
+ *   a = o Wo; a = norm(a) (gemma3); x += a
+ *   h = norm(x); f = (act(h Wg) * h Wu) Wd    act: silu, gelu-tanh (gemma3)
+ *   f = norm(f) (gemma3); x += f
+ * and logits = norm(x) Wout (Wout = the embedding when the file has no output).
+ */
+typedef struct heed_model heed_model;
+
+typedef struct heed_model_options {
+  heed_dtype kv_dtype; /* K and V: f16 (default), f32, bf16, q8, q4, e4m3, e5m2 */
+  unsigned n_ctx;      /* tokens one sequence may hold; 0: min(trained context, 4096) */
+  unsigned max_seqs;   /* sequences alive at once; 0: 1 */
+  unsigned max_batch;  /* tokens one step takes, all sequences together; 0: 512 */
+} heed_model_options;
+
+void heed_model_options_init(heed_model_options *o); /* all defaults */
+
+/* Opens path on rt (a CPU runtime). *out is the caller's: heed_model_close. */
+heed_status heed_model_open(heed_runtime *rt, const char *path, const heed_model_options *opt, heed_model **out,
+                            heed_error *err);
+void heed_model_close(heed_model *m); /* NULL is fine */
+
+const heed_model_config *heed_model_get_config(const heed_model *m);
+const heed_model_options *heed_model_get_options(const heed_model *m); /* defaults filled in */
+struct heed_tokenizer;
+const struct heed_tokenizer *heed_model_tokenizer(const heed_model *m); /* borrowed */
+const heed_gguf *heed_model_gguf(const heed_model *m);                  /* borrowed */
+heed_runtime *heed_model_runtime(const heed_model *m);
+/* The message of the last failed call on m. */
+const char *heed_model_last_error(const heed_model *m);
+/* Bytes of the KV caches' storage and of the buffers heed allocated at open. */
+size_t heed_model_kv_bytes(const heed_model *m);
+size_t heed_model_buffer_bytes(const heed_model *m);
+
+/* Sequences: ids 0..max_seqs-1, as heed_kv_seq_* but over every layer. */
+heed_status heed_model_seq_new(heed_model *m, int *seq);
+heed_status heed_model_seq_fork(heed_model *m, int src, int *dst);
+heed_status heed_model_seq_truncate(heed_model *m, int seq, unsigned len);
+heed_status heed_model_seq_free(heed_model *m, int seq);
+long heed_model_seq_len(const heed_model *m, int seq); /* -1: no such sequence */
+
+/* One sequence's part of a step: n_tokens new tokens after what it holds. A
+ * chain (parents NULL: token i at position len + i, each seeing those before
+ * it) is a prefill chunk or decode tokens; with parents (n_tokens <= 16, the
+ * draft tree of heed_spec_verify_tree: parents[i] < i, -1 for a root) token
+ * i sits at position len + depth(i) and sees its ancestors only. The logits
+ * of the last n_logits tokens go to logits [n_logits][n_vocab]. */
+typedef struct heed_model_batch_seq {
+  int seq;
+  unsigned n_tokens;
+  const int32_t *tokens;  /* [n_tokens] */
+  const int32_t *parents; /* NULL, or [n_tokens] */
+  unsigned n_logits;      /* 0..n_tokens */
+  float *logits;          /* [n_logits][n_vocab] */
+} heed_model_batch_seq;
+
+/* Runs one step over n_seqs sequences (each at most once), appending every
+ * token's K/V to its sequence. At most max_batch tokens in all; a sequence
+ * may not grow past n_ctx (HEED_E_RANGE naming both numbers); a token id out
+ * of the vocabulary is HEED_E_INVALID naming it. On failure no sequence has
+ * grown. */
+heed_status heed_model_step(heed_model *m, const heed_model_batch_seq *seqs, unsigned n_seqs);
+
+/* Where a model's steps spent their time since open or the last reset:
+ * matrix products, attention (with the K/V appends), and the rest (norms,
+ * RoPE, activations, embedding rows). */
+typedef struct heed_model_stats {
+  uint64_t steps, tokens;
+  double s_matmul, s_attention, s_other;
+} heed_model_stats;
+void heed_model_get_stats(const heed_model *m, heed_model_stats *s);
+void heed_model_reset_stats(heed_model *m);
+
+/* Benchmarks: appends n tokens of synthetic K/V (values from a fixed
+ * pseudo-random sequence, |x| < 1) to sequence seq in every layer, as a
+ * context of depth n would leave there, without running the model. */
+heed_status heed_model_seq_fill_synthetic(heed_model *m, int seq, unsigned n);
 
 #ifdef __cplusplus
 }
