@@ -26,17 +26,19 @@ configure: setup
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
-# The main job: what heed sees on this machine, then its limits probed, then
-# the default model as heed reads it and a chat prompt in its tokens.
+# The main job: what heed sees on this machine, its limits probed, then the
+# default model (fetched by setup if missing) as heed reads it, and a short
+# chat with it.
 MODELS ?= $(or $(HEED_MODELS),$(HOME)/.cache/heed/models)
 DEFAULT_MODEL := $(MODELS)/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+CHAT ?= Write a C function that reverses a string in place. Reply with the code only.
 run: build
 	$(BUILD)/heed info
 	$(BUILD)/heed bench probes --json $(BUILD)/bench-probes.json
 	@if [ -f $(DEFAULT_MODEL) ]; then \
 	  echo "$(BUILD)/heed model info $(DEFAULT_MODEL)"; $(BUILD)/heed model info $(DEFAULT_MODEL) && \
-	  echo "$(BUILD)/heed tokenize $(DEFAULT_MODEL) --chat scripts/example-chat.json" && \
-	  $(BUILD)/heed tokenize $(DEFAULT_MODEL) --chat scripts/example-chat.json | tail -n 12; \
+	  echo "$(BUILD)/heed run $(DEFAULT_MODEL) --chat -p '$(CHAT)' -n 160 --temp 0 --verbose" && \
+	  $(BUILD)/heed run $(DEFAULT_MODEL) --chat -p '$(CHAT)' -n 160 --temp 0 --verbose; \
 	else echo "make run: $(DEFAULT_MODEL) is absent: $$(cat $(MODELS)/FETCH_FAILED 2>/dev/null)"; exit 1; fi
 
 # On x86-64 the arm64 build (NEON) runs under qemu too; HEED_NO_ARM64=1 skips it.

@@ -245,6 +245,29 @@ assert d["template"]=="chatml" and d["text"]=="<|im_start|>user\nhi<|im_end|>\n<
     { bad "heed tokenize --chat, bad arguments: rc $rc"; cat "$tmp/o"; }
   "$heed" tokenize "$qwen" --chat "$tmp/absent.json" >"$tmp/o" 2>&1; rc=$?
   [ $rc = 1 ] && grep -q "cannot read '$tmp/absent.json'" "$tmp/o" && ok || bad "heed tokenize --chat on a missing file: rc $rc"
+
+  # heed run / perplexity: refusals name the bad value; a short greedy run works
+  "$heed" run "$gemma" -p "$(printf 'word %.0s' $(seq 1 80))" --ctx 32 >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 1 ] && grep -q "the prompt has .* tokens; the context (--ctx) holds 32" "$tmp/o" && ok || { bad "heed run, prompt past --ctx: rc $rc"; cat "$tmp/o"; }
+  "$heed" run "$gemma" -p hi --kv q5 >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 2 ] && grep -q -- "--kv q5: accepted" "$tmp/o" && ok || bad "heed run --kv q5: rc $rc"
+  "$heed" run "$gemma" -p hi --temp -1 >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 2 ] && grep -q -- "--temp -1: accepted" "$tmp/o" && ok || bad "heed run --temp -1: rc $rc"
+  "$heed" run "$tmp/absent.gguf" -p hi >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 1 ] && grep -q "absent.gguf" "$tmp/o" && ok || bad "heed run on a missing model: rc $rc"
+  "$heed" run "$gemma" -p "The capital of France is" -n 8 --temp 0 >"$tmp/o" 2>"$tmp/e" && grep -q "generated 8 tokens" "$tmp/e" &&
+    grep -q "stop: length" "$tmp/e" && [ -s "$tmp/o" ] && ok || { bad "heed run greedy"; cat "$tmp/o" "$tmp/e"; }
+  "$heed" run "$gemma" -p "a b a b a b a b" -n 12 --temp 0 --draft ngram --draft-k 4 >"$tmp/o2" 2>"$tmp/e" &&
+    grep -q "draft ngram k=4" "$tmp/e" && ok || { bad "heed run --draft ngram"; cat "$tmp/e"; }
+  "$heed" run "$gemma" -p "a b a b a b a b" -n 12 --temp 0 >"$tmp/o3" 2>/dev/null && cmp -s "$tmp/o2" "$tmp/o3" && ok ||
+    bad "heed run: speculative and plain greedy runs differ"
+  "$heed" run "$gemma" -p "1, 2, 3, 4," -n 40 --temp 0 --stop "7," >"$tmp/o" 2>"$tmp/e" && ! grep -q "7," "$tmp/o" &&
+    grep -q "stop: stop string" "$tmp/e" && ok || { bad "heed run --stop"; cat "$tmp/o" "$tmp/e"; }
+  "$heed" perplexity "$gemma" -f /usr/share/common-licenses/GPL-3 --ctx 64 --chunks 2 --json >"$tmp/o" 2>&1 && python3 -c '
+import json,sys; d=json.load(open(sys.argv[1])); assert d["windows"]==2 and 1 < d["ppl"] < 1000, d' "$tmp/o" && ok ||
+    { bad "heed perplexity --json"; cat "$tmp/o"; }
+  "$heed" perplexity "$gemma" -f /etc/hostname --ctx 512 >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 1 ] && grep -q "one window of --ctx 512 needs more" "$tmp/o" && ok || bad "heed perplexity on a short text: rc $rc"
 else
   echo "cli: heed tokenize on the real models SKIPPED: $qwen or $gemma is absent $(cat "$models/FETCH_FAILED" 2>/dev/null)"
 fi

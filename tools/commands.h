@@ -13,6 +13,11 @@ int heed_cmd_model(int argc, char **argv);
  * argv[0] is the first argument after "tokenize". Exit status as above. */
 int heed_cmd_tokenize(int argc, char **argv);
 
+/* heed run MODEL ... and heed perplexity MODEL -f FILE ...; argv[0] is the
+ * first argument after the command's name. Exit status as above. */
+int heed_cmd_run(int argc, char **argv);
+int heed_cmd_perplexity(int argc, char **argv);
+
 /* p[0..n) as a JSON string: escaped, bytes that are not UTF-8 as U+FFFD. */
 void heed_cli_json_str(FILE *f, const char *p, uint64_t n);
 

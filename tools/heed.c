@@ -1,4 +1,4 @@
-/* tools/heed.c - the `heed` command line: info, bench, model, tokenize. */
+/* tools/heed.c - the `heed` command line: info, bench, model, tokenize, run, perplexity. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +9,7 @@
 #include "bench/bench_report.h"
 #include "bench/bench_shapes.h"
 #include "bench/bench_kvquant.h"
+#include "bench/bench_model.h"
 #include "bench/bench_weights.h"
 #include "bench/bench_spec.h"
 #include "heed/heed.h"
@@ -26,11 +27,13 @@ static void usage(FILE *f) {
           "       heed bench shapes   (the named shapes)\n"
           "       heed bench kvquant [--json FILE]   (attention error of each KV format)\n"
           "       heed bench weights [--quick] [--repeats N] [--json FILE]   (weight products beside the probed limits)\n"
+          "       heed bench model FILE.gguf [--depth 0,4096,16384,32768] [--kv f16,q8] [--json FILE]   (prefill, decode)\n"
           "       heed model info FILE.gguf [--json]   (architecture, tensors, tokenizer, KV-cache bytes per token)\n"
           "       heed model dump FILE.gguf            (every key and tensor of a GGUF file, as JSON)\n"
           "       heed tokenize FILE.gguf (-p TEXT | -f FILE | --chat REQUEST.json) [--json | --ids]\n"
           "                     [--parse-special] [--no-add-special] [--chat-template gguf|chatml|gemma|llama3] [--bench [N]]\n"
-
+          "       heed run FILE.gguf (-p TEXT | -f FILE) [--chat] [-n N] [--temp T] [--draft ngram] ...   (generate; heed run -h)\n"
+          "       heed perplexity FILE.gguf -f TEXT [--ctx N] [--kv DTYPE] [--json]\n"
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
 }
@@ -133,6 +136,7 @@ static int cmd_bench(int argc, char **argv) {
     return 2;
   }
   if (strcmp(argv[0], "weights") == 0) return heed_bench_weights_main(argc, argv);
+  if (strcmp(argv[0], "model") == 0) return heed_bench_model_main(argc, argv);
   if (strcmp(argv[0], "shapes") == 0) {
     int ns;
     const heed_bench_shape *sh = heed_bench_shapes(&ns);
@@ -231,7 +235,7 @@ static int cmd_bench(int argc, char **argv) {
   int attention = strcmp(suite, "attention") == 0 || strcmp(suite, "all") == 0;
   int spec = strcmp(suite, "spec") == 0 || strcmp(suite, "all") == 0;
   if (!probes && !attention && !spec) {
-    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, kvquant, spec, weights, all\n", suite);
+    fprintf(stderr, "heed bench: unknown suite '%s'; accepted: probes, attention, kvquant, spec, weights, model, all\n", suite);
     return 2;
   }
   if (plot_path && !attention) {
@@ -374,6 +378,8 @@ int main(int argc, char **argv) {
   }
   if (strcmp(argv[1], "model") == 0) return heed_cmd_model(argc - 2, argv + 2);
   if (strcmp(argv[1], "tokenize") == 0) return heed_cmd_tokenize(argc - 2, argv + 2);
+  if (strcmp(argv[1], "run") == 0) return heed_cmd_run(argc - 2, argv + 2);
+  if (strcmp(argv[1], "perplexity") == 0) return heed_cmd_perplexity(argc - 2, argv + 2);
   if (strcmp(argv[1], "version") == 0) {
     printf("heed %s\n", HEED_VERSION_STRING);
     return 0;
