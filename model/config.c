@@ -137,6 +137,9 @@ heed_status heed_model_config_read(const heed_gguf *g, heed_model_config *cfg, h
     /* five local layers, then a global one; no window, no local layers */
     if ((st = get_uint(&c, "attention.sliding_window", 0, 0, U, &cfg->sliding_window))) return st;
     cfg->swa_pattern = cfg->sliding_window ? 6 : 0;
+  } else if (cfg->arch == HEED_ARCH_LLAMA) {
+    /* Mistral-style: every layer sees the window, at the one RoPE base */
+    if ((st = get_uint(&c, "attention.sliding_window", 0, 0, U, &cfg->sliding_window))) return st;
   }
   heed_gguf_value tok;
   st = heed_gguf_get(g, "tokenizer.ggml.tokens", &tok);
@@ -153,7 +156,8 @@ heed_status heed_model_config_read(const heed_gguf *g, heed_model_config *cfg, h
 }
 
 int heed_model_layer_is_swa(const heed_model_config *cfg, uint32_t il) {
-  return cfg && cfg->swa_pattern && cfg->sliding_window && (il + 1) % cfg->swa_pattern != 0;
+  if (!cfg || !cfg->sliding_window) return 0;
+  return !cfg->swa_pattern || (il + 1) % cfg->swa_pattern != 0;
 }
 
 heed_status heed_model_kv_bytes_per_token(const heed_model_config *cfg, heed_dtype dtype, double *bytes, heed_error *err) {

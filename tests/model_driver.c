@@ -66,7 +66,7 @@ int main(int argc, char **argv) {
   mo.max_batch = (unsigned)(chunk > 0 ? chunk : (long)n < 16 ? 16 : (long)n);
   mo.n_ctx = (unsigned)(n + (greedy > 0 ? greedy : 0) + 16);
   heed_model *m;
-  if (heed_model_open(rt, model, &mo, &m, &e) != HEED_OK) return die(model, e.msg);
+  if (heed_model_open(rt, model, &mo, &m, &e) != HEED_OK) return die("open", e.msg);
   size_t V = heed_model_get_config(m)->n_vocab;
   int seq;
   if (heed_model_seq_new(m, &seq) != HEED_OK) return die("sequence", heed_model_last_error(m));

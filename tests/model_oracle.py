@@ -211,12 +211,18 @@ TINY = {
     "qwen3": dict(n_embd=128, n_head=4, n_head_kv=2, head_dim=64, n_ff=256, n_layer=2, base=5000.0, vocab="gpt2"),
     "gemma3": dict(n_embd=128, n_head=4, n_head_kv=1, head_dim=64, n_ff=256, n_layer=6, base=100.0, vocab="spm",
                    swa=8),
+    # Mistral-style: a llama whose every layer has the window
+    "llama-swa": dict(arch="llama", n_embd=128, n_head=4, n_head_kv=2, head_dim=32, n_ff=256, n_layer=2,
+                      base=10000.0, vocab="spm", swa=8),
 }
 
 
-def write_tiny(arch, path, seed=1):
+def write_tiny(arch, path, seed=1, bad=None):
+    """bad: None, or "shape" (attn_k one head too tall), "vocab" (embedding and output one
+    row longer than the vocabulary), "missing" (blk.1.ffn_up absent): files heed must refuse."""
     c = TINY[arch]
     rng = np.random.default_rng(seed + sum(map(ord, arch)))
+    arch = c.get("arch", arch)
     w = gguf.GGUFWriter(path, arch)
     E, H, KV, D, F, L = c["n_embd"], c["n_head"], c["n_head_kv"], c["head_dim"], c["n_ff"], c["n_layer"]
     w.add_block_count(L)
@@ -250,17 +256,18 @@ def write_tiny(arch, path, seed=1):
     def vec(name, n, mean=1.0, sd=0.1):
         w.add_tensor(name, (mean + sd * rng.standard_normal(n)).astype(np.float32))
 
-    mat("token_embd.weight", n_vocab, E, scale=1.0, kind=np.float16)
+    rows = n_vocab + (1 if bad == "vocab" else 0)
+    mat("token_embd.weight", rows, E, scale=1.0, kind=np.float16)
     vec("output_norm.weight", E)
     if arch != "gemma3":
-        mat("output.weight", n_vocab, E, kind="q8")
+        mat("output.weight", rows, E, kind="q8")
     if arch == "llama":
         w.add_tensor("rope_freqs.weight", (1.0 + 7.0 * rng.random(D // 2)).astype(np.float32))
     for il in range(L):
         p = f"blk.{il}."
         vec(p + "attn_norm.weight", E)
         mat(p + "attn_q.weight", H * D, E)
-        mat(p + "attn_k.weight", KV * D, E)
+        mat(p + "attn_k.weight", (KV + (1 if bad == "shape" and il == 0 else 0)) * D, E)
         mat(p + "attn_v.weight", KV * D, E)
         mat(p + "attn_output.weight", E, H * D)
         if arch == "qwen2":
@@ -272,7 +279,8 @@ def write_tiny(arch, path, seed=1):
             vec(p + "attn_k_norm.weight", D)
         vec(p + "ffn_norm.weight", E)
         mat(p + "ffn_gate.weight", F, E)
-        mat(p + "ffn_up.weight", F, E)
+        if not (bad == "missing" and il == 1):
+            mat(p + "ffn_up.weight", F, E)
         mat(p + "ffn_down.weight", E, F)
         if arch == "gemma3":
             vec(p + "post_attention_norm.weight", E, 1.0, 0.3)
@@ -511,6 +519,16 @@ def run_tiny(rep, heed, tmp):
             check_greedy(rep, f"tiny {arch} greedy", m, ids[:12], gen, BOUNDS["tiny"])
         except RuntimeError as e:
             rep.check(False, f"tiny {arch} greedy: {e}")
+    # files heed must refuse, naming what is wrong
+    for bad, needle in (("shape", "'blk.0.attn_k.weight' has shape"), ("vocab", "'token_embd.weight' has shape [128, 350]; the configuration needs [128, 349]"),
+                        ("missing", "'blk.1.ffn_up.weight' is missing")):
+        path = os.path.join(tmp, f"tiny-bad-{bad}.gguf")
+        n_vocab = write_tiny("qwen2", path, bad=bad)
+        try:
+            heed.logits(path, [1, 2, 3], n_vocab)
+            rep.check(False, f"tiny qwen2 with a bad {bad}: heed accepted it")
+        except RuntimeError as e:
+            rep.check(needle in str(e), f"tiny qwen2 with a bad {bad}: refused: {str(e).strip()[-160:]}")
 
 
 # ---------------------------------------------------------------------- self-check

@@ -116,6 +116,8 @@ class Model:
                 self.freq_scale_swa = 1.0
             if self.n_layer == 62:  # llama.cpp: Gemma 3 27B scales by n_embd / n_head
                 self.attn_scale = 1.0 / math.sqrt(self.n_embd // self.n_head)
+        if a == "llama":  # Mistral-style: every layer windowed, one RoPE base
+            self.n_swa = int(kv("attention.sliding_window", 0) or 0)
         self.rope_neox = a in ("qwen2", "qwen3", "gemma3")
         self.tokens = [bytes(r.fields["tokenizer.ggml.tokens"].parts[i]).decode("utf-8", "replace")
                        for i in r.fields["tokenizer.ggml.tokens"].data]
@@ -171,7 +173,9 @@ class Model:
         return dequantize(rows, t.tensor_type).astype(np.float32).reshape(len(ids), self.n_embd)
 
     def layer_is_swa(self, il):
-        return bool(self.swa_pattern and self.n_swa and (il + 1) % self.swa_pattern != 0)
+        if not self.n_swa:
+            return False
+        return not self.swa_pattern or (il + 1) % self.swa_pattern != 0
 
     def rope_tables(self, swa, pos):
         """cos, sin [n_pos][n_rot/2] (float64) for positions pos."""

@@ -293,7 +293,9 @@ static int cmd_info(const heed_gguf *g, int json) {
   fprintf(f, "  trained context %u tokens; rope base %g", c.n_ctx_train, c.rope_freq_base);
   if (c.swa_pattern) fprintf(f, " (local layers %g)", c.rope_freq_base_swa);
   fprintf(f, "; rms eps %g\n", c.rms_eps);
-  if (c.sliding_window && c.swa_pattern)
+  if (c.sliding_window && !c.swa_pattern)
+    fprintf(f, "  sliding window %u tokens on every layer\n", c.sliding_window);
+  else if (c.sliding_window)
     fprintf(f, "  sliding window %u tokens on %u of every %u layers\n", c.sliding_window, c.swa_pattern - 1, c.swa_pattern);
   fprintf(f, "%-13s %" PRIu64 ", %.1f MiB, %.3g parameters\n", "tensors", heed_gguf_n_tensors(g), all_bytes / MIB, (double)n_params);
   for (int t = 0; t < 64; t++)

@@ -55,7 +55,8 @@ typedef struct heed_model_config {
   double rope_freq_base_swa; /* sliding-window layers' base: rope.freq_base_swa; gemma3: 10000 when absent; else rope_freq_base */
   double rms_eps;          /* attention.layer_norm_rms_epsilon */
   uint32_t sliding_window; /* attention.sliding_window: tokens a local layer sees; 0: none */
-  uint32_t swa_pattern;    /* every swa_pattern-th layer is global, the others local (gemma3: 6); 0: all global */
+  uint32_t swa_pattern;    /* every swa_pattern-th layer is global, the others local (gemma3: 6);
+                              0: every layer local when sliding_window > 0 (Mistral-style llama) */
 } heed_model_config;
 
 /* Reads the configuration of g's model. HEED_E_UNSUPPORTED for an
