@@ -126,7 +126,23 @@ static int is_quant(int type) {
 }
 
 /* Bytes of one token's quantized activations, rounded to 64 so each starts aligned. */
-static size_t act_stride(size_t cols) { return (cols / HEED_QA_BLOCK * sizeof(heed_qa_block) + 63) & ~(size_t)63; }
+static size_t act_stride(size_t cols) { return heed_qa_layout_of(cols).stride; }
+
+/* The packed copy after the blocks (heed_qa_layout), zero padded. */
+static void pack_act(uint8_t *tok, size_t cols) {
+  const heed_qa_layout l = heed_qa_layout_of(cols);
+  const heed_qa_block *a = (const heed_qa_block *)tok;
+  int8_t *q = (int8_t *)(tok + l.off_q);
+  float *dh = (float *)(tok + l.off_dh), *ds = (float *)(tok + l.off_ds);
+  const size_t nb = cols / HEED_QA_BLOCK;
+  for (size_t b = 0; b < nb; b++) {
+    memcpy(q + b * HEED_QA_BLOCK, a[b].q, HEED_QA_BLOCK);
+    dh[2 * b] = dh[2 * b + 1] = a[b].d;
+    ds[2 * b] = a[b].d * (float)a[b].s[0], ds[2 * b + 1] = a[b].d * (float)a[b].s[1];
+  }
+  memset(q + cols, 0, l.colsp - cols);
+  for (size_t h = 2 * nb; h < l.colsp / 16; h++) dh[h] = ds[h] = 0;
+}
 
 size_t heed_matmul_workspace(const heed_matrix *w, size_t n_tok) {
   if (!w || !is_quant(w->type) || w->cols % HEED_QA_BLOCK) return 0;
@@ -155,8 +171,11 @@ typedef struct mm_ctx {
 static void quant_task(void *vc, size_t begin, size_t end, int worker) {
   (void)worker;
   const mm_ctx *c = (const mm_ctx *)vc;
-  for (size_t t = begin; t < end; t++)
-    c->t->quant(c->x + t * c->ldx, c->w->cols, (heed_qa_block *)((uint8_t *)c->act + t * c->astride));
+  for (size_t t = begin; t < end; t++) {
+    uint8_t *tok = (uint8_t *)c->act + t * c->astride;
+    c->t->quant(c->x + t * c->ldx, c->w->cols, (heed_qa_block *)tok);
+    if (c->t->pack) pack_act(tok, c->w->cols);
+  }
 }
 
 static void mv_task(void *vc, size_t begin, size_t end, int worker) {

@@ -26,6 +26,30 @@ typedef struct heed_qa_block {
   int8_t q[32];   /* codes in -127..127 */
 } heed_qa_block;
 
+/* The packed copy of one token's activations, after its blocks in the same
+ * act_stride run, for kernels that read 64 codes and a super-block's scales at
+ * once (the table's `pack`; cpu_weights.c fills it from the blocks, so the
+ * bits stay those of the quantizer). cols is rounded up to HEED_QA_GROUP and
+ * the padding is zero:
+ *   q  [colsp]      int8 codes, contiguous          (at off_q)
+ *   dh [colsp / 16] f32 d of each half block's block (at off_dh)
+ *   ds [colsp / 16] f32 d * s[h] of each half block  (at off_ds)
+ * all offsets multiples of 64 from the token's start. */
+#define HEED_QA_GROUP 256
+typedef struct heed_qa_layout {
+  size_t colsp, off_q, off_dh, off_ds, stride;
+} heed_qa_layout;
+
+static inline heed_qa_layout heed_qa_layout_of(size_t cols) {
+  heed_qa_layout l;
+  l.colsp = (cols + HEED_QA_GROUP - 1) / HEED_QA_GROUP * HEED_QA_GROUP;
+  l.off_q = (cols / HEED_QA_BLOCK * sizeof(heed_qa_block) + 63) & ~(size_t)63;
+  l.off_dh = l.off_q + l.colsp;
+  l.off_ds = l.off_dh + l.colsp / 16 * sizeof(float);
+  l.stride = l.off_ds + l.colsp / 16 * sizeof(float);
+  return l;
+}
+
 /* x: [n] f32, n a multiple of 32, finite; a: [n / 32] blocks. */
 typedef void (*heed_wquant_fn)(const float *x, size_t n, heed_qa_block *a);
 
@@ -50,6 +74,7 @@ typedef struct heed_wkernel {
 typedef struct heed_weights_table {
   heed_isa isa;
   int dot;                   /* int8 dot-product kernels: avx512_vnni (vpdpbusd), arm64 dotprod (sdot) */
+  int pack;                  /* the kernels read the packed copy of the activations (heed_qa_layout) */
   heed_wquant_fn quant;
   const char *quant_name;
   heed_wkernel k[HEED_WTYPE_SLOTS]; /* [ggml type] */
