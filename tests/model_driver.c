@@ -16,8 +16,26 @@
 
 #include "heed/heed.h"
 
+/* What main holds, released on every exit (die included), so that refusals
+ * run clean under the leak checker. */
+static heed_runtime *g_rt;
+static heed_model *g_m;
+static int32_t *g_ids;
+static float *g_logits;
+static FILE *g_f;
+
+static void release(void) {
+  if (g_f) fclose(g_f);
+  free(g_logits);
+  free(g_ids);
+  if (g_m) heed_model_close(g_m);
+  if (g_rt) heed_runtime_close(g_rt);
+  g_f = NULL, g_logits = NULL, g_ids = NULL, g_m = NULL, g_rt = NULL;
+}
+
 static int die(const char *what, const char *msg) {
   fprintf(stderr, "model_driver: %s: %s\n", what, msg);
+  release();
   return 1;
 }
 
@@ -39,12 +57,12 @@ int main(int argc, char **argv) {
   if (!model || !tokens_arg || (!logits_path && greedy < 0)) return die("usage", "model, --tokens and --logits or --greedy");
   /* ids */
   size_t n = 0, cap = 64;
-  int32_t *ids = malloc(cap * sizeof *ids);
+  int32_t *ids = g_ids = malloc(cap * sizeof *ids);
   for (const char *p = tokens_arg; *p;) {
     char *end;
     long v = strtol(p, &end, 10);
     if (end == p) return die("--tokens", "a comma-separated list of ids");
-    if (n == cap) ids = realloc(ids, (cap *= 2) * sizeof *ids);
+    if (n == cap) ids = g_ids = realloc(ids, (cap *= 2) * sizeof *ids);
     ids[n++] = (int32_t)v;
     p = *end == ',' ? end + 1 : end;
   }
@@ -60,6 +78,7 @@ int main(int argc, char **argv) {
   heed_error e = {0};
   heed_runtime *rt;
   if (heed_runtime_open(&ro, &rt, &e) != HEED_OK) return die("runtime", e.msg);
+  g_rt = rt;
   heed_model_options mo;
   heed_model_options_init(&mo);
   if (heed_dtype_parse(kv, &mo.kv_dtype) != HEED_OK) return die("--kv", kv);
@@ -67,11 +86,12 @@ int main(int argc, char **argv) {
   mo.n_ctx = (unsigned)(n + (greedy > 0 ? greedy : 0) + 16);
   heed_model *m;
   if (heed_model_open(rt, model, &mo, &m, &e) != HEED_OK) return die("open", e.msg);
+  g_m = m;
   size_t V = heed_model_get_config(m)->n_vocab;
   int seq;
   if (heed_model_seq_new(m, &seq) != HEED_OK) return die("sequence", heed_model_last_error(m));
-  float *logits = malloc((size_t)mo.max_batch * V * sizeof(float));
-  FILE *f = logits_path ? fopen(logits_path, "wb") : NULL;
+  float *logits = g_logits = malloc((size_t)mo.max_batch * V * sizeof(float));
+  FILE *f = g_f = logits_path ? fopen(logits_path, "wb") : NULL;
   if (logits_path && !f) return die(logits_path, strerror(errno));
   for (size_t at = 0; at < n;) {
     unsigned k = (unsigned)(n - at < mo.max_batch ? n - at : mo.max_batch);
@@ -81,6 +101,7 @@ int main(int argc, char **argv) {
     if (f && fwrite(logits, sizeof(float) * V, k, f) != k) return die(logits_path, "write failed");
     at += k;
   }
+  g_f = NULL;
   if (f && fclose(f) != 0) return die(logits_path, "write failed");
   if (greedy >= 0) {
     if (logits_path) { /* the last row again, for the argmax */
@@ -100,9 +121,6 @@ int main(int argc, char **argv) {
     }
     printf("]}\n");
   }
-  free(logits);
-  free(ids);
-  heed_model_close(m);
-  heed_runtime_close(rt);
+  release();
   return 0;
 }
