@@ -488,11 +488,15 @@ static heed_status seal_residual(heed_kv_cache *c, int seq, uint32_t b) {
     kv_view res;
     kv_view_of(c, NULL, 0, seq, 0, h, &res);
     heed_error e = {0};
-    /* Appends refuse what the residual cannot hold, so a refusal here is heed's bug: say so, write no stale codes. */
+    /* Appends refuse what the residual cannot hold, so only raw bytes written
+     * over it (heed_kv_cache_storage_write) can make this fail: say so, write
+     * no stale codes. */
     if (quantize_k(c, &res, blk + h * c->k_head, blk + c->aux_off + h * c->k_aux, &e) != HEED_OK ||
         quantize_v(c, &res, blk + c->v_off + h * c->v_head, blk + c->aux_off + c->cfg.n_kv_heads * c->k_aux + h * c->v_aux,
                    &e) != HEED_OK)
-      return heed_err_set(&c->err, HEED_E_INTERNAL, "quantizing sequence %d's full residual (head %u) into block %u: %s",
+      return heed_err_set(&c->err, HEED_E_INVALID,
+                          "quantizing sequence %d's full residual (head %u) into block %u: %s (the residual holds a "
+                          "value no append stored: raw bytes written into the storage?)",
                           seq, h, (unsigned)b, e.msg);
   }
   if (!c->dev) return HEED_OK;

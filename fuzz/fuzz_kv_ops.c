@@ -199,6 +199,21 @@ static void op_append(fz_in *in, prog *P) {
     expect = n == 0 || (finite && (uint64_t)m->len + n <= g->max_seq_len && need <= free0);
   }
   heed_status st = heed_kv_seq_append(P->x.c, s, n, k, v);
+  if (P->dirty && expect && st == HEED_E_INVALID && P->x.quant && strstr(heed_kv_cache_last_error(P->x.c), "raw bytes")) {
+    /* raw bytes over a residual: its seal refuses; the sequence keeps the whole blocks sealed before */
+    mseq *m = &P->m[s];
+    long len = heed_kv_seq_len(P->x.c, s);
+    FZ_CHECK(len == (long)m->len || (len > (long)m->len && len < (long)(m->len + n) && len % bl == 0),
+             "a refused seal left sequence %d at %ld tokens (had %u, appending %u)", s, len, m->len, n);
+    const unsigned kept = (unsigned)len - m->len;
+    memcpy(m->k + (size_t)m->len * H * g->dk, k, sizeof(float) * kept * H * g->dk);
+    memcpy(m->v + (size_t)m->len * H * g->dv, v, sizeof(float) * kept * H * g->dv);
+    m->len = (unsigned)len;
+    fz_stat("append refused: raw bytes in the residual");
+    free(k), free(v);
+    check_structure(P, "append");
+    return;
+  }
   FZ_CHECK((st == HEED_OK) == expect, "append of %u tokens to %d (alive %d, finite %d, free %u): %d %s", n, s, alive(P, s),
            finite, (unsigned)free0, st, heed_kv_cache_last_error(P->x.c));
   fz_stat(st == HEED_OK ? "append ok" : "append refused");

@@ -258,12 +258,19 @@ static void check_probs(const call *c, const float *p) {
     free(x);
     return;
   }
-  /* "z >= a threshold": every token above the least kept one is kept (ties within rounding aside) */
+  /* "z >= a threshold": every token above the least kept one is kept (ties
+   * within rounding aside). A token whose p would be subnormal may come out 0
+   * or not, as the exp that made it (a SIMD kernel's or libm's) flushes or
+   * not; only tokens whose p is normal are held to this. */
   const float margin = fabsf(xmin_kept) * 4e-7f + 1e-37f;
+  float xmax = -INFINITY;
+  for (unsigned t = 0; t < V; t++) xmax = x[t] > xmax ? x[t] : xmax;
   for (unsigned t = 0; t < V; t++)
-    if (p[t] == 0 && x[t] > xmin_kept + margin) {
-      /* a kept token's p may underflow to 0: then every token below it is 0 too */
-      FZ_CHECK(0, "token %u (logit %.9g) dropped while %.9g (the least kept) is kept", t, x[t], xmin_kept);
+    if (p[t] == 0 && x[t] > xmin_kept + margin && pmax * exp(((double)x[t] - xmax) / c->smp.temperature) >= FLT_MIN) {
+      FZ_CHECK(0, "token %u (logit %.9g) dropped while %.9g (the least kept) is kept (V %u, T %g, top_k %u, top_p %g, min_p %g, "
+               "penalty %g on %u tokens, raw logit %.9g, p max %g)",
+               t, x[t], xmin_kept, V, c->smp.temperature, c->smp.top_k, c->smp.top_p, c->smp.min_p,
+               c->smp.repetition_penalty, c->smp.n_penalty_tokens, c->target[t], pmax);
     }
   if (c->smp.top_k) { /* no more than the tokens tied with or above the k-th largest */
     float *sorted = malloc(sizeof(float) * V);

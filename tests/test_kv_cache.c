@@ -283,3 +283,35 @@ Test(kv_cache, max_seq_len_near_2_to_the_32, .init = setup, .fini = teardown) {
     free(st);
   }
 }
+
+/* Raw bytes written over a quantized cache's residual (NaN codes: 0x7e7e is
+ * an f16 NaN) are refused when the residual seals, naming the cause, with
+ * the sequence left as it was; the cache goes on serving (fuzz_kv_ops found
+ * this as an internal error). */
+Test(kv_cache, raw_bytes_over_a_residual_are_refused_at_its_seal, .init = setup, .fini = teardown) {
+  void *st;
+  heed_kv_cache *c = make(HEED_DTYPE_E4M3, 16, 3, &st);
+  size_t bytes, pool = (size_t)3 * heed_kv_cache_block_bytes(c);
+  heed_kv_cache_config cfg = *heed_kv_cache_get_config(c);
+  cr_assert_eq(heed_kv_cache_bytes(rt, &cfg, &bytes, NULL), HEED_OK);
+  int a;
+  cr_assert_eq(heed_kv_seq_new(c, &a), HEED_OK);
+  float k[16 * 64], v[16 * 96];
+  fill(k, sizeof k / 4, -3.0f);
+  fill(v, sizeof v / 4, 1.0f);
+  cr_assert_eq(heed_kv_seq_append(c, a, 5, k, v), HEED_OK);
+  cr_assert_gt(bytes, pool, "the residuals follow the pool");
+  unsigned char *junk = malloc(bytes - pool);
+  memset(junk, 0x7e, bytes - pool);
+  cr_assert_eq(heed_kv_cache_storage_write(c, pool, bytes - pool, junk), HEED_OK);
+  free(junk);
+  cr_assert_eq(heed_kv_seq_append(c, a, 11, k, v), HEED_E_INVALID);
+  cr_assert(strstr(heed_kv_cache_last_error(c), "raw bytes written into the storage"), "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_kv_seq_len(c, a), 5, "the sequence as it was");
+  cr_assert_eq(heed_kv_cache_free_blocks(c), 3, "no block kept");
+  cr_assert_eq(heed_kv_seq_truncate(c, a, 0), HEED_OK);
+  cr_assert_eq(heed_kv_seq_append(c, a, 16, k, v), HEED_OK, "%s", heed_kv_cache_last_error(c));
+  cr_assert_eq(heed_kv_cache_free_blocks(c), 2);
+  heed_kv_cache_destroy(c);
+  free(st);
+}
