@@ -53,14 +53,14 @@ test:
 	@MAKE="$(MAKE)" bash scripts/run-suites.sh $(TEST_TARGETS)
 
 test-native: build
-	cd $(BUILD) && ctest --output-on-failure
+	cd $(BUILD) && ctest -j $(JOBS) --output-on-failure
 
 # NEON kernels and the whole suite for arm64, cross-built and run under qemu-aarch64.
 test-arm64: setup
 	@cmake -S . -B $(BUILD_ARM64) -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
 	  -DHEED_ARM64_DEPS=$(CURDIR)/.deps/arm64 -DHEED_BUILD_TOOLS=OFF -DHEED_WERROR=$(WERROR) >/dev/null
 	@cmake --build $(BUILD_ARM64) -j $(JOBS)
-	cd $(BUILD_ARM64) && ctest --output-on-failure
+	cd $(BUILD_ARM64) && ctest -j $(JOBS) --output-on-failure
 
 # The checked builds, each in a build folder of its own (build-asan, build-tsan,
 # build-fuzz); `make check` runs the suite and all three, as .ci/run does.

@@ -47,7 +47,7 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1${UBSAN
 
 start=$SECONDS
 # shellcheck disable=SC2086
-(cd "$build" && ctest --output-on-failure ${CTEST_ARGS:-})
+(cd "$build" && ctest -j "${JOBS:-2}" --output-on-failure ${CTEST_ARGS:-})
 ctest_rc=$?
 echo "test-asan: ctest finished in $((SECONDS - start)) s (exit $ctest_rc)"
 
