@@ -116,6 +116,15 @@ static int same_shape(const char *a, const char *b) {
   return same;
 }
 
+static int shape_num(const char *shape, const char *key, double *v) {
+  cJSON *x = cJSON_Parse(shape);
+  const cJSON *c = x ? cJSON_GetObjectItemCaseSensitive(x, key) : NULL;
+  int ok = cJSON_IsNumber(c);
+  if (ok) *v = c->valuedouble;
+  cJSON_Delete(x);
+  return ok;
+}
+
 int heed_bench_compare(const heed_bench_result *old, int n_old, const heed_bench_result *cur, int n_cur, double threshold,
                        FILE *f, char *msg, size_t cap) {
   int matched = 0, regress = 0;
@@ -133,7 +142,13 @@ int heed_bench_compare(const heed_bench_result *old, int n_old, const heed_bench
       double ratio = c->ms_median / o->ms_median;
       const char *verdict = ratio > 1 + threshold ? "REGRESSION" : ratio < 1 / (1 + threshold) ? "faster" : "same";
       regress += ratio > 1 + threshold;
-      fprintf(f, "%-32s %12.4f %12.4f %9.3f  %s\n", c->name, o->ms_median, c->ms_median, ratio, verdict);
+      char label[96];
+      double depth;
+      if (shape_num(c->shape_json, "depth", &depth)) /* model cases: the name alone repeats */
+        snprintf(label, sizeof label, "%s %s depth %.0f", c->name, c->dtype, depth);
+      else
+        snprintf(label, sizeof label, "%s", c->name);
+      fprintf(f, "%-32s %12.4f %12.4f %9.3f  %s\n", label, o->ms_median, c->ms_median, ratio, verdict);
       break;
     }
   }
@@ -167,6 +182,31 @@ static void line_of(const heed_bench_result *r, char *dst, size_t cap) {
     snprintf(dst, cap, "%s, reference (scalar)", r->dtype);
   else
     snprintf(dst, cap, "%s", r->dtype);
+}
+
+/* Runs gnuplot on the script sp (in dir); 0, or -1 with gnuplot's error in msg. */
+static int run_gnuplot(const char *dir, const char *sp, char *msg, size_t cap) {
+  char cmd[256], ep[64];
+  snprintf(ep, sizeof ep, "%s/err", dir);
+  snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>'%s'", sp, ep);
+  int st = system(cmd);
+  int rc = 0;
+  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    char err[200] = "";
+    FILE *e = fopen(ep, "r");
+    if (e) {
+      size_t got = fread(err, 1, sizeof err - 1, e);
+      err[got] = 0;
+      fclose(e);
+      for (char *c = err; *c; c++)
+        if (*c == '\n') *c = ' ';
+    }
+    snprintf(msg, cap, "gnuplot failed%s%s%s", WIFEXITED(st) && WEXITSTATUS(st) == 127 ? " (not installed? scripts/setup.sh installs gnuplot-nox)" : "",
+             err[0] ? ": " : "", err);
+    rc = -1;
+  }
+  unlink(ep);
+  return rc;
 }
 
 int heed_bench_plot(const heed_bench_result *r, int n, const char *title, const char *png, char *msg, size_t cap) {
@@ -230,30 +270,92 @@ int heed_bench_plot(const heed_bench_result *r, int n, const char *title, const 
             k ? ", " : "", dir, k, k + 1, lines[k], dir, k, k + 1);
   fprintf(g, "\nunset multiplot\n");
   fclose(g);
-  char cmd[256], ep[64];
-  snprintf(ep, sizeof ep, "%s/err", dir);
-  snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>'%s'", sp, ep);
-  int st = system(cmd);
-  int rc = 0;
-  if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-    char err[200] = "";
-    FILE *e = fopen(ep, "r");
-    if (e) {
-      size_t got = fread(err, 1, sizeof err - 1, e);
-      err[got] = 0;
-      fclose(e);
-      for (char *c = err; *c; c++)
-        if (*c == '\n') *c = ' ';
-    }
-    snprintf(msg, cap, "gnuplot failed%s%s%s", WIFEXITED(st) && WEXITSTATUS(st) == 127 ? " (not installed? scripts/setup.sh installs gnuplot-nox)" : "",
-             err[0] ? ": " : "", err);
-    rc = -1;
-  }
+  int rc = run_gnuplot(dir, sp, msg, cap);
   for (int k = 0; k < nl; k++) {
     char p[64];
     snprintf(p, sizeof p, "%s/%d.dat", dir, k);
     unlink(p);
   }
-  unlink(sp), unlink(ep), rmdir(dir);
+  unlink(sp), rmdir(dir);
+  return rc;
+}
+
+
+/* ---- the model plot ---- */
+
+int heed_bench_plot_model(const heed_bench_result *r, int n, const char *title, const char *png, char *msg, size_t cap) {
+  char dir[] = "/tmp/heed-plot-XXXXXX";
+  if (!mkdtemp(dir)) {
+    snprintf(msg, cap, "cannot make a temporary directory for the plot");
+    return -1;
+  }
+  /* per panel (0 prefill, 1 decode) and KV format a data file: depth tok/s limit_tok/s */
+  char kvs[8][16];
+  int nk = 0, have[2] = {0, 0};
+  for (int i = 0; i < n; i++) {
+    int panel = strcmp(r[i].name, "model.prefill") == 0 ? 0 : strcmp(r[i].name, "model.decode") == 0 ? 1 : -1;
+    double depth;
+    if (panel < 0 || !shape_num(r[i].shape_json, "depth", &depth) || !(r[i].fraction > 0)) continue;
+    int k = 0;
+    while (k < nk && strcmp(kvs[k], r[i].dtype)) k++;
+    if (k == nk) {
+      if (nk == 8) continue;
+      snprintf(kvs[nk++], sizeof kvs[0], "%s", r[i].dtype);
+    }
+    char p[64];
+    snprintf(p, sizeof p, "%s/%d-%d.dat", dir, panel, k);
+    FILE *d = fopen(p, "a");
+    if (!d) continue;
+    const double tps = 1e3 / r[i].ms_median;
+    fprintf(d, "%.0f %.6g %.6g\n", depth, tps, tps / r[i].fraction);
+    fclose(d);
+    have[panel] = 1;
+  }
+  if (!have[0] && !have[1]) {
+    snprintf(msg, cap, "nothing to plot: no model.prefill or model.decode case in these results");
+    rmdir(dir);
+    return -1;
+  }
+  char sp[64];
+  snprintf(sp, sizeof sp, "%s/plot.gp", dir);
+  FILE *g = fopen(sp, "w");
+  if (!g) {
+    snprintf(msg, cap, "cannot write the gnuplot script");
+    rmdir(dir);
+    return -1;
+  }
+  fprintf(g,
+          "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo size 1400,560 font ',10' } "
+          "else { set terminal png size 1400,560 }\n"
+          "set termoption noenhanced\nset output '%s'\nset multiplot layout 1,2 title '%s'\n"
+          "set grid\nset key right top\nset xlabel 'context depth (tokens)'\nset ylabel 'tokens/s (median)'\n"
+          "set yrange [0:*]\nset offsets graph 0.02, graph 0.02, 0, 0\n",
+          png, title);
+  static const char *titles[2] = {"prefill: tok/s, and the FMA-peak limit (dashed)",
+                                  "decode: tok/s, and the read-bandwidth limit (dashed)"};
+  for (int panel = 0; panel < 2; panel++) {
+    fprintf(g, "set title '%s'\nplot ", titles[panel]);
+    int first = 1;
+    for (int k = 0; k < nk; k++) {
+      char p[64];
+      snprintf(p, sizeof p, "%s/%d-%d.dat", dir, panel, k);
+      if (access(p, R_OK) != 0) continue;
+      fprintf(g, "%s'%s' using 1:2 with linespoints lc %d title '%s', '%s' using 1:3 with lines dt 2 lc %d notitle",
+              first ? "" : ", ", p, k + 1, kvs[k], p, k + 1);
+      first = 0;
+    }
+    if (first) fprintf(g, "NaN notitle");
+    fprintf(g, "\n");
+  }
+  fprintf(g, "unset multiplot\n");
+  fclose(g);
+  int rc = run_gnuplot(dir, sp, msg, cap);
+  for (int panel = 0; panel < 2; panel++)
+    for (int k = 0; k < nk; k++) {
+      char p[64];
+      snprintf(p, sizeof p, "%s/%d-%d.dat", dir, panel, k);
+      unlink(p);
+    }
+  unlink(sp), rmdir(dir);
   return rc;
 }

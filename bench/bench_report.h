@@ -25,4 +25,9 @@ int heed_bench_compare(const heed_bench_result *old, int n_old, const heed_bench
  * to read the bytes at the probed bandwidth). 0, or -1 with why in msg. */
 int heed_bench_plot(const heed_bench_result *r, int n, const char *title, const char *png, char *msg, size_t cap);
 
+/* Two panels for `heed bench model`: prefill and decode tok/s against
+ * context depth, a line per KV format, each beside its limit in tok/s
+ * (dashed). 0, or -1 with why in msg. */
+int heed_bench_plot_model(const heed_bench_result *r, int n, const char *title, const char *png, char *msg, size_t cap);
+
 #endif

@@ -268,6 +268,29 @@ import json,sys; d=json.load(open(sys.argv[1])); assert d["windows"]==2 and 1 < 
     { bad "heed perplexity --json"; cat "$tmp/o"; }
   "$heed" perplexity "$gemma" -f /etc/hostname --ctx 512 >"$tmp/o" 2>&1; rc=$?
   [ $rc = 1 ] && grep -q "one window of --ctx 512 needs more" "$tmp/o" && ok || bad "heed perplexity on a short text: rc $rc"
+  # heed bench model: the heed-bench/1 schema, a plot, and --compare against itself and a 2x faster run
+  "$heed" bench model "$gemma" --depth 0,32 --kv f16,q8 --prompt 8 --gen 2 --repeats 1 --json "$tmp/bm.json" \
+    --plot "$tmp/bm.png" >"$tmp/o" 2>&1 && python3 -c '
+import json,sys,jsonschema
+d=json.load(open(sys.argv[1])); jsonschema.validate(d, json.load(open(sys.argv[3])))
+r=d["results"]; assert len(r)==8, len(r)
+assert {(x["name"],x["dtype"],x["shape"]["depth"]) for x in r}=={(n,k,z) for n in ("model.prefill","model.decode") for k in ("f16","q8") for z in (0,32)}
+assert all(x["shape"]["model"]=="gemma-3-270m-q4_k_m.gguf" and x["fraction"]>0 and x["limit_value"]>0 for x in r), r
+assert {x["limit_kind"] for x in r if x["name"]=="model.decode"}=={"read_bandwidth"}
+assert open(sys.argv[2],"rb").read(8)==b"\x89PNG\r\n\x1a\n"' "$tmp/bm.json" "$tmp/bm.png" "$schema" && ok ||
+    { bad "heed bench model --json --plot"; cat "$tmp/o"; }
+  python3 -c '
+import json,sys; d=json.load(open(sys.argv[1]))
+for x in d["results"]: x["ms_median"]/=2
+json.dump(d,open(sys.argv[2],"w"))' "$tmp/bm.json" "$tmp/bm2.json"
+  "$heed" bench model "$gemma" --depth 0 --kv f16 --prompt 8 --gen 2 --repeats 1 --compare "$tmp/bm2.json" --threshold 0.2 \
+    >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 1 ] && grep -q "model.decode f16 depth 0 .*REGRESSION" "$tmp/o" && grep -q "2 of 2 cases compared" "$tmp/o" && ok ||
+    { bad "heed bench model --compare: a 2x regression flagged (rc $rc)"; cat "$tmp/o"; }
+  "$heed" bench model "$gemma" --repeats 0 >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 2 ] && grep -q -- "--repeats 0: accepted: 1..15" "$tmp/o" && ok || bad "heed bench model --repeats 0: rc $rc"
+  "$heed" bench model "$gemma" --compare "$tmp/absent.json" >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 1 ] && grep -q "absent.json" "$tmp/o" && ok || bad "heed bench model --compare of a missing file: rc $rc"
 else
   echo "cli: heed tokenize on the real models SKIPPED: $qwen or $gemma is absent $(cat "$models/FETCH_FAILED" 2>/dev/null)"
 fi
