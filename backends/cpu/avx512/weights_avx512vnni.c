@@ -159,6 +159,10 @@ WX_INLINE void z_decode(const int f, const uint8_t *row, size_t g, size_t nb, zg
   }
 }
 
+#ifndef Z_PF
+#define Z_PF 8192 /* bytes of prefetch distance for the decode kernels */
+#endif
+
 /* Decode: rows [0, nr) by one token, RV rows at a time. */
 WX_INLINE void z_vec_rows(const int f, const int RV, const uint8_t *w, size_t rb, size_t cols, const uint8_t *tok,
                           float *y) {
@@ -173,14 +177,18 @@ WX_INLINE void z_vec_rows(const int f, const int RV, const uint8_t *w, size_t rb
     __m512i a[4];
     __m512 dk[4];
     for (int k = 0; k < 4; k++) a[k] = _mm512_load_si512(q + 256 * g + 64 * k), dk[k] = z_pair(k, dhg);
+    {
+      /* The RV rows are adjacent in memory and the caller walks the rows in
+       * order, so the bytes read advance linearly, RV groups per step: fetch
+       * the lines Z_PF bytes ahead of this step's (rows are too short for a
+       * distance within a row, and DRAM-bound rows need more than the
+       * hardware prefetcher guesses). */
+      const size_t gb = f >= WF_Q4_K ? wf_bytes(f) : 8 * wf_bytes(f), step = (size_t)RV * gb;
+      const char *pf = (const char *)w + (size_t)RV * g * gb + Z_PF;
+      for (size_t o = 0; o < step; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+    }
     for (int r = 0; r < RV; r++) {
       zg z;
-      {
-        /* every line of the group 8 ahead: DRAM-bound rows need more than the hardware guesses */
-        const size_t gb = f >= WF_Q4_K ? wf_bytes(f) : 8 * wf_bytes(f);
-        const char *pf = (const char *)(w + r * rb + (g + 8) * gb);
-        for (size_t o = 0; o < gb; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
-      }
       z_decode(f, w + r * rb, g, nb, &z);
       acc[r][1] = _mm512_fmadd_ps(z.cv, dsg, acc[r][1]);
       for (int k = 0; k < 4; k++) {
