@@ -30,7 +30,7 @@ WX_KERNELS(q6_k, WF_Q6_K, avx2)
  * block), so that for a token
  *   y += sum_h cf[h] ds[h] + sum_j float(sum_{i in chunk j} u_i q_i) * (sf dh)
  * with the last product taken per half block (4 int32 lanes each). */
-#define KX_PF 8192 /* bytes of prefetch distance in decode (rows are read in order) */
+#define KX_PF 8192 /* bytes of prefetch distance (rows are read in order) */
 
 typedef struct kx_sb {
   __m256 sf[2], cf[2]; /* half blocks 0..7, 8..15 */
@@ -104,8 +104,7 @@ static inline __attribute__((always_inline)) void kx_rows(const int f, const int
     __m256 acc[4][2];
     for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (size_t g = 0; g < ng; g++) {
-      if (NT == 1)
-        for (size_t o = 0; o < gb; o += 64) _mm_prefetch((const char *)row + g * gb + KX_PF + o, _MM_HINT_T0);
+      for (size_t o = 0; o < gb; o += 64) _mm_prefetch((const char *)row + g * gb + KX_PF + o, _MM_HINT_T0);
       kx_sb z;
       kx_decode(f, row + g * gb, &z);
       for (int t = 0; t < NT; t++) {

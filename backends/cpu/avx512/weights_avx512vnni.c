@@ -268,6 +268,11 @@ WX_INLINE void z_mat(const int f, const uint8_t *w, size_t rb, size_t nr, size_t
     const int R = nr - r0 < ZP_RP ? (int)(nr - r0) : ZP_RP;
     for (int r = 0; r < R; r++)
       for (size_t g = 0; g < ng; g++) {
+        { /* the panel's rows are read in order too: with few tokens (a draft's verification) this is DRAM-bound */
+          const size_t gb = f >= WF_Q4_K ? wf_bytes(f) : 8 * wf_bytes(f);
+          const char *pf = (const char *)w + (r0 + (size_t)r) * rb + g * gb + Z_PF;
+          for (size_t o = 0; o < gb; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+        }
         zg z;
         z_decode(f, w + (r0 + (size_t)r) * rb, g, nb, &z);
         zp_group *o = pan + (size_t)r * ZP_GMAX + g;
