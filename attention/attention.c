@@ -31,9 +31,10 @@ static unsigned prefill_qtile(heed_runtime *rt, const heed_attn_params *p) {
 
 /* Floats of the scratch for the quantized formats: Q scaled per K group
  * [R][dk], P scaled per V group [R][SCOLS], a tile's V scales and mins
- * [2][SCOLS][dv/16], and a bias per row [R]. */
+ * [2][SCOLS][dv/16], a bias per row [R], and the scales as stored (token-major,
+ * converted to f32 in one call before they are transposed) [SCOLS][dv/16]. */
 static size_t quant_floats(unsigned R, const heed_attn_params *p) {
-  return (size_t)R * p->dk + (size_t)R * SCOLS + 2 * (size_t)SCOLS * (p->dv / 16) + R;
+  return (size_t)R * p->dk + (size_t)R * SCOLS + 3 * (size_t)SCOLS * (p->dv / 16) + R;
 }
 
 /* Per-worker scratch: packed Q, score tile, the quantized formats' part,
@@ -312,6 +313,7 @@ typedef struct job {
   const heed_attn_params *p;
   heed_attn_qk_fn qk_of[HEED_DTYPE_COUNT]; /* by storage type: the cache's, and f16 for residuals */
   heed_attn_pv_fn pv_of[HEED_DTYPE_COUNT];
+  heed_to_f32_fn f16_to_f32; /* the quantized formats' scales and mins */
   heed_softmax_row_fn sm;
   unsigned G, H, bl, cols;
   float *scratch;       /* [W][scratch_stride] */
@@ -366,7 +368,7 @@ static kv_src src_of(const heed_kv_cache *c, heed_attn_seq s, const uint32_t *bl
 
 /* Quantized-format scratch of a worker (quant_floats). */
 typedef struct qscratch {
-  float *q2, *p2, *vs, *vm, *bias;
+  float *q2, *p2, *vs, *vm, *bias, *tmp;
 } qscratch;
 
 static qscratch qscratch_at(float *base, unsigned R, const heed_attn_params *p) {
@@ -376,6 +378,7 @@ static qscratch qscratch_at(float *base, unsigned R, const heed_attn_params *p) 
   x.vs = x.p2 + (size_t)R * SCOLS;
   x.vm = x.vs + (size_t)SCOLS * (p->dv / 16);
   x.bias = x.vm + (size_t)SCOLS * (p->dv / 16);
+  x.tmp = x.bias + R;
   return x;
 }
 
@@ -408,9 +411,8 @@ static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, 
   for (unsigned t0 = off; t0 < off + n;) {
     unsigned g = t0 / kg, t1 = (g + 1) * kg < off + n ? (g + 1) * kg : off + n;
     const heed_f16 *sc = w->ks + (size_t)g * dk, *mn = w->km ? w->km + (size_t)g * dk : NULL;
-    for (unsigned d = 0; d < dk; d++) x->vs[d] = heed_f16_to_f32(sc[d]);
-    if (mn) /* x->vm is free until accumulate() */
-      for (unsigned d = 0; d < dk; d++) x->vm[d] = heed_f16_to_f32(mn[d]);
+    J->f16_to_f32(sc, x->vs, dk);
+    if (mn) J->f16_to_f32(mn, x->vm, dk); /* x->vm is free until accumulate() */
     for (unsigned r = 0; r < R; r++) {
       const float *qr = qp + (size_t)r * dk;
       float *q2 = x->q2 + (size_t)r * dk;
@@ -442,11 +444,18 @@ static void accumulate(const job *J, const kv_view *w, unsigned R, float *P, uns
     J->pv_of[w->vt](P, (int)cols, (int)R, v, (int)n, (int)dv, (int)dv, O);
     return;
   }
-  for (unsigned j = 0; j < n; j++)
-    for (unsigned g = 0; g < ng; g++) {
-      x->vs[(size_t)g * SCOLS + j] = heed_f16_to_f32(w->vs[(size_t)(off + j) * ng + g]);
-      if (w->vm) x->vm[(size_t)g * SCOLS + j] = heed_f16_to_f32(w->vm[(size_t)(off + j) * ng + g]);
+  /* the scales (and mins) of keys off..off+n, [n][ng] as stored, to [ng][SCOLS] */
+  for (int m = 0; m < (w->vm ? 2 : 1); m++) {
+    float *dst = m ? x->vm : x->vs;
+    const heed_f16 *src = (m ? w->vm : w->vs) + (size_t)off * ng;
+    if (ng == 1) {
+      J->f16_to_f32(src, dst, n);
+      continue;
     }
+    J->f16_to_f32(src, x->tmp, (size_t)n * ng);
+    for (unsigned j = 0; j < n; j++)
+      for (unsigned g = 0; g < ng; g++) dst[(size_t)g * SCOLS + j] = x->tmp[(size_t)j * ng + g];
+  }
   for (unsigned g = 0; g < ng; g++) {
     const float *sg = x->vs + (size_t)g * SCOLS, *mg = x->vm + (size_t)g * SCOLS;
     for (unsigned r = 0; r < R; r++) {
@@ -554,6 +563,7 @@ static void job_init(job *J, heed_cpu_ctx *x, const heed_attn_call *call) {
     J->qk_of[t] = heed_kernel_attn_qk(x->kernels, (heed_dtype)t);
     J->pv_of[t] = heed_kernel_attn_pv(x->kernels, (heed_dtype)t);
   }
+  J->f16_to_f32 = heed_kernel_to_f32(x->kernels, HEED_DTYPE_F16);
   J->sm = heed_kernel_softmax_row(x->kernels);
   J->G = call->p->n_q_heads / call->p->n_kv_heads;
   J->H = call->p->n_q_heads;

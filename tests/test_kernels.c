@@ -204,7 +204,7 @@ static void check_table(heed_isa isa) {
 static void check_attn(heed_isa isa) {
   heed_kernel_table t;
   if (!get_table(isa, &t)) return;
-  static const int Rs[] = {1, 3, 4, 5, 8, 9, 13, 32}, ns[] = {1, 2, 7, 16, 17, 33}, nq[] = {16, 32, 48, 16, 32, 48};
+  static const int Rs[] = {1, 3, 4, 5, 6, 7, 8, 9, 13, 32}, ns[] = {1, 2, 7, 16, 17, 33}, nq[] = {16, 32, 48, 16, 32, 48};
   static const int dims[] = {32, 80, 128, 256};
   uint64_t s = 7 + (uint64_t)isa;
   float *q = malloc(32 * 256 * 4), *sc = malloc(32 * 56 * 4), *o = malloc(32 * 256 * 4), *xf = malloc(48 * 256 * 4);
@@ -212,7 +212,7 @@ static void check_attn(heed_isa isa) {
   void *kv = malloc(48 * 256 * 4); /* 33 keys pad to 3 panels */
   for (int dt = 0; dt < HEED_DTYPE_COUNT; dt++)
     for (size_t di = 0; di < 4; di++)
-      for (size_t ri = 0; ri < 8; ri++)
+      for (size_t ri = 0; ri < sizeof Rs / sizeof *Rs; ri++)
         for (size_t ni = 0; ni < 6; ni++) {
           int R = Rs[ri], n = heed_dtype_is_quant((heed_dtype)dt) ? nq[ni] : ns[ni], d = dims[di], lds = 56;
           const char *tn = heed_dtype_name((heed_dtype)dt);
