@@ -314,6 +314,7 @@ typedef struct job {
   heed_attn_qk_fn qk_of[HEED_DTYPE_COUNT]; /* by storage type: the cache's, and f16 for residuals */
   heed_attn_pv_fn pv_of[HEED_DTYPE_COUNT];
   heed_to_f32_fn f16_to_f32; /* the quantized formats' scales and mins */
+  heed_attn_qk_q8_fn qk_q8;  /* q8 K from an int8 query; NULL: the float kernels */
   heed_softmax_row_fn sm;
   unsigned G, H, bl, cols;
   float *scratch;       /* [W][scratch_stride] */
@@ -412,6 +413,12 @@ static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, 
     unsigned g = t0 / kg, t1 = (g + 1) * kg < off + n ? (g + 1) * kg : off + n;
     const heed_f16 *sc = w->ks + (size_t)g * dk, *mn = w->km ? w->km + (size_t)g * dk : NULL;
     J->f16_to_f32(sc, x->vs, dk);
+    float *St = S + (t0 - off);
+    if (w->kt == HEED_DTYPE_Q8 && J->qk_q8) { /* q8 K: the query quantized to int8 per row (x->q2 is its scratch: 4 R dk bytes) */
+      J->qk_q8(qp, (int)R, x->vs, HEED_K_RUN(w->k, B, dk, t0, 0), (int)(t1 - t0), (int)dk, St, (int)cols, x->q2);
+      t0 = t1;
+      continue;
+    }
     if (mn) J->f16_to_f32(mn, x->vm, dk); /* x->vm is free until accumulate() */
     for (unsigned r = 0; r < R; r++) {
       const float *qr = qp + (size_t)r * dk;
@@ -419,7 +426,6 @@ static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, 
       for (unsigned d = 0; d < dk; d++) q2[d] = qr[d] * x->vs[d];
       x->bias[r] = mn ? dot8(qr, x->vm, dk) : 0.0f;
     }
-    float *St = S + (t0 - off);
     J->qk_of[w->kt](x->q2, (int)R, HEED_K_RUN(w->k, B, dk, t0, 0), (int)(t1 - t0), (int)dk, St, (int)cols);
     if (mn)
       for (unsigned r = 0; r < R; r++)
@@ -564,6 +570,7 @@ static void job_init(job *J, heed_cpu_ctx *x, const heed_attn_call *call) {
     J->pv_of[t] = heed_kernel_attn_pv(x->kernels, (heed_dtype)t);
   }
   J->f16_to_f32 = heed_kernel_to_f32(x->kernels, HEED_DTYPE_F16);
+  J->qk_q8 = x->qk_q8;
   J->sm = heed_kernel_softmax_row(x->kernels);
   J->G = call->p->n_q_heads / call->p->n_kv_heads;
   J->H = call->p->n_q_heads;

@@ -23,6 +23,7 @@ typedef struct heed_backend_open_args {
   const heed_topology *topo;
   const heed_kernel_table *cpu_kernels; /* the host's kernel table */
   heed_pool *pool;                      /* the host's workers */
+  heed_cpu_features features;           /* the runtime's CPU features */
   int device;                           /* OpenCL device index; -1 for the CPU backend */
   int ignore_env;                       /* HEED_RUNTIME_IGNORE_ENV: read no HEED_* variable */
 } heed_backend_open_args;
@@ -141,9 +142,23 @@ const heed_backend_iface *heed_runtime_backend_iface(const heed_runtime *rt, voi
 void heed_runtime_set_error(heed_runtime *rt, const heed_error *e);
 
 /* The CPU backend's context, which the portable attention driver runs on. */
+/* q8 K scores from an int8 query (backends/cpu/avx512/attn_avx512vnni.c):
+ * for n keys (a multiple of 16) of one K group whose per-channel scales are
+ * ks [dk] f32, s[r * lds + j] = d_r * sum_d (h_r[d] + l_r[d] / 254) * K(j, d),
+ * where row r of q [R][dk] times ks is v_r = q ks * 127 / max |q ks|, h_r =
+ * nearbyint(v_r) and l_r = nearbyint((v_r - h_r) * 254), both int8, and
+ * d_r = max |q ks| / 127: the query to within d_r / 508 per channel.
+ * scratch: HEED_QK_Q8_SCRATCH(R, dk) bytes, 4-byte aligned. */
+typedef void (*heed_attn_qk_q8_fn)(const float *q, int R, const float *ks, const void *kt, int n, int dk, float *s,
+                                   int lds, void *scratch);
+#define HEED_QK_Q8_SCRATCH(R, dk) (2 * (size_t)(R) * (dk) + 12 * (size_t)(R))
+void heed_attn_qk_q8_vnni(const float *q, int R, const float *ks, const void *kt, int n, int dk, float *s, int lds,
+                          void *scratch);
+
 typedef struct heed_cpu_ctx {
   const heed_kernel_table *kernels;
   heed_pool *pool;
+  heed_attn_qk_q8_fn qk_q8; /* NULL: q8 K runs the table's float kernels */
 } heed_cpu_ctx;
 heed_status heed_cpu_attn_prefill(void *ctx, const heed_attn_call *call);
 heed_status heed_cpu_attn_decode(void *ctx, const heed_attn_call *call);

@@ -338,7 +338,8 @@ heed_status heed_runtime_open(const heed_runtime_options *opt, heed_runtime **ou
     st = heed_err_set(err, HEED_E_INTERNAL, "backend %s was chosen but is not registered", heed_backend_name(rt->backend));
     goto fail;
   }
-  heed_backend_open_args args = {.topo = rt->topo, .cpu_kernels = &rt->kernels, .pool = rt->pool, .device = rt->cl_device,
+  heed_backend_open_args args = {.topo = rt->topo, .cpu_kernels = &rt->kernels, .pool = rt->pool,
+                                 .features = rt->features, .device = rt->cl_device,
                                  .ignore_env = (o->flags & HEED_RUNTIME_IGNORE_ENV) != 0};
   if ((st = rt->be->open(&args, &rt->be_ctx, err)) != HEED_OK) {
     rt->be = NULL;

@@ -35,11 +35,18 @@ static const char *fx_name(const fx *f) {
 }
 
 /* 0: the target is not here (this ISA does not run, or no OpenCL device). */
+/* The tight oracle tests run the f32 kernels: a runtime with avx512_vnni
+ * scores q8 K from an int8 query (runtime/backend.h), which they would see as
+ * error; fx_vnni = 1 keeps the feature for the tests of that path. */
+static int fx_vnni = 0;
+
 static int fx_open2(fx *f, int target, heed_dtype kt, heed_dtype vt, unsigned n_kv, unsigned dk, unsigned dv, unsigned bl) {
   memset(f, 0, sizeof *f);
   heed_runtime_options o;
   heed_runtime_options_init(&o);
   o.flags = HEED_RUNTIME_IGNORE_ENV | HEED_RUNTIME_NO_OPENCL;
+  o.cpu_features_given = 1;
+  o.cpu_features = heed_cpu_features_detect() & (fx_vnni ? ~(heed_cpu_features)0 : ~HEED_CPU_FLAG(AVX512_VNNI));
   if (target == TARGET_OPENCL) {
     if (!heed_backend_built(HEED_BACKEND_OPENCL)) return 0;
     o.flags = HEED_RUNTIME_IGNORE_ENV;
@@ -758,12 +765,16 @@ Test(attention, quantized_accuracy_against_f32) {
   heed_isa isa = heed_kernels_compiled(HEED_ISA_AVX2) && heed_isa_runs_on(HEED_ISA_AVX2, heed_cpu_features_detect())
                      ? HEED_ISA_AVX2
                      : heed_kernels_compiled(HEED_ISA_NEON) ? HEED_ISA_NEON : HEED_ISA_SCALAR;
-  const int where[2] = {isa, TARGET_OPENCL};
+  /* and avx512 with whatever it has: with avx512_vnni, q8 K from an int8 query */
+  const int where[3] = {isa, TARGET_OPENCL, HEED_ISA_AVX512};
   for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
-    for (int wi = 0; wi < 2; wi++) {
+    for (int wi = 0; wi < 3; wi++) {
     fx f;
-    if (!fx_open2(&f, where[wi], cases[ci].k, cases[ci].v, 2, 128, 128, 32)) {
-      cr_assert_eq(where[wi], TARGET_OPENCL, "the CPU target always runs");
+    fx_vnni = wi == 2;
+    int opened = fx_open2(&f, where[wi], cases[ci].k, cases[ci].v, 2, 128, 128, 32);
+    fx_vnni = 0;
+    if (!opened) {
+      cr_assert_neq(where[wi], isa, "the CPU target always runs");
       continue;
     }
     const unsigned L = 100, H = 2, d = 128;
@@ -955,5 +966,57 @@ Test(attention, truncate_into_a_block_at_the_f16_limit) {
       for (int i = 0; i < 32; i++) cr_assert(isfinite(out[i]), "%s %s: out[%d] = %g", where, tn, i, (double)out[i]);
       free(ws);
       fx_close(&f);
+    }
+}
+
+/* q8 K scores from an int8 query (avx512_vnni): the same cache and queries
+ * through the f32 kernels and through vpdpbusd. The query's rounding
+ * (d_r / 508 per channel) moves outputs by nmse ~2.5e-9 here; a wrong code
+ * offset, transpose or scale moves them by O(1). */
+Test(attention, q8_keys_from_an_int8_query_match_the_f32_kernels) {
+  if (!heed_kernels_compiled(HEED_ISA_AVX512) || !heed_isa_runs_on(HEED_ISA_AVX512, heed_cpu_features_detect()) ||
+      !HEED_CPU_HAS(heed_cpu_features_detect(), AVX512_VNNI)) {
+    cr_log_info("no avx512_vnni here: the int8-query path is not run (tests/test_kernels.c still checks it when it can)");
+    return;
+  }
+  static const heed_dtype vts[] = {HEED_DTYPE_Q8, HEED_DTYPE_Q4, HEED_DTYPE_F16};
+  static const unsigned dks[] = {64, 128, 256};
+  for (size_t vi = 0; vi < 3; vi++)
+    for (size_t di = 0; di < 3; di++) {
+      fx f[2];
+      const unsigned L = 150, H = 6, KH = 1, d = dks[di];
+      for (int i = 0; i < 2; i++) {
+        fx_vnni = i;
+        cr_assert(fx_open2(&f[i], HEED_ISA_AVX512, HEED_DTYPE_Q8, vts[vi], KH, d, d, 32));
+        fx_vnni = 0;
+      }
+      float *k = malloc((size_t)L * KH * d * 4), *v = malloc((size_t)L * KH * d * 4);
+      uint64_t rng = 99 + d;
+      for (size_t i = 0; i < (size_t)L * KH * d; i++)
+        k[i] = tu_uniform(&rng) * (i % d == 3 ? 20.0f : 1.0f), v[i] = tu_uniform(&rng);
+      heed_attn_params p = params(H, KH, d, d);
+      float *q = rand_q(&rng, (size_t)L * H * d, 1.0f), *out[2];
+      size_t wsb;
+      heed_attn_prefill_workspace(f[0].rt, &p, L, &wsb);
+      void *ws = malloc(wsb);
+      for (int i = 0; i < 2; i++) {
+        int s;
+        heed_kv_seq_new(f[i].c, &s);
+        cr_assert_eq(heed_kv_seq_append(f[i].c, s, L, k, v), HEED_OK);
+        out[i] = malloc((size_t)L * H * d * 4);
+        heed_attn_seq sq = {.seq = s};
+        cr_assert_eq(heed_attn_prefill(f[i].rt, f[i].c, &p, sq, 0, L, q, out[i], NULL, ws, wsb), HEED_OK);
+      }
+      double num = 0, den = 0, mx = 0;
+      for (size_t i = 0; i < (size_t)L * H * d; i++) {
+        double e = (double)out[1][i] - out[0][i];
+        num += e * e, den += (double)out[0][i] * out[0][i], mx = fabs(e) > mx ? fabs(e) : mx;
+      }
+      cr_log_info("q8 K, V %s, d %u: int8 query against f32 kernels: nmse %.3g, max abs %.3g", heed_dtype_name(vts[vi]),
+                  d, num / den, mx);
+      cr_assert_leq(num / den, 2e-8, "q8 K, V %s, d %u: nmse %.3g", heed_dtype_name(vts[vi]), d, num / den);
+      cr_assert_leq(mx, 1e-3, "q8 K, V %s, d %u: max abs %.3g", heed_dtype_name(vts[vi]), d, mx);
+      free(k), free(v), free(q), free(out[0]), free(out[1]), free(ws);
+      fx_close(&f[0]), fx_close(&f[1]);
     }
 }

@@ -318,3 +318,54 @@ Test(kernels, bad_requests_are_refused_with_a_message) {
   cr_assert_eq(heed_kernels_build(other, &t, &e), HEED_E_UNSUPPORTED);
   cr_assert(strstr(e.msg, heed_isa_name(other)) && strstr(e.msg, "scalar"), "%s", e.msg);
 }
+
+#if defined(__x86_64__)
+#include "runtime/backend.h"
+
+/* q8 K scores from an int8 query (heed_attn_qk_q8_fn, avx512_vnni): against
+ * a scalar copy of its quantization (the same f32 operations, so the same
+ * codes) and an exact sum; what is left is the final combination's rounding.
+ * Rows 1..9 and 17, one to three panels, an outlier channel, a zero row. */
+Test(kernels, attn_qk_q8_from_an_int8_query) {
+  heed_cpu_features f = heed_cpu_features_detect();
+  if (!heed_kernels_compiled(HEED_ISA_AVX512) || !heed_isa_runs_on(HEED_ISA_AVX512, f) || !HEED_CPU_HAS(f, AVX512_VNNI))
+    cr_skip_test("avx512_vnni: this CPU cannot run it");
+  static const int Rs[] = {1, 2, 5, 6, 8, 9, 17}, ns[] = {16, 32, 48}, dims[] = {16, 64, 128, 256};
+  uint64_t s = 42;
+  float *q = malloc(17 * 256 * 4), *ks = malloc(256 * 4), *sc = malloc(17 * 56 * 4);
+  int8_t *k = malloc(48 * 256), *hc = malloc(256), *lc = malloc(256);
+  void *scratch = malloc(HEED_QK_Q8_SCRATCH(17, 256));
+  for (size_t di = 0; di < 4; di++)
+    for (size_t ri = 0; ri < 7; ri++)
+      for (size_t ni = 0; ni < 3; ni++) {
+        const int R = Rs[ri], n = ns[ni], dk = dims[di], lds = 56;
+        for (int i = 0; i < n * dk; i++) k[i] = (int8_t)(tu_uniform(&s) * 127.5f);
+        for (int d = 0; d < dk; d++) ks[d] = (0.5f + tu_uniform(&s) * 0.25f) * (d == 3 ? 30.0f : 1.0f);
+        for (int i = 0; i < R * dk; i++) q[i] = R > 1 && i / dk == 1 ? 0.0f : tu_uniform(&s) * 3.0f;
+        heed_attn_qk_q8_vnni(q, R, ks, k, n, dk, sc, lds, scratch);
+        for (int r = 0; r < R; r++) {
+          float amax = 0;
+          for (int d = 0; d < dk; d++) amax = fmaxf(amax, fabsf(q[r * dk + d] * ks[d]));
+          const float inv = amax > 1e-30f ? 127.0f / amax : 0.0f, dr = amax / 127.0f;
+          for (int d = 0; d < dk; d++) {
+            float v = q[r * dk + d] * ks[d];
+            v = v * inv;
+            const float h = nearbyintf(v);
+            hc[d] = (int8_t)h, lc[d] = (int8_t)nearbyintf((v - h) * 254.0f);
+          }
+          for (int j = 0; j < n; j++) {
+            int64_t hs = 0, ls = 0;
+            for (int d = 0; d < dk; d++) {
+              const int kj = k[(j / 16) * 16 * dk + d * 16 + j % 16];
+              hs += (int64_t)hc[d] * kj, ls += (int64_t)lc[d] * kj;
+            }
+            const double want = (double)dr * ((double)hs + (double)ls / 254);
+            const double tol = 4 * 0x1p-24 * (double)dr * (fabs((double)hs) + fabs((double)ls) / 254) + 1e-30;
+            cr_assert_leq(fabs(sc[r * lds + j] - want), tol, "R=%d n=%d dk=%d (%d,%d): %.9g want %.9g", R, n, dk, r, j,
+                          sc[r * lds + j], want);
+          }
+        }
+      }
+  free(q), free(ks), free(sc), free(k), free(hc), free(lc), free(scratch);
+}
+#endif
