@@ -217,6 +217,12 @@ static void check_type(int type) {
           double q = check_product(rt, who, type, rows_list[ri], cols_list[ci], ntok_list[ni], W_RANDOM, X_RANDOM, &s);
           if (q > worst) worst = q;
         }
+    /* rows longer than the kernels' panels (the VNNI ones hold 64 super-blocks) */
+    if (be == 256)
+      for (size_t ni = 0; ni < 3; ni++) {
+        double q = check_product(rt, who, type, 5, 256 * 65, ntok_list[ni], W_RANDOM, X_RANDOM, &s);
+        if (q > worst) worst = q;
+      }
     /* the adversarial inputs, on a few shapes */
     for (int wk = 0; wk < W_KINDS; wk++)
       for (int xk = 0; xk < X_KINDS; xk++)

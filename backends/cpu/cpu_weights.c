@@ -128,8 +128,9 @@ static int is_quant(int type) {
 /* Bytes of one token's quantized activations, rounded to 64 so each starts aligned. */
 static size_t act_stride(size_t cols) { return heed_qa_layout_of(cols).stride; }
 
-/* The packed copy after the blocks (heed_qa_layout), zero padded. */
-static void pack_act(uint8_t *tok, size_t cols) {
+/* The packed copy after the blocks (heed_qa_layout), zero padded; kperm: the
+ * codes of each 256 in the kp order (heed_qa_kperm; cols a multiple of 256). */
+static void pack_act(uint8_t *tok, size_t cols, int kperm) {
   const heed_qa_layout l = heed_qa_layout_of(cols);
   const heed_qa_block *a = (const heed_qa_block *)tok;
   int8_t *q = (int8_t *)(tok + l.off_q);
@@ -142,6 +143,12 @@ static void pack_act(uint8_t *tok, size_t cols) {
   }
   memset(q + cols, 0, l.colsp - cols);
   for (size_t h = 2 * nb; h < l.colsp / 16; h++) dh[h] = ds[h] = 0;
+  if (kperm)
+    for (size_t g = 0; g < cols; g += HEED_QA_GROUP) {
+      int8_t tmp[HEED_QA_GROUP];
+      memcpy(tmp, q + g, HEED_QA_GROUP);
+      for (unsigned i = 0; i < HEED_QA_GROUP; i++) q[g + i] = tmp[heed_qa_kperm(i)];
+    }
 }
 
 size_t heed_matmul_workspace(const heed_matrix *w, size_t n_tok) {
@@ -174,7 +181,8 @@ static void quant_task(void *vc, size_t begin, size_t end, int worker) {
   for (size_t t = begin; t < end; t++) {
     uint8_t *tok = (uint8_t *)c->act + t * c->astride;
     c->t->quant(c->x + t * c->ldx, c->w->cols, (heed_qa_block *)tok);
-    if (c->t->pack) pack_act(tok, c->w->cols);
+    if (c->t->pack)
+      pack_act(tok, c->w->cols, c->t->kperm && (c->w->type == HEED_GGML_Q4_K || c->w->type == HEED_GGML_Q5_K));
   }
 }
 

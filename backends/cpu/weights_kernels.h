@@ -50,6 +50,12 @@ static inline heed_qa_layout heed_qa_layout_of(size_t cols) {
   return l;
 }
 
+/* Position i (< 256) of a group in the kp order holds code heed_qa_kperm(i). */
+static inline unsigned heed_qa_kperm(unsigned i) {
+  const unsigned k = i / 64, j = i % 64 / 16, h = i % 16 / 8, m = i % 8;
+  return 64 * j + 32 * h + 8 * k + m;
+}
+
 /* x: [n] f32, n a multiple of 32, finite; a: [n / 32] blocks. */
 typedef void (*heed_wquant_fn)(const float *x, size_t n, heed_qa_block *a);
 
@@ -75,6 +81,8 @@ typedef struct heed_weights_table {
   heed_isa isa;
   int dot;                   /* int8 dot-product kernels: avx512_vnni (vpdpbusd), arm64 dotprod (sdot) */
   int pack;                  /* the kernels read the packed copy of the activations (heed_qa_layout) */
+  int kperm;                 /* Q4_K and Q5_K read the packed codes in the kp order: per 256, for k < 4 and
+                                j < 4, codes 64j + 8k + 0..7 then 64j + 32 + 8k + 0..7 (heed_qa_kperm) */
   heed_wquant_fn quant;
   const char *quant_name;
   heed_wkernel k[HEED_WTYPE_SLOTS]; /* [ggml type] */

@@ -286,6 +286,181 @@ WX_INLINE void z_mat(const int f, const uint8_t *w, size_t rb, size_t nr, size_t
   }
 }
 
+/* ---- Q4_K and Q5_K on int32 sums per super-block ----
+ * Their sub-blocks (32 weights, one 6-bit scale and min each) match the
+ * activation blocks, so with the codes of both in a common order the four
+ * vpdpbusd of a super-block can accumulate in int32 and be converted and
+ * scaled once: u[k] segment j (16 bytes) holds weights 64j + 8k + 0..7, then
+ * 64j + 32 + 8k + 0..7, so dword lane L holds four weights of sub-block L / 2
+ * in every u[k] (the lanes of wv and of the packed dh), and the activations
+ * are packed in that order (heed_weights_table.kperm, cpu_weights.c). Per
+ * super-block, row and token: 4 vpdpbusd, a conversion and two fused
+ * multiply-adds (the min part as before), where the 64-weight kernels above
+ * convert and scale after every vpdpbusd. */
+
+/* Group g of a Q4_K / Q5_K row in that order. */
+WX_INLINE void z_decode_kp(const int f, const uint8_t *row, size_t g, zg *o) {
+  const uint8_t *b = row + g * wf_bytes(f);
+  uint32_t ut[4];
+  memcpy(ut, b + 4, 12);
+  const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+  ut[3] = ((ut[2] >> 4) & k2) | (((ut[1] >> 6) & k3) << 4);
+  const uint32_t a1 = ut[1] & k1;
+  ut[1] = (ut[2] & k2) | (((ut[0] >> 6) & k3) << 4);
+  ut[2] = a1;
+  ut[0] &= k1;
+  const __m128i s8 = _mm_loadu_si128((const __m128i *)ut); /* 8 scales, 8 mins */
+  const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s8));
+  const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)));
+  const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)z_u32(b))); /* d, dmin */
+  o->wv = z_dup8(_mm256_mul_ps(sc, _mm256_broadcastss_ps(dd)));
+  o->cv = z_dup8(_mm256_mul_ps(mn, _mm256_broadcastss_ps(_mm_sub_ps(_mm_setzero_ps(), _mm_movehdup_ps(dd)))));
+  const uint8_t *qs = b + (f == WF_Q4_K ? 16 : 48);
+  const __m512i c0 = _mm512_loadu_si512(qs), c1 = _mm512_loadu_si512(qs + 64);
+  const __m512i sh = _mm512_setr_epi64(0, 4, 0, 4, 0, 4, 0, 4), m4 = _mm512_set1_epi8(0x0F);
+  for (int k = 0; k < 4; k++) {
+    /* bytes 8k..8k+7 of each 32-byte chunk j (qword 4j + k), twice: low nibbles, then high */
+    const __m512i z = _mm512_permutex2var_epi64(c0, _mm512_setr_epi64(k, k, 4 + k, 4 + k, 8 + k, 8 + k, 12 + k, 12 + k), c1);
+    o->u[k] = _mm512_and_si512(_mm512_srlv_epi64(z, sh), m4);
+    if (f == WF_Q5_K) { /* the fifth bit of weight 64j + 32h + l is bit 2j + h of qh[l]: qword q tests bit q */
+      uint64_t h8;
+      memcpy(&h8, b + 16 + 8 * k, 8);
+      const __m512i bits = _mm512_setr_epi64(0x0101010101010101ll, 0x0202020202020202ll, 0x0404040404040404ll,
+                                             0x0808080808080808ll, 0x1010101010101010ll, 0x2020202020202020ll,
+                                             0x4040404040404040ll, (long long)0x8080808080808080ull);
+      o->u[k] = _mm512_mask_add_epi8(o->u[k], _mm512_test_epi8_mask(_mm512_set1_epi64((long long)h8), bits), o->u[k],
+                                     _mm512_set1_epi8(16));
+    }
+  }
+}
+
+/* Decode: RV rows by one token (activations in the kp order). */
+WX_INLINE void z_vec_rows_kp(const int f, const int RV, const uint8_t *w, size_t rb, size_t cols, const uint8_t *tok,
+                             float *y) {
+  const heed_qa_layout l = heed_qa_layout_of(cols);
+  const int8_t *q = (const int8_t *)(tok + l.off_q);
+  const float *dh = (const float *)(tok + l.off_dh), *ds = (const float *)(tok + l.off_ds);
+  const size_t ng = cols / HEED_QA_GROUP;
+  __m512 acc[4][2];
+  for (int r = 0; r < RV; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (size_t g = 0; g < ng; g++) {
+    const __m512 dhg = _mm512_load_ps(dh + 16 * g), dsg = _mm512_load_ps(ds + 16 * g);
+    __m512i a[4];
+    for (int k = 0; k < 4; k++) a[k] = _mm512_load_si512(q + 256 * g + 64 * k);
+    {
+      const size_t step = (size_t)RV * wf_bytes(f);
+      const char *pf = (const char *)w + step * g + Z_PF;
+      for (size_t o = 0; o < step; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+    }
+    for (int r = 0; r < RV; r++) {
+      zg z;
+      z_decode_kp(f, w + r * rb, g, &z);
+      __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z.u[0], a[0]);
+      for (int k = 1; k < 4; k++) p = _mm512_dpbusd_epi32(p, z.u[k], a[k]);
+      acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(z.wv, dhg), acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(z.cv, dsg, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < RV; r++) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+}
+
+/* Rows [0, R) of a kp panel (groups g0 .. g0 + ng) by T tokens; ADD: y += (a later column chunk). */
+WX_INLINE void z_tile_kp(const int R, const int T, const zp_group *pan, size_t g0, size_t ng, const uint8_t *tok,
+                         size_t as, const heed_qa_layout *l, float *y, size_t ldy, int add) {
+  __m512 acc[ZP_RP][4];
+  for (int r = 0; r < R; r++)
+    for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+  for (size_t g = 0; g < ng; g++) {
+    const size_t ga = g0 + g; /* the group's index in the activations */
+    __m512i p[ZP_RP][4];
+    for (int k = 0; k < 4; k++) {
+      __m512i a[4];
+      for (int t = 0; t < T; t++) a[t] = _mm512_load_si512(tok + (size_t)t * as + l->off_q + 256 * ga + 64 * k);
+      for (int r = 0; r < R; r++) {
+        const __m512i u = _mm512_load_si512(&pan[(size_t)r * ZP_GMAX + g].u[k]);
+        for (int t = 0; t < T; t++)
+          p[r][t] = k ? _mm512_dpbusd_epi32(p[r][t], u, a[t]) : _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, a[t]);
+      }
+    }
+    for (int t = 0; t < T; t++) {
+      const float *dh = (const float *)(tok + (size_t)t * as + l->off_dh) + 16 * ga;
+      const float *ds = (const float *)(tok + (size_t)t * as + l->off_ds) + 16 * ga;
+      const __m512 dht = _mm512_load_ps(dh), dst = _mm512_load_ps(ds);
+      for (int r = 0; r < R; r++) {
+        const zp_group *z = pan + (size_t)r * ZP_GMAX + g;
+        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[r][t]), _mm512_mul_ps(z->wv, dht), acc[r][t]);
+        acc[r][t] = _mm512_fmadd_ps(z->cv, dst, acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int t = 0; t < T; t++) {
+      const float v = _mm512_reduce_add_ps(acc[r][t]);
+      y[(size_t)t * ldy + r] = add ? y[(size_t)t * ldy + r] + v : v;
+    }
+}
+
+#define Z_TILE_KP_CASE(R, T) \
+  case (R) * 8 + (T): z_tile_kp(R, T, pan, g0, ng, tok, as, l, y, ldy, add); break;
+__attribute__((noinline)) static void z_tile_kp_any(int R, int T, const zp_group *pan, size_t g0, size_t ng,
+                                                    const uint8_t *tok, size_t as, const heed_qa_layout *l, float *y,
+                                                    size_t ldy, int add) {
+  switch (R * 8 + T) {
+    Z_TILE_KP_CASE(4, 4) Z_TILE_KP_CASE(4, 3) Z_TILE_KP_CASE(4, 2) Z_TILE_KP_CASE(4, 1)
+    Z_TILE_KP_CASE(3, 4) Z_TILE_KP_CASE(3, 3) Z_TILE_KP_CASE(3, 2) Z_TILE_KP_CASE(3, 1)
+    Z_TILE_KP_CASE(2, 4) Z_TILE_KP_CASE(2, 3) Z_TILE_KP_CASE(2, 2) Z_TILE_KP_CASE(2, 1)
+    Z_TILE_KP_CASE(1, 4) Z_TILE_KP_CASE(1, 3) Z_TILE_KP_CASE(1, 2) Z_TILE_KP_CASE(1, 1)
+    default: break;
+  }
+}
+
+/* Prefill: 4 rows decoded into the panel, a chunk of at most ZP_GMAX groups
+ * at a time (longer rows add chunk by chunk), then 4-token tiles over it. */
+WX_INLINE void z_mat_kp(const int f, const uint8_t *w, size_t rb, size_t nr, size_t cols, const uint8_t *act, size_t as,
+                        size_t nt, float *y, size_t ldy) {
+  const heed_qa_layout l = heed_qa_layout_of(cols);
+  const size_t ngt = cols / HEED_QA_GROUP;
+  zp_group pan[ZP_RP * ZP_GMAX] __attribute__((aligned(64)));
+  for (size_t r0 = 0; r0 < nr; r0 += ZP_RP) {
+    const int R = nr - r0 < ZP_RP ? (int)(nr - r0) : ZP_RP;
+    for (size_t g0 = 0; g0 < ngt; g0 += ZP_GMAX) {
+      const size_t ng = ngt - g0 < ZP_GMAX ? ngt - g0 : ZP_GMAX;
+      for (int r = 0; r < R; r++)
+        for (size_t g = 0; g < ng; g++) {
+          const char *pf = (const char *)w + (r0 + (size_t)r) * rb + (g0 + g) * wf_bytes(f) + Z_PF;
+          for (size_t o = 0; o < wf_bytes(f); o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+          zg z;
+          z_decode_kp(f, w + (r0 + (size_t)r) * rb, g0 + g, &z);
+          zp_group *o = pan + (size_t)r * ZP_GMAX + g;
+          for (int k = 0; k < 4; k++) _mm512_store_si512(&o->u[k], z.u[k]);
+          _mm512_store_ps(&o->wv, z.wv), _mm512_store_ps(&o->cv, z.cv);
+        }
+      for (size_t t0 = 0; t0 < nt; t0 += 4) {
+        const int T = nt - t0 < 4 ? (int)(nt - t0) : 4;
+        z_tile_kp_any(R, T, pan, g0, ng, act + t0 * as, as, &l, y + t0 * ldy + r0, ldy, g0 > 0);
+      }
+    }
+  }
+}
+
+#define Z_KERNELS_KP(name, F)                                                                                    \
+  static void zkp_##name##_vec(const void *w, size_t rb, size_t nr, size_t cols, const void *act, size_t as,     \
+                               size_t nt, float *y, size_t ldy) {                                                \
+    for (size_t t = 0; t < nt; t++) {                                                                            \
+      const uint8_t *tok = (const uint8_t *)act + t * as;                                                        \
+      size_t r = 0;                                                                                              \
+      for (; r + 4 <= nr; r += 4) z_vec_rows_kp(F, 4, (const uint8_t *)w + r * rb, rb, cols, tok, y + t * ldy + r); \
+      for (; r < nr; r++) z_vec_rows_kp(F, 1, (const uint8_t *)w + r * rb, rb, cols, tok, y + t * ldy + r);       \
+    }                                                                                                            \
+  }                                                                                                              \
+  static void zkp_##name##_mat(const void *w, size_t rb, size_t nr, size_t cols, const void *act, size_t as,     \
+                               size_t nt, float *y, size_t ldy) {                                                \
+    z_mat_kp(F, (const uint8_t *)w, rb, nr, cols, (const uint8_t *)act, as, nt, y, ldy);                         \
+  }
+
+Z_KERNELS_KP(q4_k, WF_Q4_K)
+Z_KERNELS_KP(q5_k, WF_Q5_K)
+
 #define Z_KERNELS(name, F)                                                                                     \
   static void zmm_##name##_vec(const void *w, size_t rb, size_t nr, size_t cols, const void *act, size_t as,   \
                                size_t nt, float *y, size_t ldy) {                                              \
@@ -320,6 +495,7 @@ Z_KERNELS(q6_k, WF_Q6_K)
 
 void heed_weights_register_avx512vnni(heed_weights_table *t) {
   (void)wmm_q4_k_vec_vnni, (void)wmm_q5_k_vec_vnni, (void)wmm_q6_k_vec_vnni;
+  (void)zmm_q4_k_vec, (void)zmm_q4_k_mat, (void)zmm_q5_k_vec, (void)zmm_q5_k_mat;
   (void)zmm_q4_0_vec, (void)zmm_q4_1_vec, (void)zmm_q5_0_vec, (void)zmm_q5_1_vec, (void)zmm_q8_0_vec;
   t->pack = 1;
   /* decode of the 32-block formats: the 256-bit kernels measure as fast or
@@ -329,7 +505,9 @@ void heed_weights_register_avx512vnni(heed_weights_table *t) {
   HEED_WSLOT_SET(t, Q5_0, wmm_q5_0_vec_vnni, zmm_q5_0_mat);
   HEED_WSLOT_SET(t, Q5_1, wmm_q5_1_vec_vnni, zmm_q5_1_mat);
   HEED_WSLOT_SET(t, Q8_0, wmm_q8_0_vec_vnni, zmm_q8_0_mat);
-  Z_SET(t, Q4_K, q4_k);
-  Z_SET(t, Q5_K, q5_k);
+  /* Q4_K and Q5_K read the activations in the kp order (z_decode_kp) */
+  t->kperm = 1;
+  HEED_WSLOT_SET(t, Q4_K, zkp_q4_k_vec, zkp_q4_k_mat);
+  HEED_WSLOT_SET(t, Q5_K, zkp_q5_k_vec, zkp_q5_k_mat);
   Z_SET(t, Q6_K, q6_k);
 }
