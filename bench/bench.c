@@ -9,6 +9,7 @@
 #include "heed/heed.h"
 #include "runtime/backend.h"
 #include "runtime/internal.h"
+#include "backends/cpu/weights_kernels.h"
 
 #define MiB (1024ull * 1024)
 #define MAX_REPEATS 101
@@ -31,16 +32,19 @@ struct heed_bench {
   int n_workers;
   heed_probe_read_fn read;  /* chosen ISA */
   heed_probe_fma_fn fma;
+  heed_probe_fma_fn dot;    /* int8 dot products (the weight kernels'); NULL: none */
   heed_kernel_table scalar; /* for the reference-kernel cases */
   float *buf;               /* [n_floats] */
   size_t n_floats;
   uint64_t fma_iters;       /* per worker, per probe */
+  uint64_t dot_iters;
   heed_bench_options o;
   heed_error err;
   float sink[MAX_WORKERS];
   /* what the current parallel task runs */
   heed_probe_read_fn task_read;
   heed_probe_fma_fn task_fma;
+  uint64_t task_iters;
   double task_flops[MAX_WORKERS];
 };
 
@@ -63,7 +67,7 @@ static void read_task(void *ctx, size_t b, size_t e, int w) {
 
 static void fma_task(void *ctx, size_t b, size_t e, int w) {
   heed_bench *bn = ctx;
-  for (size_t i = b; i < e; i++) bn->task_flops[w] += bn->task_fma(bn->fma_iters, &bn->sink[w]);
+  for (size_t i = b; i < e; i++) bn->task_flops[w] += bn->task_fma(bn->task_iters, &bn->sink[w]);
 }
 
 /* All workers read the whole buffer once; returns GB/s. */
@@ -75,9 +79,10 @@ static double read_all(heed_bench *b, heed_probe_read_fn fn) {
   return (double)b->n_floats * sizeof(float) / (ms * 1e6);
 }
 
-/* Every worker runs fma_iters rounds; returns GFLOP/s. */
-static double fma_all(heed_bench *b, heed_probe_fma_fn fn) {
+/* Every worker runs `iters` rounds of fn; returns GFLOP/s (GOP/s). */
+static double fma_all(heed_bench *b, heed_probe_fma_fn fn, uint64_t iters) {
   b->task_fma = fn;
+  b->task_iters = iters;
   memset(b->task_flops, 0, sizeof b->task_flops);
   double t0 = heed_bench_now_ms();
   heed_pool_parallel_for(b->pool, (size_t)b->n_workers, HEED_SCHEDULE_STATIC, 0, fma_task, b);
@@ -124,6 +129,8 @@ heed_status heed_bench_create(heed_runtime *rt, const heed_bench_options *opt, h
   const heed_kernel_table *k = heed_runtime_kernels(rt);
   b->read = heed_kernel_probe_read(k);
   b->fma = heed_kernel_probe_fma(k);
+  const heed_weights_table *wt = heed_weights_table_get(heed_runtime_isa(rt), heed_runtime_cpu_features(rt));
+  b->dot = wt ? wt->probe_dot : NULL;
   heed_kernels_build(HEED_ISA_SCALAR, &b->scalar, NULL);
   b->n_floats = o.probe_bytes / sizeof(float);
   heed_status st = heed_mem_alloc(heed_runtime_topology(rt), b->n_floats * sizeof(float), 64,
@@ -140,6 +147,13 @@ heed_status heed_bench_create(heed_runtime *rt, const heed_bench_options *opt, h
   double ms = heed_bench_now_ms() - t0;
   b->fma_iters = (uint64_t)((1u << 16) * (30.0 / (ms > 1e-3 ? ms : 1e-3)));
   if (b->fma_iters < 1024) b->fma_iters = 1024;
+  if (b->dot) {
+    t0 = heed_bench_now_ms();
+    b->dot(1u << 16, &b->sink[0]);
+    ms = heed_bench_now_ms() - t0;
+    b->dot_iters = (uint64_t)((1u << 16) * (30.0 / (ms > 1e-3 ? ms : 1e-3)));
+    if (b->dot_iters < 1024) b->dot_iters = 1024;
+  }
   *out = b;
   return HEED_OK;
 }
@@ -157,7 +171,13 @@ heed_status heed_bench_probe(heed_bench *b, heed_limit_kind k, double *value) {
   if (k == HEED_LIMIT_READ_BANDWIDTH)
     *value = read_all(b, b->read);
   else if (k == HEED_LIMIT_FMA_PEAK)
-    *value = fma_all(b, b->fma);
+    *value = fma_all(b, b->fma, b->fma_iters);
+  else if (k == HEED_LIMIT_INT8_DOT_PEAK) {
+    if (!b->dot)
+      return heed_err_set(&b->err, HEED_E_UNSUPPORTED, "bench: int8_dot_peak: the %s weight kernels have no int8 dot product",
+                          heed_isa_name(heed_runtime_isa(b->rt)));
+    *value = fma_all(b, b->dot, b->dot_iters);
+  }
   else if (k == HEED_LIMIT_DEVICE_READ_BANDWIDTH || k == HEED_LIMIT_DEVICE_FMA_PEAK) {
     void *ctx;
     const heed_backend_iface *be = heed_runtime_backend_iface(b->rt, &ctx);
@@ -167,7 +187,8 @@ heed_status heed_bench_probe(heed_bench *b, heed_limit_kind k, double *value) {
     return be->probe(ctx, k == HEED_LIMIT_DEVICE_READ_BANDWIDTH ? HEED_PROBE_READ : HEED_PROBE_FMA, value, &b->err);
   } else
     return heed_err_set(&b->err, HEED_E_INVALID,
-                        "bench: limit kind %d; accepted: read_bandwidth, fma_peak, device_read_bandwidth, device_fma_peak", (int)k);
+                        "bench: limit kind %d; accepted: read_bandwidth, fma_peak, device_read_bandwidth, device_fma_peak, "
+                        "int8_dot_peak", (int)k);
   return HEED_OK;
 }
 
@@ -244,7 +265,7 @@ static void run_read(void *ctx) {
 static void run_fma(void *ctx) {
   probe_case *p = ctx;
   if (p->all_workers)
-    fma_all(p->b, p->fma);
+    fma_all(p->b, p->fma, p->b->fma_iters);
   else
     p->fma(p->b->fma_iters, &p->b->sink[0]);
 }

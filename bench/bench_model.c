@@ -3,8 +3,13 @@
  * beside its limit measured in the same run:
  *   decode   tok/s against read bandwidth / (weight bytes read per token +
  *            KV bytes read at that depth)
- *   prefill  tok/s against the FMA peak / (2 x weights multiplied per token +
- *            the attention's multiply-adds at that depth)
+ *   prefill  tok/s against the time the same-run peaks allow per token: the
+ *            quantized matrices' 2 x weights at the int8 dot-product peak
+ *            (their kernels' instruction: vpdpbusd, or vpmaddubsw on avx2),
+ *            the float matrices' and the attention's flops at the FMA peak
+ *            (all at the FMA peak where the weight kernels have no int8
+ *            probe); the output projection counts once per prompt, as
+ *            only the last position's logits are made
  * plus the share of the time in matrix products, attention and the rest.
  * Each case runs --repeats times (medians kept); --json writes the
  * heed-bench/1 schema (cases model.prefill / model.decode, shape {model,
@@ -66,18 +71,26 @@ static void to_result(heed_bench_result *x, const char *name, heed_runtime *rt, 
 }
 
 /* Weight bytes a token reads: every tensor but the embedding (a row of it is
- * read), which counts when it is also the output. */
-static double weight_bytes(const heed_gguf *g, double *mat_elems) {
+ * read), which counts when it is also the output. The matrices' elements, by
+ * kind: quantized (int8 kernels) and float, [0] without the output
+ * projection, [1] the output projection alone. */
+typedef struct mat_elems {
+  double quant[2], flt[2];
+} mat_elems;
+static double weight_bytes(const heed_gguf *g, mat_elems *me) {
   int tied = heed_gguf_find_tensor(g, "output.weight") == NULL;
-  double b = 0, e = 0;
+  double b = 0;
+  memset(me, 0, sizeof *me);
   for (uint64_t i = 0; i < heed_gguf_n_tensors(g); i++) {
     const heed_gguf_tensor *t = heed_gguf_tensor_at(g, i);
     int embd = strcmp(t->name, "token_embd.weight") == 0;
     if (embd && !tied) continue;
     b += (double)t->bytes;
-    if (t->n_dims == 2) e += (double)t->n_elems;
+    if (t->n_dims != 2) continue;
+    const int out = tied ? embd : strcmp(t->name, "output.weight") == 0;
+    const int flt = t->type == HEED_GGML_F32 || t->type == HEED_GGML_F16 || t->type == HEED_GGML_BF16;
+    (flt ? me->flt : me->quant)[out] += (double)t->n_elems;
   }
-  *mat_elems = e;
   return b;
 }
 
@@ -212,6 +225,8 @@ int heed_bench_model_main(int argc, char **argv) {
     fprintf(stderr, "heed bench model: %s\n", e.msg);
     goto done;
   }
+  double probe0;
+  const int have_dot = heed_bench_probe(bench, HEED_LIMIT_INT8_DOT_PEAK, &probe0) == HEED_OK;
   unsigned max_depth = 0;
   for (int d = 0; d < n_depths; d++) max_depth = depths[d] > max_depth ? depths[d] : max_depth;
   printf("heed bench model: %s; %s; prompt %u tokens, %u generated, %d repeats (medians); context at each depth: "
@@ -230,7 +245,8 @@ int heed_bench_model_main(int argc, char **argv) {
       goto done;
     }
     const heed_model_config *c = heed_model_get_config(m);
-    double mat_elems, wbytes = weight_bytes(heed_model_gguf(m), &mat_elems), kv_tok;
+    mat_elems me;
+    double wbytes = weight_bytes(heed_model_gguf(m), &me), kv_tok;
     heed_model_kv_bytes_per_token(c, kvs[k], &kv_tok, NULL);
     size_t V = c->n_vocab;
     free(logits), free(toks);
@@ -241,9 +257,11 @@ int heed_bench_model_main(int argc, char **argv) {
       row *r = &rows[n_rows++];
       memset(r, 0, sizeof *r);
       r->depth = depths[d], r->kv = kvs[k];
-      double bw[2 * MAX_REPEATS + 1], fma[2 * MAX_REPEATS + 1], pms[MAX_REPEATS], dms[MAX_REPEATS];
+      double bw[2 * MAX_REPEATS + 1], fma[2 * MAX_REPEATS + 1], dot[2 * MAX_REPEATS + 1], pms[MAX_REPEATS],
+          dms[MAX_REPEATS];
       int np = 0;
       heed_bench_probe(bench, HEED_LIMIT_READ_BANDWIDTH, &bw[np]);
+      if (have_dot) heed_bench_probe(bench, HEED_LIMIT_INT8_DOT_PEAK, &dot[np]);
       heed_bench_probe(bench, HEED_LIMIT_FMA_PEAK, &fma[np++]);
       int seq;
       if (heed_model_seq_new(m, &seq) || heed_model_seq_fill_synthetic(m, seq, depths[d])) goto model_error;
@@ -262,6 +280,7 @@ int heed_bench_model_main(int argc, char **argv) {
         heed_model_get_stats(m, &st);
         ps.s_matmul += st.s_matmul, ps.s_attention += st.s_attention, ps.s_other += st.s_other;
         heed_bench_probe(bench, HEED_LIMIT_READ_BANDWIDTH, &bw[np]);
+        if (have_dot) heed_bench_probe(bench, HEED_LIMIT_INT8_DOT_PEAK, &dot[np]);
         heed_bench_probe(bench, HEED_LIMIT_FMA_PEAK, &fma[np++]);
         /* decode after depth tokens (the prompt dropped) */
         if (heed_model_seq_truncate(m, seq, depths[d])) goto model_error;
@@ -276,19 +295,27 @@ int heed_bench_model_main(int argc, char **argv) {
         ds.s_matmul += st.s_matmul, ds.s_attention += st.s_attention, ds.s_other += st.s_other;
         if (heed_model_seq_truncate(m, seq, depths[d])) goto model_error;
         heed_bench_probe(bench, HEED_LIMIT_READ_BANDWIDTH, &bw[np]);
+        if (have_dot) heed_bench_probe(bench, HEED_LIMIT_INT8_DOT_PEAK, &dot[np]);
         heed_bench_probe(bench, HEED_LIMIT_FMA_PEAK, &fma[np++]);
       }
       heed_model_seq_free(m, seq);
       r->ps = ps, r->ds = ds;
-      /* work per token: prefill flops, decode bytes read */
-      const double pflops = (2.0 * mat_elems * n_prompt + attn_flops(c, depths[d], n_prompt)) / n_prompt;
+      /* work per token: prefill ops, decode bytes read. With an int8 probe the
+       * prefill limit is int8_dot_peak and the flops run at the FMA peak count
+       * as the int8 ops the same time would allow (x dot / fma, medians). */
+      const double qops = 2.0 * (me.quant[0] + me.quant[1] / n_prompt);
+      const double fflops = 2.0 * (me.flt[0] + me.flt[1] / n_prompt) + attn_flops(c, depths[d], n_prompt) / n_prompt;
+      double fmin, fmax, dmin, dmax;
+      const double fmed = median(fma, np, &fmin, &fmax), dmed = have_dot ? median(dot, np, &dmin, &dmax) : 0;
+      const double pflops = have_dot ? qops + fflops * (dmed / fmed) : qops + fflops;
       const double dbytes = wbytes + kv_tok * (depths[d] + n_gen / 2.0);
       char shape[200];
       snprintf(shape, sizeof shape, "{\"model\":\"%s\",\"depth\":%u,\"tokens\":%u,\"threads\":%d}", base, depths[d],
                n_prompt, heed_runtime_n_threads(rt));
       for (char *q = shape + 10; *q && q < shape + 10 + strlen(base); q++)
         if (*q == '"' || *q == '\\' || (unsigned char)*q < 32) *q = '_';
-      to_result(&res[n_res], "model.prefill", rt, kvs[k], shape, pms, repeats, HEED_LIMIT_FMA_PEAK, fma, np, pflops);
+      to_result(&res[n_res], "model.prefill", rt, kvs[k], shape, pms, repeats,
+                have_dot ? HEED_LIMIT_INT8_DOT_PEAK : HEED_LIMIT_FMA_PEAK, have_dot ? dot : fma, np, pflops);
       r->prefill_tps = 1e3 / res[n_res].ms_median;
       r->prefill_limit = r->prefill_tps / res[n_res].fraction;
       n_res++;
@@ -317,8 +344,10 @@ int heed_bench_model_main(int argc, char **argv) {
     heed_model_close(m);
     goto done;
   }
-  printf("tok/s; limits: prefill = FMA peak / (2 x matrix weights + attention) per token, decode = read bandwidth / "
-         "(weight bytes + KV bytes at the depth) per token, probes in the same run\n");
+  printf("tok/s; limits: prefill = %s, decode = read bandwidth / (weight bytes + KV bytes at the depth) per token, probes "
+         "in the same run\n",
+         have_dot ? "2 x quantized matrix weights at the int8 dot peak + float matrices and attention at the FMA peak"
+                  : "FMA peak / (2 x matrix weights + attention) per token");
   if (jf) {
     heed_bench_write_json(rt, res, n_res, jf);
     int bad = fclose(jf) != 0;

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "heed/cpu.h"
+#include "heed/kernels.h"
 #include "heed/weights.h"
 
 #define HEED_QA_BLOCK 32 /* activations per quantized block */
@@ -85,6 +86,7 @@ typedef struct heed_weights_table {
                                 j < 4, codes 64j + 8k + 0..7 then 64j + 32 + 8k + 0..7 (heed_qa_kperm) */
   heed_wquant_fn quant;
   const char *quant_name;
+  heed_probe_fma_fn probe_dot; /* the int8_dot_peak probe (heed/bench.h); NULL: none */
   heed_wkernel k[HEED_WTYPE_SLOTS]; /* [ggml type] */
 } heed_weights_table;
 

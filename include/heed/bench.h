@@ -12,6 +12,11 @@
  *   device_read_bandwidth, device_fma_peak
  *                   the same on the runtime's device (opencl): a streaming
  *                   kernel over 256 MiB, and float4 FMA chains (median of 3)
+ *   int8_dot_peak   all workers run independent chains of the int8 dot
+ *                   product the quantized weight kernels use (avx512_vnni
+ *                   vpdpbusd; avx2 vpmaddubsw + vpmaddwd + vpaddd), 2 ops
+ *                   per multiply-add (GOP/s); HEED_E_UNSUPPORTED where the
+ *                   runtime's weight kernels have none (scalar, neon for now)
  * Later issues add their cases (attention, kvquant, spec) through
  * heed_bench_run_case.
  */
@@ -33,7 +38,8 @@ extern "C" {
   X(READ_BANDWIDTH, "read_bandwidth", "GB/s")               \
   X(FMA_PEAK, "fma_peak", "GFLOP/s")                        \
   X(DEVICE_READ_BANDWIDTH, "device_read_bandwidth", "GB/s") \
-  X(DEVICE_FMA_PEAK, "device_fma_peak", "GFLOP/s")
+  X(DEVICE_FMA_PEAK, "device_fma_peak", "GFLOP/s")         \
+  X(INT8_DOT_PEAK, "int8_dot_peak", "GOP/s")
 
 typedef enum heed_limit_kind {
 #define HEED_X_(N, s, u) HEED_LIMIT_##N,

@@ -227,7 +227,22 @@ WF_KERNELS(f32)
 WF_KERNELS(f16)
 WF_KERNELS(bf16)
 
+/* The int8_dot_peak probe: 8 independent chains of the int8 product the
+ * 256-bit kernels use (vpmaddubsw, vpmaddwd, vpaddd), 32 multiply-adds each. */
+static double probe_dot_avx2(uint64_t iters, float *sink) {
+  const __m256i u = _mm256_set1_epi8((char)(1 + (iters & 1))), ones = _mm256_set1_epi16(1);
+  __m256i a[8], w[8];
+  for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_si256(), w[i] = _mm256_set1_epi8((char)(i + 2));
+  for (uint64_t it = 0; it < iters; it++)
+    for (int i = 0; i < 8; i++) a[i] = _mm256_add_epi32(a[i], _mm256_madd_epi16(_mm256_maddubs_epi16(u, w[i]), ones));
+  __m256i s = a[0];
+  for (int i = 1; i < 8; i++) s = _mm256_add_epi32(s, a[i]);
+  *sink += (float)_mm256_extract_epi32(s, 0);
+  return (double)iters * 8 * 32 * 2;
+}
+
 void heed_weights_register_avx2(heed_weights_table *t) {
+  t->probe_dot = probe_dot_avx2;
   t->quant = quant_avx2;
   t->quant_name = "quant_q8_avx2";
   HEED_WSLOT_SET(t, F32, wmm_f32_vec_avx2, wmm_f32_mat_avx2);

@@ -493,7 +493,21 @@ Z_KERNELS(q6_k, WF_Q6_K)
  * the vec ones no slot names. */
 #define Z_SET(t, TYPE, name) HEED_WSLOT_SET(t, TYPE, zmm_##name##_vec, zmm_##name##_mat)
 
+/* The int8_dot_peak probe: 12 independent vpdpbusd chains, 64 multiply-adds each. */
+static double probe_dot_vnni(uint64_t iters, float *sink) {
+  const __m512i u = _mm512_set1_epi8((char)(1 + (iters & 1)));
+  __m512i a[12], w[12];
+  for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_si512(), w[i] = _mm512_set1_epi8((char)(i + 2));
+  for (uint64_t it = 0; it < iters; it++)
+    for (int i = 0; i < 12; i++) a[i] = _mm512_dpbusd_epi32(a[i], u, w[i]);
+  __m512i s = a[0];
+  for (int i = 1; i < 12; i++) s = _mm512_add_epi32(s, a[i]);
+  *sink += (float)_mm512_reduce_add_epi32(s);
+  return (double)iters * 12 * 64 * 2;
+}
+
 void heed_weights_register_avx512vnni(heed_weights_table *t) {
+  t->probe_dot = probe_dot_vnni;
   (void)wmm_q4_k_vec_vnni, (void)wmm_q5_k_vec_vnni, (void)wmm_q6_k_vec_vnni;
   (void)zmm_q4_k_vec, (void)zmm_q4_k_mat, (void)zmm_q5_k_vec, (void)zmm_q5_k_mat;
   (void)zmm_q4_0_vec, (void)zmm_q4_1_vec, (void)zmm_q5_0_vec, (void)zmm_q5_1_vec, (void)zmm_q8_0_vec;
