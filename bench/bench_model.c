@@ -130,7 +130,7 @@ int heed_bench_model_main(int argc, char **argv) {
   unsigned depths[MAX_DEPTHS] = {0, 4096, 16384, 32768}, n_prompt = 512, n_gen = 128;
   const char *plot = NULL, *compare = NULL;
   double threshold = 0.10;
-  int n_depths = 4, n_kv = 1, threads = 0, repeats = 3;
+  int n_depths = 4, n_kv = 1, threads = 0, repeats = 3, mmap_weights = 0;
   heed_dtype kvs[MAX_KV] = {HEED_DTYPE_F16};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -171,10 +171,11 @@ int heed_bench_model_main(int argc, char **argv) {
         return 2;
       }
     }
+    else if (strcmp(a, "--mmap") == 0) mmap_weights = 1;
     else if (a[0] != '-' && !model) model = a;
     else {
       fprintf(stderr, "heed bench model: unexpected argument '%s'\nusage: heed bench model MODEL.gguf [--depth 0,4096,16384,32768] "
-                      "[--kv f16,q8] [--prompt 512] [--gen 128] [--repeats 3] [--threads N] [--json FILE] [--plot FILE.png] "
+                      "[--kv f16,q8] [--prompt 512] [--gen 128] [--repeats 3] [--threads N] [--mmap] [--json FILE] [--plot FILE.png] "
                       "[--compare OLD.json [--threshold 0.10]]\n", a);
       return 2;
     }
@@ -238,6 +239,7 @@ int heed_bench_model_main(int argc, char **argv) {
     heed_model_options_init(&mo);
     mo.kv_dtype = kvs[k];
     mo.n_ctx = max_depth + n_prompt + n_gen + 16;
+    mo.mmap_weights = mmap_weights;
     mo.max_batch = n_prompt < 512 ? n_prompt : 512;
     heed_model *m;
     if (heed_model_open(rt, model, &mo, &m, &e)) {

@@ -616,7 +616,34 @@ static heed_status parse_part(gg_part *p, heed_error *err) {
 
 /* ---------- files and split sets ---------- */
 
-static heed_status map_file(gg_part *p, const char *path, heed_error *err) {
+/* Reads fd's size bytes into anonymous memory on huge pages (HEED_GGUF_LOAD). */
+static heed_status load_file(gg_part *p, int fd, size_t size, const char *path, heed_error *err) {
+  const size_t huge = (size_t)2 << 20, len = (size + huge - 1) / huge * huge + huge;
+  void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED)
+    return heed_err_set(err, HEED_E_NOMEM, "%s: no memory to load %zu bytes: %s", path, size, strerror(errno));
+  uint8_t *a = (uint8_t *)(((uintptr_t)m + huge - 1) & ~(uintptr_t)(huge - 1));
+  (void)madvise(a, len - (size_t)(a - (uint8_t *)m), MADV_HUGEPAGE); /* advice: without THP it still works */
+  for (size_t off = 0; off < size;) {
+    ssize_t r = pread(fd, a + off, size - off, (off_t)off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      heed_status st = heed_err_set(err, HEED_E_IO, "%s: read failed at byte %zu of %zu: %s", path, off, size,
+                                    r < 0 ? strerror(errno) : "the file got shorter");
+      munmap(m, len);
+      return st;
+    }
+    off += (size_t)r;
+  }
+  p->base = a;
+  p->size = (uint64_t)size;
+  p->mapped = 1;
+  p->map_addr = m;
+  p->map_len = len;
+  return HEED_OK;
+}
+
+static heed_status map_file(gg_part *p, const char *path, unsigned flags, heed_error *err) {
   if (!(p->path = strdup(path))) return heed_err_set(err, HEED_E_NOMEM, "no memory for a path");
   /* O_NONBLOCK: a FIFO would otherwise block the open until a writer came (it is refused below) */
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -633,6 +660,8 @@ static heed_status map_file(gg_part *p, const char *path, heed_error *err) {
   } else if ((uint64_t)sb.st_size > SIZE_MAX) {
     st = heed_err_set(err, HEED_E_UNSUPPORTED, "%s: %llu bytes do not fit this machine's address space", path,
                       (unsigned long long)sb.st_size);
+  } else if (flags & HEED_GGUF_LOAD) {
+    st = load_file(p, fd, (size_t)sb.st_size, path, err);
   } else {
     void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (m == MAP_FAILED) {
@@ -642,6 +671,8 @@ static heed_status map_file(gg_part *p, const char *path, heed_error *err) {
       p->base = m;
       p->size = (uint64_t)sb.st_size;
       p->mapped = 1;
+      p->map_addr = m;
+      p->map_len = (size_t)sb.st_size;
     }
   }
   close(fd);
@@ -729,7 +760,7 @@ static heed_status check_split_keys(const gg_part *p, uint32_t i, uint32_t n, in
 }
 
 static void free_part(gg_part *p) {
-  if (p->mapped && p->base) munmap((void *)p->base, (size_t)p->size);
+  if (p->mapped && p->map_addr) munmap(p->map_addr, p->map_len);
   free(p->kv);
   free(p->kv_hash);
   free(p->nodes);
@@ -832,8 +863,14 @@ heed_status heed_gguf_open_memory(const void *data, size_t size, heed_gguf **out
 }
 
 heed_status heed_gguf_open(const char *path, heed_gguf **out, heed_error *err) {
+  return heed_gguf_open_flags(path, 0, out, err);
+}
+
+heed_status heed_gguf_open_flags(const char *path, unsigned flags, heed_gguf **out, heed_error *err) {
   if (!out) return heed_err_set(err, HEED_E_INVALID, "heed_gguf_open: out is NULL");
   *out = NULL;
+  if (flags & ~HEED_GGUF_LOAD)
+    return heed_err_set(err, HEED_E_INVALID, "heed_gguf_open: flags 0x%x; accepted: HEED_GGUF_LOAD (0x1)", flags);
   if (!path) return heed_err_set(err, HEED_E_INVALID, "heed_gguf_open: path is NULL");
   size_t prefix;
   unsigned no, count;
@@ -851,7 +888,7 @@ heed_status heed_gguf_open(const char *path, heed_gguf **out, heed_error *err) {
       }
       pp = buf;
     }
-    st = map_file(&g->parts[i], pp, err);
+    st = map_file(&g->parts[i], pp, flags, err);
     if (st != HEED_OK && set && err) /* say which model the missing part belongs to */
       heed_err_set(err, st, "part %u of the %u of split model %s: %s", i + 1, count, path, err->msg);
     if (st == HEED_OK) st = parse_part(&g->parts[i], err);

@@ -38,7 +38,9 @@ typedef struct gg_part {
   char *path;             /* owned; for messages; "<memory>" for heed_gguf_open_memory */
   const uint8_t *base;    /* [size] the mapping, or the caller's bytes */
   uint64_t size;
-  int mapped;             /* munmap at close */
+  int mapped;             /* munmap(map_addr, map_len) at close */
+  void *map_addr;
+  size_t map_len;
   uint32_t version, alignment;
   uint64_t header_end;    /* end of the tensor infos */
   uint64_t data_start;    /* header_end aligned up: tensor offsets count from here */

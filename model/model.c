@@ -247,7 +247,7 @@ heed_status heed_model_open(heed_runtime *rt, const char *path, const heed_model
   m->rt = rt;
   heed_model_options_init(&m->opt);
   if (opt) m->opt = *opt;
-  heed_status st = heed_gguf_open(path, &m->g, err);
+  heed_status st = heed_gguf_open_flags(path, m->opt.mmap_weights ? 0 : HEED_GGUF_LOAD, &m->g, err);
   if (!st) st = heed_model_config_read(m->g, &m->cfg, err);
   if (st) goto fail;
   const heed_model_config *c = &m->cfg;

@@ -702,7 +702,7 @@ Test(gguf, split_model, .init = mk_tmp, .fini = rm_tmp) {
     snprintf(path, sizeof path, "%s/model-%05d-of-00003.gguf", tmpdir, open_no);
     heed_gguf *g;
     heed_error e = {0};
-    cr_assert_eq(heed_gguf_open(path, &g, &e), HEED_OK, "%s", e.msg);
+    cr_assert_eq(heed_gguf_open_flags(path, open_no == 2 ? HEED_GGUF_LOAD : 0, &g, &e), HEED_OK, "%s", e.msg);
     cr_assert_eq(heed_gguf_n_files(g), 3);
     cr_assert_eq(heed_gguf_n_tensors(g), 6);
     cr_assert(strstr(heed_gguf_file_path(g, 2), "model-00003-of-00003.gguf"));
@@ -808,6 +808,17 @@ Test(gguf, open_errors, .init = mk_tmp, .fini = rm_tmp) {
   cr_assert_str_eq(heed_gguf_last_error(g), "");
   heed_gguf_close(g);
   heed_gguf_close(NULL);
+  /* loaded instead of mapped: the same bytes, on a 2 MiB boundary; unknown flags refused */
+  cr_assert_eq(heed_gguf_open_flags(path, HEED_GGUF_LOAD, &g, &e), HEED_OK, "%s", e.msg);
+  t = heed_gguf_find_tensor(g, "output_norm");
+  cr_assert_eq(memcmp(t->data, w.b + w.n - t->bytes, t->bytes), 0);
+  cr_assert_eq(((uintptr_t)t->data - (w.n - t->bytes)) % (2u << 20), 0, "the copy starts on a huge page");
+  cr_assert_eq(heed_gguf_n_tensors(g), 3);
+  heed_gguf_close(g);
+  g = (heed_gguf *)1;
+  cr_assert_eq(heed_gguf_open_flags(path, 6, &g, &e), HEED_E_INVALID);
+  cr_assert_null(g);
+  cr_assert(strstr(e.msg, "0x6"), "%s", e.msg);
   gw_free(&w);
 }
 

@@ -63,6 +63,7 @@ typedef struct common {
   heed_dtype kv;
   int threads;
   int verbose;
+  int mmap_weights;
 } common;
 
 /* 1: argv[*i] was one of the common options (consumed); 0: not; -1: bad value (printed). */
@@ -102,6 +103,10 @@ static int common_arg(const char *cmd, common *c, int argc, char **argv, int *i)
     c->verbose = 1;
     return 1;
   }
+  if (strcmp(a, "--mmap") == 0) {
+    c->mmap_weights = 1;
+    return 1;
+  }
   return 0;
 }
 
@@ -120,6 +125,7 @@ static heed_status open_model(const char *cmd, const common *c, unsigned max_seq
   heed_model_options_init(&mo);
   mo.kv_dtype = c->kv;
   mo.n_ctx = c->ctx;
+  mo.mmap_weights = c->mmap_weights;
   mo.max_batch = c->batch;
   mo.max_seqs = max_seqs;
   double t0 = now_s();
@@ -209,8 +215,9 @@ static const char run_use[] =
     "usage: heed run MODEL.gguf (-p TEXT | -f FILE) [--chat [--system TEXT] [--chat-template NAME]]\n"
     "                [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S]\n"
     "                [--stop STR]... [--ignore-eos] [--draft ngram [--draft-k K]] [--ctx N] [--batch N]\n"
-    "                [--kv f16|bf16|f32|q8|q4|e4m3|e5m2] [--threads N] [--verbose]\n"
+    "                [--kv f16|bf16|f32|q8|q4|e4m3|e5m2] [--threads N] [--mmap] [--verbose]\n"
     "  --chat: the prompt is a user message, rendered by the model's chat template (or its built-in)\n"
+    "  --mmap: read the weights through the file's mapping instead of loading them on huge pages\n"
     "  defaults: -n 256, --temp 0.8, --top-k 40, --top-p 0.95, --min-p 0.05, --repeat-penalty 1, --seed from the clock\n";
 
 static int parse_float(const char *opt, const char *v, double lo, double hi, float *out) {
@@ -518,7 +525,7 @@ done:
 /* ---------- perplexity ---------- */
 
 static const char ppl_use[] = "usage: heed perplexity MODEL.gguf -f FILE [--ctx N] [--kv DTYPE] [--chunks N] [--batch N] "
-                              "[--threads N] [--json] [--verbose]\n"
+                              "[--threads N] [--mmap] [--json] [--verbose]\n"
                               "  defaults: --ctx 512, every whole window of the text\n";
 
 int heed_cmd_perplexity(int argc, char **argv) {

@@ -125,6 +125,14 @@ typedef struct heed_gguf heed_gguf;
  * to close. On failure *out is NULL and err (may be NULL) names the file, the
  * field, its offset and the bad value. */
 heed_status heed_gguf_open(const char *path, heed_gguf **out, heed_error *err);
+/* heed_gguf_open with flags: HEED_GGUF_LOAD reads each file into anonymous
+ * memory on 2 MiB transparent huge pages (madvise) instead of mapping it
+ * (the page cache keeps the file, reclaimable, for the next open): the tensors are then
+ * read through a few hundred TLB entries, not a quarter million (decode
+ * streams every weight once per token), at the cost of the file's size in
+ * resident memory, touched by the calling thread (so on its NUMA node). */
+#define HEED_GGUF_LOAD 1u
+heed_status heed_gguf_open_flags(const char *path, unsigned flags, heed_gguf **out, heed_error *err);
 /* The same over bytes the caller owns (size bytes at data, kept alive and
  * unchanged until close); data need not be aligned beyond 1. For tests and fuzzing. */
 heed_status heed_gguf_open_memory(const void *data, size_t size, heed_gguf **out, heed_error *err);

@@ -106,6 +106,8 @@ typedef struct heed_model_options {
   unsigned n_ctx;      /* tokens one sequence may hold; 0: min(trained context, 4096) */
   unsigned max_seqs;   /* sequences alive at once; 0: 1 */
   unsigned max_batch;  /* tokens one step takes, all sequences together; 0: 512 */
+  int mmap_weights;    /* 1: read the weights through the file's mapping (resident only as the page cache
+                          holds them, 4 KiB pages); 0: load them on huge pages (HEED_GGUF_LOAD) */
 } heed_model_options;
 
 void heed_model_options_init(heed_model_options *o); /* all defaults */
