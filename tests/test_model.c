@@ -120,14 +120,30 @@ Test(model, batch_equals_alone) {
     b[i] = (heed_model_batch_seq){.seq = seq[i], .n_tokens = plen(i), .tokens = prompts[i], .n_logits = 1,
                                   .logits = rows + (size_t)i * N * V};
   cr_assert_eq(heed_model_step(m, b, 4), HEED_OK, "%s", heed_model_last_error(m));
+  /* A batch runs the prefill kernels (and 512-bit ones where decode has
+   * 256-bit ones): sums in another order, logits within CLOSE. A greedy token
+   * may differ only where the alone run's top-2 margin is under NEAR_TIE of
+   * the spread (one flipped at 0.097, AVX-512, Q6_K and Q4_K prefill kernels);
+   * that prompt's later steps then continue from different text and are not
+   * compared. */
+  int diverged[4] = {0};
   for (unsigned t = 0; t < N; t++) {
     for (int i = 0; i < 4; i++) {
       together[i][t] = argmax(rows + ((size_t)i * N + t) * V, V, NULL);
+      if (diverged[i]) continue;
       char what[64];
       snprintf(what, sizeof what, "prompt %d, step %u", i, t);
       assert_close(rows + ((size_t)i * N + t) * V, rows_alone + ((size_t)i * N + t) * V, V, what);
-      cr_assert_eq(together[i][t], alone[i][t], "prompt %d step %u: %d together, %d alone", i, t, together[i][t],
-                   alone[i][t]);
+      float margin;
+      argmax(rows_alone + ((size_t)i * N + t) * V, V, &margin);
+      if (together[i][t] != alone[i][t] && margin < NEAR_TIE * spread(rows_alone + ((size_t)i * N + t) * V, V)) {
+        cr_log_info("prompt %d step %u: %d together, %d alone at a near tie (top-2 margin %g)", i, t, together[i][t],
+                    alone[i][t], margin);
+        diverged[i] = 1;
+        continue;
+      }
+      cr_assert_eq(together[i][t], alone[i][t], "prompt %d step %u: %d together, %d alone (top-2 margin %g)", i, t,
+                   together[i][t], alone[i][t], margin);
     }
     if (t + 1 == N) break;
     for (int i = 0; i < 4; i++)

@@ -130,7 +130,7 @@ static size_t act_stride(size_t cols) { return heed_qa_layout_of(cols).stride; }
 
 /* The packed copy after the blocks (heed_qa_layout), zero padded; kperm: the
  * codes of each 256 in the kp order (heed_qa_kperm; cols a multiple of 256). */
-static void pack_act(uint8_t *tok, size_t cols, int kperm) {
+static void pack_act(uint8_t *tok, size_t cols, int kperm) { /* 0: none, 1: heed_qa_kperm, 6: heed_qa_kperm6 */
   const heed_qa_layout l = heed_qa_layout_of(cols);
   const heed_qa_block *a = (const heed_qa_block *)tok;
   int8_t *q = (int8_t *)(tok + l.off_q);
@@ -147,7 +147,7 @@ static void pack_act(uint8_t *tok, size_t cols, int kperm) {
     for (size_t g = 0; g < cols; g += HEED_QA_GROUP) {
       int8_t tmp[HEED_QA_GROUP];
       memcpy(tmp, q + g, HEED_QA_GROUP);
-      for (unsigned i = 0; i < HEED_QA_GROUP; i++) q[g + i] = tmp[heed_qa_kperm(i)];
+      for (unsigned i = 0; i < HEED_QA_GROUP; i++) q[g + i] = tmp[kperm == 6 ? heed_qa_kperm6(i) : heed_qa_kperm(i)];
     }
 }
 
@@ -182,7 +182,11 @@ static void quant_task(void *vc, size_t begin, size_t end, int worker) {
     uint8_t *tok = (uint8_t *)c->act + t * c->astride;
     c->t->quant(c->x + t * c->ldx, c->w->cols, (heed_qa_block *)tok);
     if (c->t->pack)
-      pack_act(tok, c->w->cols, c->t->kperm && (c->w->type == HEED_GGML_Q4_K || c->w->type == HEED_GGML_Q5_K));
+      pack_act(tok, c->w->cols,
+               !c->t->kperm                                                       ? 0
+               : c->w->type == HEED_GGML_Q4_K || c->w->type == HEED_GGML_Q5_K ? 1
+               : c->w->type == HEED_GGML_Q6_K                                 ? 6
+                                                                              : 0);
   }
 }
 

@@ -51,10 +51,18 @@ static inline heed_qa_layout heed_qa_layout_of(size_t cols) {
   return l;
 }
 
-/* Position i (< 256) of a group in the kp order holds code heed_qa_kperm(i). */
+/* Position i (< 256) of a group in the kp order holds code heed_qa_kperm(i):
+ * for k < 4 and j < 4, codes 64j + 8k + 0..7, then 64j + 32 + 8k + 0..7 (lane
+ * L: Q4_K's sub-block L / 2, as its code bytes hold them). */
 static inline unsigned heed_qa_kperm(unsigned i) {
   const unsigned k = i / 64, j = i % 64 / 16, h = i % 16 / 8, m = i % 8;
   return 64 * j + 32 * h + 8 * k + m;
+}
+/* Q6_K's order: position 64k + 4L + m holds code 16L + 4k + m (lane L:
+ * sub-block L of 16). */
+static inline unsigned heed_qa_kperm6(unsigned i) {
+  const unsigned k = i / 64, L = i % 64 / 4, m = i % 4;
+  return 16 * L + 4 * k + m;
 }
 
 /* x: [n] f32, n a multiple of 32, finite; a: [n / 32] blocks. */
@@ -82,8 +90,9 @@ typedef struct heed_weights_table {
   heed_isa isa;
   int dot;                   /* int8 dot-product kernels: avx512_vnni (vpdpbusd), arm64 dotprod (sdot) */
   int pack;                  /* the kernels read the packed copy of the activations (heed_qa_layout) */
-  int kperm;                 /* Q4_K and Q5_K read the packed codes in the kp order: per 256, for k < 4 and
-                                j < 4, codes 64j + 8k + 0..7 then 64j + 32 + 8k + 0..7 (heed_qa_kperm) */
+  int kperm;                 /* the K-quants read the packed codes of each 256 reordered so that dword
+                                lane L of every 64 holds one sub-block: Q4_K and Q5_K by heed_qa_kperm,
+                                Q6_K by heed_qa_kperm6 */
   heed_wquant_fn quant;
   const char *quant_name;
   heed_probe_fma_fn probe_dot; /* the int8_dot_peak probe (heed/bench.h); NULL: none */

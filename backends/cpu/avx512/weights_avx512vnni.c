@@ -298,8 +298,29 @@ WX_INLINE void z_mat(const int f, const uint8_t *w, size_t rb, size_t nr, size_t
  * multiply-adds (the min part as before), where the 64-weight kernels above
  * convert and scale after every vpdpbusd. */
 
-/* Group g of a Q4_K / Q5_K row in that order. */
+/* Group g of a Q4_K / Q5_K row in that order; Q6_K (16 sub-blocks of 16,
+ * one int8 scale each) in its own: lane L of every u[k] holds weights 16L +
+ * 4k .. 16L + 4k + 3, sub-block L (the activations by heed_qa_kperm6), from
+ * the natural decode by a 4 x 4 dword transpose in each vector and a 4 x 4
+ * transpose of 128-bit lanes across the four. */
 WX_INLINE void z_decode_kp(const int f, const uint8_t *row, size_t g, zg *o) {
+  if (f == WF_Q6_K) {
+    zg n;
+    z_decode(f, row, g, 0, &n);
+    o->wv = n.wv, o->cv = n.cv;
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m512i t[4];
+    for (int k = 0; k < 4; k++) t[k] = _mm512_permutexvar_epi32(idx, n.u[k]);
+    const __m512i a = _mm512_shuffle_i32x4(t[0], t[1], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i b2 = _mm512_shuffle_i32x4(t[2], t[3], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i c = _mm512_shuffle_i32x4(t[0], t[1], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512i d = _mm512_shuffle_i32x4(t[2], t[3], _MM_SHUFFLE(3, 2, 3, 2));
+    o->u[0] = _mm512_shuffle_i32x4(a, b2, _MM_SHUFFLE(2, 0, 2, 0));
+    o->u[1] = _mm512_shuffle_i32x4(a, b2, _MM_SHUFFLE(3, 1, 3, 1));
+    o->u[2] = _mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(2, 0, 2, 0));
+    o->u[3] = _mm512_shuffle_i32x4(c, d, _MM_SHUFFLE(3, 1, 3, 1));
+    return;
+  }
   const uint8_t *b = row + g * wf_bytes(f);
   uint32_t ut[4];
   memcpy(ut, b + 4, 12);
@@ -341,8 +362,10 @@ WX_INLINE void z_vec_rows_kp(const int f, const int RV, const uint8_t *w, size_t
   const int8_t *q = (const int8_t *)(tok + l.off_q);
   const float *dh = (const float *)(tok + l.off_dh), *ds = (const float *)(tok + l.off_ds);
   const size_t ng = cols / HEED_QA_GROUP;
-  __m512 acc[4][2];
-  for (int r = 0; r < RV; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  /* the same operations in the same order as z_tile_kp: a row decoded alone
+   * and in a batch gives the same bits */
+  __m512 acc[4];
+  for (int r = 0; r < RV; r++) acc[r] = _mm512_setzero_ps();
   for (size_t g = 0; g < ng; g++) {
     const __m512 dhg = _mm512_load_ps(dh + 16 * g), dsg = _mm512_load_ps(ds + 16 * g);
     __m512i a[4];
@@ -357,11 +380,11 @@ WX_INLINE void z_vec_rows_kp(const int f, const int RV, const uint8_t *w, size_t
       z_decode_kp(f, w + r * rb, g, &z);
       __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z.u[0], a[0]);
       for (int k = 1; k < 4; k++) p = _mm512_dpbusd_epi32(p, z.u[k], a[k]);
-      acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(z.wv, dhg), acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(z.cv, dsg, acc[r][1]);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(z.wv, dhg), acc[r]);
+      acc[r] = _mm512_fmadd_ps(z.cv, dsg, acc[r]);
     }
   }
-  for (int r = 0; r < RV; r++) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+  for (int r = 0; r < RV; r++) y[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
 /* Rows [0, R) of a kp panel (groups g0 .. g0 + ng) by T tokens; ADD: y += (a later column chunk). */
@@ -460,6 +483,7 @@ WX_INLINE void z_mat_kp(const int f, const uint8_t *w, size_t rb, size_t nr, siz
 
 Z_KERNELS_KP(q4_k, WF_Q4_K)
 Z_KERNELS_KP(q5_k, WF_Q5_K)
+Z_KERNELS_KP(q6_k, WF_Q6_K)
 
 #define Z_KERNELS(name, F)                                                                                     \
   static void zmm_##name##_vec(const void *w, size_t rb, size_t nr, size_t cols, const void *act, size_t as,   \
@@ -509,7 +533,8 @@ static double probe_dot_vnni(uint64_t iters, float *sink) {
 void heed_weights_register_avx512vnni(heed_weights_table *t) {
   t->probe_dot = probe_dot_vnni;
   (void)wmm_q4_k_vec_vnni, (void)wmm_q5_k_vec_vnni, (void)wmm_q6_k_vec_vnni;
-  (void)zmm_q4_k_vec, (void)zmm_q4_k_mat, (void)zmm_q5_k_vec, (void)zmm_q5_k_mat;
+  (void)zmm_q4_k_vec, (void)zmm_q4_k_mat, (void)zmm_q5_k_vec, (void)zmm_q5_k_mat, (void)zmm_q6_k_vec,
+      (void)zmm_q6_k_mat;
   (void)zmm_q4_0_vec, (void)zmm_q4_1_vec, (void)zmm_q5_0_vec, (void)zmm_q5_1_vec, (void)zmm_q8_0_vec;
   t->pack = 1;
   /* decode of the 32-block formats: the 256-bit kernels measure as fast or
@@ -523,5 +548,5 @@ void heed_weights_register_avx512vnni(heed_weights_table *t) {
   t->kperm = 1;
   HEED_WSLOT_SET(t, Q4_K, zkp_q4_k_vec, zkp_q4_k_mat);
   HEED_WSLOT_SET(t, Q5_K, zkp_q5_k_vec, zkp_q5_k_mat);
-  Z_SET(t, Q6_K, q6_k);
+  HEED_WSLOT_SET(t, Q6_K, zkp_q6_k_vec, zkp_q6_k_mat);
 }
