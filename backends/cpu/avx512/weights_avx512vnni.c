@@ -74,25 +74,31 @@ WX_INLINE uint32_t z_u32(const uint8_t *p) {
   return v;
 }
 
+/* Q4_K / Q5_K super-block b's scales and mins (6 bits each, packed in 12
+ * bytes) times d and -dmin: wv and cv, lanes 2j and 2j + 1 for sub-block j. */
+WX_INLINE void z_scales_k4(const uint8_t *b, zg *o) {
+  uint32_t ut[4];
+  memcpy(ut, b + 4, 12);
+  const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+  ut[3] = ((ut[2] >> 4) & k2) | (((ut[1] >> 6) & k3) << 4);
+  const uint32_t a1 = ut[1] & k1;
+  ut[1] = (ut[2] & k2) | (((ut[0] >> 6) & k3) << 4);
+  ut[2] = a1;
+  ut[0] &= k1;
+  const __m128i s8 = _mm_loadu_si128((const __m128i *)ut); /* 8 scales, 8 mins */
+  const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s8));
+  const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)));
+  const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)z_u32(b))); /* d, dmin */
+  o->wv = z_dup8(_mm256_mul_ps(sc, _mm256_broadcastss_ps(dd)));
+  o->cv = z_dup8(_mm256_mul_ps(mn, _mm256_broadcastss_ps(_mm_sub_ps(_mm_setzero_ps(), _mm_movehdup_ps(dd)))));
+}
+
 /* Group g of the row at row (nb: the row's 32-blocks, for the 32-block
  * formats' last group; its missing blocks decode to zeros). */
 WX_INLINE void z_decode(const int f, const uint8_t *row, size_t g, size_t nb, zg *o) {
   if (f == WF_Q4_K || f == WF_Q5_K) {
     const uint8_t *b = row + g * wf_bytes(f);
-    uint32_t ut[4];
-    memcpy(ut, b + 4, 12);
-    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-    ut[3] = ((ut[2] >> 4) & k2) | (((ut[1] >> 6) & k3) << 4);
-    const uint32_t a1 = ut[1] & k1;
-    ut[1] = (ut[2] & k2) | (((ut[0] >> 6) & k3) << 4);
-    ut[2] = a1;
-    ut[0] &= k1;
-    const __m128i s8 = _mm_loadu_si128((const __m128i *)ut); /* 8 scales, 8 mins */
-    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s8));
-    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)));
-    const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)z_u32(b))); /* d, dmin */
-    o->wv = z_dup8(_mm256_mul_ps(sc, _mm256_broadcastss_ps(dd)));
-    o->cv = z_dup8(_mm256_mul_ps(mn, _mm256_broadcastss_ps(_mm_sub_ps(_mm_setzero_ps(), _mm_movehdup_ps(dd)))));
+    z_scales_k4(b, o);
     const uint8_t *qs = b + (f == WF_Q4_K ? 16 : 48);
     __m512i qh = _mm512_setzero_si512();
     if (f == WF_Q5_K) qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16)));
@@ -322,20 +328,7 @@ WX_INLINE void z_decode_kp(const int f, const uint8_t *row, size_t g, zg *o) {
     return;
   }
   const uint8_t *b = row + g * wf_bytes(f);
-  uint32_t ut[4];
-  memcpy(ut, b + 4, 12);
-  const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-  ut[3] = ((ut[2] >> 4) & k2) | (((ut[1] >> 6) & k3) << 4);
-  const uint32_t a1 = ut[1] & k1;
-  ut[1] = (ut[2] & k2) | (((ut[0] >> 6) & k3) << 4);
-  ut[2] = a1;
-  ut[0] &= k1;
-  const __m128i s8 = _mm_loadu_si128((const __m128i *)ut); /* 8 scales, 8 mins */
-  const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s8));
-  const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)));
-  const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)z_u32(b))); /* d, dmin */
-  o->wv = z_dup8(_mm256_mul_ps(sc, _mm256_broadcastss_ps(dd)));
-  o->cv = z_dup8(_mm256_mul_ps(mn, _mm256_broadcastss_ps(_mm_sub_ps(_mm_setzero_ps(), _mm_movehdup_ps(dd)))));
+  z_scales_k4(b, o);
   const uint8_t *qs = b + (f == WF_Q4_K ? 16 : 48);
   const __m512i c0 = _mm512_loadu_si512(qs), c1 = _mm512_loadu_si512(qs + 64);
   const __m512i sh = _mm512_setr_epi64(0, 4, 0, 4, 0, 4, 0, 4), m4 = _mm512_set1_epi8(0x0F);
