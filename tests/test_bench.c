@@ -39,13 +39,14 @@ Test(bench, probes_measure_something, .init = setup, .fini = teardown) {
   cr_assert(fl > 0.05 && fl < 1e6, "fma %g GFLOP/s", fl);
   cr_assert_eq(heed_bench_probe(bn, HEED_LIMIT_COUNT, &bw), HEED_E_INVALID);
   /* the int8 dot-product peak: where the runtime's weight kernels have one
-   * (avx2, avx512_vnni); its ops per cycle are at least the FMA peak's (half, for noise) */
+   * (avx2, avx512_vnni), a positive rate; not compared with the FMA peak (a
+   * sanitizer build ran it at 0.2 of it: timings are for benchmarks) */
   double dot = 0;
   heed_status st = heed_bench_probe(bn, HEED_LIMIT_INT8_DOT_PEAK, &dot);
   heed_isa isa = heed_runtime_isa(rt);
   if (isa == HEED_ISA_AVX2 || isa == HEED_ISA_AVX512) {
     cr_assert_eq(st, HEED_OK, "%s", heed_bench_last_error(bn));
-    cr_assert(dot > 0.5 * fl && dot < 1e7, "int8 dot %g GOP/s against fma %g GFLOP/s", dot, fl);
+    cr_assert(dot > 0.05 && dot < 1e7, "int8 dot %g GOP/s", dot);
   } else {
     cr_assert_eq(st, HEED_E_UNSUPPORTED);
   }
