@@ -46,13 +46,7 @@ static inline __attribute__((always_inline)) void kx_decode(const int f, const u
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   if (f == WF_Q4_K || f == WF_Q5_K) {
     uint32_t ut[4];
-    memcpy(ut, b + 4, 12);
-    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-    ut[3] = ((ut[2] >> 4) & k2) | (((ut[1] >> 6) & k3) << 4);
-    const uint32_t a1 = ut[1] & k1;
-    ut[1] = (ut[2] & k2) | (((ut[0] >> 6) & k3) << 4);
-    ut[2] = a1;
-    ut[0] &= k1;
+    wx_k4_scales(b, ut);
     const __m128i s8 = _mm_loadu_si128((const __m128i *)ut); /* 8 scales, then 8 mins */
     const __m256i sc = _mm256_cvtepu8_epi32(s8), mn = _mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8));
     const __m256 d = _mm256_set1_ps(wx_f16(b)), dmin = _mm256_set1_ps(-wx_f16(b + 2));

@@ -27,6 +27,18 @@
 
 enum { WF_Q4_0, WF_Q4_1, WF_Q5_0, WF_Q5_1, WF_Q8_0, WF_Q4_K, WF_Q5_K, WF_Q6_K };
 
+/* The 6-bit scales and mins of Q4_K / Q5_K super-block b (12 bytes at b + 4)
+ * as 16 bytes: 8 scales, then 8 mins. */
+WX_INLINE void wx_k4_scales(const uint8_t *b, uint32_t ut[4]) {
+  memcpy(ut, b + 4, 12);
+  const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+  ut[3] = ((ut[2] >> 4) & k2) | (((ut[1] >> 6) & k3) << 4);
+  const uint32_t a1 = ut[1] & k1;
+  ut[1] = (ut[2] & k2) | (((ut[0] >> 6) & k3) << 4);
+  ut[2] = a1;
+  ut[0] &= k1;
+}
+
 WX_INLINE int wf_elems(int f) { return f >= WF_Q4_K ? 256 : 32; }
 WX_INLINE size_t wf_bytes(int f) {
   static const size_t b[] = {18, 20, 22, 24, 34, 144, 176, 210};

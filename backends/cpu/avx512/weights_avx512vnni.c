@@ -78,13 +78,7 @@ WX_INLINE uint32_t z_u32(const uint8_t *p) {
  * bytes) times d and -dmin: wv and cv, lanes 2j and 2j + 1 for sub-block j. */
 WX_INLINE void z_scales_k4(const uint8_t *b, zg *o) {
   uint32_t ut[4];
-  memcpy(ut, b + 4, 12);
-  const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-  ut[3] = ((ut[2] >> 4) & k2) | (((ut[1] >> 6) & k3) << 4);
-  const uint32_t a1 = ut[1] & k1;
-  ut[1] = (ut[2] & k2) | (((ut[0] >> 6) & k3) << 4);
-  ut[2] = a1;
-  ut[0] &= k1;
+  wx_k4_scales(b, ut);
   const __m128i s8 = _mm_loadu_si128((const __m128i *)ut); /* 8 scales, 8 mins */
   const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(s8));
   const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8)));
