@@ -160,7 +160,13 @@ static heed_status open_caches(heed_model *m, heed_error *err) {
       return heed_err_set(err, HEED_E_UNSUPPORTED, "KV cache for layer %u: %s", il, heed_runtime_last_error(m->rt));
     kc.block_len = block_len;
     /* every sequence full, plus one block each for copy-on-write after a fork */
-    kc.n_blocks = m->opt.max_seqs * ((m->opt.n_ctx + block_len - 1) / block_len + 1);
+    size_t tokens = m->opt.kv_tokens ? m->opt.kv_tokens : (size_t)m->opt.max_seqs * m->opt.n_ctx;
+    size_t blocks = (tokens + block_len - 1) / block_len + m->opt.max_seqs;
+    if (blocks > UINT32_MAX / 2)
+      return heed_err_set(err, HEED_E_RANGE, "model options: kv_tokens %zu makes %zu KV blocks (at most %u)", tokens,
+                          blocks, UINT32_MAX / 2);
+    kc.n_blocks = (uint32_t)blocks;
+    m->n_kv_blocks = kc.n_blocks;
     heed_status st = heed_kv_cache_bytes(m->rt, &kc, &bytes, &block_len);
     if (st) return heed_err_set(err, st, "KV cache for layer %u: %s", il, heed_runtime_last_error(m->rt));
     heed_error e;
@@ -397,6 +403,19 @@ heed_status heed_model_seq_free(heed_model *m, int seq) {
     if (st && !first) first = kv_fail(m, st, il, "free");
   }
   return first;
+}
+
+unsigned heed_model_kv_block_len(const heed_model *m) {
+  return m && m->cfg.n_layer ? heed_kv_cache_get_config(m->layers[0].kv)->block_len : 0;
+}
+uint32_t heed_model_kv_blocks(const heed_model *m) { return m ? m->n_kv_blocks : 0; }
+uint32_t heed_model_kv_free_blocks(const heed_model *m) {
+  return m && m->cfg.n_layer ? heed_kv_cache_free_blocks(m->layers[0].kv) : 0;
+}
+size_t heed_model_kv_block_bytes(const heed_model *m) {
+  size_t b = 0;
+  for (uint32_t il = 0; m && il < m->cfg.n_layer; il++) b += heed_kv_cache_block_bytes(m->layers[il].kv);
+  return b;
 }
 
 long heed_model_seq_len(const heed_model *m, int seq) { return m ? heed_kv_seq_len(m->layers[0].kv, seq) : -1; }

@@ -32,6 +32,7 @@ struct heed_model {
   heed_tokenizer *tok;
   heed_model_config cfg;
   heed_model_options opt;
+  uint32_t n_kv_blocks;      /* blocks in each layer's KV pool */
   int rope_neox;             /* 1: rotate halves (x[i], x[i + n_rot/2]); 0: pairs (x[2i], x[2i+1]) */
   float embd_scale;          /* gemma3: sqrt(n_embd); else 1 */
   int gelu;                  /* gemma3: gelu-tanh gate; else silu */

@@ -108,6 +108,10 @@ typedef struct heed_model_options {
   unsigned max_batch;  /* tokens one step takes, all sequences together; 0: 512 */
   int mmap_weights;    /* 1: read the weights through the file's mapping (resident only as the page cache
                           holds them, 4 KiB pages); 0: load them on huge pages (HEED_GGUF_LOAD) */
+  size_t kv_tokens;    /* tokens the KV pool holds, all sequences together, plus one block per sequence
+                          (for copy-on-write after a fork); 0: every sequence full (max_seqs * n_ctx).
+                          A server keeping finished sequences as a prefix cache sizes the pool to its
+                          memory budget instead; heed_model_kv_blocks says what was made. */
 } heed_model_options;
 
 void heed_model_options_init(heed_model_options *o); /* all defaults */
@@ -128,6 +132,12 @@ const char *heed_model_last_error(const heed_model *m);
 /* Bytes of the KV caches' storage and of the buffers heed allocated at open. */
 size_t heed_model_kv_bytes(const heed_model *m);
 size_t heed_model_buffer_bytes(const heed_model *m);
+/* The KV pool (every layer's is the same): tokens per block, blocks in all,
+ * blocks free now, and the bytes one block takes summed over the layers. */
+unsigned heed_model_kv_block_len(const heed_model *m);
+uint32_t heed_model_kv_blocks(const heed_model *m);
+uint32_t heed_model_kv_free_blocks(const heed_model *m);
+size_t heed_model_kv_block_bytes(const heed_model *m);
 
 /* Sequences: ids 0..max_seqs-1, as heed_kv_seq_* but over every layer. */
 heed_status heed_model_seq_new(heed_model *m, int *seq);
