@@ -18,6 +18,9 @@ int heed_cmd_tokenize(int argc, char **argv);
 int heed_cmd_run(int argc, char **argv);
 int heed_cmd_perplexity(int argc, char **argv);
 
+/* heed serve MODEL [options]: the HTTP server (tools/serve_cmd.c); heed serve -h. */
+int heed_cmd_serve(int argc, char **argv);
+
 /* p[0..n) as a JSON string: escaped, bytes that are not UTF-8 as U+FFFD. */
 void heed_cli_json_str(FILE *f, const char *p, uint64_t n);
 

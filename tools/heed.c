@@ -34,6 +34,7 @@ static void usage(FILE *f) {
           "                     [--parse-special] [--no-add-special] [--chat-template gguf|chatml|gemma|llama3] [--bench [N]]\n"
           "       heed run FILE.gguf (-p TEXT | -f FILE) [--chat] [-n N] [--temp T] [--draft ngram] ...   (generate; heed run -h)\n"
           "       heed perplexity FILE.gguf -f TEXT [--ctx N] [--kv DTYPE] [--json]\n"
+          "       heed serve FILE.gguf [--port 8080] [--slots N] [--api-key KEY] ...   (OpenAI/Anthropic API; heed serve -h)\n"
           "       heed version\n"
           "environment: HEED_BACKEND=cpu|opencl HEED_ISA=scalar|avx2|avx512|neon HEED_THREADS=N HEED_DEBUG=1\n");
 }
@@ -380,6 +381,7 @@ int main(int argc, char **argv) {
   if (strcmp(argv[1], "tokenize") == 0) return heed_cmd_tokenize(argc - 2, argv + 2);
   if (strcmp(argv[1], "run") == 0) return heed_cmd_run(argc - 2, argv + 2);
   if (strcmp(argv[1], "perplexity") == 0) return heed_cmd_perplexity(argc - 2, argv + 2);
+  if (strcmp(argv[1], "serve") == 0) return heed_cmd_serve(argc - 2, argv + 2);
   if (strcmp(argv[1], "version") == 0) {
     printf("heed %s\n", HEED_VERSION_STRING);
     return 0;

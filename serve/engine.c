@@ -1,0 +1,685 @@
+/* serve/engine.c - the scheduler: continuous batching over one model.
+ *
+ * One thread owns the model. Each turn it
+ *   1. cuts cancelled jobs (their sequences freed, not cached) and admits
+ *      queued ones into free slots, each starting from the cached sequence
+ *      sharing the longest prefix with its prompt (forked, so the blocks are
+ *      shared by reference count, and truncated to that prefix);
+ *   2. builds one batch: every decoding job's pending token (plus its n-gram
+ *      draft), then slices of pending prefills under the step's token budget,
+ *      so a long prompt arriving never stalls the streams already running;
+ *   3. runs heed_model_step once, then samples (or verifies the drafts with
+ *      heed's lossless rejection sampling) per job, appending text;
+ *   4. files finished jobs' sequences in the prefix cache (LRU, evicted when
+ *      a step needs their blocks).
+ * The lock guards the queue and each job's shared part; the model, the
+ * cache index and the slots are this thread's alone, so the model step runs
+ * unlocked. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "heed/heed.h"
+#include "heed/spec.h"
+#include "heed/tokenizer.h"
+#include "serve/serve_internal.h"
+
+struct srv_engine {
+  heed_model *m;
+  const heed_tokenizer *tok;
+  srv_engine_config cfg;
+  srv_metrics *mx;
+  unsigned V, n_ctx, max_batch, block_len;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t wake;       /* a job arrived, was cancelled, or stop */
+  int stopping, joined;
+  srv_job *q_head, *q_tail;  /* waiting for a slot, in arrival order */
+  unsigned n_queued;
+  srv_engine_stats stats;    /* published under mu after each turn */
+  /* the thread's own */
+  srv_job **slot;            /* [cfg.slots] running jobs, NULL where free */
+  srv_cache cache;
+  int *drop;                 /* [cfg.cache_entries + 1] sequences the cache let go */
+  heed_spec *spec;
+  float *logits;             /* [cfg.slots * (draft_k + 1)][V] */
+  heed_model_batch_seq *batch; /* [cfg.slots] */
+  srv_job **in_batch;        /* [cfg.slots] */
+  long *len0;                /* [cfg.slots] each batched job's sequence length before the step */
+  int32_t *feed;             /* [cfg.slots][draft_k + 1] */
+  unsigned *n_draft;         /* [cfg.slots] */
+  char *dbuf;
+  size_t dcap;
+  float *lp;                 /* [V] log-probabilities of one row */
+  uint64_t seed_counter;
+};
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+srv_job *srv_job_new(const srv_params *p, int32_t *prompt, size_t n_prompt, unsigned max_new, uint64_t tenant) {
+  srv_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    free(prompt);
+    return NULL;
+  }
+  j->p = p, j->prompt = prompt, j->n_prompt = n_prompt, j->max_new = max_new, j->tenant = tenant;
+  j->seq = -1;
+  j->ds = (heed_detok_state)HEED_DETOK_STATE_INIT;
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(&j->cv, &a);
+  pthread_condattr_destroy(&a);
+  return j;
+}
+
+void srv_job_free(srv_job *j) {
+  if (!j) return;
+  pthread_cond_destroy(&j->cv);
+  free(j->prompt);
+  free(j->text);
+  free(j->lps);
+  free(j->lp_text);
+  free(j->ctx);
+  free(j->counts_ids);
+  free(j->distinct);
+  free(j->hold);
+  heed_drafter_destroy(j->drafter);
+  free(j);
+}
+
+/* Under mu. */
+static void job_unref(srv_job *j) {
+  if (--j->refs == 0) srv_job_free(j);
+}
+
+pthread_mutex_t *srv_engine_lock(srv_engine *e) { return &e->mu; }
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+  if (need <= *cap) return 0;
+  size_t c = *cap ? *cap : 64;
+  while (c < need) c *= 2;
+  void *n = realloc(*p, c * elem);
+  if (!n) return -1;
+  *p = n, *cap = c;
+  return 0;
+}
+
+/* ---------- text out: stop strings held back, then released to the job ---------- */
+
+/* Under mu. Appends s to the text, or the part of it before a stop string. */
+static void text_release(srv_job *j, const char *s, size_t n) {
+  if (!n) return;
+  if (grow((void **)&j->text, &j->text_cap, j->text_len + n + 1, 1)) {
+    j->finish = SRV_FINISH_ERROR;
+    snprintf(j->err, sizeof j->err, "out of memory for the output text");
+    return;
+  }
+  memcpy(j->text + j->text_len, s, n);
+  j->text_len += n;
+  j->text[j->text_len] = 0;
+}
+
+/* Under mu. The new bytes go through the hold buffer: everything that can no
+ * longer be part of a stop string is released; a stop string ends the job. */
+static void text_push(srv_job *j, const char *s, size_t n, int final) {
+  const srv_params *p = j->p;
+  if (!p->n_stops) {
+    text_release(j, s, n);
+    return;
+  }
+  if (grow((void **)&j->hold, &j->hold_cap, j->hold_len + n + 1, 1)) {
+    j->finish = SRV_FINISH_ERROR;
+    snprintf(j->err, sizeof j->err, "out of memory for the output text");
+    return;
+  }
+  memcpy(j->hold + j->hold_len, s, n);
+  j->hold_len += n;
+  /* the earliest stop string; only its last occurrence can be new, but the hold is short */
+  size_t cut = j->hold_len;
+  int which = -1;
+  for (int i = 0; i < p->n_stops; i++) {
+    const char *f = memmem(j->hold, j->hold_len, p->stops[i], strlen(p->stops[i]));
+    if (f && (size_t)(f - j->hold) < cut) cut = (size_t)(f - j->hold), which = i;
+  }
+  if (which >= 0) {
+    text_release(j, j->hold, cut);
+    j->hold_len = 0;
+    if (!j->finish) j->finish = SRV_FINISH_STOP, j->stop_index = which;
+    return;
+  }
+  size_t keep = 0;
+  if (!final)
+    for (int i = 0; i < p->n_stops; i++) {
+      size_t sl = strlen(p->stops[i]);
+      for (size_t k = sl - 1; k > keep; k--)
+        if (k <= j->hold_len && memcmp(j->hold + j->hold_len - k, p->stops[i], k) == 0) {
+          keep = k;
+          break;
+        }
+    }
+  text_release(j, j->hold, j->hold_len - keep);
+  memmove(j->hold, j->hold + j->hold_len - keep, keep);
+  j->hold_len = keep;
+}
+
+/* ---------- sampling ---------- */
+
+static void sampling_of(const srv_job *j, heed_sampling *s) {
+  const srv_params *p = j->p;
+  heed_sampling_init(s);
+  s->temperature = p->temperature;
+  s->top_k = p->top_k;
+  s->top_p = p->top_p > 0 ? p->top_p : 1;
+  s->min_p = p->min_p;
+  s->repetition_penalty = p->repetition_penalty > 0 ? p->repetition_penalty : 1;
+  if (s->repetition_penalty != 1) s->penalty_tokens = j->ctx, s->n_penalty_tokens = (unsigned)j->n_ctx_ids;
+}
+
+/* OpenAI's presence and frequency penalties over the tokens made so far. */
+static void apply_penalties(const srv_job *j, float *row) {
+  const srv_params *p = j->p;
+  if (!j->counts_ids) return;
+  for (size_t i = 0; i < j->n_distinct; i++) {
+    int32_t t = j->distinct[i];
+    row[t] -= p->presence_penalty + p->frequency_penalty * (float)j->counts_ids[t];
+  }
+}
+
+/* The log-probabilities of the row (the model's, after the penalties), and
+ * the token's entry with the top n. */
+static void record_logprobs(srv_engine *e, srv_job *j, const float *row, int32_t tok) {
+  unsigned V = e->V;
+  double mx = -INFINITY;
+  for (unsigned i = 0; i < V; i++)
+    if (row[i] > mx) mx = row[i];
+  double sum = 0;
+  for (unsigned i = 0; i < V; i++) sum += exp((double)row[i] - mx);
+  double lse = mx + log(sum);
+  if (grow((void **)&j->lps, &j->cap_lps, j->n_lps + 1, sizeof *j->lps)) return;
+  srv_token_lp *o = &j->lps[j->n_lps++];
+  memset(o, 0, sizeof *o);
+  o->id = tok;
+  o->logprob = (float)((double)row[tok] - lse);
+  unsigned n = j->p->top_logprobs;
+  /* top n by insertion into a short sorted list */
+  for (unsigned i = 0; i < V && n; i++) {
+    float v = row[i];
+    if (o->n_top == n && v <= row[o->top_id[n - 1]]) continue;
+    unsigned at = o->n_top < n ? o->n_top++ : n - 1;
+    while (at > 0 && row[o->top_id[at - 1]] < v) {
+      o->top_id[at] = o->top_id[at - 1];
+      at--;
+    }
+    o->top_id[at] = (int32_t)i;
+  }
+  for (unsigned k = 0; k < o->n_top; k++) o->top_lp[k] = (float)((double)row[o->top_id[k]] - lse);
+}
+
+/* Under mu. A token the model made: the end of the turn, or text. Returns 1
+ * when the job is finished. */
+static int accept_token(srv_engine *e, srv_job *j, int32_t t, const float *row) {
+  if (j->t_first == 0) {
+    j->t_first = now_s();
+    srv_metrics_ttft(e->mx, j->t_first - j->t_submit);
+  }
+  if (heed_tokenizer_is_eog(e->tok, t)) {
+    if (!j->finish) j->finish = SRV_FINISH_EOS;
+    return 1;
+  }
+  if (j->p->logprobs && row) record_logprobs(e, j, row, t);
+  size_t dl = 0;
+  heed_tokenizer_detok_push(e->tok, &j->ds, t, HEED_DETOK_REPLACE, e->dbuf, e->dcap, &dl);
+  if (j->p->logprobs && row && j->n_lps &&
+      !grow((void **)&j->lp_text, &j->lp_text_cap, j->lp_text_len + dl + 1, 1)) {
+    memcpy(j->lp_text + j->lp_text_len, e->dbuf, dl);
+    j->lps[j->n_lps - 1].text_off = (uint32_t)j->lp_text_len;
+    j->lps[j->n_lps - 1].text_len = (uint32_t)dl;
+    j->lp_text_len += dl;
+  }
+  j->n_generated++;
+  j->ctx[j->n_ctx_ids++] = t;
+  if (j->counts_ids && j->counts_ids[t]++ == 0) j->distinct[j->n_distinct++] = t;
+  if (j->drafter && heed_drafter_append(j->drafter, &t, 1)) j->draft_off = 1;
+  text_push(j, e->dbuf, dl, 0);
+  if (j->finish) return 1;
+  if (j->n_generated >= j->max_new) {
+    j->finish = SRV_FINISH_LENGTH;
+    return 1;
+  }
+  return 0;
+}
+
+/* ---------- admission, the cache, the end of a job ---------- */
+
+static void publish_stats(srv_engine *e) {
+  unsigned running = 0;
+  for (unsigned i = 0; i < e->cfg.slots; i++) running += e->slot[i] != NULL;
+  e->stats.queued = e->n_queued;
+  e->stats.running = running;
+  e->stats.cache_seqs = e->cache.n;
+  e->stats.blocks = heed_model_kv_blocks(e->m);
+  e->stats.blocks_free = heed_model_kv_free_blocks(e->m);
+}
+
+static void cache_drop(srv_engine *e, int seq) { heed_model_seq_free(e->m, seq); }
+
+/* Frees cached sequences, least recently used first, until `need` blocks are free. */
+static void make_room(srv_engine *e, uint32_t need) {
+  int seq;
+  while (heed_model_kv_free_blocks(e->m) < need && srv_cache_evict_lru(&e->cache, &seq)) cache_drop(e, seq);
+}
+
+/* Under mu. The job leaves its slot: its sequence goes to the prefix cache
+ * (cancelled or failed: freed), the text still held is settled. */
+static void job_finish(srv_engine *e, unsigned slot) {
+  srv_job *j = e->slot[slot];
+  e->slot[slot] = NULL;
+  if (j->finish == SRV_FINISH_EOS || j->finish == SRV_FINISH_LENGTH) {
+    size_t dl = 0;
+    heed_tokenizer_detok_flush(&j->ds, HEED_DETOK_REPLACE, e->dbuf, e->dcap, &dl);
+    text_push(j, e->dbuf, dl, 1);
+    if (j->finish == SRV_FINISH_STOP) j->finish = SRV_FINISH_STOP; /* the flush completed a stop string */
+  }
+  int cached = 0;
+  if (j->seq >= 0 && j->finish != SRV_FINISH_CANCELLED && j->finish != SRV_FINISH_ERROR && e->cfg.cache_entries) {
+    /* the tokens whose K/V the sequence holds: the prompt and every token fed since */
+    long len = heed_model_seq_len(e->m, j->seq);
+    if (len > 0 && (size_t)len <= j->n_ctx_ids) {
+      int seq;
+      while (e->cache.n >= e->cfg.cache_entries && srv_cache_evict_lru(&e->cache, &seq)) cache_drop(e, seq);
+      unsigned n_drop = 0;
+      if (srv_cache_insert(&e->cache, j->seq, j->ctx, (size_t)len, j->tenant, e->drop, &n_drop) == HEED_OK) {
+        cached = 1;
+        for (unsigned i = 0; i < n_drop; i++) cache_drop(e, e->drop[i]);
+      }
+    }
+  }
+  if (!cached && j->seq >= 0) heed_model_seq_free(e->m, j->seq);
+  j->seq = -1;
+  if (j->n_generated > 1 && j->t_first > 0) {
+    double dt = now_s() - j->t_first;
+    srv_metrics_tpot(e->mx, dt / (double)(j->n_generated - 1), j->n_generated - 1);
+  }
+  srv_metrics_tokens(e->mx, j->n_prompt, j->n_generated, j->n_cached, j->draft_prop, j->draft_acc);
+  pthread_cond_broadcast(&j->cv);
+  job_unref(j);
+}
+
+/* Under mu. Starts j in a slot: from the cached sequence sharing the longest
+ * prefix (at least one prompt token is always run: its logits start the
+ * output), else a new sequence. */
+static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
+  size_t cap = (size_t)e->n_ctx + e->cfg.draft_k + 2;
+  j->ctx = malloc(cap * sizeof(int32_t));
+  if (!j->ctx) goto nomem;
+  memcpy(j->ctx, j->prompt, j->n_prompt * sizeof(int32_t));
+  j->n_ctx_ids = j->n_prompt;
+  const srv_params *p = j->p;
+  if (p->presence_penalty != 0 || p->frequency_penalty != 0) {
+    j->counts_ids = calloc(e->V, sizeof(uint32_t));
+    j->distinct = malloc(cap * sizeof(int32_t));
+    if (!j->counts_ids || !j->distinct) goto nomem;
+  }
+  size_t lcp = 0;
+  int hit = srv_cache_lookup(&e->cache, j->prompt, j->n_prompt, j->tenant, &lcp);
+  size_t reuse = lcp < j->n_prompt ? lcp : j->n_prompt - 1;
+  heed_status st;
+  if (hit >= 0 && reuse > 0) {
+    srv_cache_touch(&e->cache, hit);
+    st = heed_model_seq_fork(e->m, e->cache.e[hit].seq, &j->seq);
+    if (st == HEED_OK) st = heed_model_seq_truncate(e->m, j->seq, (unsigned)reuse);
+  } else {
+    reuse = 0;
+    st = heed_model_seq_new(e->m, &j->seq);
+  }
+  if (st != HEED_OK) {
+    /* no free sequence: give one cached sequence back and start cold */
+    int seq;
+    if (j->seq >= 0) heed_model_seq_free(e->m, j->seq), j->seq = -1;
+    reuse = 0;
+    if (!srv_cache_evict_lru(&e->cache, &seq) || (cache_drop(e, seq), heed_model_seq_new(e->m, &j->seq))) {
+      j->seq = -1;
+      j->finish = SRV_FINISH_ERROR;
+      snprintf(j->err, sizeof j->err, "no KV sequence is free: %s", heed_model_last_error(e->m));
+      return -1;
+    }
+  }
+  j->n_cached = j->n_fed = reuse;
+  j->seed = p->has_seed ? p->seed : (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull + ++e->seed_counter;
+  /* drafting: lossless only where every row is sampled as the first would be */
+  if (e->cfg.draft_k && !p->logprobs && !j->counts_ids && (p->repetition_penalty == 0 || p->repetition_penalty == 1)) {
+    heed_ngram_config nc = {.vocab = e->V, .capacity = (unsigned)cap};
+    heed_error err;
+    if (heed_ngram_drafter_create(&nc, &j->drafter, &err) == HEED_OK &&
+        heed_drafter_append(j->drafter, j->prompt, (unsigned)j->n_prompt) != HEED_OK) {
+      heed_drafter_destroy(j->drafter);
+      j->drafter = NULL;
+    }
+  }
+  j->admitted = 1;
+  e->slot[slot] = j;
+  return 0;
+nomem:
+  j->finish = SRV_FINISH_ERROR;
+  snprintf(j->err, sizeof j->err, "out of memory admitting the request");
+  return -1;
+}
+
+/* ---------- the loop ---------- */
+
+/* Blocks a sequence of len needs to take n more tokens, a copied shared last block included. */
+static uint32_t blocks_for(unsigned bl, long len, unsigned n) {
+  uint32_t have = (uint32_t)((len + bl - 1) / bl), want = (uint32_t)((len + n + bl - 1) / bl);
+  return want - have + 1;
+}
+
+/* Under mu: cancellations, the stop, admissions. */
+static void turn_begin(srv_engine *e) {
+  for (unsigned s = 0; s < e->cfg.slots; s++) {
+    srv_job *j = e->slot[s];
+    if (!j) continue;
+    if (j->cancel) j->finish = SRV_FINISH_CANCELLED;
+    else if (e->stopping) {
+      j->finish = SRV_FINISH_ERROR;
+      snprintf(j->err, sizeof j->err, "the server is stopping");
+    }
+    if (j->finish) job_finish(e, s);
+  }
+  /* queued jobs cancelled meanwhile leave the queue */
+  for (srv_job **pp = &e->q_head; *pp;) {
+    srv_job *j = *pp;
+    if (j->cancel || e->stopping) {
+      *pp = j->next;
+      e->n_queued--;
+      j->finish = j->cancel ? SRV_FINISH_CANCELLED : SRV_FINISH_ERROR;
+      if (!j->cancel) snprintf(j->err, sizeof j->err, "the server is stopping");
+      pthread_cond_broadcast(&j->cv);
+      job_unref(j);
+    } else {
+      pp = &j->next;
+    }
+  }
+  e->q_tail = NULL;
+  for (srv_job *j = e->q_head; j; j = j->next) e->q_tail = j;
+  for (unsigned s = 0; s < e->cfg.slots && e->q_head; s++) {
+    if (e->slot[s]) continue;
+    srv_job *j = e->q_head;
+    e->q_head = j->next;
+    if (!e->q_head) e->q_tail = NULL;
+    e->n_queued--;
+    j->next = NULL;
+    if (job_admit(e, j, s)) {
+      pthread_cond_broadcast(&j->cv);
+      job_unref(j);
+      s--; /* the slot is still free */
+      continue;
+    }
+  }
+}
+
+/* Unlocked: the batch of this turn. Returns the number of sequences in it. */
+static unsigned build_batch(srv_engine *e, float **rows_end) {
+  unsigned n = 0, budget = e->max_batch, K = e->cfg.draft_k;
+  float *rows = e->logits;
+  uint32_t need = 0;
+  /* decode rows first: the streams already running are never starved */
+  for (unsigned s = 0; s < e->cfg.slots; s++) {
+    srv_job *j = e->slot[s];
+    if (!j || j->n_fed < j->n_prompt || budget == 0) continue;
+    int32_t *feed = e->feed + (size_t)n * (K + 1);
+    feed[0] = j->pending;
+    unsigned d = 0;
+    if (j->drafter && !j->draft_off && K) {
+      /* drafts past max_new or the context would be wasted */
+      long len = heed_model_seq_len(e->m, j->seq);
+      long room_ctx = (long)e->n_ctx - len - 1;
+      long room_new = (long)j->max_new - (long)j->n_generated - 1;
+      long k = K;
+      if (k > room_ctx) k = room_ctx;
+      if (k > room_new) k = room_new;
+      if (k > (long)budget - 1) k = (long)budget - 1;
+      heed_draft dr = {0};
+      if (k > 0 && heed_drafter_propose(j->drafter, (unsigned)k, &dr) == HEED_OK) {
+        d = dr.n;
+        memcpy(feed + 1, dr.tokens, d * sizeof(int32_t));
+      }
+    }
+    e->n_draft[n] = d;
+    e->in_batch[n] = j;
+    e->len0[n] = heed_model_seq_len(e->m, j->seq);
+    e->batch[n] = (heed_model_batch_seq){.seq = j->seq, .n_tokens = 1 + d, .tokens = feed, .n_logits = 1 + d,
+                                         .logits = rows};
+    rows += (size_t)(1 + d) * e->V;
+    budget -= 1 + d;
+    need += blocks_for(e->block_len, e->len0[n], 1 + d);
+    n++;
+  }
+  /* then prefill slices, oldest first (slots in admission order is close enough) */
+  for (unsigned s = 0; s < e->cfg.slots && budget; s++) {
+    srv_job *j = e->slot[s];
+    if (!j || j->n_fed >= j->n_prompt) continue;
+    unsigned k = (unsigned)(j->n_prompt - j->n_fed < budget ? j->n_prompt - j->n_fed : budget);
+    int last = j->n_fed + k == j->n_prompt;
+    e->n_draft[n] = 0;
+    e->in_batch[n] = j;
+    e->len0[n] = (long)j->n_fed;
+    e->batch[n] = (heed_model_batch_seq){.seq = j->seq, .n_tokens = k, .tokens = j->prompt + j->n_fed,
+                                         .n_logits = (unsigned)last, .logits = last ? rows : NULL};
+    if (last) rows += e->V;
+    budget -= k;
+    need += blocks_for(e->block_len, (long)j->n_fed, k);
+    n++;
+  }
+  make_room(e, need);
+  *rows_end = rows;
+  return n;
+}
+
+/* Under mu: what the step's logits make of each job. */
+static void turn_end(srv_engine *e, unsigned n, heed_status st) {
+  for (unsigned b = 0; b < n; b++) {
+    srv_job *j = e->in_batch[b];
+    unsigned slot = 0;
+    while (e->slot[slot] != j) slot++;
+    if (st != HEED_OK) {
+      j->finish = SRV_FINISH_ERROR;
+      snprintf(j->err, sizeof j->err, "the model step failed: %s", heed_model_last_error(e->m));
+      job_finish(e, slot);
+      continue;
+    }
+    heed_model_batch_seq *bs = &e->batch[b];
+    heed_sampling smp;
+    sampling_of(j, &smp);
+    if (j->n_fed < j->n_prompt) { /* a prefill slice */
+      j->n_fed += bs->n_tokens;
+      if (j->n_fed < j->n_prompt) continue;
+      int32_t t;
+      apply_penalties(j, bs->logits);
+      if (heed_spec_sample(e->spec, &smp, j->seed, j->step++, bs->logits, &t) != HEED_OK) {
+        j->finish = SRV_FINISH_ERROR;
+        snprintf(j->err, sizeof j->err, "sampling: %s", heed_spec_last_error(e->spec));
+      } else if (!accept_token(e, j, t, bs->logits)) {
+        j->pending = t;
+      }
+    } else if (e->n_draft[b] == 0) { /* one decode token */
+      int32_t t;
+      apply_penalties(j, bs->logits);
+      if (heed_spec_sample(e->spec, &smp, j->seed, j->step++, bs->logits, &t) != HEED_OK) {
+        j->finish = SRV_FINISH_ERROR;
+        snprintf(j->err, sizeof j->err, "sampling: %s", heed_spec_last_error(e->spec));
+      } else if (!accept_token(e, j, t, bs->logits)) {
+        j->pending = t;
+      }
+    } else { /* the pending token and a draft: verify, keep the accepted part */
+      unsigned d = e->n_draft[b];
+      const int32_t *draft = bs->tokens + 1;
+      heed_spec_result res;
+      if (heed_spec_verify_chain(e->spec, &smp, j->seed, j->step++, bs->logits, draft, d, NULL, &res) != HEED_OK) {
+        j->finish = SRV_FINISH_ERROR;
+        snprintf(j->err, sizeof j->err, "verification: %s", heed_spec_last_error(e->spec));
+      } else if (heed_model_seq_truncate(e->m, j->seq, (unsigned)e->len0[b] + 1 + res.n_accepted) != HEED_OK) {
+        j->finish = SRV_FINISH_ERROR;
+        snprintf(j->err, sizeof j->err, "truncating a draft: %s", heed_model_last_error(e->m));
+      } else {
+        j->draft_steps++, j->draft_prop += d, j->draft_acc += res.n_accepted;
+        /* a drafter that keeps missing costs more than it saves: off for this job */
+        if (j->draft_prop >= 32 && j->draft_acc * 4 < j->draft_prop) j->draft_off = 1;
+        int done = 0;
+        for (unsigned i = 0; i < res.n_accepted && !done; i++) done = accept_token(e, j, draft[i], NULL);
+        if (!done && !accept_token(e, j, res.next_token, NULL)) j->pending = res.next_token;
+      }
+    }
+    if (j->finish) job_finish(e, slot);
+  }
+}
+
+static void *engine_main(void *arg) {
+  srv_engine *e = arg;
+  pthread_mutex_lock(&e->mu);
+  for (;;) {
+    turn_begin(e);
+    publish_stats(e);
+    unsigned running = e->stats.running;
+    if (e->stopping && !running && !e->q_head) break;
+    if (!running) {
+      pthread_cond_wait(&e->wake, &e->mu);
+      continue;
+    }
+    pthread_mutex_unlock(&e->mu);
+    float *rows_end;
+    unsigned n = build_batch(e, &rows_end);
+    heed_status st = n ? heed_model_step(e->m, e->batch, n) : HEED_OK;
+    pthread_mutex_lock(&e->mu);
+    turn_end(e, n, st);
+  }
+  pthread_mutex_unlock(&e->mu);
+  return NULL;
+}
+
+heed_status srv_engine_start(heed_model *m, const srv_engine_config *cfg, srv_metrics *mx, srv_engine **out,
+                             heed_error *err) {
+  *out = NULL;
+  const heed_model_options *mo = heed_model_get_options(m);
+  if (!cfg->slots || cfg->slots + cfg->cache_entries > mo->max_seqs)
+    return heed_err_set(err, HEED_E_INVALID, "serve: %u slots and %u cached sequences; the model was opened for %u",
+                        cfg->slots, cfg->cache_entries, mo->max_seqs);
+  if (cfg->draft_k + 1 > HEED_MAX_DECODE_QUERIES || cfg->draft_k > HEED_SPEC_MAX_DRAFT)
+    return heed_err_set(err, HEED_E_INVALID, "serve: draft_k %u (0..%u)", cfg->draft_k, HEED_MAX_DECODE_QUERIES - 1);
+  srv_engine *e = calloc(1, sizeof *e);
+  if (!e) return heed_err_set(err, HEED_E_NOMEM, "serve: out of memory");
+  e->m = m, e->cfg = *cfg, e->mx = mx;
+  e->tok = heed_model_tokenizer(m);
+  e->V = heed_model_get_config(m)->n_vocab;
+  e->n_ctx = mo->n_ctx, e->max_batch = mo->max_batch;
+  e->block_len = heed_model_kv_block_len(m);
+  unsigned S = cfg->slots, K = cfg->draft_k;
+  e->slot = calloc(S, sizeof *e->slot);
+  e->drop = calloc(cfg->cache_entries + 1, sizeof *e->drop);
+  e->logits = malloc((size_t)S * (K + 1) * e->V * sizeof(float));
+  e->batch = calloc(S, sizeof *e->batch);
+  e->in_batch = calloc(S, sizeof *e->in_batch);
+  e->len0 = calloc(S, sizeof *e->len0);
+  e->feed = calloc((size_t)S * (K + 1), sizeof *e->feed);
+  e->n_draft = calloc(S, sizeof *e->n_draft);
+  e->dcap = heed_tokenizer_detok_bound(e->tok);
+  e->dbuf = malloc(e->dcap);
+  heed_status st = HEED_OK;
+  if (!e->slot || !e->drop || !e->logits || !e->batch || !e->in_batch || !e->len0 || !e->feed || !e->n_draft || !e->dbuf) {
+    st = heed_err_set(err, HEED_E_NOMEM, "serve: out of memory for %u slots' buffers", S);
+    goto fail;
+  }
+  heed_spec_config sc = {.vocab = e->V, .max_draft = K ? K : 1, .max_penalty_tokens = e->n_ctx + K + 2};
+  if ((st = heed_spec_create(heed_model_runtime(m), &sc, &e->spec, err))) goto fail;
+  pthread_mutex_init(&e->mu, NULL);
+  pthread_cond_init(&e->wake, NULL);
+  if (pthread_create(&e->thread, NULL, engine_main, e)) {
+    st = heed_err_set(err, HEED_E_NOMEM, "serve: cannot start the scheduler thread");
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->wake);
+    goto fail;
+  }
+  *out = e;
+  return HEED_OK;
+fail:
+  heed_spec_destroy(e->spec);
+  free(e->slot), free(e->drop), free(e->logits), free(e->batch), free(e->in_batch), free(e->len0), free(e->feed);
+  free(e->n_draft), free(e->dbuf);
+  free(e);
+  return st;
+}
+
+void srv_engine_halt(srv_engine *e) {
+  if (!e) return;
+  pthread_mutex_lock(&e->mu);
+  int joined = e->joined;
+  e->stopping = 1;
+  e->joined = 1;
+  pthread_cond_signal(&e->wake);
+  pthread_mutex_unlock(&e->mu);
+  if (!joined) pthread_join(e->thread, NULL);
+}
+
+void srv_engine_stop(srv_engine *e) {
+  if (!e) return;
+  srv_engine_halt(e);
+  int seq;
+  while (srv_cache_evict_lru(&e->cache, &seq)) heed_model_seq_free(e->m, seq);
+  srv_cache_free(&e->cache);
+  heed_spec_destroy(e->spec);
+  pthread_mutex_destroy(&e->mu);
+  pthread_cond_destroy(&e->wake);
+  free(e->slot), free(e->drop), free(e->logits), free(e->batch), free(e->in_batch), free(e->len0), free(e->feed);
+  free(e->n_draft), free(e->dbuf);
+  free(e);
+}
+
+heed_status srv_engine_submit(srv_engine *e, srv_job *j) {
+  pthread_mutex_lock(&e->mu);
+  if (e->stopping || e->n_queued >= e->cfg.max_queue) {
+    pthread_mutex_unlock(&e->mu);
+    return HEED_E_BUSY;
+  }
+  j->refs = 2;
+  j->t_submit = now_s();
+  j->next = NULL;
+  if (e->q_tail) e->q_tail->next = j;
+  else e->q_head = j;
+  e->q_tail = j;
+  e->n_queued++;
+  e->stats.queued = e->n_queued;
+  pthread_cond_signal(&e->wake);
+  pthread_mutex_unlock(&e->mu);
+  return HEED_OK;
+}
+
+void srv_engine_cancel(srv_engine *e, srv_job *j) {
+  pthread_mutex_lock(&e->mu);
+  if (!j->finish) {
+    j->cancel = 1;
+    pthread_cond_signal(&e->wake);
+  }
+  pthread_mutex_unlock(&e->mu);
+}
+
+void srv_engine_release(srv_engine *e, srv_job *j) {
+  pthread_mutex_lock(&e->mu);
+  if (!j->finish) {
+    j->cancel = 1;
+    pthread_cond_signal(&e->wake);
+  }
+  job_unref(j);
+  pthread_mutex_unlock(&e->mu);
+}
+
+void srv_engine_get_stats(srv_engine *e, srv_engine_stats *s) {
+  pthread_mutex_lock(&e->mu);
+  *s = e->stats;
+  pthread_mutex_unlock(&e->mu);
+}

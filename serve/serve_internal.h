@@ -1,0 +1,316 @@
+/* serve/serve_internal.h - the server's parts and what they share.
+ *
+ * A request's life, in the order it meets the files:
+ *   http.c     libmicrohttpd calls back with the body; auth, size and time limits; routing
+ *   api.c      the body (OpenAI chat/completions, Anthropic messages) becomes one srv_params,
+ *              or a 4xx naming the bad field
+ *   engine.c   the prompt's tokens become a srv_job; the scheduler thread runs every job's
+ *              tokens in batched steps (continuous batching, chunked prefill), samples or
+ *              verifies drafts, and appends text to the job as it is made
+ *   cache.c    finished sequences stay in the KV pool, found again by longest token prefix
+ *   toolcall.c generated text split into content and tool calls, also while streaming
+ *   reply.c    the job's text and tokens as the API's JSON or SSE events
+ *   metrics.c  counters and histograms, /metrics in Prometheus text
+ * The server state is one srv_server passed explicitly (serve.c). */
+#ifndef HEED_SERVE_INTERNAL_H
+#define HEED_SERVE_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "heed/heed.h"
+#include "heed/serve.h"
+#include "runtime/internal.h" /* heed_err_set */
+
+/* ---------- api.c: requests ---------- */
+
+#define SRV_MAX_STOPS 8
+#define SRV_MAX_TOP_LOGPROBS 20
+
+typedef enum srv_api { SRV_API_CHAT, SRV_API_COMPLETIONS, SRV_API_MESSAGES } srv_api;
+
+/* One generation request, whatever API it came through. Owned strings. */
+typedef struct srv_params {
+  srv_api api;
+  int stream, include_usage;
+  long max_tokens;          /* -1: not given (until the context is full) */
+  float temperature, top_p, min_p;
+  unsigned top_k;
+  float presence_penalty, frequency_penalty, repetition_penalty;
+  int has_seed;
+  uint64_t seed;
+  char *stops[SRV_MAX_STOPS];
+  int n_stops;
+  int logprobs;             /* chat: logprobs true; completions: logprobs N */
+  unsigned top_logprobs;    /* 0..SRV_MAX_TOP_LOGPROBS */
+  char *model;              /* as the client named it; NULL when absent */
+  char *chat_json;          /* chat and messages: an OpenAI-style body for heed_chat_prompt */
+  char *prompt;             /* completions: the prompt text (prompt_len bytes) */
+  size_t prompt_len;
+  int tools;                /* tools offered (and tool_choice is not none): the output is scanned for calls */
+  char *user;               /* OpenAI user / Anthropic metadata.user_id; NULL when absent */
+} srv_params;
+
+void srv_params_free(srv_params *p);
+
+/* Parses and checks the body of a request to api. HEED_E_INVALID with a
+ * message naming the field and the bad value; nothing is allocated then.
+ * Independent of any model: the fuzz target calls it alone. */
+heed_status srv_parse_request(srv_api api, const char *body, size_t len, srv_params *out, heed_error *err);
+
+/* /tokenize and count_tokens bodies: *chat_json an OpenAI-style chat body
+ * (owned), or *content the text to tokenize (owned). Anthropic's count_tokens
+ * body when anthropic is 1. */
+heed_status srv_parse_tokenize(const char *body, size_t len, int anthropic, char **chat_json, char **content,
+                               heed_error *err);
+
+/* ---------- toolcall.c: tool calls in generated text ---------- */
+
+typedef struct srv_tool_call {
+  char *name;
+  char *arguments; /* a JSON object's text */
+} srv_tool_call;
+
+/* Splits a stream of generated text into content and tool calls. Hermes/Qwen
+ * form: <tool_call>{"name": ..., "arguments": {...}}</tool_call>, anywhere and
+ * repeated; Llama 3 form: the whole output one JSON object with "name" and
+ * "parameters" (or "arguments"). A call that does not parse is content. */
+typedef struct srv_toolscan {
+  int enabled;
+  int in_call;       /* inside <tool_call> */
+  int whole_json;    /* 1: began with '{' or '[', 2: with a ```json fence: held to the end; -1: ruled out */
+  int started;       /* something other than white space was seen */
+  char *buf;         /* text held back */
+  size_t len, cap;
+  srv_tool_call *calls;
+  size_t n_calls, cap_calls;
+} srv_toolscan;
+
+void srv_toolscan_init(srv_toolscan *s, int enabled);
+void srv_toolscan_free(srv_toolscan *s);
+/* Feeds text; appends what is now known to be content to *content (a
+ * growing buffer the caller frees), and returns through *n_new the calls
+ * completed by this text (they are s->calls[s->n_calls - *n_new ...]).
+ * final: the end of the output (everything held is settled). */
+void srv_toolscan_feed(srv_toolscan *s, const char *text, size_t n, int final, char **content, size_t *content_len,
+                       size_t *n_new);
+
+/* ---------- metrics.c ---------- */
+
+#define SRV_TTFT_BUCKETS 12
+#define SRV_TPOT_BUCKETS 10
+#define SRV_MAX_ENDPOINTS 12
+
+typedef struct srv_metrics {
+  pthread_mutex_t mu;
+  struct {
+    char endpoint[32];
+    int status;
+    uint64_t n;
+  } req[SRV_MAX_ENDPOINTS * 8];
+  unsigned n_req;
+  uint64_t prompt_tokens, generated_tokens, cached_tokens, draft_tokens, draft_accepted;
+  uint64_t ttft_b[SRV_TTFT_BUCKETS + 1], tpot_b[SRV_TPOT_BUCKETS + 1];
+  double ttft_sum, tpot_sum;
+  uint64_t ttft_n, tpot_n;
+} srv_metrics;
+
+void srv_metrics_init(srv_metrics *m);
+void srv_metrics_destroy(srv_metrics *m);
+void srv_metrics_request(srv_metrics *m, const char *endpoint, int status);
+void srv_metrics_ttft(srv_metrics *m, double s);
+void srv_metrics_tpot(srv_metrics *m, double s, uint64_t n); /* n tokens at s each */
+void srv_metrics_tokens(srv_metrics *m, uint64_t prompt, uint64_t generated, uint64_t cached, uint64_t drafted,
+                        uint64_t accepted);
+/* The gauges /metrics shows beside the counters, read from the engine. */
+typedef struct srv_gauges {
+  unsigned queued, running, cache_seqs;
+  uint32_t blocks_used, blocks_free;
+} srv_gauges;
+/* The Prometheus text exposition (version 0.0.4) of m and g; malloc'd, NUL-terminated. */
+char *srv_metrics_render(srv_metrics *m, const srv_gauges *g, size_t *len);
+
+/* ---------- engine.c: jobs and the scheduler ---------- */
+
+typedef enum srv_finish {
+  SRV_RUNNING = 0,
+  SRV_FINISH_EOS,     /* the model ended its turn */
+  SRV_FINISH_STOP,    /* a stop string; stop_index says which */
+  SRV_FINISH_LENGTH,  /* max_tokens, or the context is full */
+  SRV_FINISH_ERROR,   /* err says why */
+  SRV_FINISH_CANCELLED
+} srv_finish;
+
+typedef struct srv_token_lp {
+  int32_t id;
+  float logprob;
+  uint32_t text_off, text_len; /* the text this token added, in the job's lp_text */
+  unsigned n_top;
+  int32_t top_id[SRV_MAX_TOP_LOGPROBS];
+  float top_lp[SRV_MAX_TOP_LOGPROBS];
+} srv_token_lp;
+
+typedef struct srv_engine srv_engine;
+
+/* One generation. The submitter fills the first part and hands the job to
+ * the engine; then everything below "shared" is read and written under the
+ * engine's lock only, and the job is freed by whichever side lets go last. */
+typedef struct srv_job {
+  const srv_params *p;   /* borrowed from the submitter, alive until it releases the job */
+  int32_t *prompt;       /* [n_prompt], owned */
+  size_t n_prompt;
+  unsigned max_new;      /* tokens it may make */
+  uint64_t tenant;       /* prefix-cache partition (0: shared) */
+  double t_submit;
+  /* shared, under the engine's lock */
+  pthread_cond_t cv;     /* signalled when text, tokens or the finish change */
+  char *text;            /* the output so far, stop strings cut and their prefixes held back */
+  size_t text_len, text_cap;
+  srv_token_lp *lps;     /* [n_lps] when p->logprobs */
+  size_t n_lps, cap_lps;
+  char *lp_text;         /* every logprob token's text, in order */
+  size_t lp_text_len, lp_text_cap;
+  size_t n_generated, n_cached;
+  int admitted;
+  srv_finish finish;
+  int stop_index;
+  char err[512];
+  int cancel;
+  int refs;
+  double t_first;
+  /* the engine's own */
+  struct srv_job *next;
+  int seq;
+  size_t n_fed;          /* prompt tokens in the KV */
+  int32_t pending;       /* the last token made, not yet fed */
+  int32_t *ctx;          /* [n_ctx + draft + 2] prompt then made tokens: penalties, drafter, cache entry */
+  size_t n_ctx_ids;
+  uint32_t *counts_ids;  /* presence/frequency penalties: token -> times made ([vocab], only when asked) */
+  int32_t *distinct;     /* [n_distinct] the tokens made so far, each once (with counts_ids) */
+  size_t n_distinct;
+  heed_drafter *drafter;
+  unsigned draft_steps, draft_acc, draft_prop;
+  int draft_off;
+  uint64_t step;
+  uint64_t seed;
+  heed_detok_state ds;
+  char *hold;            /* text not yet released: a stop string may still start in it */
+  size_t hold_len, hold_cap;
+  size_t max_stop;
+  double t_last;
+} srv_job;
+
+typedef struct srv_engine_config {
+  unsigned slots, max_queue;
+  unsigned draft_k;        /* 0: no drafting */
+  uint64_t cache_bytes;    /* KV memory the prefix cache may hold beyond the running sequences */
+  unsigned cache_entries;  /* finished sequences kept, at most */
+} srv_engine_config;
+
+heed_status srv_engine_start(heed_model *m, const srv_engine_config *cfg, srv_metrics *mx, srv_engine **out,
+                             heed_error *err);
+/* Stops the scheduler: running and queued jobs are cut (SRV_FINISH_ERROR,
+ * "the server is stopping") and their sequences freed; submissions are refused
+ * from here on. The engine stays valid for release/cancel until srv_engine_stop. */
+void srv_engine_halt(srv_engine *e);
+/* Halts if needed, then frees everything (no job may still be held). */
+void srv_engine_stop(srv_engine *e);
+
+/* Takes a job (refs = 2: the engine's and the caller's). HEED_E_BUSY when the
+ * queue is full (the job is not taken). */
+heed_status srv_engine_submit(srv_engine *e, srv_job *j);
+/* The caller lets go of its job (after cancel, or once finished). */
+void srv_engine_release(srv_engine *e, srv_job *j);
+void srv_engine_cancel(srv_engine *e, srv_job *j);
+pthread_mutex_t *srv_engine_lock(srv_engine *e);
+/* A job for p's request (p borrowed; prompt owned by the job from here on,
+ * also when this fails and returns NULL). */
+srv_job *srv_job_new(const srv_params *p, int32_t *prompt, size_t n_prompt, unsigned max_new, uint64_t tenant);
+/* Frees a job the engine never took (srv_engine_submit said HEED_E_BUSY). */
+void srv_job_free(srv_job *j);
+
+typedef struct srv_engine_stats {
+  unsigned queued, running, cache_seqs;
+  uint32_t blocks, blocks_free;
+} srv_engine_stats;
+void srv_engine_get_stats(srv_engine *e, srv_engine_stats *s);
+
+/* ---------- reply.c: the job as the API's JSON or events ---------- */
+
+/* What a handler copied from its job under the lock: the text and logprobs
+ * since the last snapshot, and how things stand. */
+typedef struct srv_snapshot {
+  const char *text;        /* new text */
+  size_t text_len;
+  const srv_token_lp *lps; /* new logprob entries */
+  size_t n_lps;
+  const char *lp_text;     /* the job's lp_text (for the entries' text_off) */
+  srv_finish finish;
+  int stop_index;
+  const char *err;
+  size_t n_prompt, n_cached, n_generated;
+} srv_snapshot;
+
+typedef struct srv_reply {
+  srv_api api;
+  const srv_params *p;
+  const char *model;
+  const struct heed_tokenizer *tok; /* for the top logprobs' token texts; set after init */
+  char id[48];
+  long created;
+  srv_toolscan ts;
+  char *content;           /* content so far (after tool-call scanning) */
+  size_t content_len, content_sent;
+  size_t calls_sent;
+  /* the JSON logprobs entries so far (non-streaming: all of them) */
+  void *lp_json;           /* cJSON array */
+  int started, block_open, block_index;
+  char *out;               /* bytes ready to send */
+  size_t out_len, out_cap, out_pos;
+  int ended;
+} srv_reply;
+
+void srv_reply_init(srv_reply *r, srv_api api, const srv_params *p, const char *model);
+void srv_reply_free(srv_reply *r);
+/* Streaming: turns the snapshot into events appended to r->out (the last
+ * ones, with usage and the end marker, once s->finish is set). */
+void srv_reply_stream(srv_reply *r, const srv_snapshot *s);
+/* Not streaming: feeds the snapshot; once s->finish is set, *json is the
+ * whole response body (malloc'd) and *status its HTTP status. */
+void srv_reply_feed(srv_reply *r, const srv_snapshot *s);
+char *srv_reply_body(srv_reply *r, const srv_snapshot *s, int *status);
+/* An error body in the API's shape (OpenAI's for everything but /v1/messages). */
+char *srv_error_body(int anthropic, int status, const char *message);
+const char *srv_error_type(int status);
+
+/* ---------- cache.c: the prefix cache ---------- */
+
+typedef struct srv_cache_entry {
+  int seq;               /* the model sequence holding the KV */
+  int32_t *ids;          /* [n] the tokens it holds */
+  size_t n;
+  uint64_t tenant;
+  uint64_t last_used;
+} srv_cache_entry;
+
+typedef struct srv_cache {
+  srv_cache_entry *e;
+  unsigned n, cap;
+  uint64_t clock;
+} srv_cache;
+
+/* The entry sharing the longest prefix with ids[0..n) among tenant's, and
+ * that length; -1 when none shares a token. */
+int srv_cache_lookup(const srv_cache *c, const int32_t *ids, size_t n, uint64_t tenant, size_t *lcp);
+/* Adds a finished sequence (ids copied). Entries of the same tenant whose
+ * tokens are a prefix of ids are dropped: their blocks are ids's too. *drop:
+ * sequences the caller frees (at most c->n of them), *n_drop their count. */
+heed_status srv_cache_insert(srv_cache *c, int seq, const int32_t *ids, size_t n, uint64_t tenant, int *drop,
+                             unsigned *n_drop);
+/* Removes the least recently used entry; its sequence in *seq. 0 when empty. */
+int srv_cache_evict_lru(srv_cache *c, int *seq);
+void srv_cache_touch(srv_cache *c, int i);
+void srv_cache_free(srv_cache *c);
+
+#endif

@@ -1,0 +1,640 @@
+/* The server's parts that need no model: the tool-call scanner (every form,
+ * fed whole, byte by byte and cut at random points, which must all agree),
+ * the prefix cache's index, and the metrics' Prometheus text. */
+#include <criterion/criterion.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "serve/serve_internal.h"
+#include "test_util.h"
+
+/* ---------- the tool-call scanner ---------- */
+
+/* What a scan made: the content, and the calls as "name args" lines. */
+typedef struct scan_out {
+  char *content;
+  size_t content_len;
+  char calls[4096];
+  size_t n_calls;
+} scan_out;
+
+static void scan_out_free(scan_out *o) { free(o->content), o->content = NULL; }
+
+/* Feeds text cut at cuts[0..n_cuts) (increasing); final_alone: the end comes
+ * as a feed of its own, with no text. Checks on the way that *n_new names
+ * exactly the calls added and that content only grows. */
+static void scan_cut(const char *text, size_t len, const size_t *cuts, size_t n_cuts, int final_alone, int enabled,
+                     scan_out *o) {
+  memset(o, 0, sizeof *o);
+  srv_toolscan s;
+  srv_toolscan_init(&s, enabled);
+  size_t at = 0;
+  for (size_t k = 0; k <= n_cuts; k++) {
+    size_t to = k < n_cuts ? cuts[k] : len;
+    int final = k == n_cuts && !final_alone;
+    size_t before = s.n_calls, n_new = 99;
+    srv_toolscan_feed(&s, text + at, to - at, final, &o->content, &o->content_len, &n_new);
+    cr_assert_eq(s.n_calls, before + n_new);
+    cr_assert_not_null(o->content);
+    cr_assert_eq(o->content[o->content_len], '\0', "content lacks its end");
+    if (!memchr(text, '\0', len)) cr_assert_eq(strlen(o->content), o->content_len);
+    at = to;
+  }
+  if (final_alone) {
+    size_t before = s.n_calls, n_new = 99;
+    srv_toolscan_feed(&s, NULL, 0, 1, &o->content, &o->content_len, &n_new);
+    cr_assert_eq(s.n_calls, before + n_new);
+  }
+  cr_assert_eq(s.len, 0, "text still held after the final feed");
+  size_t w = 0;
+  for (size_t i = 0; i < s.n_calls; i++) {
+    int k = snprintf(o->calls + w, sizeof o->calls - w, "%s %s\n", s.calls[i].name, s.calls[i].arguments);
+    cr_assert(k > 0 && (size_t)k < sizeof o->calls - w);
+    w += (size_t)k;
+  }
+  o->n_calls = s.n_calls;
+  srv_toolscan_free(&s);
+}
+
+static void scan_whole(const char *text, int enabled, scan_out *o) {
+  scan_cut(text, strlen(text), NULL, 0, 0, enabled, o);
+}
+
+static void scan_bytes(const char *text, int enabled, scan_out *o) {
+  size_t len = strlen(text);
+  size_t *cuts = malloc((len + 1) * sizeof *cuts);
+  cr_assert_not_null(cuts);
+  for (size_t i = 0; i < len; i++) cuts[i] = i + 1;
+  scan_cut(text, len, cuts, len ? len - 1 : 0, 1, enabled, o);
+  free(cuts);
+}
+
+/* Whole, byte by byte and at the end: content and calls as given. */
+static void expect_scan(const char *text, const char *content, const char *calls) {
+  for (int mode = 0; mode < 2; mode++) {
+    scan_out o;
+    if (mode == 0) scan_whole(text, 1, &o);
+    else scan_bytes(text, 1, &o);
+    cr_assert_str_eq(o.content, content, "%s: content of '%s'", mode ? "bytes" : "whole", text);
+    cr_assert_str_eq(o.calls, calls, "%s: calls of '%s'", mode ? "bytes" : "whole", text);
+    scan_out_free(&o);
+  }
+}
+
+Test(toolscan, one_call_whole_and_byte_by_byte) {
+  expect_scan("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 3}}\n</tool_call>",
+              "", "get_weather {\"city\":\"Paris\",\"days\":3}\n");
+}
+
+Test(toolscan, content_before_and_after) {
+  expect_scan("Let me check.\n<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>\nDone.",
+              "Let me check.\n\nDone.", "f {}\n");
+  expect_scan("Sure: <tool_call>{\"name\": \"f\"}</tool_call>", "Sure: ", "f {}\n");
+}
+
+Test(toolscan, two_calls_white_space_dropped) {
+  expect_scan("\n<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>\n\n"
+              "<tool_call>{\"name\": \"b\", \"parameters\": {\"y\": [1, 2]}}</tool_call>\n \n",
+              "", "a {\"x\":1}\nb {\"y\":[1,2]}\n");
+}
+
+Test(toolscan, arguments_as_string) {
+  expect_scan("<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"q\\\": \\\"a b\\\"}\"}</tool_call>", "",
+              "f {\"q\":\"a b\"}\n");
+}
+
+Test(toolscan, malformed_calls_are_content) {
+  const char *bad[] = {
+      "<tool_call>{\"name\": oops}</tool_call>",
+      "<tool_call>{\"arguments\": {}}</tool_call>",
+      "<tool_call>{\"name\": \"\", \"arguments\": {}}</tool_call>",
+      "<tool_call>{\"name\": 3, \"arguments\": {}}</tool_call>",
+      "<tool_call>{\"name\": \"f\", \"arguments\": 7}</tool_call>",
+      "<tool_call>{\"name\": \"f\", \"arguments\": [1]}</tool_call>",
+      "<tool_call>{\"name\": \"f\", \"arguments\": \"not json\"}</tool_call>",
+      "<tool_call>{\"name\": \"f\", \"arguments\": \"[1, 2]\"}</tool_call>",
+      "<tool_call>{\"name\": \"f\"} trailing</tool_call>",
+      "<tool_call>[{\"name\": \"f\"}]</tool_call>",
+      "<tool_call></tool_call>",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) expect_scan(bad[i], bad[i], "");
+  /* A bad one is content, white space and all; a good one after it is still a call. */
+  expect_scan("\n<tool_call>{bad}</tool_call>\n<tool_call>{\"name\": \"g\"}</tool_call>",
+              "\n<tool_call>{bad}</tool_call>\n", "g {}\n");
+}
+
+Test(toolscan, unterminated_call_at_the_end_is_content) {
+  expect_scan("Calling <tool_call>{\"name\": \"f\", \"argu", "Calling <tool_call>{\"name\": \"f\", \"argu", "");
+  expect_scan("  <tool_call>{\"name\": \"f\"}</tool_ca", "  <tool_call>{\"name\": \"f\"}</tool_ca", "");
+  expect_scan("<tool_call>{\"name\": \"a\"}</tool_call><tool_call>", "<tool_call>", "a {}\n");
+}
+
+Test(toolscan, tag_prefix_held_then_released) {
+  srv_toolscan s;
+  srv_toolscan_init(&s, 1);
+  char *c = NULL;
+  size_t n = 0, n_new = 0;
+  srv_toolscan_feed(&s, "Hi <to", 6, 0, &c, &n, &n_new);
+  cr_assert_str_eq(c, "Hi ");
+  srv_toolscan_feed(&s, "ol", 2, 0, &c, &n, &n_new);
+  cr_assert_str_eq(c, "Hi ");
+  srv_toolscan_feed(&s, "box> ok <", 9, 0, &c, &n, &n_new);
+  cr_assert_str_eq(c, "Hi <toolbox> ok ");
+  srv_toolscan_feed(&s, "tool_c", 6, 0, &c, &n, &n_new);
+  cr_assert_str_eq(c, "Hi <toolbox> ok ");
+  srv_toolscan_feed(&s, "", 0, 1, &c, &n, &n_new);
+  cr_assert_str_eq(c, "Hi <toolbox> ok <tool_c");
+  cr_assert_eq(n, strlen(c));
+  cr_assert_eq(n_new, 0);
+  free(c);
+  srv_toolscan_free(&s);
+  expect_scan("<toolbox>", "<toolbox>", "");
+  expect_scan("a < b and <tool", "a < b and <tool", "");
+}
+
+Test(toolscan, plain_content_streams_at_once) {
+  const char *text = "Hello, w\xc3\xb6rld! 1 < 2 <b>";
+  srv_toolscan s;
+  srv_toolscan_init(&s, 1);
+  char *c = NULL;
+  size_t n = 0, n_new;
+  for (size_t i = 0; text[i]; i++) {
+    srv_toolscan_feed(&s, text + i, 1, 0, &c, &n, &n_new);
+    /* Only a '<' that may begin the tag is held. */
+    size_t want = i + 1;
+    if (text[i] == '<') want = i;
+    cr_assert_eq(n, want, "after byte %zu: %zu bytes released", i, n);
+    cr_assert_eq(memcmp(c, text, n), 0);
+  }
+  free(c);
+  srv_toolscan_free(&s);
+}
+
+Test(toolscan, leading_white_space) {
+  expect_scan("\n\n  Hello", "\n\n  Hello", "");
+  expect_scan("\n\n<tool_call>{\"name\": \"f\"}</tool_call>", "", "f {}\n");
+  expect_scan(" \n ", " \n ", "");
+  expect_scan("", "", "");
+}
+
+Test(toolscan, whole_json_form) {
+  expect_scan("{\"name\": \"get_time\", \"parameters\": {\"tz\": \"UTC\"}}", "", "get_time {\"tz\":\"UTC\"}\n");
+  expect_scan(" \n{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": 1}\"}\n", "", "f {\"a\":1}\n");
+  expect_scan("[{\"name\": \"a\", \"parameters\": {}}, {\"name\": \"b\", \"arguments\": {\"k\": true}}]", "",
+              "a {}\nb {\"k\":true}\n");
+  /* Not a call: all of it is content, as it came. */
+  const char *content[] = {
+      "{\"answer\": 42}",
+      " {\"name\": \"Bob\", \"age\": 3}",
+      "{\"name\": \"f\", \"parameters\": {}} and more",
+      "{\"name\": \"f\", \"parameters\": {}}{\"name\": \"g\", \"parameters\": {}}",
+      "[{\"name\": \"a\", \"parameters\": {}}, 3]",
+      "[]",
+      "[1, 2, 3]",
+      "{ not json",
+      "[link](http://x)",
+  };
+  for (size_t i = 0; i < sizeof content / sizeof *content; i++) expect_scan(content[i], content[i], "");
+}
+
+/* Qwen2.5-Coder answers a tool request with a fenced JSON block more often
+ * than with <tool_call> (seen in the serve test on the real model). */
+Test(toolscan, fenced_json_form) {
+  expect_scan("```json\n{\n  \"name\": \"get_weather\",\n  \"arguments\": {\n    \"city\": \"Paris\"\n  }\n}\n```",
+              "", "get_weather {\"city\":\"Paris\"}\n");
+  expect_scan("\n```\n[{\"name\": \"a\", \"parameters\": {}}]\n```\n", "", "a {}\n");
+  /* code, or JSON that is no call, is content as it came */
+  const char *content[] = {
+      "```c\nint main(void) { return 0; }\n```",
+      "```json\n{\"answer\": 42}\n```",
+      "```json\n{\"name\": \"f\", \"arguments\": {}}\n``` and then some",
+      "```json\nplain\n```",
+      "``",
+      "`x`",
+  };
+  for (size_t i = 0; i < sizeof content / sizeof *content; i++) expect_scan(content[i], content[i], "");
+}
+
+/* A fence that is not JSON is released as soon as its first line says so. */
+Test(toolscan, fenced_code_streams_after_its_first_line) {
+  srv_toolscan s;
+  srv_toolscan_init(&s, 1);
+  char *c = NULL;
+  size_t n = 0, n_new;
+  srv_toolscan_feed(&s, "```py", 5, 0, &c, &n, &n_new);
+  srv_toolscan_feed(&s, "thon\nprint(1)\n", 15, 0, &c, &n, &n_new);
+  cr_assert_str_eq(c, "```python\nprint(1)\n");
+  free(c);
+  srv_toolscan_free(&s);
+}
+
+Test(toolscan, whole_json_held_to_the_end) {
+  srv_toolscan s;
+  srv_toolscan_init(&s, 1);
+  char *c = NULL;
+  size_t n = 0, n_new;
+  srv_toolscan_feed(&s, "{\"answer\": ", 11, 0, &c, &n, &n_new);
+  srv_toolscan_feed(&s, "42}", 3, 0, &c, &n, &n_new);
+  cr_assert_eq(n, 0);
+  srv_toolscan_feed(&s, NULL, 0, 1, &c, &n, &n_new);
+  cr_assert_str_eq(c, "{\"answer\": 42}");
+  free(c);
+  srv_toolscan_free(&s);
+}
+
+Test(toolscan, hermes_tag_overrides_whole_json) {
+  expect_scan("{\"x\": 1} <tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 2}}</tool_call>", "{\"x\": 1} ",
+              "f {\"a\":2}\n");
+  expect_scan("  {\"name\": \"f\", \"parameters\": {}}\n<tool_call>{\"name\": \"g\"}</tool_call>\n",
+              "  {\"name\": \"f\", \"parameters\": {}}\n", "g {}\n");
+}
+
+Test(toolscan, disabled_is_all_content) {
+  const char *text = "<tool_call>{\"name\": \"f\"}</tool_call>";
+  scan_out o;
+  scan_whole(text, 0, &o);
+  cr_assert_str_eq(o.content, text);
+  cr_assert_eq(o.n_calls, 0);
+  scan_out_free(&o);
+  /* Immediately: nothing is held, not even a possible tag. */
+  srv_toolscan s;
+  srv_toolscan_init(&s, 0);
+  char *c = NULL;
+  size_t n = 0, n_new = 5;
+  srv_toolscan_feed(&s, "{\"a\": <tool", 11, 0, &c, &n, &n_new);
+  cr_assert_str_eq(c, "{\"a\": <tool");
+  cr_assert_eq(n_new, 0);
+  free(c);
+  srv_toolscan_free(&s);
+}
+
+/* Texts the property test cuts: every form, malformed ones, UTF-8. */
+static const char *const SCAN_TEXTS[] = {
+    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Z\xc3\xbcrich\"}}\n</tool_call>",
+    "Let me look.\n<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>\n\n<tool_call>{\"name\": \"b\", "
+    "\"arguments\": \"{\\\"k\\\": 1}\"}</tool_call>\nThat's all \xe2\x9c\x93",
+    "<tool_call>{\"name\": oops}</tool_call> then <tool_call>{\"name\": \"ok\"}</tool_call>",
+    "text with <toolbox> and <tool_ and <tool_call",
+    "{\"name\": \"f\", \"parameters\": {\"a\": [1, {\"b\": null}]}}",
+    "\n [{\"name\": \"a\", \"parameters\": {}}, {\"name\": \"b\", \"arguments\": {}}]\n",
+    "{\"answer\": \"<tool\"}",
+    "{\"x\": 1}<tool_call>{\"name\": \"f\"}</tool_call>",
+    "   \n\t",
+    "\xf0\x9f\x98\x80 <tool_call> {\"name\": \"f\"} </tool_call></tool_call>",
+    "<<<tool_call>>{\"name\": \"f\"}</tool_call>",
+    "<tool_call>{\"name\": \"f\", \"arguments\": {\"s\": \"</tool\"}}</tool_call>",
+    "```json\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n```",
+    "```json\n{\"name\": \"f\"}\n``` <tool_call>{\"name\": \"g\"}</tool_call>",
+    "```c\nint x;\n```",
+};
+
+static void expect_same(const scan_out *a, const scan_out *b, const char *text, const char *how) {
+  cr_assert_eq(a->content_len, b->content_len, "%s: content length of '%s'", how, text);
+  cr_assert_eq(memcmp(a->content, b->content, a->content_len), 0, "%s: content of '%s'", how, text);
+  cr_assert_str_eq(a->calls, b->calls, "%s: calls of '%s'", how, text);
+}
+
+/* Random cut points: the same content and calls as the text fed whole. */
+static void random_cuts(const char *text, size_t len, uint64_t *rng) {
+  scan_out whole;
+  scan_cut(text, len, NULL, 0, 0, 1, &whole);
+  size_t *cuts = malloc((len + 1) * sizeof *cuts);
+  cr_assert_not_null(cuts);
+  for (int round = 0; round < 60; round++) {
+    size_t n_cuts = 0;
+    unsigned density = 1 + (unsigned)(tu_next(rng) % 8);
+    for (size_t i = 1; i < len; i++)
+      if (tu_next(rng) % density == 0) cuts[n_cuts++] = i;
+    scan_out o;
+    scan_cut(text, len, cuts, n_cuts, (int)(tu_next(rng) & 1), 1, &o);
+    expect_same(&whole, &o, text, "random cuts");
+    scan_out_free(&o);
+  }
+  free(cuts);
+  scan_out_free(&whole);
+}
+
+Test(toolscan, random_cuts_agree_with_whole) {
+  uint64_t rng = 0x5eed7001;
+  for (size_t t = 0; t < sizeof SCAN_TEXTS / sizeof *SCAN_TEXTS; t++)
+    random_cuts(SCAN_TEXTS[t], strlen(SCAN_TEXTS[t]), &rng);
+}
+
+/* Texts of random pieces of the syntax (and NUL bytes): no crash, and cuts agree. */
+Test(toolscan, random_texts_agree_with_whole) {
+  static const char *const bits[] = {"<tool_call>", "</tool_call>", "<tool", "</tool_", "<", ">", "{", "}", "[",
+                                     "]", "\"name\"", ": ", "\"f\"", ", ", "\"arguments\"", "\"parameters\"", "{}",
+                                     " ", "\n", "x", "\xc3", "\xa9", "\\\"", "\"", "1", "```", "```json\n", "`"};
+  uint64_t rng = 0xc0ffee;
+  char text[256];
+  for (int t = 0; t < 300; t++) {
+    size_t len = 0;
+    unsigned n_bits = (unsigned)(tu_next(&rng) % 24);
+    for (unsigned b = 0; b < n_bits; b++) {
+      const char *p = bits[tu_next(&rng) % (sizeof bits / sizeof *bits)];
+      size_t k = strlen(p);
+      if (len + k + 1 >= sizeof text) break;
+      memcpy(text + len, p, k), len += k;
+    }
+    if (len && tu_next(&rng) % 10 == 0) text[tu_next(&rng) % len] = '\0'; /* a NUL byte in the output */
+    text[len] = '\0';
+    scan_out whole;
+    scan_cut(text, len, NULL, 0, 0, 1, &whole);
+    size_t cuts[256], n_cuts = 0;
+    for (size_t i = 1; i < len; i++)
+      if (tu_next(&rng) % 3 == 0) cuts[n_cuts++] = i;
+    scan_out o;
+    scan_cut(text, len, cuts, n_cuts, (int)(tu_next(&rng) & 1), 1, &o);
+    cr_assert_eq(whole.content_len, o.content_len, "text %d", t);
+    cr_assert_eq(memcmp(whole.content, o.content, o.content_len), 0, "text %d", t);
+    cr_assert_str_eq(whole.calls, o.calls, "text %d", t);
+    scan_out_free(&o);
+    scan_out_free(&whole);
+  }
+}
+
+/* ---------- the prefix cache's index ---------- */
+
+static const int32_t A[] = {1, 2, 3, 4, 5, 6};
+
+Test(cache, lookup_picks_the_longest_prefix) {
+  srv_cache c = {0};
+  int drop[8];
+  unsigned n_drop;
+  cr_assert_eq(srv_cache_insert(&c, 10, (const int32_t[]){1, 2, 9}, 3, 0, drop, &n_drop), HEED_OK);
+  cr_assert_eq(srv_cache_insert(&c, 11, (const int32_t[]){1, 2, 3, 4, 7}, 5, 0, drop, &n_drop), HEED_OK);
+  cr_assert_eq(srv_cache_insert(&c, 12, (const int32_t[]){8, 8}, 2, 0, drop, &n_drop), HEED_OK);
+  cr_assert_eq(n_drop, 0);
+  size_t lcp = 99;
+  int i = srv_cache_lookup(&c, A, 6, 0, &lcp);
+  cr_assert_geq(i, 0);
+  cr_assert_eq(c.e[i].seq, 11);
+  cr_assert_eq(lcp, 4);
+  i = srv_cache_lookup(&c, (const int32_t[]){1, 2, 9, 9}, 4, 0, &lcp);
+  cr_assert_eq(c.e[i].seq, 10);
+  cr_assert_eq(lcp, 3);
+  /* The query shorter than the entry: the whole query is shared. */
+  i = srv_cache_lookup(&c, (const int32_t[]){8}, 1, 0, &lcp);
+  cr_assert_eq(c.e[i].seq, 12);
+  cr_assert_eq(lcp, 1);
+  cr_assert_eq(srv_cache_lookup(&c, (const int32_t[]){5, 1}, 2, 0, &lcp), -1);
+  cr_assert_eq(lcp, 0);
+  cr_assert_eq(srv_cache_lookup(&c, NULL, 0, 0, &lcp), -1);
+  srv_cache_free(&c);
+  cr_assert_eq(c.n, 0);
+}
+
+Test(cache, ties_go_to_the_most_recently_used) {
+  srv_cache c = {0};
+  int drop[8];
+  unsigned n_drop;
+  cr_assert_eq(srv_cache_insert(&c, 1, (const int32_t[]){1, 2, 7}, 3, 0, drop, &n_drop), HEED_OK);
+  cr_assert_eq(srv_cache_insert(&c, 2, (const int32_t[]){1, 2, 8}, 3, 0, drop, &n_drop), HEED_OK);
+  size_t lcp;
+  int i = srv_cache_lookup(&c, (const int32_t[]){1, 2, 9}, 3, 0, &lcp);
+  cr_assert_eq(c.e[i].seq, 2);
+  for (int k = 0; k < 2; k++)
+    if (c.e[k].seq == 1) srv_cache_touch(&c, k);
+  i = srv_cache_lookup(&c, (const int32_t[]){1, 2, 9}, 3, 0, &lcp);
+  cr_assert_eq(c.e[i].seq, 1);
+  cr_assert_eq(lcp, 2);
+  srv_cache_free(&c);
+}
+
+Test(cache, tenants_are_apart) {
+  srv_cache c = {0};
+  int drop[8];
+  unsigned n_drop;
+  cr_assert_eq(srv_cache_insert(&c, 1, A, 6, 7, drop, &n_drop), HEED_OK);
+  size_t lcp;
+  cr_assert_eq(srv_cache_lookup(&c, A, 6, 8, &lcp), -1);
+  cr_assert_eq(srv_cache_lookup(&c, A, 6, 0, &lcp), -1);
+  int i = srv_cache_lookup(&c, A, 6, 7, &lcp);
+  cr_assert_eq(c.e[i].seq, 1);
+  cr_assert_eq(lcp, 6);
+  srv_cache_free(&c);
+}
+
+Test(cache, insert_drops_prefixes_of_the_same_tenant_only) {
+  srv_cache c = {0};
+  int drop[8];
+  unsigned n_drop = 99;
+  cr_assert_eq(srv_cache_insert(&c, 1, A, 2, 0, drop, &n_drop), HEED_OK);     /* prefix: dropped */
+  cr_assert_eq(srv_cache_insert(&c, 2, A, 4, 0, drop, &n_drop), HEED_OK);     /* drops 1 */
+  cr_assert_eq(n_drop, 1);
+  cr_assert_eq(drop[0], 1);
+  cr_assert_eq(srv_cache_insert(&c, 3, A, 4, 5, drop, &n_drop), HEED_OK);     /* other tenant */
+  cr_assert_eq(srv_cache_insert(&c, 4, (const int32_t[]){1, 2, 3, 9, 9, 9, 9}, 7, 0, drop, &n_drop), HEED_OK);
+  cr_assert_eq(n_drop, 0);                                                     /* diverges: kept */
+  cr_assert_eq(srv_cache_insert(&c, 5, (const int32_t[]){1}, 1, 0, drop, &n_drop), HEED_OK);
+  cr_assert_eq(n_drop, 0);                                                     /* longer ones stay */
+  cr_assert_eq(srv_cache_insert(&c, 6, A, 6, 0, drop, &n_drop), HEED_OK);      /* drops 2 and 5 */
+  cr_assert_eq(n_drop, 2);
+  cr_assert((drop[0] == 2 && drop[1] == 5) || (drop[0] == 5 && drop[1] == 2));
+  cr_assert_eq(c.n, 3); /* 3 (tenant 5), 4, 6 */
+  int seen = 0;
+  for (unsigned k = 0; k < c.n; k++) seen |= 1 << c.e[k].seq;
+  cr_assert_eq(seen, (1 << 3) | (1 << 4) | (1 << 6));
+  cr_assert_eq(srv_cache_insert(&c, 7, A, 6, 0, drop, &n_drop), HEED_OK);      /* equal ids: dropped */
+  cr_assert_eq(n_drop, 1);
+  cr_assert_eq(drop[0], 6);
+  srv_cache_free(&c);
+}
+
+Test(cache, lru_order_with_touch) {
+  srv_cache c = {0};
+  int drop[8], seq = -1;
+  unsigned n_drop;
+  cr_assert_eq(srv_cache_evict_lru(&c, &seq), 0);
+  cr_assert_eq(seq, -1);
+  for (int k = 0; k < 4; k++) {
+    int32_t id = 100 + k;
+    cr_assert_eq(srv_cache_insert(&c, k, &id, 1, 0, drop, &n_drop), HEED_OK);
+  }
+  size_t lcp;
+  srv_cache_touch(&c, srv_cache_lookup(&c, (const int32_t[]){100}, 1, 0, &lcp)); /* 0 is now the newest */
+  srv_cache_touch(&c, srv_cache_lookup(&c, (const int32_t[]){102}, 1, 0, &lcp));
+  srv_cache_touch(&c, -1); /* ignored */
+  srv_cache_touch(&c, 99);
+  const int order[] = {1, 3, 0, 2};
+  for (int k = 0; k < 4; k++) {
+    cr_assert_eq(srv_cache_evict_lru(&c, &seq), 1);
+    cr_assert_eq(seq, order[k], "eviction %d: seq %d", k, seq);
+  }
+  cr_assert_eq(srv_cache_evict_lru(&c, &seq), 0);
+  cr_assert_eq(c.n, 0);
+  srv_cache_free(&c);
+}
+
+Test(cache, many_entries) {
+  srv_cache c = {0};
+  int *drop = malloc(1000 * sizeof *drop);
+  cr_assert_not_null(drop);
+  unsigned n_drop;
+  for (int k = 0; k < 500; k++) {
+    int32_t ids[3] = {k % 7, k, 0};
+    cr_assert_eq(srv_cache_insert(&c, k, ids, 3, (uint64_t)(k % 3), drop, &n_drop), HEED_OK);
+    cr_assert_eq(n_drop, 0);
+  }
+  cr_assert_eq(c.n, 500);
+  size_t lcp;
+  int i = srv_cache_lookup(&c, (const int32_t[]){123 % 7, 123, 0, 5}, 4, 123 % 3, &lcp);
+  cr_assert_eq(c.e[i].seq, 123);
+  cr_assert_eq(lcp, 3);
+  free(drop);
+  srv_cache_free(&c);
+}
+
+/* ---------- metrics ---------- */
+
+static char *render(srv_metrics *m, const srv_gauges *g) {
+  size_t len = 0;
+  char *t = srv_metrics_render(m, g, &len);
+  cr_assert_not_null(t);
+  cr_assert_eq(strlen(t), len);
+  return t;
+}
+
+/* Whole lines only: "x 1" must not match "x 10". */
+static int has_line(const char *text, const char *line) {
+  size_t n = strlen(line);
+  for (const char *p = text; (p = strstr(p, line)); p++)
+    if ((p == text || p[-1] == '\n') && p[n] == '\n') return 1;
+  return 0;
+}
+#define EXPECT_LINE(t, l) cr_assert(has_line((t), (l)), "no line '%s' in:\n%s", (l), (t))
+
+Test(metrics, counters_gauges_and_histograms) {
+  srv_metrics m;
+  srv_metrics_init(&m);
+  srv_metrics_request(&m, "/v1/chat/completions", 200);
+  srv_metrics_request(&m, "/v1/chat/completions", 200);
+  srv_metrics_request(&m, "/v1/chat/completions", 400);
+  srv_metrics_request(&m, "/health", 200);
+  srv_metrics_tokens(&m, 10, 20, 4, 6, 5);
+  srv_metrics_tokens(&m, 1, 2, 0, 0, 0);
+  srv_metrics_ttft(&m, 0.07);  /* le 0.1 */
+  srv_metrics_ttft(&m, 0.5);   /* le 0.5: bounds are inclusive */
+  srv_metrics_ttft(&m, 1000);  /* +Inf only */
+  srv_metrics_tpot(&m, 0.02, 3);
+  srv_metrics_tpot(&m, 2, 1);
+  srv_gauges g = {.queued = 3, .running = 2, .cache_seqs = 5, .blocks_used = 17, .blocks_free = 83};
+  char *t = render(&m, &g);
+  EXPECT_LINE(t, "# TYPE heed_requests_total counter");
+  EXPECT_LINE(t, "heed_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 2");
+  EXPECT_LINE(t, "heed_requests_total{endpoint=\"/v1/chat/completions\",status=\"400\"} 1");
+  EXPECT_LINE(t, "heed_requests_total{endpoint=\"/health\",status=\"200\"} 1");
+  EXPECT_LINE(t, "heed_prompt_tokens_total 11");
+  EXPECT_LINE(t, "heed_generated_tokens_total 22");
+  EXPECT_LINE(t, "heed_cached_prompt_tokens_total 4");
+  EXPECT_LINE(t, "heed_draft_tokens_total 6");
+  EXPECT_LINE(t, "heed_draft_accepted_total 5");
+  EXPECT_LINE(t, "# TYPE heed_queue_depth gauge");
+  EXPECT_LINE(t, "heed_queue_depth 3");
+  EXPECT_LINE(t, "heed_running_sequences 2");
+  EXPECT_LINE(t, "heed_kv_blocks_used 17");
+  EXPECT_LINE(t, "heed_kv_blocks_free 83");
+  EXPECT_LINE(t, "heed_cache_sequences 5");
+  EXPECT_LINE(t, "# TYPE heed_time_to_first_token_seconds histogram");
+  EXPECT_LINE(t, "heed_time_to_first_token_seconds_bucket{le=\"0.05\"} 0");
+  EXPECT_LINE(t, "heed_time_to_first_token_seconds_bucket{le=\"0.1\"} 1");
+  EXPECT_LINE(t, "heed_time_to_first_token_seconds_bucket{le=\"0.25\"} 1");
+  EXPECT_LINE(t, "heed_time_to_first_token_seconds_bucket{le=\"0.5\"} 2");
+  EXPECT_LINE(t, "heed_time_to_first_token_seconds_bucket{le=\"128\"} 2");
+  EXPECT_LINE(t, "heed_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3");
+  EXPECT_LINE(t, "heed_time_to_first_token_seconds_sum 1000.57");
+  EXPECT_LINE(t, "heed_time_to_first_token_seconds_count 3");
+  EXPECT_LINE(t, "# TYPE heed_time_per_output_token_seconds histogram");
+  EXPECT_LINE(t, "heed_time_per_output_token_seconds_bucket{le=\"0.01\"} 0");
+  EXPECT_LINE(t, "heed_time_per_output_token_seconds_bucket{le=\"0.025\"} 3");
+  EXPECT_LINE(t, "heed_time_per_output_token_seconds_bucket{le=\"1\"} 3");
+  EXPECT_LINE(t, "heed_time_per_output_token_seconds_bucket{le=\"+Inf\"} 4");
+  EXPECT_LINE(t, "heed_time_per_output_token_seconds_sum 2.06");
+  EXPECT_LINE(t, "heed_time_per_output_token_seconds_count 4");
+  /* Every family has its HELP and TYPE; every line ends in a newline. */
+  const char *fam[] = {"heed_requests_total", "heed_prompt_tokens_total", "heed_generated_tokens_total",
+                       "heed_cached_prompt_tokens_total", "heed_draft_tokens_total", "heed_draft_accepted_total",
+                       "heed_queue_depth", "heed_running_sequences", "heed_kv_blocks_used", "heed_kv_blocks_free",
+                       "heed_cache_sequences", "heed_time_to_first_token_seconds",
+                       "heed_time_per_output_token_seconds"};
+  for (size_t i = 0; i < sizeof fam / sizeof *fam; i++) {
+    char help[128];
+    snprintf(help, sizeof help, "\n# HELP %s ", fam[i]);
+    cr_assert(strstr(t, help) || strncmp(t, help + 1, strlen(help + 1)) == 0, "no HELP for %s", fam[i]);
+  }
+  cr_assert_eq(t[strlen(t) - 1], '\n');
+  free(t);
+  srv_metrics_destroy(&m);
+}
+
+Test(metrics, buckets_are_cumulative) {
+  srv_metrics m;
+  srv_metrics_init(&m);
+  static const double ttft_le[] = {0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128};
+  /* One observation inside each bucket, and one past the last. */
+  for (int i = 0; i < 12; i++) srv_metrics_ttft(&m, ttft_le[i] * 0.9);
+  srv_metrics_ttft(&m, 500);
+  srv_metrics_ttft(&m, -1); /* clamped to 0: the first bucket */
+  char *t = render(&m, NULL);
+  char line[160];
+  for (int i = 0; i < 12; i++) {
+    snprintf(line, sizeof line, "heed_time_to_first_token_seconds_bucket{le=\"%g\"} %d", ttft_le[i], i + 2);
+    EXPECT_LINE(t, line);
+  }
+  EXPECT_LINE(t, "heed_time_to_first_token_seconds_bucket{le=\"+Inf\"} 14");
+  EXPECT_LINE(t, "heed_time_to_first_token_seconds_count 14");
+  EXPECT_LINE(t, "heed_queue_depth 0"); /* no gauges given: zeros */
+  /* The TPOT buckets: bound by bound, and the last finite one below +Inf. */
+  const char *le[] = {"0.01", "0.025", "0.05", "0.075", "0.1", "0.15", "0.2", "0.3", "0.5", "1"};
+  for (int i = 0; i < 10; i++) {
+    snprintf(line, sizeof line, "heed_time_per_output_token_seconds_bucket{le=\"%s\"} 0", le[i]);
+    EXPECT_LINE(t, line);
+  }
+  free(t);
+  srv_metrics_destroy(&m);
+}
+
+Test(metrics, label_values_escaped) {
+  srv_metrics m;
+  srv_metrics_init(&m);
+  srv_metrics_request(&m, "/a\"b\\c\nd", 404);
+  /* Longer than 31 bytes: cut there. */
+  srv_metrics_request(&m, "/0123456789012345678901234567890123456789", 404);
+  char *t = render(&m, NULL);
+  EXPECT_LINE(t, "heed_requests_total{endpoint=\"/a\\\"b\\\\c\\nd\",status=\"404\"} 1");
+  EXPECT_LINE(t, "heed_requests_total{endpoint=\"/012345678901234567890123456789\",status=\"404\"} 1");
+  free(t);
+  srv_metrics_destroy(&m);
+}
+
+Test(metrics, full_table_folds_into_other) {
+  srv_metrics m;
+  srv_metrics_init(&m);
+  const unsigned slots = sizeof m.req / sizeof m.req[0];
+  char ep[32];
+  uint64_t total = 0;
+  for (unsigned i = 0; i < 2 * slots; i++) {
+    snprintf(ep, sizeof ep, "/p%u", i);
+    srv_metrics_request(&m, ep, 200), total++;
+  }
+  /* Many statuses on new paths: "other" rows for each while they fit, then one for all. */
+  for (int st = 100; st < 100 + (int)slots; st++) srv_metrics_request(&m, "/new", st), total++;
+  srv_metrics_request(&m, "/p0", 200), total++; /* an existing row still counts */
+  cr_assert_leq(m.n_req, slots);
+  char *t = render(&m, NULL);
+  EXPECT_LINE(t, "heed_requests_total{endpoint=\"/p0\",status=\"200\"} 2");
+  cr_assert(strstr(t, "heed_requests_total{endpoint=\"other\",status=\"200\"} "));
+  cr_assert(strstr(t, "heed_requests_total{endpoint=\"other\",status=\"other\"} "));
+  /* Nothing was lost: the rows add up to every request. */
+  uint64_t sum = 0;
+  for (const char *p = t; (p = strstr(p, "\nheed_requests_total{")); p++) {
+    const char *sp = strchr(p, '}');
+    cr_assert_not_null(sp);
+    sum += strtoull(sp + 2, NULL, 10);
+  }
+  cr_assert_eq(sum, total);
+  free(t);
+  srv_metrics_destroy(&m);
+}
