@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh                 each target for FUZZ_SECONDS (default 30) seconds,
 #                                   starting from its committed corpus (fuzz/corpus/<target>/)
 #   scripts/fuzz.sh --regress       only run every committed corpus file once (no fuzzing)
-#   scripts/fuzz.sh [--regress] kv_ops spec    some targets only (parse kv_config kv_ops attention spec gguf tokenizer template)
+#   scripts/fuzz.sh [--regress] kv_ops spec    some targets only (parse kv_config kv_ops attention spec gguf tokenizer template request)
 #
 # The committed corpus is copied into a scratch corpus under build-fuzz/fuzz-work/
 # first and never written to. Fails if a target crashes (sanitizer report,
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(parse kv_config kv_ops attention spec gguf tokenizer template)
+ALL=(parse kv_config kv_ops attention spec gguf tokenizer template request)
 BUILD=${FUZZ_BUILD:-build-fuzz}
 SECS=${FUZZ_SECONDS:-30}
 JOBS=${JOBS:-2}
