@@ -26,20 +26,19 @@ configure: setup
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
-# The main job: what heed sees on this machine, its limits probed, then the
-# default model (fetched by setup if missing) as heed reads it, and a short
-# chat with it.
+# The main job: what heed sees on this machine, then `heed serve` with the
+# default model (fetched by setup if missing) on 127.0.0.1:8080 until Ctrl-C,
+# after printing how to call it. PORT, SERVE_FLAGS change it.
 MODELS ?= $(or $(HEED_MODELS),$(HOME)/.cache/heed/models)
 DEFAULT_MODEL := $(MODELS)/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
-CHAT ?= Write a C function that reverses a string in place. Reply with the code only.
+PORT ?= 8080
+SERVE_FLAGS ?=
 run: build
 	$(BUILD)/heed info
-	$(BUILD)/heed bench probes --json $(BUILD)/bench-probes.json
-	@if [ -f $(DEFAULT_MODEL) ]; then \
-	  echo "$(BUILD)/heed model info $(DEFAULT_MODEL)"; $(BUILD)/heed model info $(DEFAULT_MODEL) && \
-	  echo "$(BUILD)/heed run $(DEFAULT_MODEL) --chat -p '$(CHAT)' -n 160 --temp 0 --verbose" && \
-	  $(BUILD)/heed run $(DEFAULT_MODEL) --chat -p '$(CHAT)' -n 160 --temp 0 --verbose; \
-	else echo "make run: $(DEFAULT_MODEL) is absent: $$(cat $(MODELS)/FETCH_FAILED 2>/dev/null)"; exit 1; fi
+	@if [ ! -f $(DEFAULT_MODEL) ]; then \
+	  echo "make run: $(DEFAULT_MODEL) is absent: $$(cat $(MODELS)/FETCH_FAILED 2>/dev/null)"; exit 1; fi
+	@bash scripts/serve-howto.sh $(PORT)
+	exec $(BUILD)/heed serve $(DEFAULT_MODEL) --host 127.0.0.1 --port $(PORT) $(SERVE_FLAGS)
 
 # On x86-64 the arm64 build (NEON) runs under qemu too; HEED_NO_ARM64=1 skips it.
 TEST_TARGETS := test-native
