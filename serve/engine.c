@@ -2,9 +2,9 @@
  *
  * One thread owns the model. Each turn it
  *   1. cuts cancelled jobs (their sequences freed, not cached) and admits
- *      queued ones into free slots, each starting from the cached sequence
- *      sharing the longest prefix with its prompt (forked, so the blocks are
- *      shared by reference count, and truncated to that prefix);
+ *      queued ones into free slots, each starting from the cached or running
+ *      sequence sharing the longest prefix with its prompt (forked, so the
+ *      blocks are shared by reference count, and truncated to that prefix);
  *   2. builds one batch: every decoding job's pending token (plus its n-gram
  *      draft), then slices of pending prefills under the step's token budget,
  *      so a long prompt arriving never stalls the streams already running;
@@ -329,11 +329,23 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
   }
   size_t lcp = 0;
   int hit = srv_cache_lookup(&e->cache, j->prompt, j->n_prompt, j->tenant, &lcp);
+  int src = hit >= 0 ? e->cache.e[hit].seq : -1;
+  /* running requests share too: agents send sub-requests with one long prefix
+   * at once; only what the running sequence already holds can be shared */
+  for (unsigned s = 0; s < e->cfg.slots; s++) {
+    const srv_job *o = e->slot[s];
+    if (!o || o->tenant != j->tenant || o->seq < 0) continue;
+    long held = heed_model_seq_len(e->m, o->seq);
+    size_t k = 0, lim = held > 0 ? (size_t)held : 0;
+    if (lim > j->n_prompt) lim = j->n_prompt;
+    while (k < lim && o->ctx[k] == j->prompt[k]) k++;
+    if (k > lcp) lcp = k, src = o->seq, hit = -1;
+  }
   size_t reuse = lcp < j->n_prompt ? lcp : j->n_prompt - 1;
   heed_status st;
-  if (hit >= 0 && reuse > 0) {
-    srv_cache_touch(&e->cache, hit);
-    st = heed_model_seq_fork(e->m, e->cache.e[hit].seq, &j->seq);
+  if (src >= 0 && reuse > 0) {
+    if (hit >= 0) srv_cache_touch(&e->cache, hit);
+    st = heed_model_seq_fork(e->m, src, &j->seq);
     if (st == HEED_OK) st = heed_model_seq_truncate(e->m, j->seq, (unsigned)reuse);
   } else {
     reuse = 0;

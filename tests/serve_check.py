@@ -1281,6 +1281,35 @@ def test_cancel(srv):
     check(st == 200, f"a request after the cancel: {st} {short(r)}")
 
 
+def test_running_share(srv):
+    """B arrives while A, sharing B's long prefix, is still generating: B starts from A's blocks."""
+    log = harbor_log(5)
+    a_msgs = user(log + "\n\nWrite a long story about the harbor.")
+    b_msgs = user(log + "\n\nWhich ship was inspected?")
+    a_ids = tokenize(srv, {"messages": a_msgs})["ids"]
+    b_ids = tokenize(srv, {"messages": b_msgs})["ids"]
+    lcp = common_prefix(a_ids, b_ids)
+    check(lcp >= 200, f"A and B share only {lcp} tokens")
+    body = {"model": "m", "stream": True, "max_tokens": 400, "temperature": 0.8, "messages": a_msgs}
+    conn, sock, resp = open_stream(srv, CHAT, body)
+    try:
+        n = 0
+        for _, data in sse_events(resp, time.monotonic() + 60):
+            n += data != "[DONE]"
+            if n >= 2:  # A's prompt is all in its KV now
+                break
+        st, _, rb = post_chat(srv, chat_body(b_msgs, max_tokens=4))
+        if check(st == 200, f"B beside A: {st} {short(rb)}"):
+            got = rb["usage"]["prompt_tokens_details"]["cached_tokens"]
+            check(got == min(lcp, len(b_ids) - 1), f"B beside A: cached_tokens {got}, wanted {min(lcp, len(b_ids) - 1)} "
+                                                   f"(the prefix it shares with the running A)")
+    finally:
+        resp.close()
+        sock.close()
+        conn.close()
+    wait_metrics(srv, lambda ms: metric(ms, "heed_running_sequences") == 0)
+
+
 WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "description": "the city's name"}},
                   "required": ["city"]}
 
@@ -1409,6 +1438,7 @@ def main():
             run_test("concurrency and metrics", test_concurrency, srv)
             run_test("prefix cache", test_prefix_cache, srv, state)
             run_test("cancellation", test_cancel, srv)
+            run_test("sharing a running request's prefix", test_running_share, srv)
             run_test("shutdown (main)", test_shutdown, srv)
 
         srv = start_server(servers, "strict", heed, gemma, ["--strict-model", "--slots", "1", "--queue", "1",
