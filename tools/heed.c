@@ -10,6 +10,7 @@
 #include "bench/bench_shapes.h"
 #include "bench/bench_kvquant.h"
 #include "bench/bench_model.h"
+#include "bench/bench_serve.h"
 #include "bench/bench_weights.h"
 #include "bench/bench_spec.h"
 #include "heed/heed.h"
@@ -28,6 +29,8 @@ static void usage(FILE *f) {
           "       heed bench kvquant [--json FILE]   (attention error of each KV format)\n"
           "       heed bench weights [--quick] [--repeats N] [--json FILE]   (weight products beside the probed limits)\n"
           "       heed bench model FILE.gguf [--depth 0,4096,16384,32768] [--kv f16,q8] [--json FILE]   (prefill, decode)\n"
+          "       heed bench serve FILE.gguf | --url URL [--clients 1,4,16] [--prompt N] [--gen N] [--shared-prefix N]\n"
+          "                  (concurrent streaming clients: tok/s, TTFT, TPOT)\n"
           "       heed model info FILE.gguf [--json]   (architecture, tensors, tokenizer, KV-cache bytes per token)\n"
           "       heed model dump FILE.gguf            (every key and tensor of a GGUF file, as JSON)\n"
           "       heed tokenize FILE.gguf (-p TEXT | -f FILE | --chat REQUEST.json) [--json | --ids]\n"
@@ -138,6 +141,7 @@ static int cmd_bench(int argc, char **argv) {
   }
   if (strcmp(argv[0], "weights") == 0) return heed_bench_weights_main(argc, argv);
   if (strcmp(argv[0], "model") == 0) return heed_bench_model_main(argc, argv);
+  if (strcmp(argv[0], "serve") == 0) return heed_bench_serve_main(argc, argv);
   if (strcmp(argv[0], "shapes") == 0) {
     int ns;
     const heed_bench_shape *sh = heed_bench_shapes(&ns);
