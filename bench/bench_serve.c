@@ -127,6 +127,7 @@ static void one_request(const target *t, const char *prompt, unsigned gen, resul
   size_t chunk_left = 0;
   int done = 0;
   double t_first = 0, t_last = 0;
+  long n_events = 0; /* events with text: the token count when the server sends no usage */
   while (!done) {
     /* move what buf holds into ev */
     size_t at = 0;
@@ -166,6 +167,7 @@ static void one_request(const target *t, const char *prompt, unsigned gen, resul
         } else {
           char *tx = strstr(d, "\"text\":\"");
           if (tx && tx[8] != '"') {
+            n_events++;
             t_last = now_s();
             if (!t_first) t_first = t_last;
           }
@@ -189,6 +191,7 @@ static void one_request(const target *t, const char *prompt, unsigned gen, resul
   }
   free(ev);
   free(buf);
+  if (r->gen <= 0) r->gen = n_events;
   if (t_first > 0 && r->gen > 0) {
     r->ok = 1;
     r->ttft = t_first - t0;
