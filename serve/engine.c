@@ -114,16 +114,21 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem) {
 /* ---------- text out: stop strings held back, then released to the job ---------- */
 
 /* Under mu. Appends s to the text, or the part of it before a stop string. */
-static void text_release(srv_job *j, const char *s, size_t n) {
-  if (!n) return;
-  if (grow((void **)&j->text, &j->text_cap, j->text_len + n + 1, 1)) {
+/* Appends s[0..n) and a NUL to a job's growing buffer; out of memory ends the job. */
+static int job_append(srv_job *j, char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
+  if (grow((void **)buf, cap, *len + n + 1, 1)) {
     j->finish = SRV_FINISH_ERROR;
     snprintf(j->err, sizeof j->err, "out of memory for the output text");
-    return;
+    return -1;
   }
-  memcpy(j->text + j->text_len, s, n);
-  j->text_len += n;
-  j->text[j->text_len] = 0;
+  memcpy(*buf + *len, s, n);
+  *len += n;
+  (*buf)[*len] = 0;
+  return 0;
+}
+
+static void text_release(srv_job *j, const char *s, size_t n) {
+  if (n) job_append(j, &j->text, &j->text_len, &j->text_cap, s, n);
 }
 
 /* Under mu. The new bytes go through the hold buffer: everything that can no
@@ -134,13 +139,7 @@ static void text_push(srv_job *j, const char *s, size_t n, int final) {
     text_release(j, s, n);
     return;
   }
-  if (grow((void **)&j->hold, &j->hold_cap, j->hold_len + n + 1, 1)) {
-    j->finish = SRV_FINISH_ERROR;
-    snprintf(j->err, sizeof j->err, "out of memory for the output text");
-    return;
-  }
-  memcpy(j->hold + j->hold_len, s, n);
-  j->hold_len += n;
+  if (job_append(j, &j->hold, &j->hold_len, &j->hold_cap, s, n)) return;
   /* the earliest stop string; only its last occurrence can be new, but the hold is short */
   size_t cut = j->hold_len;
   int which = -1;
