@@ -605,13 +605,7 @@ heed_status heed_serve_start(heed_model *m, const heed_serve_options *o, heed_se
     s->key_len[s->n_keys] = strlen(o->keys[i]);
     s->n_keys++;
   }
-  if (o->model_name) {
-    s->model_name = strdup(o->model_name);
-  } else {
-    const heed_model_config *cfg = heed_model_get_config(m);
-    (void)cfg;
-    s->model_name = strdup("heed");
-  }
+  s->model_name = strdup(o->model_name ? o->model_name : "heed");
   if ((st = heed_chat_open(heed_model_gguf(m), s->tok, o->chat_template, &s->chat, err))) goto fail;
   srv_engine_config ec = {.slots = s->o.slots, .max_queue = s->o.max_queue, .draft_k = o->draft_k,
                           .cache_bytes = o->cache_bytes, .cache_entries = o->cache_bytes ? opt_entries(o) : 0};
