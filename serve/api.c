@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "runtime/internal.h"
+#include "text/tok_internal.h" /* tok_utf8_len */
 #include "serve/serve_internal.h"
 
 #define MAX_NEW_TOKENS (1L << 24)
@@ -117,38 +118,12 @@ static text describe(const cJSON *v) {
 
 /* ---------- the body ---------- */
 
-/* The offset of the first byte that is not valid UTF-8 (overlongs,
- * surrogates and code points past U+10FFFF are not), or n. */
+/* The offset of the first byte that is not valid UTF-8 (the tokenizer's
+ * strict reading: no overlongs, surrogates or code points past U+10FFFF), or n. */
 static size_t utf8_bad_at(const unsigned char *s, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    unsigned c = s[i];
-    if (c < 0x80) {
-      i++;
-      continue;
-    }
-    size_t k;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-      k = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      k = 2;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      k = 3;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else {
-      return i;
-    }
-    if (n - i <= k) return i;
-    if (s[i + 1] < lo || s[i + 1] > hi) return i;
-    for (size_t j = 2; j <= k; j++)
-      if ((s[i + j] & 0xC0) != 0x80) return i;
-    i += k + 1;
-  }
-  return n;
+  size_t i = 0, k;
+  while (i < n && (k = tok_utf8_len(s + i, n - i))) i += k;
+  return i;
 }
 
 /* Walks the body's strings counting \u0000 escapes; when out is given,
@@ -574,6 +549,16 @@ static int check_tool_choice(req *r, const cJSON *root, const cJSON *tools, int 
   return 0;
 }
 
+/* The body's messages: required, a non-empty array (either API). */
+static int get_messages(req *r, const cJSON *root, cJSON **msgs) {
+  if (get(r, root, "", "messages", msgs)) return -1;
+  if (!*msgs) return fail(r, "messages is required");
+  if (!cJSON_IsArray(*msgs) || !(*msgs)->child)
+    return fail(r, "messages must be a non-empty array, got %s",
+                cJSON_IsArray(*msgs) ? "an empty array" : describe(*msgs).s);
+  return 0;
+}
+
 /* Checks an OpenAI chat body's messages, tools and template options and
  * moves them into *out, a new body for heed_chat_prompt. *tools_on: tools
  * offered and tool_choice not none. agp: pass add_generation_prompt on too. */
@@ -581,11 +566,7 @@ static int chat_body(req *r, cJSON *root, int agp, int *tools_on, cJSON **out) {
   cJSON *msgs, *tools, *kwargs, *v;
   int none, b;
   *tools_on = 0;
-  if (get(r, root, "", "messages", &msgs)) return -1;
-  if (!msgs) return fail(r, "messages is required");
-  if (!cJSON_IsArray(msgs) || !msgs->child)
-    return fail(r, "messages must be a non-empty array, got %s",
-                cJSON_IsArray(msgs) ? "an empty array" : describe(msgs).s);
+  if (get_messages(r, root, &msgs)) return -1;
   size_t i = 0;
   for (cJSON *m = msgs->child; m; m = m->next, i++)
     if (check_message(r, m, i)) return -1;
@@ -843,11 +824,7 @@ static int messages_body(req *r, const cJSON *root, int *tools_on, cJSON **out) 
     free(b.p);
     if (rc) return -1;
   }
-  if (get(r, root, "", "messages", &msgs)) return -1;
-  if (!msgs) return fail(r, "messages is required");
-  if (!cJSON_IsArray(msgs) || !msgs->child)
-    return fail(r, "messages must be a non-empty array, got %s",
-                cJSON_IsArray(msgs) ? "an empty array" : describe(msgs).s);
+  if (get_messages(r, root, &msgs)) return -1;
   size_t i = 0;
   for (const cJSON *m = msgs->child; m; m = m->next, i++)
     if (convert_message(r, m, i, om)) return -1;

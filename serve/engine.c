@@ -518,18 +518,11 @@ static void turn_end(srv_engine *e, unsigned n, heed_status st) {
     heed_model_batch_seq *bs = &e->batch[b];
     heed_sampling smp;
     sampling_of(j, &smp);
-    if (j->n_fed < j->n_prompt) { /* a prefill slice */
+    if (j->n_fed < j->n_prompt) { /* a prefill slice: its last one samples the first token */
       j->n_fed += bs->n_tokens;
       if (j->n_fed < j->n_prompt) continue;
-      int32_t t;
-      apply_penalties(j, bs->logits);
-      if (heed_spec_sample(e->spec, &smp, j->seed, j->step++, bs->logits, &t) != HEED_OK) {
-        j->finish = SRV_FINISH_ERROR;
-        snprintf(j->err, sizeof j->err, "sampling: %s", heed_spec_last_error(e->spec));
-      } else if (!accept_token(e, j, t, bs->logits)) {
-        j->pending = t;
-      }
-    } else if (e->n_draft[b] == 0) { /* one decode token */
+    }
+    if (e->n_draft[b] == 0) { /* one row: the next token */
       int32_t t;
       apply_penalties(j, bs->logits);
       if (heed_spec_sample(e->spec, &smp, j->seed, j->step++, bs->logits, &t) != HEED_OK) {
