@@ -64,13 +64,15 @@ static double now_s(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-srv_job *srv_job_new(const srv_params *p, int32_t *prompt, size_t n_prompt, unsigned max_new, uint64_t tenant) {
+srv_job *srv_job_new(srv_params *p, int32_t *prompt, size_t n_prompt, unsigned max_new, uint64_t tenant) {
   srv_job *j = calloc(1, sizeof *j);
   if (!j) {
     free(prompt);
+    srv_params_free(p);
     return NULL;
   }
-  j->p = p, j->prompt = prompt, j->n_prompt = n_prompt, j->max_new = max_new, j->tenant = tenant;
+  j->p = *p, j->prompt = prompt, j->n_prompt = n_prompt, j->max_new = max_new, j->tenant = tenant;
+  memset(p, 0, sizeof *p);
   j->seq = -1;
   j->ds = (heed_detok_state)HEED_DETOK_STATE_INIT;
   pthread_condattr_t a;
@@ -84,6 +86,7 @@ srv_job *srv_job_new(const srv_params *p, int32_t *prompt, size_t n_prompt, unsi
 void srv_job_free(srv_job *j) {
   if (!j) return;
   pthread_cond_destroy(&j->cv);
+  srv_params_free(&j->p);
   free(j->prompt);
   free(j->text);
   free(j->lps);
@@ -136,7 +139,7 @@ static void text_release(srv_job *j, const char *s, size_t n) {
 /* Under mu. The new bytes go through the hold buffer: everything that can no
  * longer be part of a stop string is released; a stop string ends the job. */
 static void text_push(srv_job *j, const char *s, size_t n, int final) {
-  const srv_params *p = j->p;
+  const srv_params *p = &j->p;
   if (!p->n_stops) {
     text_release(j, s, n);
     return;
@@ -173,7 +176,7 @@ static void text_push(srv_job *j, const char *s, size_t n, int final) {
 /* ---------- sampling ---------- */
 
 static void sampling_of(const srv_job *j, heed_sampling *s) {
-  const srv_params *p = j->p;
+  const srv_params *p = &j->p;
   heed_sampling_init(s);
   s->temperature = p->temperature;
   s->top_k = p->top_k;
@@ -185,7 +188,7 @@ static void sampling_of(const srv_job *j, heed_sampling *s) {
 
 /* OpenAI's presence and frequency penalties over the tokens made so far. */
 static void apply_penalties(const srv_job *j, float *row) {
-  const srv_params *p = j->p;
+  const srv_params *p = &j->p;
   if (!j->counts_ids) return;
   for (size_t i = 0; i < j->n_distinct; i++) {
     int32_t t = j->distinct[i];
@@ -208,7 +211,7 @@ static void record_logprobs(srv_engine *e, srv_job *j, const float *row, int32_t
   memset(o, 0, sizeof *o);
   o->id = tok;
   o->logprob = (float)((double)row[tok] - lse);
-  unsigned n = j->p->top_logprobs;
+  unsigned n = j->p.top_logprobs;
   /* top n by insertion into a short sorted list */
   for (unsigned i = 0; i < V && n; i++) {
     float v = row[i];
@@ -234,10 +237,10 @@ static int accept_token(srv_engine *e, srv_job *j, int32_t t, const float *row) 
     if (!j->finish) j->finish = SRV_FINISH_EOS;
     return 1;
   }
-  if (j->p->logprobs && row) record_logprobs(e, j, row, t);
+  if (j->p.logprobs && row) record_logprobs(e, j, row, t);
   size_t dl = 0;
   heed_tokenizer_detok_push(e->tok, &j->ds, t, HEED_DETOK_REPLACE, e->dbuf, e->dcap, &dl);
-  if (j->p->logprobs && row && j->n_lps &&
+  if (j->p.logprobs && row && j->n_lps &&
       !grow((void **)&j->lp_text, &j->lp_text_cap, j->lp_text_len + dl + 1, 1)) {
     memcpy(j->lp_text + j->lp_text_len, e->dbuf, dl);
     j->lps[j->n_lps - 1].text_off = (uint32_t)j->lp_text_len;
@@ -322,7 +325,7 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
   if (!j->ctx) goto nomem;
   memcpy(j->ctx, j->prompt, j->n_prompt * sizeof(int32_t));
   j->n_ctx_ids = j->n_prompt;
-  const srv_params *p = j->p;
+  const srv_params *p = &j->p;
   if (p->presence_penalty != 0 || p->frequency_penalty != 0) {
     j->counts_ids = calloc(e->V, sizeof(uint32_t));
     j->distinct = malloc(cap * sizeof(int32_t));

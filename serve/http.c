@@ -198,8 +198,7 @@ static void wait_job(heed_server *s, struct MHD_Connection *c, srv_job *j, size_
 typedef struct stream {
   heed_server *s;
   struct MHD_Connection *c;
-  srv_job *j;
-  srv_params p;
+  srv_job *j; /* owns the params the reply reads */
   srv_reply r;
   size_t text_at, lp_at;
   const char *endpoint;
@@ -234,9 +233,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
 static void stream_free(void *cls) {
   stream *st = cls;
   /* a stream that did not end is a client gone: the engine drops the job */
-  srv_engine_release(st->s->eng, st->j);
   srv_reply_free(&st->r);
-  srv_params_free(&st->p);
+  srv_engine_release(st->s->eng, st->j);
   free(st);
 }
 
@@ -289,33 +287,23 @@ static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q
   }
   uint64_t tenant = s->o.cache_share || s->n_keys < 2 ? 0 : (uint64_t)key + 1;
   int stream_it = p.stream;
-  /* the params live as long as the job: in the stream, or on this stack until the job is done */
-  stream *sm = NULL;
-  srv_params *pp = &p;
-  if (stream_it) {
-    sm = calloc(1, sizeof *sm);
-    if (!sm) {
-      heed_tokens_free(&ids);
-      srv_params_free(&p);
-      return send_error(s, c, q, 500, "out of memory");
-    }
-    sm->p = p;
-    pp = &sm->p;
-  }
-  srv_job *j = srv_job_new(pp, ids.ids, n, (unsigned)max_new, tenant);
+  /* the job owns the params from here on: the engine may read them after this
+   * handler (or the stream) has let go of the job */
+  srv_job *j = srv_job_new(&p, ids.ids, n, (unsigned)max_new, tenant);
   ids.ids = NULL;
-  if (!j) {
-    srv_params_free(pp);
-    free(sm);
+  if (!j) return send_error(s, c, q, 500, "out of memory");
+  stream *sm = NULL;
+  if (stream_it && !(sm = calloc(1, sizeof *sm))) {
+    srv_job_free(j);
     return send_error(s, c, q, 500, "out of memory");
   }
   if (srv_engine_submit(s->eng, j) != HEED_OK) {
     srv_job_free(j);
-    srv_params_free(pp);
     free(sm);
     return send_error(s, c, q, 429, "the server is busy: %u requests are running and the queue is full; retry later",
                       opt_slots(&s->o));
   }
+  const srv_params *pp = &j->p;
   if (stream_it) {
     sm->s = s, sm->c = c, sm->j = j, sm->endpoint = q->endpoint;
     srv_reply_init(&sm->r, api, pp, s->model_name);
@@ -353,9 +341,8 @@ static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q
     free(text), free(lps), free(lp_text);
     if (snap.finish) break;
   }
-  srv_engine_release(s->eng, j);
   srv_reply_free(&rp);
-  srv_params_free(&p);
+  srv_engine_release(s->eng, j);
   return send_json(s, c, q, status, body);
 }
 

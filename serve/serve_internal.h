@@ -157,7 +157,8 @@ typedef struct srv_engine srv_engine;
  * the engine; then everything below "shared" is read and written under the
  * engine's lock only, and the job is freed by whichever side lets go last. */
 typedef struct srv_job {
-  const srv_params *p;   /* borrowed from the submitter, alive until it releases the job */
+  srv_params p;          /* owned: moved in by srv_job_new, freed with the job, so the engine
+                          * may read it after the submitter has let go */
   int32_t *prompt;       /* [n_prompt], owned */
   size_t n_prompt;
   unsigned max_new;      /* tokens it may make */
@@ -224,9 +225,9 @@ heed_status srv_engine_submit(srv_engine *e, srv_job *j);
 void srv_engine_release(srv_engine *e, srv_job *j);
 void srv_engine_cancel(srv_engine *e, srv_job *j);
 pthread_mutex_t *srv_engine_lock(srv_engine *e);
-/* A job for p's request (p borrowed; prompt owned by the job from here on,
- * also when this fails and returns NULL). */
-srv_job *srv_job_new(const srv_params *p, int32_t *prompt, size_t n_prompt, unsigned max_new, uint64_t tenant);
+/* A job for p's request. *p and prompt are owned by the job from here on,
+ * also when this fails and returns NULL (*p is then freed and zeroed). */
+srv_job *srv_job_new(srv_params *p, int32_t *prompt, size_t n_prompt, unsigned max_new, uint64_t tenant);
 /* Frees a job the engine never took (srv_engine_submit said HEED_E_BUSY). */
 void srv_job_free(srv_job *j);
 
