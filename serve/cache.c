@@ -1,8 +1,12 @@
-/* serve/cache.c - the prefix cache's index: finished sequences by their tokens.
+/* serve/cache.c - the prefix cache's index: a radix tree of finished sequences
+ * by their tokens, one tree per tenant (serve_internal.h says what a node holds).
  *
- * A plain array scanned whole: the cache holds tens of sequences, and a scan
- * costs less than one step of the model. Entries move (a removal swaps in the
- * last one), so an index is good only until the next insert or eviction. */
+ * Invariants: every leaf holds a sequence and every inner node none; an inner
+ * node other than a root has at least two children (a node left with one is
+ * merged into it); no two children of a node begin with the same token. So
+ * the tree has fewer inner nodes than leaves, and a lookup walks each token
+ * of the prompt once. Leaves are also kept in a flat array: eviction scans it
+ * for the least recently used (tens of entries: less than a model step). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,58 +18,225 @@ static size_t common_prefix(const int32_t *a, size_t na, const int32_t *b, size_
   return i;
 }
 
-static void remove_at(srv_cache *c, unsigned i) {
-  free(c->e[i].ids);
-  c->e[i] = c->e[--c->n];
+static srv_cache_node *node_new(const int32_t *tok, size_t n_tok, int seq) {
+  srv_cache_node *x = calloc(1, sizeof *x);
+  if (!x) return NULL;
+  x->tok = malloc((n_tok ? n_tok : 1) * sizeof *x->tok);
+  if (!x->tok) {
+    free(x);
+    return NULL;
+  }
+  if (n_tok) memcpy(x->tok, tok, n_tok * sizeof *x->tok);
+  x->n_tok = n_tok;
+  x->seq = seq;
+  return x;
+}
+
+static void node_free(srv_cache_node *x) {
+  if (!x) return;
+  for (unsigned i = 0; i < x->n_kids; i++) node_free(x->kids[i]);
+  free(x->kids);
+  free(x->tok);
+  free(x);
+}
+
+static int reserve_kid(srv_cache_node *x) {
+  if (x->n_kids < x->cap_kids) return 0;
+  unsigned cap = x->cap_kids ? x->cap_kids * 2 : 2;
+  srv_cache_node **k = realloc(x->kids, cap * sizeof *k);
+  if (!k) return -1;
+  x->kids = k, x->cap_kids = cap;
+  return 0;
+}
+
+static int reserve_leaf(srv_cache *c) {
+  if (c->n < c->cap) return 0;
+  unsigned cap = c->cap ? c->cap * 2 : 8;
+  srv_cache_node **l = realloc(c->leaves, cap * sizeof *l);
+  if (!l) return -1;
+  c->leaves = l, c->cap = cap;
+  return 0;
+}
+
+static srv_cache_node *kid_starting(const srv_cache_node *x, int32_t t) {
+  for (unsigned i = 0; i < x->n_kids; i++)
+    if (x->kids[i]->tok[0] == t) return x->kids[i];
+  return NULL;
+}
+
+static void replace_kid(srv_cache_node *x, srv_cache_node *old, srv_cache_node *with) {
+  for (unsigned i = 0; i < x->n_kids; i++)
+    if (x->kids[i] == old) x->kids[i] = with;
+  if (with) with->parent = x;
+}
+
+static void remove_kid(srv_cache_node *x, srv_cache_node *k) {
+  for (unsigned i = 0; i < x->n_kids; i++)
+    if (x->kids[i] == k) {
+      x->kids[i] = x->kids[--x->n_kids];
+      return;
+    }
+}
+
+static srv_cache_node *root_of(const srv_cache *c, uint64_t tenant) {
+  for (unsigned i = 0; i < c->n_roots; i++)
+    if (c->roots[i].tenant == tenant) return c->roots[i].node;
+  return NULL;
+}
+
+/* The most recently used leaf at or below x. */
+static const srv_cache_node *newest_leaf(const srv_cache_node *x) {
+  if (!x->n_kids) return x;
+  const srv_cache_node *best = NULL;
+  for (unsigned i = 0; i < x->n_kids; i++) {
+    const srv_cache_node *l = newest_leaf(x->kids[i]);
+    if (!best || l->last_used > best->last_used) best = l;
+  }
+  return best;
 }
 
 int srv_cache_lookup(const srv_cache *c, const int32_t *ids, size_t n, uint64_t tenant, size_t *lcp) {
-  int best = -1;
-  size_t best_len = 0;
-  if (ids || !n) {
-    for (unsigned i = 0; i < c->n; i++) {
-      const srv_cache_entry *e = &c->e[i];
-      if (e->tenant != tenant) continue;
-      size_t l = common_prefix(e->ids, e->n, ids, n);
-      if (l == 0) continue;
-      if (l > best_len || (l == best_len && e->last_used > c->e[best].last_used)) best = (int)i, best_len = l;
-    }
+  const srv_cache_node *x = root_of(c, tenant), *hit = NULL;
+  size_t pos = 0;
+  if (!ids) n = 0;
+  while (x && pos < n) {
+    const srv_cache_node *k = kid_starting(x, ids[pos]);
+    if (!k) break;
+    size_t m = common_prefix(k->tok, k->n_tok, ids + pos, n - pos);
+    pos += m, hit = k;
+    if (m < k->n_tok) break;
+    x = k;
   }
-  if (lcp) *lcp = best_len;
-  return best;
+  if (lcp) *lcp = hit ? pos : 0;
+  return hit ? newest_leaf(hit)->seq : -1;
+}
+
+/* x is no longer needed as it is: an inner node left with one child is merged
+ * into it, one left with none (after its last leaf went) is removed in turn. */
+static void tidy(srv_cache *c, srv_cache_node *x) {
+  while (x && x->parent) {
+    srv_cache_node *up = x->parent;
+    if (x->n_kids == 0 && x->seq < 0) {
+      remove_kid(up, x);
+      node_free(x);
+      x = up;
+      continue;
+    }
+    if (x->n_kids == 1 && x->seq < 0) {
+      srv_cache_node *k = x->kids[0];
+      int32_t *t = malloc((x->n_tok + k->n_tok) * sizeof *t);
+      if (!t) return; /* an unmerged inner node is harmless: only the shape is less tight */
+      memcpy(t, x->tok, x->n_tok * sizeof *t);
+      memcpy(t + x->n_tok, k->tok, k->n_tok * sizeof *t);
+      free(k->tok);
+      k->tok = t, k->n_tok += x->n_tok;
+      replace_kid(up, x, k);
+      x->n_kids = 0;
+      node_free(x);
+    }
+    return;
+  }
+  /* a root left empty goes too */
+  if (x && !x->parent && !x->n_kids) {
+    for (unsigned i = 0; i < c->n_roots; i++)
+      if (c->roots[i].node == x) {
+        c->roots[i] = c->roots[--c->n_roots];
+        break;
+      }
+    node_free(x);
+  }
+}
+
+static srv_cache_node *root_make(srv_cache *c, uint64_t tenant) {
+  srv_cache_node *r = root_of(c, tenant);
+  if (r) return r;
+  if (c->n_roots == c->cap_roots) {
+    unsigned cap = c->cap_roots ? c->cap_roots * 2 : 2;
+    struct srv_cache_root *a = realloc(c->roots, cap * sizeof *a);
+    if (!a) return NULL;
+    c->roots = a, c->cap_roots = cap;
+  }
+  r = node_new(NULL, 0, -1);
+  if (!r) return NULL;
+  c->roots[c->n_roots++] = (struct srv_cache_root){.tenant = tenant, .node = r};
+  return r;
 }
 
 heed_status srv_cache_insert(srv_cache *c, int seq, const int32_t *ids, size_t n, uint64_t tenant, int *drop,
                              unsigned *n_drop) {
+  unsigned dropped = 0;
   if (n_drop) *n_drop = 0;
-  if (n && !ids) return HEED_E_INVALID;
-  /* Everything that can fail comes first: a failure leaves the cache as it was. */
-  int32_t *copy = malloc((n ? n : 1) * sizeof *copy);
-  if (!copy) return HEED_E_NOMEM;
-  if (n) memcpy(copy, ids, n * sizeof *copy);
-  if (c->n == c->cap) {
-    unsigned cap = c->cap ? c->cap * 2 : 8;
-    srv_cache_entry *e = cap > c->cap ? realloc(c->e, (size_t)cap * sizeof *e) : NULL;
-    if (!e) {
-      free(copy);
+  if (!n || !ids || seq < 0) return HEED_E_INVALID;
+  if (reserve_leaf(c)) return HEED_E_NOMEM;
+  srv_cache_node *x = root_make(c, tenant);
+  if (!x) return HEED_E_NOMEM;
+  size_t pos = 0;
+  int inside = 0; /* ids ended inside x's edge */
+  for (;;) {
+    srv_cache_node *k = pos < n ? kid_starting(x, ids[pos]) : NULL;
+    if (!k) break;
+    size_t m = common_prefix(k->tok, k->n_tok, ids + pos, n - pos);
+    if (m == k->n_tok) {
+      pos += m, x = k;
+      continue;
+    }
+    if (pos + m == n) { /* ids ends inside k's edge: a prefix of what is cached */
+      x = k, pos = n, inside = 1;
+      break;
+    }
+    /* the paths part inside k's edge: a new inner node where they do */
+    srv_cache_node *mid = node_new(k->tok, m, -1), *leaf = node_new(ids + pos + m, n - pos - m, seq);
+    int32_t *rest = malloc((k->n_tok - m) * sizeof *rest);
+    if (!mid || !leaf || !rest || reserve_kid(mid)) { /* a first reserve makes room for two */
+      node_free(mid), node_free(leaf), free(rest);
+      tidy(c, x);
       return HEED_E_NOMEM;
     }
-    c->e = e, c->cap = cap;
+    memcpy(rest, k->tok + m, (k->n_tok - m) * sizeof *rest);
+    free(k->tok);
+    k->tok = rest, k->n_tok -= m;
+    replace_kid(x, k, mid);
+    mid->kids[0] = k, k->parent = mid;
+    mid->kids[1] = leaf, leaf->parent = mid, mid->n_kids = 2;
+    leaf->last_used = ++c->clock;
+    c->leaves[c->n++] = leaf;
+    return HEED_OK;
   }
-  /* An entry whose tokens begin ids holds nothing the new one does not. */
-  unsigned dropped = 0;
-  for (unsigned i = 0; i < c->n;) {
-    srv_cache_entry *e = &c->e[i];
-    if (e->tenant == tenant && e->n <= n && common_prefix(e->ids, e->n, ids, n) == e->n) {
-      if (drop) drop[dropped] = e->seq;
+  if (pos == n) {
+    if (!inside && !x->n_kids) { /* the same tokens: the new sequence replaces the old */
+      if (drop) drop[dropped] = x->seq;
       dropped++;
-      remove_at(c, i);
-    } else {
-      i++;
+      x->seq = seq;
+      x->last_used = ++c->clock;
+    } else { /* a prefix of a cached path: seq adds nothing */
+      if (drop) drop[dropped] = seq;
+      dropped++;
+      srv_cache_touch(c, newest_leaf(x)->seq);
     }
+    if (n_drop) *n_drop = dropped;
+    return HEED_OK;
   }
-  if (n_drop) *n_drop = dropped;
-  c->e[c->n++] = (srv_cache_entry){.seq = seq, .ids = copy, .n = n, .tenant = tenant, .last_used = ++c->clock};
+  if (x->parent && !x->n_kids) { /* a cached sequence is a prefix of ids: extend its leaf */
+    int32_t *t = realloc(x->tok, (x->n_tok + n - pos) * sizeof *t);
+    if (!t) return HEED_E_NOMEM;
+    memcpy(t + x->n_tok, ids + pos, (n - pos) * sizeof *t);
+    x->tok = t, x->n_tok += n - pos;
+    if (drop) drop[dropped] = x->seq;
+    dropped++;
+    x->seq = seq;
+    x->last_used = ++c->clock;
+    if (n_drop) *n_drop = dropped;
+    return HEED_OK;
+  }
+  srv_cache_node *leaf = node_new(ids + pos, n - pos, seq);
+  if (!leaf || reserve_kid(x)) {
+    node_free(leaf);
+    tidy(c, x);
+    return HEED_E_NOMEM;
+  }
+  x->kids[x->n_kids++] = leaf, leaf->parent = x;
+  leaf->last_used = ++c->clock;
+  c->leaves[c->n++] = leaf;
   return HEED_OK;
 }
 
@@ -73,18 +244,28 @@ int srv_cache_evict_lru(srv_cache *c, int *seq) {
   if (!c->n) return 0;
   unsigned lru = 0;
   for (unsigned i = 1; i < c->n; i++)
-    if (c->e[i].last_used < c->e[lru].last_used) lru = i;
-  if (seq) *seq = c->e[lru].seq;
-  remove_at(c, lru);
+    if (c->leaves[i]->last_used < c->leaves[lru]->last_used) lru = i;
+  srv_cache_node *x = c->leaves[lru], *up = x->parent;
+  c->leaves[lru] = c->leaves[--c->n];
+  if (seq) *seq = x->seq;
+  remove_kid(up, x);
+  node_free(x);
+  tidy(c, up);
   return 1;
 }
 
-void srv_cache_touch(srv_cache *c, int i) {
-  if (i >= 0 && (unsigned)i < c->n) c->e[i].last_used = ++c->clock;
+void srv_cache_touch(srv_cache *c, int seq) {
+  if (seq < 0) return;
+  for (unsigned i = 0; i < c->n; i++)
+    if (c->leaves[i]->seq == seq) {
+      c->leaves[i]->last_used = ++c->clock;
+      return;
+    }
 }
 
 void srv_cache_free(srv_cache *c) {
-  for (unsigned i = 0; i < c->n; i++) free(c->e[i].ids);
-  free(c->e);
+  for (unsigned i = 0; i < c->n_roots; i++) node_free(c->roots[i].node);
+  free(c->roots);
+  free(c->leaves);
   memset(c, 0, sizeof *c);
 }

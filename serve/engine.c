@@ -332,8 +332,7 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
     if (!j->counts_ids || !j->distinct) goto nomem;
   }
   size_t lcp = 0;
-  int hit = srv_cache_lookup(&e->cache, j->prompt, j->n_prompt, j->tenant, &lcp);
-  int src = hit >= 0 ? e->cache.e[hit].seq : -1;
+  int src = srv_cache_lookup(&e->cache, j->prompt, j->n_prompt, j->tenant, &lcp), hit = src;
   /* running requests share too: agents send sub-requests with one long prefix
    * at once; only what the running sequence already holds can be shared */
   for (unsigned s = 0; s < e->cfg.slots; s++) {

@@ -287,31 +287,49 @@ const char *srv_error_type(int status);
 
 /* ---------- cache.c: the prefix cache ---------- */
 
-typedef struct srv_cache_entry {
-  int seq;               /* the model sequence holding the KV */
-  int32_t *ids;          /* [n] the tokens it holds */
-  size_t n;
-  uint64_t tenant;
-  uint64_t last_used;
-} srv_cache_entry;
+/* A radix tree over token ids, one per tenant. Each leaf is a finished
+ * sequence: its model sequence holds the KV of every token on the path from
+ * the root. Inner nodes are the points where cached sequences part; they hold
+ * no sequence of their own, since the paged cache's reference counts already
+ * share the blocks of a common prefix between the leaves below it. Matching
+ * is per token, not per block: a hit that ends inside a block reuses it
+ * through the cache's copy-on-write of a shared last block. */
+typedef struct srv_cache_node {
+  struct srv_cache_node *parent;
+  struct srv_cache_node **kids;
+  unsigned n_kids, cap_kids;
+  int32_t *tok;          /* [n_tok] the edge from the parent */
+  size_t n_tok;
+  int seq;               /* leaves: the model sequence; inner nodes: -1 */
+  uint64_t last_used;    /* leaves */
+} srv_cache_node;
 
 typedef struct srv_cache {
-  srv_cache_entry *e;
-  unsigned n, cap;
+  struct srv_cache_root {
+    uint64_t tenant;
+    srv_cache_node *node;
+  } *roots;
+  unsigned n_roots, cap_roots;
+  srv_cache_node **leaves; /* every leaf, for LRU and for finding one by sequence */
+  unsigned n, cap;         /* n: leaves, the sequences the cache holds */
   uint64_t clock;
 } srv_cache;
 
-/* The entry sharing the longest prefix with ids[0..n) among tenant's, and
- * that length; -1 when none shares a token. */
+/* The sequence sharing the longest prefix with ids[0..n) among tenant's (the
+ * most recently used of those that share it), and that length; -1 when none
+ * shares a token. Costs O(n), whatever the cache holds. */
 int srv_cache_lookup(const srv_cache *c, const int32_t *ids, size_t n, uint64_t tenant, size_t *lcp);
-/* Adds a finished sequence (ids copied). Entries of the same tenant whose
- * tokens are a prefix of ids are dropped: their blocks are ids's too. *drop:
- * sequences the caller frees (at most c->n of them), *n_drop their count. */
+/* Adds a finished sequence holding ids (copied). A cached sequence whose tokens
+ * are a prefix of ids is let go, as is seq itself when ids is a prefix of one
+ * already cached: the longer one holds every block of the shorter. *drop: the
+ * sequences the caller frees (at most 1 + the leaves replaced), *n_drop their
+ * count. On failure (HEED_E_NOMEM) the cache is as it was and seq the caller's. */
 heed_status srv_cache_insert(srv_cache *c, int seq, const int32_t *ids, size_t n, uint64_t tenant, int *drop,
                              unsigned *n_drop);
-/* Removes the least recently used entry; its sequence in *seq. 0 when empty. */
+/* Removes the least recently used sequence, put in *seq. 0 when empty. */
 int srv_cache_evict_lru(srv_cache *c, int *seq);
-void srv_cache_touch(srv_cache *c, int i);
+/* Marks the cached sequence seq used now (no effect for one not cached). */
+void srv_cache_touch(srv_cache *c, int seq);
 void srv_cache_free(srv_cache *c);
 
 #endif

@@ -367,18 +367,17 @@ Test(cache, lookup_picks_the_longest_prefix) {
   cr_assert_eq(srv_cache_insert(&c, 11, (const int32_t[]){1, 2, 3, 4, 7}, 5, 0, drop, &n_drop), HEED_OK);
   cr_assert_eq(srv_cache_insert(&c, 12, (const int32_t[]){8, 8}, 2, 0, drop, &n_drop), HEED_OK);
   cr_assert_eq(n_drop, 0);
+  cr_assert_eq(c.n, 3);
   size_t lcp = 99;
-  int i = srv_cache_lookup(&c, A, 6, 0, &lcp);
-  cr_assert_geq(i, 0);
-  cr_assert_eq(c.e[i].seq, 11);
+  cr_assert_eq(srv_cache_lookup(&c, A, 6, 0, &lcp), 11);
   cr_assert_eq(lcp, 4);
-  i = srv_cache_lookup(&c, (const int32_t[]){1, 2, 9, 9}, 4, 0, &lcp);
-  cr_assert_eq(c.e[i].seq, 10);
+  cr_assert_eq(srv_cache_lookup(&c, (const int32_t[]){1, 2, 9, 9}, 4, 0, &lcp), 10);
   cr_assert_eq(lcp, 3);
-  /* The query shorter than the entry: the whole query is shared. */
-  i = srv_cache_lookup(&c, (const int32_t[]){8}, 1, 0, &lcp);
-  cr_assert_eq(c.e[i].seq, 12);
+  /* The query shorter than the entry, ending inside an edge: the whole query is shared. */
+  cr_assert_eq(srv_cache_lookup(&c, (const int32_t[]){8}, 1, 0, &lcp), 12);
   cr_assert_eq(lcp, 1);
+  cr_assert_eq(srv_cache_lookup(&c, (const int32_t[]){1, 2, 3}, 3, 0, &lcp), 11);
+  cr_assert_eq(lcp, 3);
   cr_assert_eq(srv_cache_lookup(&c, (const int32_t[]){5, 1}, 2, 0, &lcp), -1);
   cr_assert_eq(lcp, 0);
   cr_assert_eq(srv_cache_lookup(&c, NULL, 0, 0, &lcp), -1);
@@ -393,12 +392,9 @@ Test(cache, ties_go_to_the_most_recently_used) {
   cr_assert_eq(srv_cache_insert(&c, 1, (const int32_t[]){1, 2, 7}, 3, 0, drop, &n_drop), HEED_OK);
   cr_assert_eq(srv_cache_insert(&c, 2, (const int32_t[]){1, 2, 8}, 3, 0, drop, &n_drop), HEED_OK);
   size_t lcp;
-  int i = srv_cache_lookup(&c, (const int32_t[]){1, 2, 9}, 3, 0, &lcp);
-  cr_assert_eq(c.e[i].seq, 2);
-  for (int k = 0; k < 2; k++)
-    if (c.e[k].seq == 1) srv_cache_touch(&c, k);
-  i = srv_cache_lookup(&c, (const int32_t[]){1, 2, 9}, 3, 0, &lcp);
-  cr_assert_eq(c.e[i].seq, 1);
+  cr_assert_eq(srv_cache_lookup(&c, (const int32_t[]){1, 2, 9}, 3, 0, &lcp), 2);
+  srv_cache_touch(&c, 1);
+  cr_assert_eq(srv_cache_lookup(&c, (const int32_t[]){1, 2, 9}, 3, 0, &lcp), 1);
   cr_assert_eq(lcp, 2);
   srv_cache_free(&c);
 }
@@ -411,35 +407,44 @@ Test(cache, tenants_are_apart) {
   size_t lcp;
   cr_assert_eq(srv_cache_lookup(&c, A, 6, 8, &lcp), -1);
   cr_assert_eq(srv_cache_lookup(&c, A, 6, 0, &lcp), -1);
-  int i = srv_cache_lookup(&c, A, 6, 7, &lcp);
-  cr_assert_eq(c.e[i].seq, 1);
+  cr_assert_eq(srv_cache_lookup(&c, A, 6, 7, &lcp), 1);
   cr_assert_eq(lcp, 6);
   srv_cache_free(&c);
 }
 
-Test(cache, insert_drops_prefixes_of_the_same_tenant_only) {
+Test(cache, the_longer_of_two_nested_sequences_is_kept) {
   srv_cache c = {0};
   int drop[8];
   unsigned n_drop = 99;
-  cr_assert_eq(srv_cache_insert(&c, 1, A, 2, 0, drop, &n_drop), HEED_OK);     /* prefix: dropped */
-  cr_assert_eq(srv_cache_insert(&c, 2, A, 4, 0, drop, &n_drop), HEED_OK);     /* drops 1 */
+  cr_assert_eq(srv_cache_insert(&c, 1, A, 2, 0, drop, &n_drop), HEED_OK);
+  cr_assert_eq(n_drop, 0);
+  cr_assert_eq(srv_cache_insert(&c, 2, A, 4, 0, drop, &n_drop), HEED_OK);     /* extends 1: drops it */
   cr_assert_eq(n_drop, 1);
   cr_assert_eq(drop[0], 1);
   cr_assert_eq(srv_cache_insert(&c, 3, A, 4, 5, drop, &n_drop), HEED_OK);     /* other tenant */
+  cr_assert_eq(n_drop, 0);
   cr_assert_eq(srv_cache_insert(&c, 4, (const int32_t[]){1, 2, 3, 9, 9, 9, 9}, 7, 0, drop, &n_drop), HEED_OK);
   cr_assert_eq(n_drop, 0);                                                     /* diverges: kept */
   cr_assert_eq(srv_cache_insert(&c, 5, (const int32_t[]){1}, 1, 0, drop, &n_drop), HEED_OK);
-  cr_assert_eq(n_drop, 0);                                                     /* longer ones stay */
-  cr_assert_eq(srv_cache_insert(&c, 6, A, 6, 0, drop, &n_drop), HEED_OK);      /* drops 2 and 5 */
-  cr_assert_eq(n_drop, 2);
-  cr_assert((drop[0] == 2 && drop[1] == 5) || (drop[0] == 5 && drop[1] == 2));
+  cr_assert_eq(n_drop, 1);                                                     /* a prefix: the new one goes */
+  cr_assert_eq(drop[0], 5);
+  cr_assert_eq(srv_cache_insert(&c, 8, (const int32_t[]){1, 2, 3}, 3, 0, drop, &n_drop), HEED_OK);
+  cr_assert_eq(n_drop, 1);                                                     /* ends at the fork: goes too */
+  cr_assert_eq(drop[0], 8);
+  cr_assert_eq(srv_cache_insert(&c, 6, A, 6, 0, drop, &n_drop), HEED_OK);      /* extends 2 */
+  cr_assert_eq(n_drop, 1);
+  cr_assert_eq(drop[0], 2);
   cr_assert_eq(c.n, 3); /* 3 (tenant 5), 4, 6 */
   int seen = 0;
-  for (unsigned k = 0; k < c.n; k++) seen |= 1 << c.e[k].seq;
+  for (unsigned k = 0; k < c.n; k++) seen |= 1 << c.leaves[k]->seq;
   cr_assert_eq(seen, (1 << 3) | (1 << 4) | (1 << 6));
-  cr_assert_eq(srv_cache_insert(&c, 7, A, 6, 0, drop, &n_drop), HEED_OK);      /* equal ids: dropped */
+  cr_assert_eq(srv_cache_insert(&c, 7, A, 6, 0, drop, &n_drop), HEED_OK);      /* equal ids: the old goes */
   cr_assert_eq(n_drop, 1);
   cr_assert_eq(drop[0], 6);
+  size_t lcp;
+  cr_assert_eq(srv_cache_lookup(&c, A, 6, 0, &lcp), 7);
+  cr_assert_eq(lcp, 6);
+  cr_assert_eq(srv_cache_insert(&c, 9, A, 0, 0, drop, &n_drop), HEED_E_INVALID);
   srv_cache_free(&c);
 }
 
@@ -465,13 +470,38 @@ Test(cache, lru_order_with_touch) {
   }
   cr_assert_eq(srv_cache_evict_lru(&c, &seq), 0);
   cr_assert_eq(c.n, 0);
+  cr_assert_eq(c.n_roots, 0);
+  srv_cache_free(&c);
+}
+
+/* Eviction merges a fork point left with one branch: the tree stays tight. */
+Test(cache, eviction_merges_the_fork_it_leaves) {
+  srv_cache c = {0};
+  int drop[8], seq;
+  unsigned n_drop;
+  cr_assert_eq(srv_cache_insert(&c, 1, (const int32_t[]){1, 2, 3, 4}, 4, 0, drop, &n_drop), HEED_OK);
+  cr_assert_eq(srv_cache_insert(&c, 2, (const int32_t[]){1, 2, 8, 8}, 4, 0, drop, &n_drop), HEED_OK);
+  srv_cache_node *r = c.roots[0].node;
+  cr_assert_eq(r->n_kids, 1);
+  cr_assert_eq(r->kids[0]->n_tok, 2); /* the fork at {1, 2} */
+  cr_assert_eq(r->kids[0]->n_kids, 2);
+  cr_assert_eq(srv_cache_evict_lru(&c, &seq), 1);
+  cr_assert_eq(seq, 1);
+  cr_assert_eq(r->n_kids, 1);
+  cr_assert_eq(r->kids[0]->n_kids, 0);
+  cr_assert_eq(r->kids[0]->n_tok, 4);
+  cr_assert_eq(r->kids[0]->seq, 2);
+  size_t lcp;
+  cr_assert_eq(srv_cache_lookup(&c, (const int32_t[]){1, 2, 8, 8, 8}, 5, 0, &lcp), 2);
+  cr_assert_eq(lcp, 4);
+  cr_assert_eq(srv_cache_lookup(&c, (const int32_t[]){1, 2, 3}, 3, 0, &lcp), 2);
+  cr_assert_eq(lcp, 2);
   srv_cache_free(&c);
 }
 
 Test(cache, many_entries) {
   srv_cache c = {0};
-  int *drop = malloc(1000 * sizeof *drop);
-  cr_assert_not_null(drop);
+  int drop[8];
   unsigned n_drop;
   for (int k = 0; k < 500; k++) {
     int32_t ids[3] = {k % 7, k, 0};
@@ -480,10 +510,106 @@ Test(cache, many_entries) {
   }
   cr_assert_eq(c.n, 500);
   size_t lcp;
-  int i = srv_cache_lookup(&c, (const int32_t[]){123 % 7, 123, 0, 5}, 4, 123 % 3, &lcp);
-  cr_assert_eq(c.e[i].seq, 123);
+  cr_assert_eq(srv_cache_lookup(&c, (const int32_t[]){123 % 7, 123, 0, 5}, 4, 123 % 3, &lcp), 123);
   cr_assert_eq(lcp, 3);
-  free(drop);
+  srv_cache_free(&c);
+}
+
+/* The tree against a brute-force model of what it holds: random inserts over
+ * a small alphabet (so paths share and nest), evictions and lookups, checked
+ * after every step: the longest shared prefix equals the model's, the sequence
+ * named holds that prefix, and the live set is what inserts and drops say. */
+typedef struct model_entry {
+  int seq;
+  uint64_t tenant;
+  size_t n;
+  int32_t ids[24];
+} model_entry;
+
+static size_t lcp_of(const int32_t *a, size_t na, const int32_t *b, size_t nb) {
+  size_t i = 0;
+  while (i < na && i < nb && a[i] == b[i]) i++;
+  return i;
+}
+
+static void model_remove(model_entry *m, unsigned *n, int seq) {
+  for (unsigned i = 0; i < *n; i++)
+    if (m[i].seq == seq) {
+      m[i] = m[--*n];
+      return;
+    }
+  cr_assert_fail("the cache let go of seq %d, which it did not hold", seq);
+}
+
+Test(cache, random_against_a_brute_force_model) {
+  enum { STEPS = 4000 };
+  srv_cache c = {0};
+  model_entry *m = calloc(STEPS, sizeof *m);
+  cr_assert_not_null(m);
+  unsigned nm = 0;
+  uint64_t rng = 0x1234567;
+  int next_seq = 0;
+  for (int step = 0; step < STEPS; step++) {
+    int32_t q[24];
+    size_t nq = 1 + (uint32_t)(tu_next(&rng) >> 32) % 24;
+    uint64_t tenant = (uint32_t)(tu_next(&rng) >> 32) % 2;
+    /* half the queries start from a live entry, so they nest and fork often */
+    if (nm && (uint32_t)(tu_next(&rng) >> 32) % 2) {
+      const model_entry *b = &m[(uint32_t)(tu_next(&rng) >> 32) % nm];
+      size_t keep = (uint32_t)(tu_next(&rng) >> 32) % (b->n + 1);
+      memcpy(q, b->ids, keep * sizeof *q);
+      for (size_t i = keep; i < nq; i++) q[i] = (int32_t)((uint32_t)(tu_next(&rng) >> 32) % 3);
+      tenant = b->tenant;
+      if (keep > nq) nq = keep;
+    } else {
+      for (size_t i = 0; i < nq; i++) q[i] = (int32_t)((uint32_t)(tu_next(&rng) >> 32) % 3);
+    }
+    unsigned op = (uint32_t)(tu_next(&rng) >> 32) % 10;
+    if (op < 4) {
+      int drop[8];
+      unsigned n_drop = 99;
+      int seq = next_seq++;
+      cr_assert_eq(srv_cache_insert(&c, seq, q, nq, tenant, drop, &n_drop), HEED_OK);
+      cr_assert_leq(n_drop, 1);
+      m[nm++] = (model_entry){.seq = seq, .tenant = tenant, .n = nq};
+      memcpy(m[nm - 1].ids, q, nq * sizeof *q);
+      for (unsigned i = 0; i < n_drop; i++) model_remove(m, &nm, drop[i]);
+      /* what went is what had to: no sequence kept is a prefix of another (the
+       * others held that already; the new one is the only one to check) */
+      for (unsigned i = 0; i < nm; i++) {
+        const model_entry *a = &m[i];
+        for (unsigned k = 0; k < nm; k++) {
+          const model_entry *b = &m[k];
+          if (i == k || a->tenant != b->tenant || a->n > b->n || (a->seq != seq && b->seq != seq)) continue;
+          cr_assert_neq(lcp_of(a->ids, a->n, b->ids, b->n), a->n,
+                        "step %d: seq %d is a prefix of seq %d and both are kept", step, a->seq, b->seq);
+        }
+      }
+    } else if (op < 7) {
+      int seq = -1;
+      cr_assert_eq(srv_cache_evict_lru(&c, &seq), nm > 0);
+      if (nm) model_remove(m, &nm, seq);
+    } else {
+      size_t lcp = 99, want = 0;
+      for (unsigned i = 0; i < nm; i++) {
+        size_t l = m[i].tenant == tenant ? lcp_of(m[i].ids, m[i].n, q, nq) : 0;
+        if (l > want) want = l;
+      }
+      int seq = srv_cache_lookup(&c, q, nq, tenant, &lcp);
+      cr_assert_eq(lcp, want, "step %d: lookup shares %zu tokens; the longest cached prefix is %zu", step, lcp, want);
+      if (!want) {
+        cr_assert_eq(seq, -1);
+        continue;
+      }
+      unsigned i = 0;
+      while (i < nm && m[i].seq != seq) i++;
+      cr_assert_lt(i, nm, "step %d: lookup named seq %d, not cached", step, seq);
+      cr_assert_eq(m[i].tenant, tenant);
+      cr_assert_geq(lcp_of(m[i].ids, m[i].n, q, nq), want, "step %d: seq %d does not hold the prefix", step, seq);
+    }
+    cr_assert_eq(c.n, nm, "step %d: the cache holds %u sequences, the model %u", step, c.n, nm);
+  }
+  free(m);
   srv_cache_free(&c);
 }
 
