@@ -232,6 +232,19 @@ static double pct(double *v, size_t n, double q) {
   return v[i];
 }
 
+/* A whole number in lo..hi, or a message naming the option and the value. */
+static int parse_uint(const char *opt, const char *v, unsigned long lo, unsigned long hi, unsigned *out) {
+  char *end;
+  errno = 0;
+  unsigned long x = strtoul(v, &end, 10);
+  if (!*v || *end || errno || v[0] == '-' || v[0] == '+' || v[0] == ' ' || x < lo || x > hi) {
+    fprintf(stderr, "heed bench serve: %s %s: accepted: a whole number in %lu..%lu\n", opt, v, lo, hi);
+    return -1;
+  }
+  *out = (unsigned)x;
+  return 0;
+}
+
 static const char use[] =
     "usage: heed bench serve MODEL.gguf [--clients 1,4,16] [--prompt TOKENS] [--gen TOKENS] [--requests N]\n"
     "                        [--shared-prefix TOKENS] [--draft ngram|none] [--threads N] [--ctx N] [--json FILE]\n"
@@ -267,23 +280,39 @@ int heed_bench_serve_main(int argc, char **argv) {
           return 2;
         }
       }
-    } else if (strcmp(a, "--prompt") == 0) prompt = (unsigned)strtoul(v, NULL, 10);
-    else if (strcmp(a, "--gen") == 0) gen = (unsigned)strtoul(v, NULL, 10);
-    else if (strcmp(a, "--requests") == 0) reqs = (unsigned)strtoul(v, NULL, 10);
-    else if (strcmp(a, "--shared-prefix") == 0) shared = (unsigned)strtoul(v, NULL, 10);
-    else if (strcmp(a, "--threads") == 0) threads = (unsigned)strtoul(v, NULL, 10);
-    else if (strcmp(a, "--ctx") == 0) ctx = (unsigned)strtoul(v, NULL, 10);
-    else if (strcmp(a, "--draft") == 0) draft = strcmp(v, "none") != 0;
-    else if (strcmp(a, "--url") == 0) url = v;
+    } else if (strcmp(a, "--prompt") == 0) {
+      if (parse_uint(a, v, 1, 100000, &prompt)) return 2;
+    } else if (strcmp(a, "--gen") == 0) {
+      if (parse_uint(a, v, 1, 100000, &gen)) return 2;
+    } else if (strcmp(a, "--requests") == 0) {
+      if (parse_uint(a, v, 1, 100000, &reqs)) return 2;
+    } else if (strcmp(a, "--shared-prefix") == 0) {
+      if (parse_uint(a, v, 0, 100000, &shared)) return 2;
+    } else if (strcmp(a, "--threads") == 0) {
+      if (parse_uint(a, v, 1, 4096, &threads)) return 2;
+    } else if (strcmp(a, "--ctx") == 0) {
+      if (parse_uint(a, v, 16, 1u << 20, &ctx)) return 2;
+    } else if (strcmp(a, "--draft") == 0) {
+      if (strcmp(v, "none") && strcmp(v, "ngram")) {
+        fprintf(stderr, "heed bench serve: --draft %s: accepted: ngram, none\n", v);
+        return 2;
+      }
+      draft = strcmp(v, "none") != 0;
+    } else if (strcmp(a, "--url") == 0) url = v;
     else if (strcmp(a, "--json") == 0) json = v;
     else {
       fprintf(stderr, "heed bench serve: unknown option %s\n%s", a, use);
       return 2;
     }
   }
-  if (!model == !url || !gen || !reqs || !prompt || prompt > 100000 || gen > 100000) {
-    fputs(use, stderr);
+  if (!model == !url) {
+    fprintf(stderr, "heed bench serve: %s\n%s", model ? "a MODEL or --url, not both" : "a MODEL or --url is needed", use);
     return 2;
+  }
+  FILE *jf = NULL;
+  if (json && !(jf = fopen(json, "w"))) {
+    fprintf(stderr, "heed bench serve: cannot write --json %s: %s\n", json, strerror(errno));
+    return 1;
   }
   unsigned max_c = 1;
   for (unsigned i = 0; i < n_clients; i++) max_c = clients[i] > max_c ? clients[i] : max_c;
@@ -295,6 +324,7 @@ int heed_bench_serve_main(int argc, char **argv) {
   if (url) {
     if (sscanf(url, "http://%63[^:/]:%u", t.host, &t.port) != 2) {
       fprintf(stderr, "heed bench serve: --url %s: accepted: http://IPV4:PORT\n", url);
+      if (jf) fclose(jf), remove(json);
       return 2;
     }
   } else {
@@ -317,6 +347,7 @@ int heed_bench_serve_main(int argc, char **argv) {
     if (heed_runtime_open(&ro, &rt, &e) || heed_model_open(rt, model, &mo, &m, &e) ||
         heed_serve_start(m, &so, &srv, &e)) {
       fprintf(stderr, "heed bench serve: %s\n", e.msg);
+      if (jf) fclose(jf), remove(json);
       heed_serve_stop(srv);
       heed_model_close(m);
       heed_runtime_close(rt);
@@ -325,7 +356,6 @@ int heed_bench_serve_main(int argc, char **argv) {
     snprintf(t.host, sizeof t.host, "127.0.0.1");
     t.port = heed_serve_port(srv);
   }
-  FILE *jf = json ? fopen(json, "w") : NULL;
   if (jf) fprintf(jf, "{\"schema\": \"heed-bench-serve/1\", \"server\": \"%s\", \"cases\": [", url ? url : "heed");
   printf("server %s: prompt ~%u words (+%u shared), %u tokens asked, %u requests per client, temperature 0\n",
          url ? url : "heed (in process)", prompt, shared, gen, reqs);
@@ -333,6 +363,7 @@ int heed_bench_serve_main(int argc, char **argv) {
          "tpot p50", "tpot p90", "cached", "failed");
   /* words: prompt tokens are about 1.3 a word; ask for prompt/1.3 words */
   unsigned pw = (unsigned)(prompt / 1.3), sw = (unsigned)(shared / 1.3);
+  size_t failed = 0;
   for (unsigned k = 0; k < n_clients; k++) {
     unsigned N = clients[k];
     client *cs = calloc(N, sizeof *cs);
@@ -360,13 +391,22 @@ int heed_bench_serve_main(int argc, char **argv) {
     double tps = tokens / wall;
     printf("%8u %12.1f %9.3fs %9.3fs %9.3fs %8.1fms %8.1fms %10ld %8zu\n", N, tps, pct(ttft, ok, 0.5),
            pct(ttft, ok, 0.9), pct(ttft, ok, 0.99), 1e3 * pct(tpot, ok, 0.5), 1e3 * pct(tpot, ok, 0.9), cached, n - ok);
-    if (jf)
+    if (jf) {
+      /* no request done: no percentiles (null, not NaN, which JSON lacks) */
+      char q[5][32];
+      const double qv[5] = {pct(ttft, ok, 0.5), pct(ttft, ok, 0.9), pct(ttft, ok, 0.99), pct(tpot, ok, 0.5),
+                            pct(tpot, ok, 0.9)};
+      for (int i = 0; i < 5; i++) {
+        if (isfinite(qv[i])) snprintf(q[i], sizeof q[i], "%.5f", qv[i]);
+        else snprintf(q[i], sizeof q[i], "null");
+      }
       fprintf(jf,
               "%s{\"clients\": %u, \"requests\": %zu, \"failed\": %zu, \"output_tokens\": %ld, \"wall_s\": %.3f, "
-              "\"output_tok_s\": %.2f, \"ttft_s\": {\"p50\": %.4f, \"p90\": %.4f, \"p99\": %.4f}, "
-              "\"tpot_s\": {\"p50\": %.5f, \"p90\": %.5f}, \"cached_prompt_tokens\": %ld}",
-              k ? ", " : "", N, n, n - ok, tokens, wall, tps, pct(ttft, ok, 0.5), pct(ttft, ok, 0.9),
-              pct(ttft, ok, 0.99), pct(tpot, ok, 0.5), pct(tpot, ok, 0.9), cached);
+              "\"output_tok_s\": %.2f, \"ttft_s\": {\"p50\": %s, \"p90\": %s, \"p99\": %s}, "
+              "\"tpot_s\": {\"p50\": %s, \"p90\": %s}, \"cached_prompt_tokens\": %ld}",
+              k ? ", " : "", N, n, n - ok, tokens, wall, tps, q[0], q[1], q[2], q[3], q[4], cached);
+    }
+    failed += n - ok;
     fflush(stdout);
     free(ttft), free(tpot), free(cs), free(th), free(res);
   }
@@ -377,5 +417,6 @@ int heed_bench_serve_main(int argc, char **argv) {
   heed_serve_stop(srv);
   heed_model_close(m);
   heed_runtime_close(rt);
-  return 0;
+  if (failed) fprintf(stderr, "heed bench serve: %zu requests failed (the \"failed\" column)\n", failed);
+  return failed ? 1 : 0;
 }

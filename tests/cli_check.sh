@@ -294,6 +294,34 @@ json.dump(d,open(sys.argv[2],"w"))' "$tmp/bm.json" "$tmp/bm2.json"
   [ $rc = 2 ] && grep -q -- "--repeats 0: accepted: 1..15" "$tmp/o" && ok || bad "heed bench model --repeats 0: rc $rc"
   "$heed" bench model "$gemma" --compare "$tmp/absent.json" >"$tmp/o" 2>&1; rc=$?
   [ $rc = 1 ] && grep -q "absent.json" "$tmp/o" && ok || bad "heed bench model --compare of a missing file: rc $rc"
+  # heed bench serve: two streaming clients against heed in process, the JSON's numbers adding up
+  "$heed" bench serve "$gemma" --clients 2 --prompt 24 --gen 4 --requests 2 --threads 2 --json "$tmp/bs.json" \
+    >"$tmp/o" 2>&1 && python3 -c '
+import json,sys; d=json.load(open(sys.argv[1]))
+assert d["schema"]=="heed-bench-serve/1" and d["server"]=="heed" and len(d["cases"])==1, d
+c=d["cases"][0]
+assert c["clients"]==2 and c["requests"]==4 and c["failed"]==0, c
+assert 4 <= c["output_tokens"] <= 16 and c["output_tok_s"] > 0 and c["wall_s"] > 0, c
+assert 0 < c["ttft_s"]["p50"] <= c["ttft_s"]["p90"] <= c["ttft_s"]["p99"] < c["wall_s"], c
+assert c["tpot_s"]["p50"] >= 0 and c["cached_prompt_tokens"] >= 0, c' "$tmp/bs.json" && ok ||
+    { bad "heed bench serve --json"; cat "$tmp/o" "$tmp/bs.json"; }
+  # nothing listens there: every request fails, said in the table, the JSON (null percentiles) and the exit status
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$heed" bench serve --url "http://127.0.0.1:$port" --clients 1 --prompt 8 --gen 2 --requests 1 --json "$tmp/bs.json" \
+    >"$tmp/o" 2>&1; rc=$?
+  [ $rc = 1 ] && grep -q "1 requests failed" "$tmp/o" && python3 -c '
+import json,sys; c=json.load(open(sys.argv[1]))["cases"][0]
+assert c["failed"]==1 and c["ttft_s"]["p50"] is None, c' "$tmp/bs.json" && ok ||
+    { bad "heed bench serve --url with nothing listening: rc $rc"; cat "$tmp/o"; }
+  expect_fail "--prompt 0: accepted: a whole number in 1..100000" X=1 -- bench serve "$gemma" --prompt 0
+  expect_fail "--gen x: accepted: a whole number" X=1 -- bench serve "$gemma" --gen x
+  expect_fail "--requests -1: accepted" X=1 -- bench serve "$gemma" --requests -1
+  expect_fail "--clients 0: numbers in 1..256" X=1 -- bench serve "$gemma" --clients 0
+  expect_fail "--draft eagle: accepted: ngram, none" X=1 -- bench serve "$gemma" --draft eagle
+  expect_fail "a MODEL or --url, not both" X=1 -- bench serve "$gemma" --url http://127.0.0.1:1
+  expect_fail "a MODEL or --url is needed" X=1 -- bench serve --gen 4
+  expect_fail "--url localhost:80: accepted: http://IPV4:PORT" X=1 -- bench serve --url localhost:80
+  expect_fail "cannot write --json /nonexistent/x.json" X=1 -- bench serve "$gemma" --json /nonexistent/x.json
 else
   echo "cli: heed tokenize on the real models SKIPPED: $qwen or $gemma is absent $(cat "$models/FETCH_FAILED" 2>/dev/null)"
 fi
