@@ -175,11 +175,15 @@ static void take_snapshot(srv_job *j, size_t *text_at, size_t *lp_at, srv_snapsh
   snap->n_prompt = j->n_prompt, snap->n_cached = j->n_cached, snap->n_generated = j->n_generated;
 }
 
-/* Blocks until j has something past text_at/lp_at or is finished, watching
- * the client: a hang-up cancels the job. Under the lock. */
-static void wait_job(heed_server *s, struct MHD_Connection *c, srv_job *j, size_t text_at, size_t lp_at) {
+/* Blocks until j has something past text_at/lp_at or is finished (1), or
+ * until max_s seconds have gone by without (0; max_s <= 0: no limit),
+ * watching the client: a hang-up cancels the job. Under the lock. */
+static int wait_job(heed_server *s, struct MHD_Connection *c, srv_job *j, size_t text_at, size_t lp_at,
+                    double max_s) {
   pthread_mutex_t *mu = srv_engine_lock(s->eng);
+  double until = max_s > 0 ? now_s() + max_s : 0;
   while (!j->finish && j->text_len == text_at && j->n_lps == lp_at) {
+    if (until && now_s() >= until) return 0;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     ts.tv_nsec += 50 * 1000 * 1000;
@@ -191,6 +195,7 @@ static void wait_job(heed_server *s, struct MHD_Connection *c, srv_job *j, size_
       pthread_mutex_lock(mu);
     }
   }
+  return 1;
 }
 
 /* ---------- streaming ---------- */
@@ -205,6 +210,13 @@ typedef struct stream {
   int counted;
 } stream;
 
+/* How long a stream waits in silence before it sends a keep-alive: well
+ * within the idle timeout, and at most 15 s. */
+static double keepalive_s(const heed_server *s) {
+  double t = s->o.timeout_s / 3.0;
+  return t < 15 ? t : 15;
+}
+
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
   (void)pos;
   stream *st = cls;
@@ -214,7 +226,17 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     r->out_len = r->out_pos = 0;
     pthread_mutex_t *mu = srv_engine_lock(st->s->eng);
     pthread_mutex_lock(mu);
-    wait_job(st->s, st->c, st->j, st->text_at, st->lp_at);
+    if (!wait_job(st->s, st->c, st->j, st->text_at, st->lp_at, keepalive_s(st->s))) {
+      /* Nothing yet (a long prompt still in prefill, or a queue): bytes keep
+       * the connection alive, since the idle timeout (--timeout) counts from
+       * the last byte sent. Clients skip both: an SSE comment, Anthropic's ping. */
+      pthread_mutex_unlock(mu);
+      static const char oa[] = ": keep-alive\n\n", an[] = "event: ping\ndata: {\"type\": \"ping\"}\n\n";
+      const char *ka = r->api == SRV_API_MESSAGES ? an : oa;
+      size_t n = strlen(ka) < max ? strlen(ka) : max;
+      memcpy(buf, ka, n); /* max is MHD's block size (16 KiB), never this short */
+      return (ssize_t)n;
+    }
     srv_snapshot snap;
     char *text;
     srv_token_lp *lps;
@@ -329,7 +351,7 @@ static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q
   int status = 500;
   for (;;) {
     pthread_mutex_lock(mu);
-    wait_job(s, c, j, text_at, lp_at);
+    wait_job(s, c, j, text_at, lp_at, 0);
     srv_snapshot snap;
     char *text;
     srv_token_lp *lps;

@@ -34,6 +34,10 @@ the `openai` and `anthropic` SDKs and with raw HTTP (http.client, sockets):
   strict model  --strict-model: an unknown model is a 404 in both error shapes
   rate limit    --slots 1 --queue 1 and 8 requests at once: the overflow gets
                 429 with Retry-After, the rest 200
+  long waits    --timeout 1 --slots 1: a stream queued behind a long request
+                longer than the idle timeout gets keep-alives (an SSE comment;
+                Anthropic's ping) and its whole answer, and a non-streaming
+                request running past the timeout is not cut
   tool calls    (Qwen 2.5 Coder 1.5B; HEED_SERVE_QWEN=0 skips it) a tool call
                 through OpenAI chat (plain and streamed) and Anthropic messages,
                 and the tool result sent back
@@ -1310,6 +1314,62 @@ def test_running_share(srv):
     wait_metrics(srv, lambda ms: metric(ms, "heed_running_sequences") == 0)
 
 
+def test_long_waits(srv):
+    """--timeout 1 --slots 1: requests that wait longer than the idle timeout (in the queue behind a long
+    one, as behind a long prefill) still get their whole answer: a waiting stream sends keep-alives (an SSE
+    comment, Anthropic's ping), and a waiting non-streaming request is not cut."""
+    out = {}
+
+    def long_one():
+        t0 = time.monotonic()
+        out["a"] = http_json(srv, "POST", "/v1/completions", {"model": "m", "prompt": "1, 2, 3, 4, 5, 6,",
+                                                               "max_tokens": 600, "temperature": 0}, timeout=300)
+        out["a_s"] = time.monotonic() - t0
+
+    ta = threading.Thread(target=long_one, daemon=True)
+    ta.start()
+    wait_metrics(srv, lambda ms: metric(ms, "heed_running_sequences") == 1, limit_s=30)
+    # B, OpenAI-style, queued behind A: its raw lines, comments included
+    t0 = time.monotonic()
+    conn, _, resp = open_stream(srv, CHAT, chat_body(user("Name three colors."), max_tokens=8, stream=True,
+                                                     temperature=0))
+    lines = []
+    try:
+        check(resp.status == 200, f"queued stream: status {resp.status}")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = resp.readline()
+            if not line:
+                break
+            lines.append(line.decode("utf-8").rstrip("\r\n"))
+    finally:
+        conn.close()
+    b_s = time.monotonic() - t0
+    ta.join(timeout=300)
+    a = out.get("a")
+    if not check(a is not None and a[0] == 200, f"the long request: {short(a)}"):
+        return
+    print(f"  A: {a[2]['usage']['completion_tokens']} tokens in {out['a_s']:.1f} s; B waited and ran {b_s:.1f} s, "
+          f"{sum(x.startswith(':') for x in lines)} keep-alives")
+    check(b_s > 1.5, f"B took {b_s:.1f} s: the test needs it to wait past --timeout 1 (A too fast?)")
+    check(out["a_s"] > 1.5, f"A took {out['a_s']:.1f} s: the test needs it past --timeout 1")
+    check(any(x == ": keep-alive" for x in lines), f"the waiting stream sent no keep-alive: {lines[:5]}")
+    check(lines and "data: [DONE]" in lines, f"the queued stream did not end with [DONE]: {lines[-3:]}")
+    # C, Anthropic-style, queued behind another long one: ping events, then the whole message
+    ta = threading.Thread(target=long_one, daemon=True)
+    ta.start()
+    wait_metrics(srv, lambda ms: metric(ms, "heed_running_sequences") == 1, limit_s=30)
+    st, _, evs = read_stream(srv, MESSAGES, {"model": "m", "max_tokens": 8, "temperature": 0, "stream": True,
+                                             "messages": [{"role": "user", "content": "Name three colors."}]},
+                             limit_s=300)
+    ta.join(timeout=300)
+    if check(st == 200, f"queued messages stream: {st} {short(evs)}"):
+        types = [json.loads(d).get("type") for _, d in evs]
+        check("ping" in types, f"the waiting messages stream sent no ping: {types[:5]}")
+        check(types[-1:] == ["message_stop"], f"the queued messages stream ended with {types[-3:]}")
+    check(out.get("a", (0,))[0] == 200, f"the second long request: {short(out.get('a'))}")
+
+
 WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "description": "the city's name"}},
                   "required": ["city"]}
 
@@ -1448,6 +1508,12 @@ def main():
             run_test("strict model", test_strict_model, srv)
             run_test("rate limit", test_rate_limit, srv)
             run_test("shutdown (strict)", test_shutdown, srv)
+
+        srv = start_server(servers, "patient", heed, gemma, ["--slots", "1", "--queue", "2", "--timeout", "1",
+                                                             "--ctx", str(CTX)])
+        if srv:
+            run_test("long waits", test_long_waits, srv)
+            run_test("shutdown (patient)", test_shutdown, srv)
 
         if os.environ.get("HEED_SERVE_QWEN", "1") == "0":
             print("tool calls: SKIPPED: HEED_SERVE_QWEN=0")
