@@ -270,6 +270,7 @@ static void publish_stats(srv_engine *e) {
   e->stats.cache_seqs = e->cache.n;
   e->stats.blocks = heed_model_kv_blocks(e->m);
   e->stats.blocks_free = heed_model_kv_free_blocks(e->m);
+  e->stats.block_tokens = e->block_len;
 }
 
 static void cache_drop(srv_engine *e, int seq) { heed_model_seq_free(e->m, seq); }
@@ -278,6 +279,26 @@ static void cache_drop(srv_engine *e, int seq) { heed_model_seq_free(e->m, seq);
 static void make_room(srv_engine *e, uint32_t need) {
   int seq;
   while (heed_model_kv_free_blocks(e->m) < need && srv_cache_evict_lru(&e->cache, &seq)) cache_drop(e, seq);
+}
+
+/* Under mu. A prompt just prefilled goes to the cache at once, as a fork
+ * sharing every block with the job's sequence: a request arriving meanwhile
+ * finds it there, and it outlives a job that is cancelled (agents cancel and
+ * send the same prompt again). Costs a sequence of the cache's and, once the
+ * job writes past it, a copy of the shared last block. When the job finishes,
+ * its whole sequence extends this entry and the fork is let go. */
+static void cache_prompt(srv_engine *e, srv_job *j) {
+  if (!e->cfg.cache_entries || j->n_prompt < 2 || heed_model_seq_len(e->m, j->seq) != (long)j->n_prompt) return;
+  int seq;
+  while (e->cache.n >= e->cfg.cache_entries && srv_cache_evict_lru(&e->cache, &seq)) cache_drop(e, seq);
+  int fork;
+  if (heed_model_seq_fork(e->m, j->seq, &fork) != HEED_OK) return; /* no sequence free: only not cached */
+  unsigned n_drop = 0;
+  if (srv_cache_insert(&e->cache, fork, j->prompt, j->n_prompt, j->tenant, e->drop, &n_drop) != HEED_OK) {
+    heed_model_seq_free(e->m, fork);
+    return;
+  }
+  for (unsigned i = 0; i < n_drop; i++) cache_drop(e, e->drop[i]);
 }
 
 /* Under mu. The job leaves its slot: its sequence goes to the prefix cache
@@ -523,6 +544,7 @@ static void turn_end(srv_engine *e, unsigned n, heed_status st) {
     if (j->n_fed < j->n_prompt) { /* a prefill slice: its last one samples the first token */
       j->n_fed += bs->n_tokens;
       if (j->n_fed < j->n_prompt) continue;
+      cache_prompt(e, j);
     }
     if (e->n_draft[b] == 0) { /* one row: the next token */
       int32_t t;

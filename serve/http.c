@@ -473,7 +473,8 @@ static enum MHD_Result metrics(heed_server *s, struct MHD_Connection *c, req *q)
   srv_engine_stats st;
   srv_engine_get_stats(s->eng, &st);
   srv_gauges g = {.queued = st.queued, .running = st.running, .cache_seqs = st.cache_seqs,
-                  .blocks_used = st.blocks - st.blocks_free, .blocks_free = st.blocks_free};
+                  .blocks_used = st.blocks - st.blocks_free, .blocks_free = st.blocks_free,
+                  .block_tokens = st.block_tokens};
   srv_metrics_request(&s->mx, q->endpoint, 200);
   size_t len;
   char *text = srv_metrics_render(&s->mx, &g, &len);

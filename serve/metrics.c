@@ -197,7 +197,8 @@ char *srv_metrics_render(srv_metrics *m, const srv_gauges *g, size_t *len) {
   gauge(&o, "heed_running_sequences", "Sequences generating now.", g->running);
   gauge(&o, "heed_kv_blocks_used", "KV cache blocks in use.", g->blocks_used);
   gauge(&o, "heed_kv_blocks_free", "KV cache blocks free.", g->blocks_free);
-  gauge(&o, "heed_cache_sequences", "Finished sequences kept by the prefix cache.", g->cache_seqs);
+  gauge(&o, "heed_kv_block_tokens", "Tokens a KV cache block holds.", g->block_tokens);
+  gauge(&o, "heed_cache_sequences", "Sequences the prefix cache keeps: finished ones, and prompts once prefilled.", g->cache_seqs);
   histogram(&o, "heed_time_to_first_token_seconds", "Seconds from a request's arrival to its first token.",
             c->ttft_b, TTFT_LE, SRV_TTFT_BUCKETS, c->ttft_sum, c->ttft_n);
   histogram(&o, "heed_time_per_output_token_seconds", "Seconds per generated token after the first.", c->tpot_b,

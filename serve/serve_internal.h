@@ -126,7 +126,7 @@ void srv_metrics_tokens(srv_metrics *m, uint64_t prompt, uint64_t generated, uin
 /* The gauges /metrics shows beside the counters, read from the engine. */
 typedef struct srv_gauges {
   unsigned queued, running, cache_seqs;
-  uint32_t blocks_used, blocks_free;
+  uint32_t blocks_used, blocks_free, block_tokens;
 } srv_gauges;
 /* The Prometheus text exposition (version 0.0.4) of m and g; malloc'd, NUL-terminated. */
 char *srv_metrics_render(srv_metrics *m, const srv_gauges *g, size_t *len);
@@ -233,7 +233,7 @@ void srv_job_free(srv_job *j);
 
 typedef struct srv_engine_stats {
   unsigned queued, running, cache_seqs;
-  uint32_t blocks, blocks_free;
+  uint32_t blocks, blocks_free, block_tokens;
 } srv_engine_stats;
 void srv_engine_get_stats(srv_engine *e, srv_engine_stats *s);
 

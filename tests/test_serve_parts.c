@@ -646,7 +646,7 @@ Test(metrics, counters_gauges_and_histograms) {
   srv_metrics_ttft(&m, 1000);  /* +Inf only */
   srv_metrics_tpot(&m, 0.02, 3);
   srv_metrics_tpot(&m, 2, 1);
-  srv_gauges g = {.queued = 3, .running = 2, .cache_seqs = 5, .blocks_used = 17, .blocks_free = 83};
+  srv_gauges g = {.queued = 3, .running = 2, .cache_seqs = 5, .blocks_used = 17, .blocks_free = 83, .block_tokens = 16};
   char *t = render(&m, &g);
   EXPECT_LINE(t, "# TYPE heed_requests_total counter");
   EXPECT_LINE(t, "heed_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 2");
@@ -662,6 +662,7 @@ Test(metrics, counters_gauges_and_histograms) {
   EXPECT_LINE(t, "heed_running_sequences 2");
   EXPECT_LINE(t, "heed_kv_blocks_used 17");
   EXPECT_LINE(t, "heed_kv_blocks_free 83");
+  EXPECT_LINE(t, "heed_kv_block_tokens 16");
   EXPECT_LINE(t, "heed_cache_sequences 5");
   EXPECT_LINE(t, "# TYPE heed_time_to_first_token_seconds histogram");
   EXPECT_LINE(t, "heed_time_to_first_token_seconds_bucket{le=\"0.05\"} 0");
@@ -682,7 +683,7 @@ Test(metrics, counters_gauges_and_histograms) {
   /* Every family has its HELP and TYPE; every line ends in a newline. */
   const char *fam[] = {"heed_requests_total", "heed_prompt_tokens_total", "heed_generated_tokens_total",
                        "heed_cached_prompt_tokens_total", "heed_draft_tokens_total", "heed_draft_accepted_total",
-                       "heed_queue_depth", "heed_running_sequences", "heed_kv_blocks_used", "heed_kv_blocks_free",
+                       "heed_queue_depth", "heed_running_sequences", "heed_kv_blocks_used", "heed_kv_blocks_free", "heed_kv_block_tokens",
                        "heed_cache_sequences", "heed_time_to_first_token_seconds",
                        "heed_time_per_output_token_seconds"};
   for (size_t i = 0; i < sizeof fam / sizeof *fam; i++) {
