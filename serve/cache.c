@@ -7,8 +7,10 @@
  * the tree has fewer inner nodes than leaves, and a lookup walks each token
  * of the prompt once. Leaves are also kept in a flat array: eviction scans it
  * for the least recently used (tens of entries: less than a model step). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "serve/serve_internal.h"
 
@@ -254,11 +256,55 @@ int srv_cache_evict_lru(srv_cache *c, int *seq) {
   return 1;
 }
 
+const srv_cache_node *srv_cache_leaf(const srv_cache *c, int seq) {
+  if (seq < 0) return NULL;
+  for (unsigned i = 0; i < c->n; i++)
+    if (c->leaves[i]->seq == seq) return c->leaves[i];
+  return NULL;
+}
+
+size_t srv_cache_tokens(const srv_cache_node *leaf, size_t from, int32_t *out, size_t max) {
+  size_t total = 0;
+  for (const srv_cache_node *x = leaf; x; x = x->parent) total += x->n_tok;
+  /* edges from the leaf up: each edge's first position is what lies above it */
+  size_t end = total;
+  for (const srv_cache_node *x = leaf; x && max; x = x->parent) {
+    size_t start = end - x->n_tok;
+    /* the part of [from, from + max) in [start, end) */
+    size_t lo = from > start ? from : start, hi = from + max < end ? from + max : end;
+    for (size_t i = lo; i < hi; i++) out[i - from] = x->tok[i - start];
+    end = start;
+  }
+  return total;
+}
+
+void srv_cache_set_origin(srv_cache *c, int seq, const char *origin, int finished, double t_made) {
+  srv_cache_node *x = (srv_cache_node *)srv_cache_leaf(c, seq);
+  if (!x) return;
+  snprintf(x->origin, sizeof x->origin, "%s", origin ? origin : "");
+  x->finished = finished, x->t_made = x->t_used = t_made;
+}
+
+uint64_t srv_cache_leaf_tenant(const srv_cache *c, const srv_cache_node *leaf) {
+  const srv_cache_node *x = leaf;
+  while (x && x->parent) x = x->parent;
+  for (unsigned i = 0; i < c->n_roots; i++)
+    if (c->roots[i].node == x) return c->roots[i].tenant;
+  return 0;
+}
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 void srv_cache_touch(srv_cache *c, int seq) {
   if (seq < 0) return;
   for (unsigned i = 0; i < c->n; i++)
     if (c->leaves[i]->seq == seq) {
       c->leaves[i]->last_used = ++c->clock;
+      c->leaves[i]->t_used = mono_s();
       return;
     }
 }

@@ -15,6 +15,7 @@
  * The lock guards the queue and each job's shared part; the model, the
  * cache index and the slots are this thread's alone, so the model step runs
  * unlocked. */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,6 +299,7 @@ static void cache_prompt(srv_engine *e, srv_job *j) {
     heed_model_seq_free(e->m, fork);
     return;
   }
+  srv_cache_set_origin(&e->cache, fork, j->origin, 0, now_s());
   for (unsigned i = 0; i < n_drop; i++) cache_drop(e, e->drop[i]);
 }
 
@@ -322,6 +324,7 @@ static void job_finish(srv_engine *e, unsigned slot) {
       unsigned n_drop = 0;
       if (srv_cache_insert(&e->cache, j->seq, j->ctx, (size_t)len, j->tenant, e->drop, &n_drop) == HEED_OK) {
         cached = 1;
+        srv_cache_set_origin(&e->cache, j->seq, j->origin, 1, now_s());
         for (unsigned i = 0; i < n_drop; i++) cache_drop(e, e->drop[i]);
       }
     }
@@ -333,8 +336,43 @@ static void job_finish(srv_engine *e, unsigned slot) {
     srv_metrics_tpot(e->mx, dt / (double)(j->n_generated - 1), j->n_generated - 1);
   }
   srv_metrics_tokens(e->mx, j->n_prompt, j->n_generated, j->n_cached, j->draft_prop, j->draft_acc);
+  if (j->cache.done) srv_metrics_match(e->mx, j->cache.source);
   pthread_cond_broadcast(&j->cv);
   job_unref(j);
+}
+
+/* Under mu. j's cache report: lcp tokens shared with sequence src (a cached
+ * one, or running job o's), and a few tokens either side of where they part. */
+static void report_match(srv_engine *e, srv_job *j, size_t lcp, srv_cache_source source, int src, const srv_job *o) {
+  srv_cache_report *r = &j->cache;
+  memset(r, 0, sizeof *r);
+  r->done = 1;
+  r->n_prompt = j->n_prompt, r->reused = j->n_cached, r->lcp = lcp, r->source = source;
+  size_t b0 = lcp > SRV_EXCERPT ? lcp - SRV_EXCERPT : 0;
+  r->n_before = (unsigned)(lcp - b0);
+  memcpy(r->before, j->prompt + b0, r->n_before * sizeof(int32_t));
+  size_t nn = j->n_prompt - lcp < SRV_EXCERPT ? j->n_prompt - lcp : SRV_EXCERPT;
+  memcpy(r->new_next, j->prompt + lcp, nn * sizeof(int32_t));
+  r->n_new_next = (unsigned)nn;
+  if (source == SRV_SRC_CACHE) {
+    const srv_cache_node *leaf = srv_cache_leaf(&e->cache, src);
+    if (leaf) {
+      r->match_len = srv_cache_tokens(leaf, lcp, r->old_next, SRV_EXCERPT);
+      size_t on = r->match_len - lcp;
+      r->n_old_next = (unsigned)(on < SRV_EXCERPT ? on : SRV_EXCERPT);
+      snprintf(r->origin, sizeof r->origin, "%s", leaf->origin);
+      r->age_s = now_s() - leaf->t_made;
+      r->source_finished = leaf->finished;
+    }
+  } else if (source == SRV_SRC_RUNNING && o) {
+    long held = heed_model_seq_len(e->m, o->seq);
+    r->match_len = held > 0 ? (size_t)held : 0;
+    size_t on = r->match_len > lcp ? r->match_len - lcp : 0;
+    r->n_old_next = (unsigned)(on < SRV_EXCERPT ? on : SRV_EXCERPT);
+    memcpy(r->old_next, o->ctx + lcp, r->n_old_next * sizeof(int32_t));
+    snprintf(r->origin, sizeof r->origin, "%s", o->origin);
+    r->age_s = now_s() - o->t_submit;
+  }
 }
 
 /* Under mu. Starts j in a slot: from the cached sequence sharing the longest
@@ -354,6 +392,7 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
   }
   size_t lcp = 0;
   int src = srv_cache_lookup(&e->cache, j->prompt, j->n_prompt, j->tenant, &lcp), hit = src;
+  const srv_job *from_job = NULL;
   /* running requests share too: agents send sub-requests with one long prefix
    * at once; only what the running sequence already holds can be shared */
   for (unsigned s = 0; s < e->cfg.slots; s++) {
@@ -363,7 +402,7 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
     size_t k = 0, lim = held > 0 ? (size_t)held : 0;
     if (lim > j->n_prompt) lim = j->n_prompt;
     while (k < lim && o->ctx[k] == j->prompt[k]) k++;
-    if (k > lcp) lcp = k, src = o->seq, hit = -1;
+    if (k > lcp) lcp = k, src = o->seq, hit = -1, from_job = o;
   }
   size_t reuse = lcp < j->n_prompt ? lcp : j->n_prompt - 1;
   heed_status st;
@@ -388,6 +427,7 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
     }
   }
   j->n_cached = j->n_fed = reuse;
+  report_match(e, j, lcp, src >= 0 && lcp ? (hit >= 0 ? SRV_SRC_CACHE : SRV_SRC_RUNNING) : SRV_SRC_NONE, src, from_job);
   j->seed = p->has_seed ? p->seed : (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull + ++e->seed_counter;
   /* drafting: lossless only where every row is sampled as the first would be */
   if (e->cfg.draft_k && !p->logprobs && !j->counts_ids && (p->repetition_penalty == 0 || p->repetition_penalty == 1)) {
@@ -400,6 +440,7 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
     }
   }
   j->admitted = 1;
+  pthread_cond_broadcast(&j->cv);
   e->slot[slot] = j;
   return 0;
 nomem:
@@ -714,6 +755,48 @@ void srv_engine_release(srv_engine *e, srv_job *j) {
   }
   job_unref(j);
   pthread_mutex_unlock(&e->mu);
+}
+
+static int by_recent_use(const void *a, const void *b) {
+  const srv_cache_node *x = *(const srv_cache_node *const *)a, *y = *(const srv_cache_node *const *)b;
+  return x->last_used < y->last_used ? 1 : x->last_used > y->last_used ? -1 : 0;
+}
+
+char *srv_engine_cache_list(srv_engine *e, uint64_t tenant) {
+  cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "entries");
+  pthread_mutex_lock(&e->mu);
+  double now = now_s();
+  unsigned n = e->cache.n;
+  srv_cache_node **l = malloc((n ? n : 1) * sizeof *l);
+  size_t tokens = 0, count = 0;
+  if (l) {
+    memcpy(l, e->cache.leaves, n * sizeof *l);
+    qsort(l, n, sizeof *l, by_recent_use);
+    for (unsigned i = 0; i < n; i++) {
+      if (srv_cache_leaf_tenant(&e->cache, l[i]) != tenant) continue;
+      size_t t = srv_cache_tokens(l[i], 0, NULL, 0);
+      cJSON *x = cJSON_CreateObject();
+      cJSON_AddStringToObject(x, "request", l[i]->origin);
+      cJSON_AddStringToObject(x, "kind", l[i]->finished ? "finished" : "prompt");
+      cJSON_AddNumberToObject(x, "tokens", (double)t);
+      cJSON_AddNumberToObject(x, "blocks", (double)((t + e->block_len - 1) / e->block_len));
+      cJSON_AddNumberToObject(x, "age_s", (double)(long)((now - l[i]->t_made) * 10 + 0.5) / 10);
+      cJSON_AddNumberToObject(x, "idle_s", (double)(long)((now - l[i]->t_used) * 10 + 0.5) / 10);
+      cJSON_AddItemToArray(a, x);
+      tokens += t, count++;
+    }
+    free(l);
+  }
+  cJSON_AddNumberToObject(o, "count", (double)count);
+  cJSON_AddNumberToObject(o, "tokens", (double)tokens);
+  cJSON_AddNumberToObject(o, "block_tokens", e->block_len);
+  cJSON_AddNumberToObject(o, "kv_blocks", heed_model_kv_blocks(e->m));
+  cJSON_AddNumberToObject(o, "kv_blocks_free", heed_model_kv_free_blocks(e->m));
+  cJSON_AddNumberToObject(o, "max_entries", e->cfg.cache_entries);
+  pthread_mutex_unlock(&e->mu);
+  char *s = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  return s;
 }
 
 void srv_engine_get_stats(srv_engine *e, srv_engine_stats *s) {

@@ -75,8 +75,9 @@ size_t heed_serve_kv_tokens(const heed_serve_options *o, unsigned n_ctx, double 
 
 /* ---------- responses ---------- */
 
+/* text (malloc'd, taken) as the response, with one extra header when hname is given. */
 static enum MHD_Result send_text(struct MHD_Connection *c, int status, const char *type, char *text,
-                                 const char *retry_after) {
+                                 const char *hname, const char *hval) {
   if (!text) {
     text = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"api_error\",\"param\":null,\"code\":null}}");
     status = 500;
@@ -88,7 +89,7 @@ static enum MHD_Result send_text(struct MHD_Connection *c, int status, const cha
     return MHD_NO;
   }
   MHD_add_response_header(r, "Content-Type", type);
-  if (retry_after) MHD_add_response_header(r, "Retry-After", retry_after);
+  if (hname) MHD_add_response_header(r, hname, hval);
   enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
   MHD_destroy_response(r);
   return ret;
@@ -96,7 +97,7 @@ static enum MHD_Result send_text(struct MHD_Connection *c, int status, const cha
 
 static enum MHD_Result send_json(heed_server *s, struct MHD_Connection *c, req *q, int status, char *json) {
   srv_metrics_request(&s->mx, q->endpoint, status);
-  return send_text(c, status, "application/json", json, NULL);
+  return send_text(c, status, "application/json", json, NULL, NULL);
 }
 
 static enum MHD_Result send_error(heed_server *s, struct MHD_Connection *c, req *q, int status, const char *fmt, ...)
@@ -108,8 +109,9 @@ static enum MHD_Result send_error(heed_server *s, struct MHD_Connection *c, req 
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   srv_metrics_request(&s->mx, q->endpoint, status);
-  return send_text(c, status, "application/json", srv_error_body(q->anthropic, status, msg),
-                   status == 429 || status == 503 ? "1" : NULL);
+  int retry = status == 429 || status == 503;
+  return send_text(c, status, "application/json", srv_error_body(q->anthropic, status, msg), retry ? "Retry-After" : NULL,
+                   "1");
 }
 
 /* ---------- auth ---------- */
@@ -173,6 +175,26 @@ static void take_snapshot(srv_job *j, size_t *text_at, size_t *lp_at, srv_snapsh
   snap->stop_index = j->stop_index;
   snap->err = j->err;
   snap->n_prompt = j->n_prompt, snap->n_cached = j->n_cached, snap->n_generated = j->n_generated;
+  snap->cache = j->cache.done ? &j->cache : NULL;
+}
+
+/* Blocks until j is admitted (its cache report made) or finished, or max_s
+ * seconds have gone by, watching the client as wait_job does. Under the lock. */
+static void wait_admitted(heed_server *s, struct MHD_Connection *c, srv_job *j, double max_s) {
+  pthread_mutex_t *mu = srv_engine_lock(s->eng);
+  double until = now_s() + max_s;
+  while (!j->finish && !j->cache.done && now_s() < until) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += 50 * 1000 * 1000;
+    if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+    pthread_cond_timedwait(&j->cv, mu, &ts);
+    if (!j->finish && !j->cancel && client_gone(c)) {
+      pthread_mutex_unlock(mu);
+      srv_engine_cancel(s->eng, j);
+      pthread_mutex_lock(mu);
+    }
+  }
 }
 
 /* Blocks until j has something past text_at/lp_at or is finished (1), or
@@ -262,6 +284,11 @@ static void stream_free(void *cls) {
 
 /* ---------- generation ---------- */
 
+/* The prefix-cache partition of a request made with key (key_index's answer). */
+static uint64_t tenant_of(const heed_server *s, int key) {
+  return s->o.cache_share || s->n_keys < 2 ? 0 : (uint64_t)key + 1;
+}
+
 static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q, srv_api api, int key) {
   srv_params p;
   heed_error e = {0};
@@ -307,13 +334,14 @@ static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q
   } else {
     max_new = (long)(s->n_ctx - n);
   }
-  uint64_t tenant = s->o.cache_share || s->n_keys < 2 ? 0 : (uint64_t)key + 1;
+  uint64_t tenant = tenant_of(s, key);
   int stream_it = p.stream;
   /* the job owns the params from here on: the engine may read them after this
    * handler (or the stream) has let go of the job */
   srv_job *j = srv_job_new(&p, ids.ids, n, (unsigned)max_new, tenant);
   ids.ids = NULL;
   if (!j) return send_error(s, c, q, 500, "out of memory");
+  srv_reply_new_id(api, j->origin, sizeof j->origin);
   stream *sm = NULL;
   if (stream_it && !(sm = calloc(1, sizeof *sm))) {
     srv_job_free(j);
@@ -326,10 +354,21 @@ static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q
                       opt_slots(&s->o));
   }
   const srv_params *pp = &j->p;
+  pthread_mutex_t *mu = srv_engine_lock(s->eng);
   if (stream_it) {
     sm->s = s, sm->c = c, sm->j = j, sm->endpoint = q->endpoint;
     srv_reply_init(&sm->r, api, pp, s->model_name);
+    snprintf(sm->r.id, sizeof sm->r.id, "%s", j->origin);
     sm->r.tok = s->tok;
+    /* The headers wait for the request's admission, so that x-heed-cache can
+     * say what the cache did, but no longer than a keep-alive's interval: a
+     * request still queued then starts its stream without the header (the
+     * final event's heed_cache has it all the same) and gets keep-alives. */
+    char hdr[256] = "";
+    pthread_mutex_lock(mu);
+    wait_admitted(s, c, j, keepalive_s(s));
+    if (j->cache.done) srv_cache_report_header(&j->cache, hdr, sizeof hdr);
+    pthread_mutex_unlock(mu);
     struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, sm, stream_free);
     if (!r) {
       stream_free(sm);
@@ -337,6 +376,7 @@ static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q
     }
     MHD_add_response_header(r, "Content-Type", "text/event-stream");
     MHD_add_response_header(r, "Cache-Control", "no-cache");
+    if (*hdr) MHD_add_response_header(r, "x-heed-cache", hdr);
     srv_metrics_request(&s->mx, q->endpoint, 200);
     enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, r);
     MHD_destroy_response(r);
@@ -344,9 +384,9 @@ static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q
   }
   srv_reply rp;
   srv_reply_init(&rp, api, pp, s->model_name);
+  snprintf(rp.id, sizeof rp.id, "%s", j->origin);
   rp.tok = s->tok;
   size_t text_at = 0, lp_at = 0;
-  pthread_mutex_t *mu = srv_engine_lock(s->eng);
   char *body = NULL;
   int status = 500;
   for (;;) {
@@ -363,9 +403,12 @@ static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q
     free(text), free(lps), free(lp_text);
     if (snap.finish) break;
   }
+  char hdr[256] = "";
+  if (j->cache.done) srv_cache_report_header(&j->cache, hdr, sizeof hdr); /* fixed once admitted */
   srv_reply_free(&rp);
   srv_engine_release(s->eng, j);
-  return send_json(s, c, q, status, body);
+  srv_metrics_request(&s->mx, q->endpoint, status);
+  return send_text(c, status, "application/json", body, *hdr ? "x-heed-cache" : NULL, hdr);
 }
 
 /* ---------- the other endpoints ---------- */
@@ -478,13 +521,13 @@ static enum MHD_Result metrics(heed_server *s, struct MHD_Connection *c, req *q)
   srv_metrics_request(&s->mx, q->endpoint, 200);
   size_t len;
   char *text = srv_metrics_render(&s->mx, &g, &len);
-  return send_text(c, 200, "text/plain; version=0.0.4", text, NULL);
+  return send_text(c, 200, "text/plain; version=0.0.4", text, NULL, NULL);
 }
 
 /* ---------- routing ---------- */
 
 typedef enum route {
-  R_CHAT, R_COMPLETIONS, R_MESSAGES, R_COUNT, R_TOKENIZE, R_DETOKENIZE, R_MODELS, R_HEALTH, R_METRICS, R_NONE
+  R_CHAT, R_COMPLETIONS, R_MESSAGES, R_COUNT, R_TOKENIZE, R_DETOKENIZE, R_MODELS, R_HEALTH, R_METRICS, R_CACHE, R_NONE
 } route;
 
 static const struct {
@@ -495,7 +538,7 @@ static const struct {
     {"/v1/messages", "POST", R_MESSAGES},      {"/v1/messages/count_tokens", "POST", R_COUNT},
     {"/tokenize", "POST", R_TOKENIZE},         {"/detokenize", "POST", R_DETOKENIZE},
     {"/v1/models", "GET", R_MODELS},           {"/health", "GET", R_HEALTH},
-    {"/metrics", "GET", R_METRICS},
+    {"/metrics", "GET", R_METRICS},           {"/v1/cache", "GET", R_CACHE},
 };
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -560,7 +603,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
   if (r == R_HEALTH) {
     srv_metrics_request(&s->mx, q->endpoint, 200);
-    return send_text(c, 200, "application/json", strdup("{\"status\":\"ok\"}"), NULL);
+    return send_text(c, 200, "application/json", strdup("{\"status\":\"ok\"}"), NULL, NULL);
   }
   int key = authenticate(s, c);
   if (key < 0)
@@ -579,6 +622,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   case R_DETOKENIZE: return detokenize(s, c, q);
   case R_MODELS: return models(s, c, q);
   case R_METRICS: return metrics(s, c, q);
+  case R_CACHE: /* the caller's own partition only: another key's cache is none of its business */
+    return send_json(s, c, q, 200, srv_engine_cache_list(s->eng, tenant_of(s, key)));
   default: return send_error(s, c, q, 404, "no such endpoint: %s %s", method, url);
   }
 }

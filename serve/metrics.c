@@ -97,6 +97,13 @@ void srv_metrics_tokens(srv_metrics *m, uint64_t prompt, uint64_t generated, uin
   pthread_mutex_unlock(&m->mu);
 }
 
+void srv_metrics_match(srv_metrics *m, unsigned source) {
+  if (source > 2) return;
+  pthread_mutex_lock(&m->mu);
+  m->matches[source]++;
+  pthread_mutex_unlock(&m->mu);
+}
+
 /* ---------- the text ---------- */
 
 typedef struct out {
@@ -191,6 +198,19 @@ char *srv_metrics_render(srv_metrics *m, const srv_gauges *g, size_t *len) {
   counter(&o, "heed_prompt_tokens_total", "Prompt tokens of finished requests.", c->prompt_tokens);
   counter(&o, "heed_generated_tokens_total", "Tokens generated.", c->generated_tokens);
   counter(&o, "heed_cached_prompt_tokens_total", "Prompt tokens found in the prefix cache.", c->cached_tokens);
+  family(&o, "heed_cache_prompt_tokens_total", "counter",
+         "Prompt tokens of finished requests by what the cache did: reused as they were, reused after a shift, "
+         "restored from disk, recomputed.");
+  put(&o, "heed_cache_prompt_tokens_total{how=\"reused\"} %llu\n", (unsigned long long)c->cached_tokens);
+  put(&o, "heed_cache_prompt_tokens_total{how=\"shifted\"} 0\n");
+  put(&o, "heed_cache_prompt_tokens_total{how=\"restored\"} 0\n");
+  put(&o, "heed_cache_prompt_tokens_total{how=\"recomputed\"} %llu\n",
+      (unsigned long long)(c->prompt_tokens - c->cached_tokens));
+  family(&o, "heed_cache_matches_total", "counter",
+         "Requests by the source of their longest shared prefix: none, the cache, a running request.");
+  static const char *src[] = {"none", "cache", "running"};
+  for (int i = 0; i < 3; i++)
+    put(&o, "heed_cache_matches_total{source=\"%s\"} %llu\n", src[i], (unsigned long long)c->matches[i]);
   counter(&o, "heed_draft_tokens_total", "Draft tokens proposed for verification.", c->draft_tokens);
   counter(&o, "heed_draft_accepted_total", "Draft tokens the model accepted.", c->draft_accepted);
   gauge(&o, "heed_queue_depth", "Requests waiting for a slot.", g->queued);

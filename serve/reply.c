@@ -77,19 +77,94 @@ void srv_reply_init(srv_reply *r, srv_api api, const srv_params *p, const char *
   memset(r, 0, sizeof *r);
   r->api = api, r->p = p, r->model = model;
   r->created = (long)time(NULL);
+  srv_reply_new_id(api, r->id, sizeof r->id);
+  srv_toolscan_init(&r->ts, p && p->tools && api != SRV_API_COMPLETIONS);
+  r->lp_json = cJSON_CreateArray();
+}
+
+void srv_reply_new_id(srv_api api, char *id, size_t cap) {
   static const char *prefix[] = {"chatcmpl-", "cmpl-", "msg_"};
   unsigned char b[12];
   FILE *f = fopen("/dev/urandom", "rb");
   if (!f || fread(b, 1, sizeof b, f) != sizeof b) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    for (unsigned i = 0; i < sizeof b; i++) b[i] = (unsigned char)((uint64_t)ts.tv_nsec >> (i % 8 * 8)) ^ (unsigned char)(uintptr_t)r;
+    for (unsigned i = 0; i < sizeof b; i++) b[i] = (unsigned char)((uint64_t)ts.tv_nsec >> (i % 8 * 8)) ^ (unsigned char)(uintptr_t)id;
   }
   if (f) fclose(f);
-  int n = snprintf(r->id, sizeof r->id, "%s", prefix[api]);
-  for (unsigned i = 0; i < sizeof b; i++) n += snprintf(r->id + n, sizeof r->id - (size_t)n, "%02x", b[i]);
-  srv_toolscan_init(&r->ts, p && p->tools && api != SRV_API_COMPLETIONS);
-  r->lp_json = cJSON_CreateArray();
+  int n = snprintf(id, cap, "%s", prefix[api]);
+  for (unsigned i = 0; i < sizeof b && n > 0 && (size_t)n < cap; i++) n += snprintf(id + n, cap - (size_t)n, "%02x", b[i]);
+}
+
+/* ---------- the cache report ---------- */
+
+
+/* The text of ids (control tokens shown; bytes that are no UTF-8 replaced). */
+static char *ids_text(const struct heed_tokenizer *tok, const int32_t *ids, unsigned n) {
+  size_t len = 0;
+  heed_error e;
+  char *buf = calloc(1, 1);
+  unsigned fl = HEED_DETOK_SPECIAL | HEED_DETOK_REPLACE;
+  if (!tok || !n || !buf) return buf;
+  heed_status st = heed_tokenizer_decode(tok, ids, n, fl, buf, 1, &len, &e);
+  if (st != HEED_E_TOO_SMALL) return buf; /* nothing to show, or an id out of range: shown as nothing */
+  char *b = realloc(buf, len + 1);
+  if (!b) return buf;
+  buf = b;
+  if (heed_tokenizer_decode(tok, ids, n, fl, buf, len + 1, &len, &e) != HEED_OK) len = 0;
+  buf[len] = 0;
+  return buf;
+}
+
+static const char *source_name(srv_cache_source s) {
+  return s == SRV_SRC_CACHE ? "cache" : s == SRV_SRC_RUNNING ? "running" : "none";
+}
+
+void *srv_cache_report_json(const srv_cache_report *c, const struct heed_tokenizer *tok) {
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "prompt_tokens", (double)c->n_prompt);
+  cJSON_AddNumberToObject(o, "reused", (double)c->reused);
+  cJSON_AddNumberToObject(o, "reused_shifted", 0);
+  cJSON_AddNumberToObject(o, "restored", 0);
+  cJSON_AddNumberToObject(o, "recomputed", (double)(c->n_prompt - c->reused));
+  cJSON *m = cJSON_AddObjectToObject(o, "match");
+  cJSON_AddStringToObject(m, "source", source_name(c->source));
+  if (c->source != SRV_SRC_NONE) {
+    cJSON_AddStringToObject(m, "request", c->origin);
+    if (c->source == SRV_SRC_CACHE) cJSON_AddStringToObject(m, "kind", c->source_finished ? "finished" : "prompt");
+    cJSON_AddNumberToObject(m, "age_s", (double)(long)(c->age_s * 10 + 0.5) / 10);
+    cJSON_AddNumberToObject(m, "tokens", (double)c->match_len);
+  }
+  cJSON_AddNumberToObject(m, "shared_tokens", (double)c->lcp);
+  /* where the prompt stops matching: none when the whole prompt matched */
+  if (c->lcp < c->n_prompt) {
+    cJSON *d = cJSON_AddObjectToObject(o, "divergence");
+    cJSON_AddNumberToObject(d, "token", (double)c->lcp);
+    char *before = ids_text(tok, c->before, c->n_before), *was = ids_text(tok, c->old_next, c->n_old_next),
+         *now = ids_text(tok, c->new_next, c->n_new_next);
+    cJSON_AddStringToObject(d, "before", before ? before : "");
+    if (c->source != SRV_SRC_NONE) cJSON_AddStringToObject(d, "cached", was ? was : "");
+    cJSON_AddStringToObject(d, "new", now ? now : "");
+    /* a long prompt that parts from a long cached one near its top: the
+     * usual cause is a line that changes every request (a date, a listing) */
+    if (c->source != SRV_SRC_NONE && c->n_prompt >= 1024 && c->lcp * 20 < c->n_prompt && c->match_len * 2 > c->n_prompt) {
+      char hint[400];
+      snprintf(hint, sizeof hint,
+               "the prompt stops matching the cached one at token %zu of %zu, near its top: text there changes between "
+               "requests (cached \"%.60s\", now \"%.60s\"); move volatile text such as dates after the stable prefix",
+               c->lcp, c->n_prompt, was ? was : "", now ? now : "");
+      cJSON_AddStringToObject(d, "hint", hint);
+    }
+    free(before), free(was), free(now);
+  }
+  return o;
+}
+
+void srv_cache_report_header(const srv_cache_report *c, char *buf, size_t cap) {
+  int n = snprintf(buf, cap, "reused=%zu; shifted=0; restored=0; recomputed=%zu; source=%s", c->reused,
+                   c->n_prompt - c->reused, source_name(c->source));
+  if (n > 0 && (size_t)n < cap && c->source != SRV_SRC_NONE) n += snprintf(buf + n, cap - (size_t)n, "; request=%s", c->origin);
+  if (n > 0 && (size_t)n < cap && c->lcp < c->n_prompt) snprintf(buf + n, cap - (size_t)n, "; diverged_at=%zu", c->lcp);
 }
 
 void srv_reply_free(srv_reply *r) {
@@ -294,6 +369,7 @@ static void stream_chat(srv_reply *r, const srv_snapshot *s, size_t n_new_calls)
     cJSON_AddNullToObject(c, "logprobs");
     cJSON_AddStringToObject(c, "finish_reason", openai_finish(r, s));
     cJSON_AddItemToArray(ch, c);
+    if (s->cache) cJSON_AddItemToObject(o, "heed_cache", srv_cache_report_json(s->cache, r->tok));
     sse(r, NULL, o);
     if (r->p->include_usage) {
       o = chunk(r, object);
@@ -398,6 +474,7 @@ static void stream_messages(srv_reply *r, const srv_snapshot *s, size_t n_new_ca
   else
     cJSON_AddNullToObject(d, "stop_sequence");
   cJSON_AddItemToObject(o, "usage", anthropic_usage(s, 1));
+  if (s->cache) cJSON_AddItemToObject(o, "heed_cache", srv_cache_report_json(s->cache, r->tok));
   sse(r, "message_delta", o);
   o = cJSON_CreateObject();
   cJSON_AddStringToObject(o, "type", "message_stop");
@@ -509,6 +586,7 @@ char *srv_reply_body(srv_reply *r, const srv_snapshot *s, int *status) {
     cJSON_AddItemToArray(ch, c);
     cJSON_AddItemToObject(o, "usage", openai_usage(s));
   }
+  if (s->cache) cJSON_AddItemToObject(o, "heed_cache", srv_cache_report_json(s->cache, r->tok));
   free(content);
   char *body = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);

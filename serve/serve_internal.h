@@ -111,6 +111,7 @@ typedef struct srv_metrics {
   } req[SRV_MAX_ENDPOINTS * 8];
   unsigned n_req;
   uint64_t prompt_tokens, generated_tokens, cached_tokens, draft_tokens, draft_accepted;
+  uint64_t matches[3];   /* requests by where their prefix came from: none, the cache, a running request */
   uint64_t ttft_b[SRV_TTFT_BUCKETS + 1], tpot_b[SRV_TPOT_BUCKETS + 1];
   double ttft_sum, tpot_sum;
   uint64_t ttft_n, tpot_n;
@@ -123,6 +124,7 @@ void srv_metrics_ttft(srv_metrics *m, double s);
 void srv_metrics_tpot(srv_metrics *m, double s, uint64_t n); /* n tokens at s each */
 void srv_metrics_tokens(srv_metrics *m, uint64_t prompt, uint64_t generated, uint64_t cached, uint64_t drafted,
                         uint64_t accepted);
+void srv_metrics_match(srv_metrics *m, unsigned source); /* an srv_cache_source */
 /* The gauges /metrics shows beside the counters, read from the engine. */
 typedef struct srv_gauges {
   unsigned queued, running, cache_seqs;
@@ -153,6 +155,24 @@ typedef struct srv_token_lp {
 
 typedef struct srv_engine srv_engine;
 
+/* What the prefix cache did for one request, filled when it is admitted: the
+ * counts, the sequence it matched best (cached or running) and, around the
+ * first prompt token that sequence does not have, a few tokens of each side. */
+#define SRV_EXCERPT 12
+typedef enum srv_cache_source { SRV_SRC_NONE = 0, SRV_SRC_CACHE, SRV_SRC_RUNNING } srv_cache_source;
+typedef struct srv_cache_report {
+  int done;                   /* filled */
+  size_t n_prompt, reused;    /* prompt tokens, and those whose K/V were reused as they were */
+  size_t lcp;                 /* tokens the best match shares with the prompt */
+  size_t match_len;           /* tokens the best match holds */
+  srv_cache_source source;
+  int source_finished;        /* SRV_SRC_CACHE: a finished sequence (else a prompt cached once prefilled) */
+  char origin[48];            /* the request that made the match */
+  double age_s;               /* how long ago it was made */
+  int32_t before[SRV_EXCERPT], old_next[SRV_EXCERPT], new_next[SRV_EXCERPT];
+  unsigned n_before, n_old_next, n_new_next; /* tokens before lcp; the match's and the prompt's from lcp */
+} srv_cache_report;
+
 /* One generation. The submitter fills the first part and hands the job to
  * the engine; then everything below "shared" is read and written under the
  * engine's lock only, and the job is freed by whichever side lets go last. */
@@ -163,6 +183,7 @@ typedef struct srv_job {
   size_t n_prompt;
   unsigned max_new;      /* tokens it may make */
   uint64_t tenant;       /* prefix-cache partition (0: shared) */
+  char origin[48];       /* the request's id, kept with its cached sequences */
   double t_submit;
   /* shared, under the engine's lock */
   pthread_cond_t cv;     /* signalled when text, tokens or the finish change */
@@ -173,6 +194,7 @@ typedef struct srv_job {
   char *lp_text;         /* every logprob token's text, in order */
   size_t lp_text_len, lp_text_cap;
   size_t n_generated, n_cached;
+  srv_cache_report cache;
   int admitted;
   srv_finish finish;
   int stop_index;
@@ -236,6 +258,8 @@ typedef struct srv_engine_stats {
   uint32_t blocks, blocks_free, block_tokens;
 } srv_engine_stats;
 void srv_engine_get_stats(srv_engine *e, srv_engine_stats *s);
+/* GET /v1/cache: tenant's cached sequences, most recently used first, as JSON (malloc'd). */
+char *srv_engine_cache_list(srv_engine *e, uint64_t tenant);
 
 /* ---------- reply.c: the job as the API's JSON or events ---------- */
 
@@ -251,6 +275,7 @@ typedef struct srv_snapshot {
   int stop_index;
   const char *err;
   size_t n_prompt, n_cached, n_generated;
+  const srv_cache_report *cache; /* NULL until the job is admitted; fixed from then on */
 } srv_snapshot;
 
 typedef struct srv_reply {
@@ -273,6 +298,12 @@ typedef struct srv_reply {
 } srv_reply;
 
 void srv_reply_init(srv_reply *r, srv_api api, const srv_params *p, const char *model);
+/* A new response id for api ("chatcmpl-", "cmpl-" or "msg_" and 24 hex digits). */
+void srv_reply_new_id(srv_api api, char *id, size_t cap);
+/* The cache report as the "heed_cache" JSON object (text excerpts through
+ * tok, control tokens shown), and as the one-line x-heed-cache header value. */
+void *srv_cache_report_json(const srv_cache_report *c, const struct heed_tokenizer *tok);
+void srv_cache_report_header(const srv_cache_report *c, char *buf, size_t cap);
 void srv_reply_free(srv_reply *r);
 /* Streaming: turns the snapshot into events appended to r->out (the last
  * ones, with usage and the end marker, once s->finish is set). */
@@ -302,6 +333,10 @@ typedef struct srv_cache_node {
   size_t n_tok;
   int seq;               /* leaves: the model sequence; inner nodes: -1 */
   uint64_t last_used;    /* leaves */
+  /* leaves: where the sequence came from, for the cache's reports */
+  char origin[48];       /* the id of the request that made it */
+  double t_made, t_used; /* when it was made and last used (CLOCK_MONOTONIC seconds) */
+  int finished;          /* 1: a whole finished sequence; 0: a prompt, cached once prefilled */
 } srv_cache_node;
 
 typedef struct srv_cache {
@@ -328,6 +363,14 @@ heed_status srv_cache_insert(srv_cache *c, int seq, const int32_t *ids, size_t n
                              unsigned *n_drop);
 /* Removes the least recently used sequence, put in *seq. 0 when empty. */
 int srv_cache_evict_lru(srv_cache *c, int *seq);
+/* The leaf holding seq (NULL: not cached); its tokens are the path from the root. */
+const srv_cache_node *srv_cache_leaf(const srv_cache *c, int seq);
+/* Tokens on leaf's path: the count, and up to max of them from position `from` in out. */
+size_t srv_cache_tokens(const srv_cache_node *leaf, size_t from, int32_t *out, size_t max);
+/* The tenant whose tree holds leaf. */
+uint64_t srv_cache_leaf_tenant(const srv_cache *c, const srv_cache_node *leaf);
+/* Says where seq's tokens came from (no effect for a sequence not cached). */
+void srv_cache_set_origin(srv_cache *c, int seq, const char *origin, int finished, double t_made);
 /* Marks the cached sequence seq used now (no effect for one not cached). */
 void srv_cache_touch(srv_cache *c, int seq);
 void srv_cache_free(srv_cache *c);

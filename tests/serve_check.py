@@ -29,6 +29,11 @@ the `openai` and `anthropic` SDKs and with raw HTTP (http.client, sockets):
                 cache (OpenAI cached_tokens, Anthropic cache_read_input_tokens);
                 a longer conversation reads at least the shared prefix, and its
                 output equals the same request on a cold server
+  cache report  every response's heed_cache object (body, last stream event,
+                Anthropic's message_delta) and x-heed-cache header: counts that
+                add up, a planted divergence named by token index and text and
+                traced to the request that made the match; a hint when a long
+                prompt's first line changes
   cancellation  a stream whose client hangs up stops running, the KV blocks
                 of what it generated are given back, its prompt stays cached
                 (sent again, it reads all but one token from the cache), and
@@ -40,6 +45,8 @@ the `openai` and `anthropic` SDKs and with raw HTTP (http.client, sockets):
                 longer than the idle timeout gets keep-alives (an SSE comment;
                 Anthropic's ping) and its whole answer, and a non-streaming
                 request running past the timeout is not cut
+  tenants       two API keys: a prompt cached under one is not reused under
+                the other; GET /v1/cache lists only the caller's entries
   tool calls    (Qwen 2.5 Coder 1.5B; HEED_SERVE_QWEN=0 skips it) a tool call
                 through OpenAI chat (plain and streamed) and Anthropic messages,
                 and the tool result sent back
@@ -1244,6 +1251,80 @@ def test_rate_limit(srv):
     check(st == 200, f"rate limit: a request afterwards: {st} {short(body)}")
 
 
+def test_cache_report(srv):
+    """Every response says what the cache did: heed_cache in the body and the final stream event, x-heed-cache
+    as a header; a planted divergence is named by its token index and text, and traced to the request that
+    made the cached sequence; an early divergence in a long prompt carries a hint."""
+    base = harbor_log(31)
+    a_msgs = user(base + " Which lantern was repainted?")
+    b_text = base.replace("Harbor log number 31.", "Harbor log number 32.", 1)
+    b_msgs = user(b_text + " Which lantern was repainted?")
+    a_ids = tokenize(srv, {"messages": a_msgs})["ids"]
+    b_ids = tokenize(srv, {"messages": b_msgs})["ids"]
+    d = common_prefix(a_ids, b_ids)
+    check(0 < d < 40, f"the planted change is at token {d}")
+    st, ha, ra = post_chat(srv, chat_body(a_msgs, max_tokens=2))
+    if not check(st == 200 and "heed_cache" in ra, f"A: {st} {short(ra)}"):
+        return
+    ca = ra["heed_cache"]
+    check(ca["prompt_tokens"] == len(a_ids) and ca["reused"] + ca["recomputed"] == len(a_ids)
+          and ca["reused"] == ra["usage"]["prompt_tokens_details"]["cached_tokens"], f"A's counts: {ca}")
+    check(ha.get("x-heed-cache", "").startswith(f"reused={ca['reused']}; "), f"A's header: {ha.get('x-heed-cache')}")
+    st, hb, rb = post_chat(srv, chat_body(b_msgs, max_tokens=2))
+    if not check(st == 200 and "heed_cache" in rb, f"B: {st} {short(rb)}"):
+        return
+    cb = rb["heed_cache"]
+    print(f"  B: {json.dumps(cb)[:400]}")
+    print(f"  B's header: {hb.get('x-heed-cache')}")
+    m, dv = cb.get("match", {}), cb.get("divergence", {})
+    check(m.get("source") == "cache" and m.get("request") == ra["id"] and m.get("kind") == "finished",
+          f"B's match is not A's finished sequence ({ra['id']}): {m}")
+    check(m.get("shared_tokens") == d and cb["reused"] == d and cb["recomputed"] == len(b_ids) - d,
+          f"B: shared {m.get('shared_tokens')}, reused {cb['reused']}; the prompts part at token {d}")
+    check(dv.get("token") == d, f"B's divergence at {dv.get('token')}, wanted {d}")
+    check("number 31. On" in dv.get("before", "") + dv.get("cached", "")
+          and "number 32. On" in dv.get("before", "") + dv.get("new", ""),
+          f"B's divergence excerpts do not show the change 31 -> 32: {dv}")
+    check("hint" not in dv, f"a hint for a short prompt: {dv}")
+    check(f"request={ra['id']}" in hb.get("x-heed-cache", "") and f"diverged_at={d}" in hb.get("x-heed-cache", ""),
+          f"B's header: {hb.get('x-heed-cache')}")
+    # B again, streamed: the whole prompt matches (no divergence), said in the last chunk and the header
+    st, hdrs, evs = read_stream(srv, CHAT, chat_body(b_msgs, max_tokens=2, stream=True))
+    if check(st == 200, f"B streamed: {st} {short(evs)}"):
+        last = [json.loads(x) for _, x in evs if x != "[DONE]" and "heed_cache" in json.loads(x)]
+        if check(len(last) == 1, f"B streamed: {len(last)} events with heed_cache"):
+            c = last[0]["heed_cache"]
+            check(c["reused"] == len(b_ids) - 1 and "divergence" not in c and c["match"]["shared_tokens"] == len(b_ids),
+                  f"B streamed again: {c}")
+        check(hdrs.get("x-heed-cache", "").startswith(f"reused={len(b_ids) - 1}; "),
+              f"B streamed: header {hdrs.get('x-heed-cache')}")
+    # Anthropic's shape carries it too, in the body and in message_delta
+    st, hm, rm = post_messages(srv, {"model": "m", "max_tokens": 2, "temperature": 0, "messages": b_msgs})
+    check(st == 200 and rm.get("heed_cache", {}).get("reused") == rm["usage"]["cache_read_input_tokens"]
+          and "x-heed-cache" in hm, f"messages: {st} {short(rm)} {hm.get('x-heed-cache')}")
+    st, _, evs = read_stream(srv, MESSAGES, {"model": "m", "max_tokens": 2, "temperature": 0, "stream": True,
+                                            "messages": b_msgs})
+    deltas = [json.loads(x) for ev, x in evs if ev == "message_delta"]
+    check(st == 200 and deltas and "heed_cache" in deltas[-1], f"messages streamed: no heed_cache in message_delta")
+    ms = get_metrics(srv)
+    check(metric(ms, "heed_cache_prompt_tokens_total", how="reused") + metric(ms, "heed_cache_prompt_tokens_total",
+          how="recomputed") == metric(ms, "heed_prompt_tokens_total") and metric(ms, "heed_cache_matches_total",
+          source="cache") >= 4, f"/metrics cache counts: {series(ms, 'heed_cache_prompt_tokens_total')} "
+                                f"{series(ms, 'heed_cache_matches_total')}")
+    # a long prompt whose first line changes: the hint names it
+    long_text = "Current time: 10:00:01.\n" + harbor_log(33, n=70)
+    l_ids = tokenize(srv, {"messages": user(long_text)})["ids"]
+    st, _, r1 = post_chat(srv, chat_body(user(long_text), max_tokens=1))
+    st2, _, r2 = post_chat(srv, chat_body(user(long_text.replace("10:00:01", "10:00:07")), max_tokens=1))
+    if check(st == 200 and st2 == 200, f"long prompts: {st} {st2} {short(r2)}"):
+        dv = r2["heed_cache"].get("divergence", {})
+        print(f"  hint ({len(l_ids)} tokens): {dv.get('hint')}")
+        check(len(l_ids) >= 1024 and "near its top" in dv.get("hint", "")
+              and "10:00:01" in dv.get("before", "") + dv.get("cached", "")
+              and "10:00:07" in dv.get("before", "") + dv.get("new", ""),
+              f"no hint for a changed first line of {len(l_ids)} tokens: {dv}")
+
+
 def test_cancel(srv):
     before = wait_metrics(srv, lambda ms: metric(ms, "heed_running_sequences") == 0)
     blocks0 = metric(before, "heed_kv_blocks_used")
@@ -1382,6 +1463,35 @@ def test_long_waits(srv):
     check(out.get("a", (0,))[0] == 200, f"the second long request: {short(out.get('a'))}")
 
 
+def test_tenants(srv):
+    """Two API keys, two caches: a prompt cached under one key is not reused under the other (a shared cache
+    would tell one tenant, through timing, what the other sent), and /v1/cache lists only the caller's."""
+    other = srv.other_key
+    msgs = user(harbor_log(41) + " Which buoy rang?")
+    n = len(tokenize(srv, {"messages": msgs})["ids"])
+    st, _, r1 = post_chat(srv, chat_body(msgs, max_tokens=1))
+    st2, _, r2 = post_chat(srv, chat_body(msgs, max_tokens=1), key=other)
+    st3, _, r3 = post_chat(srv, chat_body(msgs, max_tokens=1))
+    if not check(st == st2 == st3 == 200, f"tenants: {st} {st2} {st3} {short(r2)}"):
+        return
+    cached = [r["usage"]["prompt_tokens_details"]["cached_tokens"] for r in (r1, r2, r3)]
+    print(f"  cached_tokens: first key {cached[0]}, second key {cached[1]}, first key again {cached[2]}")
+    check(cached[1] < 10 and cached[2] == n - 1 and r2["heed_cache"]["match"].get("request") != r1["id"],
+          f"tenants: cached_tokens {cached} for a {n}-token prompt (wanted the second key's below 10, then {n - 1})")
+    st, _, l1 = http_json(srv, "GET", "/v1/cache")
+    st2, _, l2 = http_json(srv, "GET", "/v1/cache", key=other)
+    if check(st == st2 == 200, f"/v1/cache: {st} {st2}"):
+        ids1 = {e["request"] for e in l1["entries"]}
+        ids2 = {e["request"] for e in l2["entries"]}
+        check(r1["id"] in ids1 or r3["id"] in ids1, f"/v1/cache (first key) lacks its request: {short(l1)}")
+        check(r2["id"] in ids2 and not ids1 & ids2, f"/v1/cache lists another key's entries: {ids1} / {ids2}")
+        e = next((e for e in l1["entries"] if e["request"] == r3["id"]), None)
+        check(l1["count"] == len(l1["entries"]) and e and e["kind"] == "finished" and e["tokens"] >= n
+              and e["blocks"] == -(-e["tokens"] // l1["block_tokens"]), f"/v1/cache entry: {e} in {short(l1)}")
+    st, _, _ = http_json(srv, "GET", "/v1/cache", key="wrong")
+    check(st == 401, f"/v1/cache with a wrong key: {st}")
+
+
 WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "description": "the city's name"}},
                   "required": ["city"]}
 
@@ -1510,6 +1620,7 @@ def main():
             run_test("concurrency and metrics", test_concurrency, srv)
             run_test("prefix cache", test_prefix_cache, srv, state)
             run_test("cancellation", test_cancel, srv)
+            run_test("cache report", test_cache_report, srv)
             run_test("sharing a running request's prefix", test_running_share, srv)
             run_test("shutdown (main)", test_shutdown, srv)
 
@@ -1522,9 +1633,11 @@ def main():
             run_test("shutdown (strict)", test_shutdown, srv)
 
         srv = start_server(servers, "patient", heed, gemma, ["--slots", "1", "--queue", "2", "--timeout", "1",
-                                                             "--ctx", str(CTX)])
+                                                             "--ctx", str(CTX), "--api-key", "key-two"], key="key-one")
         if srv:
+            srv.other_key = "key-two"
             run_test("long waits", test_long_waits, srv)
+            run_test("tenants", test_tenants, srv)
             run_test("shutdown (patient)", test_shutdown, srv)
 
         if os.environ.get("HEED_SERVE_QWEN", "1") == "0":
