@@ -242,11 +242,25 @@ heed_status srv_cache_insert(srv_cache *c, int seq, const int32_t *ids, size_t n
   return HEED_OK;
 }
 
-int srv_cache_evict_lru(srv_cache *c, int *seq) {
+int srv_cache_evict(srv_cache *c, double now, int *seq, int *retained) {
   if (!c->n) return 0;
-  unsigned lru = 0;
-  for (unsigned i = 1; i < c->n; i++)
-    if (c->leaves[i]->last_used < c->leaves[lru]->last_used) lru = i;
+  /* the victim: not retained before retained; among retained, the session
+   * seen longest ago; then the least recently used leaf */
+  int best = -1, best_ret = 0;
+  double best_seen = 0;
+  for (unsigned i = 0; i < c->n; i++) {
+    const srv_cache_node *x = c->leaves[i];
+    double until = 0;
+    int ret = srv_cache_session_retained(c, x->session, now, &until);
+    int better;
+    if (best < 0) better = 1;
+    else if (ret != best_ret) better = !ret;
+    else if (ret && until != best_seen) better = until < best_seen;
+    else better = x->last_used < c->leaves[best]->last_used;
+    if (better) best = (int)i, best_ret = ret, best_seen = until;
+  }
+  if (retained) *retained = best_ret;
+  unsigned lru = (unsigned)best;
   srv_cache_node *x = c->leaves[lru], *up = x->parent;
   c->leaves[lru] = c->leaves[--c->n];
   if (seq) *seq = x->seq;
@@ -278,11 +292,54 @@ size_t srv_cache_tokens(const srv_cache_node *leaf, size_t from, int32_t *out, s
   return total;
 }
 
-void srv_cache_set_origin(srv_cache *c, int seq, const char *origin, int finished, double t_made) {
+void srv_cache_set_origin(srv_cache *c, int seq, const char *origin, int finished, double t_made, uint64_t session) {
   srv_cache_node *x = (srv_cache_node *)srv_cache_leaf(c, seq);
   if (!x) return;
   snprintf(x->origin, sizeof x->origin, "%s", origin ? origin : "");
-  x->finished = finished, x->t_made = x->t_used = t_made;
+  x->finished = finished, x->t_made = x->t_used = t_made, x->session = session;
+}
+
+uint64_t srv_session_id(uint64_t tenant, const char *name, size_t len) {
+  if (!name || !len) return 0;
+  uint64_t h = 0xcbf29ce484222325ull ^ (tenant * 0x9e3779b97f4a7c15ull); /* FNV-1a, seeded by the tenant */
+  for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)name[i]) * 0x100000001b3ull;
+  return h ? h : 1;
+}
+
+static struct srv_cache_session *session_of(const srv_cache *c, uint64_t id) {
+  for (unsigned i = 0; i < c->n_sessions; i++)
+    if (c->sessions[i].id == id) return &c->sessions[i];
+  return NULL;
+}
+
+void srv_cache_session_seen(srv_cache *c, uint64_t session, double now) {
+  if (!session) return;
+  struct srv_cache_session *s = session_of(c, session);
+  if (!s) {
+    if (c->n_sessions == c->cap_sessions && c->cap_sessions < SRV_MAX_SESSIONS) {
+      unsigned cap = c->cap_sessions ? c->cap_sessions * 2 : 16;
+      if (cap > SRV_MAX_SESSIONS) cap = SRV_MAX_SESSIONS;
+      struct srv_cache_session *a = realloc(c->sessions, cap * sizeof *a);
+      if (a) c->sessions = a, c->cap_sessions = cap;
+    }
+    if (c->n_sessions < c->cap_sessions) {
+      s = &c->sessions[c->n_sessions++];
+    } else if (c->n_sessions) { /* full (or out of memory): forget the one seen longest ago */
+      s = &c->sessions[0];
+      for (unsigned i = 1; i < c->n_sessions; i++)
+        if (c->sessions[i].t_last < s->t_last) s = &c->sessions[i];
+    } else {
+      return;
+    }
+    s->id = session;
+  }
+  s->t_last = now;
+}
+
+int srv_cache_session_retained(const srv_cache *c, uint64_t session, double now, double *until) {
+  const struct srv_cache_session *s = session ? session_of(c, session) : NULL;
+  if (until) *until = s ? s->t_last + c->keep_s : 0;
+  return s && c->keep_s > 0 && now < s->t_last + c->keep_s;
 }
 
 uint64_t srv_cache_leaf_tenant(const srv_cache *c, const srv_cache_node *leaf) {
@@ -299,6 +356,8 @@ static double mono_s(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+int srv_cache_evict_lru(srv_cache *c, int *seq) { return srv_cache_evict(c, mono_s(), seq, NULL); }
+
 void srv_cache_touch(srv_cache *c, int seq) {
   if (seq < 0) return;
   for (unsigned i = 0; i < c->n; i++)
@@ -313,5 +372,6 @@ void srv_cache_free(srv_cache *c) {
   for (unsigned i = 0; i < c->n_roots; i++) node_free(c->roots[i].node);
   free(c->roots);
   free(c->leaves);
+  free(c->sessions);
   memset(c, 0, sizeof *c);
 }

@@ -276,10 +276,20 @@ static void publish_stats(srv_engine *e) {
 
 static void cache_drop(srv_engine *e, int seq) { heed_model_seq_free(e->m, seq); }
 
+/* Under mu. Evicts one cached sequence (a retained session's last) and frees
+ * it; 0 when the cache is empty. */
+static int evict_one(srv_engine *e) {
+  int seq, retained = 0;
+  if (!srv_cache_evict(&e->cache, now_s(), &seq, &retained)) return 0;
+  srv_metrics_eviction(e->mx, retained);
+  cache_drop(e, seq);
+  return 1;
+}
+
 /* Frees cached sequences, least recently used first, until `need` blocks are free. */
 static void make_room(srv_engine *e, uint32_t need) {
-  int seq;
-  while (heed_model_kv_free_blocks(e->m) < need && srv_cache_evict_lru(&e->cache, &seq)) cache_drop(e, seq);
+  while (heed_model_kv_free_blocks(e->m) < need && evict_one(e)) {
+  }
 }
 
 /* Under mu. A prompt just prefilled goes to the cache at once, as a fork
@@ -290,8 +300,8 @@ static void make_room(srv_engine *e, uint32_t need) {
  * its whole sequence extends this entry and the fork is let go. */
 static void cache_prompt(srv_engine *e, srv_job *j) {
   if (!e->cfg.cache_entries || j->n_prompt < 2 || heed_model_seq_len(e->m, j->seq) != (long)j->n_prompt) return;
-  int seq;
-  while (e->cache.n >= e->cfg.cache_entries && srv_cache_evict_lru(&e->cache, &seq)) cache_drop(e, seq);
+  while (e->cache.n >= e->cfg.cache_entries && evict_one(e)) {
+  }
   int fork;
   if (heed_model_seq_fork(e->m, j->seq, &fork) != HEED_OK) return; /* no sequence free: only not cached */
   unsigned n_drop = 0;
@@ -299,7 +309,7 @@ static void cache_prompt(srv_engine *e, srv_job *j) {
     heed_model_seq_free(e->m, fork);
     return;
   }
-  srv_cache_set_origin(&e->cache, fork, j->origin, 0, now_s());
+  srv_cache_set_origin(&e->cache, fork, j->origin, 0, now_s(), j->session);
   for (unsigned i = 0; i < n_drop; i++) cache_drop(e, e->drop[i]);
 }
 
@@ -319,12 +329,12 @@ static void job_finish(srv_engine *e, unsigned slot) {
     /* the tokens whose K/V the sequence holds: the prompt and every token fed since */
     long len = heed_model_seq_len(e->m, j->seq);
     if (len > 0 && (size_t)len <= j->n_ctx_ids) {
-      int seq;
-      while (e->cache.n >= e->cfg.cache_entries && srv_cache_evict_lru(&e->cache, &seq)) cache_drop(e, seq);
+      while (e->cache.n >= e->cfg.cache_entries && evict_one(e)) {
+      }
       unsigned n_drop = 0;
       if (srv_cache_insert(&e->cache, j->seq, j->ctx, (size_t)len, j->tenant, e->drop, &n_drop) == HEED_OK) {
         cached = 1;
-        srv_cache_set_origin(&e->cache, j->seq, j->origin, 1, now_s());
+        srv_cache_set_origin(&e->cache, j->seq, j->origin, 1, now_s(), j->session);
         for (unsigned i = 0; i < n_drop; i++) cache_drop(e, e->drop[i]);
       }
     }
@@ -416,10 +426,9 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
   }
   if (st != HEED_OK) {
     /* no free sequence: give one cached sequence back and start cold */
-    int seq;
     if (j->seq >= 0) heed_model_seq_free(e->m, j->seq), j->seq = -1;
     reuse = 0;
-    if (!srv_cache_evict_lru(&e->cache, &seq) || (cache_drop(e, seq), heed_model_seq_new(e->m, &j->seq))) {
+    if (!evict_one(e) || heed_model_seq_new(e->m, &j->seq)) {
       j->seq = -1;
       j->finish = SRV_FINISH_ERROR;
       snprintf(j->err, sizeof j->err, "no KV sequence is free: %s", heed_model_last_error(e->m));
@@ -427,6 +436,7 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
     }
   }
   j->n_cached = j->n_fed = reuse;
+  srv_cache_session_seen(&e->cache, j->session, now_s());
   report_match(e, j, lcp, src >= 0 && lcp ? (hit >= 0 ? SRV_SRC_CACHE : SRV_SRC_RUNNING) : SRV_SRC_NONE, src, from_job);
   j->seed = p->has_seed ? p->seed : (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull + ++e->seed_counter;
   /* drafting: lossless only where every row is sampled as the first would be */
@@ -654,6 +664,7 @@ heed_status srv_engine_start(heed_model *m, const srv_engine_config *cfg, srv_me
   srv_engine *e = calloc(1, sizeof *e);
   if (!e) return heed_err_set(err, HEED_E_NOMEM, "serve: out of memory");
   e->m = m, e->cfg = *cfg, e->mx = mx;
+  e->cache.keep_s = cfg->session_keep_s > 0 ? cfg->session_keep_s : 0;
   e->tok = heed_model_tokenizer(m);
   e->V = heed_model_get_config(m)->n_vocab;
   e->n_ctx = mo->n_ctx, e->max_batch = mo->max_batch;
@@ -782,6 +793,18 @@ char *srv_engine_cache_list(srv_engine *e, uint64_t tenant) {
       cJSON_AddNumberToObject(x, "blocks", (double)((t + e->block_len - 1) / e->block_len));
       cJSON_AddNumberToObject(x, "age_s", (double)(long)((now - l[i]->t_made) * 10 + 0.5) / 10);
       cJSON_AddNumberToObject(x, "idle_s", (double)(long)((now - l[i]->t_used) * 10 + 0.5) / 10);
+      if (l[i]->session) {
+        char h[17];
+        snprintf(h, sizeof h, "%016llx", (unsigned long long)l[i]->session);
+        cJSON_AddStringToObject(x, "session", h);
+        double until = 0;
+        int ret = srv_cache_session_retained(&e->cache, l[i]->session, now, &until);
+        cJSON_AddBoolToObject(x, "retained", ret);
+        if (ret) cJSON_AddNumberToObject(x, "retained_s", (double)(long)((until - now) * 10 + 0.5) / 10);
+      } else {
+        cJSON_AddNullToObject(x, "session");
+        cJSON_AddBoolToObject(x, "retained", 0);
+      }
       cJSON_AddItemToArray(a, x);
       tokens += t, count++;
     }
@@ -793,6 +816,7 @@ char *srv_engine_cache_list(srv_engine *e, uint64_t tenant) {
   cJSON_AddNumberToObject(o, "kv_blocks", heed_model_kv_blocks(e->m));
   cJSON_AddNumberToObject(o, "kv_blocks_free", heed_model_kv_free_blocks(e->m));
   cJSON_AddNumberToObject(o, "max_entries", e->cfg.cache_entries);
+  cJSON_AddNumberToObject(o, "session_keep_s", e->cache.keep_s);
   pthread_mutex_unlock(&e->mu);
   char *s = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);

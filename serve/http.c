@@ -342,6 +342,10 @@ static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q
   ids.ids = NULL;
   if (!j) return send_error(s, c, q, 500, "out of memory");
   srv_reply_new_id(api, j->origin, sizeof j->origin);
+  /* the session: the X-Session-Id header, else the body's user (only a hash is kept) */
+  const char *sid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Session-Id");
+  if (!sid || !*sid) sid = j->p.user;
+  j->session = sid ? srv_session_id(tenant, sid, strlen(sid)) : 0;
   stream *sm = NULL;
   if (stream_it && !(sm = calloc(1, sizeof *sm))) {
     srv_job_free(j);
@@ -663,7 +667,8 @@ heed_status heed_serve_start(heed_model *m, const heed_serve_options *o, heed_se
   s->model_name = strdup(o->model_name ? o->model_name : "heed");
   if ((st = heed_chat_open(heed_model_gguf(m), s->tok, o->chat_template, &s->chat, err))) goto fail;
   srv_engine_config ec = {.slots = s->o.slots, .max_queue = s->o.max_queue, .draft_k = o->draft_k,
-                          .cache_bytes = o->cache_bytes, .cache_entries = o->cache_bytes ? opt_entries(o) : 0};
+                          .cache_bytes = o->cache_bytes, .cache_entries = o->cache_bytes ? opt_entries(o) : 0,
+                          .session_keep_s = o->session_keep_s < 0 ? 0 : o->session_keep_s ? o->session_keep_s : 600};
   if ((st = srv_engine_start(m, &ec, &s->mx, &s->eng, err))) goto fail;
   /* the address: IPv4 or IPv6 literal */
   struct sockaddr_storage ss;

@@ -97,6 +97,12 @@ void srv_metrics_tokens(srv_metrics *m, uint64_t prompt, uint64_t generated, uin
   pthread_mutex_unlock(&m->mu);
 }
 
+void srv_metrics_eviction(srv_metrics *m, int retained) {
+  pthread_mutex_lock(&m->mu);
+  m->evictions[retained ? 1 : 0]++;
+  pthread_mutex_unlock(&m->mu);
+}
+
 void srv_metrics_match(srv_metrics *m, unsigned source) {
   if (source > 2) return;
   pthread_mutex_lock(&m->mu);
@@ -211,6 +217,10 @@ char *srv_metrics_render(srv_metrics *m, const srv_gauges *g, size_t *len) {
   static const char *src[] = {"none", "cache", "running"};
   for (int i = 0; i < 3; i++)
     put(&o, "heed_cache_matches_total{source=\"%s\"} %llu\n", src[i], (unsigned long long)c->matches[i]);
+  family(&o, "heed_cache_evictions_total", "counter",
+         "Cached sequences evicted; retained=\"1\": those of a session within its keep window (--session-keep).");
+  put(&o, "heed_cache_evictions_total{retained=\"0\"} %llu\n", (unsigned long long)c->evictions[0]);
+  put(&o, "heed_cache_evictions_total{retained=\"1\"} %llu\n", (unsigned long long)c->evictions[1]);
   counter(&o, "heed_draft_tokens_total", "Draft tokens proposed for verification.", c->draft_tokens);
   counter(&o, "heed_draft_accepted_total", "Draft tokens the model accepted.", c->draft_accepted);
   gauge(&o, "heed_queue_depth", "Requests waiting for a slot.", g->queued);

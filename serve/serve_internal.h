@@ -112,6 +112,7 @@ typedef struct srv_metrics {
   unsigned n_req;
   uint64_t prompt_tokens, generated_tokens, cached_tokens, draft_tokens, draft_accepted;
   uint64_t matches[3];   /* requests by where their prefix came from: none, the cache, a running request */
+  uint64_t evictions[2]; /* cached sequences evicted: [1] those of a retained session */
   uint64_t ttft_b[SRV_TTFT_BUCKETS + 1], tpot_b[SRV_TPOT_BUCKETS + 1];
   double ttft_sum, tpot_sum;
   uint64_t ttft_n, tpot_n;
@@ -125,6 +126,7 @@ void srv_metrics_tpot(srv_metrics *m, double s, uint64_t n); /* n tokens at s ea
 void srv_metrics_tokens(srv_metrics *m, uint64_t prompt, uint64_t generated, uint64_t cached, uint64_t drafted,
                         uint64_t accepted);
 void srv_metrics_match(srv_metrics *m, unsigned source); /* an srv_cache_source */
+void srv_metrics_eviction(srv_metrics *m, int retained);
 /* The gauges /metrics shows beside the counters, read from the engine. */
 typedef struct srv_gauges {
   unsigned queued, running, cache_seqs;
@@ -184,6 +186,7 @@ typedef struct srv_job {
   unsigned max_new;      /* tokens it may make */
   uint64_t tenant;       /* prefix-cache partition (0: shared) */
   char origin[48];       /* the request's id, kept with its cached sequences */
+  uint64_t session;      /* its session (0: none), from srv_session_id */
   double t_submit;
   /* shared, under the engine's lock */
   pthread_cond_t cv;     /* signalled when text, tokens or the finish change */
@@ -229,7 +232,12 @@ typedef struct srv_engine_config {
   unsigned draft_k;        /* 0: no drafting */
   uint64_t cache_bytes;    /* KV memory the prefix cache may hold beyond the running sequences */
   unsigned cache_entries;  /* finished sequences kept, at most */
+  double session_keep_s;   /* a session's sequences are retained this long after its last request (0: none are) */
 } srv_engine_config;
+
+/* A session's id for the cache: a 64-bit hash of the tenant and the name the
+ * client gave (never 0; 0 for no name). Only the hash is kept. */
+uint64_t srv_session_id(uint64_t tenant, const char *name, size_t len);
 
 heed_status srv_engine_start(heed_model *m, const srv_engine_config *cfg, srv_metrics *mx, srv_engine **out,
                              heed_error *err);
@@ -337,6 +345,7 @@ typedef struct srv_cache_node {
   char origin[48];       /* the id of the request that made it */
   double t_made, t_used; /* when it was made and last used (CLOCK_MONOTONIC seconds) */
   int finished;          /* 1: a whole finished sequence; 0: a prompt, cached once prefilled */
+  uint64_t session;      /* the session it belongs to (0: none) */
 } srv_cache_node;
 
 typedef struct srv_cache {
@@ -348,6 +357,13 @@ typedef struct srv_cache {
   srv_cache_node **leaves; /* every leaf, for LRU and for finding one by sequence */
   unsigned n, cap;         /* n: leaves, the sequences the cache holds */
   uint64_t clock;
+  /* sessions: when each was last seen; a session seen within keep_s is retained */
+  struct srv_cache_session {
+    uint64_t id;
+    double t_last;
+  } *sessions;
+  unsigned n_sessions, cap_sessions;
+  double keep_s;           /* 0: nothing is retained (plain LRU) */
 } srv_cache;
 
 /* The sequence sharing the longest prefix with ids[0..n) among tenant's (the
@@ -361,8 +377,20 @@ int srv_cache_lookup(const srv_cache *c, const int32_t *ids, size_t n, uint64_t 
  * count. On failure (HEED_E_NOMEM) the cache is as it was and seq the caller's. */
 heed_status srv_cache_insert(srv_cache *c, int seq, const int32_t *ids, size_t n, uint64_t tenant, int *drop,
                              unsigned *n_drop);
-/* Removes the least recently used sequence, put in *seq. 0 when empty. */
-int srv_cache_evict_lru(srv_cache *c, int *seq);
+/* Removes the least recently used sequence, put in *seq. 0 when empty.
+ * Sequences of a retained session (one seen within keep_s of now) go last:
+ * first the least recently used of the rest, then, when only retained ones
+ * are left, those of the session seen longest ago. *retained (may be NULL)
+ * says whether the one removed was retained. */
+int srv_cache_evict(srv_cache *c, double now, int *seq, int *retained);
+int srv_cache_evict_lru(srv_cache *c, int *seq); /* srv_cache_evict at the current time */
+/* A request of session (nonzero) at time now: the session is retained until
+ * now + keep_s. At most SRV_MAX_SESSIONS are remembered (the one seen longest
+ * ago is forgotten first). */
+#define SRV_MAX_SESSIONS 4096
+void srv_cache_session_seen(srv_cache *c, uint64_t session, double now);
+/* Whether session is retained at now, and until when (*until, may be NULL). */
+int srv_cache_session_retained(const srv_cache *c, uint64_t session, double now, double *until);
 /* The leaf holding seq (NULL: not cached); its tokens are the path from the root. */
 const srv_cache_node *srv_cache_leaf(const srv_cache *c, int seq);
 /* Tokens on leaf's path: the count, and up to max of them from position `from` in out. */
@@ -370,7 +398,7 @@ size_t srv_cache_tokens(const srv_cache_node *leaf, size_t from, int32_t *out, s
 /* The tenant whose tree holds leaf. */
 uint64_t srv_cache_leaf_tenant(const srv_cache *c, const srv_cache_node *leaf);
 /* Says where seq's tokens came from (no effect for a sequence not cached). */
-void srv_cache_set_origin(srv_cache *c, int seq, const char *origin, int finished, double t_made);
+void srv_cache_set_origin(srv_cache *c, int seq, const char *origin, int finished, double t_made, uint64_t session);
 /* Marks the cached sequence seq used now (no effect for one not cached). */
 void srv_cache_touch(srv_cache *c, int seq);
 void srv_cache_free(srv_cache *c);

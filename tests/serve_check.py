@@ -47,6 +47,9 @@ the `openai` and `anthropic` SDKs and with raw HTTP (http.client, sockets):
                 request running past the timeout is not cut
   tenants       two API keys: a prompt cached under one is not reused under
                 the other; GET /v1/cache lists only the caller's entries
+  sessions      --cache-entries 4: side requests without a session force
+                evictions; a prompt sent with X-Session-Id is never evicted by
+                them and is reused whole; the same without a session is evicted
   tool calls    (Qwen 2.5 Coder 1.5B; HEED_SERVE_QWEN=0 skips it) a tool call
                 through OpenAI chat (plain and streamed) and Anthropic messages,
                 and the tool result sent back
@@ -1492,6 +1495,49 @@ def test_tenants(srv):
     check(st == 401, f"/v1/cache with a wrong key: {st}")
 
 
+def test_sessions(srv):
+    """--slots 1 --ctx 1024 --cache-mem 10M --cache-entries 4: side requests with no session push the cache until it evicts;
+    a named session's prompt (X-Session-Id) survives them and is reused whole; the same prompt without a
+    session is evicted (the control: without retention the test would fail)."""
+    def ask(text, session=None, n=2):
+        hdrs = {"X-Session-Id": session} if session else None
+        st, h, r = http_json(srv, "POST", CHAT, chat_body(user(text), max_tokens=n), headers=hdrs)
+        if not check(st == 200, f"sessions: {st} {short(r)}"):
+            raise RuntimeError("a request failed")
+        return r
+
+    def evictions(ms, retained):
+        return metric(ms, "heed_cache_evictions_total", retained=retained) or 0
+
+    main_text, plain_text = harbor_log(51, n=22), harbor_log(52, n=22)
+    n_main = len(tokenize(srv, {"messages": user(main_text)})["ids"])
+    n_plain = len(tokenize(srv, {"messages": user(plain_text)})["ids"])
+    ask(main_text, session="agent-main-7f3a")
+    ask(plain_text)
+    ms0 = get_metrics(srv)
+    k = 0
+    for k in range(1, 11):  # side requests until the cache has evicted twice
+        ask(harbor_log(60 + k, n=22))
+        if evictions(get_metrics(srv), "0") - evictions(ms0, "0") >= 2:
+            break
+    ms = get_metrics(srv)
+    print(f"  {k} side requests: evictions {evictions(ms, '0') - evictions(ms0, '0')} plain, "
+          f"{evictions(ms, '1') - evictions(ms0, '1')} retained")
+    check(evictions(ms, "0") - evictions(ms0, "0") >= 2, f"no memory pressure after {k} side requests")
+    check(evictions(ms, "1") == 0, f"{evictions(ms, '1')} evictions of a retained session's sequences")
+    st, _, lst = http_json(srv, "GET", "/v1/cache")
+    mine = [e for e in lst.get("entries", []) if e.get("session")] if st == 200 else []
+    check(len(mine) >= 1 and all(e["retained"] and e["retained_s"] > 0 for e in mine),
+          f"/v1/cache: the session's entries {mine}")
+    r = ask(main_text, session="agent-main-7f3a", n=1)
+    got = r["usage"]["prompt_tokens_details"]["cached_tokens"]
+    check(got == n_main - 1, f"the session's prompt after the side requests: cached_tokens {got}, wanted {n_main - 1}")
+    r = ask(plain_text, n=1)
+    got = r["usage"]["prompt_tokens_details"]["cached_tokens"]
+    check(got < n_plain // 2, f"the same-sized prompt without a session: cached_tokens {got} of {n_plain}: it "
+                              f"should have been evicted (else this test shows nothing)")
+
+
 WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "description": "the city's name"}},
                   "required": ["city"]}
 
@@ -1639,6 +1685,12 @@ def main():
             run_test("long waits", test_long_waits, srv)
             run_test("tenants", test_tenants, srv)
             run_test("shutdown (patient)", test_shutdown, srv)
+
+        srv = start_server(servers, "sessions", heed, gemma, ["--slots", "1", "--ctx", "1024", "--cache-mem", "10M",
+                                                              "--cache-entries", "4"])
+        if srv:
+            run_test("sessions", test_sessions, srv)
+            run_test("shutdown (sessions)", test_shutdown, srv)
 
         if os.environ.get("HEED_SERVE_QWEN", "1") == "0":
             print("tool calls: SKIPPED: HEED_SERVE_QWEN=0")

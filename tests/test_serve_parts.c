@@ -499,6 +499,73 @@ Test(cache, eviction_merges_the_fork_it_leaves) {
   srv_cache_free(&c);
 }
 
+/* Sessions: a retained session's sequences go last, the oldest session first;
+ * an expired session's are plain LRU; keep_s 0 is plain LRU throughout. */
+Test(cache, retained_sessions_are_evicted_last) {
+  srv_cache c = {0};
+  c.keep_s = 100;
+  int drop[8], seq = -1, ret = -1;
+  unsigned n_drop;
+  for (int k = 1; k <= 4; k++) cr_assert_eq(srv_cache_insert(&c, k, (const int32_t[]){k}, 1, 0, drop, &n_drop), HEED_OK);
+  uint64_t s1 = srv_session_id(0, "main", 4), s2 = srv_session_id(0, "sub", 3);
+  srv_cache_set_origin(&c, 1, "req-1", 1, 1.0, s1);
+  srv_cache_set_origin(&c, 3, "req-3", 1, 1.0, s2);
+  srv_cache_session_seen(&c, s2, 10); /* s2 seen longer ago than s1 */
+  srv_cache_session_seen(&c, s1, 20);
+  cr_assert(srv_cache_session_retained(&c, s1, 50, NULL));
+  const int order[] = {2, 4, 3, 1}, was_retained[] = {0, 0, 1, 1};
+  for (int k = 0; k < 4; k++) {
+    cr_assert_eq(srv_cache_evict(&c, 50, &seq, &ret), 1);
+    cr_assert_eq(seq, order[k], "eviction %d: seq %d, wanted %d", k, seq, order[k]);
+    cr_assert_eq(ret, was_retained[k]);
+  }
+  cr_assert_eq(srv_cache_evict(&c, 50, &seq, &ret), 0);
+  srv_cache_free(&c);
+}
+
+Test(cache, sessions_expire) {
+  srv_cache c = {0};
+  c.keep_s = 100;
+  int drop[8], seq, ret;
+  unsigned n_drop;
+  uint64_t s1 = srv_session_id(7, "main", 4);
+  cr_assert_eq(srv_cache_insert(&c, 1, (const int32_t[]){1}, 1, 7, drop, &n_drop), HEED_OK);
+  cr_assert_eq(srv_cache_insert(&c, 2, (const int32_t[]){2}, 1, 7, drop, &n_drop), HEED_OK);
+  srv_cache_set_origin(&c, 1, "req-1", 1, 1.0, s1);
+  srv_cache_session_seen(&c, s1, 10);
+  cr_assert(srv_cache_session_retained(&c, s1, 109.9, NULL));
+  cr_assert_not(srv_cache_session_retained(&c, s1, 110, NULL));
+  cr_assert_eq(srv_cache_evict(&c, 200, &seq, &ret), 1); /* expired: the older goes, as in plain LRU */
+  cr_assert_eq(seq, 1);
+  cr_assert_eq(ret, 0);
+  srv_cache_free(&c);
+  /* keep_s 0: nothing is retained */
+  srv_cache d = {0};
+  cr_assert_eq(srv_cache_insert(&d, 1, (const int32_t[]){1}, 1, 0, drop, &n_drop), HEED_OK);
+  cr_assert_eq(srv_cache_insert(&d, 2, (const int32_t[]){2}, 1, 0, drop, &n_drop), HEED_OK);
+  srv_cache_set_origin(&d, 1, "req-1", 1, 1.0, s1);
+  srv_cache_session_seen(&d, s1, 10);
+  cr_assert_eq(srv_cache_evict(&d, 11, &seq, &ret), 1);
+  cr_assert_eq(seq, 1);
+  srv_cache_free(&d);
+}
+
+Test(cache, session_ids_and_the_session_table) {
+  cr_assert_eq(srv_session_id(0, "", 0), 0);
+  cr_assert_eq(srv_session_id(0, NULL, 3), 0);
+  cr_assert_neq(srv_session_id(0, "a", 1), 0);
+  cr_assert_neq(srv_session_id(1, "a", 1), srv_session_id(2, "a", 1)); /* tenants apart */
+  char bin[3] = {'\0', '\xff', 'x'};
+  cr_assert_neq(srv_session_id(0, bin, 3), srv_session_id(0, bin + 1, 2));
+  srv_cache c = {0};
+  c.keep_s = 1e9;
+  for (unsigned k = 0; k < SRV_MAX_SESSIONS + 100; k++) srv_cache_session_seen(&c, 1000 + k, (double)k);
+  cr_assert_eq(c.n_sessions, SRV_MAX_SESSIONS);
+  cr_assert_not(srv_cache_session_retained(&c, 1000, 1e6, NULL)); /* the oldest were forgotten */
+  cr_assert(srv_cache_session_retained(&c, 1000 + SRV_MAX_SESSIONS + 99, 1e6, NULL));
+  srv_cache_free(&c);
+}
+
 Test(cache, many_entries) {
   srv_cache c = {0};
   int drop[8];

@@ -15,7 +15,8 @@ static const char serve_use[] =
     "usage: heed serve MODEL.gguf [--host 127.0.0.1] [--port 8080] [--ctx N] [--slots N] [--queue N]\n"
     "                  [--kv f16|bf16|q8|q4|e4m3|e5m2] [--cache-mem SIZE] [--api-key KEY | --api-key-file F]\n"
     "                  [--cache-share] [--draft ngram|none] [--draft-k K] [--threads N] [--batch N]\n"
-    "                  [--timeout S] [--max-body SIZE] [--strict-model] [--model-name NAME] [--chat-template NAME]\n"
+    "                  [--timeout S] [--cache-entries N] [--session-keep S] [--max-body SIZE] [--strict-model] [--model-name NAME]\n"
+    "                  [--chat-template NAME]\n"
     "  --ctx N          tokens one request may hold, prompt and output (default min(trained, 4096))\n"
     "  --slots N        requests generating at once (default 4); more wait in a queue of --queue (default 64),\n"
     "                   beyond it a 429 with Retry-After\n"
@@ -25,6 +26,9 @@ static const char serve_use[] =
     "  --draft ngram    n-gram speculative decoding (default; --draft none turns it off), --draft-k tokens a step (4)\n"
     "  --batch N        tokens one step runs, all requests together: the chunked-prefill budget (default 512)\n"
     "  --timeout S      an idle connection is closed after S seconds, a body still arriving too (default 60)\n"
+    "  --cache-entries N sequences the prefix cache keeps at most (default 64)\n"
+    "  --session-keep S a named session's cached sequences (X-Session-Id, or the body's user / metadata.user_id)\n"
+    "                   are evicted last for S seconds after its last request (default 600; 0: not retained)\n"
     "  --max-body SIZE  request bodies over SIZE get a 413 (default 64M)\n"
     "  --strict-model   a request naming another model gets a 404 (default: any name is served by this model)\n"
     "SIZE: bytes, or with K, M or G (binary).\n";
@@ -106,6 +110,12 @@ int heed_cmd_serve(int argc, char **argv) {
       bad = parse_uint(v, 16, 65536, &batch), i++;
     } else if (strcmp(a, "--timeout") == 0) {
       bad = parse_uint(v, 1, 86400, &so.timeout_s), i++;
+    } else if (strcmp(a, "--cache-entries") == 0) {
+      bad = parse_uint(v, 1, 4096, &so.cache_entries), i++;
+    } else if (strcmp(a, "--session-keep") == 0) {
+      unsigned keep = 0;
+      bad = parse_uint(v, 0, 7 * 86400, &keep), i++;
+      so.session_keep_s = keep ? (int)keep : -1;
     } else if (strcmp(a, "--draft-k") == 0) {
       bad = parse_uint(v, 1, 15, &so.draft_k), i++;
     } else if (strcmp(a, "--draft") == 0) {

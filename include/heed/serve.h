@@ -36,6 +36,11 @@ typedef struct heed_serve_options {
   unsigned timeout_s;          /* a connection idle this long is closed, an upload this slow is a 408; 0: 60 */
   size_t max_body;             /* request bytes before 413; 0: 64 MiB */
   const char *chat_template;   /* NULL: the model's own (heed_chat_open) */
+  /* A request may name its session (header X-Session-Id, else OpenAI `user` or
+   * Anthropic `metadata.user_id`). A session's cached sequences are retained
+   * for this many seconds after its last request: evicted only when no other
+   * cached sequence is left to evict. 0: 600; negative: none are retained. */
+  int session_keep_s;
 } heed_serve_options;
 
 void heed_serve_options_init(heed_serve_options *o);
