@@ -1532,6 +1532,10 @@ def test_sessions(srv):
     r = ask(main_text, session="agent-main-7f3a", n=1)
     got = r["usage"]["prompt_tokens_details"]["cached_tokens"]
     check(got == n_main - 1, f"the session's prompt after the side requests: cached_tokens {got}, wanted {n_main - 1}")
+    # names are only hashed: a 100 kB one, or one with control characters, is a session like any other
+    for name in ("s" * 100000, "tab\there\u0001\u00e9"):
+        st, _, r = post_chat(srv, dict(chat_body(user("Say hi."), max_tokens=1), user=name))
+        check(st == 200, f"a session named by a {len(name)}-character user: {st} {short(r)}")
     r = ask(plain_text, n=1)
     got = r["usage"]["prompt_tokens_details"]["cached_tokens"]
     check(got < n_plain // 2, f"the same-sized prompt without a session: cached_tokens {got} of {n_plain}: it "
