@@ -242,7 +242,62 @@ heed_status srv_cache_insert(srv_cache *c, int seq, const int32_t *ids, size_t n
   return HEED_OK;
 }
 
+/* Hashes of ids' first k * SRV_GHOST_STRIDE tokens, for k = 1.. (FNV-1a over the ids' bytes). */
+static size_t stride_hashes(const int32_t *ids, size_t n, uint64_t *h, size_t max) {
+  uint64_t x = 0xcbf29ce484222325ull;
+  size_t k = 0;
+  for (size_t i = 0; i < n && k < max; i++) {
+    uint32_t v = (uint32_t)ids[i];
+    for (int b = 0; b < 4; b++) x = (x ^ ((v >> (8 * b)) & 0xff)) * 0x100000001b3ull;
+    if ((i + 1) % SRV_GHOST_STRIDE == 0) h[k++] = x;
+  }
+  return k;
+}
+
+static void ghost_record(srv_cache *c, const srv_cache_node *leaf, uint64_t tenant, double now, const char *why) {
+  srv_cache_ghost *g = &c->ghosts[c->ghost_next];
+  size_t len = srv_cache_tokens(leaf, 0, NULL, 0), n_h = len / SRV_GHOST_STRIDE;
+  int32_t *ids = malloc((len ? len : 1) * sizeof *ids);
+  uint64_t *h = malloc((n_h ? n_h : 1) * sizeof *h);
+  if (!ids || !h) { /* no record: a later miss is only less well explained */
+    free(ids), free(h);
+    return;
+  }
+  srv_cache_tokens(leaf, 0, ids, len);
+  free(g->h);
+  *g = (srv_cache_ghost){.tenant = tenant, .session = leaf->session, .h = h, .len = len, .t_evicted = now,
+                         .why = why ? why : "room"};
+  g->n_h = stride_hashes(ids, len, h, n_h);
+  snprintf(g->origin, sizeof g->origin, "%s", leaf->origin);
+  free(ids);
+  c->ghost_next = (c->ghost_next + 1) % SRV_GHOSTS;
+}
+
+const srv_cache_ghost *srv_cache_ghost_match(const srv_cache *c, const int32_t *ids, size_t n, uint64_t tenant,
+                                             size_t *shared) {
+  size_t n_h = n / SRV_GHOST_STRIDE, best_k = 0;
+  const srv_cache_ghost *best = NULL;
+  if (shared) *shared = 0;
+  uint64_t *h = n_h ? malloc(n_h * sizeof *h) : NULL;
+  if (!h) return NULL;
+  n_h = stride_hashes(ids, n, h, n_h);
+  for (unsigned i = 0; i < SRV_GHOSTS; i++) {
+    const srv_cache_ghost *g = &c->ghosts[i];
+    if (!g->h || g->tenant != tenant) continue;
+    size_t k = 0;
+    while (k < n_h && k < g->n_h && g->h[k] == h[k]) k++;
+    if (k > best_k || (k == best_k && k && g->t_evicted > best->t_evicted)) best = g, best_k = k;
+  }
+  free(h);
+  if (shared) *shared = best_k * SRV_GHOST_STRIDE;
+  return best;
+}
+
 int srv_cache_evict(srv_cache *c, double now, int *seq, int *retained) {
+  return srv_cache_evict_why(c, now, NULL, seq, retained);
+}
+
+int srv_cache_evict_why(srv_cache *c, double now, const char *why, int *seq, int *retained) {
   if (!c->n) return 0;
   /* the victim: not retained before retained; among retained, the session
    * seen longest ago; then the least recently used leaf */
@@ -262,6 +317,7 @@ int srv_cache_evict(srv_cache *c, double now, int *seq, int *retained) {
   if (retained) *retained = best_ret;
   unsigned lru = (unsigned)best;
   srv_cache_node *x = c->leaves[lru], *up = x->parent;
+  ghost_record(c, x, srv_cache_leaf_tenant(c, x), now, why);
   c->leaves[lru] = c->leaves[--c->n];
   if (seq) *seq = x->seq;
   remove_kid(up, x);
@@ -373,5 +429,6 @@ void srv_cache_free(srv_cache *c) {
   free(c->roots);
   free(c->leaves);
   free(c->sessions);
+  for (unsigned i = 0; i < SRV_GHOSTS; i++) free(c->ghosts[i].h);
   memset(c, 0, sizeof *c);
 }

@@ -277,10 +277,10 @@ static void publish_stats(srv_engine *e) {
 static void cache_drop(srv_engine *e, int seq) { heed_model_seq_free(e->m, seq); }
 
 /* Under mu. Evicts one cached sequence (a retained session's last) and frees
- * it; 0 when the cache is empty. */
-static int evict_one(srv_engine *e) {
+ * it, recording why; 0 when the cache is empty. */
+static int evict_one(srv_engine *e, const char *why) {
   int seq, retained = 0;
-  if (!srv_cache_evict(&e->cache, now_s(), &seq, &retained)) return 0;
+  if (!srv_cache_evict_why(&e->cache, now_s(), why, &seq, &retained)) return 0;
   srv_metrics_eviction(e->mx, retained);
   cache_drop(e, seq);
   return 1;
@@ -288,7 +288,7 @@ static int evict_one(srv_engine *e) {
 
 /* Frees cached sequences, least recently used first, until `need` blocks are free. */
 static void make_room(srv_engine *e, uint32_t need) {
-  while (heed_model_kv_free_blocks(e->m) < need && evict_one(e)) {
+  while (heed_model_kv_free_blocks(e->m) < need && evict_one(e, "memory: KV blocks for running requests")) {
   }
 }
 
@@ -300,7 +300,7 @@ static void make_room(srv_engine *e, uint32_t need) {
  * its whole sequence extends this entry and the fork is let go. */
 static void cache_prompt(srv_engine *e, srv_job *j) {
   if (!e->cfg.cache_entries || j->n_prompt < 2 || heed_model_seq_len(e->m, j->seq) != (long)j->n_prompt) return;
-  while (e->cache.n >= e->cfg.cache_entries && evict_one(e)) {
+  while (e->cache.n >= e->cfg.cache_entries && evict_one(e, "the entry limit (--cache-entries)")) {
   }
   int fork;
   if (heed_model_seq_fork(e->m, j->seq, &fork) != HEED_OK) return; /* no sequence free: only not cached */
@@ -329,7 +329,7 @@ static void job_finish(srv_engine *e, unsigned slot) {
     /* the tokens whose K/V the sequence holds: the prompt and every token fed since */
     long len = heed_model_seq_len(e->m, j->seq);
     if (len > 0 && (size_t)len <= j->n_ctx_ids) {
-      while (e->cache.n >= e->cfg.cache_entries && evict_one(e)) {
+      while (e->cache.n >= e->cfg.cache_entries && evict_one(e, "the entry limit (--cache-entries)")) {
       }
       unsigned n_drop = 0;
       if (srv_cache_insert(&e->cache, j->seq, j->ctx, (size_t)len, j->tenant, e->drop, &n_drop) == HEED_OK) {
@@ -383,6 +383,17 @@ static void report_match(srv_engine *e, srv_job *j, size_t lcp, srv_cache_source
     snprintf(r->origin, sizeof r->origin, "%s", o->origin);
     r->age_s = now_s() - o->t_submit;
   }
+  /* a miss the cache once could have served: say what evicted it */
+  size_t shared = 0;
+  const srv_cache_ghost *g = lcp + SRV_GHOST_STRIDE <= j->n_prompt
+                                 ? srv_cache_ghost_match(&e->cache, j->prompt, j->n_prompt, j->tenant, &shared)
+                                 : NULL;
+  if (g && shared > lcp) {
+    r->evicted_shared = shared;
+    snprintf(r->evicted_origin, sizeof r->evicted_origin, "%s", g->origin);
+    r->evicted_ago_s = now_s() - g->t_evicted;
+    r->evicted_why = g->why;
+  }
 }
 
 /* Under mu. Starts j in a slot: from the cached sequence sharing the longest
@@ -428,7 +439,7 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
     /* no free sequence: give one cached sequence back and start cold */
     if (j->seq >= 0) heed_model_seq_free(e->m, j->seq), j->seq = -1;
     reuse = 0;
-    if (!evict_one(e) || heed_model_seq_new(e->m, &j->seq)) {
+    if (!evict_one(e, "a free sequence for a new request") || heed_model_seq_new(e->m, &j->seq)) {
       j->seq = -1;
       j->finish = SRV_FINISH_ERROR;
       snprintf(j->err, sizeof j->err, "no KV sequence is free: %s", heed_model_last_error(e->m));

@@ -136,6 +136,13 @@ void *srv_cache_report_json(const srv_cache_report *c, const struct heed_tokeniz
     cJSON_AddNumberToObject(m, "tokens", (double)c->match_len);
   }
   cJSON_AddNumberToObject(m, "shared_tokens", (double)c->lcp);
+  if (c->evicted_shared) {
+    cJSON *v = cJSON_AddObjectToObject(o, "evicted");
+    cJSON_AddStringToObject(v, "request", c->evicted_origin);
+    cJSON_AddNumberToObject(v, "would_share", (double)c->evicted_shared);
+    cJSON_AddNumberToObject(v, "ago_s", (double)(long)(c->evicted_ago_s * 10 + 0.5) / 10);
+    cJSON_AddStringToObject(v, "why", c->evicted_why ? c->evicted_why : "room");
+  }
   /* where the prompt stops matching: none when the whole prompt matched */
   if (c->lcp < c->n_prompt) {
     cJSON *d = cJSON_AddObjectToObject(o, "divergence");
@@ -164,7 +171,9 @@ void srv_cache_report_header(const srv_cache_report *c, char *buf, size_t cap) {
   int n = snprintf(buf, cap, "reused=%zu; shifted=0; restored=0; recomputed=%zu; source=%s", c->reused,
                    c->n_prompt - c->reused, source_name(c->source));
   if (n > 0 && (size_t)n < cap && c->source != SRV_SRC_NONE) n += snprintf(buf + n, cap - (size_t)n, "; request=%s", c->origin);
-  if (n > 0 && (size_t)n < cap && c->lcp < c->n_prompt) snprintf(buf + n, cap - (size_t)n, "; diverged_at=%zu", c->lcp);
+  if (n > 0 && (size_t)n < cap && c->lcp < c->n_prompt) n += snprintf(buf + n, cap - (size_t)n, "; diverged_at=%zu", c->lcp);
+  if (n > 0 && (size_t)n < cap && c->evicted_shared)
+    snprintf(buf + n, cap - (size_t)n, "; evicted=%s", c->evicted_origin);
 }
 
 void srv_reply_free(srv_reply *r) {

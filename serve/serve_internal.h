@@ -173,6 +173,11 @@ typedef struct srv_cache_report {
   double age_s;               /* how long ago it was made */
   int32_t before[SRV_EXCERPT], old_next[SRV_EXCERPT], new_next[SRV_EXCERPT];
   unsigned n_before, n_old_next, n_new_next; /* tokens before lcp; the match's and the prompt's from lcp */
+  /* an evicted sequence that would have shared more than lcp (about: whole strides) */
+  size_t evicted_shared;      /* 0: none */
+  char evicted_origin[48];
+  double evicted_ago_s;
+  const char *evicted_why;
 } srv_cache_report;
 
 /* One generation. The submitter fills the first part and hands the job to
@@ -348,6 +353,20 @@ typedef struct srv_cache_node {
   uint64_t session;      /* the session it belongs to (0: none) */
 } srv_cache_node;
 
+/* What an evicted sequence held, kept after it is gone so that a later miss
+ * can say "this was cached, and evicted": hashes of its first k * SRV_GHOST_STRIDE
+ * tokens for each k, and where it came from. */
+#define SRV_GHOST_STRIDE 32
+#define SRV_GHOSTS 128
+typedef struct srv_cache_ghost {
+  uint64_t tenant, session;
+  uint64_t *h;           /* [n_h] h[k]: the hash of the first (k + 1) * SRV_GHOST_STRIDE tokens */
+  size_t n_h, len;
+  double t_evicted;
+  const char *why;       /* what needed the room (a static string) */
+  char origin[48];
+} srv_cache_ghost;
+
 typedef struct srv_cache {
   struct srv_cache_root {
     uint64_t tenant;
@@ -364,6 +383,8 @@ typedef struct srv_cache {
   } *sessions;
   unsigned n_sessions, cap_sessions;
   double keep_s;           /* 0: nothing is retained (plain LRU) */
+  srv_cache_ghost ghosts[SRV_GHOSTS]; /* the last evictions, a ring */
+  unsigned ghost_next;
 } srv_cache;
 
 /* The sequence sharing the longest prefix with ids[0..n) among tenant's (the
@@ -383,6 +404,12 @@ heed_status srv_cache_insert(srv_cache *c, int seq, const int32_t *ids, size_t n
  * are left, those of the session seen longest ago. *retained (may be NULL)
  * says whether the one removed was retained. */
 int srv_cache_evict(srv_cache *c, double now, int *seq, int *retained);
+/* The same, recording why (a static string) with the evicted sequence's ghost. */
+int srv_cache_evict_why(srv_cache *c, double now, const char *why, int *seq, int *retained);
+/* The evicted sequence of tenant that shared the most of ids[0..n) (in whole
+ * strides; *shared says how many tokens), or NULL when none shared a stride. */
+const srv_cache_ghost *srv_cache_ghost_match(const srv_cache *c, const int32_t *ids, size_t n, uint64_t tenant,
+                                             size_t *shared);
 int srv_cache_evict_lru(srv_cache *c, int *seq); /* srv_cache_evict at the current time */
 /* A request of session (nonzero) at time now: the session is retained until
  * now + keep_s. At most SRV_MAX_SESSIONS are remembered (the one seen longest

@@ -1513,7 +1513,7 @@ def test_sessions(srv):
     n_main = len(tokenize(srv, {"messages": user(main_text)})["ids"])
     n_plain = len(tokenize(srv, {"messages": user(plain_text)})["ids"])
     ask(main_text, session="agent-main-7f3a")
-    ask(plain_text)
+    plain_id = ask(plain_text)["id"]
     ms0 = get_metrics(srv)
     k = 0
     for k in range(1, 11):  # side requests until the cache has evicted twice
@@ -1538,6 +1538,10 @@ def test_sessions(srv):
         check(st == 200, f"a session named by a {len(name)}-character user: {st} {short(r)}")
     r = ask(plain_text, n=1)
     got = r["usage"]["prompt_tokens_details"]["cached_tokens"]
+    ev = r["heed_cache"].get("evicted", {})
+    print(f"  the evicted prompt again: {ev}")
+    check(ev.get("request") == plain_id and ev.get("would_share", 0) >= n_plain - 32 and ev.get("why"),
+          f"the miss of an evicted prompt does not name its eviction (request {plain_id}): {r['heed_cache']}")
     check(got < n_plain // 2, f"the same-sized prompt without a session: cached_tokens {got} of {n_plain}: it "
                               f"should have been evicted (else this test shows nothing)")
 

@@ -566,6 +566,46 @@ Test(cache, session_ids_and_the_session_table) {
   srv_cache_free(&c);
 }
 
+/* An evicted sequence leaves a ghost: a later prompt learns how much it would
+ * have shared (whole strides of SRV_GHOST_STRIDE tokens), what evicted it and
+ * which request made it; other tenants never see it; the ring keeps the last. */
+Test(cache, evictions_leave_ghosts) {
+  srv_cache c = {0};
+  int drop[8], seq;
+  unsigned n_drop;
+  int32_t ids[130];
+  for (int i = 0; i < 130; i++) ids[i] = 1000 + i;
+  cr_assert_eq(srv_cache_insert(&c, 5, ids, 100, 3, drop, &n_drop), HEED_OK);
+  srv_cache_set_origin(&c, 5, "req-five", 1, 1.0, 0);
+  cr_assert_eq(srv_cache_evict_why(&c, 2.0, "memory", &seq, NULL), 1);
+  size_t shared = 99;
+  const srv_cache_ghost *g = srv_cache_ghost_match(&c, ids, 130, 3, &shared);
+  cr_assert_not_null(g);
+  cr_assert_eq(shared, 96); /* 100 tokens held: three whole strides of 32 */
+  cr_assert_str_eq(g->origin, "req-five");
+  cr_assert_str_eq(g->why, "memory");
+  cr_assert_eq(g->len, 100);
+  cr_assert_null(srv_cache_ghost_match(&c, ids, 130, 4, &shared)); /* another tenant */
+  cr_assert_eq(shared, 0);
+  ids[40] = 7; /* parts in the second stride: only the first is shared */
+  cr_assert_not_null(srv_cache_ghost_match(&c, ids, 130, 3, &shared));
+  cr_assert_eq(shared, 32);
+  ids[0] = 7;
+  cr_assert_null(srv_cache_ghost_match(&c, ids, 130, 3, &shared));
+  cr_assert_null(srv_cache_ghost_match(&c, ids, 20, 3, &shared)); /* shorter than a stride */
+  for (int k = 0; k < SRV_GHOSTS + 10; k++) {
+    int32_t one[40];
+    for (int i = 0; i < 40; i++) one[i] = k * 100 + i;
+    cr_assert_eq(srv_cache_insert(&c, k, one, 40, 0, drop, &n_drop), HEED_OK);
+    cr_assert_eq(srv_cache_evict(&c, 3.0, &seq, NULL), 1);
+  }
+  int32_t first[40], last[40];
+  for (int i = 0; i < 40; i++) first[i] = i, last[i] = (SRV_GHOSTS + 9) * 100 + i;
+  cr_assert_null(srv_cache_ghost_match(&c, first, 40, 0, &shared)); /* pushed out of the ring */
+  cr_assert_not_null(srv_cache_ghost_match(&c, last, 40, 0, &shared));
+  srv_cache_free(&c);
+}
+
 Test(cache, many_entries) {
   srv_cache c = {0};
   int drop[8];
