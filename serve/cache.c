@@ -415,13 +415,10 @@ static double mono_s(void) {
 int srv_cache_evict_lru(srv_cache *c, int *seq) { return srv_cache_evict(c, mono_s(), seq, NULL); }
 
 void srv_cache_touch(srv_cache *c, int seq) {
-  if (seq < 0) return;
-  for (unsigned i = 0; i < c->n; i++)
-    if (c->leaves[i]->seq == seq) {
-      c->leaves[i]->last_used = ++c->clock;
-      c->leaves[i]->t_used = mono_s();
-      return;
-    }
+  srv_cache_node *x = (srv_cache_node *)srv_cache_leaf(c, seq);
+  if (!x) return;
+  x->last_used = ++c->clock;
+  x->t_used = mono_s();
 }
 
 void srv_cache_free(srv_cache *c) {

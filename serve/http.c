@@ -178,23 +178,27 @@ static void take_snapshot(srv_job *j, size_t *text_at, size_t *lp_at, srv_snapsh
   snap->cache = j->cache.done ? &j->cache : NULL;
 }
 
+/* Under the lock: waits up to 50 ms for j to change, then watches the client
+ * (c may be NULL): a hang-up cancels the job. */
+static void wait_a_moment(heed_server *s, struct MHD_Connection *c, srv_job *j) {
+  pthread_mutex_t *mu = srv_engine_lock(s->eng);
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_nsec += 50 * 1000 * 1000;
+  if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+  pthread_cond_timedwait(&j->cv, mu, &ts);
+  if (!j->finish && !j->cancel && c && client_gone(c)) {
+    pthread_mutex_unlock(mu);
+    srv_engine_cancel(s->eng, j);
+    pthread_mutex_lock(mu);
+  }
+}
+
 /* Blocks until j is admitted (its cache report made) or finished, or max_s
  * seconds have gone by, watching the client as wait_job does. Under the lock. */
 static void wait_admitted(heed_server *s, struct MHD_Connection *c, srv_job *j, double max_s) {
-  pthread_mutex_t *mu = srv_engine_lock(s->eng);
   double until = now_s() + max_s;
-  while (!j->finish && !j->cache.done && now_s() < until) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_nsec += 50 * 1000 * 1000;
-    if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-    pthread_cond_timedwait(&j->cv, mu, &ts);
-    if (!j->finish && !j->cancel && client_gone(c)) {
-      pthread_mutex_unlock(mu);
-      srv_engine_cancel(s->eng, j);
-      pthread_mutex_lock(mu);
-    }
-  }
+  while (!j->finish && !j->cache.done && now_s() < until) wait_a_moment(s, c, j);
 }
 
 /* Blocks until j has something past text_at/lp_at or is finished (1), or
@@ -202,20 +206,10 @@ static void wait_admitted(heed_server *s, struct MHD_Connection *c, srv_job *j, 
  * watching the client: a hang-up cancels the job. Under the lock. */
 static int wait_job(heed_server *s, struct MHD_Connection *c, srv_job *j, size_t text_at, size_t lp_at,
                     double max_s) {
-  pthread_mutex_t *mu = srv_engine_lock(s->eng);
   double until = max_s > 0 ? now_s() + max_s : 0;
   while (!j->finish && j->text_len == text_at && j->n_lps == lp_at) {
     if (until && now_s() >= until) return 0;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_nsec += 50 * 1000 * 1000;
-    if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-    pthread_cond_timedwait(&j->cv, mu, &ts);
-    if (!j->finish && !j->cancel && c && client_gone(c)) {
-      pthread_mutex_unlock(mu);
-      srv_engine_cancel(s->eng, j);
-      pthread_mutex_lock(mu);
-    }
+    wait_a_moment(s, c, j);
   }
   return 1;
 }
