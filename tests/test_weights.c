@@ -252,6 +252,48 @@ TYPE_TEST(q4_k, Q4_K)
 TYPE_TEST(q5_k, Q5_K)
 TYPE_TEST(q6_k, Q6_K)
 
+/* A row gives the same bits for a token alone (the decode kernel) and in a
+ * batch (the prefill kernel): speculative verification and batched streams
+ * depend on it to reproduce plain greedy decoding token for token. Rows up
+ * to 8960 weights (Qwen2.5-1.5B's FFN down; past the AVX2 panel's chunk of
+ * 4096). Not claimed for the 32-weight formats on avx512_vnni, whose decode
+ * and prefill kernels are different algorithms. */
+static void check_alone_equals_batch(int type) {
+  uint32_t be, bb;
+  heed_wtype_block(type, &be, &bb);
+  const size_t cols_list[] = {be == 256 ? 768 : 224, 4352, 8960}, rows = 37, n_tok = 7;
+  for (size_t ti = 0; ti < N_TARGETS; ti++) {
+    if (be == 32 && targets[ti].isa == HEED_ISA_AVX512 && !targets[ti].drop) continue;
+    heed_runtime *rt = open_target(&targets[ti]);
+    if (!rt) continue;
+    uint64_t s = 0x51ED270B27F4A7C1ull ^ (uint64_t)type * 131 ^ ti;
+    for (size_t ci = 0; ci < 3; ci++) {
+      const size_t cols = cols_list[ci], rb = heed_weights_row_bytes(type, cols);
+      uint8_t *w = malloc(rows * rb);
+      fill_weights(type, W_RANDOM, w, rows * rb, &s);
+      float *x = malloc(n_tok * cols * sizeof(float)), *y = malloc(n_tok * rows * sizeof(float)), y1[37];
+      for (size_t t = 0; t < n_tok; t++) fill_x(t == 3 ? X_OUTLIER : X_RANDOM, x + t * cols, cols, &s);
+      heed_matrix m = {.type = type, .data = w, .rows = rows, .cols = cols, .row_bytes = rb};
+      const size_t wsb = heed_matmul_workspace(&m, n_tok);
+      void *ws = wsb ? aligned_alloc(64, (wsb + 63) & ~(size_t)63) : NULL;
+      cr_assert_eq(heed_matmul(rt, &m, n_tok, x, cols, y, rows, ws, wsb), HEED_OK, "%s", heed_runtime_last_error(rt));
+      for (size_t t = 0; t < n_tok; t++) {
+        cr_assert_eq(heed_matmul(rt, &m, 1, x + t * cols, cols, y1, rows, ws, wsb), HEED_OK);
+        for (size_t r = 0; r < rows; r++)
+          cr_assert(memcmp(&y1[r], &y[t * rows + r], sizeof(float)) == 0,
+                    "%s %s cols %zu: token %zu row %zu alone %.9g, in a batch of %zu %.9g", target_name(&targets[ti]),
+                    heed_ggml_type_name(type), cols, t, r, y1[r], n_tok, y[t * rows + r]);
+      }
+      free(ws), free(w), free(x), free(y);
+    }
+    heed_runtime_close(rt);
+  }
+}
+
+Test(weights, alone_equals_batch, .timeout = 120) {
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) check_alone_equals_batch(types[i]);
+}
+
 /* Every target's table fills every supported type, and the configurations
  * with the int8 dot-product instructions use them where the CPU has them. */
 Test(weights, tables) {

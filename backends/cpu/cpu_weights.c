@@ -128,26 +128,50 @@ static int is_quant(int type) {
 /* Bytes of one token's quantized activations, rounded to 64 so each starts aligned. */
 static size_t act_stride(size_t cols) { return heed_qa_layout_of(cols).stride; }
 
-/* The packed copy after the blocks (heed_qa_layout), zero padded; kperm: the
- * codes of each 256 in the kp order (heed_qa_kperm; cols a multiple of 256). */
-static void pack_act(uint8_t *tok, size_t cols, int kperm) { /* 0: none, 1: heed_qa_kperm, 6: heed_qa_kperm6 */
+/* The orders of the packed codes (heed_weights_table.kperm). */
+typedef enum pack_order { PK_NATURAL, PK_KP, PK_KP6, PK_KP2, PK_KP2_Q6 } pack_order;
+
+static pack_order pack_order_of(const heed_weights_table *t, int type) {
+  const int k4 = type == HEED_GGML_Q4_K || type == HEED_GGML_Q5_K, k6 = type == HEED_GGML_Q6_K;
+  if (t->kperm == 1) return k4 ? PK_KP : k6 ? PK_KP6 : PK_NATURAL;
+  if (t->kperm == 2) return k4 ? PK_KP2 : k6 ? PK_KP2_Q6 : PK_NATURAL;
+  return PK_NATURAL;
+}
+
+/* The packed copy after the blocks (heed_qa_layout), zero padded, its codes
+ * of each 256 in the order o (cols a multiple of 256 unless natural). PK_KP2
+ * also moves the scales: dh of group g holds at 8h + 2j + {0, 1} the d of its
+ * block 2j + h, and ds at 0..7 the d * code sum of its blocks 0..7 (8..15 zero). */
+static void pack_act(uint8_t *tok, size_t cols, pack_order o) {
   const heed_qa_layout l = heed_qa_layout_of(cols);
   const heed_qa_block *a = (const heed_qa_block *)tok;
   int8_t *q = (int8_t *)(tok + l.off_q);
   float *dh = (float *)(tok + l.off_dh), *ds = (float *)(tok + l.off_ds);
   const size_t nb = cols / HEED_QA_BLOCK;
-  for (size_t b = 0; b < nb; b++) {
-    memcpy(q + b * HEED_QA_BLOCK, a[b].q, HEED_QA_BLOCK);
-    dh[2 * b] = dh[2 * b + 1] = a[b].d;
-    ds[2 * b] = a[b].d * (float)a[b].s[0], ds[2 * b + 1] = a[b].d * (float)a[b].s[1];
-  }
+  for (size_t b = 0; b < nb; b++) memcpy(q + b * HEED_QA_BLOCK, a[b].q, HEED_QA_BLOCK);
+  if (o == PK_KP2)
+    for (size_t g = 0; g < nb / 8; g++)
+      for (size_t sb = 0; sb < 8; sb++) {
+        const heed_qa_block *x = a + 8 * g + sb;
+        dh[16 * g + 8 * (sb & 1) + (sb & ~(size_t)1)] = dh[16 * g + 8 * (sb & 1) + (sb & ~(size_t)1) + 1] = x->d;
+        ds[16 * g + sb] = x->d * (float)(x->s[0] + x->s[1]);
+        ds[16 * g + 8 + sb] = 0;
+      }
+  else
+    for (size_t b = 0; b < nb; b++) {
+      dh[2 * b] = dh[2 * b + 1] = a[b].d;
+      ds[2 * b] = a[b].d * (float)a[b].s[0], ds[2 * b + 1] = a[b].d * (float)a[b].s[1];
+    }
   memset(q + cols, 0, l.colsp - cols);
   for (size_t h = 2 * nb; h < l.colsp / 16; h++) dh[h] = ds[h] = 0;
-  if (kperm)
+  if (o != PK_NATURAL)
     for (size_t g = 0; g < cols; g += HEED_QA_GROUP) {
       int8_t tmp[HEED_QA_GROUP];
       memcpy(tmp, q + g, HEED_QA_GROUP);
-      for (unsigned i = 0; i < HEED_QA_GROUP; i++) q[g + i] = tmp[kperm == 6 ? heed_qa_kperm6(i) : heed_qa_kperm(i)];
+      for (unsigned i = 0; i < HEED_QA_GROUP; i++)
+        q[g + i] = tmp[o == PK_KP    ? heed_qa_kperm(i)
+                       : o == PK_KP6 ? heed_qa_kperm6(i)
+                                     : heed_qa_kp2(i, o == PK_KP2_Q6)];
     }
 }
 
@@ -181,12 +205,7 @@ static void quant_task(void *vc, size_t begin, size_t end, int worker) {
   for (size_t t = begin; t < end; t++) {
     uint8_t *tok = (uint8_t *)c->act + t * c->astride;
     c->t->quant(c->x + t * c->ldx, c->w->cols, (heed_qa_block *)tok);
-    if (c->t->pack)
-      pack_act(tok, c->w->cols,
-               !c->t->kperm                                                       ? 0
-               : c->w->type == HEED_GGML_Q4_K || c->w->type == HEED_GGML_Q5_K ? 1
-               : c->w->type == HEED_GGML_Q6_K                                 ? 6
-                                                                              : 0);
+    if (c->t->pack) pack_act(tok, c->w->cols, pack_order_of(c->t, c->w->type));
   }
 }
 

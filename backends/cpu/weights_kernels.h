@@ -65,6 +65,15 @@ static inline unsigned heed_qa_kperm6(unsigned i) {
   return 16 * L + 4 * k + m;
 }
 
+/* The 256-bit order (heed_weights_table.kperm 2): position i = 32v + 8j + m,
+ * v = 4h + k, holds for Q4_K and Q5_K code 64j + 32h + 8k + m (dword lanes
+ * 2j, 2j+1 of vector v: sub-block 2j + h) and for Q6_K code 128h + 32j + 8k
+ * + m (sub-block 8h + 2j + k / 2, activation block 4h + j). */
+static inline unsigned heed_qa_kp2(unsigned i, int q6) {
+  const unsigned v = i / 32, h = v / 4, k = v % 4, j = i % 32 / 8, m = i % 8;
+  return q6 ? 128 * h + 32 * j + 8 * k + m : 64 * j + 32 * h + 8 * k + m;
+}
+
 /* x: [n] f32, n a multiple of 32, finite; a: [n / 32] blocks. */
 typedef void (*heed_wquant_fn)(const float *x, size_t n, heed_qa_block *a);
 
@@ -90,9 +99,10 @@ typedef struct heed_weights_table {
   heed_isa isa;
   int dot;                   /* int8 dot-product kernels: avx512_vnni (vpdpbusd), arm64 dotprod (sdot) */
   int pack;                  /* the kernels read the packed copy of the activations (heed_qa_layout) */
-  int kperm;                 /* the K-quants read the packed codes of each 256 reordered so that dword
-                                lane L of every 64 holds one sub-block: Q4_K and Q5_K by heed_qa_kperm,
-                                Q6_K by heed_qa_kperm6 */
+  int kperm;                 /* the K-quants read the packed codes of each 256 reordered so that every
+                                dword lane holds one sub-block: 1 (64-byte vectors): Q4_K and Q5_K by
+                                heed_qa_kperm, Q6_K by heed_qa_kperm6; 2 (32-byte vectors): by
+                                heed_qa_kp2, and for Q4_K and Q5_K dh and ds in its order (pack_act) */
   heed_wquant_fn quant;
   const char *quant_name;
   heed_probe_fma_fn probe_dot; /* the int8_dot_peak probe (heed/bench.h); NULL: none */

@@ -18,132 +18,274 @@ WX_KERNELS(q4_k, WF_Q4_K, avx2)
 WX_KERNELS(q5_k, WF_Q5_K, avx2)
 WX_KERNELS(q6_k, WF_Q6_K, avx2)
 
-/* ---- the K-quants on the packed activations ----
+/* ---- the K-quants on int16 sums (the kp2 order) ----
  *
- * The chunk kernels above decode a K-quant's scales again for every 32
- * weights, in scalar code, and so run compute-bound at about a third of the
- * read bandwidth in decode. These decode each super-block (256 weights) once:
- * per half block h (16 weights) an f32 weight scale sf[h] and an offset
- * coefficient cf[h] (Q4_K/Q5_K: d * scale and -dmin * min of the sub-block;
- * Q6_K: d * scale and -32 d * scale), and read the packed activations
- * (heed_qa_layout: codes, dh = the block's d and ds = d * code sum per half
- * block), so that for a token
- *   y += sum_h cf[h] ds[h] + sum_j float(sum_{i in chunk j} u_i q_i) * (sf dh)
- * with the last product taken per half block (4 int32 lanes each). */
-#define KX_PF 8192 /* bytes of prefetch distance (rows are read in order) */
+ * A K-quant super-block (256 weights) has a weight scale per sub-block (32
+ * weights; Q6_K: 16) and the activations a scale per 32, so a dot product
+ * whose lanes mixed sub-blocks would have to be converted and scaled after
+ * every 32 weights. Here the codes of a group of 256 are rearranged, weights
+ * at decode and activations at packing (heed_qa_kp2, cpu_weights.c), so that
+ * every dword lane of the eight 32-byte vectors holds one sub-block: vector
+ * v = 4h + k, qword j holds
+ *   Q4_K/Q5_K: elements 64j + 32h + 8k + 0..7 (lanes 2j, 2j+1: sub-block 2j + h)
+ *   Q6_K:      elements 128h + 32j + 8k + 0..7 (lanes 2j, 2j+1: sub-block
+ *              8h + 2j + k / 2, activation block 4h + j)
+ * (a 4 x 4 transpose of qwords away from the natural decode). The
+ * vpmaddubsw products of several vectors then add up in int16 (bounded:
+ * 4 x 2 x 31 x 127 for Q4_K/Q5_K, 2 x 2 x 63 x 127 for Q6_K, both under
+ * 32767), one vpmaddwd by the int16 sub-block scales widens them, and per
+ * group, row and token the float work is two conversions and four fused
+ * multiply-adds, where converting every 32 products took eight of each.
+ *
+ * Per group, row and token, with P_h the int32 sums of half h:
+ *   Q4_K/Q5_K: t = cvt(P_0) dh_0 + cvt(P_1) dh_1;  acc += d t;  acc += mv ds32
+ *   Q6_K:      t = cvt(P_0) dh_0 + cvt(P_1) dh_1 + cs_0 ds_0 + cs_1 ds_1;  acc += d t
+ * in that order in the decode (one token) and prefill (panel) kernels alike,
+ * so a row gives the same bits alone and in a batch. */
+#define YP_PF 8192 /* bytes of prefetch distance in decode (rows are read in order) */
+#define YP_RP 8    /* rows of the prefill panel */
+#define YP_GMAX 16 /* groups per panel chunk: rows longer than 4096 add chunk by chunk */
 
-typedef struct kx_sb {
-  __m256 sf[2], cf[2]; /* half blocks 0..7, 8..15 */
-  __m256i u[8];        /* codes of chunk j (32 weights) */
-} kx_sb;
+typedef struct yp_group {
+  __m256i u[8];   /* codes in the kp2 order */
+  __m256i s16[4]; /* int16 scale of each lane's sub-block: Q4_K/Q5_K [h], Q6_K [2h + k / 2] */
+  __m256 f[2];    /* Q4_K/Q5_K: f[0] = -dmin * min of sub-block 0..7; Q6_K: -32 * scale of sub-block 0..15 */
+  __m256 d;       /* the super-block's d, in every lane */
+} yp_group;
 
-static inline __m256 kx_dup(__m256i v8, int hi) { /* 8 int32 -> lanes 2j, 2j+1 = v[j + 4 hi] as float */
-  const __m256i idx = hi ? _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7) : _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-  return _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(v8, idx));
+/* The 4 x 4 transpose of the qwords of v[0..3]: o[k] qword j = v[j] qword k. */
+WX_INLINE void yp_tq(const __m256i v[4], __m256i o[4]) {
+  const __m256i t0 = _mm256_unpacklo_epi64(v[0], v[1]), t1 = _mm256_unpackhi_epi64(v[0], v[1]),
+                t2 = _mm256_unpacklo_epi64(v[2], v[3]), t3 = _mm256_unpackhi_epi64(v[2], v[3]);
+  o[0] = _mm256_permute2x128_si256(t0, t2, 0x20), o[1] = _mm256_permute2x128_si256(t1, t3, 0x20);
+  o[2] = _mm256_permute2x128_si256(t0, t2, 0x31), o[3] = _mm256_permute2x128_si256(t1, t3, 0x31);
 }
 
-static inline __attribute__((always_inline)) void kx_decode(const int f, const uint8_t *b, kx_sb *o) {
+WX_INLINE void yp_decode(const int f, const uint8_t *b, yp_group *o) {
   const __m256i m4 = _mm256_set1_epi8(0x0F);
   if (f == WF_Q4_K || f == WF_Q5_K) {
     uint32_t ut[4];
     wx_k4_scales(b, ut);
     const __m128i s8 = _mm_loadu_si128((const __m128i *)ut); /* 8 scales, then 8 mins */
-    const __m256i sc = _mm256_cvtepu8_epi32(s8), mn = _mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8));
-    const __m256 d = _mm256_set1_ps(wx_f16(b)), dmin = _mm256_set1_ps(-wx_f16(b + 2));
-    for (int hi = 0; hi < 2; hi++)
-      o->sf[hi] = _mm256_mul_ps(kx_dup(sc, hi), d), o->cf[hi] = _mm256_mul_ps(kx_dup(mn, hi), dmin);
+    o->s16[0] = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(s8, _mm_setr_epi8(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6)));
+    o->s16[1] = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(s8, _mm_setr_epi8(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7)));
+    o->f[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(s8, 8))),
+                            _mm256_set1_ps(-wx_f16(b + 2)));
+    o->f[1] = _mm256_setzero_ps();
+    o->d = _mm256_set1_ps(wx_f16(b));
     const uint8_t *qs = b + (f == WF_Q4_K ? 16 : 48);
-    const __m256i qh = f == WF_Q5_K ? _mm256_loadu_si256((const __m256i *)(b + 16)) : _mm256_setzero_si256();
-    for (int j = 0; j < 8; j += 2) {
-      const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 16 * j));
-      o->u[j] = _mm256_and_si256(q, m4), o->u[j + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-      if (f == WF_Q5_K)
-        for (int k = j; k < j + 2; k++)
-          o->u[k] = _mm256_or_si256(
-              o->u[k], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, k), _mm256_set1_epi8(1)), 4));
-    }
-  } else { /* Q6_K */
-    const __m256 d = _mm256_set1_ps(wx_f16(b + 208)), m32 = _mm256_set1_ps(-32.0f);
+    __m256i c[4], t[4];
+    for (int j = 0; j < 4; j++) c[j] = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+    yp_tq(c, t);
+    for (int k = 0; k < 4; k++) o->u[k] = _mm256_and_si256(t[k], m4), o->u[4 + k] = _mm256_and_si256(_mm256_srli_epi16(t[k], 4), m4);
+    if (f == WF_Q5_K) /* the fifth bit of element 64j + 32h + l is bit 2j + h of qh[l] */
+      for (int h = 0; h < 2; h++) {
+        const __m256i bit = _mm256_setr_epi64x((long long)(0x0101010101010101ull << h), (long long)(0x0404040404040404ull << h),
+                                               (long long)(0x1010101010101010ull << h), (long long)(0x4040404040404040ull << h));
+        for (int k = 0; k < 4; k++) {
+          int64_t q8;
+          memcpy(&q8, b + 16 + 8 * k, 8);
+          const __m256i hit = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_set1_epi64x(q8), bit), bit);
+          o->u[4 * h + k] = _mm256_or_si256(o->u[4 * h + k], _mm256_and_si256(hit, _mm256_set1_epi8(0x10)));
+        }
+      }
+  } else { /* Q6_K: elements 128h + 32k + 0..31 in n[4h + k], then the transposes */
     const __m128i s16 = _mm_loadu_si128((const __m128i *)(b + 192));
-    for (int hi = 0; hi < 2; hi++) {
-      o->sf[hi] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi ? _mm_srli_si128(s16, 8) : s16)), d);
-      o->cf[hi] = _mm256_mul_ps(o->sf[hi], m32);
+    for (int i = 0; i < 4; i++) { /* lanes 2j, 2j+1 of s16[2h + s]: scale 8h + 2j + s */
+      const char h = (char)(8 * (i >> 1) + (i & 1));
+      o->s16[i] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+          s16, _mm_setr_epi8(h, h, h, h, h + 2, h + 2, h + 2, h + 2, h + 4, h + 4, h + 4, h + 4, h + 6, h + 6, h + 6, h + 6)));
     }
+    const __m256 m32 = _mm256_set1_ps(-32.0f);
+    o->f[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(s16)), m32);
+    o->f[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(s16, 8))), m32);
+    o->d = _mm256_set1_ps(wx_f16(b + 208));
     const __m256i m2 = _mm256_set1_epi8(3);
-    for (int h = 0; h < 2; h++) { /* chunks 4h .. 4h + 3: 128 weights */
+    for (int h = 0; h < 2; h++) {
       const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(b + 64 * h)),
                     ql1 = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32)),
                     qh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+      __m256i n[4];
       for (int k = 0; k < 4; k++) {
         const __m256i ql = k & 1 ? ql1 : ql0;
         const __m256i lo = _mm256_and_si256(k >> 1 ? _mm256_srli_epi16(ql, 4) : ql, m4);
-        const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m2);
-        o->u[4 * h + k] = _mm256_or_si256(lo, _mm256_slli_epi16(hb, 4));
+        n[k] = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), m2), 4));
+      }
+      yp_tq(n, o->u + 4 * h);
+    }
+  }
+}
+
+/* Keeps v in a register as it is: GCC otherwise regroups the int16 sums into
+ * trees of all R x T x 4 products, which need far more than 16 registers. */
+#define YP_KEEP(v) __asm__("" : "+x"(v))
+
+/* The int32 sums of half h for R rows (u: the rows' groups) by T tokens (q:
+ * their codes of this group). */
+WX_INLINE void yp_half(const int f, const int R, const int T, const yp_group *const *z, const int8_t *const *q, int h,
+                       __m256i P[4][4]) {
+  const int run = f == WF_Q6_K ? 2 : 4; /* vectors summed in int16 before vpmaddwd */
+  for (int k0 = 0; k0 < 4; k0 += run) {
+    __m256i p[4][4];
+    for (int k = k0; k < k0 + run; k++) {
+      __m256i a[4];
+      for (int t = 0; t < T; t++) a[t] = _mm256_load_si256((const __m256i *)(q[t] + 32 * (4 * h + k)));
+      for (int r = 0; r < R; r++) {
+        const __m256i u = _mm256_load_si256(&z[r]->u[4 * h + k]);
+        for (int t = 0; t < T; t++) {
+          const __m256i m = _mm256_maddubs_epi16(u, a[t]);
+          p[r][t] = k == k0 ? m : _mm256_add_epi16(p[r][t], m);
+          YP_KEEP(p[r][t]);
+        }
+      }
+    }
+    const int si = f == WF_Q6_K ? 2 * h + k0 / 2 : h;
+    for (int r = 0; r < R; r++) {
+      const __m256i sc = _mm256_load_si256(&z[r]->s16[si]);
+      for (int t = 0; t < T; t++) {
+        const __m256i m = _mm256_madd_epi16(p[r][t], sc);
+        P[r][t] = k0 ? _mm256_add_epi32(P[r][t], m) : m;
       }
     }
   }
 }
 
-/* Rows [0, n_rows) by NT tokens (1 or 4), packed activations. */
-static inline __attribute__((always_inline)) void kx_rows(const int f, const int NT, const uint8_t *w, size_t rb,
-                                                          size_t n_rows, size_t cols, const uint8_t *act, size_t as,
-                                                          float *y, size_t ldy) {
+/* One group of R rows by T tokens into acc (the order of the comment above). */
+WX_INLINE void yp_group_dot(const int f, const int R, const int T, const yp_group *const *z, const int8_t *const *q,
+                            const float *const *dh, const float *const *ds, __m256 acc[4][4]) {
+  __m256 tv[4][4];
+  for (int h = 0; h < 2; h++) {
+    __m256i P[4][4];
+    yp_half(f, R, T, z, q, h, P);
+    for (int t = 0; t < T; t++) {
+      const __m256 d = _mm256_load_ps(dh[t] + 8 * h);
+      for (int r = 0; r < R; r++)
+        tv[r][t] = h ? _mm256_fmadd_ps(_mm256_cvtepi32_ps(P[r][t]), d, tv[r][t]) : _mm256_mul_ps(_mm256_cvtepi32_ps(P[r][t]), d);
+    }
+  }
+  for (int t = 0; t < T; t++) {
+    const __m256 s0 = _mm256_load_ps(ds[t]), s1 = _mm256_load_ps(ds[t] + 8);
+    for (int r = 0; r < R; r++) {
+      if (f == WF_Q6_K) {
+        tv[r][t] = _mm256_fmadd_ps(z[r]->f[0], s0, tv[r][t]);
+        tv[r][t] = _mm256_fmadd_ps(z[r]->f[1], s1, tv[r][t]);
+        acc[r][t] = _mm256_fmadd_ps(tv[r][t], z[r]->d, acc[r][t]);
+      } else {
+        acc[r][t] = _mm256_fmadd_ps(tv[r][t], z[r]->d, acc[r][t]);
+        acc[r][t] = _mm256_fmadd_ps(z[r]->f[0], s0, acc[r][t]);
+      }
+    }
+  }
+}
+
+/* Decode: one row by one token, chunk by chunk as the panel goes. */
+WX_INLINE void yp_vec_row(const int f, const uint8_t *row, size_t cols, const uint8_t *tok, float *y) {
   const heed_qa_layout l = heed_qa_layout_of(cols);
-  const size_t ng = cols / 256, gb = wf_bytes(f);
-  const __m256i ones = _mm256_set1_epi16(1);
-  static const int32_t pidx[4][8] = {{0, 0, 0, 0, 1, 1, 1, 1}, {2, 2, 2, 2, 3, 3, 3, 3}, {4, 4, 4, 4, 5, 5, 5, 5},
-                                     {6, 6, 6, 6, 7, 7, 7, 7}};
-  for (size_t r = 0; r < n_rows; r++) {
-    const uint8_t *row = w + r * rb;
-    __m256 acc[4][2];
-    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-    for (size_t g = 0; g < ng; g++) {
-      for (size_t o = 0; o < gb; o += 64) _mm_prefetch((const char *)row + g * gb + KX_PF + o, _MM_HINT_T0);
-      kx_sb z;
-      kx_decode(f, row + g * gb, &z);
-      for (int t = 0; t < NT; t++) {
-        const uint8_t *tok = act + (size_t)t * as;
-        const float *dh = (const float *)(tok + l.off_dh) + 16 * g, *ds = (const float *)(tok + l.off_ds) + 16 * g;
-        const int8_t *q = (const int8_t *)(tok + l.off_q) + 256 * g;
-        __m256 sd[2];
-        for (int hi = 0; hi < 2; hi++) {
-          sd[hi] = _mm256_mul_ps(z.sf[hi], _mm256_loadu_ps(dh + 8 * hi));
-          acc[t][hi] = _mm256_fmadd_ps(z.cf[hi], _mm256_loadu_ps(ds + 8 * hi), acc[t][hi]);
-        }
-        for (int j = 0; j < 8; j++) {
-          const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(z.u[j], _mm256_loadu_si256((const __m256i *)(q + 32 * j))), ones);
-          const __m256 s = _mm256_permutevar8x32_ps(sd[j >> 2], _mm256_loadu_si256((const __m256i *)pidx[j & 3]));
-          acc[t][j & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc[t][j & 1]);
-        }
-      }
+  const size_t ngt = cols / HEED_QA_GROUP, gb = wf_bytes(f);
+  float out = 0;
+  for (size_t g0 = 0; g0 < ngt; g0 += YP_GMAX) {
+    const size_t g1 = ngt - g0 < YP_GMAX ? ngt : g0 + YP_GMAX;
+    __m256 acc[4][4];
+    acc[0][0] = _mm256_setzero_ps();
+    for (size_t g = g0; g < g1; g++) {
+      for (size_t o = 0; o < gb; o += 64) _mm_prefetch((const char *)row + g * gb + YP_PF + o, _MM_HINT_T0);
+      yp_group z;
+      yp_decode(f, row + g * gb, &z);
+      const yp_group *zp[1] = {&z};
+      const int8_t *q[1] = {(const int8_t *)(tok + l.off_q) + HEED_QA_GROUP * g};
+      const float *dh[1] = {(const float *)(tok + l.off_dh) + 16 * g}, *ds[1] = {(const float *)(tok + l.off_ds) + 16 * g};
+      yp_group_dot(f, 1, 1, zp, q, dh, ds, acc);
     }
-    for (int t = 0; t < NT; t++) {
-      __m256 a = _mm256_add_ps(acc[t][0], acc[t][1]);
-      __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-      s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-      s = _mm_add_ss(s, _mm_movehdup_ps(s));
-      y[(size_t)t * ldy + r] = _mm_cvtss_f32(s);
-    }
+    const float v = hsum256(acc[0][0]);
+    out = g0 ? out + v : v;
   }
+  *y = out;
 }
 
-#define KX_KERNELS(name, F)                                                                                        \
-  static void kx_##name##_vec(const void *w, size_t rb, size_t nr, size_t cols, const void *act, size_t as,         \
-                              size_t nt, float *y, size_t ldy) {                                                   \
-    for (size_t t = 0; t < nt; t++)                                                                                \
-      kx_rows(F, 1, (const uint8_t *)w, rb, nr, cols, (const uint8_t *)act + t * as, as, y + t * ldy, ldy);        \
-  }                                                                                                                \
-  static void kx_##name##_mat(const void *w, size_t rb, size_t nr, size_t cols, const void *act, size_t as,         \
-                              size_t nt, float *y, size_t ldy) {                                                   \
-    size_t t = 0;                                                                                                  \
-    for (; t + 4 <= nt; t += 4)                                                                                    \
-      kx_rows(F, 4, (const uint8_t *)w, rb, nr, cols, (const uint8_t *)act + t * as, as, y + t * ldy, ldy);        \
-    for (; t < nt; t++)                                                                                            \
-      kx_rows(F, 1, (const uint8_t *)w, rb, nr, cols, (const uint8_t *)act + t * as, as, y + t * ldy, ldy);        \
+/* Rows [0, R) of a panel chunk (groups g0 .. g0 + ng) by T tokens; add: y += (a later chunk). */
+WX_INLINE void yp_tile(const int f, const int R, const int T, const yp_group *pan, size_t g0, size_t ng,
+                       const uint8_t *tok, size_t as, const heed_qa_layout *l, float *y, size_t ldy, int add) {
+  __m256 acc[4][4];
+  for (int r = 0; r < R; r++)
+    for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+  for (size_t g = 0; g < ng; g++) {
+    const size_t ga = g0 + g;
+    const yp_group *z[4];
+    const int8_t *q[4];
+    const float *dh[4], *ds[4];
+    for (int r = 0; r < R; r++) z[r] = pan + (size_t)r * YP_GMAX + g;
+    for (int t = 0; t < T; t++) {
+      const uint8_t *tk = tok + (size_t)t * as;
+      q[t] = (const int8_t *)(tk + l->off_q) + HEED_QA_GROUP * ga;
+      dh[t] = (const float *)(tk + l->off_dh) + 16 * ga, ds[t] = (const float *)(tk + l->off_ds) + 16 * ga;
+    }
+    yp_group_dot(f, R, T, z, q, dh, ds, acc);
   }
-KX_KERNELS(q4_k, WF_Q4_K)
-KX_KERNELS(q5_k, WF_Q5_K)
-KX_KERNELS(q6_k, WF_Q6_K)
+  for (int r = 0; r < R; r++)
+    for (int t = 0; t < T; t++) {
+      const float v = hsum256(acc[r][t]);
+      y[(size_t)t * ldy + r] = add ? y[(size_t)t * ldy + r] + v : v;
+    }
+}
+
+#ifndef YP_TR
+#define YP_TR 4 /* tile rows */
+#endif
+#ifndef YP_TT
+#define YP_TT 3 /* tile tokens */
+#endif
+#define YP_TILE_CASE(F, R, T) \
+  case (R) * 8 + (T): yp_tile(F, R, T, pan, g0, ng, tok, as, l, y, ldy, add); break;
+#define YP_TILE_ANY(name, F)                                                                                      \
+  __attribute__((noinline)) static void yp_tile_##name(int R, int T, const yp_group *pan, size_t g0, size_t ng,   \
+                                                       const uint8_t *tok, size_t as, const heed_qa_layout *l,    \
+                                                       float *y, size_t ldy, int add) {                           \
+    switch (R * 8 + T) {                                                                                          \
+      YP_TILE_CASE(F, 4, 4) YP_TILE_CASE(F, 4, 3) YP_TILE_CASE(F, 4, 2) YP_TILE_CASE(F, 4, 1)                     \
+      YP_TILE_CASE(F, 3, 4) YP_TILE_CASE(F, 3, 3) YP_TILE_CASE(F, 3, 2) YP_TILE_CASE(F, 3, 1)                     \
+      YP_TILE_CASE(F, 2, 4) YP_TILE_CASE(F, 2, 3) YP_TILE_CASE(F, 2, 2) YP_TILE_CASE(F, 2, 1)                     \
+      YP_TILE_CASE(F, 1, 4) YP_TILE_CASE(F, 1, 3) YP_TILE_CASE(F, 1, 2) YP_TILE_CASE(F, 1, 1)                     \
+      default: break;                                                                                             \
+    }                                                                                                             \
+  }
+
+/* Prefill: YP_RP rows decoded into the panel, a chunk of at most YP_GMAX
+ * groups at a time, then YP_TR x YP_TT tiles over it, tokens outer (their
+ * codes stay in L1 while the panel's rows go by). */
+#define YP_KERNELS(name, F)                                                                                       \
+  YP_TILE_ANY(name, F)                                                                                            \
+  static void yp_##name##_vec(const void *w, size_t rb, size_t nr, size_t cols, const void *act, size_t as,       \
+                              size_t nt, float *y, size_t ldy) {                                                  \
+    for (size_t t = 0; t < nt; t++)                                                                               \
+      for (size_t r = 0; r < nr; r++)                                                                             \
+        yp_vec_row(F, (const uint8_t *)w + r * rb, cols, (const uint8_t *)act + t * as, y + t * ldy + r);        \
+  }                                                                                                               \
+  static void yp_##name##_mat(const void *w, size_t rb, size_t nr, size_t cols, const void *act, size_t as,       \
+                              size_t nt, float *y, size_t ldy) {                                                  \
+    const heed_qa_layout l = heed_qa_layout_of(cols);                                                             \
+    const size_t ngt = cols / HEED_QA_GROUP;                                                                      \
+    yp_group pan[YP_RP * YP_GMAX] __attribute__((aligned(32)));                                                   \
+    for (size_t r0 = 0; r0 < nr; r0 += YP_RP) {                                                                   \
+      const size_t rp = nr - r0 < YP_RP ? nr - r0 : YP_RP;                                                        \
+      for (size_t g0 = 0; g0 < ngt; g0 += YP_GMAX) {                                                              \
+        const size_t ng = ngt - g0 < YP_GMAX ? ngt - g0 : YP_GMAX;                                                \
+        for (size_t r = 0; r < rp; r++)                                                                           \
+          for (size_t g = 0; g < ng; g++)                                                                         \
+            yp_decode(F, (const uint8_t *)w + (r0 + r) * rb + (g0 + g) * wf_bytes(F), pan + r * YP_GMAX + g);     \
+        for (size_t t0 = 0; t0 < nt; t0 += YP_TT) {                                                               \
+          const int T = nt - t0 < YP_TT ? (int)(nt - t0) : YP_TT;                                                 \
+          for (size_t r1 = 0; r1 < rp; r1 += YP_TR) {                                                             \
+            const int R = rp - r1 < YP_TR ? (int)(rp - r1) : YP_TR;                                               \
+            yp_tile_##name(R, T, pan + r1 * YP_GMAX, g0, ng, (const uint8_t *)act + t0 * as, as, &l,              \
+                           y + t0 * ldy + r0 + r1, ldy, g0 > 0);                                                  \
+          }                                                                                                       \
+        }                                                                                                         \
+      }                                                                                                           \
+    }                                                                                                             \
+  }
+YP_KERNELS(q4_k, WF_Q4_K)
+YP_KERNELS(q5_k, WF_Q5_K)
+YP_KERNELS(q6_k, WF_Q6_K)
 
 /* The 32 activations of block a, quantized as the reference does (same bits). */
 static void quant_avx2(const float *x, size_t n, heed_qa_block *a) {
@@ -247,11 +389,12 @@ void heed_weights_register_avx2(heed_weights_table *t) {
   HEED_WSLOT_SET(t, Q5_0, wmm_q5_0_vec_avx2, wmm_q5_0_mat_avx2);
   HEED_WSLOT_SET(t, Q5_1, wmm_q5_1_vec_avx2, wmm_q5_1_mat_avx2);
   HEED_WSLOT_SET(t, Q8_0, wmm_q8_0_vec_avx2, wmm_q8_0_mat_avx2);
-  /* the K-quants read the packed activations (see kx_rows) */
+  /* the K-quants read the packed activations in the kp2 order (see yp_decode) */
   t->pack = 1;
+  t->kperm = 2;
   (void)wmm_q4_k_vec_avx2, (void)wmm_q5_k_vec_avx2, (void)wmm_q6_k_vec_avx2;
   (void)wmm_q4_k_mat_avx2, (void)wmm_q5_k_mat_avx2, (void)wmm_q6_k_mat_avx2;
-  HEED_WSLOT_SET(t, Q4_K, kx_q4_k_vec, kx_q4_k_mat);
-  HEED_WSLOT_SET(t, Q5_K, kx_q5_k_vec, kx_q5_k_mat);
-  HEED_WSLOT_SET(t, Q6_K, kx_q6_k_vec, kx_q6_k_mat);
+  HEED_WSLOT_SET(t, Q4_K, yp_q4_k_vec, yp_q4_k_mat);
+  HEED_WSLOT_SET(t, Q5_K, yp_q5_k_vec, yp_q5_k_mat);
+  HEED_WSLOT_SET(t, Q6_K, yp_q6_k_vec, yp_q6_k_mat);
 }
