@@ -2,8 +2,8 @@
  *
  * Register-blocked cores, instantiated per storage type, float and quantized
  * (attn_wrap.h picks them or a converted chunk):
- *   qk: 4 query rows x 16 keys = 8 accumulators (outer product, K transposed);
- *   pv: 4 query rows x 16 output columns = 8 accumulators.
+ *   qk: up to 6 query rows x 16 keys = 12 accumulators (outer product, K transposed);
+ *   pv: up to 6 query rows x 16 output columns = 12 accumulators.
  * Head dims are multiples of 16, so no column tails. */
 #include <math.h>
 
@@ -17,87 +17,86 @@
 
 
 /* The register-blocked cores, instantiated per storage type: LD16 turns a
- * run of 16 stored elements into two vectors of 8 floats (kv_elem.h). */
-/* q.K^T as an outer product over the key panels: for each channel d, a
- * panel's 16 keys (2 vectors) times 4 broadcast query values, 8 accumulators.
- * A last, partial panel is done one key at a time. */
-#define ATTN_QK_CORES(SUF)                                                                         \
-  static void qk_core_##SUF(const float *q, int R, const void *kt, int n, int dk, float *s, int lds) { \
-    int j = 0;                                                                                     \
-    for (; j + 16 <= n; j += 16) {                                                                 \
-      int r = 0;                                                                                   \
-      for (; r + 4 <= R; r += 4) {                                                                 \
-        const float *q0 = q + (size_t)r * dk, *q1 = q0 + dk, *q2 = q1 + dk, *q3 = q2 + dk;         \
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0; \
-        const uint8_t *k = HEED_K_RUN(kt, B16_##SUF, dk, j, 0);                                    \
-        for (int d = 0; d < dk; d++, k += B16_##SUF) {                                             \
-          __m256 x0, x1, w;                                                                        \
-          ld16_##SUF(k, &x0, &x1);                                                                 \
-          w = _mm256_broadcast_ss(q0 + d), a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1); \
-          w = _mm256_broadcast_ss(q1 + d), b0 = _mm256_fmadd_ps(w, x0, b0), b1 = _mm256_fmadd_ps(w, x1, b1); \
-          w = _mm256_broadcast_ss(q2 + d), c0 = _mm256_fmadd_ps(w, x0, c0), c1 = _mm256_fmadd_ps(w, x1, c1); \
-          w = _mm256_broadcast_ss(q3 + d), d0 = _mm256_fmadd_ps(w, x0, d0), d1 = _mm256_fmadd_ps(w, x1, d1); \
-        }                                                                                          \
-        float *sr = s + (size_t)r * lds + j;                                                       \
-        _mm256_storeu_ps(sr, a0), _mm256_storeu_ps(sr + 8, a1), sr += lds;                         \
-        _mm256_storeu_ps(sr, b0), _mm256_storeu_ps(sr + 8, b1), sr += lds;                         \
-        _mm256_storeu_ps(sr, c0), _mm256_storeu_ps(sr + 8, c1), sr += lds;                         \
-        _mm256_storeu_ps(sr, d0), _mm256_storeu_ps(sr + 8, d1);                                    \
-      }                                                                                            \
-      for (; r < R; r++) {                                                                         \
-        const float *q0 = q + (size_t)r * dk;                                                      \
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                                  \
-        const uint8_t *k = HEED_K_RUN(kt, B16_##SUF, dk, j, 0);                                    \
-        for (int d = 0; d < dk; d++, k += B16_##SUF) {                                             \
-          __m256 x0, x1, w = _mm256_broadcast_ss(q0 + d);                                          \
-          ld16_##SUF(k, &x0, &x1);                                                                 \
-          a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1);                        \
-        }                                                                                          \
-        _mm256_storeu_ps(s + (size_t)r * lds + j, a0), _mm256_storeu_ps(s + (size_t)r * lds + j + 8, a1); \
-      }                                                                                            \
-    }                                                                                              \
-    qk_tail_##SUF(q, R, kt, j, n, dk, s, lds);                                                     \
+ * run of 16 stored elements into two vectors of 8 floats (kv_elem.h). Both
+ * keep up to YR = 6 query rows in one pass (12 of the 16 registers as
+ * accumulators, two for the run, one for the broadcast value): a decode step
+ * with a GQA group of 5 or 6 heads (Qwen2.5's 6) reads and converts each K or
+ * V element once, and the prefill's f32 cores do 12 FMAs per 8 loads, where 4
+ * rows did 8 per 6. */
+#define YR 6
+
+/* Calls F(rr, ...) with rr a constant 1..YR. */
+#define Y_ROWS(rr, F, ...)            \
+  switch (rr) {                       \
+    case 1: F(1, __VA_ARGS__); break; \
+    case 2: F(2, __VA_ARGS__); break; \
+    case 3: F(3, __VA_ARGS__); break; \
+    case 4: F(4, __VA_ARGS__); break; \
+    case 5: F(5, __VA_ARGS__); break; \
+    default: F(6, __VA_ARGS__); break; \
   }
 
-/* P.V: 4 rows x 16 columns (one run) = 8 accumulators, over the n keys. */
-#define ATTN_PV_CORES(SUF) \
-static void pv_core_##SUF(const float *p, int ldp, int R, const void *v, int ldv, int n, int nc, float *o, int ldo) { \
-  const size_t vstride = (size_t)(ldv / 16) * B16_##SUF; \
-  for (int c = 0; c < nc; c += 16) { \
-    const uint8_t *vc = HEED_V_RUN(v, B16_##SUF, ldv, 0, c); \
-    int r = 0; \
-    for (; r + 4 <= R; r += 4) { \
-      float *o0 = o + (size_t)r * ldo + c, *o1 = o0 + ldo, *o2 = o1 + ldo, *o3 = o2 + ldo; \
-      const float *p0 = p + (size_t)r * ldp, *p1 = p0 + ldp, *p2 = p1 + ldp, *p3 = p2 + ldp; \
-      __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o0 + 8), b0 = _mm256_loadu_ps(o1), \
-             b1 = _mm256_loadu_ps(o1 + 8), c0 = _mm256_loadu_ps(o2), c1 = _mm256_loadu_ps(o2 + 8), \
-             d0 = _mm256_loadu_ps(o3), d1 = _mm256_loadu_ps(o3 + 8); \
-      const uint8_t *vr = vc; \
-      for (int j = 0; j < n; j++, vr += vstride) { \
-        __m256 x0, x1, w; \
-        ld16_##SUF(vr, &x0, &x1); \
-        w = _mm256_broadcast_ss(p0 + j), a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1); \
-        w = _mm256_broadcast_ss(p1 + j), b0 = _mm256_fmadd_ps(w, x0, b0), b1 = _mm256_fmadd_ps(w, x1, b1); \
-        w = _mm256_broadcast_ss(p2 + j), c0 = _mm256_fmadd_ps(w, x0, c0), c1 = _mm256_fmadd_ps(w, x1, c1); \
-        w = _mm256_broadcast_ss(p3 + j), d0 = _mm256_fmadd_ps(w, x0, d0), d1 = _mm256_fmadd_ps(w, x1, d1); \
-      } \
-      _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1), _mm256_storeu_ps(o1, b0), _mm256_storeu_ps(o1 + 8, b1); \
-      _mm256_storeu_ps(o2, c0), _mm256_storeu_ps(o2 + 8, c1), _mm256_storeu_ps(o3, d0), _mm256_storeu_ps(o3 + 8, d1); \
-    } \
-    for (; r < R; r++) { \
-      float *o0 = o + (size_t)r * ldo + c; \
-      const float *p0 = p + (size_t)r * ldp; \
-      __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o0 + 8); \
-      const uint8_t *vr = vc; \
-      for (int j = 0; j < n; j++, vr += vstride) { \
-        __m256 x0, x1, w = _mm256_broadcast_ss(p0 + j); \
-        ld16_##SUF(vr, &x0, &x1); \
-        a0 = _mm256_fmadd_ps(w, x0, a0), a1 = _mm256_fmadd_ps(w, x1, a1); \
-      } \
-      _mm256_storeu_ps(o0, a0), _mm256_storeu_ps(o0 + 8, a1); \
-    } \
-  } \
-}
+/* q.K^T as an outer product over the key panels: for each channel d, a
+ * panel's 16 keys (2 vectors) times RR broadcast query values. A last,
+ * partial panel is done one key at a time. */
+#define ATTN_QK_CORES(SUF)                                                                                   \
+  static inline __attribute__((always_inline)) void qk_rows_##SUF(const int RR, const float *q, const uint8_t *k, \
+                                                                    int dk, float *s, int lds) {             \
+    __m256 a[YR][2];                                                                                         \
+    for (int r = 0; r < RR; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();                                    \
+    for (int d = 0; d < dk; d++, k += B16_##SUF) {                                                           \
+      __m256 x0, x1;                                                                                         \
+      ld16_##SUF(k, &x0, &x1);                                                                               \
+      for (int r = 0; r < RR; r++) {                                                                         \
+        const __m256 w = _mm256_broadcast_ss(q + (size_t)r * dk + d);                                        \
+        a[r][0] = _mm256_fmadd_ps(w, x0, a[r][0]), a[r][1] = _mm256_fmadd_ps(w, x1, a[r][1]);                \
+      }                                                                                                      \
+    }                                                                                                        \
+    for (int r = 0; r < RR; r++)                                                                             \
+      _mm256_storeu_ps(s + (size_t)r * lds, a[r][0]), _mm256_storeu_ps(s + (size_t)r * lds + 8, a[r][1]);    \
+  }                                                                                                          \
+  static void qk_core_##SUF(const float *q, int R, const void *kt, int n, int dk, float *s, int lds) {        \
+    int j = 0;                                                                                               \
+    for (; j + 16 <= n; j += 16) {                                                                           \
+      const uint8_t *k = HEED_K_RUN(kt, B16_##SUF, dk, j, 0);                                                \
+      for (int r = 0; r < R; r += YR) {                                                                      \
+        const int rr = R - r < YR ? R - r : YR;                                                              \
+        Y_ROWS(rr, qk_rows_##SUF, q + (size_t)r * dk, k, dk, s + (size_t)r * lds + j, lds);                  \
+      }                                                                                                      \
+    }                                                                                                        \
+    qk_tail_##SUF(q, R, kt, j, n, dk, s, lds);                                                               \
+  }
+
+/* P.V: RR rows x 16 columns (one run) = 2 RR accumulators, over the n keys. */
+#define ATTN_PV_CORES(SUF)                                                                                   \
+  static inline __attribute__((always_inline)) void pv_rows_##SUF(const int RR, const float *p, int ldp,      \
+                                                                    const uint8_t *vc, size_t vstride, int n, \
+                                                                    float *o, int ldo) {                      \
+    __m256 a[YR][2];                                                                                         \
+    for (int r = 0; r < RR; r++)                                                                             \
+      a[r][0] = _mm256_loadu_ps(o + (size_t)r * ldo), a[r][1] = _mm256_loadu_ps(o + (size_t)r * ldo + 8);   \
+    for (int j = 0; j < n; j++, vc += vstride) {                                                             \
+      __m256 x0, x1;                                                                                         \
+      ld16_##SUF(vc, &x0, &x1);                                                                              \
+      for (int r = 0; r < RR; r++) {                                                                         \
+        const __m256 w = _mm256_broadcast_ss(p + (size_t)r * ldp + j);                                       \
+        a[r][0] = _mm256_fmadd_ps(w, x0, a[r][0]), a[r][1] = _mm256_fmadd_ps(w, x1, a[r][1]);                \
+      }                                                                                                      \
+    }                                                                                                        \
+    for (int r = 0; r < RR; r++)                                                                             \
+      _mm256_storeu_ps(o + (size_t)r * ldo, a[r][0]), _mm256_storeu_ps(o + (size_t)r * ldo + 8, a[r][1]);    \
+  }                                                                                                          \
+  static void pv_core_##SUF(const float *p, int ldp, int R, const void *v, int ldv, int n, int nc, float *o,  \
+                            int ldo) {                                                                       \
+    const size_t vstride = (size_t)(ldv / 16) * B16_##SUF;                                                   \
+    for (int c = 0; c < nc; c += 16) {                                                                       \
+      const uint8_t *vc = HEED_V_RUN(v, B16_##SUF, ldv, 0, c);                                               \
+      for (int r = 0; r < R; r += YR) {                                                                      \
+        const int rr = R - r < YR ? R - r : YR;                                                              \
+        Y_ROWS(rr, pv_rows_##SUF, p + (size_t)r * ldp, ldp, vc, vstride, n, o + (size_t)r * ldo + c, ldo);   \
+      }                                                                                                      \
+    }                                                                                                        \
+  }
 
 /* Many-rows path: a run converted into an L1 buffer. */
 #define ATTN_CVT16(SUF)                                                     \
