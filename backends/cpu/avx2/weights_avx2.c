@@ -43,8 +43,12 @@ WX_KERNELS(q6_k, WF_Q6_K, avx2)
  * in that order in the decode (one token) and prefill (panel) kernels alike,
  * so a row gives the same bits alone and in a batch. */
 #define YP_PF 8192 /* bytes of prefetch distance in decode (rows are read in order) */
+#ifndef YP_RP
 #define YP_RP 8    /* rows of the prefill panel */
+#endif
+#ifndef YP_GMAX
 #define YP_GMAX 16 /* groups per panel chunk: rows longer than 4096 add chunk by chunk */
+#endif
 
 typedef struct yp_group {
   __m256i u[8];   /* codes in the kp2 order */
