@@ -763,6 +763,100 @@ heed_status heed_kv_seq_blocks(const heed_kv_cache *c, int seq, const uint32_t *
   return HEED_OK;
 }
 
+/* ---------- whole blocks as stored (a disk tier) ---------- */
+
+heed_status heed_kv_seq_block_read(const heed_kv_cache *c, int seq, unsigned b, void *dst) {
+  if (!c) return HEED_E_INVALID;
+  heed_kv_cache *cm = (heed_kv_cache *)c; /* only its error message is written */
+  kv_seq *s = NULL;
+  heed_status st = get_seq(cm, seq, &s);
+  if (st != HEED_OK) return st;
+  if (!dst) return heed_err_set(&cm->err, HEED_E_INVALID, "block read of sequence %d: dst is NULL", seq);
+  if ((uint64_t)(b + 1) * c->cfg.block_len > s->len)
+    return heed_err_set(&cm->err, HEED_E_RANGE, "block read: block %u of sequence %d is not full (it holds %u tokens, %u a block)",
+                        b, seq, s->len, c->cfg.block_len);
+  return storage_io(cm, 0, (size_t)s->blocks[b] * c->block_bytes, c->block_bytes, dst);
+}
+
+/* 1 when every value of n stored elements of type t at p is finite. */
+static int codes_finite(heed_dtype t, const uint8_t *p, size_t n) {
+  uint32_t bad = 0;
+  switch (t) {
+  case HEED_DTYPE_F32:
+    for (size_t i = 0; i < n; i++) {
+      uint32_t u;
+      memcpy(&u, p + 4 * i, 4);
+      bad |= (u & 0x7F800000u) == 0x7F800000u;
+    }
+    break;
+  case HEED_DTYPE_F16:
+  case HEED_DTYPE_BF16: {
+    const uint16_t m = t == HEED_DTYPE_F16 ? 0x7C00 : 0x7F80;
+    for (size_t i = 0; i < n; i++) {
+      uint16_t u;
+      memcpy(&u, p + 2 * i, 2);
+      bad |= (u & m) == m;
+    }
+    break;
+  }
+  case HEED_DTYPE_E4M3:
+    for (size_t i = 0; i < n; i++) bad |= (p[i] & 0x7F) == 0x7F;
+    break;
+  case HEED_DTYPE_E5M2:
+    for (size_t i = 0; i < n; i++) bad |= (p[i] & 0x7C) == 0x7C;
+    break;
+  default: /* integer codes */
+    break;
+  }
+  return !bad;
+}
+
+/* 1 when a block's bytes hold only finite values: codes, then the scales. */
+static int block_finite(const heed_kv_cache *c, const uint8_t *blk) {
+  const heed_kv_cache_config *g = &c->cfg;
+  const size_t H = g->n_kv_heads, bl = g->block_len;
+  if (!codes_finite(g->k_dtype, blk, H * bl * g->dk) || !codes_finite(g->v_dtype, blk + c->v_off, H * bl * g->dv))
+    return 0;
+  for (int side = 0; side < 2; side++) {
+    const heed_dtype t = side ? g->v_dtype : g->k_dtype;
+    const size_t aux = side ? c->v_aux : c->k_aux;
+    const uint8_t *a = blk + c->aux_off + (side ? H * c->k_aux : 0);
+    if (t == HEED_DTYPE_Q8 || t == HEED_DTYPE_Q4) {
+      if (!codes_finite(HEED_DTYPE_F16, a, H * aux / 2)) return 0;
+    } else if (aux && !codes_finite(HEED_DTYPE_F32, a, H * aux / 4)) {
+      return 0;
+    }
+  }
+  return 1;
+}
+
+heed_status heed_kv_seq_block_append(heed_kv_cache *c, int seq, const void *src) {
+  if (!c) return HEED_E_INVALID;
+  kv_seq *s = NULL;
+  heed_status st = get_seq(c, seq, &s);
+  if (st != HEED_OK) return st;
+  const unsigned bl = c->cfg.block_len;
+  if (!src) return heed_err_set(&c->err, HEED_E_INVALID, "block append to sequence %d: src is NULL", seq);
+  if (s->len % bl)
+    return heed_err_set(&c->err, HEED_E_INVALID,
+                        "block append to sequence %d: it holds %u tokens, not a multiple of the block's %u", seq, s->len, bl);
+  if ((uint64_t)s->len + bl > c->cfg.max_seq_len)
+    return heed_err_set(&c->err, HEED_E_RANGE, "block append to sequence %d (holding %u): beyond max_seq_len=%u", seq,
+                        s->len, c->cfg.max_seq_len);
+  if (!c->n_free) return heed_err_set(&c->err, HEED_E_NOMEM, "block append to sequence %d: no block is free", seq);
+  if (!block_finite(c, (const uint8_t *)src))
+    return heed_err_set(&c->err, HEED_E_INVALID,
+                        "block append to sequence %d: the block holds a value that is not finite (inf or NaN)", seq);
+  const uint32_t b = take_block(c);
+  if ((st = storage_io(c, 1, (size_t)b * c->block_bytes, c->block_bytes, (void *)src)) != HEED_OK) {
+    drop_block(c, b);
+    return st;
+  }
+  s->blocks[s->n_blocks++] = b;
+  s->len += bl;
+  return HEED_OK;
+}
+
 unsigned heed_kv_block_refs(const heed_kv_cache *c, uint32_t block) {
   return c && block < c->cfg.n_blocks ? c->refs[block] : 0;
 }

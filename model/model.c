@@ -418,4 +418,31 @@ size_t heed_model_kv_block_bytes(const heed_model *m) {
   return b;
 }
 
+heed_status heed_model_seq_block_read(const heed_model *m, int seq, unsigned b, void *dst) {
+  if (!m || !dst) return HEED_E_INVALID;
+  heed_model *mm = (heed_model *)m; /* only its error message is written */
+  char *o = (char *)dst;
+  for (uint32_t il = 0; il < m->cfg.n_layer; il++) {
+    heed_status st = heed_kv_seq_block_read(m->layers[il].kv, seq, b, o);
+    if (st) return kv_fail(mm, st, il, "block read");
+    o += heed_kv_cache_block_bytes(m->layers[il].kv);
+  }
+  return HEED_OK;
+}
+
+heed_status heed_model_seq_block_append(heed_model *m, int seq, const void *src) {
+  if (!m || !src) return HEED_E_INVALID;
+  const char *p = (const char *)src;
+  for (uint32_t il = 0; il < m->cfg.n_layer; il++) {
+    heed_status st = heed_kv_seq_block_append(m->layers[il].kv, seq, p);
+    if (st) { /* every layer or none */
+      long len = heed_kv_seq_len(m->layers[il].kv, seq);
+      for (uint32_t j = 0; j < il; j++) heed_kv_seq_truncate(m->layers[j].kv, seq, (unsigned)len);
+      return kv_fail(m, st, il, "block append");
+    }
+    p += heed_kv_cache_block_bytes(m->layers[il].kv);
+  }
+  return HEED_OK;
+}
+
 long heed_model_seq_len(const heed_model *m, int seq) { return m ? heed_kv_seq_len(m->layers[0].kv, seq) : -1; }

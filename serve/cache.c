@@ -297,10 +297,9 @@ int srv_cache_evict(srv_cache *c, double now, int *seq, int *retained) {
   return srv_cache_evict_why(c, now, NULL, seq, retained);
 }
 
-int srv_cache_evict_why(srv_cache *c, double now, const char *why, int *seq, int *retained) {
-  if (!c->n) return 0;
-  /* the victim: not retained before retained; among retained, the session
-   * seen longest ago; then the least recently used leaf */
+/* The victim: not retained before retained; among retained, the session
+ * seen longest ago; then the least recently used leaf. -1 when empty. */
+static int victim(const srv_cache *c, double now, int *retained) {
   int best = -1, best_ret = 0;
   double best_seen = 0;
   for (unsigned i = 0; i < c->n; i++) {
@@ -315,6 +314,17 @@ int srv_cache_evict_why(srv_cache *c, double now, const char *why, int *seq, int
     if (better) best = (int)i, best_ret = ret, best_seen = until;
   }
   if (retained) *retained = best_ret;
+  return best;
+}
+
+const srv_cache_node *srv_cache_victim(const srv_cache *c, double now) {
+  int i = victim(c, now, NULL);
+  return i < 0 ? NULL : c->leaves[i];
+}
+
+int srv_cache_evict_why(srv_cache *c, double now, const char *why, int *seq, int *retained) {
+  int best = victim(c, now, retained);
+  if (best < 0) return 0;
   unsigned lru = (unsigned)best;
   srv_cache_node *x = c->leaves[lru], *up = x->parent;
   ghost_record(c, x, srv_cache_leaf_tenant(c, x), now, why);

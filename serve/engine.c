@@ -57,6 +57,10 @@ struct srv_engine {
   size_t dcap;
   float *lp;                 /* [V] log-probabilities of one row */
   uint64_t seed_counter;
+  /* the disk tier (NULL: off) */
+  srv_disk *disk;
+  void *disk_buf;            /* [heed_model_kv_block_bytes] one block */
+  int32_t *disk_tok;         /* [n_ctx + draft_k + 2] a cached sequence's tokens */
 };
 
 static double now_s(void) {
@@ -272,15 +276,78 @@ static void publish_stats(srv_engine *e) {
   e->stats.blocks = heed_model_kv_blocks(e->m);
   e->stats.blocks_free = heed_model_kv_free_blocks(e->m);
   e->stats.block_tokens = e->block_len;
+  e->stats.disk = e->disk != NULL;
+  srv_disk_get_stats(e->disk, &e->stats.disk_st);
 }
 
 static void cache_drop(srv_engine *e, int seq) { heed_model_seq_free(e->m, seq); }
 
+/* ---------- the disk tier ---------- */
+
+static void make_room(srv_engine *e, uint32_t need);
+
+/* The first block's parent in the chain of block hashes: one chain per
+ * tenant, so no tenant reads another's blocks. */
+static uint64_t disk_seed(uint64_t tenant) { return srv_disk_chain(0x68656564u, (const int32_t *)&tenant, 2); }
+
+/* Writes the full blocks of a cached sequence that the disk does not hold. */
+static void disk_save(srv_engine *e, const srv_cache_node *leaf) {
+  size_t len = srv_cache_tokens(leaf, 0, NULL, 0);
+  const unsigned bl = e->block_len;
+  if (len / bl == 0 || len > (size_t)e->n_ctx + e->cfg.draft_k + 2) return;
+  srv_cache_tokens(leaf, 0, e->disk_tok, len);
+  uint64_t h = disk_seed(srv_cache_leaf_tenant(&e->cache, leaf));
+  for (unsigned b = 0; b < len / bl; b++) {
+    const uint64_t parent = h;
+    h = srv_disk_chain(parent, e->disk_tok + (size_t)b * bl, bl);
+    if (srv_disk_has(e->disk, h)) {
+      srv_disk_put(e->disk, h, parent, b, NULL, NULL); /* marks it used */
+      continue;
+    }
+    if (heed_model_seq_block_read(e->m, leaf->seq, b, e->disk_buf) != HEED_OK ||
+        srv_disk_put(e->disk, h, parent, b, e->disk_tok + (size_t)b * bl, e->disk_buf) != HEED_OK)
+      return; /* a full disk or an IO error: the rest is only not saved */
+  }
+}
+
+/* j's sequence holds its prompt's first *reuse tokens; the blocks after
+ * those that the disk holds are appended (the sequence cut back to a block
+ * boundary first), up to the last prompt token, which is always run. Returns
+ * the tokens read back and updates *reuse to what the sequence holds. */
+static size_t disk_restore(srv_engine *e, srv_job *j, size_t *reuse) {
+  const unsigned bl = e->block_len;
+  const size_t b0 = *reuse / bl, last = (j->n_prompt - 1) / bl; /* blocks [b0, last) may come from disk */
+  if (b0 >= last) return 0;
+  uint64_t h = disk_seed(j->tenant);
+  for (size_t b = 0; b < b0; b++) h = srv_disk_chain(h, j->prompt + b * bl, bl);
+  if (!srv_disk_has(e->disk, srv_disk_chain(h, j->prompt + b0 * bl, bl))) return 0;
+  size_t b = b0;
+  for (; b < last; b++) {
+    const uint64_t hb = srv_disk_chain(h, j->prompt + b * bl, bl);
+    if (!srv_disk_has(e->disk, hb)) break;
+    make_room(e, 1);
+    if (srv_disk_get(e->disk, hb, h, j->prompt + b * bl, e->disk_buf) != 1) break;
+    if (b == b0 && heed_model_seq_truncate(e->m, j->seq, (unsigned)(b0 * bl)) != HEED_OK) break;
+    if (heed_model_seq_block_append(e->m, j->seq, e->disk_buf) != HEED_OK) break;
+    h = hb;
+  }
+  if (b == b0) return 0;
+  long held = heed_model_seq_len(e->m, j->seq);
+  *reuse = held > 0 ? (size_t)held : 0;
+  return (b - b0) * bl;
+}
+
 /* Under mu. Evicts one cached sequence (a retained session's last) and frees
- * it, recording why; 0 when the cache is empty. */
+ * it, recording why; 0 when the cache is empty. With the disk tier on, its
+ * full blocks go to disk first. */
 static int evict_one(srv_engine *e, const char *why) {
   int seq, retained = 0;
-  if (!srv_cache_evict_why(&e->cache, now_s(), why, &seq, &retained)) return 0;
+  const double now = now_s();
+  if (e->disk) {
+    const srv_cache_node *v = srv_cache_victim(&e->cache, now);
+    if (v) disk_save(e, v);
+  }
+  if (!srv_cache_evict_why(&e->cache, now, why, &seq, &retained)) return 0;
   srv_metrics_eviction(e->mx, retained);
   cache_drop(e, seq);
   return 1;
@@ -346,6 +413,7 @@ static void job_finish(srv_engine *e, unsigned slot) {
     srv_metrics_tpot(e->mx, dt / (double)(j->n_generated - 1), j->n_generated - 1);
   }
   srv_metrics_tokens(e->mx, j->n_prompt, j->n_generated, j->n_cached, j->draft_prop, j->draft_acc);
+  srv_metrics_restored(e->mx, j->n_restored);
   if (j->cache.done) srv_metrics_match(e->mx, j->cache.source);
   pthread_cond_broadcast(&j->cv);
   job_unref(j);
@@ -374,6 +442,8 @@ static void report_match(srv_engine *e, srv_job *j, size_t lcp, srv_cache_source
       r->age_s = now_s() - leaf->t_made;
       r->source_finished = leaf->finished;
     }
+  } else if (source == SRV_SRC_DISK) {
+    r->match_len = lcp; /* the disk tier holds whole blocks: where they end is all it knows */
   } else if (source == SRV_SRC_RUNNING && o) {
     long held = heed_model_seq_len(e->m, o->seq);
     r->match_len = held > 0 ? (size_t)held : 0;
@@ -446,9 +516,14 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
       return -1;
     }
   }
+  const size_t restored = e->disk ? disk_restore(e, j, &reuse) : 0;
   j->n_cached = j->n_fed = reuse;
+  j->n_restored = restored;
   srv_cache_session_seen(&e->cache, j->session, now_s());
-  report_match(e, j, lcp, src >= 0 && lcp ? (hit >= 0 ? SRV_SRC_CACHE : SRV_SRC_RUNNING) : SRV_SRC_NONE, src, from_job);
+  srv_cache_source source = src >= 0 && lcp ? (hit >= 0 ? SRV_SRC_CACHE : SRV_SRC_RUNNING) : SRV_SRC_NONE;
+  if (restored && reuse > lcp) source = SRV_SRC_DISK, lcp = reuse; /* the disk held more than memory */
+  report_match(e, j, lcp, source, src, from_job);
+  j->cache.reused = reuse - restored, j->cache.restored = restored;
   j->seed = p->has_seed ? p->seed : (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull + ++e->seed_counter;
   /* drafting: lossless only where every row is sampled as the first would be */
   if (e->cfg.draft_k && !p->logprobs && !j->counts_ids && (p->repetition_penalty == 0 || p->repetition_penalty == 1)) {
@@ -669,6 +744,29 @@ static void *engine_main(void *arg) {
   return NULL;
 }
 
+/* Opens the disk tier of cfg.cache_dir, keyed by the model file's bytes and the KV layout. */
+static heed_status disk_open(srv_engine *e, heed_error *err) {
+  const heed_model_options *mo = heed_model_get_options(e->m);
+  const heed_model_config *mc = heed_model_get_config(e->m);
+  char layout[256], msg[512];
+  snprintf(layout, sizeof layout, "heed-kvb-1 kv=%s block_len=%u layers=%u block_bytes=%zu arch=%s",
+           heed_dtype_name(mo->kv_dtype), e->block_len, mc->n_layer, heed_model_kv_block_bytes(e->m),
+           heed_arch_name(mc->arch) ? heed_arch_name(mc->arch) : "?");
+  srv_disk_config dc = {.dir = e->cfg.cache_dir, .limit = e->cfg.cache_disk, .payload_bytes = heed_model_kv_block_bytes(e->m),
+                        .block_len = e->block_len};
+  const heed_gguf *g = heed_model_gguf(e->m);
+  const char *paths[64];
+  unsigned n_paths = 0;
+  for (uint32_t i = 0; i < heed_gguf_n_files(g) && n_paths < 64; i++) paths[n_paths++] = heed_gguf_file_path(g, i);
+  heed_status st = srv_disk_model_key(paths, n_paths, layout, &dc.key, msg, sizeof msg);
+  if (st == HEED_OK) st = srv_disk_open(&dc, &e->disk, msg, sizeof msg);
+  if (st != HEED_OK) return heed_err_set(err, st, "serve: %s", msg);
+  e->disk_buf = malloc(dc.payload_bytes);
+  e->disk_tok = malloc(((size_t)e->n_ctx + e->cfg.draft_k + 2) * sizeof(int32_t));
+  if (!e->disk_buf || !e->disk_tok) return heed_err_set(err, HEED_E_NOMEM, "serve: out of memory for the disk tier's buffers");
+  return HEED_OK;
+}
+
 heed_status srv_engine_start(heed_model *m, const srv_engine_config *cfg, srv_metrics *mx, srv_engine **out,
                              heed_error *err) {
   *out = NULL;
@@ -702,6 +800,7 @@ heed_status srv_engine_start(heed_model *m, const srv_engine_config *cfg, srv_me
     st = heed_err_set(err, HEED_E_NOMEM, "serve: out of memory for %u slots' buffers", S);
     goto fail;
   }
+  if (cfg->cache_dir && (st = disk_open(e, err)) != HEED_OK) goto fail;
   heed_spec_config sc = {.vocab = e->V, .max_draft = K ? K : 1, .max_penalty_tokens = e->n_ctx + K + 2};
   if ((st = heed_spec_create(heed_model_runtime(m), &sc, &e->spec, err))) goto fail;
   pthread_mutex_init(&e->mu, NULL);
@@ -716,6 +815,8 @@ heed_status srv_engine_start(heed_model *m, const srv_engine_config *cfg, srv_me
   return HEED_OK;
 fail:
   heed_spec_destroy(e->spec);
+  srv_disk_close(e->disk);
+  free(e->disk_buf), free(e->disk_tok);
   free(e->slot), free(e->drop), free(e->logits), free(e->batch), free(e->in_batch), free(e->len0), free(e->feed);
   free(e->n_draft), free(e->dbuf);
   free(e);
@@ -736,10 +837,14 @@ void srv_engine_halt(srv_engine *e) {
 void srv_engine_stop(srv_engine *e) {
   if (!e) return;
   srv_engine_halt(e);
+  /* what the cache holds survives a restart through the disk tier */
+  for (unsigned i = 0; e->disk && i < e->cache.n; i++) disk_save(e, e->cache.leaves[i]);
   int seq;
   while (srv_cache_evict_lru(&e->cache, &seq)) heed_model_seq_free(e->m, seq);
   srv_cache_free(&e->cache);
   heed_spec_destroy(e->spec);
+  srv_disk_close(e->disk);
+  free(e->disk_buf), free(e->disk_tok);
   pthread_mutex_destroy(&e->mu);
   pthread_cond_destroy(&e->wake);
   free(e->slot), free(e->drop), free(e->logits), free(e->batch), free(e->in_batch), free(e->len0), free(e->feed);
@@ -834,6 +939,18 @@ char *srv_engine_cache_list(srv_engine *e, uint64_t tenant) {
   cJSON_AddNumberToObject(o, "kv_blocks_free", heed_model_kv_free_blocks(e->m));
   cJSON_AddNumberToObject(o, "max_entries", e->cfg.cache_entries);
   cJSON_AddNumberToObject(o, "session_keep_s", e->cache.keep_s);
+  if (e->disk) { /* the disk tier, every tenant's blocks together */
+    srv_disk_stats ds;
+    srv_disk_get_stats(e->disk, &ds);
+    cJSON *d = cJSON_AddObjectToObject(o, "disk");
+    cJSON_AddNumberToObject(d, "blocks", (double)ds.files);
+    cJSON_AddNumberToObject(d, "bytes", (double)ds.bytes);
+    cJSON_AddNumberToObject(d, "limit_bytes", (double)ds.limit);
+    cJSON_AddNumberToObject(d, "written", (double)ds.written);
+    cJSON_AddNumberToObject(d, "read", (double)ds.read);
+    cJSON_AddNumberToObject(d, "evicted", (double)ds.evicted);
+    cJSON_AddNumberToObject(d, "deleted_bad", (double)ds.deleted_bad);
+  }
   pthread_mutex_unlock(&e->mu);
   char *s = cJSON_PrintUnformatted(o);
   cJSON_Delete(o);

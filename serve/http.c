@@ -516,6 +516,10 @@ static enum MHD_Result metrics(heed_server *s, struct MHD_Connection *c, req *q)
   srv_gauges g = {.queued = st.queued, .running = st.running, .cache_seqs = st.cache_seqs,
                   .blocks_used = st.blocks - st.blocks_free, .blocks_free = st.blocks_free,
                   .block_tokens = st.block_tokens};
+  if (st.disk)
+    g.disk = 1, g.disk_files = st.disk_st.files, g.disk_bytes = st.disk_st.bytes, g.disk_limit = st.disk_st.limit,
+    g.disk_written = st.disk_st.written, g.disk_read = st.disk_st.read, g.disk_evicted = st.disk_st.evicted,
+    g.disk_deleted_bad = st.disk_st.deleted_bad;
   srv_metrics_request(&s->mx, q->endpoint, 200);
   size_t len;
   char *text = srv_metrics_render(&s->mx, &g, &len);
@@ -662,7 +666,8 @@ heed_status heed_serve_start(heed_model *m, const heed_serve_options *o, heed_se
   if ((st = heed_chat_open(heed_model_gguf(m), s->tok, o->chat_template, &s->chat, err))) goto fail;
   srv_engine_config ec = {.slots = s->o.slots, .max_queue = s->o.max_queue, .draft_k = o->draft_k,
                           .cache_bytes = o->cache_bytes, .cache_entries = o->cache_bytes ? opt_entries(o) : 0,
-                          .session_keep_s = o->session_keep_s < 0 ? 0 : o->session_keep_s ? o->session_keep_s : 600};
+                          .session_keep_s = o->session_keep_s < 0 ? 0 : o->session_keep_s ? o->session_keep_s : 600,
+                          .cache_dir = o->cache_dir, .cache_disk = o->cache_disk ? o->cache_disk : 16ull << 30};
   if ((st = srv_engine_start(m, &ec, &s->mx, &s->eng, err))) goto fail;
   /* the address: IPv4 or IPv6 literal */
   struct sockaddr_storage ss;

@@ -97,6 +97,12 @@ void srv_metrics_tokens(srv_metrics *m, uint64_t prompt, uint64_t generated, uin
   pthread_mutex_unlock(&m->mu);
 }
 
+void srv_metrics_restored(srv_metrics *m, uint64_t tokens) {
+  pthread_mutex_lock(&m->mu);
+  m->restored_tokens += tokens;
+  pthread_mutex_unlock(&m->mu);
+}
+
 void srv_metrics_eviction(srv_metrics *m, int retained) {
   pthread_mutex_lock(&m->mu);
   m->evictions[retained ? 1 : 0]++;
@@ -207,15 +213,16 @@ char *srv_metrics_render(srv_metrics *m, const srv_gauges *g, size_t *len) {
   family(&o, "heed_cache_prompt_tokens_total", "counter",
          "Prompt tokens of finished requests by what the cache did: reused as they were, reused after a shift, "
          "restored from disk, recomputed.");
-  put(&o, "heed_cache_prompt_tokens_total{how=\"reused\"} %llu\n", (unsigned long long)c->cached_tokens);
+  put(&o, "heed_cache_prompt_tokens_total{how=\"reused\"} %llu\n",
+      (unsigned long long)(c->cached_tokens - c->restored_tokens));
   put(&o, "heed_cache_prompt_tokens_total{how=\"shifted\"} 0\n");
-  put(&o, "heed_cache_prompt_tokens_total{how=\"restored\"} 0\n");
+  put(&o, "heed_cache_prompt_tokens_total{how=\"restored\"} %llu\n", (unsigned long long)c->restored_tokens);
   put(&o, "heed_cache_prompt_tokens_total{how=\"recomputed\"} %llu\n",
       (unsigned long long)(c->prompt_tokens - c->cached_tokens));
   family(&o, "heed_cache_matches_total", "counter",
-         "Requests by the source of their longest shared prefix: none, the cache, a running request.");
-  static const char *src[] = {"none", "cache", "running"};
-  for (int i = 0; i < 3; i++)
+         "Requests by the source of their longest shared prefix: none, the cache, a running request, the disk tier.");
+  static const char *src[] = {"none", "cache", "running", "disk"};
+  for (int i = 0; i < 4; i++)
     put(&o, "heed_cache_matches_total{source=\"%s\"} %llu\n", src[i], (unsigned long long)c->matches[i]);
   family(&o, "heed_cache_evictions_total", "counter",
          "Cached sequences evicted; retained=\"1\": those of a session within its keep window (--session-keep).");
@@ -229,6 +236,17 @@ char *srv_metrics_render(srv_metrics *m, const srv_gauges *g, size_t *len) {
   gauge(&o, "heed_kv_blocks_free", "KV cache blocks free.", g->blocks_free);
   gauge(&o, "heed_kv_block_tokens", "Tokens a KV cache block holds.", g->block_tokens);
   gauge(&o, "heed_cache_sequences", "Sequences the prefix cache keeps: finished ones, and prompts once prefilled.", g->cache_seqs);
+  if (g->disk) {
+    gauge(&o, "heed_cache_disk_blocks", "KV blocks in the disk tier's files (--cache-dir).", g->disk_files);
+    gauge(&o, "heed_cache_disk_bytes", "Bytes of the disk tier's files.", g->disk_bytes);
+    gauge(&o, "heed_cache_disk_limit_bytes", "The disk tier's limit (--cache-disk).", g->disk_limit);
+    family(&o, "heed_cache_disk_blocks_total", "counter",
+           "Disk tier blocks by event: written, read back, deleted for room, deleted as corrupt or foreign.");
+    put(&o, "heed_cache_disk_blocks_total{event=\"written\"} %llu\n", (unsigned long long)g->disk_written);
+    put(&o, "heed_cache_disk_blocks_total{event=\"read\"} %llu\n", (unsigned long long)g->disk_read);
+    put(&o, "heed_cache_disk_blocks_total{event=\"evicted\"} %llu\n", (unsigned long long)g->disk_evicted);
+    put(&o, "heed_cache_disk_blocks_total{event=\"deleted_bad\"} %llu\n", (unsigned long long)g->disk_deleted_bad);
+  }
   histogram(&o, "heed_time_to_first_token_seconds", "Seconds from a request's arrival to its first token.",
             c->ttft_b, TTFT_LE, SRV_TTFT_BUCKETS, c->ttft_sum, c->ttft_n);
   histogram(&o, "heed_time_per_output_token_seconds", "Seconds per generated token after the first.", c->tpot_b,

@@ -117,7 +117,7 @@ static char *ids_text(const struct heed_tokenizer *tok, const int32_t *ids, unsi
 }
 
 static const char *source_name(srv_cache_source s) {
-  return s == SRV_SRC_CACHE ? "cache" : s == SRV_SRC_RUNNING ? "running" : "none";
+  return s == SRV_SRC_CACHE ? "cache" : s == SRV_SRC_RUNNING ? "running" : s == SRV_SRC_DISK ? "disk" : "none";
 }
 
 void *srv_cache_report_json(const srv_cache_report *c, const struct heed_tokenizer *tok) {
@@ -125,11 +125,11 @@ void *srv_cache_report_json(const srv_cache_report *c, const struct heed_tokeniz
   cJSON_AddNumberToObject(o, "prompt_tokens", (double)c->n_prompt);
   cJSON_AddNumberToObject(o, "reused", (double)c->reused);
   cJSON_AddNumberToObject(o, "reused_shifted", 0);
-  cJSON_AddNumberToObject(o, "restored", 0);
-  cJSON_AddNumberToObject(o, "recomputed", (double)(c->n_prompt - c->reused));
+  cJSON_AddNumberToObject(o, "restored", (double)c->restored);
+  cJSON_AddNumberToObject(o, "recomputed", (double)(c->n_prompt - c->reused - c->restored));
   cJSON *m = cJSON_AddObjectToObject(o, "match");
   cJSON_AddStringToObject(m, "source", source_name(c->source));
-  if (c->source != SRV_SRC_NONE) {
+  if (c->source != SRV_SRC_NONE && c->source != SRV_SRC_DISK) {
     cJSON_AddStringToObject(m, "request", c->origin);
     if (c->source == SRV_SRC_CACHE) cJSON_AddStringToObject(m, "kind", c->source_finished ? "finished" : "prompt");
     cJSON_AddNumberToObject(m, "age_s", (double)(long)(c->age_s * 10 + 0.5) / 10);
@@ -150,11 +150,11 @@ void *srv_cache_report_json(const srv_cache_report *c, const struct heed_tokeniz
     char *before = ids_text(tok, c->before, c->n_before), *was = ids_text(tok, c->old_next, c->n_old_next),
          *now = ids_text(tok, c->new_next, c->n_new_next);
     cJSON_AddStringToObject(d, "before", before ? before : "");
-    if (c->source != SRV_SRC_NONE) cJSON_AddStringToObject(d, "cached", was ? was : "");
+    if (c->source != SRV_SRC_NONE && c->source != SRV_SRC_DISK) cJSON_AddStringToObject(d, "cached", was ? was : "");
     cJSON_AddStringToObject(d, "new", now ? now : "");
     /* a long prompt that parts from a long cached one near its top: the
      * usual cause is a line that changes every request (a date, a listing) */
-    if (c->source != SRV_SRC_NONE && c->n_prompt >= 1024 && c->lcp * 20 < c->n_prompt && c->match_len * 2 > c->n_prompt) {
+    if (c->source != SRV_SRC_NONE && c->source != SRV_SRC_DISK && c->n_prompt >= 1024 && c->lcp * 20 < c->n_prompt && c->match_len * 2 > c->n_prompt) {
       char hint[400];
       snprintf(hint, sizeof hint,
                "the prompt stops matching the cached one at token %zu of %zu, near its top: text there changes between "
@@ -168,9 +168,10 @@ void *srv_cache_report_json(const srv_cache_report *c, const struct heed_tokeniz
 }
 
 void srv_cache_report_header(const srv_cache_report *c, char *buf, size_t cap) {
-  int n = snprintf(buf, cap, "reused=%zu; shifted=0; restored=0; recomputed=%zu; source=%s", c->reused,
-                   c->n_prompt - c->reused, source_name(c->source));
-  if (n > 0 && (size_t)n < cap && c->source != SRV_SRC_NONE) n += snprintf(buf + n, cap - (size_t)n, "; request=%s", c->origin);
+  int n = snprintf(buf, cap, "reused=%zu; shifted=0; restored=%zu; recomputed=%zu; source=%s", c->reused, c->restored,
+                   c->n_prompt - c->reused - c->restored, source_name(c->source));
+  if (n > 0 && (size_t)n < cap && c->source != SRV_SRC_NONE && c->source != SRV_SRC_DISK)
+    n += snprintf(buf + n, cap - (size_t)n, "; request=%s", c->origin);
   if (n > 0 && (size_t)n < cap && c->lcp < c->n_prompt) n += snprintf(buf + n, cap - (size_t)n, "; diverged_at=%zu", c->lcp);
   if (n > 0 && (size_t)n < cap && c->evicted_shared)
     snprintf(buf + n, cap - (size_t)n, "; evicted=%s", c->evicted_origin);

@@ -111,7 +111,8 @@ typedef struct srv_metrics {
   } req[SRV_MAX_ENDPOINTS * 8];
   unsigned n_req;
   uint64_t prompt_tokens, generated_tokens, cached_tokens, draft_tokens, draft_accepted;
-  uint64_t matches[3];   /* requests by where their prefix came from: none, the cache, a running request */
+  uint64_t restored_tokens; /* of cached_tokens, those read back from the disk tier */
+  uint64_t matches[4];   /* requests by where their prefix came from: none, the cache, a running request, the disk tier */
   uint64_t evictions[2]; /* cached sequences evicted: [1] those of a retained session */
   uint64_t ttft_b[SRV_TTFT_BUCKETS + 1], tpot_b[SRV_TPOT_BUCKETS + 1];
   double ttft_sum, tpot_sum;
@@ -127,10 +128,14 @@ void srv_metrics_tokens(srv_metrics *m, uint64_t prompt, uint64_t generated, uin
                         uint64_t accepted);
 void srv_metrics_match(srv_metrics *m, unsigned source); /* an srv_cache_source */
 void srv_metrics_eviction(srv_metrics *m, int retained);
+void srv_metrics_restored(srv_metrics *m, uint64_t tokens);
 /* The gauges /metrics shows beside the counters, read from the engine. */
 typedef struct srv_gauges {
   unsigned queued, running, cache_seqs;
   uint32_t blocks_used, blocks_free, block_tokens;
+  int disk;                                   /* the disk tier is on: its figures follow */
+  uint64_t disk_files, disk_bytes, disk_limit;
+  uint64_t disk_written, disk_read, disk_evicted, disk_deleted_bad;
 } srv_gauges;
 /* The Prometheus text exposition (version 0.0.4) of m and g; malloc'd, NUL-terminated. */
 char *srv_metrics_render(srv_metrics *m, const srv_gauges *g, size_t *len);
@@ -161,10 +166,11 @@ typedef struct srv_engine srv_engine;
  * counts, the sequence it matched best (cached or running) and, around the
  * first prompt token that sequence does not have, a few tokens of each side. */
 #define SRV_EXCERPT 12
-typedef enum srv_cache_source { SRV_SRC_NONE = 0, SRV_SRC_CACHE, SRV_SRC_RUNNING } srv_cache_source;
+typedef enum srv_cache_source { SRV_SRC_NONE = 0, SRV_SRC_CACHE, SRV_SRC_RUNNING, SRV_SRC_DISK } srv_cache_source;
 typedef struct srv_cache_report {
   int done;                   /* filled */
   size_t n_prompt, reused;    /* prompt tokens, and those whose K/V were reused as they were */
+  size_t restored;            /* prompt tokens whose K/V were read back from the disk tier */
   size_t lcp;                 /* tokens the best match shares with the prompt */
   size_t match_len;           /* tokens the best match holds */
   srv_cache_source source;
@@ -201,7 +207,8 @@ typedef struct srv_job {
   size_t n_lps, cap_lps;
   char *lp_text;         /* every logprob token's text, in order */
   size_t lp_text_len, lp_text_cap;
-  size_t n_generated, n_cached;
+  size_t n_generated, n_cached; /* n_cached: prompt tokens not recomputed (reused or restored) */
+  size_t n_restored;             /* of those, read back from the disk tier */
   srv_cache_report cache;
   int admitted;
   srv_finish finish;
@@ -232,12 +239,57 @@ typedef struct srv_job {
   double t_last;
 } srv_job;
 
+/* ---------- disk.c: the prefix cache's disk tier ---------- */
+
+/* Whole KV blocks of cached prefixes in files under a folder, read back
+ * instead of recomputed (serve/disk.c says how they are named and checked). */
+typedef struct srv_disk srv_disk;
+typedef struct srv_disk_config {
+  const char *dir;        /* --cache-dir; the blocks go in a subfolder named by key */
+  uint64_t limit;         /* bytes the files may take (--cache-disk) */
+  uint64_t key;           /* the model file and KV layout (srv_disk_model_key) */
+  size_t payload_bytes;   /* one block, every layer (heed_model_kv_block_bytes) */
+  unsigned block_len;     /* tokens per block */
+} srv_disk_config;
+typedef struct srv_disk_stats {
+  uint64_t files, bytes, limit;
+  uint64_t written, read, evicted; /* blocks written, read back, deleted for room */
+  uint64_t deleted_bad;            /* files deleted as corrupt or foreign */
+  uint64_t write_errors;
+} srv_disk_stats;
+
+/* A key for the model files' bytes (read once, XXH3) and kv_layout (a text
+ * naming the KV configuration). */
+heed_status srv_disk_model_key(const char *const *paths, unsigned n_paths, const char *kv_layout, uint64_t *key,
+                               char *err, size_t errlen);
+/* Makes the folder if needed and indexes what is there; deletes what cannot
+ * be this key's blocks, and the oldest files past the limit. */
+heed_status srv_disk_open(const srv_disk_config *cfg, srv_disk **out, char *err, size_t errlen);
+void srv_disk_close(srv_disk *d); /* NULL is fine */
+/* The hash naming the block of tokens[0..n) that follows the prefix hashed
+ * to parent (the first block's parent: a seed, e.g. the tenant). Never 0. */
+uint64_t srv_disk_chain(uint64_t parent, const int32_t *tokens, unsigned n);
+int srv_disk_has(const srv_disk *d, uint64_t h);
+/* Writes block h (index: its place in the sequence), making room under the
+ * limit; a block already there is only marked used. */
+heed_status srv_disk_put(srv_disk *d, uint64_t h, uint64_t parent, unsigned index, const int32_t *tokens,
+                         const void *payload);
+/* Reads block h into payload: 1 when it is there and every check passes
+ * (header, parent, tokens equal to tokens, checksums); 0 when absent; -1 when
+ * the file failed a check (it is deleted). */
+int srv_disk_get(srv_disk *d, uint64_t h, uint64_t parent, const int32_t *tokens, void *payload);
+void srv_disk_get_stats(const srv_disk *d, srv_disk_stats *s);
+
 typedef struct srv_engine_config {
   unsigned slots, max_queue;
   unsigned draft_k;        /* 0: no drafting */
   uint64_t cache_bytes;    /* KV memory the prefix cache may hold beyond the running sequences */
   unsigned cache_entries;  /* finished sequences kept, at most */
   double session_keep_s;   /* a session's sequences are retained this long after its last request (0: none are) */
+  /* the disk tier (off when cache_dir is NULL): whole blocks of evicted (and, at stop, of every) cached
+   * sequence go to files there, at most cache_disk bytes, and are read back for a prompt they begin */
+  const char *cache_dir;
+  uint64_t cache_disk;
 } srv_engine_config;
 
 /* A session's id for the cache: a 64-bit hash of the tenant and the name the
@@ -269,6 +321,8 @@ void srv_job_free(srv_job *j);
 typedef struct srv_engine_stats {
   unsigned queued, running, cache_seqs;
   uint32_t blocks, blocks_free, block_tokens;
+  int disk;                 /* the disk tier is on */
+  srv_disk_stats disk_st;
 } srv_engine_stats;
 void srv_engine_get_stats(srv_engine *e, srv_engine_stats *s);
 /* GET /v1/cache: tenant's cached sequences, most recently used first, as JSON (malloc'd). */
@@ -406,6 +460,8 @@ heed_status srv_cache_insert(srv_cache *c, int seq, const int32_t *ids, size_t n
 int srv_cache_evict(srv_cache *c, double now, int *seq, int *retained);
 /* The same, recording why (a static string) with the evicted sequence's ghost. */
 int srv_cache_evict_why(srv_cache *c, double now, const char *why, int *seq, int *retained);
+/* The leaf srv_cache_evict at now would remove (NULL: empty). */
+const srv_cache_node *srv_cache_victim(const srv_cache *c, double now);
 /* The evicted sequence of tenant that shared the most of ids[0..n) (in whole
  * strides; *shared says how many tokens), or NULL when none shared a stride. */
 const srv_cache_ghost *srv_cache_ghost_match(const srv_cache *c, const int32_t *ids, size_t n, uint64_t tenant,

@@ -51,6 +51,11 @@ the `openai` and `anthropic` SDKs and with raw HTTP (http.client, sockets):
   sessions      --cache-entries 4: side requests without a session force
                 evictions; a prompt sent with X-Session-Id is never evicted by
                 them and is reused whole; the same without a session is evicted
+  disk tier     --cache-dir, --cache-entries 1: a prompt evicted from memory
+                is read back from disk (heed_cache.restored, whole blocks),
+                and every cached prompt after a restart; the output equals
+                the cold one's; a foreign file is deleted at start, a file
+                with a flipped byte at its read, and neither is used
   tool calls    (Qwen 2.5 Coder 1.5B; HEED_SERVE_QWEN=0 skips it) a tool call
                 through OpenAI chat (plain and streamed) and Anthropic messages,
                 and the tool result sent back
@@ -1649,6 +1654,85 @@ def test_tool_calls(srv):
           f"anthropic: after the tool result: {m2.stop_reason!r} {m2.content}")
 
 
+def test_disk_tier(heed, gemma, servers):
+    """The disk tier: evicted blocks read back, blocks surviving a restart, corrupt and foreign files deleted."""
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="heed_disk_")
+    args = ["--slots", "1", "--ctx", str(CTX), "--cache-entries", "1", "--cache-dir", tmp, "--cache-disk", "1G"]
+    try:
+        srv = start_server(servers, "disk", heed, gemma, args)
+        if not srv:
+            return
+        a_text, b_text = harbor_log(71, n=40), harbor_log(72, n=40)
+        n_a = len(tokenize(srv, {"messages": user(a_text)})["ids"])
+        bl = metric(get_metrics(srv), "heed_kv_block_tokens")
+
+        def ask(s, text):
+            st, h, r = http_json(s, "POST", CHAT, chat_body(user(text), max_tokens=8, **GREEDY))
+            if not check(st == 200, f"disk tier: {st} {short(r)}"):
+                raise RuntimeError("a request failed")
+            c = r["heed_cache"]
+            check(c["reused"] + c["restored"] + c["recomputed"] == c["prompt_tokens"] and
+                  r["usage"]["prompt_tokens_details"]["cached_tokens"] == c["reused"] + c["restored"],
+                  f"disk tier: counts do not add up: {c} {r['usage']}")
+            check(f"restored={c['restored']};" in h.get("x-heed-cache", ""), f"x-heed-cache: {h.get('x-heed-cache')!r}")
+            return content_of(r), c
+
+        a0, c = ask(srv, a_text)
+        check(c["restored"] == 0, f"a cold prompt restored {c['restored']}")
+        ask(srv, b_text)  # --cache-entries 1: a's sequence is evicted, its full blocks written
+        a1, c = ask(srv, a_text)
+        whole = (n_a - 1) // bl * bl
+        print(f"  prompt of {n_a} tokens, blocks of {bl}: restored {c['restored']} after an eviction")
+        check(c["restored"] == whole and c["match"]["source"] == "disk",
+              f"after an eviction: restored {c['restored']} of the {whole} tokens in whole blocks: {c}")
+        check(a1 == a0, f"restored output differs: {a1!r} vs cold {a0!r}")
+        ms = get_metrics(srv)
+        check((metric(ms, "heed_cache_disk_blocks_total", event="read") or 0) >= whole // bl,
+              "heed_cache_disk_blocks_total{event=read} did not count the blocks")
+        check((metric(ms, "heed_cache_prompt_tokens_total", how="restored") or 0) == whole,
+              "heed_cache_prompt_tokens_total{how=restored}")
+        st, _, lst = http_json(srv, "GET", "/v1/cache")
+        check(st == 200 and lst.get("disk", {}).get("blocks", 0) >= 2 * whole // bl, f"GET /v1/cache disk: {lst.get('disk')}")
+        rc, secs, why = srv.stop()
+        check(rc == 0 and not why, f"disk: stop: {rc} {why}")
+        # a restart: b was cached in memory at the stop, so its blocks went to disk then
+        sub = [os.path.join(tmp, d) for d in os.listdir(tmp)]
+        check(len(sub) == 1, f"one subfolder for the model: {sub}")
+        files = sorted(os.listdir(sub[0]))
+        with open(os.path.join(sub[0], "0123456789abcdef.kvb"), "wb") as f:
+            f.write(b"not a block at all")
+        srv = start_server(servers, "disk (restart)", heed, gemma, args)
+        if not srv:
+            return
+        check(not os.path.exists(os.path.join(sub[0], "0123456789abcdef.kvb")), "a foreign file survived the start")
+        b1, c = ask(srv, b_text)
+        n_b = c["prompt_tokens"]
+        check(c["restored"] == (n_b - 1) // bl * bl, f"after a restart: restored {c['restored']} of {n_b}: {c}")
+        rc, secs, why = srv.stop()
+        # a flipped byte in every one of a's files: read, found out, deleted, recomputed
+        for name in files:
+            p = os.path.join(sub[0], name)
+            with open(p, "r+b") as f:
+                f.seek(-100, os.SEEK_END)
+                x = f.read(1)
+                f.seek(-100, os.SEEK_END)
+                f.write(bytes([x[0] ^ 0x20]))
+        srv = start_server(servers, "disk (corrupt)", heed, gemma, args)
+        if not srv:
+            return
+        a2, c = ask(srv, a_text)
+        ms = get_metrics(srv)
+        bad = metric(ms, "heed_cache_disk_blocks_total", event="deleted_bad") or 0
+        print(f"  flipped bytes: restored {c['restored']}, {bad:.0f} files deleted as bad")
+        check(c["restored"] == 0 and bad >= 1 and a2 == a0,
+              f"corrupt files: restored {c['restored']}, deleted {bad}, output {a2!r} vs {a0!r}")
+        run_test("shutdown (disk)", test_shutdown, srv)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ---------- main ----------
 
 
@@ -1712,6 +1796,8 @@ def main():
         if srv:
             run_test("sessions", test_sessions, srv)
             run_test("shutdown (sessions)", test_shutdown, srv)
+
+        run_test("disk tier", test_disk_tier, heed, gemma, servers)
 
         if os.environ.get("HEED_SERVE_QWEN", "1") == "0":
             print("tool calls: SKIPPED: HEED_SERVE_QWEN=0")

@@ -315,3 +315,79 @@ Test(kv_cache, raw_bytes_over_a_residual_are_refused_at_its_seal, .init = setup,
   heed_kv_cache_destroy(c);
   free(st);
 }
+
+/* Whole blocks out and back in (a server's disk tier): a block read from one
+ * sequence and appended to another reads back the same, for float, quantized
+ * and fp8 caches; appends at a non-block length, of a block holding inf or
+ * NaN, or with no block free are refused and write nothing. */
+Test(kv_cache, blocks_out_and_back_in, .init = setup, .fini = teardown) {
+  static const heed_dtype types[] = {HEED_DTYPE_F32, HEED_DTYPE_F16, HEED_DTYPE_BF16, HEED_DTYPE_Q8, HEED_DTYPE_Q4,
+                                     HEED_DTYPE_E4M3, HEED_DTYPE_E5M2};
+  for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+    void *mem;
+    heed_kv_cache *c = make(types[ti], 16, 8, &mem);
+    const char *dn = heed_dtype_name(types[ti]);
+    const size_t bb = heed_kv_cache_block_bytes(c);
+    int a, b;
+    cr_assert_eq(heed_kv_seq_new(c, &a), HEED_OK);
+    float k[40 * 64], v[40 * 96];
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++) k[i] = sinf((float)i * 0.37f) * 3;
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) v[i] = cosf((float)i * 0.11f) * 2;
+    cr_assert_eq(heed_kv_seq_append(c, a, 40, k, v), HEED_OK, "%s", heed_kv_cache_last_error(c));
+    uint8_t *blk = aligned_alloc(64, 2 * bb);
+    cr_assert_eq(heed_kv_seq_block_read(c, a, 0, blk), HEED_OK);
+    cr_assert_eq(heed_kv_seq_block_read(c, a, 1, blk + bb), HEED_OK);
+    cr_assert_eq(heed_kv_seq_block_read(c, a, 2, blk), HEED_E_RANGE, "%s: block 2 holds 8 of 16 tokens", dn);
+    cr_assert_eq(heed_kv_seq_new(c, &b), HEED_OK);
+    const uint32_t free0 = heed_kv_cache_free_blocks(c);
+    cr_assert_eq(heed_kv_seq_block_append(c, b, blk), HEED_OK, "%s: %s", dn, heed_kv_cache_last_error(c));
+    cr_assert_eq(heed_kv_seq_block_append(c, b, blk + bb), HEED_OK);
+    cr_assert_eq(heed_kv_seq_len(c, b), 32);
+    cr_assert_eq(heed_kv_cache_free_blocks(c), free0 - 2);
+    float ka[32 * 64], va[32 * 96], kb[32 * 64], vb[32 * 96];
+    cr_assert_eq(heed_kv_seq_read(c, a, 0, 32, ka, va), HEED_OK);
+    cr_assert_eq(heed_kv_seq_read(c, b, 0, 32, kb, vb), HEED_OK);
+    cr_assert(!memcmp(ka, kb, sizeof ka) && !memcmp(va, vb, sizeof va), "%s: the appended blocks read back differently", dn);
+    /* then the sequence goes on as any other */
+    cr_assert_eq(heed_kv_seq_append(c, b, 3, k, v), HEED_OK);
+    /* refusals */
+    cr_assert_eq(heed_kv_seq_block_append(c, b, blk), HEED_E_INVALID, "%s: 35 tokens is not a block boundary", dn);
+    cr_assert(strstr(heed_kv_cache_last_error(c), "35 tokens"), "%s", heed_kv_cache_last_error(c));
+    cr_assert_eq(heed_kv_seq_len(c, b), 35);
+    cr_assert_eq(heed_kv_seq_truncate(c, b, 32), HEED_OK);
+    uint8_t *bad = aligned_alloc(64, bb);
+    memcpy(bad, blk, bb);
+    /* a value that is not finite where this type can hold one: the codes of a
+     * float type, the scales of a quantized one */
+    const heed_kv_cache_config *g = heed_kv_cache_get_config(c);
+    const size_t codes = (size_t)g->n_kv_heads * g->block_len * g->dk * heed_dtype_bits(types[ti]) / 8;
+    if (types[ti] == HEED_DTYPE_F32) memcpy(bad + 4, &(float){INFINITY}, 4);
+    else if (types[ti] == HEED_DTYPE_F16) bad[3] = 0x7C, bad[2] = 0x00;
+    else if (types[ti] == HEED_DTYPE_BF16) bad[3] = 0x7F, bad[2] = 0xC0;
+    else if (types[ti] == HEED_DTYPE_E4M3) bad[5] = 0x7F;
+    else if (types[ti] == HEED_DTYPE_E5M2) bad[5] = 0x7E;
+    else { /* q8/q4: the first K scale, after the codes of both sides (64-byte aligned) */
+      size_t off = bb;
+      for (size_t o = codes; o < bb; o++) /* the scales start at the first 64-byte boundary past the V codes */
+        if (o % 64 == 0 && o >= codes + (size_t)g->n_kv_heads * g->block_len * g->dv * heed_dtype_bits(types[ti]) / 8) {
+          off = o;
+          break;
+        }
+      cr_assert(off + 2 <= bb);
+      bad[off] = 0x00, bad[off + 1] = 0x7C; /* f16 inf */
+    }
+    cr_assert_eq(heed_kv_seq_block_append(c, b, bad), HEED_E_INVALID, "%s: a block holding inf", dn);
+    cr_assert(strstr(heed_kv_cache_last_error(c), "not finite"), "%s", heed_kv_cache_last_error(c));
+    cr_assert_eq(heed_kv_seq_len(c, b), 32);
+    cr_assert_eq(heed_kv_cache_free_blocks(c), free0 - 2);
+    /* no block free: a and b hold 3 + 2, the rest taken by a third sequence */
+    int d3;
+    cr_assert_eq(heed_kv_seq_new(c, &d3), HEED_OK);
+    while (heed_kv_cache_free_blocks(c)) cr_assert_eq(heed_kv_seq_block_append(c, d3, blk), HEED_OK);
+    cr_assert_eq(heed_kv_seq_block_append(c, b, blk), HEED_E_NOMEM);
+    cr_assert_eq(heed_kv_seq_len(c, b), 32);
+    free(bad), free(blk);
+    heed_kv_cache_destroy(c);
+    free(mem);
+  }
+}

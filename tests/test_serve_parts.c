@@ -872,3 +872,207 @@ Test(metrics, full_table_folds_into_other) {
   free(t);
   srv_metrics_destroy(&m);
 }
+
+/* ---------- the disk tier ---------- */
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DT_BL 16
+#define DT_PAY 1000
+
+static char *disk_tmpdir(void) {
+  char *t = strdup("/tmp/heed_disk_test_XXXXXX");
+  cr_assert(mkdtemp(t));
+  return t;
+}
+
+static void rm_tree(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *x;
+  while ((x = readdir(d))) {
+    if (!strcmp(x->d_name, ".") || !strcmp(x->d_name, "..")) continue;
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, x->d_name);
+    struct stat sb;
+    if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) rm_tree(p);
+    else unlink(p);
+  }
+  closedir(d);
+  rmdir(dir);
+}
+
+static srv_disk *disk_open_at(const char *dir, uint64_t key, uint64_t limit) {
+  srv_disk_config c = {.dir = dir, .limit = limit, .key = key, .payload_bytes = DT_PAY, .block_len = DT_BL};
+  srv_disk *d = NULL;
+  char err[256] = "";
+  cr_assert_eq(srv_disk_open(&c, &d, err, sizeof err), HEED_OK, "%s", err);
+  return d;
+}
+
+/* Block i of a sequence of tokens 1000 * seq + position, its payload a pattern of both. */
+static void dt_block(unsigned seq, unsigned i, int32_t *tok, uint8_t *pay) {
+  for (unsigned t = 0; t < DT_BL; t++) tok[t] = (int32_t)(1000 * seq + i * DT_BL + t);
+  for (unsigned b = 0; b < DT_PAY; b++) pay[b] = (uint8_t)(b * 7 + i * 13 + seq);
+}
+
+static uint64_t dt_put_chain(srv_disk *d, unsigned seq, unsigned n, uint64_t *hs) {
+  uint64_t h = 77;
+  for (unsigned i = 0; i < n; i++) {
+    int32_t tok[DT_BL];
+    uint8_t pay[DT_PAY];
+    dt_block(seq, i, tok, pay);
+    const uint64_t parent = h;
+    h = srv_disk_chain(parent, tok, DT_BL);
+    if (hs) hs[i] = h;
+    cr_assert_eq(srv_disk_put(d, h, parent, i, tok, pay), HEED_OK);
+  }
+  return h;
+}
+
+static size_t count_files(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  size_t n = 0;
+  struct dirent *x;
+  while ((x = readdir(d))) n += x->d_name[0] != '.';
+  closedir(d);
+  return n;
+}
+
+Test(disk, blocks_survive_a_reopen_and_read_back_exactly) {
+  char *dir = disk_tmpdir();
+  srv_disk *d = disk_open_at(dir, 0xABCD, 1 << 20);
+  uint64_t hs[3];
+  dt_put_chain(d, 1, 3, hs);
+  srv_disk_stats st;
+  srv_disk_get_stats(d, &st);
+  cr_assert_eq(st.files, 3);
+  cr_assert_eq(st.written, 3);
+  srv_disk_close(d);
+  d = disk_open_at(dir, 0xABCD, 1 << 20); /* a restart */
+  srv_disk_get_stats(d, &st);
+  cr_assert_eq(st.files, 3);
+  cr_assert_eq(st.deleted_bad, 0);
+  uint64_t parent = 77;
+  for (unsigned i = 0; i < 3; i++) {
+    int32_t tok[DT_BL];
+    uint8_t want[DT_PAY], got[DT_PAY];
+    dt_block(1, i, tok, want);
+    cr_assert(srv_disk_has(d, hs[i]));
+    cr_assert_eq(srv_disk_get(d, hs[i], parent, tok, got), 1);
+    cr_assert(!memcmp(want, got, DT_PAY));
+    parent = hs[i];
+  }
+  /* the same hash asked with other tokens or another parent (a collision): not used, not deleted */
+  int32_t tok[DT_BL];
+  uint8_t pay[DT_PAY];
+  dt_block(1, 0, tok, pay);
+  tok[5]++;
+  cr_assert_eq(srv_disk_get(d, hs[0], 77, tok, pay), 0);
+  tok[5]--;
+  cr_assert_eq(srv_disk_get(d, hs[0], 78, tok, pay), 0);
+  cr_assert(srv_disk_has(d, hs[0]));
+  /* another model's key: its own subfolder, which sees none of these */
+  srv_disk *o = disk_open_at(dir, 0x1234, 1 << 20);
+  cr_assert(!srv_disk_has(o, hs[0]));
+  srv_disk_close(o);
+  srv_disk_close(d);
+  rm_tree(dir);
+  free(dir);
+}
+
+Test(disk, corrupt_and_foreign_files_are_deleted_never_used) {
+  char *dir = disk_tmpdir();
+  srv_disk *d = disk_open_at(dir, 0xABCD, 1 << 20);
+  uint64_t hs[4];
+  dt_put_chain(d, 2, 4, hs);
+  srv_disk_close(d);
+  char sub[512], p[1024];
+  snprintf(sub, sizeof sub, "%s/%016llx", dir, 0xABCDull);
+  /* a payload byte flipped (found at read), a header byte flipped (found at open) */
+  for (int which = 0; which < 2; which++) {
+    snprintf(p, sizeof p, "%s/%016llx.kvb", sub, (unsigned long long)hs[which ? 3 : 1]);
+    FILE *f = fopen(p, "r+b");
+    cr_assert(f);
+    fseek(f, which ? 20 : -10, which ? SEEK_SET : SEEK_END);
+    int c = fgetc(f);
+    fseek(f, -1, SEEK_CUR);
+    fputc(c ^ 0x40, f);
+    fclose(f);
+  }
+  /* foreign: an unknown name, a leftover temporary, a good name holding junk, a truncated copy */
+  snprintf(p, sizeof p, "%s/notes.txt", sub);
+  FILE *f = fopen(p, "w");
+  fputs("hello", f), fclose(f);
+  snprintf(p, sizeof p, "%s/%016llx.tmp", sub, 0x55ull);
+  f = fopen(p, "w"), fputs("partial", f), fclose(f);
+  snprintf(p, sizeof p, "%s/%016llx.kvb", sub, 0x66ull);
+  f = fopen(p, "w"), fputs("not a block", f), fclose(f);
+  char src[1024], dst[1024];
+  snprintf(src, sizeof src, "%s/%016llx.kvb", sub, (unsigned long long)hs[2]);
+  snprintf(dst, sizeof dst, "%s/%016llx.kvb", sub, 0x77ull); /* block 2's bytes under another name */
+  FILE *a = fopen(src, "rb"), *b = fopen(dst, "wb");
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, a))) fwrite(buf, 1, n, b);
+  fclose(a), fclose(b);
+  cr_assert_eq(count_files(sub), 8);
+  d = disk_open_at(dir, 0xABCD, 1 << 20);
+  srv_disk_stats st;
+  srv_disk_get_stats(d, &st);
+  cr_assert_eq(st.deleted_bad, 5, "deleted at open: %llu", (unsigned long long)st.deleted_bad); /* 4 foreign + the bad header */
+  cr_assert_eq(st.files, 3);
+  cr_assert_eq(count_files(sub), 3);
+  int32_t tok[DT_BL];
+  uint8_t pay[DT_PAY];
+  dt_block(2, 0, tok, pay);
+  cr_assert_eq(srv_disk_get(d, hs[0], 77, tok, pay), 1);
+  dt_block(2, 1, tok, pay);
+  cr_assert_eq(srv_disk_get(d, hs[1], hs[0], tok, pay), -1, "the flipped payload byte");
+  cr_assert(!srv_disk_has(d, hs[1]));
+  cr_assert_eq(count_files(sub), 2);
+  srv_disk_get_stats(d, &st);
+  cr_assert_eq(st.deleted_bad, 6);
+  srv_disk_close(d);
+  rm_tree(dir);
+  free(dir);
+}
+
+Test(disk, the_limit_deletes_least_recently_used_first) {
+  char *dir = disk_tmpdir();
+  srv_disk *d = disk_open_at(dir, 0xABCD, 1 << 20);
+  uint64_t hs[3];
+  dt_put_chain(d, 3, 3, hs);
+  srv_disk_stats st;
+  srv_disk_get_stats(d, &st);
+  const uint64_t per = st.bytes / 3;
+  srv_disk_close(d);
+  d = disk_open_at(dir, 0xABCD, 3 * per); /* room for three */
+  int32_t tok[DT_BL];
+  uint8_t pay[DT_PAY];
+  dt_block(3, 0, tok, pay);
+  cr_assert_eq(srv_disk_get(d, hs[0], 77, tok, pay), 1); /* block 0 used last */
+  uint64_t h4[1];
+  dt_put_chain(d, 4, 1, h4);
+  srv_disk_get_stats(d, &st);
+  cr_assert_eq(st.files, 3);
+  cr_assert_eq(st.evicted, 1);
+  cr_assert(srv_disk_has(d, hs[0]) && srv_disk_has(d, h4[0]));
+  cr_assert(!srv_disk_has(d, hs[1]) || !srv_disk_has(d, hs[2]));
+  srv_disk_close(d);
+  /* a smaller limit at open deletes down to it */
+  d = disk_open_at(dir, 0xABCD, per);
+  srv_disk_get_stats(d, &st);
+  cr_assert_eq(st.files, 1);
+  srv_disk_close(d);
+  /* a block bigger than the whole limit is refused, not written */
+  d = disk_open_at(dir, 0xABCD, per - 1);
+  uint64_t h5 = srv_disk_chain(77, tok, DT_BL) ^ 1;
+  cr_assert_eq(srv_disk_put(d, h5, 77, 0, tok, pay), HEED_E_RANGE);
+  srv_disk_close(d);
+  rm_tree(dir);
+  free(dir);
+}

@@ -16,7 +16,7 @@ static const char serve_use[] =
     "                  [--kv f16|bf16|q8|q4|e4m3|e5m2] [--cache-mem SIZE] [--api-key KEY | --api-key-file F]\n"
     "                  [--cache-share] [--draft ngram|none] [--draft-k K] [--threads N] [--batch N]\n"
     "                  [--timeout S] [--cache-entries N] [--session-keep S] [--max-body SIZE] [--strict-model] [--model-name NAME]\n"
-    "                  [--chat-template NAME]\n"
+    "                  [--chat-template NAME] [--cache-dir DIR [--cache-disk SIZE]]\n"
     "  --ctx N          tokens one request may hold, prompt and output (default min(trained, 4096))\n"
     "  --slots N        requests generating at once (default 4); more wait in a queue of --queue (default 64),\n"
     "                   beyond it a 429 with Retry-After\n"
@@ -29,6 +29,9 @@ static const char serve_use[] =
     "  --cache-entries N sequences the prefix cache keeps at most (default 64)\n"
     "  --session-keep S a named session's cached sequences (X-Session-Id, or the body's user / metadata.user_id)\n"
     "                   are evicted last for S seconds after its last request (default 600; 0: not retained)\n"
+    "  --cache-dir DIR  KV blocks evicted from memory (and all cached ones at shutdown) go to files in DIR and\n"
+    "                   are read back instead of recomputed, also after a restart; --cache-disk: at most SIZE of\n"
+    "                   them (default 16G), the least recently used deleted first\n"
     "  --max-body SIZE  request bodies over SIZE get a 413 (default 64M)\n"
     "  --strict-model   a request naming another model gets a 404 (default: any name is served by this model)\n"
     "SIZE: bytes, or with K, M or G (binary).\n";
@@ -127,6 +130,10 @@ int heed_cmd_serve(int argc, char **argv) {
       bad = heed_dtype_parse(v, &kv) != HEED_OK, i++;
     } else if (strcmp(a, "--cache-mem") == 0) {
       bad = parse_size(v, &so.cache_bytes), i++;
+    } else if (strcmp(a, "--cache-dir") == 0) {
+      bad = !*v, so.cache_dir = v, i++;
+    } else if (strcmp(a, "--cache-disk") == 0) {
+      bad = parse_size(v, &so.cache_disk) || so.cache_disk == 0, i++;
     } else if (strcmp(a, "--max-body") == 0) {
       uint64_t b;
       bad = parse_size(v, &b) || b < 1024;
@@ -160,6 +167,10 @@ int heed_cmd_serve(int argc, char **argv) {
     return 2;
   }
   if (!draft) so.draft_k = 0;
+  if (so.cache_disk && !so.cache_dir) {
+    fprintf(stderr, "heed serve: --cache-disk needs --cache-dir (the folder the disk tier writes to)\n");
+    return 2;
+  }
   /* keys from a file: one a line, blank lines and # comments skipped */
   char *key_lines[HEED_SERVE_MAX_KEYS];
   unsigned n_key_lines = 0;

@@ -164,6 +164,16 @@ heed_status heed_kv_seq_blocks(const heed_kv_cache *c, int seq, const uint32_t *
 /* Tokens [t0, t0+n) of a sequence as the cache holds them, decoded to f32
  * (what attention reads): k [n][n_kv_heads][dk], v [n][n_kv_heads][dv]. */
 heed_status heed_kv_seq_read(const heed_kv_cache *c, int seq, unsigned t0, unsigned n, float *k, float *v);
+/* Whole blocks as stored, for a tier outside the pool (a server's disk
+ * cache): block b (0-based) of a sequence, which must be full, as its
+ * heed_kv_cache_block_bytes raw bytes (the layout of every backend); and a
+ * block of such bytes appended to a sequence whose length is a multiple of
+ * block_len (a fresh pool block; block_len tokens longer). An append is
+ * refused, writing nothing, when no block is free, past max_seq_len, or when
+ * the bytes hold a value that is not finite; the bytes are otherwise taken
+ * as they are, so they must come from a cache of the same configuration. */
+heed_status heed_kv_seq_block_read(const heed_kv_cache *c, int seq, unsigned b, void *dst);
+heed_status heed_kv_seq_block_append(heed_kv_cache *c, int seq, const void *src);
 /* Reference count of a block (0: free). */
 unsigned heed_kv_block_refs(const heed_kv_cache *c, uint32_t block);
 

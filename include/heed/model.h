@@ -146,6 +146,15 @@ heed_status heed_model_seq_truncate(heed_model *m, int seq, unsigned len);
 heed_status heed_model_seq_free(heed_model *m, int seq);
 long heed_model_seq_len(const heed_model *m, int seq); /* -1: no such sequence */
 
+/* Whole KV blocks of a sequence, every layer's, for a cache tier outside
+ * memory: block b (full) as heed_model_kv_block_bytes bytes (layer 0's block,
+ * then layer 1's, ...); and such bytes appended to a sequence whose length is
+ * a multiple of heed_model_kv_block_len, every layer or none (see
+ * heed_kv_seq_block_append: the bytes must come from a model and KV
+ * configuration the same as this one's). */
+heed_status heed_model_seq_block_read(const heed_model *m, int seq, unsigned b, void *dst);
+heed_status heed_model_seq_block_append(heed_model *m, int seq, const void *src);
+
 /* One sequence's part of a step: n_tokens new tokens after what it holds. A
  * chain (parents NULL: token i at position len + i, each seeing those before
  * it) is a prefill chunk or decode tokens; with parents (n_tokens <= 16, the

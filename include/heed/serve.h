@@ -41,6 +41,15 @@ typedef struct heed_serve_options {
    * for this many seconds after its last request: evicted only when no other
    * cached sequence is left to evict. 0: 600; negative: none are retained. */
   int session_keep_s;
+  /* The disk tier: whole KV blocks of the cached sequences evicted from memory
+   * (and of every cached one when the server stops) are written to files in
+   * cache_dir, at most cache_disk bytes (the least recently used deleted
+   * first), keyed by the model file's bytes, the KV configuration and the
+   * tokens, and read back for a prompt they begin instead of recomputed; they
+   * survive a restart. A file that fails its checks is deleted, never used.
+   * NULL: no disk tier. cache_disk 0: 16 GiB. */
+  const char *cache_dir;
+  uint64_t cache_disk;
 } heed_serve_options;
 
 void heed_serve_options_init(heed_serve_options *o);
