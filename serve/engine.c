@@ -61,6 +61,7 @@ struct srv_engine {
   srv_disk *disk;
   void *disk_buf;            /* [heed_model_kv_block_bytes] one block */
   int32_t *disk_tok;         /* [n_ctx + draft_k + 2] a cached sequence's tokens */
+  int disk_warned;           /* a failed write was reported */
 };
 
 static double now_s(void) {
@@ -304,9 +305,13 @@ static void disk_save(srv_engine *e, const srv_cache_node *leaf) {
       srv_disk_put(e->disk, h, parent, b, NULL, NULL); /* marks it used */
       continue;
     }
-    if (heed_model_seq_block_read(e->m, leaf->seq, b, e->disk_buf) != HEED_OK ||
-        srv_disk_put(e->disk, h, parent, b, e->disk_tok + (size_t)b * bl, e->disk_buf) != HEED_OK)
-      return; /* a full disk or an IO error: the rest is only not saved */
+    heed_status st = heed_model_seq_block_read(e->m, leaf->seq, b, e->disk_buf);
+    if (st == HEED_OK) st = srv_disk_put(e->disk, h, parent, b, e->disk_tok + (size_t)b * bl, e->disk_buf);
+    if (st != HEED_OK) { /* a full disk or an IO error: the rest is only not saved; said once */
+      if (!e->disk_warned) fprintf(stderr, "heed serve: warning: the disk tier could not write a block: %s\n", heed_status_str(st));
+      e->disk_warned = 1;
+      return;
+    }
   }
 }
 
@@ -800,7 +805,14 @@ heed_status srv_engine_start(heed_model *m, const srv_engine_config *cfg, srv_me
     st = heed_err_set(err, HEED_E_NOMEM, "serve: out of memory for %u slots' buffers", S);
     goto fail;
   }
-  if (cfg->cache_dir && (st = disk_open(e, err)) != HEED_OK) goto fail;
+  if (cfg->cache_dir && disk_open(e, err) != HEED_OK) {
+    /* an unwritable folder, a model file that cannot be read: memory only, said once */
+    fprintf(stderr, "heed serve: warning: no disk tier: %s; the prefix cache is in memory only\n", err->msg);
+    srv_disk_close(e->disk);
+    free(e->disk_buf), free(e->disk_tok);
+    e->disk = NULL, e->disk_buf = NULL, e->disk_tok = NULL;
+    memset(err, 0, sizeof *err);
+  }
   heed_spec_config sc = {.vocab = e->V, .max_draft = K ? K : 1, .max_penalty_tokens = e->n_ctx + K + 2};
   if ((st = heed_spec_create(heed_model_runtime(m), &sc, &e->spec, err))) goto fail;
   pthread_mutex_init(&e->mu, NULL);

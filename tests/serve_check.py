@@ -55,7 +55,8 @@ the `openai` and `anthropic` SDKs and with raw HTTP (http.client, sockets):
                 is read back from disk (heed_cache.restored, whole blocks),
                 and every cached prompt after a restart; the output equals
                 the cold one's; a foreign file is deleted at start, a file
-                with a flipped byte at its read, and neither is used
+                with a flipped byte at its read, and neither is used; a folder
+                that cannot be made gives a warning and a server that serves
   tool calls    (Qwen 2.5 Coder 1.5B; HEED_SERVE_QWEN=0 skips it) a tool call
                 through OpenAI chat (plain and streamed) and Anthropic messages,
                 and the tool result sent back
@@ -1729,6 +1730,18 @@ def test_disk_tier(heed, gemma, servers):
         check(c["restored"] == 0 and bad >= 1 and a2 == a0,
               f"corrupt files: restored {c['restored']}, deleted {bad}, output {a2!r} vs {a0!r}")
         run_test("shutdown (disk)", test_shutdown, srv)
+        # a folder that cannot be made (a file is in the way): a warning, and serving from memory
+        blocker = os.path.join(tmp, "a-file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        srv = start_server(servers, "disk (unwritable)", heed, gemma,
+                           ["--slots", "1", "--ctx", str(CTX), "--cache-dir", os.path.join(blocker, "sub")])
+        if not srv:
+            return
+        check(any("warning: no disk tier" in line for line in srv.tail(50)), f"no warning: {srv.tail(5)}")
+        a3, c = ask(srv, a_text)
+        check(a3 == a0 and c["restored"] == 0, f"unwritable folder: {a3!r} {c}")
+        run_test("shutdown (disk, unwritable)", test_shutdown, srv)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
