@@ -445,4 +445,50 @@ heed_status heed_model_seq_block_append(heed_model *m, int seq, const void *src)
   return HEED_OK;
 }
 
+heed_status heed_model_seq_copy_shifted(heed_model *m, int dst, int src, unsigned src_pos, unsigned n) {
+  if (!m) return HEED_E_INVALID;
+  const heed_model_config *c = &m->cfg;
+  const long dlen = heed_model_seq_len(m, dst), slen = heed_model_seq_len(m, src);
+  if (dlen < 0 || slen < 0 || dst == src)
+    return model_fail(m, HEED_E_INVALID, "copy: sequences %d -> %d: both must exist and differ", src, dst);
+  if ((uint64_t)src_pos + n > (uint64_t)slen)
+    return model_fail(m, HEED_E_RANGE, "copy: tokens %u..%u of sequence %d: it holds %ld", src_pos, src_pos + n, src, slen);
+  if ((uint64_t)dlen + n > m->opt.n_ctx)
+    return model_fail(m, HEED_E_RANGE, "copy: sequence %d holds %ld tokens; %u more exceed the context of %u", dst, dlen,
+                      n, m->opt.n_ctx);
+  /* the same rotation for every token: by the angle of the position difference, per base */
+  const double delta = (double)dlen - (double)src_pos;
+  const unsigned half = c->n_rot / 2;
+  float cs[2][HEED_HEAD_DIM_MAX];
+  for (int b = 0; b < 2; b++)
+    for (unsigned i = 0; i < half; i++) {
+      const double a = delta * m->inv_freq[b][i];
+      cs[b][i] = (float)cos(a), cs[b][half + i] = (float)sin(a);
+    }
+  for (unsigned at = 0; at < n;) {
+    const unsigned k = n - at < m->opt.max_batch ? n - at : m->opt.max_batch;
+    for (uint32_t il = 0; il < c->n_layer; il++) {
+      heed_kv_cache *kv = m->layers[il].kv;
+      heed_status st = heed_kv_seq_read(kv, src, src_pos + at, k, m->k, m->v);
+      if (st) return kv_fail(m, st, il, "copy");
+      const float *r = cs[m->layers[il].swa && c->arch == HEED_ARCH_GEMMA3];
+      for (size_t t = 0; t < (size_t)k * c->n_head_kv; t++) {
+        float *x = m->k + t * c->head_dim_k;
+        for (unsigned i = 0; i < half; i++) {
+          const unsigned a = m->rope_neox ? i : 2 * i, b = m->rope_neox ? i + half : 2 * i + 1;
+          const float x0 = x[a], x1 = x[b];
+          x[a] = x0 * r[i] - x1 * r[half + i];
+          x[b] = x0 * r[half + i] + x1 * r[i];
+        }
+      }
+      if ((st = heed_kv_seq_append(kv, dst, k, m->k, m->v))) {
+        for (uint32_t j = 0; j <= il; j++) heed_kv_seq_truncate(m->layers[j].kv, dst, (unsigned)dlen); /* none */
+        return kv_fail(m, st, il, "copy");
+      }
+    }
+    at += k;
+  }
+  return HEED_OK;
+}
+
 long heed_model_seq_len(const heed_model *m, int seq) { return m ? heed_kv_seq_len(m->layers[0].kv, seq) : -1; }

@@ -295,3 +295,72 @@ Test(model, bad_input_is_refused_and_nothing_grows) {
   cr_assert(strstr(e.msg, "max_batch 1048576"), "%s", e.msg);
   heed_runtime_close(rt);
 }
+
+/* heed_model_seq_copy_shifted: a chunk's K/V moved to other positions. Layer
+ * 0's K depends only on the token and its position, so there the moved K must
+ * equal the K computed at the new position (f16 storage: a few ulps); its V
+ * is the same K-free computation. A copy with no shift gives the same logits
+ * bit for bit. Refusals name the sequence and grow nothing. */
+#include "model/model_internal.h"
+
+Test(model, copy_shifted_moves_k_to_its_new_position) {
+  heed_runtime *rt = rt_open(HEED_ISA_AUTO);
+  heed_model *m = model_open(rt, 4, 256, HEED_DTYPE_F16);
+  const heed_model_config *c = heed_model_get_config(m);
+  const size_t V = c->n_vocab, kd = (size_t)c->n_head_kv * c->head_dim_k, vd = (size_t)c->n_head_kv * c->head_dim_v;
+  const unsigned n = plen(2), d = 5;
+  const int32_t junk[5] = {2, 9259, 1902, 236888, 107};
+  float *rows = malloc(2 * V * sizeof(float));
+  int a, b, cc;
+  cr_assert_eq(heed_model_seq_new(m, &a), HEED_OK);
+  cr_assert_eq(heed_model_seq_new(m, &b), HEED_OK);
+  cr_assert_eq(heed_model_seq_new(m, &cc), HEED_OK);
+  heed_model_batch_seq s = {.seq = a, .n_tokens = n, .tokens = prompts[2]};
+  cr_assert_eq(heed_model_step(m, &s, 1), HEED_OK);
+  /* b: d junk tokens, then a's n moved up by d; cc: the same tokens computed */
+  s = (heed_model_batch_seq){.seq = b, .n_tokens = d, .tokens = junk};
+  cr_assert_eq(heed_model_step(m, &s, 1), HEED_OK);
+  cr_assert_eq(heed_model_seq_copy_shifted(m, b, a, 0, n), HEED_OK, "%s", heed_model_last_error(m));
+  cr_assert_eq(heed_model_seq_len(m, b), d + n);
+  int32_t both[32];
+  memcpy(both, junk, sizeof junk), memcpy(both + d, prompts[2], n * sizeof(int32_t));
+  s = (heed_model_batch_seq){.seq = cc, .n_tokens = d + n, .tokens = both};
+  cr_assert_eq(heed_model_step(m, &s, 1), HEED_OK);
+  float *kb = malloc(n * kd * sizeof(float)), *vb = malloc(n * vd * sizeof(float)), *kc = malloc(n * kd * sizeof(float)),
+        *vc = malloc(n * vd * sizeof(float)), *ka = malloc(n * kd * sizeof(float)), *va = malloc(n * vd * sizeof(float));
+  cr_assert_eq(heed_kv_seq_read(m->layers[0].kv, b, d, n, kb, vb), HEED_OK);
+  cr_assert_eq(heed_kv_seq_read(m->layers[0].kv, cc, d, n, kc, vc), HEED_OK);
+  cr_assert_eq(heed_kv_seq_read(m->layers[0].kv, a, 0, n, ka, va), HEED_OK);
+  float worst = 0, moved = 0;
+  for (size_t i = 0; i < n * kd; i++) {
+    worst = fmaxf(worst, fabsf(kb[i] - kc[i]) / (fabsf(kc[i]) + 0.05f));
+    moved = fmaxf(moved, fabsf(ka[i] - kc[i]) / (fabsf(kc[i]) + 0.05f));
+  }
+  cr_log_info("layer 0 K: moved against computed at the new position %.3g; unmoved %.3g", worst, moved);
+  cr_assert(worst < 0.02f, "layer 0 K moved by %u positions differs from the K computed there by %g (relative)", d, worst);
+  cr_assert(moved > 0.2f, "the check cannot tell a moved K from an unmoved one (%g)", moved);
+  for (size_t i = 0; i < n * vd; i++)
+    cr_assert(fabsf(vb[i] - vc[i]) <= 1e-3f * (fabsf(vc[i]) + 0.05f), "layer 0 V %zu: %g vs %g", i, vb[i], vc[i]);
+  /* no shift: the same logits, bit for bit */
+  int e2;
+  cr_assert_eq(heed_model_seq_free(m, cc), HEED_OK);
+  cr_assert_eq(heed_model_seq_new(m, &e2), HEED_OK);
+  cr_assert_eq(heed_model_seq_copy_shifted(m, e2, a, 0, n), HEED_OK);
+  const int32_t next = 1722;
+  s = (heed_model_batch_seq){.seq = a, .n_tokens = 1, .tokens = &next, .n_logits = 1, .logits = rows};
+  cr_assert_eq(heed_model_step(m, &s, 1), HEED_OK);
+  s = (heed_model_batch_seq){.seq = e2, .n_tokens = 1, .tokens = &next, .n_logits = 1, .logits = rows + V};
+  cr_assert_eq(heed_model_step(m, &s, 1), HEED_OK);
+  cr_assert(!memcmp(rows, rows + V, V * sizeof(float)), "a copy with no shift changed the logits");
+  /* refusals: nothing grows */
+  const long lb = heed_model_seq_len(m, b);
+  cr_assert_eq(heed_model_seq_copy_shifted(m, b, b, 0, 1), HEED_E_INVALID);
+  cr_assert_eq(heed_model_seq_copy_shifted(m, b, 3, 0, 1), HEED_E_INVALID);
+  cr_assert_eq(heed_model_seq_copy_shifted(m, b, a, n, 2), HEED_E_RANGE);
+  cr_assert(strstr(heed_model_last_error(m), "holds"), "%s", heed_model_last_error(m));
+  cr_assert_eq(heed_model_seq_copy_shifted(m, b, a, 0, 0), HEED_OK);
+  cr_assert_eq(heed_model_seq_len(m, b), lb);
+  free(kb), free(vb), free(kc), free(vc), free(ka), free(va), free(rows);
+  heed_model_close(m);
+  heed_runtime_close(rt);
+}

@@ -155,6 +155,15 @@ long heed_model_seq_len(const heed_model *m, int seq); /* -1: no such sequence *
 heed_status heed_model_seq_block_read(const heed_model *m, int seq, unsigned b, void *dst);
 heed_status heed_model_seq_block_append(heed_model *m, int seq, const void *src);
 
+/* Appends to dst the K/V of src's tokens [src_pos, src_pos + n), moved to
+ * dst's next positions: K (stored rotated) is rotated once more by RoPE for
+ * the position difference, V is copied; both are stored in dst's format once
+ * (a quantized side: requantized once). What a prompt chunk that reappears at
+ * another position reuses instead of recomputing; its tokens then did not see
+ * the text before them that changed, so the numbers differ from a recompute.
+ * Every layer or none; dst and src must differ. */
+heed_status heed_model_seq_copy_shifted(heed_model *m, int dst, int src, unsigned src_pos, unsigned n);
+
 /* One sequence's part of a step: n_tokens new tokens after what it holds. A
  * chain (parents NULL: token i at position len + i, each seeing those before
  * it) is a prefill chunk or decode tokens; with parents (n_tokens <= 16, the
