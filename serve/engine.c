@@ -80,6 +80,7 @@ srv_job *srv_job_new(srv_params *p, int32_t *prompt, size_t n_prompt, unsigned m
   j->p = *p, j->prompt = prompt, j->n_prompt = n_prompt, j->max_new = max_new, j->tenant = tenant;
   memset(p, 0, sizeof *p);
   j->seq = -1;
+  j->reuse = -1;
   j->ds = (heed_detok_state)HEED_DETOK_STATE_INIT;
   pthread_condattr_t a;
   pthread_condattr_init(&a);
@@ -101,6 +102,7 @@ void srv_job_free(srv_job *j) {
   free(j->counts_ids);
   free(j->distinct);
   free(j->hold);
+  free(j->imp);
   heed_drafter_destroy(j->drafter);
   free(j);
 }
@@ -342,6 +344,132 @@ static size_t disk_restore(srv_engine *e, srv_job *j, size_t *reuse) {
   return (b - b0) * bl;
 }
 
+/* ---------- chunk reuse ---------- */
+
+/* Runs are found by the hash of SRV_CHUNK tokens: at every SRV_CHUNK-th
+ * position of the cached sequences, at every position of the prompt (a
+ * rolling hash), then checked token by token and grown both ways. */
+#define SRV_CHUNK 64
+#define CH_BASE 0x100000001b3ull
+
+static uint64_t ch_mix(int32_t t) { return ((uint64_t)(uint32_t)t + 1) * 0x9e3779b97f4a7c15ull; }
+static uint64_t ch_hash(const int32_t *t) {
+  uint64_t h = 0;
+  for (unsigned i = 0; i < SRV_CHUNK; i++) h = h * CH_BASE + ch_mix(t[i]);
+  return h;
+}
+
+typedef struct ch_entry {
+  uint64_t h;
+  unsigned leaf; /* index into the leaves' token arrays + 1; 0: empty */
+  size_t pos;
+} ch_entry;
+
+/* Plans j's chunk reuse: after the first `from` tokens (what the sequence
+ * holds), runs of the prompt found in cached sequences of its tenant, each
+ * but its first `boundary` tokens to be copied; never the last prompt token.
+ * Returns the tokens planned. */
+static size_t reuse_plan(srv_engine *e, srv_job *j, size_t from) {
+  const size_t n = j->n_prompt, end = n - 1, B = e->cfg.reuse_boundary;
+  size_t planned = 0;
+  if (from + SRV_CHUNK > end || !e->cache.n) return 0;
+  /* the tenant's cached sequences' tokens, and their chunks in a table */
+  unsigned nl = 0;
+  const srv_cache_node **lv = malloc(e->cache.n * sizeof *lv);
+  int32_t **tok = calloc(e->cache.n, sizeof *tok);
+  size_t *len = calloc(e->cache.n, sizeof *len), n_ch = 0;
+  if (!lv || !tok || !len) goto out;
+  for (unsigned i = 0; i < e->cache.n; i++) {
+    const srv_cache_node *x = e->cache.leaves[i];
+    if (srv_cache_leaf_tenant(&e->cache, x) != j->tenant || x->seq == j->seq) continue;
+    size_t L = srv_cache_tokens(x, 0, NULL, 0);
+    if (L < SRV_CHUNK || !(tok[nl] = malloc(L * sizeof(int32_t)))) continue;
+    srv_cache_tokens(x, 0, tok[nl], L);
+    lv[nl] = x, len[nl] = L, n_ch += L / SRV_CHUNK, nl++;
+  }
+  size_t cap = 16;
+  while (cap < 2 * n_ch) cap *= 2;
+  ch_entry *tab = n_ch ? calloc(cap, sizeof *tab) : NULL;
+  if (!tab) goto out;
+  for (unsigned l = 0; l < nl; l++)
+    for (size_t r = 0; r + SRV_CHUNK <= len[l]; r += SRV_CHUNK) {
+      const uint64_t h = ch_hash(tok[l] + r);
+      size_t i = h & (cap - 1);
+      while (tab[i].leaf && tab[i].h != h) i = (i + 1) & (cap - 1);
+      if (!tab[i].leaf) tab[i] = (ch_entry){.h = h, .leaf = l + 1, .pos = r};
+    }
+  /* the prompt, by a rolling hash of its windows */
+  uint64_t top = 1;
+  for (unsigned i = 0; i + 1 < SRV_CHUNK; i++) top *= CH_BASE;
+  const int32_t *p = j->prompt;
+  size_t q = from, cap_imp = 0;
+  uint64_t h = ch_hash(p + q);
+  while (q + SRV_CHUNK <= end) {
+    size_t i = h & (cap - 1);
+    const ch_entry *hit = NULL;
+    for (; tab[i].leaf; i = (i + 1) & (cap - 1))
+      if (tab[i].h == h) {
+        hit = &tab[i];
+        break;
+      }
+    if (hit && !memcmp(p + q, tok[hit->leaf - 1] + hit->pos, SRV_CHUNK * sizeof(int32_t))) {
+      const int32_t *t = tok[hit->leaf - 1];
+      size_t a = q, r = hit->pos, b = q + SRV_CHUNK, rb = r + SRV_CHUNK;
+      while (a > from && r > 0 && p[a - 1] == t[r - 1]) a--, r--; /* back to where the prompt parts */
+      while (b < end && rb < len[hit->leaf - 1] && p[b] == t[rb]) b++, rb++;
+      if (b - a > B + SRV_CHUNK / 2) {
+        if (j->n_imp == cap_imp) {
+          cap_imp = cap_imp ? 2 * cap_imp : 4;
+          struct srv_import *x = realloc(j->imp, cap_imp * sizeof *x);
+          if (!x) break;
+          j->imp = x;
+        }
+        j->imp[j->n_imp++] = (struct srv_import){.dst = a + B, .src_pos = r + B, .n = b - a - B,
+                                                 .src_seq = lv[hit->leaf - 1]->seq};
+        srv_cache_touch(&e->cache, lv[hit->leaf - 1]->seq); /* less likely to be evicted before the copy */
+        planned += b - a - B;
+      }
+      q = b;
+      if (q + SRV_CHUNK > end) break;
+      h = ch_hash(p + q);
+      continue;
+    }
+    if (q + SRV_CHUNK == end) break;
+    h = (h - ch_mix(p[q]) * top) * CH_BASE + ch_mix(p[q + SRV_CHUNK]);
+    q++;
+  }
+  free(tab);
+out:
+  for (unsigned l = 0; l < nl; l++) free(tok[l]);
+  free(tok), free(len), free(lv);
+  return planned;
+}
+
+/* Unlocked, the engine thread. j's prefill has reached its next planned
+ * run: copies it from the cached sequence if that still holds those tokens
+ * (else they are recomputed). */
+static void reuse_copy(srv_engine *e, srv_job *j) {
+  const struct srv_import *x = &j->imp[j->i_imp++];
+  make_room(e, (uint32_t)((x->n + e->block_len - 1) / e->block_len + 1));
+  const srv_cache_node *leaf = srv_cache_leaf(&e->cache, x->src_seq);
+  int ok = leaf && srv_cache_tokens(leaf, 0, NULL, 0) >= x->src_pos + x->n;
+  if (ok) {
+    int32_t *t = malloc(x->n * sizeof *t);
+    if (t) srv_cache_tokens(leaf, x->src_pos, t, x->n);
+    ok = t && !memcmp(t, j->prompt + x->dst, x->n * sizeof *t);
+    free(t);
+  }
+  if (ok && heed_model_seq_copy_shifted(e->m, j->seq, x->src_seq, (unsigned)x->src_pos, (unsigned)x->n) == HEED_OK) {
+    pthread_mutex_lock(&e->mu);
+    j->n_fed += x->n, j->n_cached += x->n, j->n_shifted += x->n;
+    pthread_mutex_unlock(&e->mu);
+    return;
+  }
+  pthread_mutex_lock(&e->mu);
+  j->cache.shifted -= x->n; /* planned, not done: recomputed */
+  pthread_mutex_unlock(&e->mu);
+}
+
 /* Under mu. Evicts one cached sequence (a retained session's last) and frees
  * it, recording why; 0 when the cache is empty. With the disk tier on, its
  * full blocks go to disk first. */
@@ -418,7 +546,7 @@ static void job_finish(srv_engine *e, unsigned slot) {
     srv_metrics_tpot(e->mx, dt / (double)(j->n_generated - 1), j->n_generated - 1);
   }
   srv_metrics_tokens(e->mx, j->n_prompt, j->n_generated, j->n_cached, j->draft_prop, j->draft_acc);
-  srv_metrics_restored(e->mx, j->n_restored);
+  srv_metrics_restored(e->mx, j->n_restored, j->n_shifted);
   if (j->cache.done) srv_metrics_match(e->mx, j->cache.source);
   pthread_cond_broadcast(&j->cv);
   job_unref(j);
@@ -522,13 +650,14 @@ static int job_admit(srv_engine *e, srv_job *j, unsigned slot) {
     }
   }
   const size_t restored = e->disk ? disk_restore(e, j, &reuse) : 0;
+  const size_t shifted = (j->reuse < 0 ? e->cfg.cache_reuse : j->reuse) ? reuse_plan(e, j, reuse) : 0;
   j->n_cached = j->n_fed = reuse;
   j->n_restored = restored;
   srv_cache_session_seen(&e->cache, j->session, now_s());
   srv_cache_source source = src >= 0 && lcp ? (hit >= 0 ? SRV_SRC_CACHE : SRV_SRC_RUNNING) : SRV_SRC_NONE;
   if (restored && reuse > lcp) source = SRV_SRC_DISK, lcp = reuse; /* the disk held more than memory */
   report_match(e, j, lcp, source, src, from_job);
-  j->cache.reused = reuse - restored, j->cache.restored = restored;
+  j->cache.reused = reuse - restored, j->cache.restored = restored, j->cache.shifted = shifted;
   j->seed = p->has_seed ? p->seed : (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull + ++e->seed_counter;
   /* drafting: lossless only where every row is sampled as the first would be */
   if (e->cfg.draft_k && !p->logprobs && !j->counts_ids && (p->repetition_penalty == 0 || p->repetition_penalty == 1)) {
@@ -657,7 +786,9 @@ static unsigned build_batch(srv_engine *e, float **rows_end) {
   for (unsigned s = 0; s < e->cfg.slots && budget; s++) {
     srv_job *j = e->slot[s];
     if (!j || j->n_fed >= j->n_prompt) continue;
-    unsigned k = (unsigned)(j->n_prompt - j->n_fed < budget ? j->n_prompt - j->n_fed : budget);
+    while (j->i_imp < j->n_imp && j->imp[j->i_imp].dst == j->n_fed) reuse_copy(e, j);
+    size_t stop_at = j->i_imp < j->n_imp ? j->imp[j->i_imp].dst : j->n_prompt; /* the next copied run */
+    unsigned k = (unsigned)(stop_at - j->n_fed < budget ? stop_at - j->n_fed : budget);
     int last = j->n_fed + k == j->n_prompt;
     e->n_draft[n] = 0;
     e->in_batch[n] = j;

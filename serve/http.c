@@ -330,12 +330,22 @@ static enum MHD_Result generate(heed_server *s, struct MHD_Connection *c, req *q
   }
   uint64_t tenant = tenant_of(s, key);
   int stream_it = p.stream;
+  /* chunk reuse for this request (x-heed-cache-reuse), else the server's */
+  const char *ru = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-heed-cache-reuse");
+  int reuse = -1;
+  if (ru && (reuse = !strcmp(ru, "chunks") ? 1 : !strcmp(ru, "off") ? 0 : -2) == -2) {
+    enum MHD_Result r = send_error(s, c, q, 400, "x-heed-cache-reuse: '%.40s'; accepted: off, chunks", ru);
+    heed_tokens_free(&ids);
+    srv_params_free(&p);
+    return r;
+  }
   /* the job owns the params from here on: the engine may read them after this
    * handler (or the stream) has let go of the job */
   srv_job *j = srv_job_new(&p, ids.ids, n, (unsigned)max_new, tenant);
   ids.ids = NULL;
   if (!j) return send_error(s, c, q, 500, "out of memory");
   srv_reply_new_id(api, j->origin, sizeof j->origin);
+  j->reuse = reuse;
   /* the session: the X-Session-Id header, else the body's user (only a hash is kept) */
   const char *sid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Session-Id");
   if (!sid || !*sid) sid = j->p.user;
@@ -667,7 +677,8 @@ heed_status heed_serve_start(heed_model *m, const heed_serve_options *o, heed_se
   srv_engine_config ec = {.slots = s->o.slots, .max_queue = s->o.max_queue, .draft_k = o->draft_k,
                           .cache_bytes = o->cache_bytes, .cache_entries = o->cache_bytes ? opt_entries(o) : 0,
                           .session_keep_s = o->session_keep_s < 0 ? 0 : o->session_keep_s ? o->session_keep_s : 600,
-                          .cache_dir = o->cache_dir, .cache_disk = o->cache_disk ? o->cache_disk : 16ull << 30};
+                          .cache_dir = o->cache_dir, .cache_disk = o->cache_disk ? o->cache_disk : 16ull << 30,
+                          .cache_reuse = o->cache_reuse != 0, .reuse_boundary = o->reuse_boundary ? o->reuse_boundary : 8};
   if ((st = srv_engine_start(m, &ec, &s->mx, &s->eng, err))) goto fail;
   /* the address: IPv4 or IPv6 literal */
   struct sockaddr_storage ss;

@@ -97,9 +97,10 @@ void srv_metrics_tokens(srv_metrics *m, uint64_t prompt, uint64_t generated, uin
   pthread_mutex_unlock(&m->mu);
 }
 
-void srv_metrics_restored(srv_metrics *m, uint64_t tokens) {
+void srv_metrics_restored(srv_metrics *m, uint64_t restored, uint64_t shifted) {
   pthread_mutex_lock(&m->mu);
-  m->restored_tokens += tokens;
+  m->restored_tokens += restored;
+  m->shifted_tokens += shifted;
   pthread_mutex_unlock(&m->mu);
 }
 
@@ -214,8 +215,8 @@ char *srv_metrics_render(srv_metrics *m, const srv_gauges *g, size_t *len) {
          "Prompt tokens of finished requests by what the cache did: reused as they were, reused after a shift, "
          "restored from disk, recomputed.");
   put(&o, "heed_cache_prompt_tokens_total{how=\"reused\"} %llu\n",
-      (unsigned long long)(c->cached_tokens - c->restored_tokens));
-  put(&o, "heed_cache_prompt_tokens_total{how=\"shifted\"} 0\n");
+      (unsigned long long)(c->cached_tokens - c->restored_tokens - c->shifted_tokens));
+  put(&o, "heed_cache_prompt_tokens_total{how=\"shifted\"} %llu\n", (unsigned long long)c->shifted_tokens);
   put(&o, "heed_cache_prompt_tokens_total{how=\"restored\"} %llu\n", (unsigned long long)c->restored_tokens);
   put(&o, "heed_cache_prompt_tokens_total{how=\"recomputed\"} %llu\n",
       (unsigned long long)(c->prompt_tokens - c->cached_tokens));

@@ -124,9 +124,9 @@ void *srv_cache_report_json(const srv_cache_report *c, const struct heed_tokeniz
   cJSON *o = cJSON_CreateObject();
   cJSON_AddNumberToObject(o, "prompt_tokens", (double)c->n_prompt);
   cJSON_AddNumberToObject(o, "reused", (double)c->reused);
-  cJSON_AddNumberToObject(o, "reused_shifted", 0);
+  cJSON_AddNumberToObject(o, "reused_shifted", (double)c->shifted);
   cJSON_AddNumberToObject(o, "restored", (double)c->restored);
-  cJSON_AddNumberToObject(o, "recomputed", (double)(c->n_prompt - c->reused - c->restored));
+  cJSON_AddNumberToObject(o, "recomputed", (double)(c->n_prompt - c->reused - c->restored - c->shifted));
   cJSON *m = cJSON_AddObjectToObject(o, "match");
   cJSON_AddStringToObject(m, "source", source_name(c->source));
   if (c->source != SRV_SRC_NONE && c->source != SRV_SRC_DISK) {
@@ -168,8 +168,8 @@ void *srv_cache_report_json(const srv_cache_report *c, const struct heed_tokeniz
 }
 
 void srv_cache_report_header(const srv_cache_report *c, char *buf, size_t cap) {
-  int n = snprintf(buf, cap, "reused=%zu; shifted=0; restored=%zu; recomputed=%zu; source=%s", c->reused, c->restored,
-                   c->n_prompt - c->reused - c->restored, source_name(c->source));
+  int n = snprintf(buf, cap, "reused=%zu; shifted=%zu; restored=%zu; recomputed=%zu; source=%s", c->reused, c->shifted,
+                   c->restored, c->n_prompt - c->reused - c->restored - c->shifted, source_name(c->source));
   if (n > 0 && (size_t)n < cap && c->source != SRV_SRC_NONE && c->source != SRV_SRC_DISK)
     n += snprintf(buf + n, cap - (size_t)n, "; request=%s", c->origin);
   if (n > 0 && (size_t)n < cap && c->lcp < c->n_prompt) n += snprintf(buf + n, cap - (size_t)n, "; diverged_at=%zu", c->lcp);

@@ -112,6 +112,7 @@ typedef struct srv_metrics {
   unsigned n_req;
   uint64_t prompt_tokens, generated_tokens, cached_tokens, draft_tokens, draft_accepted;
   uint64_t restored_tokens; /* of cached_tokens, those read back from the disk tier */
+  uint64_t shifted_tokens;  /* of cached_tokens, those of chunks moved to new positions */
   uint64_t matches[4];   /* requests by where their prefix came from: none, the cache, a running request, the disk tier */
   uint64_t evictions[2]; /* cached sequences evicted: [1] those of a retained session */
   uint64_t ttft_b[SRV_TTFT_BUCKETS + 1], tpot_b[SRV_TPOT_BUCKETS + 1];
@@ -128,7 +129,7 @@ void srv_metrics_tokens(srv_metrics *m, uint64_t prompt, uint64_t generated, uin
                         uint64_t accepted);
 void srv_metrics_match(srv_metrics *m, unsigned source); /* an srv_cache_source */
 void srv_metrics_eviction(srv_metrics *m, int retained);
-void srv_metrics_restored(srv_metrics *m, uint64_t tokens);
+void srv_metrics_restored(srv_metrics *m, uint64_t restored, uint64_t shifted);
 /* The gauges /metrics shows beside the counters, read from the engine. */
 typedef struct srv_gauges {
   unsigned queued, running, cache_seqs;
@@ -171,6 +172,7 @@ typedef struct srv_cache_report {
   int done;                   /* filled */
   size_t n_prompt, reused;    /* prompt tokens, and those whose K/V were reused as they were */
   size_t restored;            /* prompt tokens whose K/V were read back from the disk tier */
+  size_t shifted;             /* prompt tokens whose K/V came from a cached chunk at another place (chunk reuse) */
   size_t lcp;                 /* tokens the best match shares with the prompt */
   size_t match_len;           /* tokens the best match holds */
   srv_cache_source source;
@@ -209,6 +211,15 @@ typedef struct srv_job {
   size_t lp_text_len, lp_text_cap;
   size_t n_generated, n_cached; /* n_cached: prompt tokens not recomputed (reused or restored) */
   size_t n_restored;             /* of those, read back from the disk tier */
+  size_t n_shifted;              /* of those, chunks of cached sequences moved to their new positions */
+  int reuse;                     /* chunk reuse for this request: -1 the server's (--cache-reuse), 0 off, 1 on */
+  /* chunk reuse's plan: prompt runs [dst, dst + n) whose K/V come from cached sequence src_seq at src_pos,
+   * copied when the prefill reaches dst (checked again then: the sequence may have been evicted) */
+  struct srv_import {
+    size_t dst, src_pos, n;
+    int src_seq;
+  } *imp;
+  unsigned n_imp, i_imp;
   srv_cache_report cache;
   int admitted;
   srv_finish finish;
@@ -290,6 +301,11 @@ typedef struct srv_engine_config {
    * sequence go to files there, at most cache_disk bytes, and are read back for a prompt they begin */
   const char *cache_dir;
   uint64_t cache_disk;
+  /* chunk reuse (--cache-reuse chunks): after the prompt parts from every cached sequence, later runs of it
+   * found in cached sequences (anywhere, at other positions) are copied with K moved by RoPE, but for the
+   * first reuse_boundary tokens of each run, which are recomputed */
+  int cache_reuse;
+  unsigned reuse_boundary;
 } srv_engine_config;
 
 /* A session's id for the cache: a 64-bit hash of the tenant and the name the

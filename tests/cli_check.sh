@@ -322,6 +322,11 @@ assert c["failed"]==1 and c["ttft_s"]["p50"] is None, c' "$tmp/bs.json" && ok ||
   expect_fail "a MODEL or --url is needed" X=1 -- bench serve --gen 4
   expect_fail "--url localhost:80: accepted: http://IPV4:PORT" X=1 -- bench serve --url localhost:80
   expect_fail "cannot write --json /nonexistent/x.json" X=1 -- bench serve "$gemma" --json /nonexistent/x.json
+  # heed serve's cache options, refused before the model loads
+  expect_fail "--cache-reuse shift: not an accepted value" X=1 -- serve "$gemma" --cache-reuse shift
+  expect_fail "--cache-reuse-boundary 0: not an accepted value" X=1 -- serve "$gemma" --cache-reuse-boundary 0
+  expect_fail "--cache-disk needs --cache-dir" X=1 -- serve "$gemma" --cache-disk 1G
+  expect_fail "--cache-disk 0: not an accepted value" X=1 -- serve "$gemma" --cache-dir /tmp --cache-disk 0
 else
   echo "cli: heed tokenize on the real models SKIPPED: $qwen or $gemma is absent $(cat "$models/FETCH_FAILED" 2>/dev/null)"
 fi

@@ -51,6 +51,10 @@ the `openai` and `anthropic` SDKs and with raw HTTP (http.client, sockets):
   sessions      --cache-entries 4: side requests without a session force
                 evictions; a prompt sent with X-Session-Id is never evicted by
                 them and is reused whole; the same without a session is evicted
+  chunk reuse   header x-heed-cache-reuse: chunks: a prompt whose system line
+                changed at token ~20 reuses, after it, everything but the
+                boundary tokens and the last token (exact counts from
+                /tokenize); with off, nothing after it; a bad value is a 400
   disk tier     --cache-dir, --cache-entries 1: a prompt evicted from memory
                 is read back from disk (heed_cache.restored, whole blocks),
                 and every cached prompt after a restart; the output equals
@@ -1655,6 +1659,47 @@ def test_tool_calls(srv):
           f"anthropic: after the tool result: {m2.stop_reason!r} {m2.content}")
 
 
+def test_chunk_reuse(srv):
+    """x-heed-cache-reuse: chunks reuses the runs after a changed line but the boundary tokens; off reuses none."""
+    body_text = harbor_log(81, n=40)
+
+    def msgs(ts):
+        return [{"role": "system", "content": f"Current time: {ts}. You answer questions about harbor logs."},
+                {"role": "user", "content": body_text + "\nWhich ship rang most?"}]
+
+    def ask(ts, mode):
+        st, h, r = http_json(srv, "POST", CHAT, {"model": srv.model_name, "messages": msgs(ts), "max_tokens": 4, **GREEDY},
+                             headers={"x-heed-cache-reuse": mode})
+        if not check(st == 200, f"chunk reuse: {st} {short(r)}"):
+            raise RuntimeError("a request failed")
+        return h, r
+
+    ask("2026-01-02 03:04:05", "chunks")
+    old = tokenize(srv, {"messages": msgs("2026-01-02 03:04:05")})["ids"]
+    new = tokenize(srv, {"messages": msgs("2026-01-02 17:45:59 UTC")})["ids"]
+    lcp = common_prefix(old, new)
+    k = 0
+    while k < min(len(old), len(new)) - lcp and old[-1 - k] == new[-1 - k]:
+        k += 1
+    boundary = 8  # the server's default --cache-reuse-boundary
+    want = (len(new) - 1) - (len(new) - k) - boundary
+    h, r = ask("2026-01-02 17:45:59 UTC", "chunks")
+    c = r["heed_cache"]
+    print(f"  {len(new)} tokens, parting at {lcp}, the last {k} shared: shifted {c['reused_shifted']} (want {want})")
+    check(c["reused"] == lcp and c["reused_shifted"] == want and c["recomputed"] == len(new) - lcp - want,
+          f"chunks: {c}")
+    check(r["usage"]["prompt_tokens_details"]["cached_tokens"] == lcp + want, f"cached_tokens: {r['usage']}")
+    check(f"shifted={want};" in h.get("x-heed-cache", ""), f"x-heed-cache: {h.get('x-heed-cache')!r}")
+    h, r = ask("2026-03-04 05:06:07 UTC", "off")
+    c = r["heed_cache"]
+    check(c["reused_shifted"] == 0 and c["reused"] < lcp + 8, f"off: {c}")
+    got = http_json(srv, "POST", CHAT, {"model": srv.model_name, "messages": msgs("x"), "max_tokens": 2},
+                    headers={"x-heed-cache-reuse": "sideways"})
+    check_error("x-heed-cache-reuse: sideways", got, 400, "openai", ["sideways"])
+    ms = get_metrics(srv)
+    check((metric(ms, "heed_cache_prompt_tokens_total", how="shifted") or 0) >= want, "shifted tokens not counted")
+
+
 def test_disk_tier(heed, gemma, servers):
     """The disk tier: evicted blocks read back, blocks surviving a restart, corrupt and foreign files deleted."""
     import shutil
@@ -1792,6 +1837,7 @@ def main():
                                                             "--ctx", str(CTX)])
         if srv:
             run_test("prefix cache, cold", test_prefix_cold, srv, state)
+            run_test("chunk reuse", test_chunk_reuse, srv)
             run_test("strict model", test_strict_model, srv)
             run_test("rate limit", test_rate_limit, srv)
             run_test("shutdown (strict)", test_shutdown, srv)

@@ -16,7 +16,8 @@ static const char serve_use[] =
     "                  [--kv f16|bf16|q8|q4|e4m3|e5m2] [--cache-mem SIZE] [--api-key KEY | --api-key-file F]\n"
     "                  [--cache-share] [--draft ngram|none] [--draft-k K] [--threads N] [--batch N]\n"
     "                  [--timeout S] [--cache-entries N] [--session-keep S] [--max-body SIZE] [--strict-model] [--model-name NAME]\n"
-    "                  [--chat-template NAME] [--cache-dir DIR [--cache-disk SIZE]]\n"
+    "                  [--chat-template NAME] [--cache-dir DIR [--cache-disk SIZE]] [--cache-reuse off|chunks]\n"
+    "                  [--cache-reuse-boundary N]\n"
     "  --ctx N          tokens one request may hold, prompt and output (default min(trained, 4096))\n"
     "  --slots N        requests generating at once (default 4); more wait in a queue of --queue (default 64),\n"
     "                   beyond it a 429 with Retry-After\n"
@@ -32,6 +33,10 @@ static const char serve_use[] =
     "  --cache-dir DIR  KV blocks evicted from memory (and all cached ones at shutdown) go to files in DIR and\n"
     "                   are read back instead of recomputed, also after a restart; --cache-disk: at most SIZE of\n"
     "                   them (default 16G), the least recently used deleted first\n"
+    "  --cache-reuse chunks  after a prompt parts from every cached one, runs of it found in cached sequences (at\n"
+    "                   any position) are copied, K moved by RoPE, instead of recomputed; the first\n"
+    "                   --cache-reuse-boundary tokens of each run (8) are recomputed. Outputs may then differ from a\n"
+    "                   full recompute (default off; a request's header x-heed-cache-reuse: off|chunks overrides)\n"
     "  --max-body SIZE  request bodies over SIZE get a 413 (default 64M)\n"
     "  --strict-model   a request naming another model gets a 404 (default: any name is served by this model)\n"
     "SIZE: bytes, or with K, M or G (binary).\n";
@@ -130,6 +135,11 @@ int heed_cmd_serve(int argc, char **argv) {
       bad = heed_dtype_parse(v, &kv) != HEED_OK, i++;
     } else if (strcmp(a, "--cache-mem") == 0) {
       bad = parse_size(v, &so.cache_bytes), i++;
+    } else if (strcmp(a, "--cache-reuse") == 0) {
+      so.cache_reuse = !strcmp(v, "chunks") ? 1 : !strcmp(v, "off") ? 0 : -1;
+      bad = so.cache_reuse < 0, i++;
+    } else if (strcmp(a, "--cache-reuse-boundary") == 0) {
+      bad = parse_uint(v, 1, 4096, &so.reuse_boundary), i++;
     } else if (strcmp(a, "--cache-dir") == 0) {
       bad = !*v, so.cache_dir = v, i++;
     } else if (strcmp(a, "--cache-disk") == 0) {

@@ -50,6 +50,15 @@ typedef struct heed_serve_options {
    * NULL: no disk tier. cache_disk 0: 16 GiB. */
   const char *cache_dir;
   uint64_t cache_disk;
+  /* Chunk reuse: when a prompt parts from every cached sequence (a changed
+   * line near its top, a dropped tool result), later runs of it that cached
+   * sequences hold, at any position, are copied instead of recomputed: K moved
+   * to its new position by RoPE, V as it is; the first reuse_boundary tokens
+   * of each run (0: 8) are recomputed. Those tokens' K/V were made without the
+   * text that changed, so the output may differ from a full recompute: off by
+   * default; a request may set it with the header x-heed-cache-reuse: off|chunks. */
+  int cache_reuse;
+  unsigned reuse_boundary;
 } heed_serve_options;
 
 void heed_serve_options_init(heed_serve_options *o);
