@@ -346,102 +346,39 @@ static size_t disk_restore(srv_engine *e, srv_job *j, size_t *reuse) {
 
 /* ---------- chunk reuse ---------- */
 
-/* Runs are found by the hash of SRV_CHUNK tokens: at every SRV_CHUNK-th
- * position of the cached sequences, at every position of the prompt (a
- * rolling hash), then checked token by token and grown both ways. */
-#define SRV_CHUNK 64
-#define CH_BASE 0x100000001b3ull
-
-static uint64_t ch_mix(int32_t t) { return ((uint64_t)(uint32_t)t + 1) * 0x9e3779b97f4a7c15ull; }
-static uint64_t ch_hash(const int32_t *t) {
-  uint64_t h = 0;
-  for (unsigned i = 0; i < SRV_CHUNK; i++) h = h * CH_BASE + ch_mix(t[i]);
-  return h;
-}
-
-typedef struct ch_entry {
-  uint64_t h;
-  unsigned leaf; /* index into the leaves' token arrays + 1; 0: empty */
-  size_t pos;
-} ch_entry;
-
-/* Plans j's chunk reuse: after the first `from` tokens (what the sequence
- * holds), runs of the prompt found in cached sequences of its tenant, each
- * but its first `boundary` tokens to be copied; never the last prompt token.
+/* Plans j's chunk reuse (serve/chunks.c) over the tenant's cached
+ * sequences: after the first `from` tokens (what the sequence holds), runs
+ * of the prompt they hold, each but its first boundary tokens to be copied.
  * Returns the tokens planned. */
 static size_t reuse_plan(srv_engine *e, srv_job *j, size_t from) {
-  const size_t n = j->n_prompt, end = n - 1, B = e->cfg.reuse_boundary;
   size_t planned = 0;
-  if (from + SRV_CHUNK > end || !e->cache.n) return 0;
-  /* the tenant's cached sequences' tokens, and their chunks in a table */
-  unsigned nl = 0;
+  if (from + SRV_CHUNK >= j->n_prompt || !e->cache.n) return 0;
+  unsigned nl = 0, n_runs = 0;
   const srv_cache_node **lv = malloc(e->cache.n * sizeof *lv);
   int32_t **tok = calloc(e->cache.n, sizeof *tok);
-  size_t *len = calloc(e->cache.n, sizeof *len), n_ch = 0;
+  size_t *len = calloc(e->cache.n, sizeof *len);
+  srv_run *runs = NULL;
   if (!lv || !tok || !len) goto out;
   for (unsigned i = 0; i < e->cache.n; i++) {
     const srv_cache_node *x = e->cache.leaves[i];
-    if (srv_cache_leaf_tenant(&e->cache, x) != j->tenant || x->seq == j->seq) continue;
+    if (srv_cache_leaf_tenant(&e->cache, x) != j->tenant) continue;
     size_t L = srv_cache_tokens(x, 0, NULL, 0);
     if (L < SRV_CHUNK || !(tok[nl] = malloc(L * sizeof(int32_t)))) continue;
     srv_cache_tokens(x, 0, tok[nl], L);
-    lv[nl] = x, len[nl] = L, n_ch += L / SRV_CHUNK, nl++;
+    lv[nl] = x, len[nl] = L, nl++;
   }
-  size_t cap = 16;
-  while (cap < 2 * n_ch) cap *= 2;
-  ch_entry *tab = n_ch ? calloc(cap, sizeof *tab) : NULL;
-  if (!tab) goto out;
-  for (unsigned l = 0; l < nl; l++)
-    for (size_t r = 0; r + SRV_CHUNK <= len[l]; r += SRV_CHUNK) {
-      const uint64_t h = ch_hash(tok[l] + r);
-      size_t i = h & (cap - 1);
-      while (tab[i].leaf && tab[i].h != h) i = (i + 1) & (cap - 1);
-      if (!tab[i].leaf) tab[i] = (ch_entry){.h = h, .leaf = l + 1, .pos = r};
-    }
-  /* the prompt, by a rolling hash of its windows */
-  uint64_t top = 1;
-  for (unsigned i = 0; i + 1 < SRV_CHUNK; i++) top *= CH_BASE;
-  const int32_t *p = j->prompt;
-  size_t q = from, cap_imp = 0;
-  uint64_t h = ch_hash(p + q);
-  while (q + SRV_CHUNK <= end) {
-    size_t i = h & (cap - 1);
-    const ch_entry *hit = NULL;
-    for (; tab[i].leaf; i = (i + 1) & (cap - 1))
-      if (tab[i].h == h) {
-        hit = &tab[i];
-        break;
-      }
-    if (hit && !memcmp(p + q, tok[hit->leaf - 1] + hit->pos, SRV_CHUNK * sizeof(int32_t))) {
-      const int32_t *t = tok[hit->leaf - 1];
-      size_t a = q, r = hit->pos, b = q + SRV_CHUNK, rb = r + SRV_CHUNK;
-      while (a > from && r > 0 && p[a - 1] == t[r - 1]) a--, r--; /* back to where the prompt parts */
-      while (b < end && rb < len[hit->leaf - 1] && p[b] == t[rb]) b++, rb++;
-      if (b - a > B + SRV_CHUNK / 2) {
-        if (j->n_imp == cap_imp) {
-          cap_imp = cap_imp ? 2 * cap_imp : 4;
-          struct srv_import *x = realloc(j->imp, cap_imp * sizeof *x);
-          if (!x) break;
-          j->imp = x;
-        }
-        j->imp[j->n_imp++] = (struct srv_import){.dst = a + B, .src_pos = r + B, .n = b - a - B,
-                                                 .src_seq = lv[hit->leaf - 1]->seq};
-        srv_cache_touch(&e->cache, lv[hit->leaf - 1]->seq); /* less likely to be evicted before the copy */
-        planned += b - a - B;
-      }
-      q = b;
-      if (q + SRV_CHUNK > end) break;
-      h = ch_hash(p + q);
-      continue;
-    }
-    if (q + SRV_CHUNK == end) break;
-    h = (h - ch_mix(p[q]) * top) * CH_BASE + ch_mix(p[q + SRV_CHUNK]);
-    q++;
+  planned = srv_chunk_runs(j->prompt, j->n_prompt, from, (const int32_t *const *)tok, len, nl, e->cfg.reuse_boundary,
+                           &runs, &n_runs);
+  if (n_runs && !(j->imp = malloc(n_runs * sizeof *j->imp))) planned = 0, n_runs = 0;
+  for (unsigned r = 0; r < n_runs; r++) {
+    j->imp[r] = (struct srv_import){.dst = runs[r].dst, .src_pos = runs[r].src_pos, .n = runs[r].n,
+                                    .src_seq = lv[runs[r].src]->seq};
+    srv_cache_touch(&e->cache, lv[runs[r].src]->seq); /* less likely to be evicted before the copy */
   }
-  free(tab);
+  j->n_imp = n_runs;
 out:
   for (unsigned l = 0; l < nl; l++) free(tok[l]);
-  free(tok), free(len), free(lv);
+  free(tok), free(len), free(lv), free(runs);
   return planned;
 }
 

@@ -250,6 +250,21 @@ typedef struct srv_job {
   double t_last;
 } srv_job;
 
+/* ---------- chunks.c: chunk reuse's search ---------- */
+
+#define SRV_CHUNK 64 /* tokens a chunk hash covers */
+/* A run of the prompt, [dst, dst + n), that source src holds at src_pos. */
+typedef struct srv_run {
+  size_t dst, src_pos, n;
+  unsigned src;
+} srv_run;
+/* The runs of prompt p[0..n) after its first `from` tokens that the n_src
+ * sources (token arrays) hold at any position, each less its first boundary
+ * tokens, none covering p's last token; in prompt order, not overlapping.
+ * *runs is malloc'd (NULL when none). Returns the tokens the runs cover. */
+size_t srv_chunk_runs(const int32_t *p, size_t n, size_t from, const int32_t *const *src, const size_t *src_len,
+                      unsigned n_src, unsigned boundary, srv_run **runs, unsigned *n_runs);
+
 /* ---------- disk.c: the prefix cache's disk tier ---------- */
 
 /* Whole KV blocks of cached prefixes in files under a folder, read back

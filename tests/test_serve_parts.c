@@ -1076,3 +1076,121 @@ Test(disk, the_limit_deletes_least_recently_used_first) {
   rm_tree(dir);
   free(dir);
 }
+
+/* ---------- chunk reuse's search ---------- */
+
+static void run_tokens(int32_t *t, size_t n, uint64_t seed) {
+  for (size_t i = 0; i < n; i++) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    t[i] = (int32_t)(seed >> 40) % 50000;
+  }
+}
+
+/* Every run names tokens equal to its source's, in order, inside [from, n - 1). */
+static void runs_sound(const int32_t *p, size_t n, size_t from, const int32_t *const *src, const size_t *len,
+                       const srv_run *r, unsigned nr) {
+  size_t last = from;
+  for (unsigned i = 0; i < nr; i++) {
+    cr_assert(r[i].dst >= last && r[i].dst + r[i].n <= n - 1, "run %u [%zu, +%zu) out of order or over the end", i,
+              r[i].dst, r[i].n);
+    cr_assert(r[i].src_pos + r[i].n <= len[r[i].src]);
+    cr_assert(!memcmp(p + r[i].dst, src[r[i].src] + r[i].src_pos, r[i].n * sizeof(int32_t)), "run %u's tokens differ", i);
+    last = r[i].dst + r[i].n;
+  }
+}
+
+Test(chunks, runs_after_changed_inserted_and_dropped_text) {
+  enum { N = 600, B = 8 };
+  int32_t a[N], p[N + 40];
+  run_tokens(a, N, 1);
+  const int32_t *src[2] = {a, NULL};
+  size_t len[2] = {N, 0};
+  srv_run *r;
+  unsigned nr;
+  /* a changed span [20, 25), same length: everything after it but the boundary and the last token */
+  memcpy(p, a, sizeof a);
+  for (int i = 20; i < 25; i++) p[i] = 99999 - i;
+  cr_assert_eq(srv_chunk_runs(p, N, 20, src, len, 1, B, &r, &nr), (size_t)(N - 1 - 25 - B));
+  cr_assert_eq(nr, 1);
+  cr_assert(r[0].dst == 25 + B && r[0].src_pos == 25 + B);
+  runs_sound(p, N, 20, src, len, r, nr);
+  free(r);
+  /* 7 tokens where there were 5: the rest moves by 2 */
+  memcpy(p, a, 20 * sizeof *a);
+  for (int i = 20; i < 27; i++) p[i] = 99999 - i;
+  memcpy(p + 27, a + 25, (N - 25) * sizeof *a);
+  const size_t n2 = N + 2;
+  cr_assert_eq(srv_chunk_runs(p, n2, 20, src, len, 1, B, &r, &nr), n2 - 1 - 27 - B);
+  cr_assert(nr == 1 && r[0].dst == 27 + B && r[0].src_pos == 25 + B);
+  runs_sound(p, n2, 20, src, len, r, nr);
+  free(r);
+  /* a tool result dropped: tokens [100, 150) gone */
+  memcpy(p, a, 100 * sizeof *a);
+  memcpy(p + 100, a + 150, (N - 150) * sizeof *a);
+  const size_t n3 = N - 50;
+  cr_assert_eq(srv_chunk_runs(p, n3, 100, src, len, 1, B, &r, &nr), n3 - 1 - 100 - B);
+  cr_assert(nr == 1 && r[0].dst == 100 + B && r[0].src_pos == 150 + B);
+  runs_sound(p, n3, 100, src, len, r, nr);
+  free(r);
+  /* two sources, a summary between: a compaction keeping the last exchange of each */
+  int32_t b[300];
+  run_tokens(b, 300, 2);
+  src[1] = b, len[1] = 300;
+  run_tokens(p, 50, 3);                           /* new text */
+  memcpy(p + 50, a + 400, 200 * sizeof *a);       /* a's end */
+  run_tokens(p + 250, 30, 4);                     /* new text */
+  memcpy(p + 280, b + 100, 200 * sizeof *b);      /* b's end, and a token after it */
+  p[480] = 7;
+  const size_t n4 = 481;
+  size_t got = srv_chunk_runs(p, n4, 0, src, len, 2, B, &r, &nr);
+  cr_assert_eq(nr, 2);
+  cr_assert(r[0].src == 0 && r[0].dst == 50 + B && r[0].src_pos == 400 + B && r[0].n == 200 - B);
+  cr_assert(r[1].src == 1 && r[1].dst == 280 + B && r[1].src_pos == 100 + B && r[1].n == 200 - B);
+  cr_assert_eq(got, 2 * (200 - B));
+  runs_sound(p, n4, 0, src, len, r, nr);
+  free(r);
+  /* nothing shared, a run too short to keep, a prompt shorter than a chunk */
+  run_tokens(p, N, 5);
+  cr_assert_eq(srv_chunk_runs(p, N, 0, src, len, 2, B, &r, &nr), 0);
+  cr_assert(nr == 0 && r == NULL);
+  memcpy(p + 100, a + 200, (SRV_CHUNK + B / 2) * sizeof *a); /* 68 tokens: under boundary + a half chunk */
+  cr_assert_eq(srv_chunk_runs(p, N, 0, src, len, 2, B, &r, &nr), 0);
+  cr_assert_eq(srv_chunk_runs(a, 40, 0, src, len, 2, B, &r, &nr), 0);
+  /* the prompt equal to the source: all but the last token after `from`, less the boundary */
+  cr_assert_eq(srv_chunk_runs(a, N, 10, src, len, 1, B, &r, &nr), (size_t)(N - 1 - 10 - B));
+  free(r);
+}
+
+Test(chunks, random_prompts_give_sound_runs) {
+  enum { N = 2000 };
+  int32_t *a = malloc(N * sizeof *a), *p = malloc(3 * N * sizeof *p);
+  run_tokens(a, N, 11);
+  for (unsigned i = 0; i < N; i++) a[i] %= 40; /* a small alphabet: many false starts */
+  const int32_t *src[1] = {a};
+  size_t len[1] = {N};
+  uint64_t s = 99;
+  for (int it = 0; it < 200; it++) {
+    size_t n = 0;
+    while (n < 2 * N) { /* pieces of a and random tokens */
+      s = s * 6364136223846793005ull + 1;
+      size_t k = 1 + (s >> 33) % 300, at = (s >> 13) % N;
+      if ((s >> 7) & 1) {
+        if (at + k > N) k = N - at;
+        memcpy(p + n, a + at, k * sizeof *a);
+      } else {
+        run_tokens(p + n, k, s);
+        for (size_t i = n; i < n + k; i++) p[i] %= 40;
+      }
+      n += k;
+    }
+    srv_run *r;
+    unsigned nr;
+    const size_t from = (s >> 20) % 100;
+    size_t got = srv_chunk_runs(p, n, from, src, len, 1, (unsigned)(s % 17), &r, &nr), sum = 0;
+    runs_sound(p, n, from, src, len, r, nr);
+    for (unsigned i = 0; i < nr; i++) sum += r[i].n;
+    cr_assert_eq(got, sum);
+    free(r);
+  }
+  free(a), free(p);
+}
