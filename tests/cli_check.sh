@@ -322,6 +322,18 @@ assert c["failed"]==1 and c["ttft_s"]["p50"] is None, c' "$tmp/bs.json" && ok ||
   expect_fail "a MODEL or --url is needed" X=1 -- bench serve --gen 4
   expect_fail "--url localhost:80: accepted: http://IPV4:PORT" X=1 -- bench serve --url localhost:80
   expect_fail "cannot write --json /nonexistent/x.json" X=1 -- bench serve "$gemma" --json /nonexistent/x.json
+  # heed bench reuse: the three turn kinds, counts that add up, KL and top-1 in range
+  "$heed" bench reuse "$gemma" --tokens 512 --gen 2 --threads 2 --json "$tmp/br.json" >"$tmp/o" 2>&1 &&
+    python3 - "$tmp/br.json" <<'PY' && ok || { bad "heed bench reuse"; cat "$tmp/o" "$tmp/br.json"; }
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["schema"] == "heed-bench-reuse/1" and [k["kind"] for k in d["kinds"]] == ["volatile", "drop", "compact"], d
+for k in d["kinds"]:
+    assert k["exact"] + k["shifted"] + k["recomputed"] == k["new_tokens"], k
+    assert k["shifted"] > 0 and 0 <= k["kl_mean"] <= k["kl_max"] and 0 <= k["top1"] <= 1, k
+PY
+  expect_fail "--tokens 100: at least 512" X=1 -- bench reuse "$gemma" --tokens 100
+  expect_fail "--gen x: accepted: a whole number" X=1 -- bench reuse "$gemma" --gen x
   # heed serve's cache options, refused before the model loads
   expect_fail "--cache-reuse shift: not an accepted value" X=1 -- serve "$gemma" --cache-reuse shift
   expect_fail "--cache-reuse-boundary 0: not an accepted value" X=1 -- serve "$gemma" --cache-reuse-boundary 0
