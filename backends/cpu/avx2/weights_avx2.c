@@ -129,16 +129,19 @@ WX_INLINE void yp_decode(const int f, const uint8_t *b, yp_group *o) {
 WX_INLINE void yp_half(const int f, const int R, const int T, const yp_group *const *z, const int8_t *const *q, int h,
                        __m256i P[4][4]) {
   const int run = f == WF_Q6_K ? 2 : 4; /* vectors summed in int16 before vpmaddwd */
+  for (int r = 0; r < R; r++) /* zero adds fold away; GCC's -Wmaybe-uninitialized wants them said */
+    for (int t = 0; t < T; t++) P[r][t] = _mm256_setzero_si256();
   for (int k0 = 0; k0 < 4; k0 += run) {
     __m256i p[4][4];
+    for (int r = 0; r < R; r++)
+      for (int t = 0; t < T; t++) p[r][t] = _mm256_setzero_si256();
     for (int k = k0; k < k0 + run; k++) {
       __m256i a[4];
       for (int t = 0; t < T; t++) a[t] = _mm256_load_si256((const __m256i *)(q[t] + 32 * (4 * h + k)));
       for (int r = 0; r < R; r++) {
         const __m256i u = _mm256_load_si256(&z[r]->u[4 * h + k]);
         for (int t = 0; t < T; t++) {
-          const __m256i m = _mm256_maddubs_epi16(u, a[t]);
-          p[r][t] = k == k0 ? m : _mm256_add_epi16(p[r][t], m);
+          p[r][t] = _mm256_add_epi16(p[r][t], _mm256_maddubs_epi16(u, a[t]));
           YP_KEEP(p[r][t]);
         }
       }
@@ -147,8 +150,7 @@ WX_INLINE void yp_half(const int f, const int R, const int T, const yp_group *co
     for (int r = 0; r < R; r++) {
       const __m256i sc = _mm256_load_si256(&z[r]->s16[si]);
       for (int t = 0; t < T; t++) {
-        const __m256i m = _mm256_madd_epi16(p[r][t], sc);
-        P[r][t] = k0 ? _mm256_add_epi32(P[r][t], m) : m;
+        P[r][t] = _mm256_add_epi32(P[r][t], _mm256_madd_epi16(p[r][t], sc));
       }
     }
   }
@@ -158,6 +160,8 @@ WX_INLINE void yp_half(const int f, const int R, const int T, const yp_group *co
 WX_INLINE void yp_group_dot(const int f, const int R, const int T, const yp_group *const *z, const int8_t *const *q,
                             const float *const *dh, const float *const *ds, __m256 acc[4][4]) {
   __m256 tv[4][4];
+  for (int r = 0; r < R; r++) /* set on the first half; said again here for GCC's -Wmaybe-uninitialized */
+    for (int t = 0; t < T; t++) tv[r][t] = _mm256_setzero_ps();
   for (int h = 0; h < 2; h++) {
     __m256i P[4][4];
     yp_half(f, R, T, z, q, h, P);
