@@ -334,6 +334,22 @@ for k in d["kinds"]:
 PY
   expect_fail "--tokens 100: at least 512" X=1 -- bench reuse "$gemma" --tokens 100
   expect_fail "--gen x: accepted: a whole number" X=1 -- bench reuse "$gemma" --gen x
+  # heed bench agent: a small trace, every kind reported, cached tokens within their ideal
+  "$heed" bench agent "$gemma" --sessions 2 --turns 4 --system-tokens 200 --tool-tokens 60 --no-cold --threads 2 \
+    --json "$tmp/ba.json" >"$tmp/o" 2>&1 &&
+    python3 - "$tmp/ba.json" <<'PY' && ok || { bad "heed bench agent"; cat "$tmp/o" "$tmp/ba.json"; }
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["schema"] == "heed-bench-agent/1" and d["retained_evictions"] == 0, d
+kinds = {k["kind"]: k for k in d["kinds"]}
+assert set(kinds) == {"first", "continue", "volatile", "compact", "side"}, kinds
+for k in kinds.values():
+    assert 0 <= k["cached"] <= k["prompt_tokens"] and k["ideal"] + k["chunks"] <= k["prompt_tokens"], k
+assert kinds["continue"]["cached"] >= kinds["continue"]["ideal"] > 0, kinds["continue"]
+assert kinds["volatile"]["cached"] > kinds["volatile"]["ideal"], kinds["volatile"]  # chunk reuse is on
+PY
+  expect_fail "--reuse maybe: accepted: chunks, off" X=1 -- bench agent "$gemma" --reuse maybe
+  expect_fail "--turns 1: accepted: a whole number in 2..64" X=1 -- bench agent "$gemma" --turns 1
   # heed serve's cache options, refused before the model loads
   expect_fail "--cache-reuse shift: not an accepted value" X=1 -- serve "$gemma" --cache-reuse shift
   expect_fail "--cache-reuse-boundary 0: not an accepted value" X=1 -- serve "$gemma" --cache-reuse-boundary 0

@@ -11,6 +11,7 @@
 #include "bench/bench_kvquant.h"
 #include "bench/bench_model.h"
 #include "bench/bench_serve.h"
+#include "bench/bench_agent.h"
 #include "bench/bench_reuse.h"
 #include "bench/bench_weights.h"
 #include "bench/bench_spec.h"
@@ -34,6 +35,8 @@ static void usage(FILE *f) {
           "                  (concurrent streaming clients: tok/s, TTFT, TPOT)\n"
           "       heed bench reuse FILE.gguf [--tokens 2000] [--gen 32] [--boundary 8] [--json FILE]\n"
           "                  (chunk reuse against a full recompute: KL divergence, top-1 agreement)\n"
+          "       heed bench agent FILE.gguf [--url URL] [--sessions 2] [--turns 5] [--system-tokens 3000] [--json FILE]\n"
+          "                  (agent-like sessions: tokens reused against the ideal, TTFT against cold, per turn kind)\n"
           "       heed model info FILE.gguf [--json]   (architecture, tensors, tokenizer, KV-cache bytes per token)\n"
           "       heed model dump FILE.gguf            (every key and tensor of a GGUF file, as JSON)\n"
           "       heed tokenize FILE.gguf (-p TEXT | -f FILE | --chat REQUEST.json) [--json | --ids]\n"
@@ -146,6 +149,7 @@ static int cmd_bench(int argc, char **argv) {
   if (strcmp(argv[0], "model") == 0) return heed_bench_model_main(argc, argv);
   if (strcmp(argv[0], "serve") == 0) return heed_bench_serve_main(argc, argv);
   if (strcmp(argv[0], "reuse") == 0) return heed_bench_reuse_main(argc, argv);
+  if (strcmp(argv[0], "agent") == 0) return heed_bench_agent_main(argc, argv);
   if (strcmp(argv[0], "shapes") == 0) {
     int ns;
     const heed_bench_shape *sh = heed_bench_shapes(&ns);
