@@ -348,6 +348,26 @@ Test(kv_cache, blocks_out_and_back_in, .init = setup, .fini = teardown) {
     cr_assert_eq(heed_kv_seq_read(c, a, 0, 32, ka, va), HEED_OK);
     cr_assert_eq(heed_kv_seq_read(c, b, 0, 32, kb, vb), HEED_OK);
     cr_assert(!memcmp(ka, kb, sizeof ka) && !memcmp(va, vb, sizeof va), "%s: the appended blocks read back differently", dn);
+    /* and attention over them gives the same bits: a's first two blocks by their table, b as a sequence */
+    {
+      const uint32_t *ta;
+      unsigned nta;
+      cr_assert_eq(heed_kv_seq_blocks(c, a, &ta, &nta), HEED_OK);
+      heed_attn_params ap = {.n_q_heads = 4, .n_kv_heads = 2, .dk = 32, .dv = 48, .scale = 0.18f};
+      heed_attn_decode_seq sa = {.kv = {.seq = -1, .blocks = ta, .n_tokens = 32}, .n_q = 1},
+                           sb = {.kv = {.seq = b}, .n_q = 1};
+      float q[4 * 32], oa[4 * 48], ob[4 * 48];
+      for (int i = 0; i < 4 * 32; i++) q[i] = sinf((float)i);
+      size_t wsb = 0, w2 = 0;
+      cr_assert_eq(heed_attn_decode_workspace(rt, &ap, &sa, 1, &wsb), HEED_OK);
+      cr_assert_eq(heed_attn_decode_workspace(rt, &ap, &sb, 1, &w2), HEED_OK);
+      if (w2 > wsb) wsb = w2;
+      void *ws = aligned_alloc(64, (wsb + 63) & ~(size_t)63);
+      cr_assert_eq(heed_attn_decode(rt, c, &ap, &sa, 1, q, oa, NULL, ws, wsb), HEED_OK, "%s", heed_runtime_last_error(rt));
+      cr_assert_eq(heed_attn_decode(rt, c, &ap, &sb, 1, q, ob, NULL, ws, wsb), HEED_OK, "%s", heed_runtime_last_error(rt));
+      cr_assert(!memcmp(oa, ob, sizeof oa), "%s: attention over the appended blocks differs", dn);
+      free(ws);
+    }
     /* then the sequence goes on as any other */
     cr_assert_eq(heed_kv_seq_append(c, b, 3, k, v), HEED_OK);
     /* refusals */
