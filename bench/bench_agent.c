@@ -90,16 +90,19 @@ static int http_post(const target *t, const char *path, const char *session, con
   }
   size_t cap = 1 << 16, have = 0;
   char *buf = malloc(cap);
+  double t_fin = 0;
   for (;;) {
     if (have + 1 >= cap) buf = realloc(buf, cap *= 2);
     ssize_t k = recv(fd, buf + have, cap - 1 - have, 0);
     if (k <= 0) break;
     have += (size_t)k;
     buf[have] = 0;
-    /* the first event carrying text: the first token */
+    /* the first event carrying text: the first token; else (an output of only an end token) the finish */
     for (const char *c = buf; !*ttft && (c = strstr(c, "\"content\":\"")); c += 11)
       if (c[11] != '"') *ttft = now_s() - t0;
+    if (!t_fin && strstr(buf, "\"finish_reason\":\"")) t_fin = now_s() - t0;
   }
+  if (!*ttft) *ttft = t_fin;
   close(fd);
   buf[have] = 0;
   *resp = buf;
