@@ -368,9 +368,9 @@ static int server_start(server *sv, const char *model, unsigned threads, unsigne
   heed_model_options_init(&mo);
   mo.n_ctx = ctx;
   mo.max_seqs = heed_serve_max_seqs(&so);
-  double per_tok = 0;
-  const size_t kvt = heed_serve_kv_tokens(&so, ctx, per_tok);
-  mo.kv_tokens = kvt + 8 * (size_t)ctx;
+  /* the slots' own tokens, and room for eight cached sequences of the longest prompt (the trace's sessions,
+   * side requests and forks) instead of a byte budget */
+  mo.kv_tokens = heed_serve_kv_tokens(&so, ctx, 0) + 8 * (size_t)ctx;
   memset(sv, 0, sizeof *sv);
   if (heed_runtime_open(&ro, &sv->rt, &e) || heed_model_open(sv->rt, model, &mo, &sv->m, &e) ||
       heed_serve_start(sv->m, &so, &sv->srv, &e)) {
