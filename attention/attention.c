@@ -314,7 +314,8 @@ typedef struct job {
   heed_attn_qk_fn qk_of[HEED_DTYPE_COUNT]; /* by storage type: the cache's, and f16 for residuals */
   heed_attn_pv_fn pv_of[HEED_DTYPE_COUNT];
   heed_to_f32_fn f16_to_f32; /* the quantized formats' scales and mins */
-  heed_attn_qk_q8_fn qk_q8;  /* q8 K from an int8 query; NULL: the float kernels */
+  heed_attn_qk_q8_fn qk_q8;  /* q8 K from a quantized query; NULL: the float kernels */
+  heed_attn_pv_q8_fn pv_q8;  /* q8 V from a quantized P; NULL: the float kernels */
   heed_softmax_row_fn sm;
   unsigned G, H, bl, cols;
   float *scratch;       /* [W][scratch_stride] */
@@ -414,7 +415,7 @@ static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, 
     const heed_f16 *sc = w->ks + (size_t)g * dk, *mn = w->km ? w->km + (size_t)g * dk : NULL;
     J->f16_to_f32(sc, x->vs, dk);
     float *St = S + (t0 - off);
-    if (w->kt == HEED_DTYPE_Q8 && J->qk_q8) { /* q8 K: the query quantized to int8 per row (x->q2 is its scratch: 4 R dk bytes) */
+    if (w->kt == HEED_DTYPE_Q8 && J->qk_q8) { /* q8 K: the query quantized per row (x->q2 is its scratch: 4 R dk bytes) */
       J->qk_q8(qp, (int)R, x->vs, HEED_K_RUN(w->k, B, dk, t0, 0), (int)(t1 - t0), (int)dk, St, (int)cols, x->q2);
       t0 = t1;
       continue;
@@ -461,6 +462,12 @@ static void accumulate(const job *J, const kv_view *w, unsigned R, float *P, uns
     J->f16_to_f32(src, x->tmp, (size_t)n * ng);
     for (unsigned j = 0; j < n; j++)
       for (unsigned g = 0; g < ng; g++) dst[(size_t)g * SCOLS + j] = x->tmp[(size_t)j * ng + g];
+  }
+  if (w->vt == HEED_DTYPE_Q8 && J->pv_q8) { /* q8 V: P times the scales quantized per row (x->p2 is its scratch) */
+    for (unsigned g = 0; g < ng; g++)
+      J->pv_q8(P, (int)cols, (int)R, x->vs + (size_t)g * SCOLS, (const char *)HEED_V_RUN(v, B, dv, 0, g * vg), (int)n,
+               (int)vg, (int)dv, O + g * vg, x->p2);
+    return;
   }
   for (unsigned g = 0; g < ng; g++) {
     const float *sg = x->vs + (size_t)g * SCOLS, *mg = x->vm + (size_t)g * SCOLS;
@@ -571,6 +578,7 @@ static void job_init(job *J, heed_cpu_ctx *x, const heed_attn_call *call) {
   }
   J->f16_to_f32 = heed_kernel_to_f32(x->kernels, HEED_DTYPE_F16);
   J->qk_q8 = x->qk_q8;
+  J->pv_q8 = x->pv_q8;
   J->sm = heed_kernel_softmax_row(x->kernels);
   J->G = call->p->n_q_heads / call->p->n_kv_heads;
   J->H = call->p->n_q_heads;

@@ -142,23 +142,41 @@ const heed_backend_iface *heed_runtime_backend_iface(const heed_runtime *rt, voi
 void heed_runtime_set_error(heed_runtime *rt, const heed_error *e);
 
 /* The CPU backend's context, which the portable attention driver runs on. */
-/* q8 K scores from an int8 query (backends/cpu/avx512/attn_avx512vnni.c):
- * for n keys (a multiple of 16) of one K group whose per-channel scales are
- * ks [dk] f32, s[r * lds + j] = d_r * sum_d (h_r[d] + l_r[d] / 254) * K(j, d),
- * where row r of q [R][dk] times ks is v_r = q ks * 127 / max |q ks|, h_r =
- * nearbyint(v_r) and l_r = nearbyint((v_r - h_r) * 254), both int8, and
- * d_r = max |q ks| / 127: the query to within d_r / 508 per channel.
+/* q8 K scores from a quantized query: for n keys (a multiple of 16) of one K
+ * group whose per-channel scales are ks [dk] f32, s[r * lds + j] = the score
+ * of row r of q [R][dk] (times ks) with key j, the query quantized per row as
+ * each implementation says:
+ *   _vnni (backends/cpu/avx512/attn_avx512vnni.c): v_r = q ks * 127 / max
+ *     |q ks|, h_r = nearbyint(v_r), l_r = nearbyint((v_r - h_r) * 254), both
+ *     int8, d_r = max |q ks| / 127, s = d_r * sum_d (h_r[d] + l_r[d] / 254) K(j, d);
+ *   _avx2 (backends/cpu/avx2/attn_q8_avx2.c): c_r = nearbyint(q ks * 32767 /
+ *     max |q ks|) int16, d_r = max |q ks| / 32767, s = d_r * sum_d c_r[d] K(j, d);
+ * both the query to within d_r / 2 (of its own d_r) per channel, sums exact.
  * scratch: HEED_QK_Q8_SCRATCH(R, dk) bytes, 4-byte aligned. */
 typedef void (*heed_attn_qk_q8_fn)(const float *q, int R, const float *ks, const void *kt, int n, int dk, float *s,
                                    int lds, void *scratch);
 #define HEED_QK_Q8_SCRATCH(R, dk) (2 * (size_t)(R) * (dk) + 12 * (size_t)(R))
 void heed_attn_qk_q8_vnni(const float *q, int R, const float *ks, const void *kt, int n, int dk, float *s, int lds,
                           void *scratch);
+void heed_attn_qk_q8_avx2(const float *q, int R, const float *ks, const void *kt, int n, int dk, float *s, int lds,
+                          void *scratch);
+/* q8 V sums from a quantized P: o[r * dv + c] += sum_j p[r * ldp + j] vs[j]
+ * V(j, c) for the nc columns (a multiple of 16) of one V group of n keys (a
+ * multiple of 16) of V rows dv elements apart, vs the keys' scales for that
+ * group; P times vs quantized per row as _avx2's query above (int16, step
+ * d_r = max |p vs| / 32767), sums exact. scratch: HEED_PV_Q8_SCRATCH(R, n)
+ * bytes, 4-byte aligned. */
+typedef void (*heed_attn_pv_q8_fn)(const float *p, int ldp, int R, const float *vs, const void *v, int n, int nc,
+                                   int dv, float *o, void *scratch);
+#define HEED_PV_Q8_SCRATCH(R, n) (2 * (size_t)(R) * (n) + 4 * (size_t)(R))
+void heed_attn_pv_q8_avx2(const float *p, int ldp, int R, const float *vs, const void *v, int n, int nc, int dv,
+                          float *o, void *scratch);
 
 typedef struct heed_cpu_ctx {
   const heed_kernel_table *kernels;
   heed_pool *pool;
   heed_attn_qk_q8_fn qk_q8; /* NULL: q8 K runs the table's float kernels */
+  heed_attn_pv_q8_fn pv_q8; /* NULL: q8 V runs the table's float kernels */
 } heed_cpu_ctx;
 heed_status heed_cpu_attn_prefill(void *ctx, const heed_attn_call *call);
 heed_status heed_cpu_attn_decode(void *ctx, const heed_attn_call *call);

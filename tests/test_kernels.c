@@ -368,4 +368,93 @@ Test(kernels, attn_qk_q8_from_an_int8_query) {
       }
   free(q), free(ks), free(sc), free(k), free(hc), free(lc), free(scratch);
 }
+
+/* The scalar copy of the AVX2 q8 kernels' quantization (the same f32
+ * operations, so the same codes): x times sc to int16 codes, returns the step. */
+static float quant16_ref(const float *x, const float *sc, int n, int16_t *c) {
+  float amax = 0;
+  for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i] * sc[i]));
+  const float inv = amax > 1e-30f ? 32767.0f / amax : 0.0f;
+  for (int i = 0; i < n; i++) {
+    const float v = x[i] * sc[i];
+    c[i] = (int16_t)nearbyintf(v * inv);
+  }
+  return amax > 1e-30f ? amax / 32767.0f : 0.0f;
+}
+
+/* q8 K scores and q8 V sums from an int16 query / P (AVX2 vpmaddwd): bit for
+ * bit against the scalar copy (exact integer sums, then the kernels' own two
+ * roundings), and against fp64 within the quantization's bound d/2 sum |code|
+ * plus the f32 roundings. Rows 1..7 and 13 (row blocks of 6), one to sixteen
+ * panels, dims 16..256; adversarial rows: all zero, one outlier channel, every
+ * code at +-127 with the query at its maximum (the int32 bound). */
+Test(kernels, attn_q8_avx2_int16) {
+  heed_cpu_features f = heed_cpu_features_detect();
+  if (!heed_kernels_compiled(HEED_ISA_AVX2) || !heed_isa_runs_on(HEED_ISA_AVX2, f))
+    cr_skip_test("avx2: this CPU cannot run it");
+  static const int Rs[] = {1, 2, 5, 6, 7, 13}, ns[] = {16, 48, 256}, dims[] = {16, 64, 128, 256};
+  uint64_t s = 7;
+  const int RM = 13, NM = 256, DM = 256;
+  float *q = malloc((size_t)RM * DM * 4), *ks = malloc(DM * 4), *sc = malloc((size_t)RM * NM * 4);
+  float *p = malloc((size_t)RM * NM * 4), *vs = malloc(NM * 4), *o = malloc((size_t)RM * DM * 4),
+        *o0 = malloc((size_t)RM * DM * 4);
+  int8_t *k = malloc((size_t)NM * DM);
+  int16_t *c = malloc((size_t)NM * 2 > (size_t)DM * 2 ? (size_t)NM * 2 : (size_t)DM * 2);
+  void *scratch = malloc(HEED_QK_Q8_SCRATCH(RM, DM) > HEED_PV_Q8_SCRATCH(RM, NM) ? HEED_QK_Q8_SCRATCH(RM, DM)
+                                                                                 : HEED_PV_Q8_SCRATCH(RM, NM));
+  for (int adv = 0; adv < 2; adv++)
+    for (size_t di = 0; di < 4; di++)
+      for (size_t ri = 0; ri < 6; ri++)
+        for (size_t ni = 0; ni < 3; ni++) {
+          const int R = Rs[ri], n = ns[ni], dk = dims[di], lds = NM;
+          for (int i = 0; i < n * dk; i++) k[i] = adv ? (int8_t)(i % 3 == 0 ? -127 : 127) : (int8_t)(tu_uniform(&s) * 127.5f);
+          for (int d = 0; d < dk; d++) ks[d] = adv ? 1.0f : (0.5f + tu_uniform(&s) * 0.25f) * (d == 3 ? 30.0f : 1.0f);
+          for (int i = 0; i < R * dk; i++)
+            q[i] = adv ? (i % 3 == 0 ? -2.5f : 2.5f) : R > 1 && i / dk == 1 ? 0.0f : tu_uniform(&s) * 3.0f;
+          for (int j = 0; j < n; j++) vs[j] = adv ? 1.0f : 0.01f + 0.02f * fabsf(tu_uniform(&s));
+          for (int i = 0; i < R * n; i++) /* softmax-like rows: one near 1, the rest small; row 1 all zero */
+            p[i] = adv ? 1.0f : R > 1 && i / n == 1 ? 0.0f : i % n == (i / n) % n ? 0.9f : fabsf(tu_uniform(&s)) * 0.01f;
+          for (int i = 0; i < R * dk; i++) o[i] = o0[i] = tu_uniform(&s);
+          heed_attn_qk_q8_avx2(q, R, ks, k, n, dk, sc, lds, scratch);
+          for (int r = 0; r < R; r++) {
+            const float dr = quant16_ref(q + r * dk, ks, dk, c);
+            for (int j = 0; j < n; j++) {
+              int64_t is = 0, ia = 0;
+              double exact = 0;
+              for (int d = 0; d < dk; d++) {
+                const int kj = k[(j / 16) * 16 * dk + d * 16 + j % 16];
+                is += (int64_t)c[d] * kj, ia += (int64_t)abs(kj);
+                exact += (double)q[r * dk + d] * ks[d] * kj;
+              }
+              cr_assert(is >= INT32_MIN && is <= INT32_MAX);
+              const float want = (float)(int32_t)is * dr, got = sc[r * lds + j];
+              cr_assert(got == want, "qk R=%d n=%d dk=%d (%d,%d): %.9g, scalar copy %.9g", R, n, dk, r, j, got, want);
+              const double bound = dr / 2.0 * (double)ia * 1.0001 + 2 * 0x1p-24 * fabs(exact) + 1e-30;
+              cr_assert_leq(fabs(got - exact), bound, "qk R=%d n=%d dk=%d (%d,%d): %.9g, fp64 %.9g", R, n, dk, r, j, got,
+                            exact);
+            }
+          }
+          /* V: n keys of dk-element rows, all dk columns (a group of dk channels) */
+          heed_attn_pv_q8_avx2(p, NM, R, vs, k, n, dk, dk, o, scratch);
+          for (int r = 0; r < R; r++) {
+            const float dr = quant16_ref(p + r * NM, vs, n, c);
+            for (int cc = 0; cc < dk; cc++) {
+              int64_t is = 0, ia = 0;
+              double exact = 0;
+              for (int j = 0; j < n; j++) {
+                const int vj = k[(size_t)j * dk + cc];
+                is += (int64_t)c[j] * vj, ia += (int64_t)abs(vj);
+                exact += (double)p[r * NM + j] * vs[j] * vj;
+              }
+              cr_assert(is >= INT32_MIN && is <= INT32_MAX);
+              const float want = fmaf((float)(int32_t)is, dr, o0[r * dk + cc]), got = o[r * dk + cc];
+              cr_assert(got == want, "pv R=%d n=%d dv=%d (%d,%d): %.9g, scalar copy %.9g", R, n, dk, r, cc, got, want);
+              const double bound = dr / 2.0 * (double)ia * 1.0001 + 2 * 0x1p-24 * (fabs(exact) + fabs(o0[r * dk + cc])) + 1e-30;
+              cr_assert_leq(fabs(got - o0[r * dk + cc] - exact), bound, "pv R=%d n=%d dv=%d (%d,%d): %.9g, fp64 %.9g", R, n,
+                            dk, r, cc, got - o0[r * dk + cc], exact);
+            }
+          }
+        }
+  free(q), free(ks), free(sc), free(p), free(vs), free(o), free(o0), free(k), free(c), free(scratch);
+}
 #endif

@@ -15,6 +15,11 @@ static heed_status cpu_open(const heed_backend_open_args *a, void **ctx, heed_er
   if (!c) return heed_err_set(err, HEED_E_NOMEM, "no memory for the cpu backend");
   c->kernels = a->cpu_kernels;
   c->pool = a->pool;
+#if HEED_HAVE_ISA_AVX2
+  /* q8 K and V on vpmaddwd: an int16 query and P (heed_attn_qk_q8_fn, heed_attn_pv_q8_fn) */
+  if (a->cpu_kernels->isa == HEED_ISA_AVX2 || a->cpu_kernels->isa == HEED_ISA_AVX512)
+    c->qk_q8 = heed_attn_qk_q8_avx2, c->pv_q8 = heed_attn_pv_q8_avx2;
+#endif
 #if HEED_HAVE_ISA_AVX512
   /* q8 K scores on vpdpbusd: an int8 query (heed_attn_qk_q8_fn) */
   if (a->cpu_kernels->isa == HEED_ISA_AVX512 && HEED_CPU_HAS(a->features, AVX512_VNNI)) c->qk_q8 = heed_attn_qk_q8_vnni;
