@@ -2,13 +2,14 @@
 # (scripts/setup.sh, apt-get as root), configure, build, then run.
 BUILD ?= build
 BUILD_ARM64 ?= build-aarch64
+BUILD_SIMDE ?= build-simde
 JOBS ?= 2
 CMAKE_FLAGS ?=
 # CI=true turns warnings into errors.
 WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 HOST_ARCH := $(shell uname -m)
 
-.PHONY: all setup configure build run test test-native test-arm64 test-asan test-tsan fuzz check bench install clean
+.PHONY: all setup configure build run test test-native test-arm64 test-simde test-asan test-tsan fuzz check bench install clean
 
 all: build
 
@@ -40,9 +41,11 @@ run: build
 	@bash scripts/serve-howto.sh $(PORT)
 	exec $(BUILD)/heed serve $(DEFAULT_MODEL) --host 127.0.0.1 --port $(PORT) $(SERVE_FLAGS)
 
-# On x86-64 the arm64 build (NEON) runs under qemu too; HEED_NO_ARM64=1 skips it.
+# On x86-64 the arm64 build (NEON) runs under qemu too (HEED_NO_ARM64=1 skips
+# it), and so do the AVX-512 kernels through SIMDe.
 TEST_TARGETS := test-native
 ifeq ($(HOST_ARCH),x86_64)
+TEST_TARGETS += test-simde
 ifneq ($(HEED_NO_ARM64),1)
 TEST_TARGETS += test-arm64
 endif
@@ -60,6 +63,19 @@ test-arm64: setup
 	  -DHEED_ARM64_DEPS=$(CURDIR)/.deps/arm64 -DHEED_BUILD_TOOLS=OFF -DHEED_WERROR=$(WERROR) >/dev/null
 	@cmake --build $(BUILD_ARM64) -j $(JOBS)
 	cd $(BUILD_ARM64) && ctest -j $(JOBS) --output-on-failure
+
+# The AVX-512 kernels compiled a second time against SIMDe (portable code under
+# the same intrinsics' names) in a test build where the CPU counts as having
+# AVX-512 F/BW/VL/VNNI/BF16: the kernel, attention, weights, speculative and
+# bench (probes) suites run the avx512 level, VNNI and BF16 code included, on
+# a machine without it (CMakeLists.txt, HEED_AVX512_SIMDE). Where the CPU has
+# AVX-512, the native suite runs the real instructions too.
+SIMDE_SUITES := kernels attention weights spec bench
+test-simde: setup
+	@cmake -S . -B $(BUILD_SIMDE) -DHEED_AVX512_SIMDE=ON -DHEED_BUILD_TOOLS=OFF \
+	  -DHEED_WERROR=$(WERROR) >/dev/null
+	@cmake --build $(BUILD_SIMDE) -j $(JOBS) --target $(addprefix test_,$(SIMDE_SUITES))
+	cd $(BUILD_SIMDE) && ctest -j $(JOBS) --output-on-failure -R '^($(shell echo $(SIMDE_SUITES) | tr ' ' '|'))$$'
 
 # The checked builds, each in a build folder of its own (build-asan, build-tsan,
 # build-fuzz); `make check` runs the suite and all three, as .ci/run does.
@@ -84,4 +100,4 @@ install: build
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX))
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ARM64) build-asan build-tsan build-fuzz
+	rm -rf $(BUILD) $(BUILD_ARM64) $(BUILD_SIMDE) build-asan build-tsan build-fuzz

@@ -94,7 +94,15 @@ static heed_cpu_features detect_uncached(void) {
     }
   }
   if (BIT(r.l1_ecx, 27)) r.xcr0 = read_xcr0();
-  return heed_cpu_features_decode_x86(&r);
+  heed_cpu_features f = heed_cpu_features_decode_x86(&r);
+#if HEED_AVX512_SIMDE
+  /* A build whose AVX-512 kernels are SIMDe's portable code (make test-simde):
+   * they run wherever the AVX2 level they build on does. */
+  if (HEED_CPU_HAS(f, AVX2) && HEED_CPU_HAS(f, FMA) && HEED_CPU_HAS(f, F16C))
+    f |= HEED_CPU_FLAG(AVX512F) | HEED_CPU_FLAG(AVX512BW) | HEED_CPU_FLAG(AVX512VL) | HEED_CPU_FLAG(AVX512_VNNI) |
+         HEED_CPU_FLAG(AVX512_BF16);
+#endif
+  return f;
 #elif defined(HEED_ARCH_ARM64)
   return heed_cpu_features_decode_arm64(getauxval(AT_HWCAP), getauxval(AT_HWCAP2));
 #else

@@ -20,7 +20,7 @@ native=(
   cmake gcc make pkg-config
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
   libclblast-dev libhwloc-dev hwloc libxml2-dev libdnnl-dev libcriterion-dev
-  gnuplot-nox libcjson-dev libmicrohttpd-dev libpcre2-dev libxxhash-dev python3 python3-venv python3-jsonschema
+  gnuplot-nox libcjson-dev libmicrohttpd-dev libpcre2-dev libxxhash-dev libsimde-dev python3 python3-venv python3-jsonschema
   clang libclang-rt-14-dev llvm
 )
 arm64=(

@@ -67,6 +67,14 @@ const heed_weights_table *heed_weights_table_get(heed_isa isa, heed_cpu_features
   }
 }
 
+heed_probe_fma_fn heed_cpu_probe_bf16(heed_isa isa, heed_cpu_features f) {
+#if HEED_HAVE_ISA_AVX512
+  if (isa == HEED_ISA_AVX512 && heed_kernels_compiled(isa) && HEED_CPU_HAS(f, AVX512_BF16)) return heed_probe_bf16_avx512;
+#endif
+  (void)isa, (void)f;
+  return NULL;
+}
+
 /* ---------- formats ---------- */
 
 int heed_weights_supported(int type) { return type >= 0 && type < HEED_WTYPE_SLOTS && heed_weights_ref_dequant(type); }

@@ -109,6 +109,11 @@ typedef struct heed_weights_table {
   heed_wkernel k[HEED_WTYPE_SLOTS]; /* [ggml type] */
 } heed_weights_table;
 
+/* The bf16_dot_peak probe (heed/bench.h) for the level isa on a CPU with
+ * features f: vdpbf16ps on avx512 with avx512_bf16; NULL: none. */
+heed_probe_fma_fn heed_cpu_probe_bf16(heed_isa isa, heed_cpu_features f);
+double heed_probe_bf16_avx512(uint64_t iters, float *sink);
+
 #define HEED_WSLOT_SET(t, TYPE, vf, mf)              \
   do {                                               \
     (t)->k[HEED_GGML_##TYPE].vec = (vf);             \

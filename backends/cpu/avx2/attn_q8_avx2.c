@@ -18,7 +18,7 @@
  * pair run: 2 * 32767 * 127 * 256 < 2^31), then one conversion and one
  * multiply by d. tests/test_kernels.c checks both kernels bit for bit against
  * a scalar copy of this arithmetic and bounds them against fp64. */
-#include <immintrin.h>
+#include "backends/cpu/x86_intrin.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

@@ -17,7 +17,7 @@
 #ifndef HEED_WEIGHTS_X86_H
 #define HEED_WEIGHTS_X86_H
 
-#include <immintrin.h>
+#include "backends/cpu/x86_intrin.h"
 #include <stdint.h>
 #include <string.h>
 

@@ -16,7 +16,7 @@
  * rounding: at most d_r / 2 per channel, i.e. |ds| <= d_r / 2 * sum_d |K(j, d)|
  * (tests/test_kernels.c checks the kernel bit for bit against a scalar copy
  * of this arithmetic; tests/test_attention.c bounds its effect on outputs). */
-#include <immintrin.h>
+#include "backends/cpu/x86_intrin.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

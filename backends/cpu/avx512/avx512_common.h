@@ -3,7 +3,7 @@
 #ifndef HEED_AVX512_COMMON_H
 #define HEED_AVX512_COMMON_H
 
-#include <immintrin.h>
+#include "backends/cpu/x86_intrin.h"
 
 #include "heed/dtype.h"
 

@@ -15,7 +15,7 @@
  * prefill (mat) kernel decodes 4 rows into a panel on the stack, then runs
  * 4 rows x 4 tokens tiles over it. The older 256-bit kernels
  * (avx2/weights_x86.h) remain for rows longer than the panel. */
-#include <immintrin.h>
+#include "backends/cpu/x86_intrin.h"
 
 #define WX_DOT(u, a) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (a))
 #define WX_DOT_M16(u, a, m16) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (a)), (m16))
