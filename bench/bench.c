@@ -33,11 +33,12 @@ struct heed_bench {
   heed_probe_read_fn read;  /* chosen ISA */
   heed_probe_fma_fn fma;
   heed_probe_fma_fn dot;    /* int8 dot products (the weight kernels'); NULL: none */
+  heed_probe_fma_fn bf16;   /* bf16 dot products (vdpbf16ps); NULL: none */
   heed_kernel_table scalar; /* for the reference-kernel cases */
   float *buf;               /* [n_floats] */
   size_t n_floats;
   uint64_t fma_iters;       /* per worker, per probe */
-  uint64_t dot_iters;
+  uint64_t dot_iters, bf16_iters;
   heed_bench_options o;
   heed_error err;
   float sink[MAX_WORKERS];
@@ -92,6 +93,15 @@ static double fma_all(heed_bench *b, heed_probe_fma_fn fn, uint64_t iters) {
   return flops / (ms * 1e6);
 }
 
+/* Iterations of an FMA-like probe that take about 30 ms on one worker. */
+static uint64_t size_probe(heed_bench *b, heed_probe_fma_fn f) {
+  double t0 = heed_bench_now_ms();
+  f(1u << 16, &b->sink[0]);
+  double ms = heed_bench_now_ms() - t0;
+  uint64_t it = (uint64_t)((1u << 16) * (30.0 / (ms > 1e-3 ? ms : 1e-3)));
+  return it < 1024 ? 1024 : it;
+}
+
 heed_status heed_bench_create(heed_runtime *rt, const heed_bench_options *opt, heed_bench **out, heed_error *err) {
   if (!out) return heed_err_set(err, HEED_E_INVALID, "heed_bench_create: out is NULL");
   *out = NULL;
@@ -131,6 +141,7 @@ heed_status heed_bench_create(heed_runtime *rt, const heed_bench_options *opt, h
   b->fma = heed_kernel_probe_fma(k);
   const heed_weights_table *wt = heed_weights_table_get(heed_runtime_isa(rt), heed_runtime_cpu_features(rt));
   b->dot = wt ? wt->probe_dot : NULL;
+  b->bf16 = heed_cpu_probe_bf16(heed_runtime_isa(rt), heed_runtime_cpu_features(rt));
   heed_kernels_build(HEED_ISA_SCALAR, &b->scalar, NULL);
   b->n_floats = o.probe_bytes / sizeof(float);
   heed_status st = heed_mem_alloc(heed_runtime_topology(rt), b->n_floats * sizeof(float), 64,
@@ -147,13 +158,8 @@ heed_status heed_bench_create(heed_runtime *rt, const heed_bench_options *opt, h
   double ms = heed_bench_now_ms() - t0;
   b->fma_iters = (uint64_t)((1u << 16) * (30.0 / (ms > 1e-3 ? ms : 1e-3)));
   if (b->fma_iters < 1024) b->fma_iters = 1024;
-  if (b->dot) {
-    t0 = heed_bench_now_ms();
-    b->dot(1u << 16, &b->sink[0]);
-    ms = heed_bench_now_ms() - t0;
-    b->dot_iters = (uint64_t)((1u << 16) * (30.0 / (ms > 1e-3 ? ms : 1e-3)));
-    if (b->dot_iters < 1024) b->dot_iters = 1024;
-  }
+  if (b->dot) b->dot_iters = size_probe(b, b->dot);
+  if (b->bf16) b->bf16_iters = size_probe(b, b->bf16);
   *out = b;
   return HEED_OK;
 }
@@ -177,6 +183,12 @@ heed_status heed_bench_probe(heed_bench *b, heed_limit_kind k, double *value) {
       return heed_err_set(&b->err, HEED_E_UNSUPPORTED, "bench: int8_dot_peak: the %s weight kernels have no int8 dot product",
                           heed_isa_name(heed_runtime_isa(b->rt)));
     *value = fma_all(b, b->dot, b->dot_iters);
+  } else if (k == HEED_LIMIT_BF16_DOT_PEAK) {
+    if (!b->bf16)
+      return heed_err_set(&b->err, HEED_E_UNSUPPORTED,
+                          "bench: bf16_dot_peak: needs the avx512 level on a CPU with avx512_bf16 (this is %s)",
+                          heed_isa_name(heed_runtime_isa(b->rt)));
+    *value = fma_all(b, b->bf16, b->bf16_iters);
   }
   else if (k == HEED_LIMIT_DEVICE_READ_BANDWIDTH || k == HEED_LIMIT_DEVICE_FMA_PEAK) {
     void *ctx;
@@ -188,7 +200,7 @@ heed_status heed_bench_probe(heed_bench *b, heed_limit_kind k, double *value) {
   } else
     return heed_err_set(&b->err, HEED_E_INVALID,
                         "bench: limit kind %d; accepted: read_bandwidth, fma_peak, device_read_bandwidth, device_fma_peak, "
-                        "int8_dot_peak", (int)k);
+                        "int8_dot_peak, bf16_dot_peak", (int)k);
   return HEED_OK;
 }
 
@@ -252,6 +264,7 @@ typedef struct probe_case {
   heed_probe_read_fn read;
   heed_probe_fma_fn fma;
   int all_workers;
+  uint64_t iters; /* fma probes: per worker; 0: the FMA probe's */
 } probe_case;
 
 static void run_read(void *ctx) {
@@ -264,10 +277,11 @@ static void run_read(void *ctx) {
 
 static void run_fma(void *ctx) {
   probe_case *p = ctx;
+  const uint64_t it = p->iters ? p->iters : p->b->fma_iters;
   if (p->all_workers)
-    fma_all(p->b, p->fma, p->b->fma_iters);
+    fma_all(p->b, p->fma, it);
   else
-    p->fma(p->b->fma_iters, &p->b->sink[0]);
+    p->fma(it, &p->b->sink[0]);
 }
 
 heed_status heed_bench_suite_probes(heed_bench *b, heed_bench_result *out, int cap, int *n_out) {
@@ -283,28 +297,41 @@ heed_status heed_bench_suite_probes(heed_bench *b, heed_bench_result *out, int c
   snprintf(rshape1, sizeof rshape1, "{\"bytes\":%.0f,\"workers\":1}", bytes);
   snprintf(fshape, sizeof fshape, "{\"iters\":%llu,\"workers\":%d}", (unsigned long long)b->fma_iters, W);
   snprintf(fshape1, sizeof fshape1, "{\"iters\":%llu,\"workers\":1}", (unsigned long long)b->fma_iters);
-  probe_case pc[6] = {
-      {b, b->read, NULL, 1},
-      {b, b->read, NULL, 0},
-      {b, heed_kernel_probe_read(&b->scalar), NULL, 1},
-      {b, NULL, b->fma, 1},
-      {b, NULL, b->fma, 0},
-      {b, NULL, heed_kernel_probe_fma(&b->scalar), 1},
+  char dshape[96], bshape[96];
+  snprintf(dshape, sizeof dshape, "{\"iters\":%llu,\"workers\":%d}", (unsigned long long)b->dot_iters, W);
+  snprintf(bshape, sizeof bshape, "{\"iters\":%llu,\"workers\":%d}", (unsigned long long)b->bf16_iters, W);
+  probe_case pc[8] = {
+      {b, b->read, NULL, 1, 0},
+      {b, b->read, NULL, 0, 0},
+      {b, heed_kernel_probe_read(&b->scalar), NULL, 1, 0},
+      {b, NULL, b->fma, 1, 0},
+      {b, NULL, b->fma, 0, 0},
+      {b, NULL, heed_kernel_probe_fma(&b->scalar), 1, 0},
+      {b, NULL, b->dot, 1, b->dot_iters},
+      {b, NULL, b->bf16, 1, b->bf16_iters},
   };
-  heed_bench_case cases[6] = {
+  heed_bench_case cases[8] = {
       {"probe.read_bandwidth", NULL, isa, "f32", rshape, HEED_LIMIT_READ_BANDWIDTH, bytes, run_read, &pc[0]},
       {"read.one_worker", NULL, isa, "f32", rshape1, HEED_LIMIT_READ_BANDWIDTH, bytes, run_read, &pc[1]},
       {"read.scalar_kernel", NULL, "scalar", "f32", rshape, HEED_LIMIT_READ_BANDWIDTH, bytes, run_read, &pc[2]},
       {"probe.fma_peak", NULL, isa, "f32", fshape, HEED_LIMIT_FMA_PEAK, flops_one * W, run_fma, &pc[3]},
       {"fma.one_worker", NULL, isa, "f32", fshape1, HEED_LIMIT_FMA_PEAK, flops_one, run_fma, &pc[4]},
       {"fma.scalar_kernel", NULL, "scalar", "f32", fshape, HEED_LIMIT_FMA_PEAK, flops_one_scalar * W, run_fma, &pc[5]},
+      /* the dot-product peaks, each a case judged against the FP32 FMA peak:
+       * its fraction is how many times the FMA peak the level's int8 or bf16
+       * products reach */
+      {"probe.int8_dot_peak", NULL, isa, "i8", dshape, HEED_LIMIT_FMA_PEAK,
+       b->dot ? b->dot(1, &b->sink[0]) * (double)b->dot_iters * W : 0, run_fma, &pc[6]},
+      {"probe.bf16_dot_peak", NULL, isa, "bf16", bshape, HEED_LIMIT_FMA_PEAK,
+       b->bf16 ? b->bf16(1, &b->sink[0]) * (double)b->bf16_iters * W : 0, run_fma, &pc[7]},
   };
-  int n = cap < 6 ? cap : 6;
-  for (int i = 0; i < n; i++) {
-    if (b->o.progress) b->o.progress(b->o.progress_user, cases[i].name, i, n);
-    heed_status st = heed_bench_run_case(b, &cases[i], &out[i]);
+  int n = 0;
+  for (int i = 0; i < 8 && n < cap; i++) {
+    if ((i == 6 && !b->dot) || (i == 7 && !b->bf16)) continue;
+    if (b->o.progress) b->o.progress(b->o.progress_user, cases[i].name, n, cap < 8 ? cap : 8);
+    heed_status st = heed_bench_run_case(b, &cases[i], &out[n]);
     if (st != HEED_OK) return st;
-    *n_out = i + 1;
+    *n_out = ++n;
   }
   return HEED_OK;
 }

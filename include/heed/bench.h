@@ -39,7 +39,8 @@ extern "C" {
   X(FMA_PEAK, "fma_peak", "GFLOP/s")                        \
   X(DEVICE_READ_BANDWIDTH, "device_read_bandwidth", "GB/s") \
   X(DEVICE_FMA_PEAK, "device_fma_peak", "GFLOP/s")         \
-  X(INT8_DOT_PEAK, "int8_dot_peak", "GOP/s")
+  X(INT8_DOT_PEAK, "int8_dot_peak", "GOP/s")                \
+  X(BF16_DOT_PEAK, "bf16_dot_peak", "GFLOP/s")
 
 typedef enum heed_limit_kind {
 #define HEED_X_(N, s, u) HEED_LIMIT_##N,
@@ -113,7 +114,10 @@ heed_status heed_bench_probe(heed_bench *b, heed_limit_kind k, double *value);
 heed_status heed_bench_run_case(heed_bench *b, const heed_bench_case *c, heed_bench_result *out);
 /* The `heed bench probes` suite: the two limits themselves, then one worker's
  * share of each and the scalar reference read kernel, each as a fraction of
- * its limit. Fills up to cap results; *n_out gets how many. */
+ * its limit; then the int8 dot-product peak (the weight kernels' int8 product:
+ * vpmaddubsw, vpdpbusd, sdot) and the bf16 dot-product peak (vdpbf16ps), each
+ * beside the FP32 FMA peak, where the level and CPU have them. Fills up to cap
+ * results; *n_out gets how many. */
 heed_status heed_bench_suite_probes(heed_bench *b, heed_bench_result *out, int cap, int *n_out);
 const char *heed_bench_last_error(const heed_bench *b);
 /* The monotonic clock the bench times cases with, in milliseconds. */
