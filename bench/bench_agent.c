@@ -395,8 +395,8 @@ static int cmp_d(const void *a, const void *b) {
 
 static const char use[] =
     "usage: heed bench agent MODEL.gguf [--url http://IPV4:PORT] [--sessions 2] [--turns 5] [--system-tokens 3000]\n"
-    "                        [--tool-tokens 500] [--gen 8] [--reuse chunks|off] [--threads N] [--ctx N] [--no-cold]\n"
-    "                        [--dir HEED_SOURCE_DIR] [--json FILE]\n"
+    "                        [--tool-tokens 500] [--gen 8] [--reuse chunks|off] [--threads N] [--ctx N]\n"
+    "                        [--cold KIND,... | --no-cold] [--dir HEED_SOURCE_DIR] [--json FILE]\n"
     "  agent-like sessions (tool results, a changed timestamp, a compaction, a sub-agent, side requests) against heed\n"
     "  serve in this process, or the server at --url (MODEL then gives the tokenizer and template for the ideal)\n";
 
@@ -412,15 +412,40 @@ static int parse_u(const char *opt, const char *v, unsigned lo, unsigned hi, uns
   return 0;
 }
 
+/* --cold first,continue,...: a bit per kind. */
+static int parse_kinds(const char *v, unsigned *out) {
+  unsigned m = 0;
+  const char *p = v;
+  while (*p) {
+    size_t len = strcspn(p, ",");
+    int k = 0;
+    while (k < K_COUNT && !(strlen(kind_name[k]) == len && !strncmp(p, kind_name[k], len))) k++;
+    if (k == K_COUNT) {
+      fprintf(stderr, "heed bench agent: --cold %s: '%.*s' is not a turn kind; accepted: first, continue, volatile, "
+                      "compact, side\n", v, (int)len, p);
+      return 1;
+    }
+    m |= 1u << k;
+    p += len + (p[len] == ',');
+  }
+  if (!m) {
+    fprintf(stderr, "heed bench agent: --cold '': name a turn kind (or --no-cold)\n");
+    return 1;
+  }
+  *out = m;
+  return 0;
+}
+
 int heed_bench_agent_main(int argc, char **argv) {
   cfg c = {.sessions = 2, .turns = 5, .system_tokens = 3000, .tool_tokens = 500, .gen = 8, .dir = HEED_SOURCE_DIR};
   const char *model = NULL, *url = NULL, *json = NULL;
   unsigned threads = 0, ctx = 0;
-  int reuse = 1, cold = 1;
+  int reuse = 1;
+  unsigned cold = (1u << K_COUNT) - 1; /* the kinds whose largest request is also sent cold */
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int bad = 0;
-    if (!strcmp(a, "--no-cold")) cold = 0;
+    if (!strcmp(a, "--no-cold")) cold = 0; /* (--cold KIND,... below: only those kinds) */
     else if (a[0] != '-' && !model) model = a;
     else if (!v) bad = 1;
     else if (!strcmp(a, "--sessions")) bad = parse_u(a, v, 1, 8, &c.sessions), i++;
@@ -433,6 +458,7 @@ int heed_bench_agent_main(int argc, char **argv) {
     else if (!strcmp(a, "--url")) url = v, i++;
     else if (!strcmp(a, "--json")) json = v, i++;
     else if (!strcmp(a, "--dir")) c.dir = v, i++;
+    else if (!strcmp(a, "--cold")) bad = parse_kinds(v, &cold), i++;
     else if (!strcmp(a, "--reuse")) {
       reuse = !strcmp(v, "chunks") ? 1 : !strcmp(v, "off") ? 0 : -1;
       if (reuse < 0) fprintf(stderr, "heed bench agent: --reuse %s: accepted: chunks, off\n", v), bad = 1;
@@ -515,6 +541,7 @@ int heed_bench_agent_main(int argc, char **argv) {
   /* cold: per kind, its largest request alone on an empty cache */
   if (cold)
     for (int k = 0; k < K_COUNT; k++) {
+      if (!((cold >> k) & 1)) continue;
       size_t bi = n;
       for (size_t i = 0; i < n; i++)
         if (r[i].kind == k && (bi == n || r[i].n > r[bi].n)) bi = i;

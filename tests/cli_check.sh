@@ -335,7 +335,7 @@ PY
   expect_fail "--tokens 100: at least 512" X=1 -- bench reuse "$gemma" --tokens 100
   expect_fail "--gen x: accepted: a whole number" X=1 -- bench reuse "$gemma" --gen x
   # heed bench agent: a small trace, every kind reported, cached tokens within their ideal
-  "$heed" bench agent "$gemma" --sessions 2 --turns 4 --system-tokens 200 --tool-tokens 60 --no-cold --threads 2 \
+  "$heed" bench agent "$gemma" --sessions 2 --turns 4 --system-tokens 200 --tool-tokens 60 --cold side --threads 2 \
     --json "$tmp/ba.json" >"$tmp/o" 2>&1 &&
     python3 - "$tmp/ba.json" <<'PY' && ok || { bad "heed bench agent"; cat "$tmp/o" "$tmp/ba.json"; }
 import json, sys
@@ -347,8 +347,10 @@ for k in kinds.values():
     assert 0 <= k["cached"] <= k["prompt_tokens"] and k["ideal"] + k["chunks"] <= k["prompt_tokens"], k
 assert kinds["continue"]["cached"] >= kinds["continue"]["ideal"] > 0, kinds["continue"]
 assert kinds["volatile"]["cached"] > kinds["volatile"]["ideal"], kinds["volatile"]  # chunk reuse is on
+assert kinds["side"]["cold_ttft_s"] > 0 and all(k["cold_ttft_s"] == 0 for n, k in kinds.items() if n != "side"), kinds
 PY
   expect_fail "--reuse maybe: accepted: chunks, off" X=1 -- bench agent "$gemma" --reuse maybe
+  expect_fail "--cold later: 'later' is not a turn kind" X=1 -- bench agent "$gemma" --cold continue,later
   expect_fail "--turns 1: accepted: a whole number in 2..64" X=1 -- bench agent "$gemma" --turns 1
   # heed serve's cache options, refused before the model loads
   expect_fail "--cache-reuse shift: not an accepted value" X=1 -- serve "$gemma" --cache-reuse shift
