@@ -25,16 +25,6 @@
  * rows did 8 per 6. */
 #define YR 6
 
-/* Calls F(rr, ...) with rr a constant 1..YR. */
-#define Y_ROWS(rr, F, ...)            \
-  switch (rr) {                       \
-    case 1: F(1, __VA_ARGS__); break; \
-    case 2: F(2, __VA_ARGS__); break; \
-    case 3: F(3, __VA_ARGS__); break; \
-    case 4: F(4, __VA_ARGS__); break; \
-    case 5: F(5, __VA_ARGS__); break; \
-    default: F(6, __VA_ARGS__); break; \
-  }
 
 /* q.K^T as an outer product over the key panels: for each channel d, a
  * panel's 16 keys (2 vectors) times RR broadcast query values. A last,

@@ -18,7 +18,7 @@
  * pair run: 2 * 32767 * 127 * 256 < 2^31), then one conversion and one
  * multiply by d. tests/test_kernels.c checks both kernels bit for bit against
  * a scalar copy of this arithmetic and bounds them against fp64. */
-#include "backends/cpu/x86_intrin.h"
+#include "backends/cpu/avx2/avx2_common.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -26,7 +26,7 @@
 #include "backends/cpu/kv_elem.h"
 #include "runtime/backend.h"
 
-#define QR 6 /* rows per pass */
+#define QR 6 /* rows per pass (Y_ROWS) */
 
 /* Quantizes n floats x (times sc[i] when sc is set) to int16 codes c with
  * step d = max |x| / 32767, returned (0 for an all-zero row, codes 0). n is a
@@ -102,16 +102,6 @@ static inline __attribute__((always_inline)) void vq_rows(const int RR, const in
   }
 }
 
-#define Q_ROWS(F, rr, ...)                   \
-  switch (rr) {                              \
-    case 1: F(1, __VA_ARGS__); break;        \
-    case 2: F(2, __VA_ARGS__); break;        \
-    case 3: F(3, __VA_ARGS__); break;        \
-    case 4: F(4, __VA_ARGS__); break;        \
-    case 5: F(5, __VA_ARGS__); break;        \
-    default: F(6, __VA_ARGS__); break;       \
-  }
-
 void heed_attn_qk_q8_avx2(const float *q, int R, const float *ks, const void *kt, int n, int dk, float *s, int lds,
                           void *scratch) {
   int16_t *qc = (int16_t *)scratch;           /* [R][dk] */
@@ -122,7 +112,7 @@ void heed_attn_qk_q8_avx2(const float *q, int R, const float *ks, const void *kt
     for (int r = 0; r < R; r += QR) {
       const int rr = R - r < QR ? R - r : QR;
       for (int h = 0; h < 16; h += 8)
-        Q_ROWS(kq_rows, rr, qc + (size_t)r * dk, qd + r, dk, k + h, s + (size_t)r * lds + j + h, lds);
+        Y_ROWS(rr, kq_rows, qc + (size_t)r * dk, qd + r, dk, k + h, s + (size_t)r * lds + j + h, lds);
     }
   }
 }
@@ -137,7 +127,7 @@ void heed_attn_pv_q8_avx2(const float *p, int ldp, int R, const float *vs, const
     const uint8_t *vc = HEED_V_RUN(v, 16, dv, 0, c) + c % 16;
     for (int r = 0; r < R; r += QR) {
       const int rr = R - r < QR ? R - r : QR;
-      Q_ROWS(vq_rows, rr, pc + (size_t)r * n, n, pd + r, vc, vstride, o + (size_t)r * dv + c, dv);
+      Y_ROWS(rr, vq_rows, pc + (size_t)r * n, n, pd + r, vc, vstride, o + (size_t)r * dv + c, dv);
     }
   }
 }

@@ -9,6 +9,18 @@
 
 #include "heed/dtype.h"
 
+/* Calls F(rr, ...) with rr a constant 1..6: the register-blocked attention
+ * cores keep up to 6 query rows (Qwen2.5's GQA group) per pass. */
+#define Y_ROWS(rr, F, ...)            \
+  switch (rr) {                       \
+    case 1: F(1, __VA_ARGS__); break; \
+    case 2: F(2, __VA_ARGS__); break; \
+    case 3: F(3, __VA_ARGS__); break; \
+    case 4: F(4, __VA_ARGS__); break; \
+    case 5: F(5, __VA_ARGS__); break; \
+    default: F(6, __VA_ARGS__); break; \
+  }
+
 static inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
