@@ -152,12 +152,8 @@ heed_status heed_bench_create(heed_runtime *rt, const heed_bench_options *opt, h
   }
   heed_pool_parallel_for(b->pool, b->n_floats, HEED_SCHEDULE_STATIC, 0, touch_task, b);
   read_all(b, b->read); /* warm: page tables, frequency */
-  /* Size the FMA probe to about 30 ms. */
-  double t0 = heed_bench_now_ms();
-  b->fma(1u << 16, &b->sink[0]);
-  double ms = heed_bench_now_ms() - t0;
-  b->fma_iters = (uint64_t)((1u << 16) * (30.0 / (ms > 1e-3 ? ms : 1e-3)));
-  if (b->fma_iters < 1024) b->fma_iters = 1024;
+  /* Each FMA-like probe sized to about 30 ms. */
+  b->fma_iters = size_probe(b, b->fma);
   if (b->dot) b->dot_iters = size_probe(b, b->dot);
   if (b->bf16) b->bf16_iters = size_probe(b, b->bf16);
   *out = b;
