@@ -149,9 +149,10 @@ void heed_runtime_set_error(heed_runtime *rt, const heed_error *e);
  *   _vnni (backends/cpu/avx512/attn_avx512vnni.c): v_r = q ks * 127 / max
  *     |q ks|, h_r = nearbyint(v_r), l_r = nearbyint((v_r - h_r) * 254), both
  *     int8, d_r = max |q ks| / 127, s = d_r * sum_d (h_r[d] + l_r[d] / 254) K(j, d);
+ *   _sdot (backends/cpu/neon/attn_q8_neon.c, Armv8.2 dotprod): as _vnni;
  *   _avx2 (backends/cpu/avx2/attn_q8_avx2.c): c_r = nearbyint(q ks * 32767 /
  *     max |q ks|) int16, d_r = max |q ks| / 32767, s = d_r * sum_d c_r[d] K(j, d);
- * both the query to within d_r / 2 (of its own d_r) per channel, sums exact.
+ * each the query to within d_r / 2 (of its own d_r) per channel, sums exact.
  * scratch: HEED_QK_Q8_SCRATCH(R, dk) bytes, 4-byte aligned. */
 typedef void (*heed_attn_qk_q8_fn)(const float *q, int R, const float *ks, const void *kt, int n, int dk, float *s,
                                    int lds, void *scratch);
@@ -159,6 +160,8 @@ typedef void (*heed_attn_qk_q8_fn)(const float *q, int R, const float *ks, const
 void heed_attn_qk_q8_vnni(const float *q, int R, const float *ks, const void *kt, int n, int dk, float *s, int lds,
                           void *scratch);
 void heed_attn_qk_q8_avx2(const float *q, int R, const float *ks, const void *kt, int n, int dk, float *s, int lds,
+                          void *scratch);
+void heed_attn_qk_q8_sdot(const float *q, int R, const float *ks, const void *kt, int n, int dk, float *s, int lds,
                           void *scratch);
 /* q8 V sums from a quantized P: o[r * dv + c] += sum_j p[r * ldp + j] vs[j]
  * V(j, c) for the nc columns (a multiple of 16) of one V group of n keys (a

@@ -319,17 +319,14 @@ Test(kernels, bad_requests_are_refused_with_a_message) {
   cr_assert(strstr(e.msg, heed_isa_name(other)) && strstr(e.msg, "scalar"), "%s", e.msg);
 }
 
-#if defined(__x86_64__)
 #include "runtime/backend.h"
 
-/* q8 K scores from an int8 query (heed_attn_qk_q8_fn, avx512_vnni): against
- * a scalar copy of its quantization (the same f32 operations, so the same
- * codes) and an exact sum; what is left is the final combination's rounding.
- * Rows 1..9 and 17, one to three panels, an outlier channel, a zero row. */
-Test(kernels, attn_qk_q8_from_an_int8_query) {
-  heed_cpu_features f = heed_cpu_features_detect();
-  if (!heed_kernels_compiled(HEED_ISA_AVX512) || !heed_isa_runs_on(HEED_ISA_AVX512, f) || !HEED_CPU_HAS(f, AVX512_VNNI))
-    cr_skip_test("avx512_vnni: this CPU cannot run it");
+/* q8 K scores from an int8 query (heed_attn_qk_q8_fn: avx512_vnni, NEON
+ * sdot): against a scalar copy of its quantization (the same f32 operations,
+ * so the same codes) and an exact sum; what is left is the final
+ * combination's rounding. Rows 1..9 and 17, one to three panels, an outlier
+ * channel, a zero row, codes at -128 and 127. */
+static void check_qk_q8_int8(heed_attn_qk_q8_fn fn, const char *name) {
   static const int Rs[] = {1, 2, 5, 6, 8, 9, 17}, ns[] = {16, 32, 48}, dims[] = {16, 64, 128, 256};
   uint64_t s = 42;
   float *q = malloc(17 * 256 * 4), *ks = malloc(256 * 4), *sc = malloc(17 * 56 * 4);
@@ -340,9 +337,10 @@ Test(kernels, attn_qk_q8_from_an_int8_query) {
       for (size_t ni = 0; ni < 3; ni++) {
         const int R = Rs[ri], n = ns[ni], dk = dims[di], lds = 56;
         for (int i = 0; i < n * dk; i++) k[i] = (int8_t)(tu_uniform(&s) * 127.5f);
+        if (ni == 2) k[5] = -128, k[6] = 127; /* the extremes of the K codes */
         for (int d = 0; d < dk; d++) ks[d] = (0.5f + tu_uniform(&s) * 0.25f) * (d == 3 ? 30.0f : 1.0f);
         for (int i = 0; i < R * dk; i++) q[i] = R > 1 && i / dk == 1 ? 0.0f : tu_uniform(&s) * 3.0f;
-        heed_attn_qk_q8_vnni(q, R, ks, k, n, dk, sc, lds, scratch);
+        fn(q, R, ks, k, n, dk, sc, lds, scratch);
         for (int r = 0; r < R; r++) {
           float amax = 0;
           for (int d = 0; d < dk; d++) amax = fmaxf(amax, fabsf(q[r * dk + d] * ks[d]));
@@ -361,7 +359,7 @@ Test(kernels, attn_qk_q8_from_an_int8_query) {
             }
             const double want = (double)dr * ((double)hs + (double)ls / 254);
             const double tol = 4 * 0x1p-24 * (double)dr * (fabs((double)hs) + fabs((double)ls) / 254) + 1e-30;
-            cr_assert_leq(fabs(sc[r * lds + j] - want), tol, "R=%d n=%d dk=%d (%d,%d): %.9g want %.9g", R, n, dk, r, j,
+            cr_assert_leq(fabs(sc[r * lds + j] - want), tol, "%s R=%d n=%d dk=%d (%d,%d): %.9g want %.9g", name, R, n, dk, r, j,
                           sc[r * lds + j], want);
           }
         }
@@ -369,6 +367,23 @@ Test(kernels, attn_qk_q8_from_an_int8_query) {
   free(q), free(ks), free(sc), free(k), free(hc), free(lc), free(scratch);
 }
 
+
+#if defined(__x86_64__)
+Test(kernels, attn_qk_q8_from_an_int8_query) {
+  heed_cpu_features f = heed_cpu_features_detect();
+  if (!heed_kernels_compiled(HEED_ISA_AVX512) || !heed_isa_runs_on(HEED_ISA_AVX512, f) || !HEED_CPU_HAS(f, AVX512_VNNI))
+    cr_skip_test("avx512_vnni: this CPU cannot run it");
+  check_qk_q8_int8(heed_attn_qk_q8_vnni, "vnni");
+}
+#elif defined(__aarch64__)
+Test(kernels, attn_qk_q8_from_an_int8_query) {
+  heed_cpu_features f = heed_cpu_features_detect();
+  if (!HEED_CPU_HAS(f, DOTPROD)) cr_skip_test("dotprod: this CPU cannot run sdot");
+  check_qk_q8_int8(heed_attn_qk_q8_sdot, "sdot");
+}
+#endif
+
+#if defined(__x86_64__)
 /* The scalar copy of the AVX2 q8 kernels' quantization (the same f32
  * operations, so the same codes): x times sc to int16 codes, returns the step. */
 static float quant16_ref(const float *x, const float *sc, int n, int16_t *c) {

@@ -24,6 +24,10 @@ static heed_status cpu_open(const heed_backend_open_args *a, void **ctx, heed_er
   /* q8 K scores on vpdpbusd: an int8 query (heed_attn_qk_q8_fn) */
   if (a->cpu_kernels->isa == HEED_ISA_AVX512 && HEED_CPU_HAS(a->features, AVX512_VNNI)) c->qk_q8 = heed_attn_qk_q8_vnni;
 #endif
+#if HEED_HAVE_ISA_NEON
+  /* q8 K scores on sdot: an int8 query, as vpdpbusd's (heed_attn_qk_q8_fn) */
+  if (a->cpu_kernels->isa == HEED_ISA_NEON && HEED_CPU_HAS(a->features, DOTPROD)) c->qk_q8 = heed_attn_qk_q8_sdot;
+#endif
   *ctx = c;
   return HEED_OK;
 }
