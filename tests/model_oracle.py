@@ -99,10 +99,16 @@ LONG_TEXT = "/usr/share/common-licenses/GPL-3"
 # (--self-check) exceed them 5x to 100x, except a window one key too wide on the
 # real Gemma (it moves one position, 512, by 0.09: under the rounding noise),
 # which the tiny gemma3 model (window 8) catches at 0.26 against 0.08.
-# TODO when model_driver exists: re-derive from heed's measured errors.
+# Gemma's margin is re-derived from heed's measured errors: on the 600-token
+# licence prompt the error of the reference's top-2 difference reached 0.136
+# (scalar), 0.170 (AVX2, per-block Q5_0 kernel) and 0.106 (AVX2, 8-block Q5_0
+# panels) at single positions (p99 0.07 for all three), and top-1 flipped at
+# reference margins up to 0.048, 0.041 and 0.079: the int8 activation rounding
+# of a later layer moves with the order of a sum, so any two correct builds
+# differ that much. 0.2 is above all three.
 BOUNDS = {
     "qwen": dict(max=0.2, first=2.0, rms=0.03, margin=0.06),
-    "gemma": dict(max=1.3, first=0.3, rms=0.05, margin=0.06),
+    "gemma": dict(max=1.3, first=0.3, rms=0.05, margin=0.2),
     "tiny": dict(max=0.08, first=0.08, rms=0.015, margin=0.1),
 }
 # heed perplexity (f16 KV) against the reference: within 1%.

@@ -201,7 +201,7 @@ static void check_type(int type) {
   heed_wtype_block(type, &be, &bb);
   size_t cols_list[3];
   if (be == 256) cols_list[0] = 256, cols_list[1] = 512, cols_list[2] = 768;
-  else if (be == 32) cols_list[0] = 32, cols_list[1] = 32 * 7, cols_list[2] = 256 * 3;
+  else if (be == 32) cols_list[0] = 32, cols_list[1] = 32 * 7, cols_list[2] = 256 * 3 + 32 * 5; /* a partial group of 8 */
   else cols_list[0] = 5, cols_list[1] = 37, cols_list[2] = 256 * 3;
   int ran = 0;
   for (size_t ti = 0; ti < N_TARGETS; ti++) {

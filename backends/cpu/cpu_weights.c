@@ -142,14 +142,16 @@ typedef enum pack_order { PK_NATURAL, PK_KP, PK_KP6, PK_KP2, PK_KP2_Q6 } pack_or
 static pack_order pack_order_of(const heed_weights_table *t, int type) {
   const int k4 = type == HEED_GGML_Q4_K || type == HEED_GGML_Q5_K, k6 = type == HEED_GGML_Q6_K;
   if (t->kperm == 1) return k4 ? PK_KP : k6 ? PK_KP6 : PK_NATURAL;
-  if (t->kperm == 2) return k4 ? PK_KP2 : k6 ? PK_KP2_Q6 : PK_NATURAL;
+  const int small = type == HEED_GGML_Q4_0 || type == HEED_GGML_Q5_0; /* in groups of 8 blocks on AVX2 */
+  if (t->kperm == 2) return k4 || small ? PK_KP2 : k6 ? PK_KP2_Q6 : PK_NATURAL;
   return PK_NATURAL;
 }
 
 /* The packed copy after the blocks (heed_qa_layout), zero padded, its codes
- * of each 256 in the order o (cols a multiple of 256 unless natural). PK_KP2
- * also moves the scales: dh of group g holds at 8h + 2j + {0, 1} the d of its
- * block 2j + h, and ds at 0..7 the d * code sum of its blocks 0..7 (8..15 zero). */
+ * of each 256 in the order o (the padding of a partial last group included).
+ * PK_KP2 also moves the scales: dh of group g holds at 8h + 2j + {0, 1} the d
+ * of its block 2j + h, and ds at 0..7 the d * code sum of its blocks 0..7
+ * (8..15 zero; so are those of blocks past the last). */
 static void pack_act(uint8_t *tok, size_t cols, pack_order o) {
   const heed_qa_layout l = heed_qa_layout_of(cols);
   const heed_qa_block *a = (const heed_qa_block *)tok;
@@ -157,21 +159,23 @@ static void pack_act(uint8_t *tok, size_t cols, pack_order o) {
   float *dh = (float *)(tok + l.off_dh), *ds = (float *)(tok + l.off_ds);
   const size_t nb = cols / HEED_QA_BLOCK;
   for (size_t b = 0; b < nb; b++) memcpy(q + b * HEED_QA_BLOCK, a[b].q, HEED_QA_BLOCK);
-  if (o == PK_KP2)
-    for (size_t g = 0; g < nb / 8; g++)
+  if (o == PK_KP2) {
+    for (size_t g = 0; g < l.colsp / HEED_QA_GROUP; g++)
       for (size_t sb = 0; sb < 8; sb++) {
-        const heed_qa_block *x = a + 8 * g + sb;
-        dh[16 * g + 8 * (sb & 1) + (sb & ~(size_t)1)] = dh[16 * g + 8 * (sb & 1) + (sb & ~(size_t)1) + 1] = x->d;
-        ds[16 * g + sb] = x->d * (float)(x->s[0] + x->s[1]);
+        const heed_qa_block *x = 8 * g + sb < nb ? a + 8 * g + sb : NULL;
+        const float d = x ? x->d : 0.0f;
+        dh[16 * g + 8 * (sb & 1) + (sb & ~(size_t)1)] = dh[16 * g + 8 * (sb & 1) + (sb & ~(size_t)1) + 1] = d;
+        ds[16 * g + sb] = x ? x->d * (float)(x->s[0] + x->s[1]) : 0.0f;
         ds[16 * g + 8 + sb] = 0;
       }
-  else
+  } else {
     for (size_t b = 0; b < nb; b++) {
       dh[2 * b] = dh[2 * b + 1] = a[b].d;
       ds[2 * b] = a[b].d * (float)a[b].s[0], ds[2 * b + 1] = a[b].d * (float)a[b].s[1];
     }
+    for (size_t h = 2 * nb; h < l.colsp / 16; h++) dh[h] = ds[h] = 0;
+  }
   memset(q + cols, 0, l.colsp - cols);
-  for (size_t h = 2 * nb; h < l.colsp / 16; h++) dh[h] = ds[h] = 0;
   if (o != PK_NATURAL)
     for (size_t g = 0; g < cols; g += HEED_QA_GROUP) {
       int8_t tmp[HEED_QA_GROUP];

@@ -52,10 +52,26 @@ WX_KERNELS(q6_k, WF_Q6_K, avx2)
 
 typedef struct yp_group {
   __m256i u[8];   /* codes in the kp2 order */
-  __m256i s16[4]; /* int16 scale of each lane's sub-block: Q4_K/Q5_K [h], Q6_K [2h + k / 2] */
-  __m256 f[2];    /* Q4_K/Q5_K: f[0] = -dmin * min of sub-block 0..7; Q6_K: -32 * scale of sub-block 0..15 */
+  __m256i s16[4]; /* int16 scale of each lane's sub-block: Q4_K/Q5_K [h], Q6_K [2h + k / 2]; Q4_0/Q5_0: 1 */
+  __m256 f[2];    /* Q4_K/Q5_K: f[0] = -dmin * min of sub-block 0..7; Q6_K: -32 * scale of sub-block 0..15;
+                     Q4_0/Q5_0: f[0] = -offset (8, 16) * d of block 0..7 */
   __m256 d;       /* the super-block's d, in every lane */
+  __m256 ws[2];   /* Q4_0/Q5_0: the d of each lane's block in half h (lanes 2j, 2j+1: block 2j + h) */
 } yp_group;
+
+/* Q4_0 and Q5_0 run the same panels in groups of 8 blocks (256 weights, the
+ * kp2 order as Q4_K's: lanes 2j, 2j+1 of half h hold block 2j + h), their f16
+ * scales per lane in ws; a row whose length is not a multiple of 256 ends in
+ * a partial group (zero codes and scales past its last block; the packed
+ * activations are zero there too). Per group, row and token:
+ *   acc += (cvt(P_0) dh_0) ws_0;  acc += (cvt(P_1) dh_1) ws_1;  acc += f_0 ds32 */
+WX_INLINE int yp_small(int f) { return f == WF_Q4_0 || f == WF_Q5_0; }
+WX_INLINE size_t yp_gbytes(int f) { return yp_small(f) ? 8 * wf_bytes(f) : wf_bytes(f); }
+/* Blocks of 32 in group g of a row of cols weights (8 but in a partial last group). */
+WX_INLINE int yp_nbv(size_t cols, size_t g) {
+  const size_t left = (cols - g * HEED_QA_GROUP) / 32;
+  return left < 8 ? (int)left : 8;
+}
 
 /* The 4 x 4 transpose of the qwords of v[0..3]: o[k] qword j = v[j] qword k. */
 WX_INLINE void yp_tq(const __m256i v[4], __m256i o[4]) {
@@ -65,9 +81,60 @@ WX_INLINE void yp_tq(const __m256i v[4], __m256i o[4]) {
   o[2] = _mm256_permute2x128_si256(t0, t2, 0x31), o[3] = _mm256_permute2x128_si256(t1, t3, 0x31);
 }
 
-WX_INLINE void yp_decode(const int f, const uint8_t *b, yp_group *o) {
+/* A group of nbv (1..8) Q4_0 / Q5_0 blocks at b. */
+WX_INLINE void yp_decode_small(const int f, const uint8_t *b, int nbv, yp_group *o) {
   const __m256i m4 = _mm256_set1_epi8(0x0F);
-  if (f == WF_Q4_K || f == WF_Q5_K) {
+  const size_t bb = wf_bytes(f), qo = f == WF_Q5_0 ? 6 : 2;
+  /* the 8 f16 scales gathered into one vector (in registers: no store to forward) */
+  __m128i h16 = _mm_setzero_si128();
+#define YP_H16(i) \
+  if ((i) < nbv) h16 = _mm_insert_epi16(h16, *(const uint16_t *)(const void *)(b + (i) * bb), (i))
+  YP_H16(0); YP_H16(1); YP_H16(2); YP_H16(3); YP_H16(4); YP_H16(5); YP_H16(6); YP_H16(7);
+#undef YP_H16
+  const __m256 w = _mm256_cvtph_ps(h16);
+  o->f[0] = _mm256_mul_ps(w, _mm256_set1_ps(f == WF_Q5_0 ? -16.0f : -8.0f));
+  o->f[1] = o->d = _mm256_setzero_ps();
+  o->s16[0] = o->s16[1] = _mm256_set1_epi16(1);
+  for (int h = 0; h < 2; h++) {
+    o->ws[h] = _mm256_permutevar8x32_ps(w, _mm256_setr_epi32(h, h, 2 + h, 2 + h, 4 + h, 4 + h, 6 + h, 6 + h));
+    __m128i q[4], hv = _mm_setzero_si128();
+    for (int j = 0; j < 4; j++) {
+      const int i = 2 * j + h;
+      q[j] = i < nbv ? _mm_loadu_si128((const __m128i *)(b + i * bb + qo)) : _mm_setzero_si128();
+    }
+    if (f == WF_Q5_0) {
+      uint32_t x;
+#define YP_QH(j) \
+  if (2 * (j) + h < nbv) memcpy(&x, b + (2 * (j) + h) * bb + 2, 4), hv = _mm_insert_epi32(hv, (int)x, (j))
+      YP_QH(0); YP_QH(1); YP_QH(2); YP_QH(3);
+#undef YP_QH
+    }
+    /* qword j of x0 / x1: bytes 0..7 / 8..15 of block 2j + h's codes */
+    const __m256i a = _mm256_set_m128i(q[2], q[0]), c = _mm256_set_m128i(q[3], q[1]);
+    const __m256i x0 = _mm256_unpacklo_epi64(a, c), x1 = _mm256_unpackhi_epi64(a, c);
+    o->u[4 * h + 0] = _mm256_and_si256(x0, m4), o->u[4 * h + 1] = _mm256_and_si256(x1, m4);
+    o->u[4 * h + 2] = _mm256_and_si256(_mm256_srli_epi16(x0, 4), m4);
+    o->u[4 * h + 3] = _mm256_and_si256(_mm256_srli_epi16(x1, 4), m4);
+    if (f == WF_Q5_0) { /* element 8k + m of block 2j + h: bit m of byte k of its qh */
+      const __m256i hh = _mm256_set_m128i(hv, hv), bits = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+      for (int k = 0; k < 4; k++) {
+        const __m256i sel = _mm256_shuffle_epi8(
+            hh, _mm256_setr_epi64x((long long)(0x0101010101010101ull * (unsigned)k),
+                                   (long long)(0x0101010101010101ull * (unsigned)(4 + k)),
+                                   (long long)(0x0101010101010101ull * (unsigned)(8 + k)),
+                                   (long long)(0x0101010101010101ull * (unsigned)(12 + k))));
+        const __m256i hit = _mm256_cmpeq_epi8(_mm256_and_si256(sel, bits), bits);
+        o->u[4 * h + k] = _mm256_or_si256(o->u[4 * h + k], _mm256_and_si256(hit, _mm256_set1_epi8(0x10)));
+      }
+    }
+  }
+}
+
+WX_INLINE void yp_decode(const int f, const uint8_t *b, int nbv, yp_group *o) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  if (yp_small(f)) {
+    yp_decode_small(f, b, nbv, o);
+  } else if (f == WF_Q4_K || f == WF_Q5_K) {
     uint32_t ut[4];
     wx_k4_scales(b, ut);
     const __m128i s8 = _mm_loadu_si128((const __m128i *)ut); /* 8 scales, then 8 mins */
@@ -168,8 +235,19 @@ WX_INLINE void yp_group_dot(const int f, const int R, const int T, const yp_grou
     for (int t = 0; t < T; t++) {
       const __m256 d = _mm256_load_ps(dh[t] + 8 * h);
       for (int r = 0; r < R; r++)
-        tv[r][t] = h ? _mm256_fmadd_ps(_mm256_cvtepi32_ps(P[r][t]), d, tv[r][t]) : _mm256_mul_ps(_mm256_cvtepi32_ps(P[r][t]), d);
+        if (yp_small(f))
+          acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(P[r][t]), d), z[r]->ws[h], acc[r][t]);
+        else
+          tv[r][t] = h ? _mm256_fmadd_ps(_mm256_cvtepi32_ps(P[r][t]), d, tv[r][t])
+                       : _mm256_mul_ps(_mm256_cvtepi32_ps(P[r][t]), d);
     }
+  }
+  if (yp_small(f)) {
+    for (int t = 0; t < T; t++) {
+      const __m256 s0 = _mm256_load_ps(ds[t]);
+      for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(z[r]->f[0], s0, acc[r][t]);
+    }
+    return;
   }
   for (int t = 0; t < T; t++) {
     const __m256 s0 = _mm256_load_ps(ds[t]), s1 = _mm256_load_ps(ds[t] + 8);
@@ -189,7 +267,7 @@ WX_INLINE void yp_group_dot(const int f, const int R, const int T, const yp_grou
 /* Decode: one row by one token, chunk by chunk as the panel goes. */
 WX_INLINE void yp_vec_row(const int f, const uint8_t *row, size_t cols, const uint8_t *tok, float *y) {
   const heed_qa_layout l = heed_qa_layout_of(cols);
-  const size_t ngt = cols / HEED_QA_GROUP, gb = wf_bytes(f);
+  const size_t ngt = (cols + HEED_QA_GROUP - 1) / HEED_QA_GROUP, gb = yp_gbytes(f);
   float out = 0;
   for (size_t g0 = 0; g0 < ngt; g0 += YP_GMAX) {
     const size_t g1 = ngt - g0 < YP_GMAX ? ngt : g0 + YP_GMAX;
@@ -198,7 +276,7 @@ WX_INLINE void yp_vec_row(const int f, const uint8_t *row, size_t cols, const ui
     for (size_t g = g0; g < g1; g++) {
       for (size_t o = 0; o < gb; o += 64) _mm_prefetch((const char *)row + g * gb + YP_PF + o, _MM_HINT_T0);
       yp_group z;
-      yp_decode(f, row + g * gb, &z);
+      yp_decode(f, row + g * gb, yp_nbv(cols, g), &z);
       const yp_group *zp[1] = {&z};
       const int8_t *q[1] = {(const int8_t *)(tok + l.off_q) + HEED_QA_GROUP * g};
       const float *dh[1] = {(const float *)(tok + l.off_dh) + 16 * g}, *ds[1] = {(const float *)(tok + l.off_ds) + 16 * g};
@@ -271,7 +349,7 @@ WX_INLINE void yp_tile(const int f, const int R, const int T, const yp_group *pa
   static void yp_##name##_mat(const void *w, size_t rb, size_t nr, size_t cols, const void *act, size_t as,       \
                               size_t nt, float *y, size_t ldy) {                                                  \
     const heed_qa_layout l = heed_qa_layout_of(cols);                                                             \
-    const size_t ngt = cols / HEED_QA_GROUP;                                                                      \
+    const size_t ngt = (cols + HEED_QA_GROUP - 1) / HEED_QA_GROUP;                                                \
     yp_group pan[YP_RP * YP_GMAX] __attribute__((aligned(32)));                                                   \
     for (size_t r0 = 0; r0 < nr; r0 += YP_RP) {                                                                   \
       const size_t rp = nr - r0 < YP_RP ? nr - r0 : YP_RP;                                                        \
@@ -279,7 +357,8 @@ WX_INLINE void yp_tile(const int f, const int R, const int T, const yp_group *pa
         const size_t ng = ngt - g0 < YP_GMAX ? ngt - g0 : YP_GMAX;                                                \
         for (size_t r = 0; r < rp; r++)                                                                           \
           for (size_t g = 0; g < ng; g++)                                                                         \
-            yp_decode(F, (const uint8_t *)w + (r0 + r) * rb + (g0 + g) * wf_bytes(F), pan + r * YP_GMAX + g);     \
+            yp_decode(F, (const uint8_t *)w + (r0 + r) * rb + (g0 + g) * yp_gbytes(F), yp_nbv(cols, g0 + g),    \
+                      pan + r * YP_GMAX + g);                                                                     \
         for (size_t t0 = 0; t0 < nt; t0 += YP_TT) {                                                               \
           const int T = nt - t0 < YP_TT ? (int)(nt - t0) : YP_TT;                                                 \
           for (size_t r1 = 0; r1 < rp; r1 += YP_TR) {                                                             \
@@ -291,6 +370,8 @@ WX_INLINE void yp_tile(const int f, const int R, const int T, const yp_group *pa
       }                                                                                                           \
     }                                                                                                             \
   }
+YP_KERNELS(q4_0, WF_Q4_0)
+YP_KERNELS(q5_0, WF_Q5_0)
 YP_KERNELS(q4_k, WF_Q4_K)
 YP_KERNELS(q5_k, WF_Q5_K)
 YP_KERNELS(q6_k, WF_Q6_K)
@@ -392,14 +473,15 @@ void heed_weights_register_avx2(heed_weights_table *t) {
   HEED_WSLOT_SET(t, F32, wmm_f32_vec_avx2, wmm_f32_mat_avx2);
   HEED_WSLOT_SET(t, F16, wmm_f16_vec_avx2, wmm_f16_mat_avx2);
   HEED_WSLOT_SET(t, BF16, wmm_bf16_vec_avx2, wmm_bf16_mat_avx2);
-  HEED_WSLOT_SET(t, Q4_0, wmm_q4_0_vec_avx2, wmm_q4_0_mat_avx2);
   HEED_WSLOT_SET(t, Q4_1, wmm_q4_1_vec_avx2, wmm_q4_1_mat_avx2);
-  HEED_WSLOT_SET(t, Q5_0, wmm_q5_0_vec_avx2, wmm_q5_0_mat_avx2);
   HEED_WSLOT_SET(t, Q5_1, wmm_q5_1_vec_avx2, wmm_q5_1_mat_avx2);
   HEED_WSLOT_SET(t, Q8_0, wmm_q8_0_vec_avx2, wmm_q8_0_mat_avx2);
-  /* the K-quants read the packed activations in the kp2 order (see yp_decode) */
+  /* the K-quants, Q4_0 and Q5_0 read the packed activations in the kp2 order (see yp_decode) */
   t->pack = 1;
   t->kperm = 2;
+  (void)wmm_q4_0_vec_avx2, (void)wmm_q5_0_vec_avx2, (void)wmm_q4_0_mat_avx2, (void)wmm_q5_0_mat_avx2;
+  HEED_WSLOT_SET(t, Q4_0, yp_q4_0_vec, yp_q4_0_mat);
+  HEED_WSLOT_SET(t, Q5_0, yp_q5_0_vec, yp_q5_0_mat);
   (void)wmm_q4_k_vec_avx2, (void)wmm_q5_k_vec_avx2, (void)wmm_q6_k_vec_avx2;
   (void)wmm_q4_k_mat_avx2, (void)wmm_q5_k_mat_avx2, (void)wmm_q6_k_mat_avx2;
   HEED_WSLOT_SET(t, Q4_K, yp_q4_k_vec, yp_q4_k_mat);
