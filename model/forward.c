@@ -42,6 +42,41 @@ static float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
 }
 
+/* gate[i] = act(gate[i]) * up[i] over the pool: the same scalar function per
+ * element whatever the split, so the bits do not depend on the threads. */
+typedef struct glu_ctx {
+  float *gate;
+  const float *up;
+  size_t n;
+  int gelu;
+} glu_ctx;
+
+static void glu_task(void *vc, size_t begin, size_t end, int worker) {
+  (void)worker;
+  const glu_ctx *c = (const glu_ctx *)vc;
+  if (c->gelu)
+    for (size_t i = begin; i < end; i++) c->gate[i] = gelu_tanh(c->gate[i]) * c->up[i];
+  else
+    for (size_t i = begin; i < end; i++) c->gate[i] = silu(c->gate[i]) * c->up[i];
+}
+
+#define GLU_CHUNK 4096 /* elements per task: below it the pool's hand-off costs more than it saves */
+
+static void glu_chunks(void *vc, size_t begin, size_t end, int worker) {
+  const glu_ctx *c = (const glu_ctx *)vc;
+  const size_t e = end * GLU_CHUNK < c->n ? end * GLU_CHUNK : c->n;
+  glu_task(vc, begin * GLU_CHUNK, e, worker);
+}
+
+static void glu(heed_model *m, size_t nf) {
+  glu_ctx c = {m->gate, m->up, nf, m->gelu};
+  heed_pool *pool = heed_runtime_pool(m->rt);
+  /* the pool fails (busy, say) before it runs any task: then all of it runs here */
+  if (!pool || nf < 2 * GLU_CHUNK ||
+      heed_pool_parallel_for(pool, (nf + GLU_CHUNK - 1) / GLU_CHUNK, HEED_SCHEDULE_STATIC, 0, glu_chunks, &c) != HEED_OK)
+    glu_task(&c, 0, nf, 0);
+}
+
 /* ---------- the step ---------- */
 
 static heed_status matmul(heed_model *m, const heed_matrix *w, size_t n, const float *x, size_t ldx, float *y,
@@ -220,11 +255,7 @@ static heed_status layer(heed_model *m, uint32_t il, const heed_model_batch_seq 
   if ((st = matmul(m, &l->w_gate, rows, m->h, d, m->gate, c->n_ff, "ffn_gate", il)) ||
       (st = matmul(m, &l->w_up, rows, m->h, d, m->up, c->n_ff, "ffn_up", il)))
     return st;
-  size_t nf = rows * c->n_ff;
-  if (m->gelu)
-    for (size_t i = 0; i < nf; i++) m->gate[i] = gelu_tanh(m->gate[i]) * m->up[i];
-  else
-    for (size_t i = 0; i < nf; i++) m->gate[i] = silu(m->gate[i]) * m->up[i];
+  glu(m, rows * c->n_ff);
   if ((st = matmul(m, &l->w_down, rows, m->gate, c->n_ff, m->h, d, "ffn_down", il))) return st;
   for (size_t r = 0; r < rows; r++) {
     float *f = m->h + r * d, *x = m->x + r * d;
