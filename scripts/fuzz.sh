@@ -13,7 +13,8 @@
 # reproducer; rerun one with: build-fuzz/fuzz/fuzz_<target> <reproducer>.
 # A reproducer worth keeping goes into fuzz/corpus/<target>/crash-<what>.
 #
-# Environment: FUZZ_SECONDS (per target), FUZZ_BUILD (build-fuzz), JOBS (2), FUZZ_CC (clang),
+# Environment: FUZZ_SECONDS (per target), FUZZ_BUILD (build-fuzz), JOBS (2: build jobs, and
+# targets fuzzed at once), FUZZ_CC (clang),
 # CI=true (warnings are errors, as in the main build), HEED_FUZZ_SKIP_KNOWN=1 (skip
 # the inputs that reach defects already reported, to look for others meanwhile).
 set -euo pipefail
@@ -61,6 +62,38 @@ why() {
     head -3 | sed 's/^/    /'
 }
 
+# One target's run; its result goes to $work/$t/status, its lines to
+# $work/$t/summary (printed once every target has run, in order). Always 0:
+# the caller reads the status.
+fuzz_one() {
+  local t=$1 exe=$BUILD/fuzz/fuzz_$1 seeds=fuzz/corpus/$1 dir=$work/$1 rc runs repro grow
+  [[ -d $seeds ]] && cp -r "$seeds"/. "$dir/corpus/"
+  echo "fuzz_$t: fuzzing for ${SECS}s from $(find "$dir/corpus" -type f | wc -l) seeds"
+  grow=("${GROW_OPTS[@]}")
+  case $t in
+  gguf) grow=(-max_len=8192 -len_control=0) ;; # inputs are whole files; seeds up to 4 KB
+  esac
+  set +e
+  timeout $((SECS + 300)) "$exe" "${LIBFUZZER_OPTS[@]}" "${grow[@]}" -max_total_time="$SECS" -artifact_prefix="$dir/artifacts/" \
+    "$dir/corpus" >"$dir/log" 2>&1
+  rc=$?
+  set -e
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/log" | tail -1)
+  if ((rc != 0)); then
+    echo FAILED >"$dir/status"
+    repro=$(find "$dir/artifacts" -type f | head -1)
+    {
+      echo "fuzz_$t: FAILED (exit $rc) after ${runs:-?} runs; reproducer: ${repro:-none written (see the log)}; log: $dir/log"
+      why "$dir/log"
+      if [[ -n $repro ]]; then echo "    rerun: $exe $repro"; fi
+    } >"$dir/summary"
+  else
+    echo ok >"$dir/status"
+    echo "fuzz_$t: ok, ${runs:-?} runs, corpus $(find "$dir/corpus" -type f | wc -l) files" >"$dir/summary"
+  fi
+  return 0
+}
+
 for t in "${targets[@]}"; do
   exe=$BUILD/fuzz/fuzz_$t
   seeds=fuzz/corpus/$t
@@ -81,30 +114,27 @@ for t in "${targets[@]}"; do
       fi
     done
     echo "fuzz_$t: $n corpus files, $bad failed"
-    continue
-  fi
-  [[ -d $seeds ]] && cp -r "$seeds"/. "$dir/corpus/"
-  echo "fuzz_$t: fuzzing for ${SECS}s from $(find "$dir/corpus" -type f | wc -l) seeds"
-  set +e
-  grow=("${GROW_OPTS[@]}")
-  case $t in
-  gguf) grow=(-max_len=8192 -len_control=0) ;; # inputs are whole files; seeds up to 4 KB
-  esac
-  timeout $((SECS + 300)) "$exe" "${LIBFUZZER_OPTS[@]}" "${grow[@]}" -max_total_time="$SECS" -artifact_prefix="$dir/artifacts/" \
-    "$dir/corpus" >"$dir/log" 2>&1
-  rc=$?
-  set -e
-  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/log" | tail -1)
-  if ((rc != 0)); then
-    failed+=("$t")
-    repro=$(find "$dir/artifacts" -type f | head -1)
-    echo "fuzz_$t: FAILED (exit $rc) after ${runs:-?} runs; reproducer: ${repro:-none written (see the log)}; log: $dir/log"
-    why "$dir/log"
-    [[ -n $repro ]] && echo "    rerun: $exe $repro"
-  else
-    echo "fuzz_$t: ok, ${runs:-?} runs, corpus $(find "$dir/corpus" -type f | wc -l) files"
   fi
 done
+
+# Fuzzing: JOBS targets at a time (each libFuzzer process is one thread), each
+# for SECS seconds as before; the summaries then in the targets' order.
+if [[ $mode == fuzz ]]; then
+  running=0
+  for t in "${targets[@]}"; do
+    if ((running >= JOBS)); then
+      wait -n || true # fuzz_one returns 0; its status file says how it went
+      running=$((running - 1))
+    fi
+    fuzz_one "$t" &
+    running=$((running + 1))
+  done
+  wait || true
+  for t in "${targets[@]}"; do
+    cat "$work/$t/summary" 2>/dev/null || echo "fuzz_$t: FAILED: no result (the run was killed?)"
+    [[ $(cat "$work/$t/status" 2>/dev/null) == ok ]] || failed+=("$t")
+  done
+fi
 
 if ((${#failed[@]})); then
   echo "fuzz: FAILED: $(printf '%s\n' "${failed[@]}" | sort -u | tr '\n' ' ')" >&2
