@@ -87,8 +87,9 @@ WX_INLINE void yp_decode_small(const int f, const uint8_t *b, int nbv, yp_group 
   const size_t bb = wf_bytes(f), qo = f == WF_Q5_0 ? 6 : 2;
   /* the 8 f16 scales gathered into one vector (in registers: no store to forward) */
   __m128i h16 = _mm_setzero_si128();
+  uint16_t x16;
 #define YP_H16(i) \
-  if ((i) < nbv) h16 = _mm_insert_epi16(h16, *(const uint16_t *)(const void *)(b + (i) * bb), (i))
+  if ((i) < nbv) memcpy(&x16, b + (i) * bb, 2), h16 = _mm_insert_epi16(h16, x16, (i))
   YP_H16(0); YP_H16(1); YP_H16(2); YP_H16(3); YP_H16(4); YP_H16(5); YP_H16(6); YP_H16(7);
 #undef YP_H16
   const __m256 w = _mm256_cvtph_ps(h16);
