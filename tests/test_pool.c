@@ -216,7 +216,7 @@ Test(pool, bad_arguments) {
  * has cores (late workers are the rule), STATIC ones between them: every
  * index runs exactly once, and nothing runs after parallel_for returns (a
  * late task would write into the next job's counts). */
-Test(pool, late_workers_never_run_a_finished_job, .timeout = 120) {
+Test(pool, late_workers_never_run_a_finished_job, .timeout = 120 * HEED_TEST_TIMEOUT_SCALE) {
   heed_pool *p = NULL;
   heed_error e = {0};
   cr_assert_eq(heed_pool_create(NULL, 8, 0, &p, &e), HEED_OK, "%s", e.msg);

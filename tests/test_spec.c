@@ -595,7 +595,7 @@ static void expect_chi2(heed_runtime *rt, int qkind, int tree, heed_sampling sm,
               df, chi2_crit(df));
 }
 
-Test(spec, rejection_sampling_keeps_the_target_distribution, .timeout = 240) {
+Test(spec, rejection_sampling_keeps_the_target_distribution, .timeout = 240 * HEED_TEST_TIMEOUT_SCALE) {
   heed_runtime *rt = open_rt(HEED_ISA_AUTO, 1);
   heed_sampling plain = samp(1, 0, 1, 0, 1, NULL, 0), cut = samp(0.7f, 6, 0.9f, 0.02f, 1, NULL, 0);
   expect_chi2(rt, QK_DENSE_PROBS, 0, plain, 0, 1, "chain, dense q");
@@ -614,7 +614,7 @@ Test(spec, rejection_sampling_keeps_the_target_distribution, .timeout = 240) {
 
 /* The first two tokens of generation with chain verification (k = 2, dense
  * draft depending on the first draft token) have the target's joint law. */
-Test(spec, two_token_joint_distribution, .timeout = 120) {
+Test(spec, two_token_joint_distribution, .timeout = 120 * HEED_TEST_TIMEOUT_SCALE) {
   enum { V = 5 };
   heed_runtime *rt = open_rt(HEED_ISA_AUTO, 1);
   heed_spec *s = open_spec(rt, V, 4);
@@ -767,7 +767,7 @@ static unsigned long_row_mismatches(heed_runtime *rt, const float *x, unsigned V
   return bad;
 }
 
-Test(spec, long_rows_draw_what_exact_sums_draw, .timeout = 240) {
+Test(spec, long_rows_draw_what_exact_sums_draw, .timeout = 240 * HEED_TEST_TIMEOUT_SCALE) {
   const unsigned V = 9 * HEED_SPEC_CHUNK + 77; /* ten chunks, the last short; read lazily, on the pool */
   float *x = malloc(sizeof(float) * V);
   int32_t pt[3] = {8191, 8192, 40000};

@@ -239,7 +239,7 @@ static void check_type(int type) {
 }
 
 #define TYPE_TEST(name, TYPE) \
-  Test(weights, matmul_##name, .timeout = 280) { check_type(HEED_GGML_##TYPE); }
+  Test(weights, matmul_##name, .timeout = 280 * HEED_TEST_TIMEOUT_SCALE) { check_type(HEED_GGML_##TYPE); }
 TYPE_TEST(f32, F32)
 TYPE_TEST(f16, F16)
 TYPE_TEST(bf16, BF16)
@@ -290,7 +290,7 @@ static void check_alone_equals_batch(int type) {
   }
 }
 
-Test(weights, alone_equals_batch, .timeout = 120) {
+Test(weights, alone_equals_batch, .timeout = 120 * HEED_TEST_TIMEOUT_SCALE) {
   for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) check_alone_equals_batch(types[i]);
 }
 
