@@ -51,30 +51,26 @@ typedef struct glu_ctx {
   int gelu;
 } glu_ctx;
 
+#define GLU_CHUNK 4096 /* elements per task: below it the pool's hand-off costs more than it saves */
+
+/* Chunks [begin, end) of GLU_CHUNK elements. */
 static void glu_task(void *vc, size_t begin, size_t end, int worker) {
   (void)worker;
   const glu_ctx *c = (const glu_ctx *)vc;
+  const size_t i0 = begin * GLU_CHUNK, i1 = end * GLU_CHUNK < c->n ? end * GLU_CHUNK : c->n;
   if (c->gelu)
-    for (size_t i = begin; i < end; i++) c->gate[i] = gelu_tanh(c->gate[i]) * c->up[i];
+    for (size_t i = i0; i < i1; i++) c->gate[i] = gelu_tanh(c->gate[i]) * c->up[i];
   else
-    for (size_t i = begin; i < end; i++) c->gate[i] = silu(c->gate[i]) * c->up[i];
-}
-
-#define GLU_CHUNK 4096 /* elements per task: below it the pool's hand-off costs more than it saves */
-
-static void glu_chunks(void *vc, size_t begin, size_t end, int worker) {
-  const glu_ctx *c = (const glu_ctx *)vc;
-  const size_t e = end * GLU_CHUNK < c->n ? end * GLU_CHUNK : c->n;
-  glu_task(vc, begin * GLU_CHUNK, e, worker);
+    for (size_t i = i0; i < i1; i++) c->gate[i] = silu(c->gate[i]) * c->up[i];
 }
 
 static void glu(heed_model *m, size_t nf) {
   glu_ctx c = {m->gate, m->up, nf, m->gelu};
+  const size_t chunks = (nf + GLU_CHUNK - 1) / GLU_CHUNK;
   heed_pool *pool = heed_runtime_pool(m->rt);
   /* the pool fails (busy, say) before it runs any task: then all of it runs here */
-  if (!pool || nf < 2 * GLU_CHUNK ||
-      heed_pool_parallel_for(pool, (nf + GLU_CHUNK - 1) / GLU_CHUNK, HEED_SCHEDULE_STATIC, 0, glu_chunks, &c) != HEED_OK)
-    glu_task(&c, 0, nf, 0);
+  if (!pool || chunks < 2 || heed_pool_parallel_for(pool, chunks, HEED_SCHEDULE_STATIC, 0, glu_task, &c) != HEED_OK)
+    glu_task(&c, 0, chunks, 0);
 }
 
 /* ---------- the step ---------- */

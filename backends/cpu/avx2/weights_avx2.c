@@ -9,9 +9,7 @@
 #define WX_DOT_M16(u, a, m16) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (a)), (m16))
 #include "backends/cpu/avx2/weights_x86.h"
 
-WX_KERNELS(q4_0, WF_Q4_0, avx2)
 WX_KERNELS(q4_1, WF_Q4_1, avx2)
-WX_KERNELS(q5_0, WF_Q5_0, avx2)
 WX_KERNELS(q5_1, WF_Q5_1, avx2)
 WX_KERNELS(q8_0, WF_Q8_0, avx2)
 WX_KERNELS(q4_k, WF_Q4_K, avx2)
@@ -480,7 +478,6 @@ void heed_weights_register_avx2(heed_weights_table *t) {
   /* the K-quants, Q4_0 and Q5_0 read the packed activations in the kp2 order (see yp_decode) */
   t->pack = 1;
   t->kperm = 2;
-  (void)wmm_q4_0_vec_avx2, (void)wmm_q5_0_vec_avx2, (void)wmm_q4_0_mat_avx2, (void)wmm_q5_0_mat_avx2;
   HEED_WSLOT_SET(t, Q4_0, yp_q4_0_vec, yp_q4_0_mat);
   HEED_WSLOT_SET(t, Q5_0, yp_q5_0_vec, yp_q5_0_mat);
   (void)wmm_q4_k_vec_avx2, (void)wmm_q5_k_vec_avx2, (void)wmm_q6_k_vec_avx2;
