@@ -28,6 +28,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import template_oracle  # noqa: E402
+import gguf_fast  # noqa: E402
 import tokenizer_oracle  # noqa: E402
 
 MODELS = os.path.expanduser(os.environ.get("HEED_MODELS", "~/.cache/heed/models"))
@@ -81,23 +82,14 @@ def main():
         ran += 1
         v = tokenizer_oracle.Vocab(path)
         orc = tokenizer_oracle.Oracle(v.model, v)
-        from gguf import GGUFReader
-        fields = GGUFReader(path).fields
-
-        def field(key):
-            if key not in fields:
-                return None
-            f = fields[key]
-            return f.parts[f.data[0]]
-
-        tmpl = field("tokenizer.chat_template")
-        tmpl = bytes(tmpl).decode() if tmpl is not None else None
+        kv = gguf_fast.read(path).kv  # GGUFReader's values (tests/gguf_oracle.py checks), fast
+        tmpl = kv.get("tokenizer.chat_template")
         special = {}
         for var, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                          ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
-            x = field("tokenizer.ggml." + key)
+            x = kv.get("tokenizer.ggml." + key)
             if x is not None:
-                special[var] = v.tokens[int(x[0])]
+                special[var] = v.tokens[int(x)]
         controls = {i for i, t in enumerate(v.types) if t == tokenizer_oracle.CONTROL}
         for k, req in enumerate(BENIGN):
             if tmpl is None and any(m["role"] == "tool" for m in req["messages"]):

@@ -25,7 +25,10 @@ from collections import Counter
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 import gguf
+import gguf_fast
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
@@ -105,6 +108,67 @@ def same(h, r, t, where):
         fail(f"{where}: heed {h!r} vs gguf {r!r} ({t})")
 
 
+def reader_value(parts, i, t):
+    """GGUFReader's value of type t at parts[i], raw: (value, next i); strings as bytes,
+    arrays as lists, numbers as GGUFReader's one-element arrays."""
+    t = VT(int(t))
+    if t == VT.STRING:
+        return bytes(parts[i + 1]), i + 2
+    if t == VT.ARRAY:
+        et, n = VT(int(parts[i][0])), int(parts[i + 1][0])
+        i += 2
+        items = []
+        for _ in range(n):
+            v, i = reader_value(parts, i, et)
+            items.append(v)
+        return items, i
+    return parts[i], i + 1
+
+
+def fast_same(fv, rv):
+    """tests/gguf_fast.py's value against GGUFReader's (reader_value), bit for bit."""
+    if isinstance(rv, bytes):
+        return isinstance(fv, str) and gguf_fast.raw_bytes(fv) == rv
+    if isinstance(rv, list):
+        if isinstance(fv, np.ndarray):  # numbers: one array of the element type
+            return len(fv) == len(rv) and all(fv.dtype == r.dtype for r in rv[:1]) and \
+                fv.tobytes() == b"".join(r.tobytes() for r in rv)
+        return isinstance(fv, list) and len(fv) == len(rv) and all(fast_same(a, b) for a, b in zip(fv, rv))
+    try:
+        return np.array(fv, dtype=rv.dtype).tobytes() == rv.tobytes()
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def check_fast(path, r, label, whole_data):
+    """gguf_fast.read(path) against GGUFReader r: every key's value, every tensor."""
+    try:
+        g = gguf_fast.read(path)
+    except Exception as e:  # noqa: BLE001 - any failure of the helper is a mismatch
+        return fail(f"{label}: gguf_fast: {type(e).__name__}: {e}")
+    before = len(failures)
+    fields = [(k, f) for k, f in r.fields.items() if not k.startswith("GGUF.")]
+    if list(g.kv) != [k for k, _ in fields]:
+        fail(f"{label}: gguf_fast keys {list(g.kv)[:6]}... vs gguf {[k for k, _ in fields][:6]}...")
+    for k, f in fields:
+        rv, _ = reader_value(f.parts, 3, int(f.parts[2][0]))
+        if k in g.kv and not fast_same(g.kv[k], rv):
+            fail(f"{label}: gguf_fast key {k}: {str(g.kv[k])[:80]} vs gguf {str(rv)[:80]}")
+    if len(g.tensors) != len(r.tensors):
+        fail(f"{label}: gguf_fast {len(g.tensors)} tensors vs gguf {len(r.tensors)}")
+    for a, b in zip(g.tensors, r.tensors):
+        mine = (a.name, int(a.tensor_type), [int(x) for x in a.shape], a.n_elements, a.n_bytes, a.data_offset,
+                a.data.shape, a.data.dtype)
+        theirs = (b.name, int(b.tensor_type), [int(x) for x in b.shape], int(b.n_elements), int(b.n_bytes),
+                  int(b.data_offset), b.data.shape, b.data.dtype)
+        if mine != theirs:
+            fail(f"{label}: gguf_fast tensor {mine} vs gguf {theirs}")
+        elif whole_data and a.data.tobytes() != np.asarray(b.data).tobytes():
+            fail(f"{label}: gguf_fast tensor {a.name}: the data differ")
+    if len(failures) == before:
+        print(f"{label}: tests/gguf_fast.py reads the same {len(fields)} keys and {len(g.tensors)} tensors")
+
+
 def dump(path):
     p = subprocess.run([HEED, "model", "dump", path], capture_output=True)
     if p.returncode != 0:
@@ -157,6 +221,8 @@ def compare(paths, label):
     size = sum(os.path.getsize(p) for p in paths)
     if d["file_bytes"] != size:
         fail(f"{label}: file_bytes {d['file_bytes']} vs {size}")
+    if len(paths) == 1:  # the oracles' fast reader (split files: GGUFReader only)
+        check_fast(paths[0], r0, label, whole_data=size < (64 << 20))
     status = "OK" if len(failures) == before else "MISMATCH"
     print(f"{label}: {len(fields)} keys ({n_values} values and array elements, types and values), "
           f"{len(tensors)} tensors (name, type, shape, offset, bytes, part) in {len(paths)} file(s): {status}")

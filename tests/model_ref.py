@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """tests/model_ref.py - an independent reference forward pass in numpy.
 
-Reads a GGUF with the `gguf` package (GGUFReader; every tensor dequantized
-with gguf.quants.dequantize, cached in memory per process) and computes the
+Reads a GGUF with tests/gguf_fast.py (the same values as the `gguf`
+package's GGUFReader, checked by tests/gguf_oracle.py, in a fraction of the
+time; every tensor dequantized with gguf.quants.dequantize, cached in memory
+per process) and computes the
 logits the way llama.cpp's graph builders do (src/models/{llama,qwen2,qwen3,
 gemma3}.cpp, hyper-parameters as src/llama-model.cpp reads them). It shares no
 code with heed: it is what heed's forward pass is checked against
@@ -57,26 +59,27 @@ Run directly: model_ref.py MODEL.gguf TOKEN_IDS (comma-separated) [N] prints
 a greedy continuation of N (default 16) tokens.
 """
 import math
+import os
 import sys
 
 import numpy as np
-from gguf import GGUFReader
 from gguf.quants import dequantize
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gguf_fast  # noqa: E402
 
 ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 
 
 def _field(r, key, default=None):
-    f = r.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
+    v = r.kv.get(key, default)
+    return v.tolist() if isinstance(v, np.ndarray) else v
 
 
 class Model:
     def __init__(self, path):
         self.path = path
-        r = GGUFReader(path)
+        r = gguf_fast.read(path)
         self.reader = r
         self.arch = _field(r, "general.architecture")
         if self.arch not in ARCHS:
@@ -119,8 +122,7 @@ class Model:
         if a == "llama":  # Mistral-style: every layer windowed, one RoPE base
             self.n_swa = int(kv("attention.sliding_window", 0) or 0)
         self.rope_neox = a in ("qwen2", "qwen3", "gemma3")
-        self.tokens = [bytes(r.fields["tokenizer.ggml.tokens"].parts[i]).decode("utf-8", "replace")
-                       for i in r.fields["tokenizer.ggml.tokens"].data]
+        self.tokens = [gguf_fast.raw_bytes(t).decode("utf-8", "replace") for t in r.kv["tokenizer.ggml.tokens"]]
         self.n_vocab = len(self.tokens)
         self.tok_model = _field(r, "tokenizer.ggml.model")
         self.bos = _field(r, "tokenizer.ggml.bos_token_id")

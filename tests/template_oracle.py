@@ -809,10 +809,8 @@ def read_qwen_template():
         if os.path.exists(ff):
             why = open(ff, encoding="utf-8", errors="replace").read().strip()
         return None, f"{QWEN_GGUF}: {why}"
-    import gguf
-    r = gguf.GGUFReader(QWEN_GGUF)
-    f = r.fields["tokenizer.chat_template"]
-    return bytes(f.parts[f.data[0]]).decode("utf-8"), None
+    import gguf_fast  # GGUFReader's values (tests/gguf_oracle.py checks), fast
+    return gguf_fast.raw_bytes(gguf_fast.read(QWEN_GGUF).kv["tokenizer.chat_template"]).decode("utf-8"), None
 
 
 def build_cases(driver, only):

@@ -58,8 +58,10 @@ import tempfile
 import time
 import unicodedata
 
-from gguf import GGUFReader
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gguf_fast  # noqa: E402
 
 MODELS = {"qwen": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "gemma": "gemma-3-270m-q4_k_m.gguf"}
 PARSE_SPECIAL = 2  # HEED_TOKENIZE_PARSE_SPECIAL
@@ -95,27 +97,18 @@ BYTE_CHAR = byte_level_table()
 
 class Vocab:
     def __init__(self, path):
-        r = GGUFReader(path)
-        f = r.fields
-
-        def s(key):
-            return bytes(f[key].parts[f[key].data[0]]).decode() if key in f else None
-
-        def scalar(key):
-            return f[key].parts[f[key].data[0]].tolist()[0] if key in f else None
+        kv = gguf_fast.read(path).kv  # GGUFReader's values (tests/gguf_oracle.py checks), fast
 
         def arr(key, conv):
-            if key not in f:
-                return None
-            return [conv(f[key].parts[i]) for i in f[key].data]
+            return [conv(x) for x in kv[key]] if key in kv else None
 
-        self.model = s("tokenizer.ggml.model")
-        self.pre = s("tokenizer.ggml.pre") or "default"
-        self.tokens = arr("tokenizer.ggml.tokens", lambda p: bytes(p).decode("utf-8"))
-        self.types = arr("tokenizer.ggml.token_type", lambda p: int(p[0])) or [NORMAL] * len(self.tokens)
-        self.scores = arr("tokenizer.ggml.scores", lambda p: float(p[0]))
-        self.merges = arr("tokenizer.ggml.merges", lambda p: bytes(p).decode("utf-8"))
-        self.add_space_prefix = scalar("tokenizer.ggml.add_space_prefix")
+        self.model = kv.get("tokenizer.ggml.model")
+        self.pre = kv.get("tokenizer.ggml.pre") or "default"
+        self.tokens = arr("tokenizer.ggml.tokens", lambda t: gguf_fast.raw_bytes(t).decode("utf-8"))
+        self.types = arr("tokenizer.ggml.token_type", int) or [NORMAL] * len(self.tokens)
+        self.scores = arr("tokenizer.ggml.scores", float)
+        self.merges = arr("tokenizer.ggml.merges", lambda t: gguf_fast.raw_bytes(t).decode("utf-8"))
+        self.add_space_prefix = kv.get("tokenizer.ggml.add_space_prefix")
         self.ids = {}
         for i, t in enumerate(self.tokens):
             self.ids.setdefault(t, i)
