@@ -494,3 +494,82 @@ Test(weights, refusals) {
   free(ws);
   heed_runtime_close(rt);
 }
+
+/* ---------- the gated activation ---------- */
+
+/* The argument of the sigmoid: x (SiLU), 2v (GELU: 0.5 x (1 + tanh(v)) =
+ * x / (1 + exp(-2v)), the same function with no cancellation where tanh(v)
+ * nears -1; even fp64's 1 + tanh is 0 there). */
+static double glu_t(double x, int gelu) { return gelu ? 2 * 0.7978845608028654 * (x + 0.044715 * x * x * x) : x; }
+static double glu_exact(double x, double u, int gelu) { return x / (1.0 + exp(-glu_t(x, gelu))) * u; }
+
+/* heed_glu on every configuration against fp64, within HEED_GLU_ERROR_REL
+ * (heed/weights.h), on random values of several scales and the edges: 0,
+ * -0, the sign change, the exp's flush (|t| near 87.3), huge values whose
+ * cube overflows, infinities (x inf: act inf or 0; u inf) and denormals;
+ * each element's bits the same whatever the length and offset of the call
+ * (the SIMD tails), and NaN in, NaN out. */
+Test(weights, glu_against_fp64) {
+  enum { N = 4099 };
+  float *x = malloc(N * sizeof(float)), *u = malloc(N * sizeof(float)), *y = malloc(N * sizeof(float)),
+        *piece = malloc(N * sizeof(float));
+  static const float edges[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-45f, -1e-45f, 0.5f, -0.5f, 1.0f, -1.0f, 3.0f, -3.0f,
+                                -10.0f, 10.0f, -20.0f, -43.6f, -43.7f, -87.2f, -87.3f, -87.4f, -88.0f, -100.0f, 87.5f,
+                                100.0f, -1e5f, 1e5f, 1e13f, -1e13f, 3e38f, -3e38f, INFINITY, -INFINITY};
+  const size_t n_edges = sizeof edges / sizeof edges[0];
+  for (size_t ti = 0; ti < N_TARGETS; ti++) {
+    heed_runtime *rt = open_target(&targets[ti]);
+    if (!rt) continue;
+    for (int gelu = 0; gelu < 2; gelu++) {
+      uint64_t s = 0x9e3779b97f4a7c15ull + (uint64_t)gelu;
+      for (size_t i = 0; i < N; i++) {
+        const float scale = i % 4 == 0 ? 0.1f : i % 4 == 1 ? 2.0f : i % 4 == 2 ? 12.0f : 120.0f;
+        x[i] = i < 4 * n_edges ? edges[i % n_edges] : unif(&s) * scale;
+        u[i] = i < n_edges ? 1.0f : i < 2 * n_edges ? -2.5f : i < 3 * n_edges ? 1e-3f : unif(&s) * 4.0f;
+      }
+      u[4 * n_edges] = INFINITY, x[4 * n_edges] = 0.75f;
+      memcpy(y, x, N * sizeof(float));
+      const heed_glu_act act = gelu ? HEED_GLU_GELU_TANH : HEED_GLU_SILU;
+      cr_assert_eq(heed_glu(rt, act, y, u, N), HEED_OK, "%s", heed_runtime_last_error(rt));
+      double worst = 0;
+      for (size_t i = 0; i < N; i++) {
+        const double want = glu_exact(x[i], u[i], gelu);
+        if (isnan(want) || isinf(want)) { /* inf * 0 and the like: the same class */
+          cr_assert(isnan(want) ? isnan(y[i]) : y[i] == (float)want, "%s %s x %g u %g: %g, exact %g",
+                    target_name(&targets[ti]), gelu ? "gelu" : "silu", x[i], u[i], y[i], want);
+          continue;
+        }
+        const double t = fabs(glu_t(x[i], gelu)), err = fabs((double)y[i] - want),
+                     bound = HEED_GLU_ERROR_REL * (1 + (isfinite(t) ? t : 0)) * fabs(want) +
+                                                              2e-38 * fabs((double)x[i] * u[i]) + 1.5e-45 * (1 + fabs((double)u[i]));
+        cr_assert(err <= bound || (fabs(want) > 3.4e38 && isinf(y[i])), "%s %s x %.9g u %.9g: %.9g, exact %.9g (error %g, bound %g)",
+                  target_name(&targets[ti]), gelu ? "gelu" : "silu", x[i], u[i], y[i], want, err, bound);
+        if (fabs(want) > 1e-30 && isfinite(y[i])) worst = fmax(worst, err / (fabs(want) * (1 + t)));
+      }
+      cr_log_info("%s %s: worst relative error / (1 + |t|) %.3g (bound %g)", target_name(&targets[ti]), gelu ? "gelu" : "silu", worst,
+                  HEED_GLU_ERROR_REL);
+      /* pieces of 1..37 at every offset give the same bits as the whole */
+      for (size_t at = 0; at < N;) {
+        size_t len = 1 + rnd(&s) % 37;
+        if (at + len > N) len = N - at;
+        memcpy(piece + at, x + at, len * sizeof(float));
+        cr_assert_eq(heed_glu(rt, act, piece + at, u + at, len), HEED_OK);
+        at += len;
+      }
+      cr_assert(memcmp(piece, y, N * sizeof(float)) == 0, "%s %s: a piece differs from the whole", target_name(&targets[ti]),
+                gelu ? "gelu" : "silu");
+      float nx[3] = {NAN, 1.0f, -2.0f}, nu[3] = {1.0f, NAN, 1.0f};
+      cr_assert_eq(heed_glu(rt, act, nx, nu, 3), HEED_OK);
+      cr_assert(isnan(nx[0]) && isnan(nx[1]) && !isnan(nx[2]), "%s: NaN in, NaN out", target_name(&targets[ti]));
+    }
+    /* refusals */
+    cr_assert_eq(heed_glu(rt, (heed_glu_act)7, y, u, 4), HEED_E_INVALID);
+    cr_assert(strstr(heed_runtime_last_error(rt), "activation 7"), "%s", heed_runtime_last_error(rt));
+    cr_assert_eq(heed_glu(rt, HEED_GLU_SILU, NULL, u, 4), HEED_E_INVALID);
+    cr_assert(strstr(heed_runtime_last_error(rt), "gate is NULL"), "%s", heed_runtime_last_error(rt));
+    cr_assert_eq(heed_glu(rt, HEED_GLU_SILU, NULL, NULL, 0), HEED_OK);
+    heed_runtime_close(rt);
+  }
+  cr_assert_eq(heed_glu(NULL, HEED_GLU_SILU, y, u, 4), HEED_E_INVALID);
+  free(x), free(u), free(y), free(piece);
+}

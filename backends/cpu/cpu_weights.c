@@ -318,3 +318,47 @@ heed_status heed_matmul(heed_runtime *rt, const heed_matrix *w, size_t n_tok, co
   }
   return st;
 }
+
+/* ---------- the gated activation ---------- */
+
+typedef struct glu_ctx {
+  heed_glu_fn fn;
+  float *gate;
+  const float *up;
+  size_t n;
+  int gelu;
+} glu_ctx;
+
+#define GLU_CHUNK 4096 /* elements per task: below it the pool's hand-off costs more than it saves */
+
+static void glu_task(void *vc, size_t begin, size_t end, int worker) {
+  (void)worker;
+  const glu_ctx *c = (const glu_ctx *)vc;
+  const size_t i0 = begin * GLU_CHUNK, i1 = end * GLU_CHUNK < c->n ? end * GLU_CHUNK : c->n;
+  c->fn(c->gate + i0, c->up + i0, i1 - i0, c->gelu);
+}
+
+heed_status heed_glu(heed_runtime *rt, heed_glu_act act, float *gate, const float *up, size_t n) {
+  heed_error e = {0};
+  heed_status st = HEED_OK;
+  if (!rt) return HEED_E_INVALID;
+  if (act != HEED_GLU_SILU && act != HEED_GLU_GELU_TANH)
+    st = heed_err_set(&e, HEED_E_INVALID, "glu: activation %d; accepted: HEED_GLU_SILU, HEED_GLU_GELU_TANH", (int)act);
+  else if (n && (!gate || !up))
+    st = heed_err_set(&e, HEED_E_INVALID, "glu: %s is NULL for %zu elements", !gate ? "gate" : "up", n);
+  const heed_weights_table *t = st ? NULL : heed_weights_table_get(heed_runtime_isa(rt), heed_runtime_cpu_features(rt));
+  if (!st && !t)
+    st = heed_err_set(&e, HEED_E_UNSUPPORTED, "glu: isa %s is not compiled into this libheed",
+                      heed_isa_name(heed_runtime_isa(rt)));
+  if (st) {
+    heed_runtime_set_error(rt, &e);
+    return st;
+  }
+  glu_ctx c = {t->glu, gate, up, n, act == HEED_GLU_GELU_TANH};
+  const size_t chunks = (n + GLU_CHUNK - 1) / GLU_CHUNK;
+  heed_pool *pool = heed_runtime_pool(rt);
+  /* the pool fails (busy, say) before it runs any task: then all of it runs here */
+  if (!pool || chunks < 2 || heed_pool_parallel_for(pool, chunks, HEED_SCHEDULE_STATIC, 0, glu_task, &c) != HEED_OK)
+    glu_task(&c, 0, chunks, 0);
+  return HEED_OK;
+}

@@ -95,6 +95,10 @@ typedef struct heed_wkernel {
   const char *vec_name, *mat_name;
 } heed_wkernel;
 
+/* gate[i] = act(gate[i]) * up[i] for i < n (heed_glu): gelu 1 the tanh
+ * form of GELU, 0 SiLU. Each element's result must depend on its inputs only. */
+typedef void (*heed_glu_fn)(float *gate, const float *up, size_t n, int gelu);
+
 typedef struct heed_weights_table {
   heed_isa isa;
   int dot;                   /* int8 dot-product kernels: avx512_vnni (vpdpbusd), arm64 dotprod (sdot) */
@@ -106,6 +110,8 @@ typedef struct heed_weights_table {
   heed_wquant_fn quant;
   const char *quant_name;
   heed_probe_fma_fn probe_dot; /* the int8_dot_peak probe (heed/bench.h); NULL: none */
+  heed_glu_fn glu;
+  const char *glu_name;
   heed_wkernel k[HEED_WTYPE_SLOTS]; /* [ggml type] */
 } heed_weights_table;
 

@@ -100,6 +100,24 @@ heed_status heed_matmul(heed_runtime *rt, const heed_matrix *w, size_t n_tok, co
  * tests see under 0.1 of it for the float formats). */
 #define HEED_WEIGHTS_ERROR_REL 1e-5
 
+/* The gated activation of a feed-forward layer, in place:
+ *   gate[i] = act(gate[i]) * up[i]   for i < n,
+ * act SiLU, x sigmoid(x), or GELU in its tanh form, 0.5 x (1 + tanh(u)),
+ * u = sqrt(2/pi) (x + 0.044715 x^3), which is x sigmoid(2u). Runs on rt's
+ * pool with rt's kernels (the SIMD levels: sigmoid from one exp of -|t|);
+ * each element's result depends on its own inputs only, not on n or how the
+ * pool splits the range. A NaN in gate or up gives NaN there. */
+typedef enum heed_glu_act { HEED_GLU_SILU, HEED_GLU_GELU_TANH } heed_glu_act;
+heed_status heed_glu(heed_runtime *rt, heed_glu_act act, float *gate, const float *up, size_t n);
+
+/* The bound the tests hold heed_glu to, against the exact function (fp64),
+ * with t the sigmoid's argument (x; GELU: 2u):
+ *   |y - exact| <= HEED_GLU_ERROR_REL (1 + |t|) |exact| + 2e-38 |x up| + 1.5e-45 (1 + |up|)
+ * (the first term: t rounded to float moves exp(-|t|) by |t| times its
+ * relative error; the second: exp is flushed to 0 below -87.3; the third:
+ * the smallest float step, for act(x) or its product in the denormal range). */
+#define HEED_GLU_ERROR_REL 5e-7
+
 #ifdef __cplusplus
 }
 #endif

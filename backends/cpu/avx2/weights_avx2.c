@@ -451,6 +451,34 @@ WF_KERNELS(f32)
 WF_KERNELS(f16)
 WF_KERNELS(bf16)
 
+/* The gated activation, 8 lanes at a time: sigmoid(t) from one z = exp(-|t|)
+ * as (t >= 0 ? 1 : z) / (1 + z), t = x (SiLU) or 2u = x (2c + 2c 0.044715 x^2)
+ * (GELU, tanh form: 0.5 x (1 + tanh(u)) = x sigmoid(2u)). The last n % 8
+ * go through the same lanes from a zero-padded copy, so every element gets
+ * the same arithmetic wherever it sits. */
+static inline __m256 glu8(__m256 x, __m256 u, int gelu) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+  __m256 t = x;
+  if (gelu) {
+    const float c2 = 2 * 0.7978845608028654f;
+    t = _mm256_mul_ps(x, _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(c2 * 0.044715f), _mm256_set1_ps(c2)));
+  }
+  const __m256 z = exp_neg(_mm256_or_ps(t, sign)); /* exp(-|t|) */
+  const __m256 num = _mm256_blendv_ps(z, one, _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_GE_OQ));
+  return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_div_ps(num, _mm256_add_ps(one, z))), u);
+}
+
+static void glu_avx2(float *gate, const float *up, size_t n, int gelu) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(gate + i, glu8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i), gelu));
+  if (i < n) {
+    float g[8] = {0}, u[8] = {0};
+    memcpy(g, gate + i, (n - i) * sizeof(float)), memcpy(u, up + i, (n - i) * sizeof(float));
+    _mm256_storeu_ps(g, glu8(_mm256_loadu_ps(g), _mm256_loadu_ps(u), gelu));
+    memcpy(gate + i, g, (n - i) * sizeof(float));
+  }
+}
+
 /* The int8_dot_peak probe: 8 independent chains of the int8 product the
  * 256-bit kernels use (vpmaddubsw, vpmaddwd, vpaddd), 32 multiply-adds each. */
 static double probe_dot_avx2(uint64_t iters, float *sink) {
@@ -467,6 +495,8 @@ static double probe_dot_avx2(uint64_t iters, float *sink) {
 
 void heed_weights_register_avx2(heed_weights_table *t) {
   t->probe_dot = probe_dot_avx2;
+  t->glu = glu_avx2;
+  t->glu_name = "glu_avx2";
   t->quant = quant_avx2;
   t->quant_name = "quant_q8_avx2";
   HEED_WSLOT_SET(t, F32, wmm_f32_vec_avx2, wmm_f32_mat_avx2);

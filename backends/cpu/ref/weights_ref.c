@@ -304,7 +304,21 @@ REF_WMM(wmm_q4_k_ref, Q4_K)
 REF_WMM(wmm_q5_k_ref, Q5_K)
 REF_WMM(wmm_q6_k_ref, Q6_K)
 
+/* The gated activation one element at a time, as the SIMD levels compute it
+ * but with libm's expf: sigmoid(t) = (t >= 0 ? 1 : z) / (1 + z), z =
+ * exp(-|t|), t = x (SiLU) or 2u (GELU: 0.5 x (1 + tanh(u)) = x sigmoid(2u);
+ * 1 + tanhf(u) itself loses every digit as u goes negative). */
+static void glu_ref(float *gate, const float *up, size_t n, int gelu) {
+  const float c2 = 2 * 0.7978845608028654f; /* 2 sqrt(2/pi) */
+  for (size_t i = 0; i < n; i++) {
+    const float x = gate[i], t = gelu ? x * (c2 + c2 * 0.044715f * (x * x)) : x, z = expf(-fabsf(t));
+    gate[i] = x * ((t >= 0 ? 1.0f : z) / (1.0f + z)) * up[i];
+  }
+}
+
 void heed_weights_register_ref(heed_weights_table *t) {
+  t->glu = glu_ref;
+  t->glu_name = "glu_ref";
   t->quant = quant_ref;
   t->quant_name = "quant_q8_ref";
   HEED_WSLOT_SET(t, F32, wmm_f32_ref, wmm_f32_ref);
