@@ -35,42 +35,28 @@ static void rope(float *x, unsigned n_heads, unsigned hd, unsigned n_rot, const 
   }
 }
 
-static float silu(float x) { return x / (1.0f + expf(-x)); }
+/* The per-row operations (norms, biases, RoPE, residual adds) over the pool,
+ * a contiguous range of rows per worker: each row is computed by the same
+ * scalar code whatever the split. One row (decode) runs here. */
+typedef void (*rows_fn)(heed_model *m, uint32_t il, int arg, size_t r0, size_t r1);
+typedef struct rows_ctx {
+  heed_model *m;
+  uint32_t il;
+  int arg;
+  rows_fn fn;
+} rows_ctx;
 
-static float gelu_tanh(float x) {
-  const float c = 0.7978845608028654f; /* sqrt(2/pi) */
-  return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
-}
-
-/* gate[i] = act(gate[i]) * up[i] over the pool: the same scalar function per
- * element whatever the split, so the bits do not depend on the threads. */
-typedef struct glu_ctx {
-  float *gate;
-  const float *up;
-  size_t n;
-  int gelu;
-} glu_ctx;
-
-#define GLU_CHUNK 4096 /* elements per task: below it the pool's hand-off costs more than it saves */
-
-/* Chunks [begin, end) of GLU_CHUNK elements. */
-static void glu_task(void *vc, size_t begin, size_t end, int worker) {
+static void rows_task(void *vc, size_t begin, size_t end, int worker) {
   (void)worker;
-  const glu_ctx *c = (const glu_ctx *)vc;
-  const size_t i0 = begin * GLU_CHUNK, i1 = end * GLU_CHUNK < c->n ? end * GLU_CHUNK : c->n;
-  if (c->gelu)
-    for (size_t i = i0; i < i1; i++) c->gate[i] = gelu_tanh(c->gate[i]) * c->up[i];
-  else
-    for (size_t i = i0; i < i1; i++) c->gate[i] = silu(c->gate[i]) * c->up[i];
+  const rows_ctx *c = (const rows_ctx *)vc;
+  c->fn(c->m, c->il, c->arg, begin, end);
 }
 
-static void glu(heed_model *m, size_t nf) {
-  glu_ctx c = {m->gate, m->up, nf, m->gelu};
-  const size_t chunks = (nf + GLU_CHUNK - 1) / GLU_CHUNK;
+static void over_rows(heed_model *m, uint32_t il, int arg, size_t rows, rows_fn fn) {
+  rows_ctx c = {m, il, arg, fn};
   heed_pool *pool = heed_runtime_pool(m->rt);
-  /* the pool fails (busy, say) before it runs any task: then all of it runs here */
-  if (!pool || chunks < 2 || heed_pool_parallel_for(pool, chunks, HEED_SCHEDULE_STATIC, 0, glu_task, &c) != HEED_OK)
-    glu_task(&c, 0, chunks, 0);
+  if (!pool || rows < 2 || heed_pool_parallel_for(pool, rows, HEED_SCHEDULE_STATIC, 0, rows_task, &c) != HEED_OK)
+    fn(m, il, arg, 0, rows);
 }
 
 /* ---------- the step ---------- */
@@ -162,11 +148,11 @@ static heed_status plan_rows(heed_model *m, const heed_model_batch_seq *seqs, un
   return HEED_OK;
 }
 
-/* cos and sin of every row's angles for one RoPE base: rope_cs [rows][n_rot]. */
-static void rope_angles(heed_model *m, size_t rows, int local) {
+/* cos and sin of rows [r0, r1)'s angles for one RoPE base: rope_cs [rows][n_rot]. */
+static void rope_angles(heed_model *m, size_t r0, size_t r1, int local) {
   unsigned half = m->cfg.n_rot / 2;
   const double *f = m->inv_freq[local];
-  for (size_t r = 0; r < rows; r++) {
+  for (size_t r = r0; r < r1; r++) {
     float *cs = m->rope_cs + r * m->cfg.n_rot;
     for (unsigned i = 0; i < half; i++) {
       double a = (double)m->pos[r] * f[i];
@@ -176,21 +162,22 @@ static void rope_angles(heed_model *m, size_t rows, int local) {
   }
 }
 
-static heed_status layer(heed_model *m, uint32_t il, const heed_model_batch_seq *seqs, unsigned n_seqs, size_t rows,
-                         unsigned n_decode, int *rope_local) {
+/* h = norm(x) before attention. */
+static void rows_attn_norm(heed_model *m, uint32_t il, int arg, size_t r0, size_t r1) {
+  (void)arg;
+  const size_t d = m->cfg.n_embd;
+  for (size_t r = r0; r < r1; r++) rmsnorm(m->h + r * d, m->x + r * d, m->layers[il].attn_norm, d, m->cfg.rms_eps);
+}
+
+/* q, k, v: the biases, the per-head norms, RoPE (arg: 1 + the base whose
+ * angles rope_cs must be filled with first, or 0 when it holds them). */
+static void rows_qkv(heed_model *m, uint32_t il, int arg, size_t r0, size_t r1) {
   const heed_model_config *c = &m->cfg;
   const model_layer *l = &m->layers[il];
-  const size_t d = c->n_embd, qd = (size_t)c->n_head * c->head_dim_k, kd = (size_t)c->n_head_kv * c->head_dim_k,
-               vd = (size_t)c->n_head_kv * c->head_dim_v, od = (size_t)c->n_head * c->head_dim_v;
-  heed_status st;
-
-  /* attention: h = norm(x); q, k, v */
-  for (size_t r = 0; r < rows; r++) rmsnorm(m->h + r * d, m->x + r * d, l->attn_norm, d, c->rms_eps);
-  if ((st = matmul(m, &l->wq, rows, m->h, d, m->q, qd, "attn_q", il)) ||
-      (st = matmul(m, &l->wk, rows, m->h, d, m->k, kd, "attn_k", il)) ||
-      (st = matmul(m, &l->wv, rows, m->h, d, m->v, vd, "attn_v", il)))
-    return st;
-  for (size_t r = 0; r < rows; r++) {
+  const size_t qd = (size_t)c->n_head * c->head_dim_k, kd = (size_t)c->n_head_kv * c->head_dim_k,
+               vd = (size_t)c->n_head_kv * c->head_dim_v;
+  if (arg) rope_angles(m, r0, r1, arg - 1);
+  for (size_t r = r0; r < r1; r++) {
     float *q = m->q + r * qd, *k = m->k + r * kd, *v = m->v + r * vd;
     if (l->bq)
       for (size_t i = 0; i < qd; i++) q[i] += l->bq[i];
@@ -204,17 +191,54 @@ static heed_status layer(heed_model *m, uint32_t il, const heed_model_batch_seq 
     if (l->k_norm)
       for (unsigned h = 0; h < c->n_head_kv; h++)
         rmsnorm(k + h * c->head_dim_k, k + h * c->head_dim_k, l->k_norm, c->head_dim_k, c->rms_eps);
-  }
-  int local = l->swa && c->arch == HEED_ARCH_GEMMA3;
-  if (*rope_local != local) {
-    rope_angles(m, rows, local);
-    *rope_local = local;
-  }
-  for (size_t r = 0; r < rows; r++) {
     const float *cs = m->rope_cs + r * c->n_rot;
-    rope(m->q + r * qd, c->n_head, c->head_dim_k, c->n_rot, cs, m->rope_neox);
-    rope(m->k + r * kd, c->n_head_kv, c->head_dim_k, c->n_rot, cs, m->rope_neox);
+    rope(q, c->n_head, c->head_dim_k, c->n_rot, cs, m->rope_neox);
+    rope(k, c->n_head_kv, c->head_dim_k, c->n_rot, cs, m->rope_neox);
   }
+}
+
+/* x += norm(att Wo) (in h); then h = norm(x) before the feed-forward. */
+static void rows_attn_out(heed_model *m, uint32_t il, int arg, size_t r0, size_t r1) {
+  (void)arg;
+  const model_layer *l = &m->layers[il];
+  const size_t d = m->cfg.n_embd;
+  for (size_t r = r0; r < r1; r++) {
+    float *a = m->h + r * d, *x = m->x + r * d;
+    if (l->post_attn_norm) rmsnorm(a, a, l->post_attn_norm, d, m->cfg.rms_eps);
+    for (size_t i = 0; i < d; i++) x[i] += a[i];
+    rmsnorm(a, x, l->ffn_norm, d, m->cfg.rms_eps);
+  }
+}
+
+/* x += norm(ffn) (in h). */
+static void rows_ffn_out(heed_model *m, uint32_t il, int arg, size_t r0, size_t r1) {
+  (void)arg;
+  const model_layer *l = &m->layers[il];
+  const size_t d = m->cfg.n_embd;
+  for (size_t r = r0; r < r1; r++) {
+    float *f = m->h + r * d, *x = m->x + r * d;
+    if (l->post_ffn_norm) rmsnorm(f, f, l->post_ffn_norm, d, m->cfg.rms_eps);
+    for (size_t i = 0; i < d; i++) x[i] += f[i];
+  }
+}
+
+static heed_status layer(heed_model *m, uint32_t il, const heed_model_batch_seq *seqs, unsigned n_seqs, size_t rows,
+                         unsigned n_decode, int *rope_local) {
+  const heed_model_config *c = &m->cfg;
+  const model_layer *l = &m->layers[il];
+  const size_t d = c->n_embd, qd = (size_t)c->n_head * c->head_dim_k, kd = (size_t)c->n_head_kv * c->head_dim_k,
+               vd = (size_t)c->n_head_kv * c->head_dim_v, od = (size_t)c->n_head * c->head_dim_v;
+  heed_status st;
+
+  /* attention: h = norm(x); q, k, v (+ biases, per-head norms), RoPE */
+  over_rows(m, il, 0, rows, rows_attn_norm);
+  if ((st = matmul(m, &l->wq, rows, m->h, d, m->q, qd, "attn_q", il)) ||
+      (st = matmul(m, &l->wk, rows, m->h, d, m->k, kd, "attn_k", il)) ||
+      (st = matmul(m, &l->wv, rows, m->h, d, m->v, vd, "attn_v", il)))
+    return st;
+  const int local = l->swa && c->arch == HEED_ARCH_GEMMA3;
+  over_rows(m, il, *rope_local != local ? 1 + local : 0, rows, rows_qkv);
+  *rope_local = local;
 
   /* K/V into the cache, then attention */
   double t_att = model_now();
@@ -238,26 +262,18 @@ static heed_status layer(heed_model *m, uint32_t il, const heed_model_batch_seq 
     if (st) return model_fail(m, st, "layer %u: attention: %s", il, heed_runtime_last_error(m->rt));
   }
   m->stats.s_attention += model_now() - t_att;
-  /* x += norm(att Wo) */
+  /* x += norm(att Wo); h = norm(x) */
   if ((st = matmul(m, &l->wo, rows, m->att, od, m->h, d, "attn_output", il))) return st;
-  for (size_t r = 0; r < rows; r++) {
-    float *a = m->h + r * d, *x = m->x + r * d;
-    if (l->post_attn_norm) rmsnorm(a, a, l->post_attn_norm, d, c->rms_eps);
-    for (size_t i = 0; i < d; i++) x[i] += a[i];
-  }
+  over_rows(m, il, 0, rows, rows_attn_out);
 
   /* feed-forward: x += norm((act(h Wg) * h Wu) Wd) */
-  for (size_t r = 0; r < rows; r++) rmsnorm(m->h + r * d, m->x + r * d, l->ffn_norm, d, c->rms_eps);
   if ((st = matmul(m, &l->w_gate, rows, m->h, d, m->gate, c->n_ff, "ffn_gate", il)) ||
       (st = matmul(m, &l->w_up, rows, m->h, d, m->up, c->n_ff, "ffn_up", il)))
     return st;
-  glu(m, rows * c->n_ff);
+  if ((st = heed_glu(m->rt, m->gelu ? HEED_GLU_GELU_TANH : HEED_GLU_SILU, m->gate, m->up, rows * c->n_ff)))
+    return model_fail(m, st, "layer %u: gated activation: %s", il, heed_runtime_last_error(m->rt));
   if ((st = matmul(m, &l->w_down, rows, m->gate, c->n_ff, m->h, d, "ffn_down", il))) return st;
-  for (size_t r = 0; r < rows; r++) {
-    float *f = m->h + r * d, *x = m->x + r * d;
-    if (l->post_ffn_norm) rmsnorm(f, f, l->post_ffn_norm, d, c->rms_eps);
-    for (size_t i = 0; i < d; i++) x[i] += f[i];
-  }
+  over_rows(m, il, 0, rows, rows_ffn_out);
   return HEED_OK;
 }
 
