@@ -24,6 +24,9 @@
 #include "backends/cpu/weights_kernels.h"
 
 #define WX_INLINE static inline __attribute__((always_inline))
+#ifndef WX_PF
+#define WX_PF 8192 /* bytes of prefetch distance in decode */
+#endif
 
 enum { WF_Q4_0, WF_Q4_1, WF_Q5_0, WF_Q5_1, WF_Q8_0, WF_Q4_K, WF_Q5_K, WF_Q6_K };
 
@@ -172,6 +175,8 @@ WX_INLINE void wx_rows(const int f, const int NT, const uint8_t *w, size_t row_b
     for (int t = 0; t < NT; t++) acc0[t] = acc1[t] = _mm256_setzero_ps(), corr0[t] = corr1[t] = 0;
     size_t ch = 0;
     for (; ch + 2 <= nch; ch += 2) {
+      /* decode streams the rows in order from memory: fetch WX_PF bytes ahead */
+      if (NT == 1) _mm_prefetch((const char *)row + ch / nsub * bb + WX_PF, _MM_HINT_T0);
       wx_chunk c0, c1;
       wx_decode(f, row + ch / nsub * bb, (int)(ch % nsub), &c0);
       wx_decode(f, row + (ch + 1) / nsub * bb, (int)((ch + 1) % nsub), &c1);
