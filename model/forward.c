@@ -197,28 +197,18 @@ static void rows_qkv(heed_model *m, uint32_t il, int arg, size_t r0, size_t r1) 
   }
 }
 
-/* x += norm(att Wo) (in h); then h = norm(x) before the feed-forward. */
-static void rows_attn_out(heed_model *m, uint32_t il, int arg, size_t r0, size_t r1) {
-  (void)arg;
+/* The residual add of a block's output (in h), after its post-norm where the
+ * architecture has one (Gemma 3): arg 0 the attention's, after which h =
+ * norm(x) feeds the feed-forward; arg 1 the feed-forward's. */
+static void rows_residual(heed_model *m, uint32_t il, int arg, size_t r0, size_t r1) {
   const model_layer *l = &m->layers[il];
+  const float *post = arg ? l->post_ffn_norm : l->post_attn_norm;
   const size_t d = m->cfg.n_embd;
   for (size_t r = r0; r < r1; r++) {
-    float *a = m->h + r * d, *x = m->x + r * d;
-    if (l->post_attn_norm) rmsnorm(a, a, l->post_attn_norm, d, m->cfg.rms_eps);
-    for (size_t i = 0; i < d; i++) x[i] += a[i];
-    rmsnorm(a, x, l->ffn_norm, d, m->cfg.rms_eps);
-  }
-}
-
-/* x += norm(ffn) (in h). */
-static void rows_ffn_out(heed_model *m, uint32_t il, int arg, size_t r0, size_t r1) {
-  (void)arg;
-  const model_layer *l = &m->layers[il];
-  const size_t d = m->cfg.n_embd;
-  for (size_t r = r0; r < r1; r++) {
-    float *f = m->h + r * d, *x = m->x + r * d;
-    if (l->post_ffn_norm) rmsnorm(f, f, l->post_ffn_norm, d, m->cfg.rms_eps);
-    for (size_t i = 0; i < d; i++) x[i] += f[i];
+    float *h = m->h + r * d, *x = m->x + r * d;
+    if (post) rmsnorm(h, h, post, d, m->cfg.rms_eps);
+    for (size_t i = 0; i < d; i++) x[i] += h[i];
+    if (!arg) rmsnorm(h, x, l->ffn_norm, d, m->cfg.rms_eps);
   }
 }
 
@@ -264,7 +254,7 @@ static heed_status layer(heed_model *m, uint32_t il, const heed_model_batch_seq 
   m->stats.s_attention += model_now() - t_att;
   /* x += norm(att Wo); h = norm(x) */
   if ((st = matmul(m, &l->wo, rows, m->att, od, m->h, d, "attn_output", il))) return st;
-  over_rows(m, il, 0, rows, rows_attn_out);
+  over_rows(m, il, 0, rows, rows_residual);
 
   /* feed-forward: x += norm((act(h Wg) * h Wu) Wd) */
   if ((st = matmul(m, &l->w_gate, rows, m->h, d, m->gate, c->n_ff, "ffn_gate", il)) ||
@@ -273,7 +263,7 @@ static heed_status layer(heed_model *m, uint32_t il, const heed_model_batch_seq 
   if ((st = heed_glu(m->rt, m->gelu ? HEED_GLU_GELU_TANH : HEED_GLU_SILU, m->gate, m->up, rows * c->n_ff)))
     return model_fail(m, st, "layer %u: gated activation: %s", il, heed_runtime_last_error(m->rt));
   if ((st = matmul(m, &l->w_down, rows, m->gate, c->n_ff, m->h, d, "ffn_down", il))) return st;
-  over_rows(m, il, 0, rows, rows_ffn_out);
+  over_rows(m, il, 1, rows, rows_residual);
   return HEED_OK;
 }
 
