@@ -56,20 +56,21 @@ def text(b):
     return bytes(b).decode("utf-8", "heed_replace")
 
 
-def decode(parts, i, t):
-    """The value of type t whose parts start at parts[i] (GGUFReader's layout); returns (value, next i)."""
+def decode(parts, i, t, raw=False):
+    """The value of type t whose parts start at parts[i] (GGUFReader's layout); returns (value, next i).
+    raw: strings as bytes, arrays as lists, numbers as GGUFReader's one-element arrays."""
     t = VT(int(t))
     if t == VT.STRING:
-        return text(parts[i + 1]), i + 2
+        return (bytes(parts[i + 1]) if raw else text(parts[i + 1])), i + 2
     if t == VT.ARRAY:
         et, n = VT(int(parts[i][0])), int(parts[i + 1][0])
         i += 2
         items = []
         for _ in range(n):
-            v, i = decode(parts, i, et)
+            v, i = decode(parts, i, et, raw)
             items.append(v)
-        return {"elem_type": VT_NAME[et], "items": items}, i
-    return parts[i][0], i + 1
+        return (items if raw else {"elem_type": VT_NAME[et], "items": items}), i
+    return (parts[i] if raw else parts[i][0]), i + 1
 
 
 def same(h, r, t, where):
@@ -108,25 +109,8 @@ def same(h, r, t, where):
         fail(f"{where}: heed {h!r} vs gguf {r!r} ({t})")
 
 
-def reader_value(parts, i, t):
-    """GGUFReader's value of type t at parts[i], raw: (value, next i); strings as bytes,
-    arrays as lists, numbers as GGUFReader's one-element arrays."""
-    t = VT(int(t))
-    if t == VT.STRING:
-        return bytes(parts[i + 1]), i + 2
-    if t == VT.ARRAY:
-        et, n = VT(int(parts[i][0])), int(parts[i + 1][0])
-        i += 2
-        items = []
-        for _ in range(n):
-            v, i = reader_value(parts, i, et)
-            items.append(v)
-        return items, i
-    return parts[i], i + 1
-
-
 def fast_same(fv, rv):
-    """tests/gguf_fast.py's value against GGUFReader's (reader_value), bit for bit."""
+    """tests/gguf_fast.py's value against GGUFReader's (decode(..., raw=True)), bit for bit."""
     if isinstance(rv, bytes):
         return isinstance(fv, str) and gguf_fast.raw_bytes(fv) == rv
     if isinstance(rv, list):
@@ -151,7 +135,7 @@ def check_fast(path, r, label, whole_data):
     if list(g.kv) != [k for k, _ in fields]:
         fail(f"{label}: gguf_fast keys {list(g.kv)[:6]}... vs gguf {[k for k, _ in fields][:6]}...")
     for k, f in fields:
-        rv, _ = reader_value(f.parts, 3, int(f.parts[2][0]))
+        rv, _ = decode(f.parts, 3, int(f.parts[2][0]), raw=True)
         if k in g.kv and not fast_same(g.kv[k], rv):
             fail(f"{label}: gguf_fast key {k}: {str(g.kv[k])[:80]} vs gguf {str(rv)[:80]}")
     if len(g.tensors) != len(r.tensors):
