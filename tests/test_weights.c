@@ -303,6 +303,8 @@ Test(weights, tables) {
     const heed_weights_table *t = heed_weights_table_get(heed_runtime_isa(rt), heed_runtime_cpu_features(rt));
     cr_assert(t);
     cr_assert(t->quant);
+    cr_assert(t->glu, "%s: no gated activation", target_name(&targets[ti]));
+    cr_log_info("%s: %s, %s", target_name(&targets[ti]), t->quant_name, t->glu_name);
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
       cr_assert(t->k[types[i]].vec && t->k[types[i]].mat, "%s: %s", target_name(&targets[ti]),
                 heed_ggml_type_name(types[i]));

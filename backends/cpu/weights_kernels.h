@@ -98,6 +98,10 @@ typedef struct heed_wkernel {
 /* gate[i] = act(gate[i]) * up[i] for i < n (heed_glu): gelu 1 the tanh
  * form of GELU, 0 SiLU. Each element's result must depend on its inputs only. */
 typedef void (*heed_glu_fn)(float *gate, const float *up, size_t n, int gelu);
+/* GELU's sigmoid argument t = 2u = x (HEED_GELU_C1 + HEED_GELU_C3 x^2), every level alike:
+ * 2 sqrt(2/pi), and that times 0.044715. */
+#define HEED_GELU_C1 (2 * 0.7978845608028654f)
+#define HEED_GELU_C3 (HEED_GELU_C1 * 0.044715f)
 
 typedef struct heed_weights_table {
   heed_isa isa;

@@ -459,10 +459,7 @@ WF_KERNELS(bf16)
 static inline __m256 glu8(__m256 x, __m256 u, int gelu) {
   const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
   __m256 t = x;
-  if (gelu) {
-    const float c2 = 2 * 0.7978845608028654f;
-    t = _mm256_mul_ps(x, _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(c2 * 0.044715f), _mm256_set1_ps(c2)));
-  }
+  if (gelu) t = _mm256_mul_ps(x, _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(HEED_GELU_C3), _mm256_set1_ps(HEED_GELU_C1)));
   const __m256 z = exp_neg(_mm256_or_ps(t, sign)); /* exp(-|t|) */
   const __m256 num = _mm256_blendv_ps(z, one, _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_GE_OQ));
   return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_div_ps(num, _mm256_add_ps(one, z))), u);

@@ -177,10 +177,7 @@ WN_KERNELS(neon_sdot, WN_DOT_SDOT)
 WN_INLINE float32x4_t glu4(float32x4_t x, float32x4_t u, int gelu) {
   const float32x4_t one = vdupq_n_f32(1.0f);
   float32x4_t t = x;
-  if (gelu) {
-    const float c2 = 2 * 0.7978845608028654f;
-    t = vmulq_f32(x, vfmaq_f32(vdupq_n_f32(c2), vmulq_f32(x, x), vdupq_n_f32(c2 * 0.044715f)));
-  }
+  if (gelu) t = vmulq_f32(x, vfmaq_f32(vdupq_n_f32(HEED_GELU_C1), vmulq_f32(x, x), vdupq_n_f32(HEED_GELU_C3)));
   const float32x4_t z = exp_neg(vnegq_f32(vabsq_f32(t)));
   const float32x4_t num = vbslq_f32(vcgeq_f32(t, vdupq_n_f32(0.0f)), one, z);
   return vmulq_f32(vmulq_f32(x, vdivq_f32(num, vaddq_f32(one, z))), u);

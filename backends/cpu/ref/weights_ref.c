@@ -309,9 +309,8 @@ REF_WMM(wmm_q6_k_ref, Q6_K)
  * exp(-|t|), t = x (SiLU) or 2u (GELU: 0.5 x (1 + tanh(u)) = x sigmoid(2u);
  * 1 + tanhf(u) itself loses every digit as u goes negative). */
 static void glu_ref(float *gate, const float *up, size_t n, int gelu) {
-  const float c2 = 2 * 0.7978845608028654f; /* 2 sqrt(2/pi) */
   for (size_t i = 0; i < n; i++) {
-    const float x = gate[i], t = gelu ? x * (c2 + c2 * 0.044715f * (x * x)) : x, z = expf(-fabsf(t));
+    const float x = gate[i], t = gelu ? x * (HEED_GELU_C1 + HEED_GELU_C3 * (x * x)) : x, z = expf(-fabsf(t));
     gate[i] = x * ((t >= 0 ? 1.0f : z) / (1.0f + z)) * up[i];
   }
 }
