@@ -476,6 +476,11 @@ Test(spec, greedy_verification_equals_greedy_decoding) {
 /* ---- the rejection sampler's output distribution ---- */
 
 #define TRIALS 100000
+/* The verifier's draws: a quarter of them under the emulator (NEON under qemu,
+ * single-threaded: 35 s of the arm64 suite), where a correct verifier's
+ * chi-square keeps its law and the planted faults still land near 100x over
+ * the limit they must pass 4x (14874, 26517, 20703 at the full count). */
+#define VERIFY_TRIALS (HEED_TEST_EMULATED ? TRIALS / 4 : TRIALS)
 
 /* Wilson-Hilferty: the chi-square value exceeded with probability about 1e-5. */
 static double chi2_crit(int df) {
@@ -565,7 +570,7 @@ static double first_token_chi2(heed_runtime *rt, int qkind, int tree, const heed
   long obs[V] = {0};
   /* tree: three root children and one grandchild; chain: two drafts. */
   const int32_t parents_tree[4] = {-1, -1, 0, -1};
-  for (long n = 0; n < TRIALS; n++) {
+  for (long n = 0; n < VERIFY_TRIALS; n++) {
     int32_t tok[4];
     if (qkind == QK_ONEHOT) { /* deterministic drafts: distinct tokens */
       tok[0] = 2, tok[1] = 5, tok[2] = 7, tok[3] = 4;
@@ -581,7 +586,7 @@ static double first_token_chi2(heed_runtime *rt, int qkind, int tree, const heed
     obs[first]++;
   }
   heed_spec_destroy(s);
-  return chi2(obs, p, V, TRIALS, df);
+  return chi2(obs, p, V, VERIFY_TRIALS, df);
 }
 
 static void expect_chi2(heed_runtime *rt, int qkind, int tree, heed_sampling sm, int fault, int want_pass, const char *what) {
@@ -823,13 +828,15 @@ Test(spec, long_rows_draw_what_exact_sums_draw, .timeout = 240 * HEED_TEST_TIMEO
         cr_assert(want < 0 ? cand1 + hist1 == 0 : want ? cand1 > 0 && hist1 == 0 : hist1 > 0 && cand1 == 0,
                   "%s row %u: cuts from candidates %u, by histogram %u", variant_name(variants[ii]), kind, cand1, hist1);
       }
-      if (kind == 0 && variants[ii] != ON_OPENCL) { /* the bugs this test exists for */
+      /* The bugs this test exists for, planted in the C logic every level shares:
+       * natively only (under the emulator they were three quarters of its draws). */
+      if (kind == 0 && variants[ii] != ON_OPENCL && !HEED_TEST_EMULATED) {
         unsigned c2, b1 = long_row_mismatches(rt, x, V, sm, 1500, HEED_SPEC_FAULT_BOUNDED_DRAW, &c2, NULL, NULL); /* ~1.4% differ */
         cr_assert(b1 >= 5, "%s: chunks picked from bounded sums went unnoticed (%u of %u differ)", variant_name(variants[ii]), b1, c2);
         unsigned b2 = long_row_mismatches(rt, x, V, sm, 100, HEED_SPEC_FAULT_SAME_U, &c2, NULL, NULL);
         cr_assert(b2 > c2 / 2, "%s: one uniform for chunk and block went unnoticed (%u of %u differ)", variant_name(variants[ii]), b2, c2);
       }
-      if (d == 6 && variants[ii] != ON_OPENCL) {
+      if (d == 6 && variants[ii] != ON_OPENCL && !HEED_TEST_EMULATED) {
         unsigned c2, b1 = long_row_mismatches(rt, x, V, sm, 1500, HEED_SPEC_FAULT_BOUNDED_BLOCK, &c2, NULL, NULL);
         cr_assert(b1 >= 5, "%s: blocks picked from bounded sums went unnoticed (%u of %u differ)", variant_name(variants[ii]), b1, c2);
       }
@@ -1083,9 +1090,11 @@ static void same_tokens(unsigned V, int topk) {
   free(rows), free(qrows);
 }
 
+/* (Under the emulator the rows read at once are 17000 long, three chunks,
+ * the last one partial, as 40000's five: 42 s of one core there.) */
 Test(spec, same_seed_same_tokens) {
   same_tokens(70000, 0);
-  same_tokens(40000, 1);
+  same_tokens(HEED_TEST_EMULATED ? 17000 : 40000, 1);
 }
 
 /* The device's passes: ties at the max go to the first index wherever the
