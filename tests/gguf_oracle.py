@@ -153,6 +153,16 @@ def check_fast(path, r, label, whole_data):
         print(f"{label}: tests/gguf_fast.py reads the same {len(fields)} keys and {len(g.tensors)} tensors")
 
 
+_readers = {}
+
+
+def reader(path):
+    """gguf.GGUFReader(path), made once per file: on a real model its fields take 15-30 s."""
+    if path not in _readers:
+        _readers[path] = gguf.GGUFReader(path)
+    return _readers[path]
+
+
 def dump(path):
     p = subprocess.run([HEED, "model", "dump", path], capture_output=True)
     if p.returncode != 0:
@@ -166,7 +176,7 @@ def compare(paths, label):
     d = dump(paths[0])
     if d is None:
         return
-    readers = [gguf.GGUFReader(p) for p in paths]
+    readers = [reader(p) for p in paths]
     r0 = readers[0]
     before = len(failures)
     if len(d["files"]) != len(paths):
@@ -288,7 +298,7 @@ def model_info(path, label):
     if p.returncode != 0:
         return fail(f"heed model info --json {path}: exit {p.returncode}: {p.stderr.decode(errors='replace')}")
     j = json.loads(p.stdout)
-    r = gguf.GGUFReader(path)
+    r = reader(path)
     arch = r.fields["general.architecture"].contents()
     get = lambda k, default=None: r.fields[k].contents() if k in r.fields else default  # noqa: E731
     c = j["config"]
@@ -384,6 +394,7 @@ def main():
                 continue
             compare([path], name)
             model_info(path, name)
+            _readers.pop(path, None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if failures:
