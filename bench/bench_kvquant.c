@@ -72,7 +72,7 @@ static int roundtrip(const kvfmt *f, float *x) {
     rc = heed_q8_quantize(buf, n, f->group, c8, sc, &e);
     heed_q8_dequantize(c8, sc, n, f->group, out);
   } else if (f->kind == FMT_Q4) {
-    rc = heed_q4_quantize(buf, n, f->group, c4, sc, mn, &e);
+    rc = heed_q4_quantize_fit(buf, n, f->group, c4, sc, mn, &e);
     heed_q4_dequantize(c4, sc, mn, n, f->group, out);
   } else { /* fp8: one scale per block of BLOCK tokens of this head */
     for (size_t b = 0; b < L / BLOCK && !rc; b++) {

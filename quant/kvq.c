@@ -121,6 +121,52 @@ heed_status heed_q4_quantize(const float *x, size_t n, unsigned group, uint8_t *
   return HEED_OK;
 }
 
+/* Codes of x[n] against (mn, s) (both as stored), into q; their squared error. */
+static double q4_code(const float *x, unsigned n, float mn, float s, uint8_t *q) {
+  double e = 0;
+  for (unsigned i = 0; i < n; i++) {
+    float c = s > 0 ? nearbyintf((x[i] - mn) / s) : 0.0f;
+    c = c > 15 ? 15 : c < 0 ? 0 : c;
+    q[i] = (uint8_t)c;
+    double d = (double)c * s + mn - x[i];
+    e += d * d;
+  }
+  return e;
+}
+
+heed_status heed_q4_quantize_fit(const float *x, size_t n, unsigned group, uint8_t *codes, heed_f16 *scales,
+                                 heed_f16 *mins, heed_error *err) {
+  heed_status st = heed_q4_quantize(x, n, group, codes, scales, mins, err);
+  if (st != HEED_OK) return st;
+  uint8_t q[256], bq[256];
+  for (size_t g = 0; g < n / group; g++) {
+    const float *xg = x + g * group;
+    double best = q4_code(xg, group, heed_f16_to_f32(mins[g]), heed_f16_to_f32(scales[g]), q);
+    memcpy(bq, q, group);
+    int better = 0;
+    for (int it = 0; it < 2; it++) {
+      /* the (scale, min) of least squared error for these codes */
+      double sq = 0, sqq = 0, sx = 0, sqx = 0;
+      for (unsigned i = 0; i < group; i++) sq += q[i], sqq += (double)q[i] * q[i], sx += xg[i], sqx += (double)q[i] * xg[i];
+      double det = group * sqq - sq * sq;
+      if (!(det > 0)) break;
+      double ns = (group * sqx - sq * sx) / det, nm = (sx - ns * sq) / group;
+      if (!(ns > 0) || ns > 65504.0 || !(fabs(nm) <= 65504.0)) break;
+      heed_f16 cm = heed_f32_to_f16((float)nm), cs = heed_f32_to_f16((float)ns);
+      double e = q4_code(xg, group, heed_f16_to_f32(cm), heed_f16_to_f32(cs), q);
+      if (!(e < best)) break;
+      best = e, mins[g] = cm, scales[g] = cs, better = 1;
+      memcpy(bq, q, group);
+    }
+    if (!better) continue;
+    for (unsigned i = 0; i < group; i++) {
+      size_t at = g * group + i;
+      codes[at / 2] = (uint8_t)(at % 2 ? (codes[at / 2] & 15u) | bq[i] << 4 : (codes[at / 2] & 0xF0u) | bq[i]);
+    }
+  }
+  return HEED_OK;
+}
+
 void heed_q4_dequantize(const uint8_t *codes, const heed_f16 *scales, const heed_f16 *mins, size_t n, unsigned group,
                         float *y) {
   for (size_t i = 0; i < n; i++) {

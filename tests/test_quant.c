@@ -121,6 +121,62 @@ Test(quant, q8_and_q4_error_bounds_every_group) {
     }
 }
 
+/* Squared error of the q4 decode of x[n] in groups. */
+static void q4_group_sse(const float *x, size_t n, unsigned group, int fit, double *sse) {
+  uint8_t *c = malloc(n / 2);
+  heed_f16 *sc = malloc(n / group * sizeof *sc), *mn = malloc(n / group * sizeof *mn);
+  float *y = malloc(n * 4);
+  heed_error e = {0};
+  cr_assert_eq((fit ? heed_q4_quantize_fit : heed_q4_quantize)(x, n, group, c, sc, mn, &e), HEED_OK, "%s", e.msg);
+  heed_q4_dequantize(c, sc, mn, n, group, y);
+  for (size_t g = 0; g < n / group; g++) {
+    sse[g] = 0;
+    for (unsigned i = 0; i < group; i++) sse[g] += ((double)y[g * group + i] - x[g * group + i]) * ((double)y[g * group + i] - x[g * group + i]);
+  }
+  free(c), free(sc), free(mn), free(y);
+}
+
+/* The refined q4 (what the KV cache stores) never has a larger squared error
+ * in any group than min/max, on uniform, bell-shaped, outlier, constant,
+ * tiny and near-f16-limit groups; on bell-shaped values it is clearly lower
+ * in total (measured: 0.89 of min/max's at group 32, 0.82 at 16). Bad input is refused as
+ * heed_q4_quantize refuses it. */
+Test(quant, q4_fit_never_worse_than_min_max) {
+  enum { N = 4096 };
+  static const unsigned groups[] = {16, 32, 64, 256};
+  float *x = malloc(N * 4);
+  double a[N / 16], b[N / 16];
+  for (int kind = 0; kind < 6; kind++)
+    for (int gi = 0; gi < 4; gi++) {
+      unsigned group = groups[gi];
+      uint64_t r = 77 + (uint64_t)kind * 13 + group;
+      for (size_t i = 0; i < N; i++) {
+        float u = tu_uniform(&r), bell = (tu_uniform(&r) + tu_uniform(&r) + tu_uniform(&r) + u) * 0.5f;
+        x[i] = kind == 0 ? u : kind == 1 ? bell : kind == 2 ? (i % 37 == 0 ? 30.0f * u : bell)
+               : kind == 3 ? (i / group % 2 ? 0.25f : bell) : kind == 4 ? 1e-4f * bell : 30000.0f * u;
+      }
+      q4_group_sse(x, N, group, 0, a);
+      q4_group_sse(x, N, group, 1, b);
+      double ta = 0, tb = 0;
+      for (size_t g = 0; g < N / group; g++) {
+        cr_assert_leq(b[g], a[g] * (1 + 1e-6) + 1e-30, "kind %d group %u, group %zu: refined %g over min/max %g", kind, group, g,
+                      b[g], a[g]);
+        ta += a[g], tb += b[g];
+      }
+      cr_log_info("kind %d group %u: refined / min-max squared error %.3f", kind, group, tb / ta);
+      if (kind == 1 && group == 32) cr_assert_leq(tb, 0.95 * ta, "bell-shaped, group 32: %.3f of min/max", tb / ta);
+    }
+  uint8_t c[16];
+  heed_f16 sc[2], mn[2];
+  heed_error e = {0};
+  for (int i = 0; i < 32; i++) x[i] = (float)i;
+  x[9] = NAN;
+  cr_assert_eq(heed_q4_quantize_fit(x, 32, 32, c, sc, mn, &e), HEED_E_INVALID);
+  cr_assert(strstr(e.msg, "x[9]"), "%s", e.msg);
+  cr_assert_eq(heed_q4_quantize_fit(x, 32, 24, c, sc, mn, &e), HEED_E_INVALID);
+  free(x);
+}
+
 Test(quant, q4_nibble_layout) {
   float x[32];
   for (int i = 0; i < 32; i++) x[i] = (float)(i % 16); /* min 0, max 15: scale 1, code = value */

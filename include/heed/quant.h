@@ -55,6 +55,13 @@ void heed_q8_dequantize(const int8_t *codes, const heed_f16 *scales, size_t n, u
 /* x: [n] (n even); codes: [n / 2]; scales, mins: [n / group]. Errors as for q8. */
 heed_status heed_q4_quantize(const float *x, size_t n, unsigned group, uint8_t *codes, heed_f16 *scales,
                              heed_f16 *mins, heed_error *err);
+/* The same format, with a group's (scale, min) refined for its squared
+ * error: from heed_q4_quantize's codes, the least-squares scale and min of
+ * those codes (rounded to f16), the codes rounded again against them (values
+ * past either end clamp to 0 or 15), twice; a group keeps the first choice
+ * unless a refinement lowers its squared error. What the KV cache stores. */
+heed_status heed_q4_quantize_fit(const float *x, size_t n, unsigned group, uint8_t *codes, heed_f16 *scales,
+                                 heed_f16 *mins, heed_error *err);
 void heed_q4_dequantize(const uint8_t *codes, const heed_f16 *scales, const heed_f16 *mins, size_t n,
                         unsigned group, float *y);
 
