@@ -31,10 +31,12 @@ static unsigned prefill_qtile(heed_runtime *rt, const heed_attn_params *p) {
 
 /* Floats of the scratch for the quantized formats: Q scaled per K group
  * [R][dk], P scaled per V group [R][SCOLS], a tile's V scales and mins
- * [2][SCOLS][dv/16], a bias per row [R], and the scales as stored (token-major,
- * converted to f32 in one call before they are transposed) [SCOLS][dv/16]. */
+ * [2][SCOLS][dv/16], a bias per row [R], the scales as stored (token-major,
+ * converted to f32 in one call before they are transposed) [SCOLS][dv/16], a
+ * block's lead row in f32 [max(dk, dv)] and its probability per row [R]. */
 static size_t quant_floats(unsigned R, const heed_attn_params *p) {
-  return (size_t)R * p->dk + (size_t)R * SCOLS + 3 * (size_t)SCOLS * (p->dv / 16) + R;
+  return (size_t)R * p->dk + (size_t)R * SCOLS + 3 * (size_t)SCOLS * (p->dv / 16) + R +
+         (p->dk > p->dv ? p->dk : p->dv) + R;
 }
 
 /* Per-worker scratch: packed Q, score tile, the quantized formats' part,
@@ -370,7 +372,7 @@ static kv_src src_of(const heed_kv_cache *c, heed_attn_seq s, const uint32_t *bl
 
 /* Quantized-format scratch of a worker (quant_floats). */
 typedef struct qscratch {
-  float *q2, *p2, *vs, *vm, *bias, *tmp;
+  float *q2, *p2, *vs, *vm, *bias, *tmp, *lead, *p0;
 } qscratch;
 
 static qscratch qscratch_at(float *base, unsigned R, const heed_attn_params *p) {
@@ -381,6 +383,8 @@ static qscratch qscratch_at(float *base, unsigned R, const heed_attn_params *p) 
   x.vm = x.vs + (size_t)SCOLS * (p->dv / 16);
   x.bias = x.vm + (size_t)SCOLS * (p->dv / 16);
   x.tmp = x.bias + R;
+  x.lead = x.tmp + (size_t)SCOLS * (p->dv / 16);
+  x.p0 = x.lead + (p->dk > p->dv ? p->dk : p->dv);
   return x;
 }
 
@@ -398,8 +402,8 @@ static float dot8(const float *a, const float *b, unsigned n) {
 /* S[R][n] (row stride cols) = scores of keys off..off+n of a view. Quantized
  * K: the per-channel scales fold into the query (one pass per K group) and a
  * q4 minimum adds sum_d q_d * min_d to each score; fp8 scales the scores. */
-static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, unsigned off, unsigned n, float *S,
-                   const qscratch *x) {
+static void scores_coded(const job *J, const kv_view *w, unsigned R, const float *qp, unsigned off, unsigned n, float *S,
+                         const qscratch *x) {
   const heed_attn_params *p = J->p;
   const unsigned dk = p->dk, cols = J->cols, kg = J->c->cfg.k_group;
   const unsigned B = heed_run_bytes(w->kt);
@@ -435,11 +439,22 @@ static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, 
   }
 }
 
+/* The scores of a view's keys; a pool block's quantized K row 0 is its lead
+ * row (f16), whose scores replace those the codes give. */
+static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, unsigned off, unsigned n, float *S,
+                   const qscratch *x) {
+  scores_coded(J, w, R, qp, off, n, S, x);
+  if (off || !w->kl || !n) return;
+  const unsigned dk = J->p->dk;
+  J->f16_to_f32(w->kl, x->lead, dk);
+  for (unsigned r = 0; r < R; r++) S[(size_t)r * J->cols] = dot8(qp + (size_t)r * dk, x->lead, dk);
+}
+
 /* O[R][dv] += P[R][n] . V(off..off+n). Quantized V: the per-token scales fold
  * into P (one pass per V group) and a q4 minimum adds sum_j p_j * min_j; fp8
  * scales P. P is overwritten for fp8. */
-static void accumulate(const job *J, const kv_view *w, unsigned R, float *P, unsigned off, unsigned n, float *O,
-                       const qscratch *x) {
+static void accumulate_coded(const job *J, const kv_view *w, unsigned R, float *P, unsigned off, unsigned n, float *O,
+                             const qscratch *x) {
   const heed_attn_params *p = J->p;
   const unsigned dv = p->dv, cols = J->cols, vg = J->c->cfg.v_group, ng = dv / vg;
   const unsigned B = heed_run_bytes(w->vt);
@@ -482,6 +497,28 @@ static void accumulate(const job *J, const kv_view *w, unsigned R, float *P, uns
     }
     J->pv_of[w->vt](x->p2, (int)cols, (int)R, (const char *)HEED_V_RUN(v, B, dv, 0, g * vg), (int)n, (int)vg, (int)dv,
                     O + g * vg);
+  }
+}
+
+/* The same; a pool block's quantized V row 0 is its lead row (f16): the codes
+ * get probability 0 there and the lead row gets it. P[.][0] is overwritten. */
+static void accumulate(const job *J, const kv_view *w, unsigned R, float *P, unsigned off, unsigned n, float *O,
+                       const qscratch *x) {
+  const unsigned cols = J->cols, dv = J->p->dv;
+  const int lead = !off && w->vl && n;
+  if (lead)
+    for (unsigned r = 0; r < R; r++) {
+      x->p0[r] = P[(size_t)r * cols];
+      P[(size_t)r * cols] = 0.0f;
+    }
+  accumulate_coded(J, w, R, P, off, n, O, x);
+  if (!lead) return;
+  J->f16_to_f32(w->vl, x->lead, dv);
+  for (unsigned r = 0; r < R; r++) {
+    const float p0 = x->p0[r];
+    if (p0 == 0.0f) continue;
+    float *o = O + (size_t)r * dv;
+    for (unsigned d = 0; d < dv; d++) o[d] += p0 * x->lead[d];
   }
 }
 

@@ -82,7 +82,10 @@ static void layout(heed_kv_cache *c) {
   c->aux_off = ALIGN64(c->v_off + H * c->v_head);
   c->k_aux = aux_bytes(g->k_dtype, bl / g->k_group * g->dk);
   c->v_aux = aux_bytes(g->v_dtype, bl * (g->dv / g->v_group));
-  c->block_bytes = ALIGN64(c->aux_off + H * (c->k_aux + c->v_aux));
+  c->lead_off = c->aux_off + H * (c->k_aux + c->v_aux);
+  c->k_lead = heed_dtype_is_quant(g->k_dtype) ? (size_t)g->dk * sizeof(heed_f16) : 0;
+  c->v_lead = heed_dtype_is_quant(g->v_dtype) ? (size_t)g->dv * sizeof(heed_f16) : 0;
+  c->block_bytes = ALIGN64(c->lead_off + H * (c->k_lead + c->v_lead));
   /* In 64 bits: max_seq_len near 2^32 wrapped to a tiny table (found by fuzz_kv_config). A
    * sequence holds at most every block of the pool, so its table needs no more. */
   unsigned per_seq = kv_blocks_for(g->max_seq_len, g->block_len);
@@ -331,6 +334,8 @@ void kv_view_block(const heed_kv_cache *c, const char *blk, unsigned h, kv_view 
   if (o->vt == HEED_DTYPE_E4M3 || o->vt == HEED_DTYPE_E5M2) memcpy(&o->vscale, va, sizeof(float));
   if (o->kt == HEED_DTYPE_E4M3) o->kscale *= 256.0f; /* the kernels read e4m3 codes at 2^-8 */
   if (o->vt == HEED_DTYPE_E4M3) o->vscale *= 256.0f;
+  if (c->k_lead) o->kl = (const heed_f16 *)(blk + c->lead_off + h * c->k_lead);
+  if (c->v_lead) o->vl = (const heed_f16 *)(blk + c->lead_off + g->n_kv_heads * c->k_lead + h * c->v_lead);
 }
 
 /* ---------- elements ---------- */
@@ -362,6 +367,7 @@ static void st1(heed_dtype t, uint8_t *run, int i, float x, unsigned code) {
 /* Decoded K(t, d) and V(t, c) of a view. */
 static float k_value(const heed_kv_cache *c, const kv_view *w, unsigned t, unsigned d) {
   const heed_kv_cache_config *g = &c->cfg;
+  if (t == 0 && w->kl) return heed_f16_to_f32(w->kl[d]);
   float raw = ld1_any(w->kt, HEED_K_RUN(w->k, heed_run_bytes(w->kt), g->dk, t, d), (int)(t % 16));
   size_t at = (size_t)(t / g->k_group) * g->dk + d;
   switch (w->kt) {
@@ -374,6 +380,7 @@ static float k_value(const heed_kv_cache *c, const kv_view *w, unsigned t, unsig
 }
 static float v_value(const heed_kv_cache *c, const kv_view *w, unsigned t, unsigned col) {
   const heed_kv_cache_config *g = &c->cfg;
+  if (t == 0 && w->vl) return heed_f16_to_f32(w->vl[col]);
   float raw = ld1_any(w->vt, HEED_V_RUN(w->v, heed_run_bytes(w->vt), g->dv, t, col), (int)(col % 16));
   size_t at = (size_t)t * (g->dv / g->v_group) + col / g->v_group;
   switch (w->vt) {
@@ -399,12 +406,14 @@ static void store_token(const heed_kv_cache *c, char *kbase, char *vbase, heed_d
 
 /* The reference quantizers define the codes; x: [n] in the order the codes
  * go to `put` (element e of the list -> (run, index)). */
-static heed_status quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, char *ka, heed_error *e) {
+static heed_status quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, char *ka, heed_f16 *kl, heed_error *e) {
   const heed_kv_cache_config *g = &c->cfg;
   const unsigned bl = g->block_len, dk = g->dk, kg = g->k_group, B = heed_run_bytes(g->k_dtype);
   float *x = c->tmp;
   uint8_t *codes = c->tmp_codes;
   memset(kc, 0, c->k_head);
+  if (kl) /* row 0 kept as the residual holds it (f16): the lead row (heed/attention.h) */
+    for (unsigned d = 0; d < dk; d++) kl[d] = heed_f32_to_f16(k_value(c, res, 0, d));
   if (!heed_dtype_is_quant(g->k_dtype)) {
     for (unsigned t = 0; t < bl; t++)
       for (unsigned d = 0; d < dk; d++)
@@ -430,7 +439,7 @@ static heed_status quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, ch
       for (unsigned i = 0; i < kg; i++) x[i] = k_value(c, res, t0 + i, d);
       size_t at = (size_t)(t0 / kg) * dk + d;
       heed_status st = g->k_dtype == HEED_DTYPE_Q8 ? heed_q8_quantize(x, kg, kg, (int8_t *)codes, sc + at, e)
-                                                   : heed_q4_quantize(x, kg, kg, codes, sc + at, mn + at, e);
+                                                   : heed_q4_quantize_fit(x, kg, kg, codes, sc + at, mn + at, e);
       if (st != HEED_OK) return st;
       for (unsigned i = 0; i < kg; i++) {
         unsigned code = g->k_dtype == HEED_DTYPE_Q8 ? codes[i] : i % 2 ? codes[i / 2] >> 4 : codes[i / 2] & 15u;
@@ -441,12 +450,14 @@ static heed_status quantize_k(heed_kv_cache *c, const kv_view *res, char *kc, ch
   return HEED_OK;
 }
 
-static heed_status quantize_v(heed_kv_cache *c, const kv_view *res, char *vc, char *va, heed_error *e) {
+static heed_status quantize_v(heed_kv_cache *c, const kv_view *res, char *vc, char *va, heed_f16 *vl, heed_error *e) {
   const heed_kv_cache_config *g = &c->cfg;
   const unsigned bl = g->block_len, dv = g->dv, vg = g->v_group, ng = dv / vg, B = heed_run_bytes(g->v_dtype);
   float *x = c->tmp;
   uint8_t *codes = c->tmp_codes;
   memset(vc, 0, c->v_head);
+  if (vl)
+    for (unsigned col = 0; col < dv; col++) vl[col] = heed_f32_to_f16(v_value(c, res, 0, col));
   int fp8 = g->v_dtype == HEED_DTYPE_E4M3 || g->v_dtype == HEED_DTYPE_E5M2;
   if (!heed_dtype_is_quant(g->v_dtype) || fp8) {
     for (unsigned t = 0; t < bl; t++)
@@ -469,7 +480,7 @@ static heed_status quantize_v(heed_kv_cache *c, const kv_view *res, char *vc, ch
     for (unsigned col = 0; col < dv; col++) x[col] = v_value(c, res, t, col);
     heed_status st = g->v_dtype == HEED_DTYPE_Q8
                          ? heed_q8_quantize(x, dv, vg, (int8_t *)codes, sc + (size_t)t * ng, e)
-                         : heed_q4_quantize(x, dv, vg, codes, sc + (size_t)t * ng, mn + (size_t)t * ng, e);
+                         : heed_q4_quantize_fit(x, dv, vg, codes, sc + (size_t)t * ng, mn + (size_t)t * ng, e);
     if (st != HEED_OK) return st;
     for (unsigned col = 0; col < dv; col++) {
       unsigned code = g->v_dtype == HEED_DTYPE_Q8 ? codes[col] : col % 2 ? codes[col / 2] >> 4 : codes[col / 2] & 15u;
@@ -491,9 +502,12 @@ static heed_status seal_residual(heed_kv_cache *c, int seq, uint32_t b) {
     /* Appends refuse what the residual cannot hold, so only raw bytes written
      * over it (heed_kv_cache_storage_write) can make this fail: say so, write
      * no stale codes. */
-    if (quantize_k(c, &res, blk + h * c->k_head, blk + c->aux_off + h * c->k_aux, &e) != HEED_OK ||
-        quantize_v(c, &res, blk + c->v_off + h * c->v_head, blk + c->aux_off + c->cfg.n_kv_heads * c->k_aux + h * c->v_aux,
-                   &e) != HEED_OK)
+    const unsigned H = c->cfg.n_kv_heads;
+    heed_f16 *kl = c->k_lead ? (heed_f16 *)(blk + c->lead_off + h * c->k_lead) : NULL;
+    heed_f16 *vl = c->v_lead ? (heed_f16 *)(blk + c->lead_off + H * c->k_lead + h * c->v_lead) : NULL;
+    if (quantize_k(c, &res, blk + h * c->k_head, blk + c->aux_off + h * c->k_aux, kl, &e) != HEED_OK ||
+        quantize_v(c, &res, blk + c->v_off + h * c->v_head, blk + c->aux_off + H * c->k_aux + h * c->v_aux, vl, &e) !=
+            HEED_OK)
       return heed_err_set(&c->err, HEED_E_INVALID,
                           "quantizing sequence %d's full residual (head %u) into block %u: %s (the residual holds a "
                           "value no append stored: raw bytes written into the storage?)",

@@ -19,6 +19,8 @@ struct heed_kv_cache {
   size_t k_head, v_head;    /* bytes of one head's K / V codes in a block */
   size_t v_off, aux_off;    /* offsets inside a block */
   size_t k_aux, v_aux;      /* bytes of one head's K / V scales (at aux_off, then aux_off + heads * k_aux) */
+  size_t lead_off;          /* a quantized side's row 0 in f16 (heed/attention.h): K [heads][dk], then V [heads][dv] */
+  size_t k_lead, v_lead;    /* bytes of one head's K / V lead row: 0 for a float side */
   size_t block_bytes;
   size_t res_off;           /* the residual blocks (quant only): K panels then V rows, */
   heed_dtype res_kt, res_vt; /* f16 for a quantized side, the side's type for a float one */
@@ -59,6 +61,7 @@ typedef struct kv_view {
   const heed_f16 *ks, *km;   /* q8/q4 K: scales, mins [block_len / k_group][dk] */
   const heed_f16 *vs, *vm;   /* q8/q4 V: scales, mins [block_len][dv / v_group] */
   float kscale, vscale;      /* fp8: the (block, head) scale, times 2^8 for e4m3 (heed/kernels.h) */
+  const heed_f16 *kl, *vl;   /* a quantized side of a pool block: row 0 as it is read, f16 [dk] / [dv]; else NULL */
 } kv_view;
 
 /* Block index b (0-based) of a sequence whose table is blocks and whose

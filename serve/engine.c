@@ -822,7 +822,7 @@ static heed_status disk_open(srv_engine *e, heed_error *err) {
   const heed_model_options *mo = heed_model_get_options(e->m);
   const heed_model_config *mc = heed_model_get_config(e->m);
   char layout[256], msg[512];
-  snprintf(layout, sizeof layout, "heed-kvb-1 kv=%s block_len=%u layers=%u block_bytes=%zu arch=%s",
+  snprintf(layout, sizeof layout, "heed-kvb-2 kv=%s block_len=%u layers=%u block_bytes=%zu arch=%s",
            heed_dtype_name(mo->kv_dtype), e->block_len, mc->n_layer, heed_model_kv_block_bytes(e->m),
            heed_arch_name(mc->arch) ? heed_arch_name(mc->arch) : "?");
   srv_disk_config dc = {.dir = e->cfg.cache_dir, .limit = e->cfg.cache_disk, .payload_bytes = heed_model_kv_block_bytes(e->m),

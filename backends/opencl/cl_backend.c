@@ -553,12 +553,13 @@ static cl_seq seq_of(const heed_kv_cache *c, heed_attn_seq s, const uint32_t *bl
 
 /* The cache's layout in the order of attention.cl's LAY_* indices. */
 #define INFO_INTS 10
-#define LAY_COUNT 19
+#define LAY_COUNT 22
 static void layout_of(const heed_kv_cache *c, cl_ulong *l) {
   const heed_kv_cache_config *g = &c->cfg;
   const cl_ulong v[LAY_COUNT] = {g->block_len, c->block_bytes, c->k_head,   c->v_off,      c->v_head,     c->aux_off, c->k_aux,
                                  c->v_aux,     c->res_off,     c->res_bytes, c->res_k_head, c->res_v_off, c->res_v_head,
-                                 g->k_dtype,   g->v_dtype,     c->res_kt,   c->res_vt,     g->k_group,   g->v_group};
+                                 g->k_dtype,   g->v_dtype,     c->res_kt,   c->res_vt,     g->k_group,   g->v_group,
+                                 c->lead_off,  c->k_lead,      c->v_lead};
   memcpy(l, v, sizeof v);
 }
 

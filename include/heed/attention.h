@@ -14,6 +14,9 @@
  *           q8 V  f16 scale [block_len][dv/v_group]       (per token, over v_group channels)
  *           q4 V  f16 scale, then f16 min, each [block_len][dv/v_group]
  *           e4m3, e5m2 (K or V)  one f32 scale per (block, head)
+ *     lead (quantized sides only) K [n_kv_heads][dk] f16, then V [n_kv_heads][dv] f16
+ *         (offset just after aux): row 0 of the block, which reads these
+ *         values instead of its codes (below)
  *
  * so the keys of one (block, KV head) are contiguous, packed BLIS-style in
  * panels of 16 keys, each panel [dk][16] (key j, channel d of the block at
@@ -26,7 +29,8 @@
  * bytes, byte i holding element i in its low nibble and element i+8 in its
  * high one. The formats' values are those of heed/quant.h's reference
  * (de)quantizers: q8 x = code * scale; q4 x = code * scale + min; fp8
- * x = fp8(code) * scale.
+ * x = fp8(code) * scale. A block's q4 codes come from heed_q4_quantize_fit
+ * (min/max refined by least squares), q8 and fp8 from their quantizers.
  *
  * Token t of a sequence lives in block table[t / block_len], column/row t % block_len.
  * Blocks are shared by reference count: fork copies a block table, not data;
@@ -39,7 +43,17 @@
  * them without requantizing. A sequence's newest tokens, up to block_len - 1,
  * stay in its residual block, in the same layout, f16 for a quantized side
  * (a float side keeps its type), in a region after the pool (one residual block per sequence slot, see heed_kv_cache_bytes); fork
- * copies the residual's used rows. Truncating into a full block dequantizes
+ * copies the residual's used rows. A quantized block keeps its row 0 in f16
+ * as well (its lead row, about 1% of a q4 block), and that row's K and V are
+ * those f16 values, not its codes (which are still written, from the same
+ * group ranges). Row 0 of a sequence's first block is the token models attend
+ * to most (the attention sink, most heads' resting place); every block has a
+ * lead row, so blocks stay interchangeable (fork, prefix cache, disk, chunk
+ * reuse). Qwen2.5-Coder 1.5B with q4 K and V, 512-token windows, 2048 scored
+ * tokens of licence text and code: mean KL divergence from the f16 cache's
+ * next-token distributions 0.0145 before, 0.0133 with the lead row, 0.0107
+ * with it and the least-squares q4 codes; perplexity +2.1% before, +0.6%.
+ * Truncating into a full block dequantizes
  * the tokens kept from it back into the residual, so that block is
  * requantized exactly once, when it fills again. A caller-managed block table
  * (heed_attn_seq with seq < 0) over a quantized cache covers full blocks only.

@@ -60,7 +60,10 @@
 #define LAY_RES_VT 16
 #define LAY_K_GROUP 17
 #define LAY_V_GROUP 18
-#define LAY_COUNT 19
+#define LAY_LEAD 19
+#define LAY_K_LEAD 20
+#define LAY_V_LEAD 21
+#define LAY_COUNT 22
 
 #define KL 16                           /* work-items per row group */
 #define SR (ROWS * KL / WG)             /* rows per group (WG / KL groups) */
@@ -90,6 +93,9 @@ __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void attn_part(
   const ulong block_bytes = lay[LAY_BLOCK], k_head = lay[LAY_K_HEAD], v_off = lay[LAY_V_OFF], v_head = lay[LAY_V_HEAD];
   const ulong k_aux = lay[LAY_AUX] + kvh * lay[LAY_K_AUX], v_aux = lay[LAY_AUX] + KH * lay[LAY_K_AUX] + kvh * lay[LAY_V_AUX];
   const size_t k_groups = (size_t)(bl / kg) * dk, v_groups = (size_t)bl * (dv / vg);
+  /* a quantized side's row 0 of a pool block is its lead row, f16 (0 bytes: none) */
+  const ulong k_lead = lay[LAY_K_LEAD] ? lay[LAY_LEAD] + kvh * lay[LAY_K_LEAD] : 0;
+  const ulong v_lead = lay[LAY_V_LEAD] ? lay[LAY_LEAD] + KH * lay[LAY_K_LEAD] + kvh * lay[LAY_V_LEAD] : 0;
   const uint n_full = (uint)in[INFO_NFULL];
   __global const uchar *res = in[INFO_RES] < 0 ? kv : kv + lay[LAY_RES] + (size_t)in[INFO_RES] * lay[LAY_RES_BYTES];
   __global const uchar *res_k = res + kvh * lay[LAY_RES_K_HEAD], *res_v = res + lay[LAY_RES_V_OFF] + kvh * lay[LAY_RES_V_HEAD];
@@ -148,8 +154,12 @@ __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void attn_part(
         uint d = e / 16, j = p * 16 + e % 16;
         float x = 0.0f;
         if (j < nk) {
-          x = ld_run(src, base + e, dt);
-          if (pool) x = dequant(x, kt, blk + k_aux, sc0 + d, k_groups);
+          if (pool && k_lead && row0 == 0 && e % 16 == 0)
+            x = vload_half(d, (const __global half *)(blk + k_lead));
+          else {
+            x = ld_run(src, base + e, dt);
+            if (pool) x = dequant(x, kt, blk + k_aux, sc0 + d, k_groups);
+          }
         }
         kvs[d * tk + j] = x;
       }
@@ -231,8 +241,12 @@ __kernel __attribute__((reqd_work_group_size(WG, 1, 1))) void attn_part(
         for (uint c = lid; c < dv; c += WG) {
           float x = 0.0f;
           if (j < nk) {
-            x = ld_run(src, (size_t)row * dv + c, dt);
-            if (pool) x = dequant(x, vt, blk + v_aux, (size_t)row * ng + c / vg, v_groups);
+            if (pool && v_lead && row == 0)
+              x = vload_half(c, (const __global half *)(blk + v_lead));
+            else {
+              x = ld_run(src, (size_t)row * dv + c, dt);
+              if (pool) x = dequant(x, vt, blk + v_aux, (size_t)row * ng + c / vg, v_groups);
+            }
           }
           kvs[j * dv + c] = x;
         }
