@@ -113,9 +113,15 @@ BOUNDS = {
 }
 # heed perplexity (f16 KV) against the reference: within 1%.
 PPL_REL_BOUND = 0.01
-# q8 and q4 KV caches: ppl / reference ppl - 1 at most this much. Measured on
-# Qwen, 4 windows of 512: q8 -0.03%, q4 +2.61% (Gemma not yet measured).
-PPL_KV_BOUND = {"q8": 0.01, "q4": 0.05}
+# q8 and q4 KV caches: ppl / reference ppl - 1 at most this much, per model.
+# Qwen q4: 2% (issue 20's goal). heed perplexity on Qwen against its f16 KV,
+# Apache-2.0: 2 x 512 q8 +0.14%, q4 -0.11%; 4 x 512 q8 -0.17%, q4 +0.30%;
+# all of GPL-3 (14 x 512): q8 +0.24%, q4 +0.87%. Before the lead rows and the
+# least-squares q4 codes (heed/attention.h) Qwen's q4 was +3.1% on 2 x 512 and
+# fails this bound. Gemma's q4 sits near 2% with or without them (ctx 1024,
+# Apache 2 windows: +2.0% before, +2.5% after; GPL-3 7 windows: +1.5%, +1.6%);
+# its single test window reads +3.2%, hence 4% there.
+PPL_KV_BOUND = {"qwen": {"q8": 0.01, "q4": 0.02}, "gemma": {"q8": 0.01, "q4": 0.04}}
 # Windows of perplexity (heed perplexity --chunks; the reference the same
 # tokens). 4 x 512 (Qwen) and 2 x 1024 (Gemma) are the first 2048 tokens, but
 # three heed runs (f16, q8, q4 KV) of those took over 5 minutes here, so the
@@ -494,7 +500,7 @@ def run_real(rep, heed, name, path, do_ppl):
                 rep.check(False, f"{name} perplexity kv {kv or 'default'}: {e}")
                 continue
             rel = h["ppl"] / ref["ppl"] - 1
-            bound = PPL_KV_BOUND[kv] if kv else PPL_REL_BOUND
+            bound = PPL_KV_BOUND[name][kv] if kv else PPL_REL_BOUND
             same = h.get("windows") == ref["windows"]  # n_tokens: heed may count the whole text
             rep.check(same and (abs(rel) <= bound if not kv else -PPL_REL_BOUND <= rel <= bound),
                       f"{name} perplexity kv {kv or 'default'}: {h['ppl']:.4f} +/- {h.get('err', float('nan')):.4f} "
