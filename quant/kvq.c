@@ -121,16 +121,19 @@ heed_status heed_q4_quantize(const float *x, size_t n, unsigned group, uint8_t *
   return HEED_OK;
 }
 
-/* Codes of x[n] against (mn, s) (both as stored), into q; their squared error. */
-static double q4_code(const float *x, unsigned n, float mn, float s, uint8_t *q) {
-  double e = 0;
+/* Codes of x[n] against (mn, s) (both as stored), into q; their squared
+ * error, and the largest error of one value in *worst. */
+static double q4_code(const float *x, unsigned n, float mn, float s, uint8_t *q, double *worst) {
+  double e = 0, w = 0;
   for (unsigned i = 0; i < n; i++) {
     float c = s > 0 ? nearbyintf((x[i] - mn) / s) : 0.0f;
     c = c > 15 ? 15 : c < 0 ? 0 : c;
     q[i] = (uint8_t)c;
     double d = (double)c * s + mn - x[i];
     e += d * d;
+    w = fabs(d) > w ? fabs(d) : w;
   }
+  *worst = w;
   return e;
 }
 
@@ -141,7 +144,8 @@ heed_status heed_q4_quantize_fit(const float *x, size_t n, unsigned group, uint8
   uint8_t q[256], bq[256];
   for (size_t g = 0; g < n / group; g++) {
     const float *xg = x + g * group;
-    double best = q4_code(xg, group, heed_f16_to_f32(mins[g]), heed_f16_to_f32(scales[g]), q);
+    double limit, worst;
+    double best = q4_code(xg, group, heed_f16_to_f32(mins[g]), heed_f16_to_f32(scales[g]), q, &limit);
     memcpy(bq, q, group);
     int better = 0;
     for (int it = 0; it < 2; it++) {
@@ -153,8 +157,8 @@ heed_status heed_q4_quantize_fit(const float *x, size_t n, unsigned group, uint8
       double ns = (group * sqx - sq * sx) / det, nm = (sx - ns * sq) / group;
       if (!(ns > 0) || ns > 65504.0 || !(fabs(nm) <= 65504.0)) break;
       heed_f16 cm = heed_f32_to_f16((float)nm), cs = heed_f32_to_f16((float)ns);
-      double e = q4_code(xg, group, heed_f16_to_f32(cm), heed_f16_to_f32(cs), q);
-      if (!(e < best)) break;
+      double e = q4_code(xg, group, heed_f16_to_f32(cm), heed_f16_to_f32(cs), q, &worst);
+      if (!(e < best) || worst > limit) break; /* no value may lose more than min/max's worst */
       best = e, mins[g] = cm, scales[g] = cs, better = 1;
       memcpy(bq, q, group);
     }

@@ -121,8 +121,8 @@ Test(quant, q8_and_q4_error_bounds_every_group) {
     }
 }
 
-/* Squared error of the q4 decode of x[n] in groups. */
-static void q4_group_sse(const float *x, size_t n, unsigned group, int fit, double *sse) {
+/* Squared error and largest error of the q4 decode of x[n] in groups. */
+static void q4_group_sse(const float *x, size_t n, unsigned group, int fit, double *sse, double *worst) {
   uint8_t *c = malloc(n / 2);
   heed_f16 *sc = malloc(n / group * sizeof *sc), *mn = malloc(n / group * sizeof *mn);
   float *y = malloc(n * 4);
@@ -130,22 +130,26 @@ static void q4_group_sse(const float *x, size_t n, unsigned group, int fit, doub
   cr_assert_eq((fit ? heed_q4_quantize_fit : heed_q4_quantize)(x, n, group, c, sc, mn, &e), HEED_OK, "%s", e.msg);
   heed_q4_dequantize(c, sc, mn, n, group, y);
   for (size_t g = 0; g < n / group; g++) {
-    sse[g] = 0;
-    for (unsigned i = 0; i < group; i++) sse[g] += ((double)y[g * group + i] - x[g * group + i]) * ((double)y[g * group + i] - x[g * group + i]);
+    sse[g] = worst[g] = 0;
+    for (unsigned i = 0; i < group; i++) {
+      double d = (double)y[g * group + i] - x[g * group + i];
+      sse[g] += d * d;
+      worst[g] = fabs(d) > worst[g] ? fabs(d) : worst[g];
+    }
   }
   free(c), free(sc), free(mn), free(y);
 }
 
 /* The refined q4 (what the KV cache stores) never has a larger squared error
- * in any group than min/max, on uniform, bell-shaped, outlier, constant,
+ * or a larger worst error in any group than min/max, on uniform, bell-shaped, outlier, constant,
  * tiny and near-f16-limit groups; on bell-shaped values it is clearly lower
- * in total (measured: 0.89 of min/max's at group 32, 0.82 at 16). Bad input is refused as
+ * in total (measured: 0.94 of min/max's at group 32, 0.86 at 16). Bad input is refused as
  * heed_q4_quantize refuses it. */
 Test(quant, q4_fit_never_worse_than_min_max) {
   enum { N = 4096 };
   static const unsigned groups[] = {16, 32, 64, 256};
   float *x = malloc(N * 4);
-  double a[N / 16], b[N / 16];
+  double a[N / 16], b[N / 16], wa[N / 16], wb[N / 16];
   for (int kind = 0; kind < 6; kind++)
     for (int gi = 0; gi < 4; gi++) {
       unsigned group = groups[gi];
@@ -155,16 +159,18 @@ Test(quant, q4_fit_never_worse_than_min_max) {
         x[i] = kind == 0 ? u : kind == 1 ? bell : kind == 2 ? (i % 37 == 0 ? 30.0f * u : bell)
                : kind == 3 ? (i / group % 2 ? 0.25f : bell) : kind == 4 ? 1e-4f * bell : 30000.0f * u;
       }
-      q4_group_sse(x, N, group, 0, a);
-      q4_group_sse(x, N, group, 1, b);
+      q4_group_sse(x, N, group, 0, a, wa);
+      q4_group_sse(x, N, group, 1, b, wb);
       double ta = 0, tb = 0;
       for (size_t g = 0; g < N / group; g++) {
         cr_assert_leq(b[g], a[g] * (1 + 1e-6) + 1e-30, "kind %d group %u, group %zu: refined %g over min/max %g", kind, group, g,
                       b[g], a[g]);
+        cr_assert_leq(wb[g], wa[g] * (1 + 1e-6) + 1e-30, "kind %d group %u, group %zu: refined worst error %g over min/max's %g",
+                      kind, group, g, wb[g], wa[g]);
         ta += a[g], tb += b[g];
       }
       cr_log_info("kind %d group %u: refined / min-max squared error %.3f", kind, group, tb / ta);
-      if (kind == 1 && group == 32) cr_assert_leq(tb, 0.95 * ta, "bell-shaped, group 32: %.3f of min/max", tb / ta);
+      if (kind == 1 && group == 32) cr_assert_leq(tb, 0.97 * ta, "bell-shaped, group 32: %.3f of min/max", tb / ta);
     }
   uint8_t c[16];
   heed_f16 sc[2], mn[2];

@@ -59,7 +59,9 @@ heed_status heed_q4_quantize(const float *x, size_t n, unsigned group, uint8_t *
  * error: from heed_q4_quantize's codes, the least-squares scale and min of
  * those codes (rounded to f16), the codes rounded again against them (values
  * past either end clamp to 0 or 15), twice; a group keeps the first choice
- * unless a refinement lowers its squared error. What the KV cache stores. */
+ * unless a refinement lowers its squared error without any value's error
+ * passing the largest one min/max makes in that group (so heed_q4_quantize's
+ * per-value bound holds). What the KV cache stores. */
 heed_status heed_q4_quantize_fit(const float *x, size_t n, unsigned group, uint8_t *codes, heed_f16 *scales,
                                  heed_f16 *mins, heed_error *err);
 void heed_q4_dequantize(const uint8_t *codes, const heed_f16 *scales, const heed_f16 *mins, size_t n,
