@@ -623,6 +623,13 @@ Test(attention, decode_is_the_same_for_any_worker_count) {
 
 /* ---------- quantized caches ---------- */
 
+/* The SIMD level the CPU target runs here: AVX2, NEON, else scalar. */
+static heed_isa simd_isa(void) {
+  if (heed_kernels_compiled(HEED_ISA_AVX2) && heed_isa_runs_on(HEED_ISA_AVX2, heed_cpu_features_detect()))
+    return HEED_ISA_AVX2;
+  return heed_kernels_compiled(HEED_ISA_NEON) ? HEED_ISA_NEON : HEED_ISA_SCALAR;
+}
+
 /* Every token of mirror m is what heed_kv_seq_read returns, bit for bit: the
  * model (f16 residual, reference quantizers on each full block) is exact. */
 static void check_read(fx *f, int seq, int m, const char *what) {
@@ -768,9 +775,7 @@ Test(attention, quantized_accuracy_against_f32) {
     double nmse;
   } cases[] = {{HEED_DTYPE_Q8, HEED_DTYPE_Q8, 1e-4}, {HEED_DTYPE_Q4, HEED_DTYPE_Q4, 3e-2}, {HEED_DTYPE_Q8, HEED_DTYPE_Q4, 1e-2},
                {HEED_DTYPE_E4M3, HEED_DTYPE_E4M3, 6e-3}, {HEED_DTYPE_E5M2, HEED_DTYPE_E5M2, 2e-2}};
-  heed_isa isa = heed_kernels_compiled(HEED_ISA_AVX2) && heed_isa_runs_on(HEED_ISA_AVX2, heed_cpu_features_detect())
-                     ? HEED_ISA_AVX2
-                     : heed_kernels_compiled(HEED_ISA_NEON) ? HEED_ISA_NEON : HEED_ISA_SCALAR;
+  heed_isa isa = simd_isa();
   /* and avx512 with whatever it has: with avx512_vnni, q8 K from an int8 query */
   const int where[3] = {isa, TARGET_OPENCL, HEED_ISA_AVX512};
   for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
@@ -839,9 +844,7 @@ Test(attention, quantized_lead_row_keeps_the_attention_sink) {
     heed_dtype k, v;
     double nmse;
   } cases[] = {{HEED_DTYPE_Q4, HEED_DTYPE_Q4, 3e-5}, {HEED_DTYPE_Q8, HEED_DTYPE_Q8, 1e-6}, {HEED_DTYPE_E4M3, HEED_DTYPE_E4M3, 5e-6}};
-  heed_isa isa = heed_kernels_compiled(HEED_ISA_AVX2) && heed_isa_runs_on(HEED_ISA_AVX2, heed_cpu_features_detect())
-                     ? HEED_ISA_AVX2
-                     : heed_kernels_compiled(HEED_ISA_NEON) ? HEED_ISA_NEON : HEED_ISA_SCALAR;
+  heed_isa isa = simd_isa();
   const int where[2] = {isa, TARGET_OPENCL};
   for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
     for (int wi = 0; wi < 2; wi++) {
