@@ -62,7 +62,7 @@ test-arm64: setup
 	@cmake -S . -B $(BUILD_ARM64) -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
 	  -DHEED_ARM64_DEPS=$(CURDIR)/.deps/arm64 -DHEED_BUILD_TOOLS=OFF -DHEED_WERROR=$(WERROR) >/dev/null
 	@cmake --build $(BUILD_ARM64) -j $(JOBS)
-	cd $(BUILD_ARM64) && ctest -j $(JOBS) --output-on-failure
+	cd $(BUILD_ARM64) && ctest -j $(JOBS) --output-on-failure --repeat after-timeout:2
 
 # The AVX-512 kernels compiled a second time against SIMDe (portable code under
 # the same intrinsics' names) in a test build where the CPU counts as having
