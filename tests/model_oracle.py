@@ -120,8 +120,9 @@ PPL_REL_BOUND = 0.01
 # least-squares q4 codes (heed/attention.h) Qwen's q4 was +3.1% on 2 x 512 and
 # fails this bound. Gemma's q4 sits near 2% with or without them (ctx 1024,
 # Apache 2 windows: +2.0% before, +2.5% after; GPL-3 7 windows: +1.5%, +1.6%);
-# its single test window reads +3.2%, hence 4% there.
-PPL_KV_BOUND = {"qwen": {"q8": 0.01, "q4": 0.02}, "gemma": {"q8": 0.01, "q4": 0.04}}
+# its single test window reads +3.2-3.4% (AVX2), which rounding on another ISA
+# moves by about a point, so it keeps the old 5% there.
+PPL_KV_BOUND = {"qwen": {"q8": 0.01, "q4": 0.02}, "gemma": {"q8": 0.01, "q4": 0.05}}
 # Windows of perplexity (heed perplexity --chunks; the reference the same
 # tokens). 4 x 512 (Qwen) and 2 x 1024 (Gemma) are the first 2048 tokens, but
 # three heed runs (f16, q8, q4 KV) of those took over 5 minutes here, so the
