@@ -317,6 +317,13 @@ void kv_view_of(const heed_kv_cache *c, const uint32_t *blocks, unsigned n_full,
   kv_view_block(c, blk_of(c, blocks[b]), h, o);
 }
 
+/* A quantized side's lead row of head h in block bytes blk (heed/attention.h); NULL for a float side. */
+static heed_f16 *lead_of(const heed_kv_cache *c, const char *blk, int v_side, unsigned h) {
+  size_t bytes = v_side ? c->v_lead : c->k_lead;
+  if (!bytes) return NULL;
+  return (heed_f16 *)(blk + c->lead_off + (v_side ? c->cfg.n_kv_heads * c->k_lead : 0) + h * bytes);
+}
+
 void kv_view_block(const heed_kv_cache *c, const char *blk, unsigned h, kv_view *o) {
   const heed_kv_cache_config *g = &c->cfg;
   memset(o, 0, sizeof *o);
@@ -334,8 +341,8 @@ void kv_view_block(const heed_kv_cache *c, const char *blk, unsigned h, kv_view 
   if (o->vt == HEED_DTYPE_E4M3 || o->vt == HEED_DTYPE_E5M2) memcpy(&o->vscale, va, sizeof(float));
   if (o->kt == HEED_DTYPE_E4M3) o->kscale *= 256.0f; /* the kernels read e4m3 codes at 2^-8 */
   if (o->vt == HEED_DTYPE_E4M3) o->vscale *= 256.0f;
-  if (c->k_lead) o->kl = (const heed_f16 *)(blk + c->lead_off + h * c->k_lead);
-  if (c->v_lead) o->vl = (const heed_f16 *)(blk + c->lead_off + g->n_kv_heads * c->k_lead + h * c->v_lead);
+  o->kl = lead_of(c, blk, 0, h);
+  o->vl = lead_of(c, blk, 1, h);
 }
 
 /* ---------- elements ---------- */
@@ -503,11 +510,9 @@ static heed_status seal_residual(heed_kv_cache *c, int seq, uint32_t b) {
      * over it (heed_kv_cache_storage_write) can make this fail: say so, write
      * no stale codes. */
     const unsigned H = c->cfg.n_kv_heads;
-    heed_f16 *kl = c->k_lead ? (heed_f16 *)(blk + c->lead_off + h * c->k_lead) : NULL;
-    heed_f16 *vl = c->v_lead ? (heed_f16 *)(blk + c->lead_off + H * c->k_lead + h * c->v_lead) : NULL;
-    if (quantize_k(c, &res, blk + h * c->k_head, blk + c->aux_off + h * c->k_aux, kl, &e) != HEED_OK ||
-        quantize_v(c, &res, blk + c->v_off + h * c->v_head, blk + c->aux_off + H * c->k_aux + h * c->v_aux, vl, &e) !=
-            HEED_OK)
+    if (quantize_k(c, &res, blk + h * c->k_head, blk + c->aux_off + h * c->k_aux, lead_of(c, blk, 0, h), &e) != HEED_OK ||
+        quantize_v(c, &res, blk + c->v_off + h * c->v_head, blk + c->aux_off + H * c->k_aux + h * c->v_aux,
+                   lead_of(c, blk, 1, h), &e) != HEED_OK)
       return heed_err_set(&c->err, HEED_E_INVALID,
                           "quantizing sequence %d's full residual (head %u) into block %u: %s (the residual holds a "
                           "value no append stored: raw bytes written into the storage?)",
