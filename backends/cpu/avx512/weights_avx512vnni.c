@@ -122,14 +122,21 @@ WX_INLINE void z_decode(const int f, const uint8_t *row, size_t g, size_t nb, zg
   } else {
     const size_t bb = wf_bytes(f), b0 = g * 8, n = nb - b0 < 8 ? nb - b0 : 8;
     const uint8_t *b = row + b0 * bb;
-    uint16_t dh[8] = {0}, mh[8] = {0};
-    for (size_t j = 0; j < n; j++) {
-      dh[j] = z_h(b + j * bb);
-      if (f == WF_Q4_1 || f == WF_Q5_1) mh[j] = z_h(b + j * bb + 2);
-    }
-    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh));
+    /* the 8 f16 scales (and minima) into a vector by inserts (a group past
+     * the row's end: the missing ones 0): built in a stack array, their
+     * vector load stalled on the store forwarding and took a third of the
+     * decode kernel's time */
+    __m128i dh = _mm_setzero_si128(), mh = _mm_setzero_si128();
+#define Z_INS(j)                                                                                 \
+  if ((j) < n) {                                                                                 \
+    dh = _mm_insert_epi16(dh, z_h(b + (j) * bb), j);                                             \
+    if (f == WF_Q4_1 || f == WF_Q5_1) mh = _mm_insert_epi16(mh, z_h(b + (j) * bb + 2), j);       \
+  }
+    Z_INS(0) Z_INS(1) Z_INS(2) Z_INS(3) Z_INS(4) Z_INS(5) Z_INS(6) Z_INS(7)
+#undef Z_INS
+    const __m256 d = _mm256_cvtph_ps(dh);
     o->wv = z_dup8(d);
-    if (f == WF_Q4_1 || f == WF_Q5_1) o->cv = z_dup8(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh)));
+    if (f == WF_Q4_1 || f == WF_Q5_1) o->cv = z_dup8(_mm256_cvtph_ps(mh));
     else o->cv = z_dup8(_mm256_mul_ps(d, _mm256_set1_ps(f == WF_Q4_0 ? -8.0f : f == WF_Q5_0 ? -16.0f : -128.0f)));
     for (int k = 0; k < 4; k++) {
       const size_t j = 2 * (size_t)k;
@@ -163,15 +170,18 @@ WX_INLINE void z_decode(const int f, const uint8_t *row, size_t g, size_t nb, zg
 #define Z_PF 8192 /* bytes of prefetch distance for the decode kernels */
 #endif
 
-/* Decode: rows [0, nr) by one token, RV rows at a time. */
+/* Decode: rows [0, nr) by one token, RV rows at a time, in the same
+ * operations and order as z_tile (per group: the code-sum term, then the
+ * four 64-weight products into one accumulator), so that a row decoded
+ * alone and in a batch gives the same bits. */
 WX_INLINE void z_vec_rows(const int f, const int RV, const uint8_t *w, size_t rb, size_t cols, const uint8_t *tok,
                           float *y) {
   const heed_qa_layout l = heed_qa_layout_of(cols);
   const int8_t *q = (const int8_t *)(tok + l.off_q);
   const float *dh = (const float *)(tok + l.off_dh), *ds = (const float *)(tok + l.off_ds);
   const size_t ng = l.colsp / HEED_QA_GROUP, nb = cols / 32;
-  __m512 acc[4][2];
-  for (int r = 0; r < RV; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  __m512 acc[4];
+  for (int r = 0; r < RV; r++) acc[r] = _mm512_setzero_ps();
   for (size_t g = 0; g < ng; g++) {
     const __m512 dhg = _mm512_load_ps(dh + 16 * g), dsg = _mm512_load_ps(ds + 16 * g);
     __m512i a[4];
@@ -190,14 +200,14 @@ WX_INLINE void z_vec_rows(const int f, const int RV, const uint8_t *w, size_t rb
     for (int r = 0; r < RV; r++) {
       zg z;
       z_decode(f, w + r * rb, g, nb, &z);
-      acc[r][1] = _mm512_fmadd_ps(z.cv, dsg, acc[r][1]);
+      acc[r] = _mm512_fmadd_ps(z.cv, dsg, acc[r]);
       for (int k = 0; k < 4; k++) {
         const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), z.u[k], a[k]));
-        acc[r][k & 1] = _mm512_fmadd_ps(p, _mm512_mul_ps(z_pair(k, z.wv), dk[k]), acc[r][k & 1]);
+        acc[r] = _mm512_fmadd_ps(p, _mm512_mul_ps(z_pair(k, z.wv), dk[k]), acc[r]);
       }
     }
   }
-  for (int r = 0; r < RV; r++) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+  for (int r = 0; r < RV; r++) y[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
 /* The panel of RP decoded rows for the mat kernels: per row and group, u
@@ -480,6 +490,10 @@ Z_KERNELS_KP(q6_k, WF_Q6_K)
 #define Z_KERNELS(name, F)                                                                                     \
   static void zmm_##name##_vec(const void *w, size_t rb, size_t nr, size_t cols, const void *act, size_t as,   \
                                size_t nt, float *y, size_t ldy) {                                              \
+    if (cols > ZP_GMAX * HEED_QA_GROUP) {                                                                      \
+      wmm_##name##_vec_vnni(w, rb, nr, cols, act, as, nt, y, ldy);                                             \
+      return;                                                                                                  \
+    }                                                                                                          \
     for (size_t t = 0; t < nt; t++) {                                                                          \
       const uint8_t *tok = (const uint8_t *)act + t * as;                                                      \
       size_t r = 0;                                                                                            \
@@ -527,15 +541,16 @@ void heed_weights_register_avx512vnni(heed_weights_table *t) {
   (void)wmm_q4_k_vec_vnni, (void)wmm_q5_k_vec_vnni, (void)wmm_q6_k_vec_vnni;
   (void)zmm_q4_k_vec, (void)zmm_q4_k_mat, (void)zmm_q5_k_vec, (void)zmm_q5_k_mat, (void)zmm_q6_k_vec,
       (void)zmm_q6_k_mat;
-  (void)zmm_q4_0_vec, (void)zmm_q4_1_vec, (void)zmm_q5_0_vec, (void)zmm_q5_1_vec, (void)zmm_q8_0_vec;
+  (void)wmm_q4_0_vec_vnni, (void)wmm_q4_1_vec_vnni, (void)wmm_q5_0_vec_vnni, (void)wmm_q5_1_vec_vnni,
+      (void)wmm_q8_0_vec_vnni;
   t->pack = 1;
-  /* decode of the 32-block formats: the 256-bit kernels measure as fast or
-   * faster (Q8_0: 2x; their per-block scales are what they are either way) */
-  HEED_WSLOT_SET(t, Q4_0, wmm_q4_0_vec_vnni, zmm_q4_0_mat);
-  HEED_WSLOT_SET(t, Q4_1, wmm_q4_1_vec_vnni, zmm_q4_1_mat);
-  HEED_WSLOT_SET(t, Q5_0, wmm_q5_0_vec_vnni, zmm_q5_0_mat);
-  HEED_WSLOT_SET(t, Q5_1, wmm_q5_1_vec_vnni, zmm_q5_1_mat);
-  HEED_WSLOT_SET(t, Q8_0, wmm_q8_0_vec_vnni, zmm_q8_0_mat);
+  /* the 32-block formats decode with the same arithmetic as their prefill
+   * (z_vec_rows, z_tile): a token alone and in a batch give the same bits */
+  HEED_WSLOT_SET(t, Q4_0, zmm_q4_0_vec, zmm_q4_0_mat);
+  HEED_WSLOT_SET(t, Q4_1, zmm_q4_1_vec, zmm_q4_1_mat);
+  HEED_WSLOT_SET(t, Q5_0, zmm_q5_0_vec, zmm_q5_0_mat);
+  HEED_WSLOT_SET(t, Q5_1, zmm_q5_1_vec, zmm_q5_1_mat);
+  HEED_WSLOT_SET(t, Q8_0, zmm_q8_0_vec, zmm_q8_0_mat);
   /* Q4_K and Q5_K read the activations in the kp order (z_decode_kp) */
   t->kperm = 1;
   HEED_WSLOT_SET(t, Q4_K, zkp_q4_k_vec, zkp_q4_k_mat);
