@@ -316,6 +316,7 @@ typedef struct job {
   heed_attn_qk_fn qk_of[HEED_DTYPE_COUNT]; /* by storage type: the cache's, and f16 for residuals */
   heed_attn_pv_fn pv_of[HEED_DTYPE_COUNT];
   heed_to_f32_fn f16_to_f32; /* the quantized formats' scales and mins */
+  heed_dot_fn dot;           /* f32 dot products: a q4 minimum's share of a score or an output, a lead row */
   heed_attn_qk_q8_fn qk_q8;  /* q8 K from a quantized query; NULL: the float kernels */
   heed_attn_pv_q8_fn pv_q8;  /* q8 V from a quantized P; NULL: the float kernels */
   heed_softmax_row_fn sm;
@@ -388,17 +389,6 @@ static qscratch qscratch_at(float *base, unsigned R, const heed_attn_params *p) 
   return x;
 }
 
-/* sum_i a[i] * b[i] in 8 independent partial sums (a strict left-to-right
- * float sum is one long dependency chain the compiler may not reorder). */
-static float dot8(const float *a, const float *b, unsigned n) {
-  float acc[8] = {0};
-  unsigned i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (unsigned k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
-  for (; i < n; i++) acc[0] += a[i] * b[i];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
 /* S[R][n] (row stride cols) = scores of keys off..off+n of a view. Quantized
  * K: the per-channel scales fold into the query (one pass per K group) and a
  * q4 minimum adds sum_d q_d * min_d to each score; fp8 scales the scores. */
@@ -429,7 +419,7 @@ static void scores_coded(const job *J, const kv_view *w, unsigned R, const float
       const float *qr = qp + (size_t)r * dk;
       float *q2 = x->q2 + (size_t)r * dk;
       for (unsigned d = 0; d < dk; d++) q2[d] = qr[d] * x->vs[d];
-      x->bias[r] = mn ? dot8(qr, x->vm, dk) : 0.0f;
+      x->bias[r] = mn ? J->dot(qr, x->vm, dk) : 0.0f;
     }
     J->qk_of[w->kt](x->q2, (int)R, HEED_K_RUN(w->k, B, dk, t0, 0), (int)(t1 - t0), (int)dk, St, (int)cols);
     if (mn)
@@ -447,7 +437,7 @@ static void scores(const job *J, const kv_view *w, unsigned R, const float *qp, 
   if (off || !w->kl || !n) return;
   const unsigned dk = J->p->dk;
   J->f16_to_f32(w->kl, x->lead, dk);
-  for (unsigned r = 0; r < R; r++) S[(size_t)r * J->cols] = dot8(qp + (size_t)r * dk, x->lead, dk);
+  for (unsigned r = 0; r < R; r++) S[(size_t)r * J->cols] = J->dot(qp + (size_t)r * dk, x->lead, dk);
 }
 
 /* O[R][dv] += P[R][n] . V(off..off+n). Quantized V: the per-token scales fold
@@ -491,7 +481,7 @@ static void accumulate_coded(const job *J, const kv_view *w, unsigned R, float *
       float *p2 = x->p2 + (size_t)r * cols;
       for (unsigned j = 0; j < n; j++) p2[j] = pr[j] * sg[j];
       if (w->vm) {
-        float b = dot8(pr, mg, n), *o = O + (size_t)r * dv + g * vg;
+        float b = J->dot(pr, mg, n), *o = O + (size_t)r * dv + g * vg;
         for (unsigned c = 0; c < vg; c++) o[c] += b;
       }
     }
@@ -614,6 +604,7 @@ static void job_init(job *J, heed_cpu_ctx *x, const heed_attn_call *call) {
     J->pv_of[t] = heed_kernel_attn_pv(x->kernels, (heed_dtype)t);
   }
   J->f16_to_f32 = heed_kernel_to_f32(x->kernels, HEED_DTYPE_F16);
+  J->dot = heed_kernel_dot(x->kernels, HEED_DTYPE_F32);
   J->qk_q8 = x->qk_q8;
   J->pv_q8 = x->pv_q8;
   J->sm = heed_kernel_softmax_row(x->kernels);
