@@ -256,18 +256,19 @@ TYPE_TEST(q6_k, Q6_K)
  * batch (the prefill kernel): speculative verification and batched streams
  * depend on it to reproduce plain greedy decoding token for token. Rows up
  * to 8960 weights (Qwen2.5-1.5B's FFN down; past the AVX2 panel's chunk of
- * 4096). Every format on every target, avx512_vnni's 32-weight formats
- * included (their decode kernel once summed in another order, and batched
- * Gemma 3 streams then differed from the same prompts alone). */
+ * 4096) and 18944 (Qwen2.5-7B's; past the avx512_vnni panel's 16384). Every
+ * format on every target, avx512_vnni's 32-weight formats included (their
+ * decode kernel once summed in another order, and batched Gemma 3 streams
+ * then differed from the same prompts alone). */
 static void check_alone_equals_batch(int type) {
   uint32_t be, bb;
   heed_wtype_block(type, &be, &bb);
-  const size_t cols_list[] = {be == 256 ? 768 : 224, 4352, 8960}, rows = 37, n_tok = 7;
+  const size_t cols_list[] = {be == 256 ? 768 : 224, 4352, 8960, 18944}, rows = 37, n_tok = 7;
   for (size_t ti = 0; ti < N_TARGETS; ti++) {
     heed_runtime *rt = open_target(&targets[ti]);
     if (!rt) continue;
     uint64_t s = 0x51ED270B27F4A7C1ull ^ (uint64_t)type * 131 ^ ti;
-    for (size_t ci = 0; ci < 3; ci++) {
+    for (size_t ci = 0; ci < sizeof cols_list / sizeof cols_list[0]; ci++) {
       const size_t cols = cols_list[ci], rb = heed_weights_row_bytes(type, cols);
       uint8_t *w = malloc(rows * rb);
       fill_weights(type, W_RANDOM, w, rows * rb, &s);

@@ -364,28 +364,35 @@ WX_INLINE void z_vec_rows_kp(const int f, const int RV, const uint8_t *w, size_t
   const float *dh = (const float *)(tok + l.off_dh), *ds = (const float *)(tok + l.off_ds);
   const size_t ng = cols / HEED_QA_GROUP;
   /* the same operations in the same order as z_tile_kp: a row decoded alone
-   * and in a batch gives the same bits */
+   * and in a batch gives the same bits (rows longer than the panel summed
+   * chunk by chunk as z_mat_kp does) */
   __m512 acc[ZKP_RV];
-  for (int r = 0; r < RV; r++) acc[r] = _mm512_setzero_ps();
-  for (size_t g = 0; g < ng; g++) {
-    const __m512 dhg = _mm512_load_ps(dh + 16 * g), dsg = _mm512_load_ps(ds + 16 * g);
-    __m512i a[4];
-    for (int k = 0; k < 4; k++) a[k] = _mm512_load_si512(q + 256 * g + 64 * k);
-    {
-      const size_t step = (size_t)RV * wf_bytes(f);
-      const char *pf = (const char *)w + step * g + Z_PF;
-      for (size_t o = 0; o < step; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+  for (size_t g0 = 0; g0 < ng; g0 += ZP_GMAX) {
+    const size_t g1 = ng - g0 < ZP_GMAX ? ng : g0 + ZP_GMAX;
+    for (int r = 0; r < RV; r++) acc[r] = _mm512_setzero_ps();
+    for (size_t g = g0; g < g1; g++) {
+      const __m512 dhg = _mm512_load_ps(dh + 16 * g), dsg = _mm512_load_ps(ds + 16 * g);
+      __m512i a[4];
+      for (int k = 0; k < 4; k++) a[k] = _mm512_load_si512(q + 256 * g + 64 * k);
+      {
+        const size_t step = (size_t)RV * wf_bytes(f);
+        const char *pf = (const char *)w + step * g + Z_PF;
+        for (size_t o = 0; o < step; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+      }
+      for (int r = 0; r < RV; r++) {
+        zg z;
+        z_decode_kp(f, w + r * rb, g, &z);
+        __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z.u[0], a[0]);
+        for (int k = 1; k < 4; k++) p = _mm512_dpbusd_epi32(p, z.u[k], a[k]);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(z.wv, dhg), acc[r]);
+        acc[r] = _mm512_fmadd_ps(z.cv, dsg, acc[r]);
+      }
     }
     for (int r = 0; r < RV; r++) {
-      zg z;
-      z_decode_kp(f, w + r * rb, g, &z);
-      __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z.u[0], a[0]);
-      for (int k = 1; k < 4; k++) p = _mm512_dpbusd_epi32(p, z.u[k], a[k]);
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(z.wv, dhg), acc[r]);
-      acc[r] = _mm512_fmadd_ps(z.cv, dsg, acc[r]);
+      const float v = _mm512_reduce_add_ps(acc[r]);
+      y[r] = g0 ? y[r] + v : v;
     }
   }
-  for (int r = 0; r < RV; r++) y[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
 /* Rows [0, R) of a kp panel (groups g0 .. g0 + ng) by T tokens; ADD: y += (a later column chunk). */
