@@ -548,8 +548,6 @@ void heed_weights_register_avx512vnni(heed_weights_table *t) {
   (void)wmm_q4_k_vec_vnni, (void)wmm_q5_k_vec_vnni, (void)wmm_q6_k_vec_vnni;
   (void)zmm_q4_k_vec, (void)zmm_q4_k_mat, (void)zmm_q5_k_vec, (void)zmm_q5_k_mat, (void)zmm_q6_k_vec,
       (void)zmm_q6_k_mat;
-  (void)wmm_q4_0_vec_vnni, (void)wmm_q4_1_vec_vnni, (void)wmm_q5_0_vec_vnni, (void)wmm_q5_1_vec_vnni,
-      (void)wmm_q8_0_vec_vnni;
   t->pack = 1;
   /* the 32-block formats decode with the same arithmetic as their prefill
    * (z_vec_rows, z_tile): a token alone and in a batch give the same bits */
